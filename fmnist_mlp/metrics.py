@@ -89,3 +89,23 @@ def format_confusion_table(cm: np.ndarray, class_names: Sequence[str]) -> str:
     lines.append("-" * len(header))
     lines.append(f"overall accuracy {overall} on {total} samples")
     return "\n".join(lines)
+
+
+def most_confident_mistakes(y_true: np.ndarray, probs: np.ndarray, k: int = 25) -> np.ndarray:
+    """Indices of the k misclassified examples the model was most sure of, most confident first.
+
+    y_true: (N,) int labels; probs: (N, C) class scores (probabilities for softmax), the
+    prediction being their argmax and the confidence its score. Returns (min(k, #wrong),) int64.
+    Ties keep the lower index first (stable sort), so the choice is deterministic.
+    """
+    y_true = np.asarray(y_true).ravel()
+    probs = np.asarray(probs)
+    if probs.ndim != 2 or probs.shape[0] != y_true.shape[0]:
+        raise ValueError(
+            f"most_confident_mistakes: probs must be (N, C) with N = {y_true.shape[0]}, got {probs.shape}"
+        )
+    y_pred = probs.argmax(axis=1)
+    wrong = np.flatnonzero(y_pred != y_true)
+    confidence = probs[wrong, y_pred[wrong]]
+    order = np.argsort(-confidence, kind="stable")
+    return wrong[order[: max(k, 0)]].astype(np.int64)
