@@ -1,0 +1,398 @@
+"""Experiment configuration: a frozen dataclass tree, loaded from YAML plus ``--set`` overrides.
+
+Every key is optional (the defaults below are the schema). Loading validates everything before
+anything touches the disk: an unknown key (with a did-you-mean), a wrong type or an out-of-range
+value raises :class:`~fmnist_mlp.errors.ConfigError` naming the dotted key path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+from fmnist_mlp.errors import ConfigError
+
+
+def _opt(default: Any, *, choices: tuple = (), lo: float | None = None, hi: float | None = None,
+         lo_open: bool = False, hi_open: bool = False) -> Any:
+    """A dataclass field whose metadata carries its allowed values (checked by :func:`_check_range`)."""
+    meta = {"choices": choices, "lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open}
+    if isinstance(default, (list, tuple, dict)) or dataclasses.is_dataclass(default):
+        return field(default_factory=lambda: default, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    flip: bool = _opt(False)                 # random horizontal flips, p = 0.5 per image
+    shift: int = _opt(0, lo=0, hi=27)         # random shifts of up to N pixels in x and y
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    val_size: int = _opt(5000, lo=1, hi=59999)   # held out of the 60,000 training images
+    split: str = _opt("stratified", choices=("stratified", "shuffled"))
+    normalize: str = _opt("standardize", choices=("scale", "standardize"))
+    subset: int | None = _opt(None, lo=1)        # only N training images: quick runs and tests
+    augment: AugmentConfig = _opt(AugmentConfig())
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    hidden: tuple[int, ...] = _opt((256, 128), lo=1)   # [] = softmax (logistic) regression
+    activation: str = _opt("relu", choices=("linear", "sigmoid", "tanh", "relu"))
+    output: str = _opt("softmax", choices=("softmax", "sigmoid", "linear"))
+    dropout: float = _opt(0.0, lo=0.0, hi=1.0, hi_open=True)
+    init: str = _opt("auto", choices=("auto", "he", "glorot"))
+    dtype: str = _opt("float32", choices=("float32", "float64"))
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    name: str = _opt("cross_entropy", choices=("cross_entropy", "squared_error"))
+    label_smoothing: float = _opt(0.0, lo=0.0, hi=1.0, hi_open=True)
+    l2: float = _opt(0.0, lo=0.0)              # coupled: added to the loss
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    name: str = _opt("adam", choices=("sgd", "momentum", "nesterov", "adagrad", "rmsprop",
+                                      "adam", "adamw"))
+    lr: float = _opt(0.001, lo=0.0, lo_open=True)
+    momentum: float = _opt(0.9, lo=0.0, hi=1.0, hi_open=True)
+    beta1: float = _opt(0.9, lo=0.0, hi=1.0, hi_open=True)
+    beta2: float = _opt(0.999, lo=0.0, hi=1.0, hi_open=True)
+    eps: float = _opt(1.0e-8, lo=0.0, lo_open=True)
+    weight_decay: float = _opt(0.0, lo=0.0)    # decoupled (AdamW-style)
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    name: str = _opt("constant", choices=("constant", "step", "exponential", "cosine", "onecycle"))
+    warmup_epochs: int = _opt(0, lo=0)
+    step_epochs: int = _opt(10, lo=1)
+    gamma: float = _opt(0.1, lo=0.0, lo_open=True)
+    min_lr: float = _opt(0.0, lo=0.0)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = _opt(10, lo=1)
+    batch_size: int = _opt(128, lo=1)
+    early_stopping_patience: int | None = _opt(None, lo=1)
+    checkpoint_every: int = _opt(1, lo=1)
+    eval_batch_size: int = _opt(2000, lo=1)
+    plots: bool = _opt(False)
+
+
+@dataclass(frozen=True)
+class Config:
+    seed: int = _opt(0, lo=0)
+    data: DataConfig = _opt(DataConfig())
+    model: ModelConfig = _opt(ModelConfig())
+    loss: LossConfig = _opt(LossConfig())
+    optimizer: OptimizerConfig = _opt(OptimizerConfig())
+    schedule: ScheduleConfig = _opt(ScheduleConfig())
+    train: TrainConfig = _opt(TrainConfig())
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:
+    """Read a YAML file (or start from the defaults when ``path`` is None), apply ``--set``
+    overrides (``"optimizer.lr=0.01"``, values parsed as YAML) and validate the result."""
+    raw: dict = {}
+    if path is not None:
+        raw = _read_yaml(Path(path))
+    overrides = list(overrides)
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_dotted(raw, key, value)
+    return config_from_dict(raw, source=_source_label(path, overrides))
+
+
+def _source_label(path: str | Path | None, overrides: list[str]) -> str:
+    parts = [str(path)] if path is not None else []
+    if overrides:
+        parts.append("--set")
+    return " + ".join(parts) or "config"
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config file ({exc})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}: invalid YAML{line}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level, "
+                          f"got {_type_name(data)}")
+    return data
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"model.hidden=[512,256]"`` -> ``("model.hidden", [512, 256])`` (value parsed as YAML)."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set {item!r}: expected KEY.PATH=VALUE, e.g. optimizer.lr=0.01")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        raise ConfigError(f"--set {key}: cannot parse value {text!r} as YAML") from None
+    return key, value
+
+
+def _set_dotted(raw: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    if any(not p for p in parts):
+        raise ConfigError(f"--set {key}: empty component in key path")
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"{'.'.join(parts[:i + 1])}: is a value, not a section "
+                              f"(cannot set {key})")
+        node = child
+    node[parts[-1]] = value
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation: one generic walk over the dataclass tree, driven by the type hints and metadata.
+
+
+def config_from_dict(raw: Mapping[str, Any], source: str = "config") -> Config:
+    """Build and validate a :class:`Config` from a plain (possibly partial) dict."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{source}: expected a mapping, got {_type_name(raw)}")
+    cfg = _build(Config, raw, prefix="", source=source)
+    _check_cross_fields(cfg, source)
+    return cfg
+
+
+def _build(cls: type, raw: Mapping[str, Any], prefix: str, source: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            raise ConfigError(f"{source}: {prefix}{key}: unknown key{_suggest(str(key), prefix)}")
+    values = {}
+    for name, f in fields.items():
+        if name not in raw:
+            continue
+        path = prefix + name
+        hint = hints[name]
+        value = raw[name]
+        if dataclasses.is_dataclass(hint):
+            if value is None:
+                value = {}
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{source}: {path}: expected a section (mapping), "
+                                  f"got {_type_name(value)}")
+            values[name] = _build(hint, value, path + ".", source)
+        else:
+            values[name] = _coerce(hint, value, path, source, f.metadata)
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: Any, path: str, source: str, meta: Mapping[str, Any]) -> Any:
+    where = f"{source}: {path}"
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType) and type(None) in args:
+        if value is None:
+            return None
+        (hint,) = [a for a in args if a is not type(None)]
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is tuple:
+        return _coerce_int_list(value, where, meta)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {_show(value)}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {_show(value)}")
+        _check_range(value, where, meta)
+        return value
+    if hint is float:
+        number = _as_float(value)
+        if number is None:
+            raise ConfigError(f"{where}: expected a number, got {_show(value)}")
+        _check_range(number, where, meta)
+        return number
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {_show(value)}")
+        choices = meta.get("choices") or ()
+        if choices and value not in choices:
+            close = difflib.get_close_matches(value, choices, n=1)
+            hint_text = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(choices)}{hint_text}")
+        return value
+    raise AssertionError(f"unhandled type {hint!r} for {path}")  # a schema bug, not user input
+
+
+def _coerce_int_list(value: Any, where: str, meta: Mapping[str, Any]) -> tuple[int, ...]:
+    """A list of positive ints; ``"512,256"`` is accepted as a shell-friendly spelling."""
+    if isinstance(value, str):
+        if not value.strip():
+            raise ConfigError(f"{where}: empty string; use [] for no hidden layer or e.g. [256, 128]")
+        try:
+            value = [int(p) for p in value.split(",")]
+        except ValueError:
+            raise ConfigError(f"{where}: expected a list of integers like [256, 128], "
+                              f"got {_show(value)}") from None
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{where}: expected a list of integers like [256, 128], got {_show(value)}")
+    for i, item in enumerate(value):
+        if isinstance(item, bool) or not isinstance(item, int):
+            raise ConfigError(f"{where}[{i}]: expected an integer, got {_show(item)}")
+        _check_range(item, f"{where}[{i}]", meta)
+    return tuple(value)
+
+
+def _as_float(value: Any) -> float | None:
+    # PyYAML reads "1e-3" (no dot) as a string; accept numeric strings so --set lr=1e-3 works.
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return None
+    else:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _check_range(value: float, where: str, meta: Mapping[str, Any]) -> None:
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if lo is not None and (value <= lo if meta.get("lo_open") else value < lo):
+        bound = f"> {lo}" if meta.get("lo_open") else f">= {lo}"
+        raise ConfigError(f"{where}: must be {bound}, got {value}")
+    if hi is not None and (value >= hi if meta.get("hi_open") else value > hi):
+        bound = f"< {hi}" if meta.get("hi_open") else f"<= {hi}"
+        raise ConfigError(f"{where}: must be {bound}, got {value}")
+
+
+def _check_cross_fields(cfg: Config, source: str) -> None:
+    if cfg.loss.name == "cross_entropy" and cfg.model.output != "softmax":
+        raise ConfigError(f"{source}: loss.name: cross_entropy needs model.output softmax "
+                          f"(got {cfg.model.output!r}); use squared_error for other outputs")
+    if cfg.loss.label_smoothing and cfg.loss.name != "cross_entropy":
+        raise ConfigError(f"{source}: loss.label_smoothing: only used with cross_entropy")
+    if cfg.schedule.warmup_epochs >= cfg.train.epochs and cfg.schedule.warmup_epochs:
+        raise ConfigError(f"{source}: schedule.warmup_epochs: must be < train.epochs "
+                          f"({cfg.train.epochs}), got {cfg.schedule.warmup_epochs}")
+
+
+def _suggest(key: str, prefix: str) -> str:
+    """Did-you-mean among the section's keys, then among every dotted path."""
+    section = _section_keys(prefix)
+    close = difflib.get_close_matches(key, section, n=1, cutoff=0.6)
+    if close:
+        return f" (did you mean '{prefix}{close[0]}'?)"
+    paths = all_key_paths()
+    by_leaf = {p.rsplit(".", 1)[-1]: p for p in paths}
+    close = difflib.get_close_matches(key, list(by_leaf), n=1, cutoff=0.75)
+    if close:
+        return f" (did you mean {by_leaf[close[0]]!r}?)"
+    return f"; known keys here: {', '.join(section)}"
+
+
+def _section_keys(prefix: str) -> list[str]:
+    cls: Any = Config
+    for part in [p for p in prefix.split(".") if p]:
+        cls = typing.get_type_hints(cls)[part]
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def all_key_paths(cls: type = Config, prefix: str = "") -> list[str]:
+    """Every leaf key of the schema as a dotted path, e.g. ``"optimizer.lr"``."""
+    hints = typing.get_type_hints(cls)
+    paths = []
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            paths += all_key_paths(hints[f.name], prefix + f.name + ".")
+        else:
+            paths.append(prefix + f.name)
+    return paths
+
+
+def _type_name(value: Any) -> str:
+    return {type(None): "null", dict: "a mapping", list: "a list", str: "a string",
+            bool: "a boolean", int: "an integer", float: "a number"}.get(type(value), type(value).__name__)
+
+
+def _show(value: Any) -> str:
+    text = repr(value) if isinstance(value, str) else yaml.safe_dump(value, default_flow_style=True).strip()
+    text = text.removesuffix("\n...").strip()
+    return f"{text} ({_type_name(value)})"
+
+
+# ---------------------------------------------------------------------------------------------
+# Output
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """Plain nested dict (tuples become lists) — what YAML, JSON and ``MLP.from_config`` take."""
+
+    def plain(value: Any) -> Any:
+        if dataclasses.is_dataclass(value):
+            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, tuple):
+            return [plain(v) for v in value]
+        return value
+
+    return plain(cfg)
+
+
+def dump_config(cfg: Config) -> str:
+    """The resolved config as YAML text, every key present, in schema order."""
+    return yaml.dump(config_to_dict(cfg), Dumper=_FlowListDumper, sort_keys=False)
+
+
+class _FlowListDumper(yaml.SafeDumper):
+    """Block-style sections with flow-style lists: ``hidden: [256, 128]`` reads best."""
+
+
+_FlowListDumper.add_representer(
+    list, lambda dumper, data: dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=True))
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"optimizer": {"lr": 0.1}}`` -> ``{"optimizer.lr": 0.1}`` (lists kept as values)."""
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        if isinstance(value, Mapping):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out

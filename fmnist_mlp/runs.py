@@ -1,0 +1,294 @@
+"""Run directories: creation, atomic writes, metrics.jsonl, summary.json and .npz checkpoints.
+
+Layout of one run::
+
+    <runs_dir>/<YYYYmmdd-HHMMSS>-<name>-<6 hex>/
+        config.yaml  metrics.jsonl  summary.json  train.log  checkpoints/{last,best}.npz
+
+Checkpoints are plain ``np.savez`` archives read back with ``allow_pickle=False``, so loading one
+can never execute code. Every file except the append-only log and metrics is written atomically
+(temporary file in the same directory, then ``os.replace``): a crash mid-write leaves the previous
+version intact.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import secrets
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+from fmnist_mlp.errors import CheckpointError, ConfigError
+
+CHECKPOINT_FORMAT = "fmnist-mlp-checkpoint"
+CHECKPOINT_VERSION = 1
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]{0,79}$")
+
+
+# ---------------------------------------------------------------------------------------------
+# Run directories
+
+
+def validate_run_name(name: str) -> str:
+    """A run name is one path component of safe characters; ``../x`` or ``/etc`` are refused."""
+    if not _NAME_RE.match(name or "") or ".." in name:
+        raise ConfigError(f"--name {name!r}: use 1-80 letters, digits, '.', '_', '-', '+' or '=' "
+                          f"(no '/', no '..', not starting with '.')")
+    return name
+
+
+def create_run_dir(runs_dir: str | Path, name: str) -> Path:
+    """Make ``<runs_dir>/<timestamp>-<name>-<6 hex>`` with an exclusive mkdir (never reused).
+
+    The random id makes collisions unlikely; ``os.mkdir`` failing on an existing path makes them
+    impossible, even for eight trainings started in the same second.
+    """
+    validate_run_name(name)
+    runs_dir = Path(runs_dir)
+    try:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--runs-dir {runs_dir}: cannot create directory ({exc.strerror})") from None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for _ in range(100):
+        run_dir = runs_dir / f"{stamp}-{name}-{secrets.token_hex(3)}"
+        try:
+            os.mkdir(run_dir)
+        except FileExistsError:
+            continue
+        (run_dir / "checkpoints").mkdir()
+        return run_dir
+    raise CheckpointError(f"{runs_dir}: could not create a unique run directory")
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / "config.yaml").is_file() and (path / "summary.json").is_file()
+
+
+# ---------------------------------------------------------------------------------------------
+# Atomic writes
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path``, then rename it over ``path``.
+
+    No fsync: this protects against the process dying mid-write (Ctrl-C, OOM kill), which is the
+    common failure, and keeps per-epoch checkpoints cheap.
+    """
+    path = Path(path)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as tmp:
+            tmp.write(data)
+        os.replace(tmp_name, path)
+    except BaseException:
+        # Includes KeyboardInterrupt: never leave a half-written temporary behind.
+        try:
+            os.unlink(tmp_name)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics, summary, log
+
+
+class MetricsWriter:
+    """Appends one JSON line per epoch to ``metrics.jsonl`` and flushes it straight away."""
+
+    def __init__(self, run_dir: Path, keep_epochs_upto: int | None = None):
+        self.path = Path(run_dir) / "metrics.jsonl"
+        if keep_epochs_upto is not None:
+            # On resume, drop epochs newer than the checkpoint: they will be trained again.
+            kept = [m for m in read_metrics(run_dir) if m.get("epoch", 0) <= keep_epochs_upto]
+            atomic_write_text(self.path, "".join(json.dumps(m) + "\n" for m in kept))
+        self._file = open(self.path, "a", encoding="utf-8")
+
+    def write(self, metrics: Mapping[str, Any]) -> None:
+        self._file.write(json.dumps(dict(metrics)) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """The per-epoch metrics of a run; a truncated last line (crash mid-write) is skipped."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def write_summary(run_dir: str | Path, summary: Mapping[str, Any]) -> None:
+    atomic_write_json(Path(run_dir) / "summary.json", dict(summary))
+
+
+def read_summary(run_dir: str | Path) -> dict:
+    path = Path(run_dir) / "summary.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{run_dir}: not a run directory (no summary.json)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: unreadable summary ({exc})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: not a run summary")
+    return data
+
+
+class RunLog:
+    """``train.log``: timestamped human-readable lines, appended and flushed."""
+
+    def __init__(self, run_dir: Path):
+        self._file = open(Path(run_dir) / "train.log", "a", encoding="utf-8")
+
+    def write(self, message: str) -> None:
+        self._file.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+@dataclass
+class Checkpoint:
+    """Everything needed to rebuild a model and continue training exactly."""
+
+    params: dict[str, np.ndarray]
+    optim_state: dict[str, np.ndarray]
+    rng_states: dict[str, dict]     # stream name -> np.random.Generator.bit_generator.state
+    meta: dict                      # {"config", "model_spec", "epoch", "step", "best", ...}
+
+
+def checkpoint_bytes(ckpt: Checkpoint) -> bytes:
+    """Serialise to ``.npz`` bytes: ``param/<name>``, ``optim/<name>``, ``rng/<stream>`` and
+    ``meta`` (the last two as 0-d unicode arrays holding JSON, which need no pickle)."""
+    arrays: dict[str, np.ndarray] = {}
+    for name, value in ckpt.params.items():
+        arrays[f"param/{name}"] = value
+    for name, value in ckpt.optim_state.items():
+        arrays[f"optim/{name}"] = np.asarray(value)
+    for name, state in ckpt.rng_states.items():
+        arrays[f"rng/{name}"] = np.array(json.dumps(state))
+    meta = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **ckpt.meta}
+    arrays["meta"] = np.array(json.dumps(meta))
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def save_checkpoint(paths: Path | Iterable[Path], ckpt: Checkpoint | bytes) -> None:
+    """Atomically write one serialised checkpoint to each path (``last``, maybe ``best``)."""
+    data = ckpt if isinstance(ckpt, bytes) else checkpoint_bytes(ckpt)
+    for path in [paths] if isinstance(paths, Path) else paths:
+        atomic_write_bytes(path, data)
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Read a checkpoint with ``allow_pickle=False``; anything missing, truncated, pickled or
+    foreign is a :class:`CheckpointError` naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in npz.files}   # read all now, inside the guard
+    except ValueError as exc:
+        if "pickle" in str(exc):
+            raise CheckpointError(f"{path}: refused: holds pickled Python objects, "
+                                  f"which a checkpoint never needs") from None
+        raise CheckpointError(f"{path}: not a valid .npz checkpoint ({exc})") from None
+    except (OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+        raise CheckpointError(f"{path}: not a valid .npz checkpoint (truncated or foreign: "
+                              f"{exc})") from None
+    if not isinstance(arrays, dict) or "meta" not in arrays:
+        raise CheckpointError(f"{path}: not a fmnist-mlp checkpoint (no 'meta' entry)")
+    meta = _json_entry(arrays["meta"], path, "meta")
+    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not a fmnist-mlp checkpoint")
+    if meta.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format version {meta.get('version')} "
+                              f"not supported (expected {CHECKPOINT_VERSION})")
+    ckpt = Checkpoint({}, {}, {}, meta)
+    for key, value in arrays.items():
+        kind, _, name = key.partition("/")
+        if kind == "param":
+            ckpt.params[name] = value
+        elif kind == "optim":
+            ckpt.optim_state[name] = value
+        elif kind == "rng":
+            ckpt.rng_states[name] = _json_entry(value, path, key)
+    if not ckpt.params:
+        raise CheckpointError(f"{path}: checkpoint holds no parameters")
+    return ckpt
+
+
+def _json_entry(array: np.ndarray, path: Path, key: str) -> Any:
+    if array.shape != () or array.dtype.kind != "U":
+        raise CheckpointError(f"{path}: entry {key!r} is not a JSON string")
+    try:
+        return json.loads(str(array))
+    except json.JSONDecodeError:
+        raise CheckpointError(f"{path}: entry {key!r} holds invalid JSON") from None
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """A run directory resolves to its ``best.npz``, falling back to ``last.npz``; a file is
+    returned as is."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("best.npz", "last.npz"):
+            candidate = path / "checkpoints" / name
+            if candidate.is_file():
+                return candidate
+        raise CheckpointError(f"{path}: no checkpoints/best.npz or checkpoints/last.npz "
+                              f"(not a run directory, or it never finished an epoch)")
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such run directory or checkpoint")
+    return path
+
+
+def run_dir_of(checkpoint: Path) -> Path | None:
+    """The run directory a checkpoint belongs to, if it sits in the standard layout."""
+    parent = checkpoint.resolve().parent
+    if parent.name == "checkpoints" and (parent.parent / "config.yaml").is_file():
+        return parent.parent
+    return None
+
+
+def list_run_dirs(runs_dir: str | Path) -> list[Path]:
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        return []
+    return sorted(p for p in runs_dir.iterdir() if p.is_dir() and is_run_dir(p))

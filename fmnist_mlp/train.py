@@ -1,0 +1,169 @@
+"""The training loop: :func:`fit` runs epochs of minibatch steps; :func:`evaluate` scores a split.
+
+No I/O and no printing here: everything observable goes through a :class:`Callback`, so the same
+loop serves the CLI (progress bars, run directories) and the tests.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Protocol
+
+import numpy as np
+
+from fmnist_mlp.errors import FmnistMlpError, TrainingDivergedError
+
+
+class TrainingInterrupted(FmnistMlpError):
+    """Ctrl-C (or SIGTERM) stopped training; the last completed epoch is what gets saved."""
+
+    exit_code = 130
+
+
+@dataclass
+class TrainState:
+    """Progress counters, saved in checkpoints so a resumed run continues exactly."""
+
+    epoch: int = 0                  # epochs completed
+    step: int = 0                   # optimiser steps taken (the schedule's clock)
+    best_val_acc: float = -1.0
+    best_epoch: int = 0
+    stale_epochs: int = 0           # epochs since the best one (early stopping)
+    early_stopped: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "TrainState":
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+class Callback(Protocol):
+    def on_epoch_start(self, epoch: int, num_batches: int) -> None: ...
+
+    def on_batch(self, batch: int, loss: float, acc: float) -> None:
+        """After batch ``batch`` (1-based) with the running mean loss and accuracy so far."""
+
+    def on_epoch_end(self, metrics: dict[str, float], state: TrainState, is_best: bool) -> None: ...
+
+
+class NullCallback:
+    def on_epoch_start(self, epoch: int, num_batches: int) -> None:
+        pass
+
+    def on_batch(self, batch: int, loss: float, acc: float) -> None:
+        pass
+
+    def on_epoch_end(self, metrics: dict[str, float], state: TrainState, is_best: bool) -> None:
+        pass
+
+
+@dataclass
+class LoopSettings:
+    epochs: int
+    batch_size: int
+    eval_batch_size: int = 2000
+    patience: int | None = None     # early stopping: epochs without val-accuracy improvement
+
+
+def fit(model: Any, optimizer: Any, lr_at: Callable[[int], float],
+        x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
+        settings: LoopSettings, rngs: Mapping[str, np.random.Generator],
+        augment: Callable[[np.ndarray, np.random.Generator], None] | None = None,
+        state: TrainState | None = None, callback: Callback | None = None) -> TrainState:
+    """Train from ``state`` (a fresh one by default) until ``settings.epochs`` are done.
+
+    x_train: (N, 784) C-contiguous, the model's dtype; y_train: (N,) int. ``rngs`` holds the
+    ``shuffle``, ``dropout`` and ``augment`` generators. Raises :class:`TrainingInterrupted` on
+    Ctrl-C (the callback's last ``on_epoch_end`` describes the state to save) and
+    :class:`TrainingDivergedError` when a loss becomes NaN or infinite.
+    """
+    state = state or TrainState()
+    callback = callback or NullCallback()
+    try:
+        while state.epoch < settings.epochs and not state.early_stopped:
+            metrics = _train_one_epoch(model, optimizer, lr_at, x_train, y_train, settings,
+                                       rngs, augment, state, callback)
+            t0 = time.perf_counter()
+            val_loss, val_acc = model.evaluate(x_val, y_val, batch_size=settings.eval_batch_size)
+            _check_finite(val_loss, f"validation loss after epoch {state.epoch + 1}", metrics["lr"])
+            metrics.update(val_loss=float(val_loss), val_acc=float(val_acc))
+            metrics["epoch_time"] += time.perf_counter() - t0
+            is_best = _advance(state, metrics, settings.patience)
+            callback.on_epoch_end(metrics, state, is_best)
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(f"interrupted during epoch {state.epoch + 1}") from None
+    return state
+
+
+def _train_one_epoch(model, optimizer, lr_at, x, y, settings, rngs, augment, state, callback):
+    n = x.shape[0]
+    batch_size = min(settings.batch_size, n)
+    num_batches = -(-n // batch_size)
+    callback.on_epoch_start(state.epoch + 1, num_batches)
+    order = rngs["shuffle"].permutation(n)
+    # One batch buffer per epoch, reused: np.take(out=) gathers without allocating per step.
+    xb_full = np.empty((batch_size, x.shape[1]), dtype=x.dtype)
+    yb_full = np.empty(batch_size, dtype=y.dtype)
+    dropout_rng, augment_rng = rngs["dropout"], rngs["augment"]
+    total_loss, total_correct, seen = 0.0, 0, 0
+    lr = lr_at(state.step)
+    t0 = time.perf_counter()
+    for b in range(num_batches):
+        idx = order[b * batch_size:(b + 1) * batch_size]
+        m = idx.shape[0]
+        xb, yb = xb_full[:m], yb_full[:m]
+        np.take(x, idx, axis=0, out=xb)
+        np.take(y, idx, axis=0, out=yb)
+        if augment is not None:
+            augment(xb, augment_rng)
+        loss, correct = model.loss_and_grad(xb, yb, rng=dropout_rng)
+        loss = float(loss)
+        if not math.isfinite(loss):
+            _check_finite(loss, f"training loss at epoch {state.epoch + 1}, batch {b + 1}", lr)
+        lr = lr_at(state.step)
+        optimizer.step(model.params, model.grads, lr)
+        state.step += 1
+        total_loss += loss * m
+        total_correct += int(correct)
+        seen += m
+        callback.on_batch(b + 1, total_loss / seen, total_correct / seen)
+    train_time = time.perf_counter() - t0
+    return {"epoch": state.epoch + 1, "train_loss": total_loss / seen,
+            "train_acc": total_correct / seen, "lr": float(lr), "epoch_time": train_time,
+            "samples_per_sec": seen / train_time if train_time > 0 else 0.0}
+
+
+def _check_finite(value: float, what: str, lr: float) -> None:
+    if not math.isfinite(value):
+        raise TrainingDivergedError(f"training diverged: {what} is {value}; try a lower "
+                                    f"learning rate (optimizer.lr, last used {lr:g})")
+
+
+def _advance(state: TrainState, metrics: Mapping[str, float], patience: int | None) -> bool:
+    """Count the finished epoch; return whether it is the best so far by validation accuracy."""
+    state.epoch += 1
+    is_best = metrics["val_acc"] > state.best_val_acc
+    if is_best:
+        state.best_val_acc, state.best_epoch, state.stale_epochs = metrics["val_acc"], state.epoch, 0
+    else:
+        state.stale_epochs += 1
+        if patience is not None and state.stale_epochs >= patience:
+            state.early_stopped = True
+    return is_best
+
+
+def evaluate(model: Any, x: np.ndarray, y: np.ndarray, batch_size: int = 2000,
+             num_classes: int = 10) -> dict[str, Any]:
+    """Loss, accuracy, per-class accuracy and the confusion matrix ``[true, pred]`` on one split."""
+    from fmnist_mlp.metrics import confusion_matrix, per_class_accuracy
+
+    loss, acc = model.evaluate(x, y, batch_size=batch_size)
+    pred = model.predict(x, batch_size=batch_size)
+    cm = confusion_matrix(y, pred, num_classes=num_classes)
+    return {"loss": float(loss), "accuracy": float(acc), "num_samples": int(len(y)),
+            "per_class_accuracy": [float(a) for a in per_class_accuracy(cm)],
+            "confusion_matrix": cm.tolist()}
