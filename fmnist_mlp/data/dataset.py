@@ -1,0 +1,163 @@
+"""Load Fashion-MNIST as arrays and cut it into train / validation / test splits.
+
+``load_raw`` is I/O (cache, download, decode); ``make_splits`` is pure NumPy on what it returns.
+The 10,000 test images are never part of training or validation: they are for the final score.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple, Sequence
+
+import numpy as np
+
+from fmnist_mlp.errors import ConfigError, DataError
+from fmnist_mlp.data.decoded import CorruptCacheFile, decode_and_store, load_decoded
+from fmnist_mlp.data.download import LOCK_NAME, ensure_dataset, resolve_data_dir
+from fmnist_mlp.data.http import HttpOptions
+from fmnist_mlp.data.idx import IMAGE_SHAPE, NUM_CLASSES
+from fmnist_mlp.data.lock import FileLock
+from fmnist_mlp.data.specs import FASHION_MNIST_FILES, FileSpec
+
+CLASS_NAMES: tuple[str, ...] = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+NUM_FEATURES = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]  # 784
+
+
+class RawData(NamedTuple):
+    """The dataset as stored: images (N, 28, 28) uint8, labels (N,) uint8 in 0..9."""
+
+    train_images: np.ndarray   # (60000, 28, 28)
+    train_labels: np.ndarray   # (60000,)
+    test_images: np.ndarray    # (10000, 28, 28)
+    test_labels: np.ndarray    # (10000,)
+
+
+class Split(NamedTuple):
+    """Examples as rows: x (N, 784) C-contiguous float, y (N,) int64."""
+
+    x: np.ndarray
+    y: np.ndarray
+
+
+class Splits(NamedTuple):
+    """The three splits, and the (mean, std) that were applied to all of them (0.0, 1.0 for "scale")."""
+
+    train: Split
+    val: Split
+    test: Split
+    mean: float
+    std: float
+
+
+def load_raw(data_dir: str | Path | None = None, sources: Sequence[str] | None = None,
+             progress: bool = True, specs: Sequence[FileSpec] = FASHION_MNIST_FILES,
+             http: HttpOptions = HttpOptions()) -> RawData:
+    """Return the dataset's arrays, fetching and decoding it first if the cache lacks it.
+
+    The second call reads four .npy files (well under a second). ``sources``, ``progress``,
+    ``specs`` and ``http`` are passed to :func:`ensure_dataset` when something must be fetched.
+    """
+    data_dir = resolve_data_dir(data_dir)
+    arrays = load_decoded(data_dir, specs)
+    for attempt in range(2):
+        if arrays is not None:
+            break
+        ensure_dataset(data_dir, sources, progress=progress, specs=specs, http=http)
+        with FileLock(data_dir / LOCK_NAME):
+            # Another process may have decoded while we waited for the lock.
+            arrays = load_decoded(data_dir, specs)
+            if arrays is None:
+                try:
+                    arrays = decode_and_store(data_dir, specs)
+                except CorruptCacheFile as exc:
+                    if attempt == 1:
+                        raise
+                    # Damaged after it was verified (disk, a user's edit): fetch it again once.
+                    exc.path.unlink(missing_ok=True)
+    return _as_raw_data(arrays, data_dir)
+
+
+def _as_raw_data(arrays: dict[str, np.ndarray], data_dir: Path) -> RawData:
+    raw = RawData(arrays["train_images"], arrays["train_labels"], arrays["test_images"], arrays["test_labels"])
+    for part, images, labels in (("train", raw.train_images, raw.train_labels), ("test", raw.test_images, raw.test_labels)):
+        if images.shape[0] != labels.shape[0]:
+            raise DataError(f"{data_dir}: {part} set has {images.shape[0]} images but {labels.shape[0]} labels")
+    return raw
+
+
+def make_splits(raw: RawData, val_size: int = 5000, split: str = "stratified",
+                normalize: str = "standardize", seed: int = 0, dtype: str = "float32",
+                subset: int | None = None) -> Splits:
+    """Hold ``val_size`` training images out for validation and turn pixels into float rows.
+
+    split: "stratified" (each class in proportion) or "shuffled" (uniformly at random), seeded.
+    normalize: "scale" (x / 255, in [0, 1]) or "standardize" ((x / 255 - mean) / std with the global
+    mean and std of the training rows actually used). subset: keep only this many training images,
+    drawn after the validation split (same ``split`` method). Test rows are all 10,000, in order.
+    """
+    n_train = raw.train_labels.shape[0]
+    _check_choice("data.split", split, ("stratified", "shuffled"))
+    _check_choice("data.normalize", normalize, ("scale", "standardize"))
+    _check_choice("model.dtype", dtype, ("float32", "float64"))
+    if isinstance(val_size, bool) or not isinstance(val_size, (int, np.integer)) or not 0 <= val_size < n_train:
+        raise ConfigError(f"data.val_size: {val_size!r} must be an integer in 0..{n_train - 1}")
+    rng = np.random.default_rng(seed)
+    labels = raw.train_labels.astype(np.int64)
+    val_idx, train_idx = _draw(labels, np.arange(n_train), val_size, split, rng)
+    if subset is not None:
+        if isinstance(subset, bool) or not isinstance(subset, (int, np.integer)) or not 0 < subset <= train_idx.size:
+            raise ConfigError(f"data.subset: {subset!r} must be null or an integer in 1..{train_idx.size}")
+        train_idx, _ = _draw(labels[train_idx], train_idx, subset, split, rng)
+
+    train_x = _to_rows(raw.train_images, train_idx, dtype)
+    mean, std = (0.0, 1.0)
+    if normalize == "standardize":
+        mean = float(train_x.mean(dtype=np.float64))
+        std = float(train_x.std(dtype=np.float64)) or 1.0  # a constant image set: nothing to scale
+    splits = []
+    for x, y in ((train_x, labels[train_idx]),
+                 (_to_rows(raw.train_images, val_idx, dtype), labels[val_idx]),
+                 (_to_rows(raw.test_images, np.arange(raw.test_labels.shape[0]), dtype),
+                  raw.test_labels.astype(np.int64))):
+        if normalize == "standardize":
+            x -= x.dtype.type(mean)
+            x /= x.dtype.type(std)
+        splits.append(Split(x, np.ascontiguousarray(y)))
+    return Splits(*splits, mean=mean, std=std)
+
+
+def _check_choice(key: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
+
+
+def _draw(labels: np.ndarray, indices: np.ndarray, count: int, split: str,
+          rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Pick ``count`` of ``indices`` (labels[i] is the class of indices[i]); return (picked, rest), each sorted.
+
+    Stratified: each class gets count * (its share), rounded by largest remainder so they sum to count.
+    """
+    order = rng.permutation(indices.size)
+    if split == "shuffled":
+        chosen = order[:count]
+    else:
+        classes, per_class = np.unique(labels, return_counts=True)
+        quota = count * per_class / labels.size
+        take = np.floor(quota).astype(np.int64)
+        shortfall = count - int(take.sum())
+        take[np.argsort(-(quota - take), kind="stable")[:shortfall]] += 1
+        shuffled_labels = labels[order]
+        chosen = np.concatenate([order[shuffled_labels == c][:k] for c, k in zip(classes, take)])
+    mask = np.zeros(indices.size, dtype=bool)
+    mask[chosen] = True
+    return indices[mask], indices[~mask]
+
+
+def _to_rows(images: np.ndarray, idx: np.ndarray, dtype: str) -> np.ndarray:
+    """Select images[idx] as (len(idx), 784) rows of ``dtype`` scaled to [0, 1]."""
+    rows = images.reshape(images.shape[0], NUM_FEATURES)[idx].astype(dtype)
+    rows *= rows.dtype.type(1.0 / 255.0)
+    return rows

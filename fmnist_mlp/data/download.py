@@ -1,0 +1,168 @@
+"""Get the four Fashion-MNIST files into the cache folder, verified, from the first source that has them.
+
+Sources, tried in order for each file until one yields verified contents:
+
+1. the cache itself (a file is only ever moved there after verification);
+2. Debian's ``dataset-fashion-mnist`` package folder, when present;
+3. the HTTP mirrors: upstream's canonical address, the Keras mirror, GitHub at a pinned commit.
+
+``sources`` (the CLI's repeatable ``--source``: folders or URLs) replaces 2 and 3. Every copy goes
+to a temporary file in the cache folder, is verified, and only then renamed into place, so the
+cache never holds a partial or unverified file; a file lock makes concurrent processes take turns.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from fmnist_mlp.errors import DataError
+from fmnist_mlp.data.http import HostUnreachableError, HttpOptions, download_url, make_session
+from fmnist_mlp.data.lock import FileLock
+from fmnist_mlp.data.specs import FASHION_MNIST_FILES, FileSpec, verify_file
+
+DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+# A fixed commit, so the GitHub raw files cannot change under us; data/fashion/ holds the four .gz files.
+GITHUB_COMMIT = "949006594cc2f804a93b9155849734564c3545ec"
+MIRRORS: tuple[str, ...] = (
+    "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+    "https://storage.googleapis.com/tensorflow/tf-keras-datasets/",
+    f"https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/{GITHUB_COMMIT}/data/fashion/",
+)
+LOCK_NAME = ".lock"
+HOW_TO_FIX = (
+    "To fix: check the network connection (and HTTPS_PROXY if you need a proxy), or pass "
+    "--source with a folder or URL holding the four .gz files, or install Debian's package "
+    "(apt-get install dataset-fashion-mnist), which puts them in /usr/share/datasets/fashion-mnist."
+)
+
+
+def default_data_dir() -> Path:
+    """The cache folder: $FMNIST_MLP_DATA_DIR, else $XDG_CACHE_HOME/fmnist-mlp, else ~/.cache/fmnist-mlp."""
+    if os.environ.get("FMNIST_MLP_DATA_DIR"):
+        return Path(os.environ["FMNIST_MLP_DATA_DIR"]).expanduser()
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "fmnist-mlp"
+    return Path.home() / ".cache" / "fmnist-mlp"
+
+
+def resolve_data_dir(data_dir: str | Path | None) -> Path:
+    """``data_dir`` (the CLI's --data-dir) when given, else :func:`default_data_dir`."""
+    return Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
+
+
+def default_sources() -> list[str]:
+    """Debian's folder when it exists, then the mirrors."""
+    return ([str(DEBIAN_DIR)] if DEBIAN_DIR.is_dir() else []) + list(MIRRORS)
+
+
+def is_url(source: str) -> bool:
+    return source.startswith(("http://", "https://"))
+
+
+@dataclass
+class _FetchContext:
+    """What fetching from the sources needs, and the state it keeps across the four files."""
+
+    data_dir: Path
+    http: HttpOptions
+    progress: bool
+    session: object = None
+    dead_hosts: dict[str, str] = field(default_factory=dict)  # source -> why, skipped for later files
+
+
+def ensure_dataset(data_dir: str | Path | None = None, sources: Sequence[str] | None = None,
+                   force: bool = False, progress: bool = True,
+                   specs: Sequence[FileSpec] = FASHION_MNIST_FILES,
+                   http: HttpOptions = HttpOptions()) -> Path:
+    """Make sure ``data_dir`` holds every file of ``specs``, verified; return the folder.
+
+    sources: folders or http(s) URLs tried in order after the cache (None = Debian's folder, then
+    the mirrors; [] = the cache only). force: fetch again even what the cache holds (the old file
+    stays until a verified replacement is in place). Raises DataError listing every source tried
+    and why it failed, plus how to fix it.
+    """
+    data_dir = resolve_data_dir(data_dir)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"{data_dir}: cannot create the data folder: {exc.strerror or exc}") from None
+    sources = default_sources() if sources is None else [str(s) for s in sources]
+    context = _FetchContext(data_dir, http, progress)
+    failures: list[str] = []
+    with FileLock(data_dir / LOCK_NAME):
+        for spec in specs:
+            if not force and (data_dir / spec.filename).is_file():
+                continue
+            reasons = _fetch_first(spec, sources, context)
+            if reasons is not None:
+                failures.append(_failure_report(spec, data_dir, reasons))
+    if failures:
+        raise DataError("could not get the Fashion-MNIST files.\n" + "\n".join(failures) + "\n" + HOW_TO_FIX)
+    return data_dir
+
+
+def _failure_report(spec: FileSpec, data_dir: Path, reasons: list[str]) -> str:
+    tried = [f"  - cache {data_dir}: no {spec.filename}"] + [f"  - {reason}" for reason in reasons]
+    if len(tried) == 1:
+        tried.append("  - no other source was given")
+    return f"{spec.filename}: every source failed:\n" + "\n".join(tried)
+
+
+def _fetch_first(spec: FileSpec, sources: Iterable[str], context: _FetchContext) -> list[str] | None:
+    """Install ``spec`` from the first source that yields it verified; None on success, else why each failed."""
+    reasons = []
+    for source in sources:
+        if source in context.dead_hosts:
+            reasons.append(f"{source}: skipped, {context.dead_hosts[source]} for an earlier file")
+            continue
+        try:
+            _install_from(source, spec, context)
+            return None
+        except HostUnreachableError as exc:
+            context.dead_hosts[source] = "unreachable"
+            reasons.append(str(exc))
+        except DataError as exc:
+            reasons.append(str(exc))
+    return reasons
+
+
+def _install_from(source: str, spec: FileSpec, context: _FetchContext) -> None:
+    """Copy ``spec`` from ``source`` into a temporary file, verify it, rename it into the cache."""
+    fd, tmp_name = tempfile.mkstemp(dir=context.data_dir, prefix=f".{spec.filename}.", suffix=".part")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        label = _copy_to(source, spec, tmp, context)
+        verify_file(tmp, spec, label)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache may be shared (a sweep, a team)
+        os.replace(tmp, context.data_dir / spec.filename)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _copy_to(source: str, spec: FileSpec, tmp: Path, context: _FetchContext) -> str:
+    """Write the file from ``source`` to ``tmp``; return the label naming where it came from."""
+    if is_url(source):
+        url = source.rstrip("/") + "/" + spec.filename
+        if context.session is None:
+            context.session = make_session()
+        download_url(url, tmp, context.session, context.http, context.progress, desc=spec.filename)
+        return url
+    folder = Path(source).expanduser()
+    if not folder.is_dir():
+        raise DataError(f"{folder}: no such folder")
+    # Accept the .gz name and the decompressed one (some tools unpack the files).
+    for name in (spec.filename, spec.filename.removesuffix(".gz")):
+        candidate = folder / name
+        if candidate.is_file():
+            try:
+                shutil.copyfile(candidate, tmp)
+            except OSError as exc:
+                raise DataError(f"{candidate}: cannot read: {exc.strerror or exc}") from None
+            return str(candidate)
+    raise DataError(f"{folder}: no {spec.filename}")
