@@ -32,15 +32,23 @@ LEARNING_CURVES_SIZE = (12.0, 4.5)   # inches; two panels side by side
 CONFUSION_SIZE = (8.5, 8.0)
 GRID_CELL_INCHES = 1.3     # per map in the weight and mistake grids
 GRID_TITLE_INCHES = 0.8    # room above a grid for its title
+GRID_MIN_WIDTH_INCHES = 5.5   # so a grid of a few maps still has room for its two-line title
+
+
+def _require_matplotlib() -> None:
+    """Fail early, before loading data, when the optional plotting extra is missing."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise FmnistMlpError(MISSING_MATPLOTLIB) from None
 
 
 def _new_figure(figsize: tuple[float, float]):
     """A headless Figure of exactly figsize inches at DPI (no pyplot, no global state)."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise FmnistMlpError(MISSING_MATPLOTLIB) from None
+    _require_matplotlib()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=figsize, dpi=DPI)
     FigureCanvasAgg(fig)
     return fig
@@ -68,7 +76,7 @@ def _grid_shape(count: int, max_cols: int = 10) -> tuple[int, int]:
 def _grid_figure(rows: int, cols: int):
     """A figure of rows x cols image cells plus a title band; returns (fig, axes (rows, cols))."""
     height = rows * GRID_CELL_INCHES + GRID_TITLE_INCHES
-    fig = _new_figure((cols * GRID_CELL_INCHES, height))
+    fig = _new_figure((max(cols * GRID_CELL_INCHES, GRID_MIN_WIDTH_INCHES), height))
     axes = fig.subplots(rows, cols, squeeze=False)
     fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=1 - GRID_TITLE_INCHES / height,
                         wspace=0.08, hspace=0.35)
@@ -186,7 +194,7 @@ def plot_first_layer_weights(W: np.ndarray, path: str | os.PathLike,
     elif shown < units:
         title = f"First-layer weights: first {shown} of {units} units"
     else:
-        title = f"First-layer weights of all {units} units"
+        title = f"First-layer weights of all {units} units" if units > 1 else "First-layer weights"
     fig.suptitle(f"{title}\nred = positive, blue = negative; each map scaled to its own max |w|",
                  fontsize=10)
     return _save(fig, path)
@@ -194,11 +202,12 @@ def plot_first_layer_weights(W: np.ndarray, path: str | os.PathLike,
 
 def plot_confident_mistakes(images: np.ndarray, y_true: np.ndarray, probs: np.ndarray,
                             path: str | os.PathLike, class_names: Sequence[str] = CLASS_NAMES,
-                            max_images: int = MAX_MISTAKES) -> Path:
+                            max_images: int = MAX_MISTAKES, score_name: str = "probability") -> Path:
     """The misclassified images the model was most sure of, titled 'true → pred (p)'.
 
     images: (N, 784) or (N, 28, 28) in any affine scaling (each is shown with its own grey range);
-    y_true: (N,) int; probs: (N, C) class probabilities. Draws a note instead if nothing is wrong.
+    y_true: (N,) int; probs: (N, C) class probabilities (or other scores: say which in score_name).
+    Draws a note instead if nothing is wrong.
     """
     images = np.asarray(images).reshape(len(images), IMAGE_SIDE, IMAGE_SIDE)
     probs = np.asarray(probs)
@@ -218,21 +227,8 @@ def plot_confident_mistakes(images: np.ndarray, y_true: np.ndarray, probs: np.nd
                      f"({probs[index, pred]:.2f})", fontsize=7)
     wrong = int((probs.argmax(axis=1) != np.asarray(y_true)).sum())
     fig.suptitle(f"Most confident mistakes: {chosen.size} of {wrong} wrong out of {len(images)}\n"
-                 "true → predicted (probability)", fontsize=10)
+                 f"true → predicted ({score_name})", fontsize=10)
     return _save(fig, path)
-
-
-def _require_matplotlib() -> None:
-    """Fail early, before loading data, when the optional plotting extra is missing."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise FmnistMlpError(MISSING_MATPLOTLIB) from None
-
-
-def _predict_probabilities(model, x: np.ndarray, batch_size: int = 2000) -> np.ndarray:
-    """model.forward over x in batches (bounded memory); returns (N, C)."""
-    return np.concatenate([model.forward(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
 def plot_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None) -> list[Path]:
@@ -252,7 +248,9 @@ def plot_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
     metrics = read_metrics(run_dir)
     model, config = load_model(run_dir)
     test = load_splits_for(config, data_dir=data_dir).test
-    probs = _predict_probabilities(model, test.x)
+    probs = model.forward(test.x)   # (N, C), batched inside the model
+    # Only softmax outputs are probabilities; sigmoid/linear outputs are labelled as scores.
+    score_name = "probability" if model.spec().get("output", "softmax") == "softmax" else "score"
     cm = confusion_matrix(test.y, probs.argmax(axis=1), num_classes=probs.shape[1])
     weights = model.params["layer0.W"]
     single_layer = sum(key.endswith(".W") for key in model.params) == 1
@@ -263,5 +261,6 @@ def plot_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
                                          title="Test-set confusion matrix"))
     written.append(plot_first_layer_weights(weights, plots_dir / "first_layer_weights.png",
                                             class_names=CLASS_NAMES if single_layer else None))
-    written.append(plot_confident_mistakes(test.x, test.y, probs, plots_dir / "confident_mistakes.png"))
+    written.append(plot_confident_mistakes(test.x, test.y, probs, plots_dir / "confident_mistakes.png",
+                                           score_name=score_name))
     return written

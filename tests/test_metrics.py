@@ -103,3 +103,28 @@ def test_format_confusion_table_is_aligned_and_complete():
 def test_format_confusion_table_rejects_wrong_number_of_names():
     with pytest.raises(ValueError, match="9 class names for a 10-class matrix"):
         format_confusion_table(np.zeros((10, 10), dtype=np.int64), NAMES[:9])
+
+
+def test_most_confident_mistakes_orders_wrong_answers_by_confidence():
+    from fmnist_mlp.metrics import most_confident_mistakes
+
+    rng = np.random.default_rng(3)
+    probs = rng.dirichlet(np.ones(10), size=500)
+    y_true = rng.integers(0, 10, 500)
+    chosen = most_confident_mistakes(y_true, probs, k=20)
+    y_pred = probs.argmax(axis=1)
+    wrong = np.flatnonzero(y_pred != y_true)
+    # Independent reference: sort every wrong answer by its top probability, highest first.
+    reference = sorted(wrong, key=lambda i: -probs[i].max())[:20]
+    assert chosen.tolist() == [int(i) for i in reference]
+    assert chosen.dtype == np.int64
+
+
+def test_most_confident_mistakes_with_few_or_no_errors():
+    from fmnist_mlp.metrics import most_confident_mistakes
+
+    probs = np.eye(4)[[0, 1, 2, 3]] * 0.7 + 0.075
+    assert most_confident_mistakes(np.array([0, 1, 2, 3]), probs, k=5).size == 0
+    assert most_confident_mistakes(np.array([0, 1, 3, 3]), probs, k=5).tolist() == [2]
+    with pytest.raises(ValueError, match=r"\(N, C\)"):
+        most_confident_mistakes(np.array([0, 1]), probs)
