@@ -1,0 +1,288 @@
+"""Benchmark: the NumPy engine and the identical PyTorch CPU loop, side by side in one run.
+
+Every measurement runs in a fresh child process (:mod:`fmnist_mlp.bench_worker`) whose BLAS and
+OpenMP thread counts are set in its environment before NumPy or torch is imported, and the two
+engines alternate case by case, so neither gets a warmer machine or the other's memory. The
+float32 matrix-product peak is measured at the start and again at the end of the same run.
+
+Public entry points: :func:`run_benchmark` (returns a JSON-serialisable dict),
+:func:`format_report` (the readable tables) and :func:`write_results`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import fnmatch
+import importlib.util
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from fmnist_mlp import bench_probes
+from fmnist_mlp.bench_report import format_report
+from fmnist_mlp.bench_targets import evaluate_targets
+
+__all__ = ["run_benchmark", "format_report", "write_results", "default_output_path", "benchmark_cases",
+           "select_cases", "train_flops_per_sample", "infer_flops_per_sample"]
+
+SCHEMA = "fmnist-mlp-bench/1"
+NETS = ((256, 128), (1024, 512))
+BATCH_SIZES = (32, 128, 512)
+OPTIMIZERS = ("momentum", "adam")
+DROPOUTS = (0.0, 0.2)
+# The three cases the speed targets name: enough for a smoke run.
+QUICK_CASES = ("784-256-128-10_b128_momentum_d0", "784-1024-512-10_b128_momentum_d0",
+               "784-1024-512-10_b128_adam_d0.2")
+EVAL_BATCH_SIZE = 2000  # the config's train.eval_batch_size default
+PEAK_SIZE = 2048
+THREAD_ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                   "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+FLOP_FORMULA = (
+    "one matmul (N, D_in) @ (D_in, D_out) = 2*N*D_in*D_out FLOPs; per layer the forward pass is 1 "
+    "matmul and the backward pass 2 (dW and dX), except the first layer, whose dX is not computed; "
+    "train FLOPs/sample = sum over layers of 2*D_in*D_out*(3 if layer > 0 else 2); inference "
+    "FLOPs/sample = sum over layers of 2*D_in*D_out; bias, activation, loss and optimiser work not counted")
+MEMORY_METHOD = (
+    "resource.getrusage(RUSAGE_SELF).ru_maxrss at the end of each measuring child process (one "
+    "engine, one job; includes the interpreter, imported libraries and the float32 data copy); "
+    "default-config training: getrusage(RUSAGE_CHILDREN).ru_maxrss in a wrapper process")
+
+
+def case_name(hidden, batch_size: int, optimizer: str, dropout: float) -> str:
+    """E.g. ``784-256-128-10_b128_momentum_d0`` (dropout printed without a trailing .0)."""
+    sizes = "-".join(str(s) for s in (784, *hidden, 10))
+    return f"{sizes}_b{batch_size}_{optimizer}_d{dropout:g}"
+
+
+def benchmark_cases() -> list[dict]:
+    """The full grid: 2 nets x 3 batch sizes x 2 optimisers x 2 dropout rates."""
+    return [{"name": case_name(h, b, o, d), "hidden": list(h), "batch_size": b, "optimizer": o,
+             "dropout": d}
+            for h in NETS for b in BATCH_SIZES for o in OPTIMIZERS for d in DROPOUTS]
+
+
+def select_cases(cases: list[dict], patterns: str | None, quick: bool) -> list[dict]:
+    """Cases whose name matches any comma-separated glob in ``patterns``; --quick alone keeps 3."""
+    if patterns:
+        globs = [p.strip() for p in patterns.split(",") if p.strip()]
+        chosen = [c for c in cases if any(fnmatch.fnmatchcase(c["name"], g) for g in globs)]
+        if not chosen:
+            raise ValueError(f"--cases {patterns!r} matches no case; names look like {cases[0]['name']}")
+        return chosen
+    return [c for c in cases if c["name"] in QUICK_CASES] if quick else cases
+
+
+def layer_shapes(hidden) -> list[tuple[int, int]]:
+    sizes = (784, *hidden, 10)
+    return list(zip(sizes[:-1], sizes[1:]))
+
+
+def train_flops_per_sample(hidden) -> int:
+    """See FLOP_FORMULA: forward 1 matmul per layer, backward 2 except the first layer's dX."""
+    return sum(2 * d_in * d_out * (3 if i > 0 else 2) for i, (d_in, d_out) in enumerate(layer_shapes(hidden)))
+
+
+def infer_flops_per_sample(hidden) -> int:
+    return sum(2 * d_in * d_out for d_in, d_out in layer_shapes(hidden))
+
+
+def default_threads() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def thread_env(threads: int) -> dict[str, str]:
+    """The child's environment: every BLAS/OpenMP thread knob set to ``threads``."""
+    env = dict(os.environ)
+    env.update({var: str(threads) for var in THREAD_ENV_VARS})
+    package_root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    return env
+
+
+def run_child(job: dict, threads: int, timeout: float = 3600.0) -> dict:
+    """Run one job in a fresh interpreter; a failure becomes ``{"error": "<last stderr line>"}``."""
+    job = {**job, "threads": threads}
+    proc = subprocess.run([sys.executable, "-m", "fmnist_mlp.bench_worker", json.dumps(job)],
+                          env=thread_env(threads), capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        lines = proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"]
+        return {"error": lines[-1]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def prepare_data(workdir: Path, synthetic: int | None, data_dir: str | None) -> dict:
+    """Save float32 (N, 784) images and int64 labels as .npy files the children load.
+
+    Real data: all 60,000 training and 10,000 test images, scaled to [0, 1] and standardised
+    with the training mean and std. Synthetic: ``synthetic`` Gaussian training rows and a sixth
+    as many test rows (for tests and smoke runs without the dataset).
+    """
+    import numpy as np
+
+    if synthetic:
+        rng = np.random.default_rng(0)
+        n_test = max(synthetic // 6, 1)
+        arrays = {"train_x": rng.standard_normal((synthetic, 784), dtype=np.float32),
+                  "train_y": rng.integers(0, 10, synthetic), "test_x":
+                  rng.standard_normal((n_test, 784), dtype=np.float32), "test_y": rng.integers(0, 10, n_test)}
+        source = f"synthetic ({synthetic} train, {n_test} test Gaussian rows)"
+    else:
+        from fmnist_mlp.data import load_raw
+
+        raw = load_raw(data_dir, progress=False)
+        train_x = raw.train_images.reshape(len(raw.train_images), -1).astype(np.float32) / 255.0
+        mean, std = float(train_x.mean()), float(train_x.std())
+        test_x = raw.test_images.reshape(len(raw.test_images), -1).astype(np.float32) / 255.0
+        arrays = {"train_x": (train_x - mean) / std, "train_y": raw.train_labels,
+                  "test_x": (test_x - mean) / std, "test_y": raw.test_labels}
+        source = "real Fashion-MNIST (60,000 train, 10,000 test; scaled and standardised)"
+    paths = {}
+    for key, array in arrays.items():
+        paths[key] = str(workdir / f"{key}.npy")
+        dtype = np.float32 if key.endswith("_x") else np.int64
+        np.save(paths[key], np.ascontiguousarray(array, dtype=dtype))
+    return {"paths": paths, "source": source, "n_train": len(arrays["train_x"]),
+            "n_test": len(arrays["test_x"])}
+
+
+def _machine_info(threads: int, torch_available: bool) -> dict:
+    import numpy as np
+
+    cpu = ""
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    torch_version = None
+    if torch_available:
+        from importlib.metadata import version
+        torch_version = version("torch")
+    return {"platform": platform.platform(), "cpu": cpu, "cpus_available": default_threads(),
+            "threads": threads, "python": platform.python_version(), "numpy": np.__version__,
+            "torch": torch_version}
+
+
+def _measure_case(case: dict, common: dict, engines: list[str], threads: int) -> dict:
+    """Both engines on one case, in fresh children; the engine order is chosen by the caller."""
+    flops = train_flops_per_sample(case["hidden"])
+    result = {**case, "train_flops_per_sample": flops}
+    for engine in engines:
+        result[engine] = run_child({**common, **case, "kind": "train", "engine": engine}, threads)
+    numpy_rate = result["numpy"].get("samples_per_sec")
+    if numpy_rate:
+        result["numpy_gflops"] = numpy_rate * flops / 1e9
+    torch_rate = result.get("torch", {}).get("samples_per_sec")
+    if numpy_rate and torch_rate:
+        result["torch_gflops"] = torch_rate * flops / 1e9
+        result["ratio"] = numpy_rate / torch_rate
+    return result
+
+
+def _measure_peak(engines: list[str], threads: int, repeats: int) -> dict:
+    return {engine: run_child({"kind": "peak", "engine": engine, "size": PEAK_SIZE,
+                               "repeats": repeats}, threads) for engine in engines}
+
+
+def _measure_inference(nets, common: dict, engines: list[str], threads: int, repeats: int) -> list[dict]:
+    rows = []
+    for i, hidden in enumerate(nets):
+        row = {"net": case_name(hidden, 0, "", 0).split("_")[0], "hidden": list(hidden),
+               "batch_size": EVAL_BATCH_SIZE, "infer_flops_per_sample": infer_flops_per_sample(hidden)}
+        for engine in engines if i % 2 == 0 else engines[::-1]:
+            row[engine] = run_child({**common, "kind": "infer", "engine": engine, "hidden": list(hidden),
+                                     "dropout": 0.0, "optimizer": "momentum",
+                                     "batch_size": EVAL_BATCH_SIZE, "repeats": repeats}, threads)
+        rates = [row.get(e, {}).get("samples_per_sec") for e in ("numpy", "torch")]
+        if rates[0]:
+            row["numpy_gflops"] = rates[0] * row["infer_flops_per_sample"] / 1e9
+        if all(rates):
+            row["ratio"] = rates[0] / rates[1]
+        rows.append(row)
+    return rows
+
+
+def _add_share_of_peak(results: dict) -> None:
+    peaks = [p.get("gflops") for p in (results["peak"]["start"].get("numpy", {}),
+                                       results["peak"]["end"].get("numpy", {})) if p.get("gflops")]
+    results["peak"]["numpy_best_gflops"] = max(peaks) if peaks else None
+    if not peaks:
+        return
+    for row in results["cases"] + results["inference"]:
+        if "numpy_gflops" in row:
+            row["numpy_pct_of_peak"] = 100.0 * row["numpy_gflops"] / max(peaks)
+        if "torch_gflops" in row:
+            row["torch_pct_of_peak"] = 100.0 * row["torch_gflops"] / max(peaks)
+
+
+def run_benchmark(*, quick: bool = False, cases: str | None = None, epochs: int | None = None,
+                  threads: int | None = None, use_torch: bool = True, synthetic: int | None = None,
+                  data_dir: str | None = None, skip: tuple[str, ...] = (),
+                  progress: Callable[[str], None] = lambda message: None) -> dict:
+    """Run the whole benchmark and return the results as a JSON-serialisable dict.
+
+    ``skip`` may name the extra sections ``inference``, ``overhead`` (bare loop vs real train),
+    ``cli`` (--help time), ``cache`` (decoded-data cache load) and ``rss`` (default-config
+    training's peak RSS). ``synthetic`` replaces the real data with N random rows.
+    """
+    threads = threads or default_threads()
+    torch_available = use_torch and importlib.util.find_spec("torch") is not None
+    engines = ["numpy", "torch"] if torch_available else ["numpy"]
+    selected = select_cases(benchmark_cases(), cases, quick)
+    epochs = epochs or (1 if quick else 3)
+    repeats = 3 if quick else 10
+    results = {"schema": SCHEMA, "started": _dt.datetime.now().isoformat(timespec="seconds"),
+               "command": sys.argv, "machine": _machine_info(threads, torch_available),
+               "flop_formula": FLOP_FORMULA, "memory_method": MEMORY_METHOD,
+               "torch_skipped_reason": None if torch_available else
+               ("--no-torch" if not use_torch else "torch is not importable")}
+    with tempfile.TemporaryDirectory(prefix="fmnist-bench-") as workdir:
+        progress("preparing data")
+        data = prepare_data(Path(workdir), synthetic, data_dir)
+        common = {"data": data["paths"], "epochs": epochs, "seed": 0,
+                  "warmup_batches": 5 if quick else 20}
+        results["settings"] = {"quick": quick, "epochs": epochs, "warmup_batches": common["warmup_batches"],
+                               "threads": threads, "thread_env_vars": list(THREAD_ENV_VARS),
+                               "data": data["source"], "n_train": data["n_train"],
+                               "n_test": data["n_test"], "peak_repeats": repeats, "dtype": "float32"}
+        progress(f"float32 matmul peak ({PEAK_SIZE}x{PEAK_SIZE})")
+        results["peak"] = {"start": _measure_peak(engines, threads, repeats)}
+        results["cases"] = []
+        for i, case in enumerate(selected):
+            order = engines if i % 2 == 0 else engines[::-1]
+            progress(f"[{i + 1}/{len(selected)}] {case['name']} ({' then '.join(order)})")
+            results["cases"].append(_measure_case(case, common, order, threads))
+        results["inference"] = []
+        if "inference" not in skip:
+            nets = sorted({tuple(c["hidden"]) for c in selected})
+            progress("inference on the test set")
+            results["inference"] = _measure_inference(nets, common, engines, threads, repeats)
+        results["extras"] = bench_probes.run_probes(
+            skip=skip, quick=quick, threads=threads, data_dir=data_dir, synthetic=synthetic,
+            data_paths=data["paths"], progress=progress, thread_env=thread_env(threads), run_child=run_child)
+        progress("float32 matmul peak again (end of run)")
+        results["peak"]["end"] = _measure_peak(["numpy"], threads, repeats)
+    _add_share_of_peak(results)
+    results["targets"] = evaluate_targets(results)
+    results["finished"] = _dt.datetime.now().isoformat(timespec="seconds")
+    return results
+
+
+def default_output_path(now: _dt.datetime | None = None) -> Path:
+    stamp = (now or _dt.datetime.now()).strftime("%Y%m%d-%H%M%S")
+    return Path("bench-results") / f"bench-{stamp}.json"
+
+
+def write_results(results: dict, path: Path) -> Path:
+    """Write the results as indented JSON, atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(results, indent=2) + "\n")
+    tmp.replace(path)
+    return path

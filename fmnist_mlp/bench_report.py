@@ -1,0 +1,102 @@
+"""Readable tables from a benchmark results dict (pure: dict in, text out)."""
+
+from __future__ import annotations
+
+
+def _num(value, fmt: str = ",.0f") -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    """Left-aligned first column, right-aligned others, widths fitted to the content."""
+    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
+
+    def line(cells):
+        return "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths)))
+
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def _error_note(row: dict, engine: str) -> str:
+    error = row.get(engine, {}).get("error") if isinstance(row.get(engine), dict) else None
+    return f"  {row.get('name', row.get('net'))} [{engine}] failed: {error}" if error else ""
+
+
+def training_table(results: dict) -> str:
+    headers = ["case", "numpy samples/s", "torch samples/s", "ratio", "GFLOP/s", "% of peak",
+               "torch GFLOP/s", "numpy MB", "torch MB"]
+    rows, notes = [], []
+    for case in results["cases"]:
+        numpy_row, torch_row = case.get("numpy", {}), case.get("torch", {})
+        rows.append([case["name"], _num(numpy_row.get("samples_per_sec")), _num(torch_row.get("samples_per_sec")),
+                     _num(case.get("ratio"), ".2f"), _num(case.get("numpy_gflops"), ".1f"),
+                     _num(case.get("numpy_pct_of_peak"), ".1f"), _num(case.get("torch_gflops"), ".1f"),
+                     _num(numpy_row.get("peak_rss_mb")), _num(torch_row.get("peak_rss_mb"))])
+        notes += [n for n in (_error_note(case, "numpy"), _error_note(case, "torch")) if n]
+    return "\n".join([_table(headers, rows), *notes])
+
+
+def inference_table(results: dict) -> str:
+    headers = ["net (test set)", "numpy samples/s", "torch samples/s", "ratio", "GFLOP/s", "% of peak",
+               "numpy MB", "torch MB"]
+    rows, notes = [], []
+    for row in results["inference"]:
+        numpy_row, torch_row = row.get("numpy", {}), row.get("torch", {})
+        rows.append([row["net"], _num(numpy_row.get("samples_per_sec")), _num(torch_row.get("samples_per_sec")),
+                     _num(row.get("ratio"), ".2f"), _num(row.get("numpy_gflops"), ".1f"),
+                     _num(row.get("numpy_pct_of_peak"), ".1f"), _num(numpy_row.get("peak_rss_mb")),
+                     _num(torch_row.get("peak_rss_mb"))])
+        notes += [n for n in (_error_note(row, "numpy"), _error_note(row, "torch")) if n]
+    return "\n".join([_table(headers, rows), *notes])
+
+
+def _peak_line(results: dict) -> str:
+    peak = results["peak"]
+    start = peak["start"].get("numpy", {}).get("gflops")
+    end = peak["end"].get("numpy", {}).get("gflops")
+    torch_peak = peak["start"].get("torch", {}).get("gflops")
+    return (f"float32 2048x2048 matmul peak (numpy): start {_num(start, '.1f')}, end {_num(end, '.1f')}, "
+            f"best {_num(peak.get('numpy_best_gflops'), '.1f')} GFLOP/s; torch {_num(torch_peak, '.1f')} GFLOP/s")
+
+
+def _extras_lines(results: dict) -> list[str]:
+    extras = results.get("extras", {})
+    lines = []
+    labels = {"help": ("fmnist-mlp --help", "best_seconds", "s"),
+              "data_cache": ("decoded data from cache (fresh process)", "fresh_process_seconds", "s"),
+              "default_train": ("peak RSS, train configs/default.yaml", "peak_rss_mb", "MB"),
+              "train_overhead": ("real train epoch / bare loop epoch", "ratio", "x")}
+    for key, (label, field, unit) in labels.items():
+        if key not in extras:
+            continue
+        value = extras[key]
+        text = value["error"] if "error" in value else f"{_num(value.get(field), '.3f')} {unit}"
+        lines.append(f"  {label}: {text}")
+    return lines
+
+
+def targets_table(results: dict) -> str:
+    rows = [[t["target"], _num(t["value"], ".3g"), f"{t['op']} {t['threshold']:g}",
+             {True: "yes", False: "NO", None: "not measured"}[t["met"]]] for t in results["targets"]]
+    return _table(["target", "value", "goal", "met"], rows)
+
+
+def format_report(results: dict) -> str:
+    """All tables as one string: settings, peak, training, inference, whole-tool probes, targets."""
+    settings, machine = results["settings"], results["machine"]
+    parts = [
+        f"fmnist-mlp benchmark  {results['started']}  {machine['cpu']}  threads={settings['threads']}  "
+        f"numpy {machine['numpy']}  torch {machine['torch'] or '(not run: ' + str(results['torch_skipped_reason']) + ')'}",
+        f"data: {settings['data']}; {settings['epochs']} timed epoch(s) per case after "
+        f"{settings['warmup_batches']} warm-up batches; float32",
+        _peak_line(results), "", "Training throughput (full epochs)", training_table(results),
+    ]
+    if results["inference"]:
+        parts += ["", f"Inference throughput (eval batch {results['inference'][0]['batch_size']})",
+                  inference_table(results)]
+    extra_lines = _extras_lines(results)
+    if extra_lines:
+        parts += ["", "Whole tool", *extra_lines]
+    parts += ["", "Issue 5 targets", targets_table(results)]
+    return "\n".join(parts)

@@ -1,0 +1,257 @@
+"""One benchmark measurement, run in a fresh child process.
+
+The parent (:mod:`fmnist_mlp.bench`) starts ``python -m fmnist_mlp.bench_worker '<job json>'``
+with the BLAS/OpenMP thread variables already in the environment, so they take effect before
+NumPy or torch is imported here. The child prints exactly one JSON object on its last stdout
+line. Every child reports its own peak resident memory (``ru_maxrss`` of RUSAGE_SELF), which
+therefore covers one engine and one job only: the float32 data copy, the imported libraries and
+the model, optimiser and work buffers.
+
+Job kinds (``job["kind"]``): ``peak`` (float32 matmul GFLOP/s), ``train`` (full epochs after a
+warm-up), ``infer`` (forward passes over the test set) and ``load_raw`` (decoded-data cache).
+``job["engine"]`` is ``numpy`` or ``torch``.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+
+# The hyperparameters the benchmark grid names; the same values drive both engines.
+OPTIMIZER_SETTINGS = {
+    "momentum": {"lr": 0.01, "momentum": 0.9},
+    "adam": {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8},
+}
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident set size of this process so far, in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _load_arrays(job: dict, part: str):
+    """The float32 images (N, 784) and int64 labels (N,) the parent saved for ``part``."""
+    import numpy as np
+
+    x = np.load(job["data"][f"{part}_x"])
+    y = np.load(job["data"][f"{part}_y"])
+    return np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(y, dtype=np.int64)
+
+
+def _epoch_orders(n: int, epochs: int, seed: int):
+    """The shuffled sample orders, one (n,) int64 array per epoch, shared by both engines."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return [rng.permutation(n) for _ in range(epochs)]
+
+
+# ---------------------------------------------------------------------------------------- peak
+def measure_peak(job: dict) -> dict:
+    """Best-of-``repeats`` GFLOP/s of a float32 (size x size) @ (size x size) product."""
+    size, repeats = job["size"], job["repeats"]
+    if job["engine"] == "torch":
+        import torch
+
+        torch.set_num_threads(job["threads"])
+        a, b = torch.randn(size, size), torch.randn(size, size)
+        c = torch.empty(size, size)
+        matmul = lambda: torch.mm(a, b, out=c)  # noqa: E731
+    else:
+        import numpy as np
+
+        rng = np.random.default_rng(0)
+        a = rng.standard_normal((size, size), dtype=np.float32)
+        b = rng.standard_normal((size, size), dtype=np.float32)
+        c = np.empty((size, size), dtype=np.float32)
+        matmul = lambda: np.matmul(a, b, out=c)  # noqa: E731
+    for _ in range(2):  # warm-up: thread pool start, page faults on c
+        matmul()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        matmul()
+        times.append(time.perf_counter() - start)
+    flops = 2.0 * size**3
+    return {"gflops": flops / min(times) / 1e9, "seconds": times, "size": size}
+
+
+# --------------------------------------------------------------------------------- NumPy engine
+def _numpy_model_and_optimizer(job: dict):
+    from fmnist_mlp.nn import MLP
+    from fmnist_mlp.optim import make_optimizer
+
+    model = MLP(input_size=784, hidden=tuple(job["hidden"]), num_classes=10, activation="relu",
+                output="softmax", loss="cross_entropy", dropout=job["dropout"],
+                dtype="float32", seed=job["seed"])
+    settings = OPTIMIZER_SETTINGS[job["optimizer"]]
+    optimizer = make_optimizer(job["optimizer"], model.params, **settings)
+    return model, optimizer, settings["lr"]
+
+
+def _numpy_train(job: dict) -> dict:
+    """The bare engine loop: gather a batch into a reused buffer, loss_and_grad, step."""
+    import numpy as np
+
+    x, y = _load_arrays(job, "train")
+    model, optimizer, lr = _numpy_model_and_optimizer(job)
+    batch = job["batch_size"]
+    xb = np.empty((batch, x.shape[1]), dtype=np.float32)
+    yb = np.empty(batch, dtype=np.int64)
+    dropout_rng = np.random.default_rng(job["seed"] + 1)
+
+    def run(order) -> tuple[float, int]:
+        loss_sum, correct = 0.0, 0
+        for start in range(0, len(order), batch):
+            idx = order[start:start + batch]
+            n = len(idx)
+            np.take(x, idx, axis=0, out=xb[:n])
+            np.take(y, idx, out=yb[:n])
+            loss, n_correct = model.loss_and_grad(xb[:n], yb[:n], rng=dropout_rng)
+            optimizer.step(model.params, model.grads, lr)
+            loss_sum += loss * n
+            correct += n_correct
+        return loss_sum / len(order), correct
+
+    return _timed_epochs(job, len(x), run)
+
+
+# ---------------------------------------------------------------------------------- torch loop
+def _torch_net(job: dict):
+    """nn.Linear + ReLU (+ Dropout after each hidden ReLU, as the engine places it)."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(job["seed"])
+    layers, width = [], 784
+    for hidden in job["hidden"]:
+        layers += [nn.Linear(width, hidden), nn.ReLU()]
+        if job["dropout"] > 0:
+            layers.append(nn.Dropout(job["dropout"]))
+        width = hidden
+    layers.append(nn.Linear(width, 10))
+    return nn.Sequential(*layers)
+
+
+def _torch_train(job: dict) -> dict:
+    """The idiomatic fast torch loop: index_select a batch, forward, cross-entropy, backward, step."""
+    import torch
+
+    torch.set_num_threads(job["threads"])
+    x_np, y_np = _load_arrays(job, "train")
+    x, y = torch.from_numpy(x_np), torch.from_numpy(y_np)
+    net = _torch_net(job).train()
+    settings = OPTIMIZER_SETTINGS[job["optimizer"]]
+    if job["optimizer"] == "momentum":
+        optimizer = torch.optim.SGD(net.parameters(), lr=settings["lr"], momentum=settings["momentum"])
+    else:
+        optimizer = torch.optim.Adam(net.parameters(), lr=settings["lr"],
+                                     betas=(settings["beta1"], settings["beta2"]), eps=settings["eps"])
+    loss_fn = torch.nn.CrossEntropyLoss()
+    batch = job["batch_size"]
+
+    def run(order) -> tuple[float, int]:
+        order_t = torch.from_numpy(order)
+        loss_sum = 0.0
+        for start in range(0, len(order), batch):
+            idx = order_t[start:start + batch]
+            xb, yb = x.index_select(0, idx), y.index_select(0, idx)
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(net(xb), yb)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.item() * len(idx)
+        # Accuracy is not counted here (the engine counts it for free); this favours torch.
+        return loss_sum / len(order), -1
+
+    return _timed_epochs(job, len(x_np), run)
+
+
+# ------------------------------------------------------------------------------ shared timing
+def _timed_epochs(job: dict, n: int, run) -> dict:
+    """Warm up on ``warmup_batches`` batches, then time ``epochs`` full shuffled epochs.
+
+    ``run(order) -> (mean loss, n_correct)`` trains once over the samples in ``order``.
+    """
+    orders = _epoch_orders(n, job["epochs"] + 1, job["seed"])
+    run(orders[0][: job["warmup_batches"] * job["batch_size"]])
+    epoch_seconds, loss, correct = [], float("nan"), -1
+    for order in orders[1:]:
+        start = time.perf_counter()
+        loss, correct = run(order)
+        epoch_seconds.append(time.perf_counter() - start)
+    total = sum(epoch_seconds)
+    return {
+        "samples_per_sec": job["epochs"] * n / total,
+        "epoch_seconds": epoch_seconds,
+        "samples_per_epoch": n,
+        "last_epoch_loss": loss,
+        "last_epoch_acc": correct / n if correct >= 0 else None,
+    }
+
+
+# ------------------------------------------------------------------------------------ inference
+def _infer(job: dict) -> dict:
+    """Best-of-``repeats`` time of eval-mode softmax outputs for the whole test set."""
+    x_np, _ = _load_arrays(job, "test")
+    batch = job["batch_size"]
+    if job["engine"] == "torch":
+        import torch
+
+        torch.set_num_threads(job["threads"])
+        net = _torch_net(job).eval()
+        x = torch.from_numpy(x_np)
+
+        def run_once():
+            with torch.inference_mode():
+                for start in range(0, len(x), batch):
+                    torch.softmax(net(x[start:start + batch]), dim=1)
+    else:
+        model, _, _ = _numpy_model_and_optimizer(job)
+
+        def run_once():
+            for start in range(0, len(x_np), batch):
+                model.forward(x_np[start:start + batch])
+
+    run_once()  # warm-up
+    times = []
+    for _ in range(job["repeats"]):
+        start = time.perf_counter()
+        run_once()
+        times.append(time.perf_counter() - start)
+    return {"samples_per_sec": len(x_np) / min(times), "seconds": times, "samples": len(x_np)}
+
+
+def _load_raw(job: dict) -> dict:
+    """Seconds for two load_raw calls in this (fresh) process: the first reads the cache."""
+    from fmnist_mlp.data import load_raw
+
+    seconds = []
+    for _ in range(2):
+        start = time.perf_counter()
+        load_raw(job.get("data_dir"), progress=False)
+        seconds.append(time.perf_counter() - start)
+    return {"first_call_seconds": seconds[0], "second_call_seconds": seconds[1]}
+
+
+def run_job(job: dict) -> dict:
+    """Dispatch one job; the result always carries ``peak_rss_mb`` of this process."""
+    kind, engine = job["kind"], job.get("engine", "numpy")
+    if kind == "peak":
+        result = measure_peak(job)
+    elif kind == "train":
+        result = _torch_train(job) if engine == "torch" else _numpy_train(job)
+    elif kind == "infer":
+        result = _infer(job)
+    elif kind == "load_raw":
+        result = _load_raw(job)
+    else:
+        raise ValueError(f"unknown benchmark job kind {kind!r}")
+    result["peak_rss_mb"] = _peak_rss_mb()
+    return result
+
+
+if __name__ == "__main__":
+    print(json.dumps(run_job(json.loads(sys.argv[1]))))
