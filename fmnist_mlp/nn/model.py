@@ -1,0 +1,298 @@
+"""The multi-layer perceptron: dense layers, forward pass and backpropagation, in vectorised NumPy.
+
+Rows are examples: ``x`` (N, D), ``W`` (D_in, D_out), ``b`` (D_out,), logits (N, K), ``y`` (N,).
+Parameters live in ``params`` under names like ``"layer0.W"``; ``grads`` has the same keys and is
+filled by :meth:`MLP.loss_and_grad`. Both dicts hold the *same* arrays for the model's lifetime
+(updates and loads are in place), so an optimiser can keep per-name state safely.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from fmnist_mlp.errors import ConfigError
+from fmnist_mlp.nn.activations import ACTIVATIONS
+from fmnist_mlp.nn.init import INITS, init_weight, resolve_init
+from fmnist_mlp.nn.losses import LOSSES, OUTPUTS, loss_and_dlogits, one_hot_targets, per_example_loss
+from fmnist_mlp.nn.losses import apply_output
+
+DTYPES = ("float32", "float64")
+
+
+class _Buffers:
+    """Per-batch-size work arrays, allocated once and reused by every step of that size."""
+
+    def __init__(self, n: int, hidden: Sequence[int], dropout: bool, dtype) -> None:
+        self.h = [np.empty((n, width), dtype) for width in hidden]        # f(z) per hidden layer
+        self.dh = [np.empty((n, width), dtype) for width in hidden]       # dL/d(layer output)
+        self.mask = [np.empty((n, width), dtype) for width in hidden] if dropout else []
+        self.dropped = [np.empty((n, width), dtype) for width in hidden] if dropout else []
+
+
+class MLP:
+    """A fully connected network ``input -> hidden... -> num_classes`` trained by backprop.
+
+    Zero hidden layers with softmax output and cross-entropy is multinomial logistic regression.
+    ``dropout`` is inverted dropout on every hidden layer, active only in :meth:`loss_and_grad`.
+    ``l2`` adds ½·l2·Σ‖W‖² to the objective (biases are not penalised); the loss values
+    returned are the data loss alone, so training and validation losses stay comparable.
+    """
+
+    def __init__(self, input_size: int = 784, hidden: Sequence[int] = (256, 128),
+                 num_classes: int = 10, activation: str = "relu", output: str = "softmax",
+                 loss: str = "cross_entropy", dropout: float = 0.0, label_smoothing: float = 0.0,
+                 l2: float = 0.0, init: str = "auto", dtype: str = "float32",
+                 seed: int | np.random.Generator = 0) -> None:
+        hidden = [int(h) for h in hidden]
+        _validate(input_size, hidden, num_classes, activation, output, loss, dropout,
+                  label_smoothing, l2, init, dtype)
+        self.input_size, self.hidden, self.num_classes = int(input_size), hidden, int(num_classes)
+        self.activation, self.output, self.loss = activation, output, loss
+        self.dropout, self.label_smoothing, self.l2 = float(dropout), float(label_smoothing), float(l2)
+        self.init, self.dtype = init, np.dtype(dtype)
+        self._seed = seed if isinstance(seed, (int, np.integer)) else None
+        init_rng, dropout_rng = _streams(seed)
+        self._default_dropout_rng = dropout_rng
+        self._act = ACTIVATIONS[activation]
+
+        scheme = resolve_init(init, activation)
+        self.params: dict[str, np.ndarray] = {}
+        sizes = [self.input_size, *hidden, self.num_classes]
+        for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            self.params[f"layer{i}.W"] = init_weight(init_rng, fan_in, fan_out, scheme, self.dtype)
+            self.params[f"layer{i}.b"] = np.zeros(fan_out, dtype=self.dtype)
+        self.grads: dict[str, np.ndarray] = {k: np.zeros_like(v) for k, v in self.params.items()}
+        self._buffers: OrderedDict[int, _Buffers] = OrderedDict()
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "MLP":
+        """Build from the dict a YAML experiment config gives (its ``model`` and ``loss`` sections)."""
+        model = dict(config.get("model") or {})
+        loss = dict(config.get("loss") or {})
+        return cls(
+            input_size=model.get("input_size", 784),
+            hidden=model.get("hidden", (256, 128)),
+            num_classes=model.get("num_classes", 10),
+            activation=model.get("activation", "relu"),
+            output=model.get("output", "softmax"),
+            dropout=model.get("dropout", 0.0),
+            init=model.get("init", "auto"),
+            dtype=model.get("dtype", "float32"),
+            loss=loss.get("name", "cross_entropy"),
+            label_smoothing=loss.get("label_smoothing", 0.0),
+            l2=loss.get("l2", 0.0),
+            seed=config.get("seed", 0),
+        )
+
+    def spec(self) -> dict[str, Any]:
+        """Constructor arguments as plain values: ``MLP(**model.spec())`` rebuilds the architecture."""
+        spec = {
+            "input_size": self.input_size, "hidden": list(self.hidden),
+            "num_classes": self.num_classes, "activation": self.activation,
+            "output": self.output, "loss": self.loss, "dropout": self.dropout,
+            "label_smoothing": self.label_smoothing, "l2": self.l2, "init": self.init,
+            "dtype": self.dtype.name,
+        }
+        if self._seed is not None:
+            spec["seed"] = int(self._seed)
+        return spec
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.hidden) + 1
+
+    def num_parameters(self) -> int:
+        return int(sum(p.size for p in self.params.values()))
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Copies of the parameters, keyed by name."""
+        return {k: v.copy() for k, v in self.params.items()}
+
+    def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
+        """Copy ``state`` into the parameters in place; names and shapes must match exactly."""
+        missing = sorted(set(self.params) - set(state))
+        extra = sorted(set(state) - set(self.params))
+        if missing or extra:
+            raise ValueError(f"parameter names do not match this model: missing {missing}, "
+                             f"unexpected {extra}")
+        for name, value in state.items():
+            value = np.asarray(value)
+            if value.shape != self.params[name].shape:
+                raise ValueError(f"parameter {name!r} has shape {value.shape}, the model expects "
+                                 f"{self.params[name].shape}")
+            np.copyto(self.params[name], value, casting="same_kind")
+
+    # ------------------------------------------------------------------ training
+    def loss_and_grad(self, x: np.ndarray, y: np.ndarray,
+                      rng: np.random.Generator | None = None) -> tuple[float, int]:
+        """One training step's forward and backward pass on a batch.
+
+        x: (N, D), y: (N,) labels. Fills ``self.grads``; returns (mean data loss, #correct).
+        Dropout masks come from ``rng`` (the model's own stream when None).
+        """
+        x = self._as_input(x)
+        n = x.shape[0]
+        bufs = self._buffers_for(n, training=True)
+        rng = self._default_dropout_rng if rng is None else rng
+
+        layer_inputs = [x]                      # the input each layer multiplies, (N, D_in)
+        a = x
+        for i in range(len(self.hidden)):
+            h = bufs.h[i]
+            np.matmul(a, self.params[f"layer{i}.W"], out=h)
+            h += self.params[f"layer{i}.b"]
+            self._act.forward(h, h)
+            if self.dropout > 0.0:
+                a = self._drop(h, bufs.mask[i], bufs.dropped[i], rng)
+            else:
+                a = h
+            layer_inputs.append(a)
+        last = len(self.hidden)
+        logits = a @ self.params[f"layer{last}.W"]
+        logits += self.params[f"layer{last}.b"]
+
+        target = one_hot_targets(y, self.num_classes, self.label_smoothing, self.dtype)
+        loss, dz = loss_and_dlogits(self.loss, self.output, logits, target)
+        n_correct = int(np.count_nonzero(logits.argmax(axis=1) == y))
+
+        for i in range(last, -1, -1):
+            W = self.params[f"layer{i}.W"]
+            np.matmul(layer_inputs[i].T, dz, out=self.grads[f"layer{i}.W"])
+            np.sum(dz, axis=0, out=self.grads[f"layer{i}.b"])
+            if self.l2:
+                self.grads[f"layer{i}.W"] += self.l2 * W
+            if i == 0:
+                break                           # dL/dx is never needed: skip its matmul
+            dh = bufs.dh[i - 1]
+            np.matmul(dz, W.T, out=dh)
+            if self.dropout > 0.0:
+                dh *= bufs.mask[i - 1]
+            self._act.backward(dh, bufs.h[i - 1])
+            dz = dh
+        return loss, n_correct
+
+    def _drop(self, h: np.ndarray, mask: np.ndarray, dropped: np.ndarray,
+              rng: np.random.Generator) -> np.ndarray:
+        """Inverted dropout: keep each unit with p = 1 − dropout and scale it by 1/p."""
+        keep = 1.0 - self.dropout
+        rng.random(out=mask, dtype=mask.dtype)
+        np.less(mask, keep, out=mask)           # 1.0 where kept, 0.0 where dropped
+        mask *= 1.0 / keep
+        np.multiply(h, mask, out=dropped)
+        return dropped
+
+    def l2_penalty(self) -> float:
+        """½·l2·Σ‖W‖², the part of the objective not included in the reported loss."""
+        if not self.l2:
+            return 0.0
+        return 0.5 * self.l2 * float(sum(np.vdot(v, v) for k, v in self.params.items()
+                                         if k.endswith(".W")))
+
+    # ------------------------------------------------------------------ inference
+    def logits(self, x: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+        """(N, K) pre-output-nonlinearity scores in evaluation mode (no dropout)."""
+        x = self._as_input(x)
+        out = np.empty((x.shape[0], self.num_classes), dtype=self.dtype)
+        for start in range(0, x.shape[0], batch_size):
+            out[start:start + batch_size] = self._eval_logits(x[start:start + batch_size])
+        return out
+
+    def forward(self, x: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+        """(N, K) network outputs in evaluation mode: class probabilities for softmax output."""
+        return apply_output(self.output, self.logits(x, batch_size))
+
+    def predict(self, x: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+        """(N,) predicted class labels."""
+        return self.logits(x, batch_size).argmax(axis=1)
+
+    def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int = 2000) -> tuple[float, float]:
+        """(mean data loss, accuracy) over the whole of ``x`` in evaluation mode."""
+        x = self._as_input(x)
+        total_loss, correct = 0.0, 0
+        for start in range(0, x.shape[0], batch_size):
+            xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+            logits = self._eval_logits(xb)
+            target = one_hot_targets(yb, self.num_classes, self.label_smoothing, self.dtype)
+            total_loss += float(per_example_loss(self.loss, self.output, logits, target).sum())
+            correct += int(np.count_nonzero(logits.argmax(axis=1) == yb))
+        n = max(1, x.shape[0])
+        return total_loss / n, correct / n
+
+    def _eval_logits(self, x: np.ndarray) -> np.ndarray:
+        bufs = self._buffers_for(x.shape[0], training=False)
+        a = x
+        for i in range(len(self.hidden)):
+            h = bufs.h[i]
+            np.matmul(a, self.params[f"layer{i}.W"], out=h)
+            h += self.params[f"layer{i}.b"]
+            self._act.forward(h, h)
+            a = h                               # inverted dropout needs no scaling at test time
+        last = len(self.hidden)
+        logits = a @ self.params[f"layer{last}.W"]
+        logits += self.params[f"layer{last}.b"]
+        return logits
+
+    # ------------------------------------------------------------------ helpers
+    def _as_input(self, x: np.ndarray) -> np.ndarray:
+        if x.ndim != 2 or x.shape[1] != self.input_size:
+            raise ValueError(f"expected input of shape (N, {self.input_size}), got {x.shape}")
+        if x.dtype != self.dtype:
+            x = x.astype(self.dtype)
+        return x
+
+    def _buffers_for(self, n: int, training: bool) -> _Buffers:
+        key = (n, training)
+        bufs = self._buffers.get(key)
+        if bufs is None:
+            bufs = _Buffers(n, self.hidden, training and self.dropout > 0.0, self.dtype)
+            self._buffers[key] = bufs
+            if len(self._buffers) > 6:          # e.g. a train size, its remainder, eval sizes
+                self._buffers.popitem(last=False)
+        else:
+            self._buffers.move_to_end(key)
+        return bufs
+
+
+def _streams(seed: int | np.random.Generator) -> tuple[np.random.Generator, np.random.Generator]:
+    """Separate streams for initialisation and dropout, so enabling dropout keeps the init."""
+    if isinstance(seed, np.random.Generator):
+        return seed, np.random.default_rng(seed.integers(2**63))
+    init_seq, dropout_seq = np.random.SeedSequence(int(seed)).spawn(2)
+    return np.random.default_rng(init_seq), np.random.default_rng(dropout_seq)
+
+
+def _validate(input_size, hidden, num_classes, activation, output, loss, dropout,
+              label_smoothing, l2, init, dtype) -> None:
+    def bad(field: str, value: Any, expected: str) -> ConfigError:
+        return ConfigError(f"{field}: {value!r} is not valid; expected {expected}")
+
+    if input_size < 1:
+        raise bad("model.input_size", input_size, "a positive integer")
+    if any(h < 1 for h in hidden):
+        raise bad("model.hidden", hidden, "a list of positive layer widths (or [] for none)")
+    if num_classes < 2:
+        raise bad("model.num_classes", num_classes, "at least 2")
+    if activation not in ACTIVATIONS:
+        raise bad("model.activation", activation, "one of " + ", ".join(ACTIVATIONS))
+    if output not in OUTPUTS:
+        raise bad("model.output", output, "one of " + ", ".join(OUTPUTS))
+    if loss not in LOSSES:
+        raise bad("loss.name", loss, "one of " + ", ".join(LOSSES))
+    if loss == "cross_entropy" and output != "softmax":
+        raise ConfigError(f"loss.name: cross_entropy needs model.output softmax, not {output!r} "
+                          "(use squared_error for sigmoid or linear outputs)")
+    if not 0.0 <= dropout < 1.0:
+        raise bad("model.dropout", dropout, "a probability in [0, 1)")
+    if not 0.0 <= label_smoothing < 1.0:
+        raise bad("loss.label_smoothing", label_smoothing, "a value in [0, 1)")
+    if l2 < 0.0:
+        raise bad("loss.l2", l2, "a non-negative number")
+    if init not in INITS:
+        raise bad("model.init", init, "one of " + ", ".join(INITS))
+    if str(dtype) not in DTYPES:
+        raise bad("model.dtype", dtype, "float32 or float64")

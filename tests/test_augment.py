@@ -1,0 +1,48 @@
+"""Batch augmentation: flips mirror, shifts translate and fill with the background."""
+
+import numpy as np
+import pytest
+
+from fmnist_mlp.augment import make_augmenter, random_flip, random_shift
+
+
+def _images(n, seed=0):
+    rng = np.random.default_rng(seed)
+    x = np.zeros((n, 28, 28), np.float32)
+    x[:, 8:20, 10:16] = rng.uniform(0.5, 1.0, size=(n, 12, 6))  # an off-centre blob on background 0
+    return x.reshape(n, 784)
+
+
+def test_flip_mirrors_about_half_of_the_images():
+    x = _images(200)
+    original = x.copy()
+    random_flip(x, np.random.default_rng(1))
+    imgs, orig = x.reshape(-1, 28, 28), original.reshape(-1, 28, 28)
+    flipped = [np.array_equal(a, b[:, ::-1]) for a, b in zip(imgs, orig)]
+    kept = [np.array_equal(a, b) for a, b in zip(imgs, orig)]
+    assert all(f != k for f, k in zip(flipped, kept))
+    assert 70 < sum(flipped) < 130
+
+
+def test_shift_translates_and_fills_with_background():
+    x = _images(50)
+    original = x.copy().reshape(-1, 28, 28)
+    random_shift(x, np.random.default_rng(2), max_shift=2)
+    imgs = x.reshape(-1, 28, 28)
+    for img, orig in zip(imgs, original):
+        matches = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+                   if np.array_equal(img, np.roll(orig, (dy, dx), axis=(0, 1)))]
+        assert len(matches) == 1       # the blob is far from the border, so roll == shift
+    assert x.sum() == pytest.approx(original.sum(), rel=1e-6)   # no pixel of the blob is lost
+    assert len({tuple(np.argwhere(i > 0)[0]) for i in imgs}) > 5
+
+
+def test_make_augmenter_none_and_determinism():
+    assert make_augmenter(False, 0) is None
+    aug = make_augmenter(True, 2)
+    a, b = _images(16), _images(16)
+    aug(a, np.random.default_rng(7))
+    aug(b, np.random.default_rng(7))
+    np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="shift"):
+        make_augmenter(False, -1)

@@ -1,0 +1,96 @@
+"""Backprop against central finite differences, in float64, for every activation × loss × depth."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from fmnist_mlp.nn import MLP
+from fmnist_mlp.nn.gradcheck import gradient_check, relative_error
+from fmnist_mlp.nn.activations import ACTIVATIONS
+
+ACTIVATION_NAMES = ["linear", "sigmoid", "tanh", "relu"]
+OUTPUT_LOSSES = [("softmax", "cross_entropy"), ("softmax", "squared_error"),
+                 ("sigmoid", "squared_error"), ("linear", "squared_error")]
+DEPTHS = {0: [], 1: [6], 2: [6, 5]}
+TOLERANCE = 1e-6
+
+
+def _hidden_preactivations(model, x):
+    """Pre-activations z of every hidden layer, to keep ReLU inputs away from its kink."""
+    zs, a = [], x
+    for i in range(len(model.hidden)):
+        z = a @ model.params[f"layer{i}.W"] + model.params[f"layer{i}.b"]
+        zs.append(z)
+        a = np.empty_like(z)
+        ACTIVATIONS[model.activation].forward(z, a)
+    return zs
+
+
+def _checkable_problem(seed, **kwargs):
+    """A tiny float64 model and batch whose hidden pre-activations are all ≥ 1e-3 from 0."""
+    for attempt in range(50):
+        rng = np.random.default_rng(seed * 100 + attempt)
+        model = MLP(input_size=7, num_classes=4, dtype="float64", seed=seed * 100 + attempt,
+                    **kwargs)
+        for name, b in model.params.items():       # non-zero biases exercise db fully
+            if name.endswith(".b"):
+                b[...] = rng.normal(0, 0.1, b.shape)
+        x = rng.normal(size=(5, 7))
+        y = rng.integers(0, 4, size=5)
+        if all(np.min(np.abs(z)) > 1e-3 for z in _hidden_preactivations(model, x)):
+            return model, x, y
+    raise AssertionError("could not draw a problem away from the ReLU kink")
+
+
+@pytest.mark.parametrize("activation,output_loss,depth",
+                         list(itertools.product(ACTIVATION_NAMES, OUTPUT_LOSSES, DEPTHS)))
+def test_backprop_matches_finite_differences(activation, output_loss, depth):
+    output, loss = output_loss
+    model, x, y = _checkable_problem(depth + 1, hidden=DEPTHS[depth], activation=activation,
+                                     output=output, loss=loss)
+    errors = gradient_check(model, x, y)
+    assert set(errors) == set(model.params)
+    assert max(errors.values()) < TOLERANCE, errors
+
+
+@pytest.mark.parametrize("extra", [
+    {"label_smoothing": 0.1},
+    {"l2": 0.05},
+    {"dropout": 0.3},
+    {"dropout": 0.5, "l2": 0.01, "label_smoothing": 0.2, "loss": "squared_error"},
+])
+def test_backprop_with_regularisers_matches_finite_differences(extra):
+    kwargs = {"hidden": [6, 5], "activation": "tanh", **extra}
+    model, x, y = _checkable_problem(7, **kwargs)
+    errors = gradient_check(model, x, y)
+    assert max(errors.values()) < TOLERANCE, errors
+
+
+def test_gradient_check_detects_a_wrong_gradient():
+    """The checker itself must fail when backprop is wrong (here: a corrupted bias gradient)."""
+    model, x, y = _checkable_problem(3, hidden=[6], activation="tanh")
+
+    original = model.loss_and_grad
+
+    def broken(xb, yb, rng=None):
+        out = original(xb, yb, rng)
+        model.grads["layer0.b"] *= 1.01
+        return out
+
+    model.loss_and_grad = broken
+    errors = gradient_check(model, x, y)
+    assert errors["layer0.b"] > 1e-3
+    assert errors["layer1.W"] < TOLERANCE
+
+
+def test_gradient_check_refuses_float32():
+    with pytest.raises(ValueError, match="float64"):
+        gradient_check(MLP(input_size=3, hidden=[], num_classes=2), np.zeros((1, 3)), np.array([0]))
+
+
+def test_relative_error_is_scale_relative():
+    a = np.array([1.0, -2.0, 3.0])
+    assert relative_error(a, a) == 0.0
+    assert relative_error(a, a + np.array([0, 0, 6e-6])) == pytest.approx(1e-6, rel=1e-5)
+    assert relative_error(np.zeros(3), np.zeros(3)) == 0.0

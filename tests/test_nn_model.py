@@ -1,0 +1,173 @@
+"""Behaviour of the MLP: stability, the lecture's XOR example, learning, dtypes, reproducibility."""
+
+import numpy as np
+import pytest
+
+from fmnist_mlp.errors import ConfigError
+from fmnist_mlp.nn import MLP
+from fmnist_mlp.nn.losses import softmax_cross_entropy, one_hot_targets
+from fmnist_mlp.optim import make_optimizer
+
+XOR_X = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=np.float64)
+XOR_Y = np.array([0, 1, 1, 0])
+
+
+def _train_full_batch(model, x, y, steps, lr, name="adam"):
+    opt = make_optimizer(name, model.params, lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss, _ = model.loss_and_grad(x, y)
+        opt.step(model.params, model.grads)
+        losses.append(loss)
+    return losses
+
+
+def test_softmax_cross_entropy_is_finite_for_huge_logits():
+    logits = np.array([[1e4, -1e4, 0.0], [-1e4, -1e4, 1e4], [1e4, 1e4, -1e4]])
+    target = one_hot_targets(np.array([0, 1, 2]), 3, 0.0, np.float64)
+    loss, dlogits = softmax_cross_entropy(logits, target)
+    assert np.isfinite(loss) and np.all(np.isfinite(dlogits))
+    # example 0: right with certainty (loss 0); example 1: wrong by 2e4;
+    # example 2: two tied logits 2e4 above the true one (loss 2e4 + log 2)
+    assert loss == pytest.approx((0 + 2e4 + 2e4 + np.log(2)) / 3, rel=1e-12)
+    np.testing.assert_allclose(dlogits.sum(axis=1), 0.0, atol=1e-12)
+
+
+def test_softmax_cross_entropy_float32_huge_logits_through_the_model():
+    model = MLP(input_size=3, hidden=[], num_classes=3)
+    model.params["layer0.W"][...] = np.array([[1e4, -1e4, 0], [0, 1e4, -1e4], [-1e4, 0, 1e4]])
+    x = np.eye(3, dtype=np.float32)
+    loss, _ = model.loss_and_grad(x, np.array([2, 0, 1]))
+    assert np.isfinite(loss)
+    assert all(np.all(np.isfinite(g)) for g in model.grads.values())
+    assert np.isfinite(model.evaluate(x, np.array([2, 0, 1]))[0])
+
+
+def test_xor_is_learned_with_one_hidden_layer():
+    model = MLP(input_size=2, hidden=[8], num_classes=2, activation="tanh", dtype="float64", seed=0)
+    _train_full_batch(model, XOR_X, XOR_Y, steps=500, lr=0.05)
+    assert model.evaluate(XOR_X, XOR_Y)[1] == 1.0
+    np.testing.assert_array_equal(model.predict(XOR_X), XOR_Y)
+
+
+def test_xor_is_learned_by_the_lectures_sigmoid_squared_error_net():
+    model = MLP(input_size=2, hidden=[4], num_classes=2, activation="sigmoid", output="sigmoid",
+                loss="squared_error", dtype="float64", seed=1)
+    _train_full_batch(model, XOR_X, XOR_Y, steps=3000, lr=0.05)
+    np.testing.assert_array_equal(model.predict(XOR_X), XOR_Y)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_xor_cannot_be_learned_without_a_hidden_layer(seed):
+    model = MLP(input_size=2, hidden=[], num_classes=2, dtype="float64", seed=seed)
+    _train_full_batch(model, XOR_X, XOR_Y, steps=2000, lr=0.05)
+    assert model.evaluate(XOR_X, XOR_Y)[1] <= 0.75
+
+
+def _blobs(n, seed=0, dims=784, classes=10):
+    """Ten noisy class templates: a learnable, non-trivial stand-in for images."""
+    rng = np.random.default_rng(seed)
+    templates = rng.normal(0, 1, size=(classes, dims))
+    y = rng.integers(0, classes, size=n)
+    x = templates[y] * 0.4 + rng.normal(0, 1, size=(n, dims))
+    return x.astype(np.float32), y
+
+
+@pytest.mark.parametrize("optimizer,lr", [("sgd", 0.05), ("momentum", 0.02), ("nesterov", 0.02),
+                                          ("adagrad", 0.02), ("rmsprop", 1e-3), ("adam", 1e-3)])
+def test_minibatch_training_drives_loss_down_and_accuracy_up(optimizer, lr):
+    x, y = _blobs(400, seed=1)
+    model = MLP(hidden=[32], seed=0)
+    opt = make_optimizer(optimizer, model.params, lr=lr)
+    rng = np.random.default_rng(0)
+    epoch_losses = []
+    for _ in range(8):
+        order = rng.permutation(len(x))
+        total = 0.0
+        for start in range(0, len(x), 50):
+            idx = order[start:start + 50]
+            loss, _ = model.loss_and_grad(x[idx], y[idx])
+            opt.step(model.params, model.grads)
+            total += loss * len(idx)
+        epoch_losses.append(total / len(x))
+    assert epoch_losses[-1] < 0.5 * epoch_losses[0]
+    assert sum(b > a for a, b in zip(epoch_losses, epoch_losses[1:])) <= 1   # monotone-ish
+    assert model.evaluate(x, y)[1] > 0.8                                    # chance is 0.1
+
+
+def test_float32_stays_float32_and_float64_stays_float64():
+    for dtype in ("float32", "float64"):
+        model = MLP(hidden=[16], dropout=0.2, dtype=dtype)
+        opt = make_optimizer("adam", model.params, lr=1e-3)
+        x, y = _blobs(32)
+        model.loss_and_grad(x, y)
+        opt.step(model.params, model.grads)
+        arrays = [*model.params.values(), *model.grads.values(), *opt.state_dict().values()]
+        assert all(a.dtype == np.dtype(dtype) for a in arrays if a.ndim > 0)
+        assert model.forward(x).dtype == np.dtype(dtype)
+
+
+def test_same_seed_same_weights_and_dropout_does_not_change_init():
+    a, b = MLP(hidden=[16, 8], seed=5), MLP(hidden=[16, 8], seed=5, dropout=0.5)
+    c = MLP(hidden=[16, 8], seed=6)
+    for k in a.params:
+        np.testing.assert_array_equal(a.params[k], b.params[k])
+    assert not np.array_equal(a.params["layer0.W"], c.params["layer0.W"])
+
+
+def test_init_scales_suit_the_activation():
+    he = MLP(input_size=784, hidden=[1000], activation="relu", seed=0).params["layer0.W"]
+    glorot = MLP(input_size=784, hidden=[1000], activation="tanh", seed=0).params["layer0.W"]
+    assert he.std() == pytest.approx(np.sqrt(2 / 784), rel=0.02)
+    assert glorot.std() == pytest.approx(np.sqrt(2 / (784 + 1000)), rel=0.02)
+    assert np.all(MLP(hidden=[4]).params["layer0.b"] == 0)
+
+
+def test_dropout_is_active_only_in_training():
+    x, y = _blobs(64)
+    model = MLP(hidden=[64], dropout=0.5, seed=0)
+    first = model.loss_and_grad(x, y)[0]
+    second = model.loss_and_grad(x, y)[0]
+    assert first != second                                  # fresh masks each step
+    np.testing.assert_array_equal(model.forward(x), model.forward(x))
+    same_rng = [model.loss_and_grad(x, y, rng=np.random.default_rng(3))[0] for _ in range(2)]
+    assert same_rng[0] == same_rng[1]
+
+
+def test_from_config_spec_and_state_round_trip():
+    config = {"seed": 3, "model": {"hidden": [12], "activation": "sigmoid", "output": "sigmoid",
+                                   "dropout": 0.1, "dtype": "float64"},
+              "loss": {"name": "squared_error", "l2": 1e-4}}
+    model = MLP.from_config(config)
+    assert model.hidden == [12] and model.activation == "sigmoid" and model.l2 == 1e-4
+    clone = MLP(**model.spec())
+    for k in model.params:
+        np.testing.assert_array_equal(model.params[k], clone.params[k])
+    model.params["layer0.W"] += 1.0
+    clone.load_state_dict(model.state_dict())
+    np.testing.assert_array_equal(clone.params["layer0.W"], model.params["layer0.W"])
+    with pytest.raises(ValueError, match="shape"):
+        clone.load_state_dict({**model.state_dict(), "layer0.b": np.zeros(3)})
+    with pytest.raises(ValueError, match="missing"):
+        clone.load_state_dict({"layer0.W": model.params["layer0.W"]})
+
+
+def test_zero_hidden_layers_is_logistic_regression():
+    model = MLP(hidden=[], seed=0)
+    assert list(model.params) == ["layer0.W", "layer0.b"]
+    assert model.params["layer0.W"].shape == (784, 10)
+    x, _ = _blobs(5)
+    np.testing.assert_allclose(model.forward(x).sum(axis=1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs,field", [
+    ({"activation": "softplus"}, "model.activation"),
+    ({"hidden": [0]}, "model.hidden"),
+    ({"dropout": 1.0}, "model.dropout"),
+    ({"output": "sigmoid"}, "loss.name"),
+    ({"dtype": "float16"}, "model.dtype"),
+    ({"l2": -1.0}, "loss.l2"),
+])
+def test_invalid_architecture_names_the_field(kwargs, field):
+    with pytest.raises(ConfigError, match=field):
+        MLP(**kwargs)

@@ -1,0 +1,148 @@
+"""Each optimiser's first three steps against its formula written out by hand, in float64."""
+
+import math
+
+import numpy as np
+import pytest
+
+from fmnist_mlp.errors import ConfigError
+from fmnist_mlp.optim import make_optimizer
+
+W0 = np.array([[0.5, -1.0], [2.0, 0.25]])
+B0 = np.array([0.1, -0.2])
+GRADS = [  # three steps of gradients for (W, b)
+    (np.array([[0.1, -0.2], [0.3, 0.05]]), np.array([0.5, -0.5])),
+    (np.array([[-0.4, 0.1], [0.2, 0.2]]), np.array([0.25, 0.0])),
+    (np.array([[0.05, 0.3], [-0.1, -0.6]]), np.array([-1.0, 0.75])),
+]
+LRS = [0.1, 0.05, 0.02]   # a different learning rate each step, as a schedule would give
+
+
+def _run(name, steps=3, **hyper):
+    params = {"layer0.W": W0.copy(), "layer0.b": B0.copy()}
+    opt = make_optimizer(name, params, lr=1.0, **hyper)
+    history = []
+    for (gw, gb), lr in list(zip(GRADS, LRS))[:steps]:
+        opt.step(params, {"layer0.W": gw, "layer0.b": gb}, lr)
+        history.append({k: v.copy() for k, v in params.items()})
+    return history, opt
+
+
+def _by_hand(update):
+    """Apply ``update(theta, g, lr, t, state) -> theta`` to W and b separately."""
+    out = []
+    theta = {"W": W0.copy(), "b": B0.copy()}
+    state = {"W": {}, "b": {}}
+    for t, ((gw, gb), lr) in enumerate(zip(GRADS, LRS), start=1):
+        theta = {"W": update(theta["W"], gw, lr, t, state["W"], True),
+                 "b": update(theta["b"], gb, lr, t, state["b"], False)}
+        out.append(theta)
+    return out
+
+
+def _assert_same(history, expected):
+    for got, want in zip(history, expected):
+        np.testing.assert_allclose(got["layer0.W"], want["W"], rtol=0, atol=1e-12)
+        np.testing.assert_allclose(got["layer0.b"], want["b"], rtol=0, atol=1e-12)
+
+
+def test_sgd():
+    _assert_same(_run("sgd")[0], _by_hand(lambda th, g, lr, t, s, w: th - lr * g))
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_momentum_and_nesterov(nesterov):
+    mu = 0.9
+
+    def update(th, g, lr, t, s, w):
+        s["v"] = mu * s.get("v", 0.0) + g
+        return th - lr * (g + mu * s["v"] if nesterov else s["v"])
+
+    _assert_same(_run("nesterov" if nesterov else "momentum", momentum=mu)[0], _by_hand(update))
+
+
+def test_adagrad():
+    eps = 1e-8
+
+    def update(th, g, lr, t, s, w):
+        s["G"] = s.get("G", 0.0) + g * g
+        return th - lr * g / (np.sqrt(s["G"]) + eps)
+
+    _assert_same(_run("adagrad", eps=eps)[0], _by_hand(update))
+
+
+def test_rmsprop():
+    rho, eps = 0.9, 1e-8
+
+    def update(th, g, lr, t, s, w):
+        s["s"] = rho * s.get("s", 0.0) + (1 - rho) * g * g
+        return th - lr * g / (np.sqrt(s["s"]) + eps)
+
+    _assert_same(_run("rmsprop", rho=rho, eps=eps)[0], _by_hand(update))
+
+
+@pytest.mark.parametrize("name,weight_decay", [("adam", 0.0), ("adamw", 0.1)])
+def test_adam_bias_corrected_with_decoupled_weight_decay(name, weight_decay):
+    b1, b2, eps = 0.8, 0.95, 1e-8
+
+    def update(th, g, lr, t, s, is_weight):
+        if is_weight:
+            th = th - lr * weight_decay * th          # decoupled: weights only, not biases
+        s["m"] = b1 * s.get("m", 0.0) + (1 - b1) * g
+        s["v"] = b2 * s.get("v", 0.0) + (1 - b2) * g * g
+        m_hat = s["m"] / (1 - b1 ** t)
+        v_hat = s["v"] / (1 - b2 ** t)
+        return th - lr * m_hat / (np.sqrt(v_hat) + eps)
+
+    history, _ = _run(name, beta1=b1, beta2=b2, eps=eps, weight_decay=weight_decay)
+    _assert_same(history, _by_hand(update))
+
+
+def test_adam_first_step_moves_each_weight_by_about_lr():
+    history, _ = _run("adam", steps=1)
+    np.testing.assert_allclose(np.abs(history[0]["layer0.W"] - W0), LRS[0], rtol=1e-6)
+
+
+def test_sgd_with_decoupled_weight_decay():
+    wd = 0.5
+
+    def update(th, g, lr, t, s, is_weight):
+        return (th - lr * wd * th if is_weight else th) - lr * g
+
+    _assert_same(_run("sgd", weight_decay=wd)[0], _by_hand(update))
+
+
+@pytest.mark.parametrize("name", ["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam"])
+def test_state_saved_restored_and_continued_gives_identical_numbers(name):
+    straight, _ = _run(name)
+    partial, opt = _run(name, steps=2)
+    state = opt.state_dict()
+    params = {"layer0.W": partial[-1]["layer0.W"].copy(), "layer0.b": partial[-1]["layer0.b"].copy()}
+    fresh = make_optimizer(name, params, lr=1.0)
+    fresh.load_state_dict(state)
+    gw, gb = GRADS[2]
+    fresh.step(params, {"layer0.W": gw, "layer0.b": gb}, LRS[2])
+    np.testing.assert_array_equal(params["layer0.W"], straight[2]["layer0.W"])
+    np.testing.assert_array_equal(params["layer0.b"], straight[2]["layer0.b"])
+
+
+def test_state_dict_is_a_copy_and_mismatches_are_refused():
+    _, opt = _run("adam", steps=1)
+    state = opt.state_dict()
+    assert int(state["t"]) == 1 and set(state) == {"t", "m/layer0.W", "m/layer0.b",
+                                                    "v/layer0.W", "v/layer0.b"}
+    state["m/layer0.W"][...] = 123.0
+    assert not np.any(opt.state["m"]["layer0.W"] == 123.0)
+    with pytest.raises(ValueError, match="missing"):
+        opt.load_state_dict({"t": np.int64(1)})
+    with pytest.raises(ValueError, match="shape"):
+        opt.load_state_dict({**state, "v/layer0.b": np.zeros(5)})
+
+
+def test_unknown_optimizer_and_bad_lr_are_config_errors():
+    params = {"layer0.W": W0.copy()}
+    with pytest.raises(ConfigError, match="optimizer.name"):
+        make_optimizer("lbfgs", params, lr=0.1)
+    with pytest.raises(ConfigError, match="optimizer.lr"):
+        make_optimizer("sgd", params, lr=-0.1)
+    assert math.isfinite(make_optimizer("sgd", params, lr=0.1).lr)
