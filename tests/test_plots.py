@@ -1,8 +1,10 @@
 """Tests for fmnist_mlp.plots: every picture is a real, non-blank PNG of the expected size."""
 
 import math
+import os
 import struct
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -204,3 +206,60 @@ def test_missing_matplotlib_gives_the_one_line_install_hint(tmp_path, monkeypatc
     with pytest.raises(FmnistMlpError, match=r"pip install 'fmnist-mlp\[plot\]'"):
         plots.plot_run(tmp_path / "no-such-run")
     assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- plot_run on real runs
+
+REAL_DATA = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+
+
+def _require_real_data():
+    if not REAL_DATA.is_file():
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true but the Fashion-MNIST files are missing ({REAL_DATA})")
+        pytest.skip("real Fashion-MNIST files not installed")
+
+
+def _tiny_run(runs_dir, name, hidden):
+    """Train a real 2-epoch run on 600 training images and return its directory."""
+    from fmnist_mlp.config import load_config
+    from fmnist_mlp.experiment import run_training
+
+    cfg = load_config(None, [f"model.hidden={hidden}", "data.subset=600", "data.val_size=500",
+                             "train.epochs=2", "train.batch_size=100"])
+    return run_training(cfg, name=name, runs_dir=runs_dir).run_dir
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+@pytest.mark.parametrize("hidden, weight_grid", [("[16]", (4, 4)), ("[]", (2, 5))])
+def test_plot_run_writes_every_picture(tmp_path, hidden, weight_grid):
+    _require_real_data()
+    run_dir = _tiny_run(tmp_path / "runs", "tiny", hidden)
+    written = plots.plot_run(run_dir)
+    names = [p.name for p in written]
+    assert names == ["learning_curves.png", "confusion_matrix.png", "first_layer_weights.png",
+                     "confident_mistakes.png"]
+    assert all(p.parent == run_dir / "plots" for p in written)
+    by_name = dict(zip(names, written))
+    assert_picture(by_name["learning_curves.png"],
+                   *(round(v * plots.DPI) for v in plots.LEARNING_CURVES_SIZE))
+    assert_picture(by_name["confusion_matrix.png"],
+                   *(round(v * plots.DPI) for v in plots.CONFUSION_SIZE))
+    assert_picture(by_name["first_layer_weights.png"], *grid_pixels(*weight_grid))
+    # A 2-epoch model on 600 images gets far more than 25 of the 10,000 test images wrong.
+    assert_picture(by_name["confident_mistakes.png"], *grid_pixels(5, 5))
+    # Plotting again replaces the pictures in place and leaves nothing else behind.
+    assert plots.plot_run(run_dir) == written
+    assert sorted(p.name for p in (run_dir / "plots").iterdir()) == sorted(names)
+
+
+def test_plot_run_on_a_missing_run_names_it(tmp_path):
+    with pytest.raises(FmnistMlpError, match="no-such-run"):
+        plots.plot_run(tmp_path / "no-such-run")
+
+
+def test_class_names_agree_with_the_data_package():
+    from fmnist_mlp.data import CLASS_NAMES
+
+    assert tuple(CLASS_NAMES) == plots.CLASS_NAMES
