@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import FmnistMlpError
+from .errors import CheckpointError, FmnistMlpError
 from .metrics import confusion_matrix, most_confident_mistakes, per_class_accuracy
 
 CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -138,7 +138,8 @@ def plot_confusion_matrix(cm: np.ndarray, path: str | os.PathLike,
     cm = np.asarray(cm)
     num_classes = cm.shape[0]
     if cm.shape != (num_classes, num_classes) or len(class_names) != num_classes:
-        raise ValueError(f"plot_confusion_matrix: cm {cm.shape} does not match {len(class_names)} class names")
+        raise ValueError(f"plot_confusion_matrix: cm {cm.shape} does not match "
+                         f"{len(class_names)} class names")
     row_sums = cm.sum(axis=1, keepdims=True)
     fractions = np.divide(cm, row_sums, out=np.zeros(cm.shape), where=row_sums > 0)
 
@@ -244,6 +245,8 @@ def plot_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
     from .runs import read_metrics
 
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():   # a checkpoint file has no plots/ folder to write into
+        raise CheckpointError(f"{run_dir}: not a run directory")
     plots_dir = run_dir / "plots"
     metrics = read_metrics(run_dir)
     model, config = load_model(run_dir)

@@ -255,8 +255,15 @@ def test_plot_run_writes_every_picture(tmp_path, hidden, weight_grid):
 
 
 def test_plot_run_on_a_missing_run_names_it(tmp_path):
-    with pytest.raises(FmnistMlpError, match="no-such-run"):
+    with pytest.raises(FmnistMlpError, match="no-such-run: not a run directory"):
         plots.plot_run(tmp_path / "no-such-run")
+
+
+def test_plot_run_on_a_directory_without_checkpoints_writes_nothing(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"epoch": 1, "train_loss": 1.0}\n')
+    with pytest.raises(FmnistMlpError):
+        plots.plot_run(tmp_path)
+    assert not (tmp_path / "plots").exists()
 
 
 def test_class_names_agree_with_the_data_package():
