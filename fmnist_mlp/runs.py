@@ -221,6 +221,8 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
+    if not _is_zip(path):
+        raise CheckpointError(f"{path}: not a .npz checkpoint (foreign or corrupt file)")
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {key: npz[key] for key in npz.files}   # read all now, inside the guard
@@ -252,6 +254,14 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     if not ckpt.params:
         raise CheckpointError(f"{path}: checkpoint holds no parameters")
     return ckpt
+
+
+def _is_zip(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"PK\x03\x04"
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read checkpoint ({exc.strerror})") from None
 
 
 def _json_entry(array: np.ndarray, path: Path, key: str) -> Any:

@@ -90,8 +90,11 @@ def fit(model: Any, optimizer: Any, lr_at: Callable[[int], float],
             t0 = time.perf_counter()
             val_loss, val_acc = model.evaluate(x_val, y_val, batch_size=settings.eval_batch_size)
             _check_finite(val_loss, f"validation loss after epoch {state.epoch + 1}", metrics["lr"])
-            metrics.update(val_loss=float(val_loss), val_acc=float(val_acc))
-            metrics["epoch_time"] += time.perf_counter() - t0
+            metrics = {"epoch": metrics["epoch"], "train_loss": metrics["train_loss"],
+                       "train_acc": metrics["train_acc"], "val_loss": float(val_loss),
+                       "val_acc": float(val_acc), "lr": metrics["lr"],
+                       "epoch_time": metrics["epoch_time"] + time.perf_counter() - t0,
+                       "samples_per_sec": metrics["samples_per_sec"]}
             is_best = _advance(state, metrics, settings.patience)
             callback.on_epoch_end(metrics, state, is_best)
     except KeyboardInterrupt:

@@ -1,0 +1,250 @@
+"""The ``fmnist-mlp`` command line: thin click glue over the package.
+
+Each command parses its options, calls one function and prints; package errors become one line on
+stderr and an exit code in :func:`main`. Heavy modules (numpy, tqdm, requests) are imported inside
+the commands so that ``fmnist-mlp --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+EXIT_CODES_HELP = """\b
+Exit codes:
+  0    success
+  1    other errors (data, checkpoint, I/O)
+  2    usage or config error (nothing is created on disk)
+  3    training diverged (NaN/inf loss): the run is marked failed
+  130  interrupted (Ctrl-C / SIGTERM): the run is saved and can be resumed
+"""
+
+_data_dir_option = click.option(
+    "--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help="Dataset cache directory (default: $FMNIST_MLP_DATA or the user cache).")
+_json_option = click.option("--json", "as_json", is_flag=True,
+                            help="Print one JSON object on stdout and nothing else there.")
+
+
+@click.group(epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="fmnist-mlp", prog_name="fmnist-mlp")
+def cli() -> None:
+    """Train multi-layer perceptrons on Fashion-MNIST with hand-written NumPy backprop."""
+
+
+@cli.command(epilog=EXIT_CODES_HELP)
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Experiment YAML (see configs/). Every key is optional.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
+              help="Override a config key with a YAML value, e.g. --set optimizer.lr=0.01 "
+                   "--set model.hidden=[512,256]. Repeatable.")
+@click.option("--name", help="Run name (default: the config file's stem).")
+@click.option("--runs-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
+              show_default=True, help="Where run directories are created.")
+@_data_dir_option
+@click.option("--resume", "resume_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Continue an interrupted run in its own directory (with its own config).")
+@click.option("--quiet", "-q", is_flag=True, help="One plain line per epoch instead of progress bars.")
+@_json_option
+def train(config_path, overrides, name, runs_dir, data_dir, resume_dir, quiet, as_json):
+    """Train one model; prints the run directory (or, with --json, the summary) on stdout.
+
+    The run directory runs/<timestamp>-<name>-<id>/ gets the resolved config.yaml, metrics.jsonl,
+    summary.json, train.log and checkpoints/{last,best}.npz.
+    """
+    from fmnist_mlp.config import load_config
+    from fmnist_mlp.experiment import run_training
+    from fmnist_mlp.progress import ProgressReporter
+    from fmnist_mlp.runs import validate_run_name
+
+    if resume_dir is not None and (config_path or overrides or name):
+        raise click.UsageError("--resume continues a run with its own config; "
+                               "do not combine it with --config, --set or --name")
+    if resume_dir is None and config_path is None and not overrides:
+        raise click.UsageError("give --config FILE (e.g. configs/default.yaml) or --resume RUN_DIR")
+    cfg = None
+    if resume_dir is None:
+        cfg = load_config(config_path, overrides)
+        name = validate_run_name(name or (config_path.stem if config_path else "run"))
+    epochs = cfg.train.epochs if cfg else _resume_epochs(resume_dir)
+    reporter = ProgressReporter(epochs, quiet=quiet)
+    with _sigterm_as_interrupt():
+        result = run_training(cfg, name=name, runs_dir=runs_dir, data_dir=data_dir,
+                              resume=resume_dir, callback=reporter,
+                              on_run_dir=lambda d: reporter.message(f"run directory: {d}"))
+    s = result.summary
+    reporter.message(f"finished: best val acc {s['best_val_acc']:.4f} (epoch {s['best_epoch']}), "
+                     f"test acc {s['test_acc']:.4f}, {s['wall_time']:.1f}s"
+                     + (f"; {s['message']}" if s.get("message") else ""))
+    click.echo(json.dumps(s) if as_json else str(result.run_dir))
+
+
+@cli.command("eval", epilog=EXIT_CODES_HELP)
+@click.argument("target", metavar="RUN_DIR_OR_CHECKPOINT", type=click.Path(path_type=Path))
+@click.option("--split", type=click.Choice(["test", "val", "train"]), default="test",
+              show_default=True, help="Which split of the run's data to score.")
+@_data_dir_option
+@_json_option
+def eval_command(target, split, data_dir, as_json):
+    """Loss, accuracy, per-class accuracy and confusion matrix of a trained model.
+
+    A run directory uses checkpoints/best.npz (else last.npz); a .npz file is used as given.
+    """
+    from fmnist_mlp.data import CLASS_NAMES
+    from fmnist_mlp.experiment import evaluate_checkpoint
+    from fmnist_mlp.metrics import format_confusion_table
+
+    result = evaluate_checkpoint(target, split=split, data_dir=data_dir)
+    if as_json:
+        click.echo(json.dumps({**result, "class_names": list(CLASS_NAMES)}))
+        return
+    import numpy as np
+
+    lines = [f"checkpoint: {result['checkpoint']}",
+             f"split: {split} ({result['num_samples']} images)",
+             f"loss: {result['loss']:.4f}", f"accuracy: {result['accuracy']:.4f}", "",
+             "per-class accuracy:"]
+    width = max(len(n) for n in CLASS_NAMES)
+    lines += [f"  {n:<{width}}  {a:.4f}" for n, a in zip(CLASS_NAMES, result["per_class_accuracy"])]
+    lines += ["", "confusion matrix (rows: true, columns: predicted):",
+              format_confusion_table(np.array(result["confusion_matrix"]), CLASS_NAMES)]
+    click.echo("\n".join(lines))
+
+
+@cli.command("runs")
+@click.option("--runs-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
+              show_default=True)
+@click.option("--sort", "sort_key", metavar="KEY",
+              help="Sort by a column (e.g. best_val_acc, test_acc, optimizer.lr, wall_time); "
+                   "accuracies sort best first.")
+@click.option("--reverse", is_flag=True, help="Reverse the sort order.")
+@_json_option
+@click.option("--csv", "as_csv", is_flag=True, help="Print CSV instead of a table.")
+def runs_command(runs_dir, sort_key, reverse, as_json, as_csv):
+    """One row per run: name, the hyperparameters that differ between runs, best validation
+    accuracy, test accuracy, epochs, wall time and status."""
+    from fmnist_mlp.runs_table import collect_runs, format_csv, format_text, sort_rows
+
+    if as_json and as_csv:
+        raise click.UsageError("choose one of --json and --csv")
+    rows, _ = collect_runs(runs_dir)
+    rows = sort_rows(rows, sort_key, reverse)
+    if as_json:
+        click.echo(json.dumps(rows))
+    elif as_csv:
+        click.echo(format_csv(rows))
+    else:
+        click.echo(format_text(rows) if rows else f"no runs in {runs_dir}")
+
+
+@cli.command()
+@_data_dir_option
+@click.option("--source", "sources", multiple=True, metavar="URL_OR_DIR",
+              help="Where to fetch the four files from (repeatable; default: the known mirrors).")
+@click.option("--force", is_flag=True, help="Fetch again even if a verified copy is cached.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def download(data_dir, sources, force, quiet):
+    """Fetch and verify the Fashion-MNIST files into the cache; prints the directory."""
+    from fmnist_mlp.data import ensure_dataset
+
+    path = ensure_dataset(data_dir, sources=list(sources) or None, force=force, progress=not quiet)
+    click.echo(str(path))
+
+
+@cli.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Experiment YAML whose architecture is checked (default: the defaults).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE")
+@click.option("--samples", default=4, show_default=True, type=click.IntRange(1, 64),
+              help="How many inputs to check on.")
+@click.option("--real", is_flag=True, help="Use real training images instead of random inputs.")
+@_data_dir_option
+@click.option("--tolerance", default=1e-5, show_default=True, type=float,
+              help="Largest acceptable relative error.")
+def gradcheck(config_path, overrides, samples, real, data_dir, tolerance):
+    """Compare backprop with central differences in float64 for the config's architecture.
+
+    Prints the max relative error per parameter and exits 1 if any exceeds the tolerance.
+    """
+    from fmnist_mlp.experiment import run_gradcheck
+
+    errors = run_gradcheck(config_path, overrides, samples=samples, real=real, data_dir=data_dir)
+    for name, err in errors.items():
+        click.echo(f"{name:<12} {err:.3e}")
+    worst = max(errors.values())
+    verdict = "ok" if worst <= tolerance else "FAILED"
+    click.echo(f"max relative error {worst:.3e} ({verdict}, tolerance {tolerance:g})")
+    if worst > tolerance:
+        raise SystemExit(1)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@_data_dir_option
+def plot(run_dir, data_dir):
+    """Learning curves, confusion matrix, first-layer weights and confident mistakes as PNGs in
+    RUN_DIR/plots/ (needs matplotlib: pip install 'fmnist-mlp[plot]')."""
+    from fmnist_mlp.plots import plot_run
+
+    for path in plot_run(run_dir, data_dir=data_dir):
+        click.echo(str(path))
+
+
+def _resume_epochs(run_dir: Path) -> int:
+    from fmnist_mlp.config import load_config
+    from fmnist_mlp.errors import CheckpointError
+
+    config_file = run_dir / "config.yaml"
+    if not config_file.is_file():
+        raise CheckpointError(f"--resume {run_dir}: not a run directory (no config.yaml)")
+    return load_config(config_file).train.epochs
+
+
+class _sigterm_as_interrupt:
+    """SIGTERM (Slurm pre-emption, ``kill``) is handled like Ctrl-C: save, mark, exit 130."""
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+        return self
+
+    def __exit__(self, *exc_info):
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: package errors become one line on stderr and their exit code."""
+    from fmnist_mlp.errors import FmnistMlpError
+
+    try:
+        code = cli.main(args=argv, prog_name="fmnist-mlp", standalone_mode=False)
+    except click.ClickException as exc:          # usage errors: exit 2
+        exc.show()
+        code = exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("interrupted", err=True)
+        code = 130
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        code = 130
+    except FmnistMlpError as exc:
+        click.echo(f"error: {exc}" if exc.exit_code != 130 else str(exc), err=True)
+        code = exc.exit_code
+    except OSError as exc:
+        click.echo(f"error: {exc}", err=True)
+        code = 1
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,67 @@
+"""Progress reporting on stderr: a tqdm bar per epoch on a terminal, else one plain line per epoch.
+
+Stdout is kept for data (run paths, JSON), so nothing here ever writes to it. No colour is used,
+so NO_COLOR is trivially honoured.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, Mapping, TextIO
+
+
+class ProgressReporter:
+    """A training-loop callback (see :class:`fmnist_mlp.train.Callback`) that draws progress."""
+
+    def __init__(self, total_epochs: int, quiet: bool = False, stream: TextIO | None = None):
+        self.stream = stream or sys.stderr
+        self.total_epochs = total_epochs
+        self.use_bars = not quiet and _isatty(self.stream)
+        self._bar: Any = None
+        self._next_postfix = 0.0
+
+    def on_epoch_start(self, epoch: int, num_batches: int) -> None:
+        if self.use_bars:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=num_batches, desc=f"epoch {epoch}/{self.total_epochs}",
+                             unit="batch", file=self.stream, leave=False, dynamic_ncols=True)
+
+    def on_batch(self, batch: int, loss: float, acc: float) -> None:
+        if self._bar is None:
+            return
+        self._bar.update(1)
+        now = time.monotonic()
+        if now >= self._next_postfix:      # formatting the postfix every batch would cost time
+            self._bar.set_postfix(loss=f"{loss:.4f}", acc=f"{acc:.4f}", refresh=False)
+            self._next_postfix = now + 0.25
+
+    def on_epoch_end(self, metrics: Mapping[str, float], state: Any, is_best: bool) -> None:
+        self.close()
+        print(format_epoch(metrics, self.total_epochs, is_best), file=self.stream, flush=True)
+
+    def message(self, text: str) -> None:
+        self.close()
+        print(text, file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def format_epoch(m: Mapping[str, float], total_epochs: int, is_best: bool = False) -> str:
+    width = len(str(total_epochs))
+    return (f"epoch {m['epoch']:>{width}}/{total_epochs}  "
+            f"train loss {m['train_loss']:.4f} acc {m['train_acc']:.4f}  "
+            f"val loss {m['val_loss']:.4f} acc {m['val_acc']:.4f}  "
+            f"lr {m['lr']:.3g}  {m['epoch_time']:.1f}s  {m['samples_per_sec']:,.0f}/s"
+            + ("  *" if is_best else ""))
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False

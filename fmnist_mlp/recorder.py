@@ -1,0 +1,141 @@
+"""RunRecorder: the training-loop callback that keeps a run directory up to date.
+
+At each epoch end it serialises a checkpoint to memory (cheap: one copy of the parameters and
+optimiser state), appends the metrics line, writes ``last``/``best`` when due and refreshes
+``summary.json``. The in-memory snapshot is what Ctrl-C saves, so ``last`` always describes a
+completed epoch and a resumed run continues exactly.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from fmnist_mlp import runs
+from fmnist_mlp.config import Config, config_to_dict
+from fmnist_mlp.train import NullCallback, TrainState
+
+
+class RunRecorder:
+    def __init__(self, run_dir: Path, cfg: Config, model: Any, optimizer: Any,
+                 streams: Mapping[str, np.random.Generator], state: TrainState,
+                 forward: Any = None, resumed: bool = False):
+        self.run_dir, self.cfg, self.model, self.optimizer = run_dir, cfg, model, optimizer
+        self.streams, self.forward = streams, forward or NullCallback()
+        self.ckpt_dir = run_dir / "checkpoints"
+        self.metrics = runs.MetricsWriter(run_dir, keep_epochs_upto=state.epoch if resumed else None)
+        self.log = runs.RunLog(run_dir)
+        self.started = time.time()
+        previous = runs.read_summary(run_dir) if resumed else {}
+        self.prior_wall_time = float(previous.get("wall_time") or 0.0)
+        self.snapshot: tuple[int, bytes] | None = None
+        self.saved_epoch = state.epoch           # the epoch last.npz holds
+        self.state = state
+        self.summary: dict[str, Any] = {
+            "status": "running", "name": previous.get("name", _run_name(run_dir)),
+            "run_dir": str(run_dir), "best_epoch": state.best_epoch or None,
+            "best_val_acc": state.best_val_acc if state.best_epoch else None,
+            "final": previous.get("final"), "test_loss": None, "test_acc": None,
+            "epochs_completed": state.epoch, "wall_time": self.prior_wall_time,
+            "num_parameters": int(sum(p.size for p in model.params.values())),
+            "versions": _versions(), "message": "",
+        }
+        runs.write_summary(run_dir, self.summary)
+        verb = f"resumed at epoch {state.epoch}" if resumed else "started"
+        self.log.write(f"run {verb}: {run_dir}")
+
+    # --------------------------------------------------------------- callback protocol
+    def on_epoch_start(self, epoch: int, num_batches: int) -> None:
+        self.forward.on_epoch_start(epoch, num_batches)
+
+    def on_batch(self, batch: int, loss: float, acc: float) -> None:
+        self.forward.on_batch(batch, loss, acc)
+
+    def on_epoch_end(self, metrics: dict[str, float], state: TrainState, is_best: bool) -> None:
+        self.snapshot = (state.epoch, runs.checkpoint_bytes(self._checkpoint(state)))
+        self.metrics.write(metrics)
+        due = (state.epoch % self.cfg.train.checkpoint_every == 0
+               or state.epoch >= self.cfg.train.epochs or state.early_stopped)
+        paths = ([self.ckpt_dir / "last.npz"] if due else []) + (
+            [self.ckpt_dir / "best.npz"] if is_best else [])
+        runs.save_checkpoint(paths, self.snapshot[1])
+        if due:
+            self.saved_epoch = state.epoch
+        self.summary.update(best_epoch=state.best_epoch, best_val_acc=state.best_val_acc,
+                            final=dict(metrics), epochs_completed=state.epoch,
+                            wall_time=self._wall_time())
+        runs.write_summary(self.run_dir, self.summary)
+        self.log.write(_epoch_line(metrics) + (" *best*" if is_best else ""))
+        self.forward.on_epoch_end(metrics, state, is_best)
+
+    # --------------------------------------------------------------- endings
+    def stop(self, status: str, message: str) -> None:
+        """Interrupted or failed: save the last completed epoch as ``last`` and mark the run."""
+        self._save_pending_last()
+        self.summary.update(status=status, message=message, wall_time=self._wall_time(),
+                            epochs_completed=self.saved_epoch)
+        runs.write_summary(self.run_dir, self.summary)
+        self.log.write(f"{status}: {message}")
+        self._close()
+
+    def finish(self, test_scores: Mapping[str, float]) -> dict[str, Any]:
+        self._save_pending_last()
+        message = (f"early stopped after epoch {self.state.epoch}" if self.state.early_stopped
+                   else "")
+        self.summary.update(status="finished", message=message, wall_time=self._wall_time(),
+                            **test_scores)
+        runs.write_summary(self.run_dir, self.summary)
+        self.log.write(f"finished: test_acc={test_scores.get('test_acc', float('nan')):.4f}")
+        self._close()
+        return dict(self.summary)
+
+    def _save_pending_last(self) -> None:
+        if self.snapshot is not None and self.snapshot[0] > self.saved_epoch:
+            runs.save_checkpoint(self.ckpt_dir / "last.npz", self.snapshot[1])
+            self.saved_epoch = self.snapshot[0]
+
+    def _checkpoint(self, state: TrainState) -> runs.Checkpoint:
+        meta = {"config": config_to_dict(self.cfg), "model_spec": self.model.spec(),
+                "epoch": state.epoch, "state": state.to_dict(),
+                "best": {"epoch": state.best_epoch, "val_acc": state.best_val_acc}}
+        return runs.Checkpoint(
+            params=self.model.params,       # serialised immediately, so no copy needed
+            optim_state=self.optimizer.state_dict(),
+            rng_states={name: gen.bit_generator.state for name, gen in self.streams.items()},
+            meta=meta)
+
+    def _wall_time(self) -> float:
+        return self.prior_wall_time + (time.time() - self.started)
+
+    def _close(self) -> None:
+        self.metrics.close()
+        self.log.close()
+
+
+def _run_name(run_dir: Path) -> str:
+    # <YYYYmmdd>-<HHMMSS>-<name>-<hex>: the name may itself contain dashes.
+    parts = run_dir.name.split("-")
+    return "-".join(parts[2:-1]) if len(parts) >= 4 else run_dir.name
+
+
+def _epoch_line(m: Mapping[str, float]) -> str:
+    return (f"epoch {m['epoch']}: train_loss={m['train_loss']:.4f} train_acc={m['train_acc']:.4f} "
+            f"val_loss={m['val_loss']:.4f} val_acc={m['val_acc']:.4f} lr={m['lr']:.3g} "
+            f"time={m['epoch_time']:.2f}s")
+
+
+def _versions() -> dict[str, str]:
+    """Package versions, recorded so a result can be traced to the code that produced it."""
+    import importlib.metadata as md
+    import platform
+
+    out = {"python": platform.python_version(), "numpy": np.__version__}
+    for dist in ("fmnist-mlp", "click", "tqdm", "pyyaml"):
+        try:
+            out[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            pass
+    return out

@@ -1,0 +1,116 @@
+"""The table ``fmnist-mlp runs`` prints: one row per run, with the hyperparameters that differ.
+
+Pure data shaping over what :mod:`fmnist_mlp.runs` reads; formatting as text, CSV or JSON.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from fmnist_mlp import runs
+from fmnist_mlp.config import flatten
+from fmnist_mlp.errors import ConfigError, FmnistMlpError
+
+RESULT_COLUMNS = ("best_val_acc", "test_acc", "epochs", "wall_time", "status")
+BEST_FIRST = ("best_val_acc", "test_acc")     # sorted descending: the best run on top
+
+
+def collect_runs(runs_dir: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """Rows (``run``, ``name``, differing ``config.key``s, results) and the differing keys."""
+    entries = []
+    for run_dir in runs.list_run_dirs(runs_dir):
+        try:
+            summary = runs.read_summary(run_dir)
+            config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+        except (FmnistMlpError, OSError, yaml.YAMLError):
+            summary, config = {"status": "unreadable"}, {}
+        entries.append((run_dir, summary, flatten(config if isinstance(config, dict) else {})))
+    keys = sorted({k for _, _, flat in entries for k in flat})
+    differing = [k for k in keys
+                 if len({_hashable(flat.get(k)) for _, _, flat in entries}) > 1]
+    rows = []
+    for run_dir, summary, flat in entries:
+        row: dict[str, Any] = {"run": run_dir.name, "name": summary.get("name", "")}
+        row.update({k: flat.get(k) for k in differing})
+        row.update(best_val_acc=summary.get("best_val_acc"), test_acc=summary.get("test_acc"),
+                   epochs=summary.get("epochs_completed"), wall_time=summary.get("wall_time"),
+                   status=summary.get("status", "unknown"))
+        rows.append(row)
+    return rows, differing
+
+
+def sort_rows(rows: list[dict[str, Any]], key: str | None, reverse: bool = False) -> list[dict]:
+    """Sort by a column (accuracies best first); rows lacking the value go last."""
+    if key is None:
+        return rows[::-1] if reverse else rows
+    if rows and key not in rows[0]:
+        raise ConfigError(f"--sort {key!r}: no such column; choose from {', '.join(rows[0])}")
+    descending = (key in BEST_FIRST) != reverse
+    present = [r for r in rows if r.get(key) is not None]
+    missing = [r for r in rows if r.get(key) is None]
+    present.sort(key=lambda r: _sort_key(r[key]), reverse=descending)
+    return present + missing
+
+
+def format_text(rows: Sequence[dict[str, Any]]) -> str:
+    if not rows:
+        return "no runs"
+    columns = list(rows[0])
+    cells = [[_cell(c, r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells]
+    return "\n".join(lines)
+
+
+def format_csv(rows: Sequence[dict[str, Any]]) -> str:
+    if not rows:
+        return ""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _csv_value(v) for k, v in row.items()})
+    return buffer.getvalue().rstrip("\n")
+
+
+def _cell(column: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if column == "wall_time":
+        return _duration(float(value))
+    if isinstance(value, float):
+        return f"{value:.4f}" if column in BEST_FIRST else f"{value:g}"
+    if isinstance(value, list):
+        return "[" + ",".join(str(v) for v in value) + "]"
+    return str(value)
+
+
+def _csv_value(value: Any) -> Any:
+    if isinstance(value, list):
+        return "[" + ",".join(str(v) for v in value) + "]"
+    return "" if value is None else value
+
+
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "-"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def _hashable(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _sort_key(value: Any) -> tuple:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (0, float(value), "")
+    return (1, 0.0, str(value))
