@@ -3,6 +3,7 @@
 import math
 import os
 import struct
+import subprocess
 import sys
 from pathlib import Path
 
@@ -220,23 +221,25 @@ def _require_real_data():
         pytest.skip("real Fashion-MNIST files not installed")
 
 
-def _tiny_run(runs_dir, name, hidden):
-    """Train a real 2-epoch run on 600 training images and return its directory."""
-    from fmnist_mlp.config import load_config
-    from fmnist_mlp.experiment import run_training
-
-    cfg = load_config(None, [f"model.hidden={hidden}", "data.subset=600", "data.val_size=500",
-                             "train.epochs=2", "train.batch_size=100"])
-    return run_training(cfg, name=name, runs_dir=runs_dir).run_dir
+def _cli(*args, cwd):
+    """Run `fmnist-mlp ARGS` as a user would (a subprocess); returns the CompletedProcess."""
+    return subprocess.run([sys.executable, "-m", "fmnist_mlp", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.realdata
-@pytest.mark.slow
-@pytest.mark.parametrize("hidden, weight_grid", [("[16]", (4, 4)), ("[]", (2, 5))])
-def test_plot_run_writes_every_picture(tmp_path, hidden, weight_grid):
-    _require_real_data()
-    run_dir = _tiny_run(tmp_path / "runs", "tiny", hidden)
-    written = plots.plot_run(run_dir)
+def _tiny_run(tmp_path, hidden):
+    """`fmnist-mlp train` for 2 epochs on 600 training images; returns the run directory."""
+    result = _cli("train", "--name", "tiny", "--runs-dir", str(tmp_path / "runs"), "--quiet",
+                  "--set", f"model.hidden={hidden}", "--set", "data.subset=600",
+                  "--set", "data.val_size=500", "--set", "train.epochs=2",
+                  "--set", "train.batch_size=100", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    run_dir = Path(result.stdout.strip().splitlines()[-1])
+    assert (run_dir / "checkpoints").is_dir()
+    return run_dir
+
+
+def _check_run_pictures(run_dir, written, weight_grid):
     names = [p.name for p in written]
     assert names == ["learning_curves.png", "confusion_matrix.png", "first_layer_weights.png",
                      "confident_mistakes.png"]
@@ -249,9 +252,41 @@ def test_plot_run_writes_every_picture(tmp_path, hidden, weight_grid):
     assert_picture(by_name["first_layer_weights.png"], *grid_pixels(*weight_grid))
     # A 2-epoch model on 600 images gets far more than 25 of the 10,000 test images wrong.
     assert_picture(by_name["confident_mistakes.png"], *grid_pixels(5, 5))
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_plot_command_on_a_tiny_trained_run(tmp_path):
+    _require_real_data()
+    run_dir = _tiny_run(tmp_path, "[16]")
+    result = _cli("plot", str(run_dir), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    written = [Path(line) for line in result.stdout.splitlines()]
+    _check_run_pictures(run_dir, written, weight_grid=(4, 4))
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_plot_run_on_a_run_without_hidden_layers_shows_class_templates(tmp_path):
+    _require_real_data()
+    run_dir = _tiny_run(tmp_path, "[]")
+    written = plots.plot_run(run_dir)
+    _check_run_pictures(run_dir, written, weight_grid=(2, 5))
     # Plotting again replaces the pictures in place and leaves nothing else behind.
     assert plots.plot_run(run_dir) == written
-    assert sorted(p.name for p in (run_dir / "plots").iterdir()) == sorted(names)
+    assert sorted(p.name for p in (run_dir / "plots").iterdir()) == sorted(p.name for p in written)
+
+
+def test_plot_command_without_matplotlib_says_how_to_install_it(tmp_path, monkeypatch, capsys):
+    from fmnist_mlp.cli import main
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(SystemExit) as excinfo:
+        main(["plot", str(tmp_path)])
+    assert excinfo.value.code == 1
+    captured = capsys.readouterr()
+    assert captured.err == "error: plotting needs matplotlib: pip install 'fmnist-mlp[plot]'\n"
+    assert captured.out == ""
 
 
 def test_plot_run_on_a_missing_run_names_it(tmp_path):
