@@ -35,8 +35,11 @@ GRID_TITLE_INCHES = 0.8    # room above a grid for its title
 GRID_MIN_WIDTH_INCHES = 5.5   # so a grid of a few maps still has room for its two-line title
 
 
-def _require_matplotlib() -> None:
-    """Fail early, before loading data, when the optional plotting extra is missing."""
+def require_matplotlib() -> None:
+    """Raise the one-line install hint when the optional plotting extra is missing.
+
+    Public so that training with ``train.plots: true`` can fail before it starts, not after.
+    """
     try:
         import matplotlib  # noqa: F401
     except ImportError:
@@ -45,7 +48,7 @@ def _require_matplotlib() -> None:
 
 def _new_figure(figsize: tuple[float, float]):
     """A headless Figure of exactly figsize inches at DPI (no pyplot, no global state)."""
-    _require_matplotlib()
+    require_matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -238,7 +241,7 @@ def plot_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
     Uses the run's metrics.jsonl, its best checkpoint (falling back to last) and the exact test
     split it was trained with. The test set is only looked at here, after training.
     """
-    _require_matplotlib()
+    require_matplotlib()
     # Imported here: they pull in the data and config layers, which a caller of the pure
     # plotting functions above does not need.
     from .experiment import load_model, load_splits_for
