@@ -84,22 +84,31 @@ def fit(model: Any, optimizer: Any, lr_at: Callable[[int], float],
     state = state or TrainState()
     callback = callback or NullCallback()
     try:
-        while state.epoch < settings.epochs and not state.early_stopped:
-            metrics = _train_one_epoch(model, optimizer, lr_at, x_train, y_train, settings,
-                                       rngs, augment, state, callback)
-            t0 = time.perf_counter()
-            val_loss, val_acc = model.evaluate(x_val, y_val, batch_size=settings.eval_batch_size)
-            _check_finite(val_loss, f"validation loss after epoch {state.epoch + 1}", metrics["lr"])
-            metrics = {"epoch": metrics["epoch"], "train_loss": metrics["train_loss"],
-                       "train_acc": metrics["train_acc"], "val_loss": float(val_loss),
-                       "val_acc": float(val_acc), "lr": metrics["lr"],
-                       "epoch_time": metrics["epoch_time"] + time.perf_counter() - t0,
-                       "samples_per_sec": metrics["samples_per_sec"]}
-            is_best = _advance(state, metrics, settings.patience)
-            callback.on_epoch_end(metrics, state, is_best)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            # Overflow warnings only precede the NaN/inf loss _check_finite reports in one line.
+            _run_epochs(model, optimizer, lr_at, x_train, y_train, x_val, y_val, settings,
+                        rngs, augment, state, callback)
     except KeyboardInterrupt:
         raise TrainingInterrupted(f"interrupted during epoch {state.epoch + 1}") from None
     return state
+
+
+def _run_epochs(model, optimizer, lr_at, x_train, y_train, x_val, y_val, settings, rngs,
+                augment, state, callback) -> None:
+    while state.epoch < settings.epochs and not state.early_stopped:
+        train_metrics = _train_one_epoch(model, optimizer, lr_at, x_train, y_train, settings,
+                                         rngs, augment, state, callback)
+        t0 = time.perf_counter()
+        val_loss, val_acc = model.evaluate(x_val, y_val, batch_size=settings.eval_batch_size)
+        _check_finite(val_loss, f"validation loss after epoch {state.epoch + 1}",
+                      train_metrics["lr"])
+        metrics = {"epoch": train_metrics["epoch"], "train_loss": train_metrics["train_loss"],
+                   "train_acc": train_metrics["train_acc"], "val_loss": float(val_loss),
+                   "val_acc": float(val_acc), "lr": train_metrics["lr"],
+                   "epoch_time": train_metrics["train_time"] + time.perf_counter() - t0,
+                   "samples_per_sec": train_metrics["samples_per_sec"]}
+        is_best = _advance(state, metrics, settings.patience)
+        callback.on_epoch_end(metrics, state, is_best)
 
 
 def _train_one_epoch(model, optimizer, lr_at, x, y, settings, rngs, augment, state, callback):
@@ -136,7 +145,7 @@ def _train_one_epoch(model, optimizer, lr_at, x, y, settings, rngs, augment, sta
         callback.on_batch(b + 1, total_loss / seen, total_correct / seen)
     train_time = time.perf_counter() - t0
     return {"epoch": state.epoch + 1, "train_loss": total_loss / seen,
-            "train_acc": total_correct / seen, "lr": float(lr), "epoch_time": train_time,
+            "train_acc": total_correct / seen, "lr": float(lr), "train_time": train_time,
             "samples_per_sec": seen / train_time if train_time > 0 else 0.0}
 
 
