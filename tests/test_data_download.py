@@ -67,8 +67,14 @@ class MirrorServer:
                 if mode == "silent":
                     server.release.wait(30)
                     return None
-                if mode in ("cut", "cut-norange") and first:
+                if mode in ("cut", "cut-norange", "wrongrange") and first:
                     return self._send(data, cut=True)
+                if mode == "wrongrange" and self.headers.get("Range"):
+                    self.send_response(206)  # answers a resume with the whole file, mislabelled
+                    self.send_header("Content-Range", f"bytes 0-{len(data) - 1}/{len(data)}")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    return self.wfile.write(data)
                 self._send(data, honour_range=(mode != "cut-norange"), slow=(mode == "slow"))
 
             def _send(self, data, cut=False, honour_range=True, slow=False):
@@ -158,6 +164,14 @@ def test_cut_connection_is_retried_when_range_is_ignored(dataset, server, cache)
     _fetch(cache, specs, [server.url("cut-norange")])
     _assert_valid_cache(cache, specs)
     assert all(server.requests["cut-norange", spec.filename] == 2 for spec in specs)
+
+
+def test_resume_answered_with_another_range_starts_again(dataset, server, cache):
+    specs = dataset[0]
+    patient = HttpOptions(connect_timeout=2.0, read_timeout=2.0, retries=2, backoff=0.01)
+    ensure_dataset(cache, [server.url("wrongrange")], progress=False, specs=specs, http=patient)
+    _assert_valid_cache(cache, specs)
+    assert all(server.requests["wrongrange", spec.filename] == 3 for spec in specs)
 
 
 def test_wrong_bytes_are_rejected_and_not_cached(dataset, server, cache):
@@ -282,3 +296,12 @@ def test_concurrent_processes_end_with_one_valid_cache(dataset, server, cache):
     _assert_valid_cache(cache, specs)
     # The lock makes the others wait and then find the cache full: each file travelled once.
     assert all(server.requests["slow", spec.filename] == 1 for spec in specs)
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_progress_bar_goes_to_stderr_only_when_asked(dataset, server, cache, capsys, progress):
+    specs = dataset[0]
+    ensure_dataset(cache, [server.url("good")], progress=progress, specs=specs, http=FAST)
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert (specs[0].filename in captured.err) is progress

@@ -113,10 +113,7 @@ def make_splits(raw: RawData, val_size: int = 5000, split: str = "stratified",
         train_idx, _ = _draw(labels[train_idx], train_idx, subset, split, rng)
 
     train_x = _to_rows(raw.train_images, train_idx, dtype)
-    mean, std = (0.0, 1.0)
-    if normalize == "standardize":
-        mean = float(train_x.mean(dtype=np.float64))
-        std = float(train_x.std(dtype=np.float64)) or 1.0  # a constant image set: nothing to scale
+    mean, std = _pixel_mean_std(raw.train_images[train_idx]) if normalize == "standardize" else (0.0, 1.0)
     splits = []
     for x, y in ((train_x, labels[train_idx]),
                  (_to_rows(raw.train_images, val_idx, dtype), labels[val_idx]),
@@ -127,6 +124,23 @@ def make_splits(raw: RawData, val_size: int = 5000, split: str = "stratified",
             x /= x.dtype.type(std)
         splits.append(Split(x, np.ascontiguousarray(y)))
     return Splits(*splits, mean=mean, std=std)
+
+
+def _pixel_mean_std(images: np.ndarray) -> tuple[float, float]:
+    """Mean and std of the pixels of ``images`` (uint8) after scaling to [0, 1], in float64.
+
+    From the histogram of the 256 byte values: exact, and far cheaper than a float64 copy of 43M pixels.
+    """
+    counts = np.zeros(256, dtype=np.float64)
+    for start in range(0, images.shape[0], 4096):  # blocks: bincount makes an int64 copy of its input
+        counts += np.bincount(images[start:start + 4096].ravel(), minlength=256)
+    values = np.arange(256, dtype=np.float64) / 255.0
+    total = counts.sum()
+    if total == 0:
+        return 0.0, 1.0
+    mean = float(counts @ values / total)
+    var = float(counts @ (values - mean) ** 2 / total)
+    return mean, (var ** 0.5) or 1.0  # a constant image set: nothing to scale
 
 
 def _check_choice(key: str, value: object, allowed: tuple[str, ...]) -> None:

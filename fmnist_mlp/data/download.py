@@ -100,14 +100,15 @@ def ensure_dataset(data_dir: str | Path | None = None, sources: Sequence[str] | 
                 continue
             reasons = _fetch_first(spec, sources, context)
             if reasons is not None:
-                failures.append(_failure_report(spec, data_dir, reasons))
+                failures.append(_failure_report(spec, data_dir, reasons, force))
     if failures:
         raise DataError("could not get the Fashion-MNIST files.\n" + "\n".join(failures) + "\n" + HOW_TO_FIX)
     return data_dir
 
 
-def _failure_report(spec: FileSpec, data_dir: Path, reasons: list[str]) -> str:
-    tried = [f"  - cache {data_dir}: no {spec.filename}"] + [f"  - {reason}" for reason in reasons]
+def _failure_report(spec: FileSpec, data_dir: Path, reasons: list[str], force: bool) -> str:
+    cache_note = "not used (force); the cached copy is kept" if force else f"no {spec.filename}"
+    tried = [f"  - cache {data_dir}: {cache_note}"] + [f"  - {reason}" for reason in reasons]
     if len(tried) == 1:
         tried.append("  - no other source was given")
     return f"{spec.filename}: every source failed:\n" + "\n".join(tried)

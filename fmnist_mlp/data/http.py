@@ -96,6 +96,9 @@ def _fetch_once(url: str, dest: Path, session: requests.Session, options: HttpOp
             raise PermanentHttpError(message)
         if response.status_code != 206:
             offset = 0  # the server ignored Range and sends the whole file again
+        elif not response.headers.get("Content-Range", "").startswith(f"bytes {offset}-"):
+            dest.write_bytes(b"")  # a range we did not ask for: start again from byte 0
+            raise _IncompleteBody(f"unexpected Content-Range {response.headers.get('Content-Range')!r}")
         length = response.headers.get("Content-Length")
         expected = int(length) if length and length.isdigit() else None
         received = 0
