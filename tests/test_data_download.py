@@ -305,3 +305,8 @@ def test_progress_bar_goes_to_stderr_only_when_asked(dataset, server, cache, cap
     captured = capsys.readouterr()
     assert captured.out == ""
     assert (specs[0].filename in captured.err) is progress
+
+
+def test_unsupported_url_scheme_is_named(dataset, cache):
+    with pytest.raises(DataError, match="ftp://example.invalid/: unsupported source"):
+        _fetch(cache, dataset[0], ["ftp://example.invalid/"])

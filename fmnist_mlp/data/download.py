@@ -79,7 +79,7 @@ def ensure_dataset(data_dir: str | Path | None = None, sources: Sequence[str] | 
                    force: bool = False, progress: bool = True,
                    specs: Sequence[FileSpec] = FASHION_MNIST_FILES,
                    http: HttpOptions = HttpOptions()) -> Path:
-    """Make sure ``data_dir`` holds every file of ``specs``, verified; return the folder.
+    """Make sure ``data_dir`` holds every file of ``specs``, verified; return the folder (created if needed).
 
     sources: folders or http(s) URLs tried in order after the cache (None = Debian's folder, then
     the mirrors; [] = the cache only). force: fetch again even what the cache holds (the old file
@@ -91,16 +91,23 @@ def ensure_dataset(data_dir: str | Path | None = None, sources: Sequence[str] | 
         data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DataError(f"{data_dir}: cannot create the data folder: {exc.strerror or exc}") from None
+    if not force and all((data_dir / spec.filename).is_file() for spec in specs):
+        return data_dir  # complete already: no lock needed, so a read-only cache works too
     sources = default_sources() if sources is None else [str(s) for s in sources]
     context = _FetchContext(data_dir, http, progress)
     failures: list[str] = []
-    with FileLock(data_dir / LOCK_NAME):
-        for spec in specs:
-            if not force and (data_dir / spec.filename).is_file():
-                continue
-            reasons = _fetch_first(spec, sources, context)
-            if reasons is not None:
-                failures.append(_failure_report(spec, data_dir, reasons, force))
+    try:
+        with FileLock(data_dir / LOCK_NAME):
+            for spec in specs:
+                # Checked under the lock: another process may have fetched it while we waited.
+                if not force and (data_dir / spec.filename).is_file():
+                    continue
+                reasons = _fetch_first(spec, sources, context)
+                if reasons is not None:
+                    failures.append(_failure_report(spec, data_dir, reasons, force))
+    finally:
+        if context.session is not None:
+            context.session.close()
     if failures:
         raise DataError("could not get the Fashion-MNIST files.\n" + "\n".join(failures) + "\n" + HOW_TO_FIX)
     return data_dir
@@ -154,6 +161,8 @@ def _copy_to(source: str, spec: FileSpec, tmp: Path, context: _FetchContext) -> 
             context.session = make_session()
         download_url(url, tmp, context.session, context.http, context.progress, desc=spec.filename)
         return url
+    if "://" in source:
+        raise DataError(f"{source}: unsupported source (give a folder, or an http:// or https:// URL)")
     folder = Path(source).expanduser()
     if not folder.is_dir():
         raise DataError(f"{folder}: no such folder")
