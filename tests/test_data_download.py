@@ -5,7 +5,6 @@ the files are small synthetic IDX files whose FileSpecs are passed in place of t
 """
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -13,7 +12,6 @@ import threading
 import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 

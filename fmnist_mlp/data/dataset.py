@@ -15,7 +15,7 @@ from fmnist_mlp.errors import ConfigError, DataError
 from fmnist_mlp.data.decoded import CorruptCacheFile, decode_and_store, load_decoded
 from fmnist_mlp.data.download import LOCK_NAME, ensure_dataset, resolve_data_dir
 from fmnist_mlp.data.http import HttpOptions
-from fmnist_mlp.data.idx import IMAGE_SHAPE, NUM_CLASSES
+from fmnist_mlp.data.idx import IMAGE_SHAPE
 from fmnist_mlp.data.lock import FileLock
 from fmnist_mlp.data.specs import FASHION_MNIST_FILES, FileSpec
 
