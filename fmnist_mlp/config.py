@@ -313,9 +313,19 @@ def _check_cross_fields(cfg: Config, source: str) -> None:
                           f"({cfg.train.epochs}), got {cfg.schedule.warmup_epochs}")
 
 
+# Common spellings from other tools that string similarity would not find.
+_ALIASES = {"learning_rate": "lr", "lr_schedule": "schedule", "scheduler": "schedule",
+            "hidden_sizes": "hidden", "hidden_layers": "hidden", "layers": "hidden",
+            "n_epochs": "epochs", "num_epochs": "epochs", "batchsize": "batch_size",
+            "optim": "optimizer", "activation_function": "activation", "patience":
+            "early_stopping_patience", "wd": "weight_decay", "random_seed": "seed"}
+
+
 def _suggest(key: str, prefix: str) -> str:
     """Did-you-mean among the section's keys, then among every dotted path."""
     section = _section_keys(prefix)
+    if _ALIASES.get(key) in section:
+        return f" (did you mean '{prefix}{_ALIASES[key]}'?)"
     close = difflib.get_close_matches(key, section, n=1, cutoff=0.6)
     if close:
         return f" (did you mean '{prefix}{close[0]}'?)"

@@ -1,0 +1,361 @@
+"""The command line end to end: subprocess runs on a small slice of the real data, plus in-process
+checks of error handling through :func:`fmnist_mlp.cli.main`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fmnist_mlp import runs
+from fmnist_mlp.cli import main
+
+REAL_DATA = Path("/usr/share/datasets/fashion-mnist")
+SMALL = ["--set", "data.subset=1000", "--set", "data.val_size=500", "--set", "model.hidden=[32]",
+         "--set", "train.epochs=2", "--set", "train.batch_size=100"]
+# One BLAS thread per process: the tests run trainings side by side on a small machine.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    if not REAL_DATA.is_dir():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{REAL_DATA} is required when CI=true")
+        pytest.skip(f"{REAL_DATA} not installed")
+    from fmnist_mlp.data import ensure_dataset
+
+    path = tmp_path_factory.mktemp("fmnist-data")
+    ensure_dataset(path, sources=[str(REAL_DATA)], progress=False)
+    return path
+
+
+def fmnist(*args, cwd, timeout=120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fmnist_mlp", *map(str, args)], cwd=cwd,
+                          env=ENV, capture_output=True, text=True, timeout=timeout)
+
+
+def run_main(args, capsys) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as info:
+        main(list(map(str, args)))
+    out, err = capsys.readouterr()
+    return info.value.code, out, err
+
+
+@pytest.fixture(scope="module")
+def trained(data_dir, tmp_path_factory):
+    """One small finished run, shared by the read-only tests below."""
+    work = tmp_path_factory.mktemp("work")
+    proc = fmnist("train", *SMALL, "--name", "small", "--data-dir", data_dir, "--json", cwd=work)
+    assert proc.returncode == 0, proc.stderr
+    return work, proc
+
+
+# ------------------------------------------------------------------------- help and imports
+
+
+def test_cli_module_does_not_import_heavy_packages():
+    code = ("import sys, fmnist_mlp.cli; "
+            "print([m for m in ('numpy', 'tqdm', 'requests', 'yaml') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV)
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("args", [["--help"], ["train", "--help"], ["eval", "--help"]])
+def test_help_documents_exit_codes(args, capsys):
+    code, out, _ = run_main(args, capsys)
+    assert code == 0
+    assert "Exit codes" in out and "130" in out and "diverged" in out
+
+
+# ------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.realdata
+def test_train_json_is_the_only_stdout_and_describes_the_run(trained):
+    work, proc = trained
+    summary = json.loads(proc.stdout)        # the whole of stdout is one JSON object
+    run_dir = work / summary["run_dir"]
+    assert summary["status"] == "finished" and summary["epochs_completed"] == 2
+    assert summary["name"] == "small" and 0.0 < summary["test_acc"] <= 1.0
+    assert str(run_dir) in proc.stderr or summary["run_dir"] in proc.stderr
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "train.log",
+                 "checkpoints/last.npz", "checkpoints/best.npz"):
+        assert (run_dir / name).is_file(), name
+    metrics = runs.read_metrics(run_dir)
+    assert [m["epoch"] for m in metrics] == [1, 2]
+    assert set(metrics[0]) == {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr",
+                               "epoch_time", "samples_per_sec"}
+    assert summary["best_val_acc"] == max(m["val_acc"] for m in metrics)
+
+
+@pytest.mark.realdata
+def test_resolved_config_reproduces_the_run(trained):
+    from fmnist_mlp.config import load_config
+
+    work, proc = trained
+    cfg = load_config(work / json.loads(proc.stdout)["run_dir"] / "config.yaml")
+    assert (cfg.data.subset, cfg.data.val_size, cfg.model.hidden) == (1000, 500, (32,))
+
+
+@pytest.mark.realdata
+def test_eval_reports_the_accuracy_in_the_summary(trained, data_dir):
+    work, proc = trained
+    summary = json.loads(proc.stdout)
+    result = fmnist("eval", summary["run_dir"], "--data-dir", data_dir, "--json", cwd=work)
+    assert result.returncode == 0, result.stderr
+    scores = json.loads(result.stdout)
+    assert scores["accuracy"] == summary["test_acc"]
+    assert np.array(scores["confusion_matrix"]).sum() == scores["num_samples"] == 10000
+    table = fmnist("eval", summary["run_dir"], "--data-dir", data_dir, "--split", "val", cwd=work)
+    assert table.returncode == 0 and "per-class accuracy" in table.stdout
+    assert "Ankle boot" in table.stdout and "split: val (500 images)" in table.stdout
+
+
+@pytest.mark.realdata
+def test_runs_lists_the_run(trained, capsys):
+    work, proc = trained
+    summary = json.loads(proc.stdout)
+    code, out, _ = run_main(["runs", "--runs-dir", work / "runs", "--json"], capsys)
+    rows = json.loads(out)
+    assert code == 0 and len(rows) == 1
+    assert rows[0]["name"] == "small" and rows[0]["status"] == "finished"
+    assert rows[0]["test_acc"] == summary["test_acc"]
+    code, out, _ = run_main(["runs", "--runs-dir", work / "runs", "--csv"], capsys)
+    assert out.splitlines()[0].startswith("run,name,") and "finished" in out
+
+
+# ------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["model.hiden=[10]"], "model.hiden"),
+    (["train.epochs=many"], "train.epochs"),
+    (["optimizer.lr=-0.01"], "optimizer.lr"),
+    (["model.hidden="], "model.hidden"),
+])
+def test_bad_config_exits_2_naming_the_key_and_creates_nothing(overrides, key, tmp_path, capsys,
+                                                                monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["train"] + [a for o in overrides for a in ("--set", o)]
+    code, out, err = run_main(args, capsys)
+    assert code == 2
+    assert key in err and len(err.strip().splitlines()) == 1 and out == ""
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_key_in_a_config_file_is_exit_2_with_suggestion(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "exp.yaml").write_text("optimizer:\n  learning_rate: 0.1\n")
+    code, _, err = run_main(["train", "--config", "exp.yaml"], capsys)
+    assert code == 2 and "optimizer.learning_rate" in err and "did you mean" in err
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("name", ["../escape", "/etc", "a/b"])
+def test_run_names_that_escape_the_runs_dir_are_refused(name, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_main(["train", "--name", name, "--set", "train.epochs=1"], capsys)
+    assert code == 2 and "--name" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_resume_cannot_be_mixed_with_a_config(tmp_path, capsys):
+    code, _, err = run_main(["train", "--resume", tmp_path, "--set", "train.epochs=1"], capsys)
+    assert code == 2 and "--resume" in err
+
+
+def test_train_without_config_is_a_usage_error(capsys):
+    code, _, err = run_main(["train"], capsys)
+    assert code == 2 and "--config" in err
+
+
+@pytest.mark.parametrize("make", [
+    lambda d: d / "missing.npz",
+    lambda d: (d / "junk.npz").write_text("junk") and d / "junk.npz",
+    lambda d: d,                                       # a directory that is not a run
+])
+def test_eval_of_bad_targets_is_one_line(make, tmp_path, capsys):
+    code, out, err = run_main(["eval", make(tmp_path)], capsys)
+    assert code == 1 and out == ""
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.realdata
+def test_eval_of_a_truncated_checkpoint_is_one_line(trained, tmp_path, capsys):
+    work, proc = trained
+    best = work / json.loads(proc.stdout)["run_dir"] / "checkpoints" / "best.npz"
+    broken = tmp_path / "broken.npz"
+    broken.write_bytes(best.read_bytes()[:5000])
+    code, _, err = run_main(["eval", broken], capsys)
+    assert code == 1 and "broken.npz" in err and len(err.strip().splitlines()) == 1
+
+
+def test_runs_of_an_empty_dir(tmp_path, capsys):
+    code, out, _ = run_main(["runs", "--runs-dir", tmp_path], capsys)
+    assert code == 0 and "no runs" in out
+
+
+# ------------------------------------------------------------------------- gradcheck
+
+
+@pytest.mark.parametrize("overrides", [
+    ["model.hidden=[12, 7]"],
+    ["model.hidden=[9]", "model.activation=sigmoid", "model.output=sigmoid",
+     "loss.name=squared_error"],
+])
+def test_gradcheck_passes_for_real_architectures(overrides, capsys):
+    args = ["gradcheck"] + [a for o in overrides for a in ("--set", o)]
+    code, out, _ = run_main(args, capsys)
+    assert code == 0 and "max relative error" in out and "ok" in out
+
+
+# ------------------------------------------------------------------------- failure modes
+
+
+@pytest.mark.realdata
+def test_divergence_marks_the_run_failed_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
+    # Epoch 1 trains normally; the step schedule then multiplies the learning rate by 1e30.
+    proc = fmnist("train", *SMALL, "--set", "train.epochs=3", "--set", "optimizer.name=sgd",
+                  "--set", "optimizer.lr=0.1", "--set", "schedule.name=step",
+                  "--set", "schedule.step_epochs=1", "--set", "schedule.gamma=1e30",
+                  "--data-dir", data_dir, "--quiet", cwd=tmp_path)
+    assert proc.returncode == 3
+    assert "learning rate" in proc.stderr and "Traceback" not in proc.stderr
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    summary = runs.read_summary(run_dir)
+    assert summary["status"] == "failed" and summary["epochs_completed"] == 1
+    assert runs.load_checkpoint(run_dir / "checkpoints" / "last.npz").meta["epoch"] == 1
+
+
+@pytest.mark.realdata
+def test_sigint_saves_marks_interrupted_and_prints_the_resume_command(data_dir, tmp_path):
+    args = [sys.executable, "-m", "fmnist_mlp", "train", *SMALL, "--set", "train.epochs=100000",
+            "--data-dir", str(data_dir), "--quiet"]
+    proc = subprocess.Popen(args, cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            metrics = list((tmp_path / "runs").glob("*/metrics.jsonl"))
+            if metrics and metrics[0].read_text().count("\n") >= 2:
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "fmnist-mlp train --resume" in err and "Traceback" not in err and out == ""
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    summary = runs.read_summary(run_dir)
+    assert summary["status"] == "interrupted" and summary["epochs_completed"] >= 2
+    last = runs.load_checkpoint(run_dir / "checkpoints" / "last.npz")
+    assert last.meta["epoch"] == summary["epochs_completed"]
+
+
+@pytest.mark.realdata
+def test_four_trainings_at_once_get_their_own_directories(data_dir, tmp_path):
+    args = [sys.executable, "-m", "fmnist_mlp", "train", *SMALL, "--set", "train.epochs=1",
+            "--name", "same", "--data-dir", str(data_dir), "--quiet"]
+    procs = [subprocess.Popen(args + ["--set", f"seed={i}"], cwd=tmp_path, env=ENV,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(4)]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, [e for _, e in outputs]
+    printed = {out.strip() for out, _ in outputs}
+    dirs = sorted((tmp_path / "runs").iterdir())
+    assert len(printed) == 4 and len(dirs) == 4
+    assert {str(Path("runs") / d.name) for d in dirs} == printed
+    assert all(runs.read_summary(d)["status"] == "finished" for d in dirs)
+
+
+# ------------------------------------------------------------------------- exact resume
+
+
+class _InterruptAt:
+    """Progress callback that presses Ctrl-C in the middle of a given epoch."""
+
+    def __init__(self, epoch: int, batch: int):
+        self.epoch, self.batch, self.current = epoch, batch, 0
+
+    def on_epoch_start(self, epoch, num_batches):
+        self.current = epoch
+
+    def on_batch(self, batch, loss, acc):
+        if self.current == self.epoch and batch == self.batch:
+            raise KeyboardInterrupt
+
+    def on_epoch_end(self, metrics, state, is_best):
+        pass
+
+
+@pytest.mark.realdata
+def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(data_dir, tmp_path):
+    from fmnist_mlp.config import load_config
+    from fmnist_mlp.experiment import run_training
+    from fmnist_mlp.train import TrainingInterrupted
+
+    # Every random stream matters here: dropout masks, flips and shifts, shuffling, one-cycle lr.
+    cfg = load_config(None, ["data.subset=1000", "data.val_size=500", "model.hidden=[32, 16]",
+                             "model.dropout=0.2", "data.augment.flip=true", "data.augment.shift=1",
+                             "schedule.name=onecycle", "train.epochs=4", "train.batch_size=100"])
+    straight = run_training(cfg, name="straight", runs_dir=tmp_path, data_dir=data_dir)
+
+    with pytest.raises(TrainingInterrupted, match="--resume"):
+        run_training(cfg, name="stopped", runs_dir=tmp_path, data_dir=data_dir,
+                     callback=_InterruptAt(epoch=3, batch=4))
+    (stopped,) = tmp_path.glob("*-stopped-*")
+    assert runs.read_summary(stopped)["status"] == "interrupted"
+    assert runs.load_checkpoint(stopped / "checkpoints" / "last.npz").meta["epoch"] == 2
+
+    # In-process like the straight run: BLAS results may depend on the thread count.
+    resumed = run_training(None, resume=stopped, data_dir=data_dir).summary
+    assert resumed["status"] == "finished" and resumed["epochs_completed"] == 4
+
+    a = runs.load_checkpoint(straight.run_dir / "checkpoints" / "last.npz")
+    b = runs.load_checkpoint(stopped / "checkpoints" / "last.npz")
+    assert a.params.keys() == b.params.keys()
+    for name in a.params:
+        assert np.array_equal(a.params[name], b.params[name]), name
+    for name in a.optim_state:
+        assert np.array_equal(a.optim_state[name], b.optim_state[name]), name
+    assert a.rng_states == b.rng_states
+    assert resumed["test_acc"] == straight.summary["test_acc"]
+    losses = lambda d: [m["train_loss"] for m in runs.read_metrics(d)]   # noqa: E731
+    assert losses(stopped) == losses(straight.run_dir) and len(losses(stopped)) == 4
+
+
+@pytest.mark.realdata
+def test_resume_through_the_cli_finishes_the_run_in_its_directory(data_dir, tmp_path):
+    from fmnist_mlp.config import load_config
+    from fmnist_mlp.experiment import run_training
+    from fmnist_mlp.train import TrainingInterrupted
+
+    cfg = load_config(None, SMALL[1::2] + ["train.epochs=3"])
+    with pytest.raises(TrainingInterrupted):
+        run_training(cfg, name="cli", runs_dir=tmp_path / "runs", data_dir=data_dir,
+                     callback=_InterruptAt(epoch=2, batch=2))
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    proc = fmnist("train", "--resume", run_dir, "--data-dir", data_dir, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(run_dir)
+    assert list((tmp_path / "runs").iterdir()) == [run_dir]
+    summary = runs.read_summary(run_dir)
+    assert summary["status"] == "finished" and summary["epochs_completed"] == 3
+    assert [m["epoch"] for m in runs.read_metrics(run_dir)] == [1, 2, 3]
+
+
+@pytest.mark.realdata
+def test_resuming_a_finished_run_is_refused(trained, capsys):
+    work, proc = trained
+    run_dir = work / json.loads(proc.stdout)["run_dir"]
+    code, _, err = run_main(["train", "--resume", run_dir], capsys)
+    assert code == 1 and "already finished" in err
