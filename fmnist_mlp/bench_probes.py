@@ -126,8 +126,8 @@ def run_probes(*, skip, quick: bool, threads: int, data_dir: str | None, synthet
     if "overhead" not in skip and real_data:
         extras["train_overhead"] = _probe(
             "bare loop vs real train epoch", progress,
-            lambda: _check(run_child({"kind": "overhead", "data_dir": data_dir,
-                                      "config": str(DEFAULT_CONFIG)}, threads)))
+            lambda: _check(run_child({"kind": "overhead", "data_dir": data_dir, "config": str(DEFAULT_CONFIG),
+                                      "timed_epochs": 1 if quick else 2}, threads)))
     return extras
 
 

@@ -56,8 +56,12 @@ def _peak_line(results: dict) -> str:
     start = peak["start"].get("numpy", {}).get("gflops")
     end = peak["end"].get("numpy", {}).get("gflops")
     torch_peak = peak["start"].get("torch", {}).get("gflops")
-    return (f"float32 2048x2048 matmul peak (numpy): start {_num(start, '.1f')}, end {_num(end, '.1f')}, "
+    size = results["settings"]["peak_size"]
+    line = (f"float32 {size}x{size} matmul peak (numpy): start {_num(start, '.1f')}, end {_num(end, '.1f')}, "
             f"best {_num(peak.get('numpy_best_gflops'), '.1f')} GFLOP/s; torch {_num(torch_peak, '.1f')} GFLOP/s")
+    if start and end and abs(start - end) > 0.15 * max(start, end):
+        line += "\nWARNING: the peak moved by more than 15 % during the run: the machine was busy; rerun when quiet"
+    return line
 
 
 def _extras_lines(results: dict) -> list[str]:

@@ -3,12 +3,13 @@
 The parent (:mod:`fmnist_mlp.bench`) starts ``python -m fmnist_mlp.bench_worker '<job json>'``
 with the BLAS/OpenMP thread variables already in the environment, so they take effect before
 NumPy or torch is imported here. The child prints exactly one JSON object on its last stdout
-line. Every child reports its own peak resident memory (``ru_maxrss`` of RUSAGE_SELF), which
+line. Every child reports its own peak resident memory (VmHWM, see :func:`_peak_rss_mb`), which
 therefore covers one engine and one job only: the float32 data copy, the imported libraries and
 the model, optimiser and work buffers.
 
 Job kinds (``job["kind"]``): ``peak`` (float32 matmul GFLOP/s), ``train`` (full epochs after a
-warm-up), ``infer`` (forward passes over the test set) and ``load_raw`` (decoded-data cache).
+warm-up), ``infer`` (forward passes over the test set), ``load_raw`` (decoded-data cache) and
+``overhead`` (bare loop vs the real training path, :mod:`fmnist_mlp.bench_overhead`).
 ``job["engine"]`` is ``numpy`` or ``torch``.
 """
 
@@ -27,7 +28,19 @@ OPTIMIZER_SETTINGS = {
 
 
 def _peak_rss_mb() -> float:
-    """Peak resident set size of this process so far, in MiB (Linux reports KiB)."""
+    """Peak resident set size of this process's own memory so far, in MiB.
+
+    VmHWM from /proc/self/status where it exists: ``ru_maxrss`` of a freshly exec'd child starts
+    at its parent's high-water mark (Linux carries it across fork+exec), so with a parent that
+    held the dataset it would report the parent's peak, not the child's.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
@@ -247,6 +260,10 @@ def run_job(job: dict) -> dict:
         result = _infer(job)
     elif kind == "load_raw":
         result = _load_raw(job)
+    elif kind == "overhead":
+        from fmnist_mlp.bench_overhead import measure_train_overhead
+
+        result = measure_train_overhead(job.get("config"), job.get("data_dir"), job["timed_epochs"])
     else:
         raise ValueError(f"unknown benchmark job kind {kind!r}")
     result["peak_rss_mb"] = _peak_rss_mb()

@@ -28,11 +28,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--data-dir", help="dataset directory (default: the tool's data directory)")
     parser.add_argument("--skip", action="append", default=[], choices=SKIPPABLE,
                         help="leave out an extra section (repeatable)")
+    parser.add_argument("--peak-size", type=int, default=2048, metavar="N",
+                        help="N x N matmul for the peak (default 2048; smaller only for tests)")
     args = parser.parse_args(argv)
-    for name in ("epochs", "threads", "synthetic"):
+    for name in ("epochs", "threads", "synthetic", "peak_size"):
         value = getattr(args, name)
         if value is not None and value < 1:
-            parser.error(f"--{name} must be a positive integer, got {value}")
+            parser.error(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
     return args
 
 
@@ -45,7 +47,7 @@ def main(argv=None) -> int:
     try:
         results = run_benchmark(quick=args.quick, cases=args.cases, epochs=args.epochs, threads=args.threads,
                                 use_torch=not args.no_torch, synthetic=args.synthetic, data_dir=args.data_dir,
-                                skip=tuple(args.skip), progress=lambda m: print(f"bench: {m}", file=sys.stderr))
+                                skip=tuple(args.skip), peak_size=args.peak_size, progress=lambda m: print(f"bench: {m}", file=sys.stderr))
     except (FmnistMlpError, ValueError) as exc:
         print(f"bench: error: {exc}", file=sys.stderr)
         return getattr(exc, "exit_code", 2)

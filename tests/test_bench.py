@@ -1,0 +1,147 @@
+"""The benchmark harness: a tiny --quick run on synthetic data, the FLOP count, case selection,
+the memory probe and the target checks. No timing assertions: numbers must exist, be finite and
+positive, and be combined correctly; how large they are is the benchmark's business."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fmnist_mlp import bench, bench_probes
+from fmnist_mlp.bench_targets import evaluate_targets
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "scripts" / "bench.py"
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+SMALL_CASE = "784-256-128-10_b32_adam_d0.2"
+
+
+def _positive(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """One tiny end-to-end run of the script (torch included when importable)."""
+    out = tmp_path_factory.mktemp("bench") / "result.json"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--synthetic", "256", "--cases", SMALL_CASE,
+         "--threads", "1", "--skip", "cli", "--peak-size", "256", "--out", str(out)],
+        capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return proc, json.loads(out.read_text())
+
+
+def test_quick_run_writes_complete_json(quick_run):
+    _, results = quick_run
+    assert results["schema"] == bench.SCHEMA
+    assert "2*N*D_in*D_out" in results["flop_formula"] and "VmHWM" in results["memory_method"]
+    assert results["settings"]["n_train"] == 256 and results["settings"]["threads"] == 1
+    assert _positive(results["peak"]["start"]["numpy"]["gflops"])
+    assert _positive(results["peak"]["end"]["numpy"]["gflops"])
+    best = results["peak"]["numpy_best_gflops"]
+    assert best == max(results["peak"]["start"]["numpy"]["gflops"], results["peak"]["end"]["numpy"]["gflops"])
+
+    [case] = results["cases"]
+    assert (case["name"], case["hidden"], case["batch_size"], case["optimizer"], case["dropout"]) == \
+        (SMALL_CASE, [256, 128], 32, "adam", 0.2)
+    numpy_run = case["numpy"]
+    assert _positive(numpy_run["samples_per_sec"]) and _positive(numpy_run["peak_rss_mb"])
+    assert len(numpy_run["epoch_seconds"]) == 1 and numpy_run["samples_per_epoch"] == 256
+    assert math.isfinite(numpy_run["last_epoch_loss"])
+    assert case["numpy_gflops"] == pytest.approx(numpy_run["samples_per_sec"] * case["train_flops_per_sample"] / 1e9)
+    assert case["numpy_pct_of_peak"] == pytest.approx(100 * case["numpy_gflops"] / best)
+
+    [inference] = results["inference"]
+    assert inference["net"] == "784-256-128-10" and _positive(inference["numpy"]["samples_per_sec"])
+    assert {t["target"] for t in results["targets"]} and all("met" in t for t in results["targets"])
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed (optional bench extra)")
+def test_quick_run_measures_torch_side_by_side(quick_run):
+    _, results = quick_run
+    [case] = results["cases"]
+    assert _positive(case["torch"]["samples_per_sec"]) and math.isfinite(case["torch"]["last_epoch_loss"])
+    assert case["ratio"] == pytest.approx(case["numpy"]["samples_per_sec"] / case["torch"]["samples_per_sec"])
+    [inference] = results["inference"]
+    assert inference["ratio"] == pytest.approx(
+        inference["numpy"]["samples_per_sec"] / inference["torch"]["samples_per_sec"])
+    assert results["machine"]["torch"] and results["torch_skipped_reason"] is None
+
+
+def test_quick_run_prints_the_table(quick_run):
+    proc, _ = quick_run
+    header = next(line for line in proc.stdout.splitlines() if line.startswith("case "))
+    for column in ("numpy samples/s", "torch samples/s", "ratio", "GFLOP/s", "% of peak"):
+        assert column in header
+    assert any(line.startswith(SMALL_CASE) for line in proc.stdout.splitlines())
+
+
+def test_train_flops_count_forward_once_backward_twice_except_first_dx():
+    # 784-256-128-10: layer 0 has forward + dW only; the others forward + dW + dX.
+    expected = 2 * (784 * 256 * 2 + 256 * 128 * 3 + 128 * 10 * 3)
+    assert bench.train_flops_per_sample((256, 128)) == expected
+    assert bench.infer_flops_per_sample((256, 128)) == 2 * (784 * 256 + 256 * 128 + 128 * 10)
+    assert bench.train_flops_per_sample(()) == 2 * 784 * 10 * 2
+
+
+def test_grid_and_case_selection():
+    cases = bench.benchmark_cases()
+    assert len(cases) == 24 and len({c["name"] for c in cases}) == 24
+    quick = bench.select_cases(cases, None, quick=True)
+    assert [c["name"] for c in quick] == list(bench.QUICK_CASES)
+    chosen = bench.select_cases(cases, "784-1024-512-10_b512_*, *_b32_momentum_d0", quick=False)
+    assert {c["name"] for c in chosen} == {
+        "784-1024-512-10_b512_momentum_d0", "784-1024-512-10_b512_momentum_d0.2",
+        "784-1024-512-10_b512_adam_d0", "784-1024-512-10_b512_adam_d0.2",
+        "784-256-128-10_b32_momentum_d0", "784-1024-512-10_b32_momentum_d0"}
+    with pytest.raises(ValueError, match="matches no case"):
+        bench.select_cases(cases, "no-such-case", quick=False)
+
+
+def test_unmatched_cases_is_a_one_line_error_without_traceback(tmp_path):
+    out = tmp_path / "never.json"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--cases", "nope*", "--synthetic", "64",
+                           "--out", str(out)], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and "--cases 'nope*' matches no case" in proc.stderr
+    assert not out.exists()
+
+
+def test_peak_rss_of_command_sees_the_childs_allocation():
+    allocate = "import numpy as np; a = np.ones(200 * 2**20, dtype=np.uint8); print(a.sum() > 0)"
+    result = bench_probes.peak_rss_of_command([sys.executable, "-c", allocate])
+    assert result["peak_rss_mb"] >= 200
+    with pytest.raises(RuntimeError, match="exited with 3"):
+        bench_probes.peak_rss_of_command([sys.executable, "-c", "raise SystemExit(3)"])
+
+
+def test_time_command_reports_the_best_of_its_repeats():
+    result = bench_probes.time_command([sys.executable, "-c", "pass"], repeats=2)
+    assert len(result["seconds"]) == 2 and result["best_seconds"] == min(result["seconds"]) > 0
+
+
+def test_targets_compare_against_thresholds_and_leave_missing_ones_unmeasured():
+    results = {
+        "cases": [{"name": "784-256-128-10_b128_momentum_d0", "ratio": 2.5},
+                  {"name": "784-1024-512-10_b128_momentum_d0", "ratio": 1.1, "numpy_pct_of_peak": 80.0,
+                   "numpy": {"samples_per_sec": 20_000.0}},
+                  {"name": "784-1024-512-10_b128_adam_d0.2", "numpy": {"samples_per_sec": 16_000.0}}],
+        "inference": [{"net": "784-256-128-10", "ratio": 3.0}],
+        "extras": {"help": {"best_seconds": 0.31}, "data_cache": {"error": "no data"}},
+    }
+    met = {t["target"]: (t["value"], t["met"]) for t in evaluate_targets(results)}
+    assert met["784-256-128-10_b128_momentum_d0: numpy/torch train samples/s"] == (2.5, True)
+    assert met["784-1024-512-10_b128_momentum_d0: numpy/torch train samples/s"] == (1.1, False)
+    assert met["784-1024-512-10_b128_momentum_d0: numpy % of measured matmul peak"] == (80.0, True)
+    cost, ok = met["784-1024-512-10 b128: numpy time/sample, adam+dropout 0.2 over momentum"]
+    assert cost == pytest.approx(1.25) and ok is False
+    assert met["784-1024-512-10 inference: numpy/torch samples/s"] == (None, None)
+    assert met["fmnist-mlp --help wall time (s)"] == (0.31, False)
+    assert met["decoded data from cache, fresh process (s)"] == (None, None)
