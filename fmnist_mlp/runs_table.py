@@ -101,6 +101,8 @@ def _csv_value(value: Any) -> Any:
 def _duration(seconds: float) -> str:
     if not math.isfinite(seconds):
         return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
     minutes, secs = divmod(int(round(seconds)), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"

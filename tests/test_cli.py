@@ -359,3 +359,29 @@ def test_resuming_a_finished_run_is_refused(trained, capsys):
     run_dir = work / json.loads(proc.stdout)["run_dir"]
     code, _, err = run_main(["train", "--resume", run_dir], capsys)
     assert code == 1 and "already finished" in err
+
+
+# ------------------------------------------------------------------------- sweep script
+
+
+@pytest.mark.realdata
+def test_sweep_runs_the_grid_prints_the_table_and_reports_failures(data_dir, tmp_path):
+    import shutil
+
+    if shutil.which("fmnist-mlp") is None or shutil.which("bash") is None:
+        pytest.skip("needs bash and the fmnist-mlp console script on PATH")
+    script = Path(__file__).resolve().parent.parent / "scripts" / "sweep.sh"
+    # Two trials train; the negative learning rate is a config error, so the sweep must fail.
+    proc = subprocess.run(["bash", str(script), "-c", str(script.parent.parent / "configs" / "default.yaml"),
+                           "-j", "2", "-r", "grid", "-d", str(data_dir),
+                           "optimizer.lr=1e-3,-1,3e-3", "--", *SMALL, "--set", "train.epochs=1"],
+                          cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert "1 of 3 trial(s) failed" in proc.stderr
+    header, *rows = proc.stdout.strip().splitlines()
+    assert "optimizer.lr" in header and "best_val_acc" in header
+    assert len(rows) == 2 and all("finished" in r for r in rows)
+    dry = subprocess.run(["bash", str(script), "-n", "-r", "grid", "model.hidden=[8],[16,8]"],
+                         cwd=tmp_path, env=ENV, capture_output=True, text=True)
+    assert dry.returncode == 0 and len(dry.stdout.splitlines()) == 2
+    assert "--set 'model.hidden=[16,8]'" in dry.stdout

@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# Grid sweep: one `fmnist-mlp train` per combination, N at a time, then the `fmnist-mlp runs` table.
+#
+# Usage:
+#   scripts/sweep.sh [options] AXIS... [-- EXTRA_TRAIN_ARGS...]
+#
+#   AXIS is KEY=V1,V2,... with YAML values; commas inside [...] belong to the value, so
+#   model.hidden=[256],[512,256] is two values. The grid is the product of all axes.
+#
+# Options:
+#   -c FILE   base config (default: configs/default.yaml, here or beside this script)
+#   -f FILE   read axes from FILE, one KEY=V1,V2 per line ('#' starts a comment)
+#   -j N      trainings in parallel (default: 2)
+#   -t N      BLAS threads per training (default: 1, so parallel trials do not fight for cores)
+#   -r DIR    runs directory (default: runs/sweep-<timestamp>, so the table shows this sweep only)
+#   -d DIR    dataset directory (passed as --data-dir)
+#   -n        dry run: print one shell command per trial and exit (feed to GNU parallel or Slurm)
+#   -h        this help
+#
+# Example:
+#   scripts/sweep.sh -j 4 optimizer.lr=3e-4,1e-3,3e-3 model.hidden=[256],[512,256] \
+#       optimizer.name=adam,sgd -- --set train.epochs=5
+#
+# The same trials under GNU parallel, or as a Slurm job array:
+#   scripts/sweep.sh -n -r runs/grid optimizer.lr=1e-3,3e-3 > trials.txt
+#   parallel -j 4 --joblog runs/grid.joblog < trials.txt
+#   sbatch --array=1-$(wc -l < trials.txt) --cpus-per-task=1 \
+#       --wrap 'eval "$(sed -n ${SLURM_ARRAY_TASK_ID}p trials.txt)"'
+#   fmnist-mlp runs --runs-dir runs/grid --sort best_val_acc
+#
+# Exit status: 0 if every trial finished, 1 if any failed, 2 on bad arguments, 130 if interrupted.
+set -uo pipefail
+
+usage() { sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
+
+config=configs/default.yaml
+[[ -r $config ]] || config="$(cd "$(dirname "$0")/.." && pwd)/configs/default.yaml"
+grid_file=""; jobs=2; threads=1; data_dir=""; dry_run=0
+runs_dir="runs/sweep-$(date +%Y%m%d-%H%M%S)"
+while getopts ":c:f:j:t:r:d:nh" opt; do
+    case $opt in
+        c) config=$OPTARG ;;
+        f) grid_file=$OPTARG ;;
+        j) jobs=$OPTARG ;;
+        t) threads=$OPTARG ;;
+        r) runs_dir=$OPTARG ;;
+        d) data_dir=$OPTARG ;;
+        n) dry_run=1 ;;
+        h) usage; exit 0 ;;
+        :) echo "sweep.sh: -$OPTARG needs a value (see -h)" >&2; exit 2 ;;
+        *) echo "sweep.sh: unknown option -$OPTARG (see -h)" >&2; exit 2 ;;
+    esac
+done
+shift $((OPTIND - 1))
+
+axes=()
+while (($#)) && [[ $1 != -- ]]; do axes+=("$1"); shift; done
+[[ ${1:-} == -- ]] && shift
+extra=("$@")
+if [[ -n $grid_file ]]; then
+    [[ -r $grid_file ]] || { echo "sweep.sh: -f $grid_file: cannot read" >&2; exit 2; }
+    while IFS= read -r line; do
+        line=${line%%#*}; line=${line#"${line%%[![:space:]]*}"}; line=${line%"${line##*[![:space:]]}"}
+        [[ -n $line ]] && axes+=("$line")
+    done < "$grid_file"
+fi
+[[ $jobs =~ ^[1-9][0-9]*$ ]] || { echo "sweep.sh: -j $jobs: expected a positive integer" >&2; exit 2; }
+[[ $threads =~ ^[1-9][0-9]*$ ]] || { echo "sweep.sh: -t $threads: expected a positive integer" >&2; exit 2; }
+[[ -r $config ]] || { echo "sweep.sh: -c $config: config file not found" >&2; exit 2; }
+command -v fmnist-mlp >/dev/null || { echo "sweep.sh: fmnist-mlp not on PATH (pip install -e .)" >&2; exit 2; }
+
+# Expand the grid into one line of shell-quoted `--set` arguments per trial (Python does the
+# bracket-aware splitting and the quoting).
+trials=$(python3 - "${axes[@]}" <<'PY'
+import itertools, shlex, sys
+
+def split_values(text):
+    values, depth, current = [], 0, ""
+    for ch in text:
+        depth += ch in "[{"
+        depth -= ch in "]}"
+        if ch == "," and depth == 0:
+            values.append(current)
+            current = ""
+        else:
+            current += ch
+    return values + [current]
+
+axes = []
+for axis in sys.argv[1:]:
+    key, sep, values = axis.partition("=")
+    if not sep or not key or not values:
+        sys.exit(f"sweep.sh: axis {axis!r}: expected KEY=V1,V2,...")
+    axes.append([f"{key}={v.strip()}" for v in split_values(values)])
+for combo in itertools.product(*axes):
+    print(" ".join(f"--set {shlex.quote(s)}" for s in combo))
+PY
+) || exit 2
+
+mapfile -t trial_lines <<< "$trials"
+total=${#trial_lines[@]}
+width=${#total}
+
+trial_command() {  # $1: trial index (1-based), $2: its --set arguments
+    local name; name=$(printf "sweep-%0${width}d" "$1")
+    local cmd="OMP_NUM_THREADS=$threads OPENBLAS_NUM_THREADS=$threads MKL_NUM_THREADS=$threads"
+    cmd+=" fmnist-mlp train --config $(printf %q "$config") $2 --name $name"
+    cmd+=" --runs-dir $(printf %q "$runs_dir") --quiet"
+    [[ -n $data_dir ]] && cmd+=" --data-dir $(printf %q "$data_dir")"
+    ((${#extra[@]})) && cmd+=$(printf ' %q' "${extra[@]}")
+    printf '%s\n' "$cmd"
+}
+
+if ((dry_run)); then
+    for i in "${!trial_lines[@]}"; do trial_command $((i + 1)) "${trial_lines[$i]}"; done
+    exit 0
+fi
+
+log_dir="$runs_dir/.sweep-logs"
+mkdir -p "$log_dir" || exit 2
+echo "sweep: $total trial(s), $jobs at a time, $threads BLAS thread(s) each, into $runs_dir" >&2
+
+failed=0; running=0; interrupted=0
+trap 'interrupted=1; kill -INT $(jobs -p) 2>/dev/null' INT TERM
+for i in "${!trial_lines[@]}"; do
+    ((interrupted)) && break
+    if ((running >= jobs)); then
+        wait -n; status=$?
+        ((status != 0)) && failed=$((failed + 1))
+        running=$((running - 1))
+    fi
+    ((interrupted)) && break
+    n=$((i + 1))
+    cmd=$(trial_command "$n" "${trial_lines[$i]}")
+    echo "[$n/$total] ${trial_lines[$i]}" >&2
+    # Each trial's own stderr (progress lines, errors) goes to a log file.
+    bash -c "$cmd" > "$log_dir/trial-$n.out" 2> "$log_dir/trial-$n.log" &
+    running=$((running + 1))
+done
+while ((running > 0)); do
+    wait -n; status=$?
+    ((status == 127)) && break             # no children left
+    ((status != 0)) && failed=$((failed + 1))
+    running=$((running - 1))
+done
+
+fmnist-mlp runs --runs-dir "$runs_dir" --sort best_val_acc
+if ((interrupted)); then
+    echo "sweep: interrupted; resume a trial with: fmnist-mlp train --resume RUN_DIR" >&2
+    exit 130
+fi
+if ((failed)); then
+    echo "sweep: $failed of $total trial(s) failed; see $log_dir/" >&2
+    exit 1
+fi
+echo "sweep: all $total trial(s) finished" >&2
