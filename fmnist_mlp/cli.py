@@ -76,6 +76,7 @@ def train(config_path, overrides, name, runs_dir, data_dir, resume_dir, quiet, a
                               resume=resume_dir, callback=reporter,
                               on_run_dir=lambda d: reporter.message(f"run directory: {d}"))
     s = result.summary
+    _plots_if_asked(result.run_dir, data_dir, reporter)
     reporter.message(f"finished: best val acc {s['best_val_acc']:.4f} (epoch {s['best_epoch']}), "
                      f"test acc {s['test_acc']:.4f}, {s['wall_time']:.1f}s"
                      + (f"; {s['message']}" if s.get("message") else ""))
@@ -191,6 +192,24 @@ def plot(run_dir, data_dir):
 
     for path in plot_run(run_dir, data_dir=data_dir):
         click.echo(str(path))
+
+
+def _plots_if_asked(run_dir: Path, data_dir: Path | None, reporter) -> None:
+    """``train.plots: true``: write the plots; a missing matplotlib is a warning, not a failure
+    (the trained run is fine, and ``fmnist-mlp plot`` can draw them later)."""
+    from fmnist_mlp.config import load_config
+    from fmnist_mlp.errors import FmnistMlpError
+
+    if not load_config(run_dir / "config.yaml").train.plots:
+        return
+    try:
+        from fmnist_mlp.plots import plot_run
+
+        paths = plot_run(run_dir, data_dir=data_dir)
+    except FmnistMlpError as exc:
+        reporter.message(f"warning: plots skipped: {exc}")
+        return
+    reporter.message(f"plots: {', '.join(str(p) for p in paths)}")
 
 
 def _resume_epochs(run_dir: Path) -> int:

@@ -236,7 +236,8 @@ def test_divergence_marks_the_run_failed_and_keeps_the_last_good_checkpoint(data
 
 
 @pytest.mark.realdata
-def test_sigint_saves_marks_interrupted_and_prints_the_resume_command(data_dir, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signal_saves_marks_interrupted_and_prints_the_resume_command(signum, data_dir, tmp_path):
     args = [sys.executable, "-m", "fmnist_mlp", "train", *SMALL, "--set", "train.epochs=100000",
             "--data-dir", str(data_dir), "--quiet"]
     proc = subprocess.Popen(args, cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
@@ -248,7 +249,7 @@ def test_sigint_saves_marks_interrupted_and_prints_the_resume_command(data_dir, 
             if metrics and metrics[0].read_text().count("\n") >= 2:
                 break
             time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         out, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
@@ -351,6 +352,43 @@ def test_resume_through_the_cli_finishes_the_run_in_its_directory(data_dir, tmp_
     summary = runs.read_summary(run_dir)
     assert summary["status"] == "finished" and summary["epochs_completed"] == 3
     assert [m["epoch"] for m in runs.read_metrics(run_dir)] == [1, 2, 3]
+
+
+@pytest.mark.realdata
+def test_ctrl_c_between_checkpoints_still_saves_the_last_completed_epoch(data_dir, tmp_path):
+    from fmnist_mlp.config import load_config
+    from fmnist_mlp.experiment import run_training
+    from fmnist_mlp.train import TrainingInterrupted
+
+    cfg = load_config(None, SMALL[1::2] + ["train.epochs=5", "train.checkpoint_every=5"])
+    with pytest.raises(TrainingInterrupted):
+        run_training(cfg, name="sparse", runs_dir=tmp_path, data_dir=data_dir,
+                     callback=_InterruptAt(epoch=3, batch=1))
+    (run_dir,) = tmp_path.iterdir()
+    assert runs.load_checkpoint(run_dir / "checkpoints" / "last.npz").meta["epoch"] == 2
+
+
+@pytest.mark.realdata
+def test_early_stopping_ends_the_run_when_validation_stops_improving(data_dir, tmp_path):
+    from fmnist_mlp.config import load_config
+    from fmnist_mlp.experiment import run_training
+
+    # A learning rate this small leaves the predictions, hence the val accuracy, unchanged.
+    cfg = load_config(None, SMALL[1::2] + ["train.epochs=6", "train.early_stopping_patience=2",
+                                           "optimizer.name=sgd", "optimizer.lr=1e-12"])
+    summary = run_training(cfg, name="patience", runs_dir=tmp_path, data_dir=data_dir).summary
+    assert summary["status"] == "finished" and summary["epochs_completed"] == 3
+    assert summary["best_epoch"] == 1 and "early stopped" in summary["message"]
+
+
+@pytest.mark.realdata
+def test_plot_command_prints_the_png_paths(trained, data_dir, capsys):
+    pytest.importorskip("matplotlib")
+    work, proc = trained
+    run_dir = work / json.loads(proc.stdout)["run_dir"]
+    code, out, _ = run_main(["plot", run_dir, "--data-dir", data_dir], capsys)
+    paths = [Path(line) for line in out.splitlines()]
+    assert code == 0 and paths and all(p.suffix == ".png" and p.is_file() for p in paths)
 
 
 @pytest.mark.realdata
