@@ -15,7 +15,7 @@ import numpy as np
 
 from fmnist_mlp import runs
 from fmnist_mlp.config import Config, config_from_dict, config_to_dict, dump_config
-from fmnist_mlp.errors import CheckpointError, ConfigError, FmnistMlpError, TrainingDivergedError
+from fmnist_mlp.errors import CheckpointError, ConfigError, TrainingDivergedError
 from fmnist_mlp.train import LoopSettings, TrainingInterrupted, TrainState, fit
 
 STREAMS = ("init", "shuffle", "dropout", "augment")
