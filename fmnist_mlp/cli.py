@@ -126,7 +126,11 @@ def eval_command(target, split, data_dir, as_json):
 @click.option("--csv", "as_csv", is_flag=True, help="Print CSV instead of a table.")
 def runs_command(runs_dir, sort_key, reverse, as_json, as_csv):
     """One row per run: name, the hyperparameters that differ between runs, best validation
-    accuracy, test accuracy, epochs, wall time and status."""
+    accuracy, test accuracy, epochs, wall time and status.
+
+    Status is finished, running, interrupted or failed; "stale" marks a run still flagged running
+    whose process on this host is gone (killed): continue it with train --resume RUN_DIR.
+    """
     from fmnist_mlp.runs_table import collect_runs, format_csv, format_text, sort_rows
 
     if as_json and as_csv:

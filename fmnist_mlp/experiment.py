@@ -189,6 +189,9 @@ def _open_for_resume(run_dir: Path):
     summary = runs.read_summary(run_dir)
     if summary.get("status") == "finished":
         raise CheckpointError(f"--resume {run_dir}: the run already finished")
+    if summary.get("status") == "running" and not runs.is_stale(summary) and "pid" in summary:
+        raise CheckpointError(f"--resume {run_dir}: the run is still running (pid "
+                              f"{summary['pid']} on {summary.get('host')}); stop it first")
     from fmnist_mlp.config import load_config
 
     cfg = load_config(run_dir / "config.yaml")

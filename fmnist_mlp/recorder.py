@@ -41,7 +41,7 @@ class RunRecorder:
             "final": previous.get("final"), "test_loss": None, "test_acc": None,
             "epochs_completed": state.epoch, "wall_time": self.prior_wall_time,
             "num_parameters": int(sum(p.size for p in model.params.values())),
-            "versions": _versions(), "message": "",
+            "versions": _versions(), "message": "", **runs.process_owner(),
         }
         runs.write_summary(run_dir, self.summary)
         verb = f"resumed at epoch {state.epoch}" if resumed else "started"

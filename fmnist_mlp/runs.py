@@ -18,6 +18,7 @@ import json
 import os
 import re
 import secrets
+import socket
 import tempfile
 import time
 import zipfile
@@ -161,6 +162,27 @@ def read_summary(run_dir: str | Path) -> dict:
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: not a run summary")
     return data
+
+
+def process_owner() -> dict[str, Any]:
+    """Who is writing a run: recorded in summary.json so a dead "running" run can be told apart."""
+    return {"pid": os.getpid(), "host": socket.gethostname()}
+
+
+def is_stale(summary: Mapping[str, Any]) -> bool:
+    """Marked running, but its process on this host is gone (killed -9, OOM, power loss)."""
+    if summary.get("status") != "running" or summary.get("host") != socket.gethostname():
+        return False
+    pid = summary.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 class RunLog:

@@ -40,7 +40,7 @@ def collect_runs(runs_dir: str | Path) -> tuple[list[dict[str, Any]], list[str]]
         row.update({k: flat.get(k) for k in differing})
         row.update(best_val_acc=summary.get("best_val_acc"), test_acc=summary.get("test_acc"),
                    epochs=summary.get("epochs_completed"), wall_time=summary.get("wall_time"),
-                   status=summary.get("status", "unknown"))
+                   status="stale" if runs.is_stale(summary) else summary.get("status", "unknown"))
         rows.append(row)
     return rows, differing
 

@@ -263,6 +263,37 @@ def test_signal_saves_marks_interrupted_and_prints_the_resume_command(signum, da
 
 
 @pytest.mark.realdata
+def test_kill_9_leaves_loadable_checkpoints_and_a_stale_run(data_dir, tmp_path, capsys):
+    args = [sys.executable, "-m", "fmnist_mlp", "train", *SMALL, "--set", "train.epochs=100000",
+            "--data-dir", str(data_dir), "--quiet"]
+    proc = subprocess.Popen(args, cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            metrics = list((tmp_path / "runs").glob("*/metrics.jsonl"))
+            if metrics and metrics[0].read_text().count("\n") >= 3:
+                break
+            time.sleep(0.05)
+    finally:
+        proc.kill()                      # SIGKILL: no handler runs, writes stop wherever they are
+        proc.wait()
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    for name in ("last.npz", "best.npz"):
+        assert runs.load_checkpoint(run_dir / "checkpoints" / name).meta["epoch"] >= 1
+    code, out, _ = run_main(["runs", "--runs-dir", tmp_path / "runs", "--json"], capsys)
+    assert code == 0 and json.loads(out)[0]["status"] == "stale"
+
+
+def test_resume_of_a_run_that_is_still_running_is_refused(tmp_path, capsys):
+    run_dir = runs.create_run_dir(tmp_path, "live")
+    (run_dir / "config.yaml").write_text("seed: 0\n")
+    runs.write_summary(run_dir, {"status": "running", **runs.process_owner()})
+    code, _, err = run_main(["train", "--resume", run_dir], capsys)
+    assert code == 1 and "still running" in err
+
+
+@pytest.mark.realdata
 def test_four_trainings_at_once_get_their_own_directories(data_dir, tmp_path):
     args = [sys.executable, "-m", "fmnist_mlp", "train", *SMALL, "--set", "train.epochs=1",
             "--name", "same", "--data-dir", str(data_dir), "--quiet"]

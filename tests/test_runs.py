@@ -106,6 +106,20 @@ def test_resume_drops_metrics_newer_than_the_checkpoint(tmp_path):
     assert [m["epoch"] for m in runs.read_metrics(tmp_path)] == [1, 2]
 
 
+def test_a_running_run_whose_process_is_gone_is_stale():
+    import socket
+    import subprocess
+    import sys
+
+    dead_pid = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead_pid.wait()                      # reaped: the pid no longer names a process
+    host = socket.gethostname()
+    assert runs.is_stale({"status": "running", "pid": dead_pid.pid, "host": host})
+    assert not runs.is_stale({"status": "running", "pid": os.getpid(), "host": host})
+    assert not runs.is_stale({"status": "running", "pid": dead_pid.pid, "host": host + "-other"})
+    assert not runs.is_stale({"status": "finished", "pid": dead_pid.pid, "host": host})
+
+
 def test_summary_round_trip_and_missing_summary(tmp_path):
     runs.write_summary(tmp_path, {"status": "running"})
     assert runs.read_summary(tmp_path) == {"status": "running"}
