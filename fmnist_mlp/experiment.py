@@ -161,18 +161,28 @@ def run_training(cfg: Config | None, *, name: str | None = None, runs_dir: str |
     try:
         fit(model, optimizer, lr_at, x_train, y_train, splits.val.x, splits.val.y, settings,
             streams, make_augmenter(cfg.data.augment.flip, cfg.data.augment.shift), state, recorder)
-    except TrainingInterrupted as exc:
-        recorder.stop("interrupted", f"interrupted; resume with: fmnist-mlp train --resume {run_dir}")
-        raise TrainingInterrupted(f"{exc}; saved epoch {recorder.saved_epoch} in {run_dir}; "
-                                  f"resume with: fmnist-mlp train --resume {run_dir}") from None
+        scores = _test_scores(run_dir, splits.test, cfg)
+    except (TrainingInterrupted, KeyboardInterrupt) as exc:
+        raise _interrupted(recorder, run_dir, str(exc) or "interrupted") from None
     except TrainingDivergedError as exc:
         recorder.stop("failed", str(exc))
         raise TrainingDivergedError(f"{exc} (run {run_dir} marked failed)") from None
     except BaseException as exc:
         recorder.stop("failed", f"{type(exc).__name__}: {exc}")
         raise
-    summary = recorder.finish(_test_scores(run_dir, splits.test, cfg))
-    return RunResult(run_dir, summary)
+    return RunResult(run_dir, recorder.finish(scores))
+
+
+def _interrupted(recorder, run_dir: Path, what: str) -> TrainingInterrupted:
+    """Save the last completed epoch, mark the run, and say how to continue."""
+    if recorder.saved_epoch == 0 and recorder.snapshot is None:
+        recorder.stop("interrupted", "interrupted before the first epoch ended")
+        return TrainingInterrupted(f"{what}; no epoch had finished, so there is nothing to "
+                                   f"resume: start a new run")
+    resume = f"fmnist-mlp train --resume {run_dir}"
+    recorder.stop("interrupted", f"interrupted; resume with: {resume}")
+    return TrainingInterrupted(f"{what}; saved epoch {recorder.saved_epoch} in {run_dir}; "
+                               f"resume with: {resume}")
 
 
 def _test_scores(run_dir: Path, test, cfg: Config) -> dict[str, float]:

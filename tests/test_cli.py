@@ -400,6 +400,23 @@ def test_ctrl_c_between_checkpoints_still_saves_the_last_completed_epoch(data_di
 
 
 @pytest.mark.realdata
+def test_ctrl_c_in_the_first_epoch_says_there_is_nothing_to_resume(data_dir, tmp_path, capsys):
+    from fmnist_mlp.config import load_config
+    from fmnist_mlp.experiment import run_training
+    from fmnist_mlp.train import TrainingInterrupted
+
+    cfg = load_config(None, SMALL[1::2])
+    with pytest.raises(TrainingInterrupted, match="nothing to resume"):
+        run_training(cfg, name="early", runs_dir=tmp_path, data_dir=data_dir,
+                     callback=_InterruptAt(epoch=1, batch=2))
+    (run_dir,) = tmp_path.iterdir()
+    assert runs.read_summary(run_dir)["status"] == "interrupted"
+    assert not (run_dir / "checkpoints" / "last.npz").exists()
+    code, _, err = run_main(["train", "--resume", run_dir, "--data-dir", data_dir], capsys)
+    assert code == 1 and "last.npz" in err
+
+
+@pytest.mark.realdata
 def test_early_stopping_ends_the_run_when_validation_stops_improving(data_dir, tmp_path):
     from fmnist_mlp.config import load_config
     from fmnist_mlp.experiment import run_training
