@@ -26,6 +26,7 @@ from typing import Callable
 from fmnist_mlp import bench_probes
 from fmnist_mlp.bench_report import format_report
 from fmnist_mlp.bench_targets import evaluate_targets
+from fmnist_mlp.bench_worker import OPTIMIZER_SETTINGS
 
 __all__ = ["run_benchmark", "format_report", "write_results", "default_output_path", "benchmark_cases",
            "select_cases", "train_flops_per_sample", "infer_flops_per_sample"]
@@ -225,6 +226,7 @@ def _add_share_of_peak(results: dict) -> None:
 def run_benchmark(*, quick: bool = False, cases: str | None = None, epochs: int | None = None,
                   threads: int | None = None, use_torch: bool = True, synthetic: int | None = None,
                   data_dir: str | None = None, skip: tuple[str, ...] = (), peak_size: int = PEAK_SIZE,
+                  torch_optimizer_impl: str = "default",
                   progress: Callable[[str], None] = lambda message: None) -> dict:
     """Run the whole benchmark and return the results as a JSON-serialisable dict.
 
@@ -232,7 +234,8 @@ def run_benchmark(*, quick: bool = False, cases: str | None = None, epochs: int 
     ``cli`` (--help time), ``cache`` (decoded-data cache load) and ``rss`` (default-config
     training's peak RSS). ``synthetic`` replaces the real data with N random rows; ``peak_size``
     shrinks the peak matmul (tests only: a small product does not reach the BLAS peak). Torch's own
-    matmul peak is measured for context, except with ``quick``.
+    matmul peak is measured for context, except with ``quick``. ``torch_optimizer_impl``
+    (default | foreach | fused) picks torch's optimiser kernels.
     """
     threads = threads or default_threads()
     torch_available = use_torch and importlib.util.find_spec("torch") is not None
@@ -249,9 +252,11 @@ def run_benchmark(*, quick: bool = False, cases: str | None = None, epochs: int 
         progress("preparing data")
         data = prepare_data(Path(workdir), synthetic, data_dir)
         common = {"data": data["paths"], "epochs": epochs, "seed": 0,
-                  "warmup_batches": 5 if quick else 20}
+                  "warmup_batches": 5 if quick else 20, "torch_optimizer_impl": torch_optimizer_impl}
         results["settings"] = {"quick": quick, "epochs": epochs, "warmup_batches": common["warmup_batches"],
-                               "threads": threads, "thread_env_vars": list(THREAD_ENV_VARS),
+                               "threads": threads, "torch_optimizer_impl": torch_optimizer_impl,
+                               "optimizers": OPTIMIZER_SETTINGS, "eval_batch_size": EVAL_BATCH_SIZE,
+                               "thread_env_vars": list(THREAD_ENV_VARS),
                                "data": data["source"], "n_train": data["n_train"],
                                "n_test": data["n_test"], "peak_repeats": repeats, "peak_size": peak_size,
                                "dtype": "float32"}

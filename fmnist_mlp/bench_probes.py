@@ -29,7 +29,11 @@ _RSS_WRAPPER = (
 
 
 def cli_command() -> list[str]:
-    """The installed ``fmnist-mlp`` console script, or ``python -m fmnist_mlp`` if not on PATH."""
+    """The ``fmnist-mlp`` console script of this interpreter's environment (``make bench`` runs the
+    venv's python without the venv on PATH), else the one on PATH, else ``python -m fmnist_mlp``."""
+    beside = Path(sys.executable).parent / "fmnist-mlp"
+    if beside.is_file():
+        return [str(beside)]
     script = shutil.which("fmnist-mlp")
     return [script] if script else [sys.executable, "-m", "fmnist_mlp"]
 

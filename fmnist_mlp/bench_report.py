@@ -93,7 +93,8 @@ def format_report(results: dict) -> str:
         f"fmnist-mlp benchmark  {results['started']}  {machine['cpu']}  threads={settings['threads']}  "
         f"numpy {machine['numpy']}  torch {machine['torch'] or '(not run: ' + str(results['torch_skipped_reason']) + ')'}",
         f"data: {settings['data']}; {settings['epochs']} timed epoch(s) per case after "
-        f"{settings['warmup_batches']} warm-up batches; float32",
+        f"{settings['warmup_batches']} warm-up batches; float32; torch optimiser kernels: "
+        f"{settings['torch_optimizer_impl']}",
         _peak_line(results), "", "Training throughput (full epochs)", training_table(results),
     ]
     if results["inference"]:

@@ -157,11 +157,16 @@ def _torch_train(job: dict) -> dict:
     x, y = torch.from_numpy(x_np), torch.from_numpy(y_np)
     net = _torch_net(job).train()
     settings = OPTIMIZER_SETTINGS[job["optimizer"]]
+    # "default" lets torch choose its implementation; "foreach"/"fused" force the multi-tensor or
+    # fused kernels, so a faster torch baseline can be checked on a quiet machine.
+    impl = job.get("torch_optimizer_impl", "default")
+    impl_kwargs = {} if impl == "default" else {impl: True}
     if job["optimizer"] == "momentum":
-        optimizer = torch.optim.SGD(net.parameters(), lr=settings["lr"], momentum=settings["momentum"])
+        optimizer = torch.optim.SGD(net.parameters(), lr=settings["lr"], momentum=settings["momentum"],
+                                    **impl_kwargs)
     else:
-        optimizer = torch.optim.Adam(net.parameters(), lr=settings["lr"],
-                                     betas=(settings["beta1"], settings["beta2"]), eps=settings["eps"])
+        optimizer = torch.optim.Adam(net.parameters(), lr=settings["lr"], eps=settings["eps"],
+                                     betas=(settings["beta1"], settings["beta2"]), **impl_kwargs)
     loss_fn = torch.nn.CrossEntropyLoss()
     batch = job["batch_size"]
 

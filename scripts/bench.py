@@ -26,6 +26,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch side")
     parser.add_argument("--synthetic", type=int, metavar="N", help="N random rows instead of the real data")
     parser.add_argument("--data-dir", help="dataset directory (default: the tool's data directory)")
+    parser.add_argument("--torch-optimizer-impl", choices=("default", "foreach", "fused"), default="default",
+                        help="torch optimiser kernels (default: torch's own choice)")
     parser.add_argument("--skip", action="append", default=[], choices=SKIPPABLE,
                         help="leave out an extra section (repeatable)")
     parser.add_argument("--peak-size", type=int, default=2048, metavar="N",
@@ -44,10 +46,14 @@ def main(argv=None) -> int:
     from fmnist_mlp.bench import default_output_path, format_report, run_benchmark, write_results
     from fmnist_mlp.errors import FmnistMlpError
 
+    def progress(message: str) -> None:
+        print(f"bench: {message}", file=sys.stderr, flush=True)
+
     try:
         results = run_benchmark(quick=args.quick, cases=args.cases, epochs=args.epochs, threads=args.threads,
                                 use_torch=not args.no_torch, synthetic=args.synthetic, data_dir=args.data_dir,
-                                skip=tuple(args.skip), peak_size=args.peak_size, progress=lambda m: print(f"bench: {m}", file=sys.stderr))
+                                skip=tuple(args.skip), peak_size=args.peak_size,
+                                torch_optimizer_impl=args.torch_optimizer_impl, progress=progress)
     except (FmnistMlpError, ValueError) as exc:
         print(f"bench: error: {exc}", file=sys.stderr)
         return getattr(exc, "exit_code", 2)
