@@ -169,14 +169,17 @@ def download(data_dir, sources, force, quiet):
 @_data_dir_option
 @click.option("--tolerance", default=1e-5, show_default=True, type=float,
               help="Largest acceptable relative error.")
-def gradcheck(config_path, overrides, samples, real, data_dir, tolerance):
+@click.option("--max-entries", default=50, show_default=True, type=click.IntRange(1),
+              help="Entries checked per parameter array (a random sample for larger ones).")
+def gradcheck(config_path, overrides, samples, real, data_dir, tolerance, max_entries):
     """Compare backprop with central differences in float64 for the config's architecture.
 
     Prints the max relative error per parameter and exits 1 if any exceeds the tolerance.
     """
     from fmnist_mlp.experiment import run_gradcheck
 
-    errors = run_gradcheck(config_path, overrides, samples=samples, real=real, data_dir=data_dir)
+    errors = run_gradcheck(config_path, overrides, samples=samples, real=real, data_dir=data_dir,
+                           max_entries=max_entries)
     for name, err in errors.items():
         click.echo(f"{name:<12} {err:.3e}")
     worst = max(errors.values())

@@ -217,6 +217,13 @@ def test_gradcheck_passes_for_real_architectures(overrides, capsys):
     assert code == 0 and "max relative error" in out and "ok" in out
 
 
+def test_gradcheck_exits_nonzero_above_the_tolerance(capsys):
+    # Finite differences are never exact, so an absurdly tight tolerance must fail.
+    code, out, _ = run_main(["gradcheck", "--set", "model.hidden=[5]", "--tolerance", "1e-30"],
+                            capsys)
+    assert code == 1 and "FAILED" in out
+
+
 # ------------------------------------------------------------------------- failure modes
 
 
