@@ -68,7 +68,7 @@ def train(config_path, overrides, name, runs_dir, data_dir, resume_dir, quiet, a
     cfg = None
     if resume_dir is None:
         cfg = load_config(config_path, overrides)
-        name = validate_run_name(name or (config_path.stem if config_path else "run"))
+        name = validate_run_name(name or _name_from(config_path))
     epochs = cfg.train.epochs if cfg else _resume_epochs(resume_dir)
     reporter = ProgressReporter(epochs, quiet=quiet)
     with _sigterm_as_interrupt():
@@ -199,6 +199,14 @@ def plot(run_dir, data_dir):
 
     for path in plot_run(run_dir, data_dir=data_dir):
         click.echo(str(path))
+
+
+def _name_from(config_path: Path | None) -> str:
+    """The config file's stem, made safe for a directory name ("my exp.yaml" -> "my-exp")."""
+    import re
+
+    stem = re.sub(r"[^A-Za-z0-9._+=-]+", "-", config_path.stem).strip("-.") if config_path else ""
+    return stem[:80] or "run"
 
 
 def _plots_if_asked(run_dir: Path, data_dir: Path | None, reporter) -> None:

@@ -142,7 +142,9 @@ def run_training(cfg: Config | None, *, name: str | None = None, runs_dir: str |
     streams = make_streams(cfg.seed)
     model = build_model(cfg, streams["init"])
     optimizer = build_optimizer(cfg, model.params)
-    x_train, y_train = splits.train.x, splits.train.y
+    # One contiguous array of the model's dtype: batches are gathered from it with np.take(out=).
+    x_train = np.ascontiguousarray(splits.train.x, dtype=model.params["layer0.W"].dtype)
+    y_train = splits.train.y
     steps_per_epoch = -(-len(y_train) // min(cfg.train.batch_size, len(y_train)))
     lr_at = build_schedule(cfg, steps_per_epoch)
     state = TrainState()

@@ -478,3 +478,13 @@ def test_sweep_runs_the_grid_prints_the_table_and_reports_failures(data_dir, tmp
                          cwd=tmp_path, env=ENV, capture_output=True, text=True)
     assert dry.returncode == 0 and len(dry.stdout.splitlines()) == 2
     assert "--set 'model.hidden=[16,8]'" in dry.stdout
+
+
+@pytest.mark.parametrize("filename, expected", [
+    ("configs/default.yaml", "default"), ("my exp.yaml", "my-exp"), ("..yaml", "run")])
+def test_default_run_name_is_the_config_stem_made_safe(filename, expected):
+    from fmnist_mlp.cli import _name_from
+    from fmnist_mlp.runs import validate_run_name
+
+    assert _name_from(Path(filename)) == expected
+    assert validate_run_name(expected) == expected
