@@ -120,29 +120,44 @@ log_dir="$runs_dir/.sweep-logs"
 mkdir -p "$log_dir" || exit 2
 echo "sweep: $total trial(s), $jobs at a time, $threads BLAS thread(s) each, into $runs_dir" >&2
 
+run_trial() {  # $1: trial index (1-based), $2: its --set arguments (shell-quoted)
+    local sets name
+    eval "sets=($2)"
+    name=$(printf "sweep-%0${width}d" "$1")
+    local args=(train --config "$config" "${sets[@]}" --name "$name" --runs-dir "$runs_dir" --quiet)
+    [[ -n $data_dir ]] && args+=(--data-dir "$data_dir")
+    # exec: the trial *is* this background process, so the TERM below reaches fmnist-mlp itself.
+    OMP_NUM_THREADS=$threads OPENBLAS_NUM_THREADS=$threads MKL_NUM_THREADS=$threads \
+        exec fmnist-mlp "${args[@]}" "${extra[@]}"
+}
+
+# Background jobs of a script ignore SIGINT, so Ctrl-C is forwarded as SIGTERM, which
+# fmnist-mlp treats like Ctrl-C: it saves the last epoch, marks the run interrupted, exits 130.
 failed=0; running=0; interrupted=0
-trap 'interrupted=1; kill -INT $(jobs -p) 2>/dev/null' INT TERM
+trap 'interrupted=1; kill -TERM $(jobs -pr) 2>/dev/null' INT TERM
 for i in "${!trial_lines[@]}"; do
-    ((interrupted)) && break
     if ((running >= jobs)); then
         wait -n; status=$?
+        ((interrupted)) && break
         ((status != 0)) && failed=$((failed + 1))
         running=$((running - 1))
     fi
     ((interrupted)) && break
     n=$((i + 1))
-    cmd=$(trial_command "$n" "${trial_lines[$i]}")
     echo "[$n/$total] ${trial_lines[$i]}" >&2
-    # Each trial's own stderr (progress lines, errors) goes to a log file.
-    bash -c "$cmd" > "$log_dir/trial-$n.out" 2> "$log_dir/trial-$n.log" &
+    # Each trial's stdout (its run directory) and stderr (progress, errors) go to log files.
+    (run_trial "$n" "${trial_lines[$i]}") > "$log_dir/trial-$n.out" 2> "$log_dir/trial-$n.log" &
     running=$((running + 1))
 done
-while ((running > 0)); do
+while ((running > 0 && !interrupted)); do
     wait -n; status=$?
+    ((interrupted)) && break
     ((status == 127)) && break             # no children left
     ((status != 0)) && failed=$((failed + 1))
     running=$((running - 1))
 done
+# After Ctrl-C, let every trial finish saving its checkpoint before printing the table.
+while ((interrupted)) && [[ -n $(jobs -pr) ]]; do wait; done
 
 fmnist-mlp runs --runs-dir "$runs_dir" --sort best_val_acc
 if ((interrupted)); then
