@@ -71,10 +71,13 @@ def train(config_path, overrides, name, runs_dir, data_dir, resume_dir, quiet, a
         name = validate_run_name(name or _name_from(config_path))
     epochs = cfg.train.epochs if cfg else _resume_epochs(resume_dir)
     reporter = ProgressReporter(epochs, quiet=quiet)
-    with _sigterm_as_interrupt():
-        result = run_training(cfg, name=name, runs_dir=runs_dir, data_dir=data_dir,
-                              resume=resume_dir, callback=reporter,
-                              on_run_dir=lambda d: reporter.message(f"run directory: {d}"))
+    try:
+        with _sigterm_as_interrupt():
+            result = run_training(cfg, name=name, runs_dir=runs_dir, data_dir=data_dir,
+                                  resume=resume_dir, callback=reporter,
+                                  on_run_dir=lambda d: reporter.message(f"run directory: {d}"))
+    finally:
+        reporter.close()            # an interrupted epoch's bar must not swallow the error line
     s = result.summary
     _plots_if_asked(result.run_dir, data_dir, reporter)
     reporter.message(f"finished: best val acc {s['best_val_acc']:.4f} (epoch {s['best_epoch']}), "
