@@ -20,6 +20,8 @@ Decoupled weight decay (``weight_decay`` = λ, as in AdamW) shrinks weights befo
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Mapping
 
 import numpy as np
@@ -30,7 +32,13 @@ Arrays = Mapping[str, np.ndarray]
 
 
 class Optimizer:
-    """Base class: subclasses name their state ``slots`` and implement ``_update``."""
+    """Base class: subclasses name their state ``slots`` and implement ``_update``.
+
+    ``_update(param, grad, lr, tmp, *slot_arrays)`` works on any matching arrays. When the
+    parameters and gradients each lie back to back in one buffer, as :class:`~fmnist_mlp.nn.MLP`
+    lays them out, it runs once over the whole buffer (a few large ufunc calls per step);
+    otherwise once per parameter.
+    """
 
     slots: tuple[str, ...] = ()
 
@@ -38,21 +46,56 @@ class Optimizer:
         self.lr = float(lr)
         self.weight_decay = float(weight_decay)
         self.t = 0
-        self.state = {slot: {k: np.zeros_like(p) for k, p in params.items()} for slot in self.slots}
-        # Scratch space per parameter: updates are computed without allocating in the hot loop.
-        self._scratch = {k: np.empty_like(p) for k, p in params.items()}
+        self._names = list(params)
+        shapes = [params[k].shape for k in self._names]
+        dtype = params[self._names[0]].dtype if self._names else np.float64
+        total = sum(int(np.prod(shape)) for shape in shapes)
+        # State and scratch space are single buffers with per-name views, matching the params.
+        self._flat_state = [np.zeros(total, dtype) for _ in self.slots]
+        self._flat_tmp = np.empty(total, dtype)
+        self.state = {slot: _split(flat, self._names, shapes)
+                      for slot, flat in zip(self.slots, self._flat_state)}
+        self._tmp = _split(self._flat_tmp, self._names, shapes)
 
     def step(self, params: Arrays, grads: Arrays, lr: float | None = None) -> None:
         """Apply one update to ``params`` in place from ``grads``."""
         lr = self.lr if lr is None else float(lr)
         self.t += 1
-        for name, param in params.items():
-            if self.weight_decay and name.endswith(".W"):
-                param *= 1.0 - lr * self.weight_decay
-            self._update(name, param, grads[name], lr, self._scratch[name])
+        if self.weight_decay:
+            for name, param in params.items():
+                if name.endswith(".W"):
+                    param *= 1.0 - lr * self.weight_decay
+        names = list(params)
+        flat_param = contiguous_span([params[k] for k in names])
+        flat_grad = contiguous_span([grads[k] for k in names])
+        if names == self._names and flat_param is not None and flat_grad is not None:
+            self._update_in_parts(flat_param, flat_grad, lr)
+            return
+        for name in names:
+            self._update(params[name], grads[name], lr, self._tmp[name],
+                         *(self.state[slot][name] for slot in self.slots))
 
-    def _update(self, name: str, param: np.ndarray, grad: np.ndarray, lr: float,
-                tmp: np.ndarray) -> None:
+    def _update_in_parts(self, flat_param: np.ndarray, flat_grad: np.ndarray, lr: float) -> None:
+        """The update over the whole buffer, split across threads when it is large.
+
+        The update is elementwise, so the parts are independent and the result is identical
+        whatever the split; NumPy releases the GIL inside ufuncs, so the parts run in parallel
+        while the BLAS threads are idle between matrix products.
+        """
+        arrays = (flat_param, flat_grad, self._flat_tmp, *self._flat_state)
+        parts = _thread_count() if flat_param.size >= _MIN_PARALLEL_SIZE else 1
+        if parts == 1:
+            self._update(flat_param, flat_grad, lr, *arrays[2:])
+            return
+        bounds = np.linspace(0, flat_param.size, parts + 1).astype(int)
+        slices = [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]
+        futures = [_pool().submit(self._update, arrays[0][sl], arrays[1][sl], lr,
+                                  *(a[sl] for a in arrays[2:])) for sl in slices]
+        for future in futures:
+            future.result()
+
+    def _update(self, param: np.ndarray, grad: np.ndarray, lr: float, tmp: np.ndarray,
+                *slot_arrays: np.ndarray) -> None:
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, np.ndarray]:
@@ -68,18 +111,78 @@ class Optimizer:
         if set(state) != expected:
             raise ValueError(f"optimiser state does not match {type(self).__name__}: missing "
                              f"{sorted(expected - set(state))}, unexpected {sorted(set(state) - expected)}")
-        self.t = int(state["t"])
         for slot, arrays in self.state.items():
             for k, arr in arrays.items():
                 value = np.asarray(state[f"{slot}/{k}"])
                 if value.shape != arr.shape:
                     raise ValueError(f"optimiser state {slot}/{k} has shape {value.shape}, "
                                      f"expected {arr.shape}")
-                np.copyto(arr, value, casting="same_kind")
+        self.t = int(state["t"])
+        for slot, arrays in self.state.items():
+            for k, arr in arrays.items():
+                np.copyto(arr, state[f"{slot}/{k}"], casting="same_kind")
+
+
+# Below this many parameters a thread hand-off costs more than it saves.
+_MIN_PARALLEL_SIZE = 1 << 17
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _thread_count() -> int:
+    """Threads for elementwise updates: the BLAS thread limit when one is set, else the cores."""
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        value = os.environ.get(var, "")
+        if value.isdigit() and int(value) > 0:
+            return min(int(value), 8)
+    return max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                      else (os.cpu_count() or 1), 8))
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=_thread_count(), thread_name_prefix="optim")
+    return _POOL
+
+
+def _split(flat: np.ndarray, names: list[str], shapes: list[tuple[int, ...]]) -> dict[str, np.ndarray]:
+    views, offset = {}, 0
+    for name, shape in zip(names, shapes):
+        size = int(np.prod(shape))
+        views[name] = flat[offset:offset + size].reshape(shape)
+        offset += size
+    return views
+
+
+def _owner(a: np.ndarray) -> np.ndarray:
+    while isinstance(a.base, np.ndarray):
+        a = a.base
+    return a
+
+
+def contiguous_span(arrays: list[np.ndarray]) -> np.ndarray | None:
+    """A 1-D view covering ``arrays`` when they lie back to back, in order, in one buffer."""
+    if not arrays:
+        return None
+    dtype = arrays[0].dtype
+    if any(a.dtype != dtype or not a.flags.c_contiguous for a in arrays):
+        return None
+    start = end = arrays[0].__array_interface__["data"][0]
+    for a in arrays:
+        if a.__array_interface__["data"][0] != end:
+            return None
+        end += a.nbytes
+    owner = _owner(arrays[0])
+    owner_start = owner.__array_interface__["data"][0]
+    if (not owner.flags.c_contiguous or any(_owner(a) is not owner for a in arrays)
+            or start < owner_start or end > owner_start + owner.nbytes):
+        return None
+    first = (start - owner_start) // dtype.itemsize
+    return owner.reshape(-1)[first:first + (end - start) // dtype.itemsize]
 
 
 class SGD(Optimizer):
-    def _update(self, name, param, grad, lr, tmp):
+    def _update(self, param, grad, lr, tmp):
         np.multiply(grad, lr, out=tmp)
         param -= tmp
 
@@ -92,8 +195,7 @@ class Momentum(Optimizer):
         super().__init__(params, lr, weight_decay)
         self.momentum, self.nesterov = float(momentum), nesterov
 
-    def _update(self, name, param, grad, lr, tmp):
-        v = self.state["velocity"][name]
+    def _update(self, param, grad, lr, tmp, v):
         v *= self.momentum
         v += grad
         if self.nesterov:
@@ -113,8 +215,7 @@ class Adagrad(Optimizer):
         super().__init__(params, lr, weight_decay)
         self.eps = float(eps)
 
-    def _update(self, name, param, grad, lr, tmp):
-        acc = self.state["sum_sq"][name]
+    def _update(self, param, grad, lr, tmp, acc):
         np.square(grad, out=tmp)
         acc += tmp
         np.sqrt(acc, out=tmp)
@@ -132,8 +233,7 @@ class RMSProp(Optimizer):
         super().__init__(params, lr, weight_decay)
         self.rho, self.eps = float(rho), float(eps)
 
-    def _update(self, name, param, grad, lr, tmp):
-        avg = self.state["sq_avg"][name]
+    def _update(self, param, grad, lr, tmp, avg):
         np.square(grad, out=tmp)
         tmp *= 1.0 - self.rho
         avg *= self.rho
@@ -153,8 +253,7 @@ class Adam(Optimizer):
         super().__init__(params, lr, weight_decay)
         self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
 
-    def _update(self, name, param, grad, lr, tmp):
-        m, v = self.state["m"][name], self.state["v"][name]
+    def _update(self, param, grad, lr, tmp, m, v):
         b1, b2 = self.beta1, self.beta2
         m *= b1
         np.multiply(grad, 1.0 - b1, out=tmp)

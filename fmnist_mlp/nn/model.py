@@ -59,12 +59,18 @@ class MLP:
         self._act = ACTIVATIONS[activation]
 
         scheme = resolve_init(init, activation)
-        self.params: dict[str, np.ndarray] = {}
         sizes = [self.input_size, *hidden, self.num_classes]
+        shapes = {}
         for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-            self.params[f"layer{i}.W"] = init_weight(init_rng, fan_in, fan_out, scheme, self.dtype)
-            self.params[f"layer{i}.b"] = np.zeros(fan_out, dtype=self.dtype)
-        self.grads: dict[str, np.ndarray] = {k: np.zeros_like(v) for k, v in self.params.items()}
+            shapes[f"layer{i}.W"], shapes[f"layer{i}.b"] = (fan_in, fan_out), (fan_out,)
+        # Parameters and gradients are views into one contiguous buffer each, so an optimiser
+        # can update all of them with a handful of large ufunc calls instead of many small ones.
+        self.params: dict[str, np.ndarray] = _views(shapes, self.dtype)
+        self.grads: dict[str, np.ndarray] = _views(shapes, self.dtype)
+        for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            self.params[f"layer{i}.W"][...] = init_weight(init_rng, fan_in, fan_out, scheme,
+                                                          self.dtype)
+            self.params[f"layer{i}.b"][...] = 0.0
         self._buffers: OrderedDict[int, _Buffers] = OrderedDict()
 
     # ------------------------------------------------------------------ construction
@@ -256,6 +262,17 @@ class MLP:
         else:
             self._buffers.move_to_end(key)
         return bufs
+
+
+def _views(shapes: Mapping[str, tuple[int, ...]], dtype) -> dict[str, np.ndarray]:
+    """Named arrays of the given shapes laid out back to back in one zeroed buffer."""
+    flat = np.zeros(sum(int(np.prod(shape)) for shape in shapes.values()), dtype=dtype)
+    views, offset = {}, 0
+    for name, shape in shapes.items():
+        size = int(np.prod(shape))
+        views[name] = flat[offset:offset + size].reshape(shape)
+        offset += size
+    return views
 
 
 def _streams(seed: int | np.random.Generator) -> tuple[np.random.Generator, np.random.Generator]:
