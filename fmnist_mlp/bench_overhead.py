@@ -5,7 +5,7 @@ fit with the schedule, validation after every epoch, metrics.jsonl, checkpoints 
 in a throw-away run directory. Its epoch is timed from the loop's ``on_epoch_start`` to the end
 of the recorder's ``on_epoch_end`` (after the checkpoint is written). The CLI's progress display
 is not included. The bare loop is batch gather + ``loss_and_grad`` + ``optimizer.step`` at a
-constant learning rate, nothing else. Both run one untimed epoch first, so neither pays the
+constant learning rate, nothing else. Every run starts with one untimed epoch, so neither pays the
 first-touch cost of its buffers inside a timed epoch.
 """
 
@@ -60,23 +60,31 @@ def _bare_epochs(cfg, splits, epochs: int) -> list[float]:
     return seconds
 
 
-def measure_train_overhead(config_path: str | None, data_dir: str | None, timed_epochs: int) -> dict:
-    """Mean real-path epoch time over mean bare-loop epoch time (after one untimed epoch each)."""
+def measure_train_overhead(config_path: str | None, data_dir: str | None, timed_epochs: int,
+                           overrides: tuple[str, ...] = ()) -> dict:
+    """Mean real-path epoch time over mean bare-loop epoch time (after one untimed epoch each).
+
+    Order: bare (1 + ``timed_epochs``), real (1 + ``timed_epochs``), bare again. ``overrides``
+    are ``--set`` style ``key.path=value`` strings (tests shrink the data with them).
+    """
     from fmnist_mlp.config import load_config
     from fmnist_mlp.experiment import load_splits_for, run_training
 
     path = config_path if config_path and Path(config_path).exists() else None
-    cfg = load_config(path, [f"train.epochs={timed_epochs + 1}"])
+    cfg = load_config(path, [*overrides, f"train.epochs={timed_epochs + 1}"])
     splits = load_splits_for(cfg, data_dir)
-    bare = _bare_epochs(cfg, splits, timed_epochs + 1)[1:]
-    del splits
+    bare_before = _bare_epochs(cfg, splits, timed_epochs + 1)[1:]
     timer = _EpochTimer()
     with tempfile.TemporaryDirectory(prefix="fmnist-bench-overhead-") as runs_dir:
         run_training(cfg, name="bench-overhead", runs_dir=runs_dir, data_dir=data_dir, callback=timer)
     real = timer.epoch_seconds[1:]
+    # Bare epochs on both sides of the real ones, so a machine that speeds up or slows down
+    # during the probe does not favour either path.
+    bare_after = _bare_epochs(cfg, splits, timed_epochs + 1)[1:]
+    bare = bare_before + bare_after
     bare_mean, real_mean = sum(bare) / len(bare), sum(real) / len(real)
     return {"config": path or "built-in defaults (configs/default.yaml missing)",
-            "timed_epochs": timed_epochs, "bare_epoch_seconds": bare, "real_epoch_seconds": real,
+            "overrides": list(overrides), "timed_epochs": timed_epochs, "bare_epoch_seconds": bare, "real_epoch_seconds": real,
             "ratio": real_mean / bare_mean,
             "real_path": "experiment.run_training: fit + validation + metrics.jsonl + checkpoints + "
                          "summary.json (no progress display)"}

@@ -85,7 +85,7 @@ def _help_time(env: dict) -> dict:
     return result
 
 
-def _cache_load(data_dir: str | None, threads: int, run_child) -> dict:
+def measure_cache_load(data_dir: str | None, threads: int, run_child) -> dict:
     """First child fills/validates the cache; a second, fresh child times loading from it."""
     warm = run_child({"kind": "load_raw", "data_dir": data_dir}, threads)
     if "error" in warm:
@@ -123,7 +123,7 @@ def run_probes(*, skip, quick: bool, threads: int, data_dir: str | None, synthet
     real_data = not synthetic
     if "cache" not in skip and real_data:
         extras["data_cache"] = _probe("decoded-data cache load", progress,
-                                      lambda: _cache_load(data_dir, threads, run_child))
+                                      lambda: measure_cache_load(data_dir, threads, run_child))
     if "rss" not in skip and real_data:
         extras["default_train"] = _probe("peak RSS of training configs/default.yaml", progress,
                                          lambda: _default_train_rss(thread_env, quick, data_dir))
