@@ -132,6 +132,13 @@ def test_runs_lists_the_run(trained, capsys):
     assert out.splitlines()[0].startswith("run,name,") and "finished" in out
 
 
+@pytest.mark.realdata
+def test_runs_sort_by_an_unknown_column_is_a_usage_error(trained, capsys):
+    work, _ = trained
+    code, _, err = run_main(["runs", "--runs-dir", work / "runs", "--sort", "accuracy"], capsys)
+    assert code == 2 and "--sort 'accuracy'" in err and "best_val_acc" in err
+
+
 # ------------------------------------------------------------------------- bad input
 
 
