@@ -55,6 +55,18 @@ MEMORY_METHOD = (
     "interpreter, imported libraries and the float32 data copy. Default-config training: "
     "getrusage(RUSAGE_CHILDREN).ru_maxrss in a small wrapper process that runs only 'fmnist-mlp train'")
 
+LOOPS = {
+    "numpy": "fmnist_mlp.nn.MLP (relu, softmax + cross_entropy, float32) and optim.make_optimizer; per "
+             "step: np.take of the shuffled batch into reused buffers, model.loss_and_grad (also returns "
+             "loss and n_correct), optimizer.step at a constant lr",
+    "torch": "nn.Sequential(Linear, ReLU[, Dropout] ..., Linear), nn.CrossEntropyLoss, torch.optim.SGD"
+             "(momentum) / Adam; per step: index_select of the same shuffled indices, zero_grad(set_to_none), "
+             "forward, backward, step, loss.item() (accuracy not counted: favours torch); "
+             "torch.set_num_threads(threads); inference under torch.inference_mode with softmax",
+    "both": "same sizes, dtype float32, batch, optimiser hyperparameters, dropout, epoch orders (one numpy "
+            "Generator, seed 0), warm-up batches; each engine and case in a fresh process, order alternating",
+}
+
 
 def case_name(hidden, batch_size: int, optimizer: str, dropout: float) -> str:
     """E.g. ``784-256-128-10_b128_momentum_d0`` (dropout printed without a trailing .0)."""
@@ -153,6 +165,10 @@ def prepare_data(workdir: Path, synthetic: int | None, data_dir: str | None) -> 
             "n_test": len(arrays["test_x"])}
 
 
+_FIXED_SETTINGS = {"dtype": "float32", "optimizers": OPTIMIZER_SETTINGS, "eval_batch_size": EVAL_BATCH_SIZE,
+                   "thread_env_vars": list(THREAD_ENV_VARS)}
+
+
 def _machine_info(threads: int, torch_available: bool) -> dict:
     import numpy as np
 
@@ -245,36 +261,33 @@ def run_benchmark(*, quick: bool = False, cases: str | None = None, epochs: int 
     repeats = 3 if quick else 10
     results = {"schema": SCHEMA, "started": _dt.datetime.now().isoformat(timespec="seconds"),
                "command": sys.argv, "machine": _machine_info(threads, torch_available),
-               "flop_formula": FLOP_FORMULA, "memory_method": MEMORY_METHOD,
+               "flop_formula": FLOP_FORMULA, "memory_method": MEMORY_METHOD, "loops": LOOPS,
                "torch_skipped_reason": None if torch_available else
                ("--no-torch" if not use_torch else "torch is not importable")}
     with tempfile.TemporaryDirectory(prefix="fmnist-bench-") as workdir:
         progress("preparing data")
         data = prepare_data(Path(workdir), synthetic, data_dir)
-        common = {"data": data["paths"], "epochs": epochs, "seed": 0,
-                  "warmup_batches": 5 if quick else 20, "torch_optimizer_impl": torch_optimizer_impl}
-        results["settings"] = {"quick": quick, "epochs": epochs, "warmup_batches": common["warmup_batches"],
-                               "threads": threads, "torch_optimizer_impl": torch_optimizer_impl,
-                               "optimizers": OPTIMIZER_SETTINGS, "eval_batch_size": EVAL_BATCH_SIZE,
-                               "thread_env_vars": list(THREAD_ENV_VARS),
-                               "data": data["source"], "n_train": data["n_train"],
-                               "n_test": data["n_test"], "peak_repeats": repeats, "peak_size": peak_size,
-                               "dtype": "float32"}
+        common = {"epochs": epochs, "seed": 0, "warmup_batches": 5 if quick else 20,
+                  "torch_optimizer_impl": torch_optimizer_impl}
+        results["settings"] = {"quick": quick, **common, "threads": threads, "data": data["source"],
+                               "n_train": data["n_train"], "n_test": data["n_test"], "peak_repeats": repeats,
+                               "peak_size": peak_size, **_FIXED_SETTINGS}
         progress(f"float32 matmul peak ({peak_size}x{peak_size})")
         results["peak"] = {"start": _measure_peak(["numpy"] if quick else engines, threads, repeats, peak_size)}
         results["cases"] = []
         for i, case in enumerate(selected):
             order = engines if i % 2 == 0 else engines[::-1]
             progress(f"[{i + 1}/{len(selected)}] {case['name']} ({' then '.join(order)})")
-            results["cases"].append(_measure_case(case, common, order, threads))
+            results["cases"].append(_measure_case(case, {**common, "data": data["paths"]}, order, threads))
         results["inference"] = []
         if "inference" not in skip:
             nets = sorted({tuple(c["hidden"]) for c in selected})
             progress("inference on the test set")
-            results["inference"] = _measure_inference(nets, common, engines, threads, repeats)
+            results["inference"] = _measure_inference(nets, {**common, "data": data["paths"]}, engines,
+                                                      threads, repeats)
         results["extras"] = bench_probes.run_probes(
             skip=skip, quick=quick, threads=threads, data_dir=data_dir, synthetic=synthetic,
-            data_paths=data["paths"], progress=progress, thread_env=thread_env(threads), run_child=run_child)
+            progress=progress, thread_env=thread_env(threads), run_child=run_child)
         progress("float32 matmul peak again (end of run)")
         results["peak"]["end"] = _measure_peak(["numpy"], threads, repeats, peak_size)
     _add_share_of_peak(results)

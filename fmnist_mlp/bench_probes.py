@@ -114,7 +114,7 @@ def _default_train_rss(env: dict, quick: bool, data_dir: str | None) -> dict:
 
 
 def run_probes(*, skip, quick: bool, threads: int, data_dir: str | None, synthetic: int | None,
-               data_paths: dict, progress: Callable[[str], None], thread_env: dict,
+               progress: Callable[[str], None], thread_env: dict,
                run_child: Callable[[dict, int], dict]) -> dict:
     """All whole-tool probes not named in ``skip``; real-data probes are skipped on synthetic data."""
     extras: dict = {}
