@@ -68,6 +68,7 @@ class OptimizerConfig:
     beta1: float = _opt(0.9, lo=0.0, hi=1.0, hi_open=True)
     beta2: float = _opt(0.999, lo=0.0, hi=1.0, hi_open=True)
     eps: float = _opt(1.0e-8, lo=0.0, lo_open=True)
+    rho: float = _opt(0.9, lo=0.0, hi=1.0, hi_open=True)   # RMSProp's squared-gradient decay
     weight_decay: float = _opt(0.0, lo=0.0)    # decoupled (AdamW-style)
 
 

@@ -47,7 +47,7 @@ def build_optimizer(cfg: Config, params: dict[str, np.ndarray]):
 
     o = cfg.optimizer
     return make_optimizer(o.name, params, lr=o.lr, momentum=o.momentum, beta1=o.beta1,
-                          beta2=o.beta2, eps=o.eps, weight_decay=o.weight_decay)
+                          beta2=o.beta2, eps=o.eps, rho=o.rho, weight_decay=o.weight_decay)
 
 
 def build_schedule(cfg: Config, steps_per_epoch: int) -> Callable[[int], float]:
