@@ -24,7 +24,8 @@ Exit codes:
 
 _data_dir_option = click.option(
     "--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-    help="Dataset cache directory (default: $FMNIST_MLP_DATA or the user cache).")
+    help="Dataset cache directory (default: $FMNIST_MLP_DATA_DIR, else "
+         "$XDG_CACHE_HOME/fmnist-mlp, else ~/.cache/fmnist-mlp).")
 _json_option = click.option("--json", "as_json", is_flag=True,
                             help="Print one JSON object on stdout and nothing else there.")
 
@@ -151,7 +152,8 @@ def runs_command(runs_dir, sort_key, reverse, as_json, as_csv):
 @cli.command()
 @_data_dir_option
 @click.option("--source", "sources", multiple=True, metavar="URL_OR_DIR",
-              help="Where to fetch the four files from (repeatable; default: the known mirrors).")
+              help="Where to fetch the four files from (repeatable; default: Debian's "
+                   "dataset folder if present, then the web mirrors).")
 @click.option("--force", is_flag=True, help="Fetch again even if a verified copy is cached.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def download(data_dir, sources, force, quiet):
