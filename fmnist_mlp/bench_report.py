@@ -23,17 +23,28 @@ def _error_note(row: dict, engine: str) -> str:
     return f"  {row.get('name', row.get('net'))} [{engine}] failed: {error}" if error else ""
 
 
+NOISY_SPREAD = 0.2  # slowest epoch over fastest epoch beyond this: mark the number as noisy
+
+
+def _rate(run: dict) -> str:
+    """Samples/s, with '*' when this run's epochs differed by more than NOISY_SPREAD."""
+    noisy = (run.get("epoch_spread") or 0.0) > NOISY_SPREAD
+    return _num(run.get("samples_per_sec")) + ("*" if noisy else "")
+
+
 def training_table(results: dict) -> str:
     headers = ["case", "numpy samples/s", "torch samples/s", "ratio", "GFLOP/s", "% of peak",
                "torch GFLOP/s", "numpy MB", "torch MB"]
     rows, notes = [], []
     for case in results["cases"]:
         numpy_row, torch_row = case.get("numpy", {}), case.get("torch", {})
-        rows.append([case["name"], _num(numpy_row.get("samples_per_sec")), _num(torch_row.get("samples_per_sec")),
+        rows.append([case["name"], _rate(numpy_row), _rate(torch_row),
                      _num(case.get("ratio"), ".2f"), _num(case.get("numpy_gflops"), ".1f"),
                      _num(case.get("numpy_pct_of_peak"), ".1f"), _num(case.get("torch_gflops"), ".1f"),
                      _num(numpy_row.get("peak_rss_mb")), _num(torch_row.get("peak_rss_mb"))])
         notes += [n for n in (_error_note(case, "numpy"), _error_note(case, "torch")) if n]
+    if any("*" in cell for row in rows for cell in row[1:3]):
+        notes.append(f"  * epoch times of that run differed by more than {NOISY_SPREAD:.0%}: the machine was busy")
     return "\n".join([_table(headers, rows), *notes])
 
 

@@ -203,6 +203,9 @@ def _timed_epochs(job: dict, n: int, run) -> dict:
     total = sum(epoch_seconds)
     return {
         "samples_per_sec": job["epochs"] * n / total,
+        "best_epoch_samples_per_sec": n / min(epoch_seconds),
+        # Slowest over fastest epoch minus 1: large values mean the machine was busy.
+        "epoch_spread": max(epoch_seconds) / min(epoch_seconds) - 1.0,
         "epoch_seconds": epoch_seconds,
         "samples_per_epoch": n,
         "last_epoch_loss": loss,
