@@ -19,11 +19,14 @@ from typing import Callable
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "default.yaml"
 
-# Runs ``argv[1:]`` as a child and prints the child's peak RSS in KiB. RUSAGE_CHILDREN covers
-# only children this wrapper waited for, i.e. exactly that one command (and its descendants).
+# Runs ``argv[1:]`` as a child (its stdout discarded, so the wrapper's line is the only output)
+# and prints the child's peak RSS in KiB. RUSAGE_CHILDREN covers only children this wrapper
+# waited for, i.e. exactly that one command (and its descendants). The wrapper must be a small
+# process: on Linux an exec'd child's ru_maxrss starts at its parent's high-water mark, and the
+# benchmark's own process has held the dataset.
 _RSS_WRAPPER = (
     "import resource, subprocess, sys\n"
-    "code = subprocess.run(sys.argv[1:]).returncode\n"
+    "code = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode\n"
     "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, code)\n"
 )
 
