@@ -184,7 +184,20 @@ def _machine_info(threads: int, torch_available: bool) -> dict:
         torch_version = version("torch")
     return {"platform": platform.platform(), "cpu": cpu, "cpus_available": default_threads(),
             "threads": threads, "python": platform.python_version(), "numpy": np.__version__,
-            "torch": torch_version}
+            "torch": torch_version, "git_commit": _git_commit()}
+
+
+def _git_commit() -> str | None:
+    """HEAD of the working tree the engine was imported from, with ``+dirty`` for local changes."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (head + ("+dirty" if dirty else "")) or None
 
 
 def _measure_case(case: dict, common: dict, engines: list[str], threads: int) -> dict:
