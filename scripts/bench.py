@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+
+# Run from a checkout without installing: the package sits one level up.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 SKIPPABLE = ("inference", "overhead", "cli", "cache", "rss")
 
