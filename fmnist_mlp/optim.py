@@ -124,7 +124,7 @@ class Optimizer:
 
 
 # Below this many parameters a thread hand-off costs more than it saves.
-_MIN_PARALLEL_SIZE = 1 << 17
+_MIN_PARALLEL_SIZE = 1 << 19
 _POOL: ThreadPoolExecutor | None = None
 
 
@@ -262,13 +262,13 @@ class Adam(Optimizer):
         np.square(grad, out=tmp)
         tmp *= 1.0 - b2
         v += tmp
-        # lr·m̂/(√v̂ + ε) = (lr/(1−β₁ᵗ))·m / (√v/√(1−β₂ᵗ) + ε)
-        bias1, bias2 = 1.0 - b1 ** self.t, 1.0 - b2 ** self.t
+        # lr·m̂/(√v̂ + ε) = k·m / (√v + ε·√(1−β₂ᵗ)) with k = lr·√(1−β₂ᵗ)/(1−β₁ᵗ): the bias
+        # corrections fold into two scalars, saving a pass over the parameters.
+        bias1, root_bias2 = 1.0 - b1 ** self.t, np.sqrt(1.0 - b2 ** self.t)
         np.sqrt(v, out=tmp)
-        tmp *= 1.0 / np.sqrt(bias2)
-        tmp += self.eps
+        tmp += self.eps * root_bias2
         np.divide(m, tmp, out=tmp)
-        tmp *= lr / bias1
+        tmp *= lr * root_bias2 / bias1
         param -= tmp
 
 

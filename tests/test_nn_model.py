@@ -171,3 +171,17 @@ def test_zero_hidden_layers_is_logistic_regression():
 def test_invalid_architecture_names_the_field(kwargs, field):
     with pytest.raises(ConfigError, match=field):
         MLP(**kwargs)
+
+
+@pytest.mark.parametrize("dropout", [0.1, 0.5, 0.8])
+def test_dropout_drops_the_right_fraction_and_keeps_the_expected_activation(dropout):
+    model = MLP(input_size=20, hidden=[1000], num_classes=3, dropout=dropout, seed=0)
+    x = np.random.default_rng(0).normal(size=(400, 20)).astype(np.float32)
+    model.loss_and_grad(x, np.zeros(400, dtype=int), rng=np.random.default_rng(1))
+    bufs = model._buffers_for(400, training=True)
+    h, dropped = bufs.h[0], bufs.dropped[0]
+    active = h > 0
+    kept = dropped[active] != 0
+    assert kept.mean() == pytest.approx(1 - dropout, abs=0.005)          # 4e5 units
+    # inverted dropout: the kept units are scaled so the expected activation is unchanged
+    assert dropped.sum() / h.sum() == pytest.approx(1.0, abs=0.01)

@@ -57,6 +57,7 @@ class MLP:
         init_rng, dropout_rng = _streams(seed)
         self._default_dropout_rng = dropout_rng
         self._act = ACTIVATIONS[activation]
+        self._keep_threshold = min(65535, max(1, round((1.0 - self.dropout) * 65536)))
 
         scheme = resolve_init(init, activation)
         sizes = [self.input_size, *hidden, self.num_classes]
@@ -184,11 +185,17 @@ class MLP:
 
     def _drop(self, h: np.ndarray, mask: np.ndarray, dropped: np.ndarray,
               rng: np.random.Generator) -> np.ndarray:
-        """Inverted dropout: keep each unit with p = 1 − dropout and scale it by 1/p."""
-        keep = 1.0 - self.dropout
-        rng.random(out=mask, dtype=mask.dtype)
-        np.less(mask, keep, out=mask)           # 1.0 where kept, 0.0 where dropped
-        mask *= 1.0 / keep
+        """Inverted dropout: keep each unit with probability q ≈ 1 − dropout, scale it by 1/q.
+
+        The mask is drawn as 16-bit integers straight from the bit generator (four per 64-bit
+        draw, about three times faster than float uniforms), so q is ``keep_threshold/65536``
+        and the scale uses that exact q: the expected activation is unchanged.
+        """
+        threshold = self._keep_threshold
+        words = rng.bit_generator.random_raw(-(-h.size // 4))
+        bits = words.view(np.uint16)[:h.size].reshape(h.shape)
+        np.less(bits, threshold, out=mask)      # 1.0 where kept, 0.0 where dropped
+        mask *= 65536.0 / threshold
         np.multiply(h, mask, out=dropped)
         return dropped
 
