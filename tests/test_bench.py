@@ -7,7 +7,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -153,24 +152,13 @@ REAL_DATA = Path("/usr/share/datasets/fashion-mnist")
 TINY = ("data.subset=600", "data.val_size=200", "model.hidden=[16]", "train.batch_size=100")
 
 
-@pytest.fixture(scope="module")
-def real_data_dir(tmp_path_factory):
-    if not REAL_DATA.is_dir():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{REAL_DATA} is required when CI=true")
-        pytest.skip(f"{REAL_DATA} not installed")
-    from fmnist_mlp.data import ensure_dataset
-
-    path = tmp_path_factory.mktemp("fmnist-data")
-    ensure_dataset(path, sources=[str(REAL_DATA)], progress=False)
-    return str(path)
 
 
 @pytest.mark.realdata
 def test_train_overhead_times_bare_epochs_around_real_ones(real_data_dir):
     from fmnist_mlp.bench_overhead import measure_train_overhead
 
-    result = measure_train_overhead(str(bench_probes.DEFAULT_CONFIG), real_data_dir, timed_epochs=1,
+    result = measure_train_overhead(str(bench_probes.DEFAULT_CONFIG), str(real_data_dir), timed_epochs=1,
                                     overrides=TINY)
     assert len(result["bare_epoch_seconds"]) == 2 and len(result["real_epoch_seconds"]) == 1
     assert all(_positive(s) for s in result["bare_epoch_seconds"] + result["real_epoch_seconds"])
@@ -180,7 +168,7 @@ def test_train_overhead_times_bare_epochs_around_real_ones(real_data_dir):
 
 @pytest.mark.realdata
 def test_cache_load_probe_times_a_fresh_process(real_data_dir):
-    result = bench_probes.measure_cache_load(real_data_dir, 1, bench.run_child)
+    result = bench_probes.measure_cache_load(str(real_data_dir), 1, bench.run_child)
     assert "error" not in result, result
     for key in ("fresh_process_seconds", "same_process_second_call_seconds", "first_ever_call_seconds",
                 "peak_rss_mb"):

@@ -25,16 +25,8 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_N
 
 
 @pytest.fixture(scope="session")
-def data_dir(tmp_path_factory):
-    if not REAL_DATA.is_dir():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{REAL_DATA} is required when CI=true")
-        pytest.skip(f"{REAL_DATA} not installed")
-    from fmnist_mlp.data import ensure_dataset
-
-    path = tmp_path_factory.mktemp("fmnist-data")
-    ensure_dataset(path, sources=[str(REAL_DATA)], progress=False)
-    return path
+def data_dir(real_data_dir):
+    return real_data_dir
 
 
 def fmnist(*args, cwd, timeout=120) -> subprocess.CompletedProcess:

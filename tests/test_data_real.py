@@ -4,10 +4,11 @@ Skipped where /usr/share/datasets/fashion-mnist is absent, except under CI=true,
 is installed on purpose and its absence is a failure.
 """
 
-import os
 
 import numpy as np
 import pytest
+
+from conftest import require_or_skip
 
 from fmnist_mlp.data import DEBIAN_DIR, FASHION_MNIST_FILES, load_raw, make_splits, verify_file
 
@@ -17,9 +18,7 @@ pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 @pytest.fixture(scope="module")
 def real_cache(tmp_path_factory):
     if not DEBIAN_DIR.is_dir():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{DEBIAN_DIR} is missing: CI must install dataset-fashion-mnist")
-        pytest.skip(f"{DEBIAN_DIR} is absent (apt-get install dataset-fashion-mnist)")
+        require_or_skip(f"{DEBIAN_DIR} is absent (apt-get install dataset-fashion-mnist)")
     return tmp_path_factory.mktemp("real-cache")
 
 

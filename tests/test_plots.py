@@ -1,7 +1,6 @@
 """Tests for fmnist_mlp.plots: every picture is a real, non-blank PNG of the expected size."""
 
 import math
-import os
 import struct
 import subprocess
 import sys
@@ -211,25 +210,16 @@ def test_missing_matplotlib_gives_the_one_line_install_hint(tmp_path, monkeypatc
 
 # ----------------------------------------------------------------------------- plot_run on real runs
 
-REAL_DATA = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
-
-
-def _require_real_data():
-    if not REAL_DATA.is_file():
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true but the Fashion-MNIST files are missing ({REAL_DATA})")
-        pytest.skip("real Fashion-MNIST files not installed")
-
-
 def _cli(*args, cwd):
     """Run `fmnist-mlp ARGS` as a user would (a subprocess); returns the CompletedProcess."""
     return subprocess.run([sys.executable, "-m", "fmnist_mlp", *args], cwd=cwd,
                           capture_output=True, text=True, timeout=300)
 
 
-def _tiny_run(tmp_path, hidden):
+def _tiny_run(tmp_path, hidden, data_dir):
     """`fmnist-mlp train` for 2 epochs on 600 training images; returns the run directory."""
     result = _cli("train", "--name", "tiny", "--runs-dir", str(tmp_path / "runs"), "--quiet",
+                  "--data-dir", str(data_dir),
                   "--set", f"model.hidden={hidden}", "--set", "data.subset=600",
                   "--set", "data.val_size=500", "--set", "train.epochs=2",
                   "--set", "train.batch_size=100", cwd=tmp_path)
@@ -256,10 +246,9 @@ def _check_run_pictures(run_dir, written, weight_grid):
 
 @pytest.mark.realdata
 @pytest.mark.slow
-def test_plot_command_on_a_tiny_trained_run(tmp_path):
-    _require_real_data()
-    run_dir = _tiny_run(tmp_path, "[16]")
-    result = _cli("plot", str(run_dir), cwd=tmp_path)
+def test_plot_command_on_a_tiny_trained_run(tmp_path, real_data_dir):
+    run_dir = _tiny_run(tmp_path, "[16]", real_data_dir)
+    result = _cli("plot", str(run_dir), "--data-dir", str(real_data_dir), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     written = [Path(line) for line in result.stdout.splitlines()]
     _check_run_pictures(run_dir, written, weight_grid=(4, 4))
@@ -267,13 +256,12 @@ def test_plot_command_on_a_tiny_trained_run(tmp_path):
 
 @pytest.mark.realdata
 @pytest.mark.slow
-def test_plot_run_on_a_run_without_hidden_layers_shows_class_templates(tmp_path):
-    _require_real_data()
-    run_dir = _tiny_run(tmp_path, "[]")
-    written = plots.plot_run(run_dir)
+def test_plot_run_on_a_run_without_hidden_layers_shows_class_templates(tmp_path, real_data_dir):
+    run_dir = _tiny_run(tmp_path, "[]", real_data_dir)
+    written = plots.plot_run(run_dir, real_data_dir)
     _check_run_pictures(run_dir, written, weight_grid=(2, 5))
     # Plotting again replaces the pictures in place and leaves nothing else behind.
-    assert plots.plot_run(run_dir) == written
+    assert plots.plot_run(run_dir, real_data_dir) == written
     assert sorted(p.name for p in (run_dir / "plots").iterdir()) == sorted(p.name for p in written)
 
 

@@ -1,0 +1,38 @@
+"""Shared fixtures: where the real Fashion-MNIST files come from in tests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from fmnist_mlp.data import DEBIAN_DIR
+
+
+def require_or_skip(reason: str) -> None:
+    """Skip a test that needs something absent, except under CI=true, where it must be there."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{reason} (required when CI=true: .ci/run installs it)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def real_data_dir(tmp_path_factory) -> Path:
+    """A data directory holding the verified real dataset.
+
+    Filled from Debian's dataset folder into a fresh directory when that folder exists; else the
+    user's own verified cache (what `make data` or `fmnist-mlp download` fetched) is used as is.
+    """
+    from fmnist_mlp.data import ensure_dataset
+    from fmnist_mlp.errors import DataError
+
+    if DEBIAN_DIR.is_dir():
+        path = tmp_path_factory.mktemp("fmnist-data")
+        ensure_dataset(path, sources=[str(DEBIAN_DIR)], progress=False)
+        return path
+    try:
+        return ensure_dataset(None, sources=[], progress=False)     # the cache only, no network
+    except DataError:
+        require_or_skip(f"the real Fashion-MNIST files are in neither {DEBIAN_DIR} nor the cache "
+                        "(run `make data` or `fmnist-mlp download`)")
