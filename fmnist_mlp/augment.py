@@ -50,3 +50,50 @@ def make_augmenter(flip: bool = False, shift: int = 0) -> Augmenter | None:
             random_shift(batch, rng, shift)
 
     return augment
+
+
+def mirror(x: np.ndarray, side: int = 28) -> np.ndarray:
+    """(N, side²) images mirrored left–right, as a new C-contiguous array."""
+    return np.ascontiguousarray(x.reshape(-1, side, side)[:, :, ::-1]).reshape(x.shape)
+
+
+class FlipAveraged:
+    """Test-time augmentation: a model whose predictions average each image and its mirror.
+
+    Wraps a trained :class:`~fmnist_mlp.nn.MLP`; ``forward``, ``predict`` and ``evaluate`` use
+    the mean of the network's outputs (class probabilities for softmax) on x and mirror(x), and
+    every other attribute (``params``, ``hidden``, …) is the wrapped model's.
+    """
+
+    def __init__(self, model) -> None:
+        side = int(round(np.sqrt(model.input_size)))
+        if side * side != model.input_size:
+            raise ValueError(f"flip averaging needs square images, not {model.input_size} inputs")
+        self.model, self.side = model, side
+
+    def __getattr__(self, name: str):
+        return getattr(self.model, name)
+
+    def forward(self, x: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+        out = self.model.forward(x, batch_size)
+        out += self.model.forward(mirror(x, self.side), batch_size)
+        out *= 0.5
+        return out
+
+    def predict(self, x: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+        return self.forward(x, batch_size).argmax(axis=1)
+
+    def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int = 2000) -> tuple[float, float]:
+        """(mean loss of the averaged outputs, accuracy)."""
+        from fmnist_mlp.nn.losses import loss_of_outputs, one_hot_targets
+
+        total_loss, correct = 0.0, 0
+        for start in range(0, x.shape[0], batch_size):
+            xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+            out = self.forward(xb, batch_size)
+            target = one_hot_targets(yb, self.model.num_classes, self.model.label_smoothing,
+                                     out.dtype)
+            total_loss += float(loss_of_outputs(self.model.loss, out, target).sum())
+            correct += int(np.count_nonzero(out.argmax(axis=1) == yb))
+        n = max(1, x.shape[0])
+        return total_loss / n, correct / n

@@ -92,7 +92,14 @@ def load_model(run_dir_or_checkpoint: str | Path):
         model.load_state_dict(ckpt.params)
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: parameters do not fit the stored model spec ({exc})") from None
-    return model, config
+    return scorer_for(model, config_from_dict(config)), config
+
+
+def scorer_for(model, cfg: Config):
+    """The model as it is scored: averaged with mirrored images when data.augment.test_flip."""
+    from fmnist_mlp.augment import FlipAveraged
+
+    return FlipAveraged(model) if cfg.data.augment.test_flip else model
 
 
 def evaluate_checkpoint(run_dir_or_checkpoint: str | Path, split: str = "test",
@@ -162,7 +169,8 @@ def run_training(cfg: Config | None, *, name: str | None = None, runs_dir: str |
                             cfg.train.early_stopping_patience)
     try:
         fit(model, optimizer, lr_at, x_train, y_train, splits.val.x, splits.val.y, settings,
-            streams, make_augmenter(cfg.data.augment.flip, cfg.data.augment.shift), state, recorder)
+            streams, make_augmenter(cfg.data.augment.flip, cfg.data.augment.shift), state, recorder,
+            scorer=scorer_for(model, cfg))
         scores = _test_scores(run_dir, splits.test, cfg)
     except (TrainingInterrupted, KeyboardInterrupt) as exc:
         raise _interrupted(recorder, run_dir, str(exc) or "interrupted") from None

@@ -46,3 +46,22 @@ def test_make_augmenter_none_and_determinism():
     np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="shift"):
         make_augmenter(False, -1)
+
+
+def test_flip_averaged_model_averages_an_image_and_its_mirror():
+    from fmnist_mlp.augment import FlipAveraged, mirror
+    from fmnist_mlp.nn import MLP
+
+    model = MLP(hidden=[32], seed=0, dtype="float64")
+    x = _images(50).astype(np.float64)
+    y = np.arange(50) % 10
+    tta = FlipAveraged(model)
+    expected = 0.5 * (model.forward(x) + model.forward(mirror(x)))
+    np.testing.assert_allclose(tta.forward(x), expected, rtol=1e-12)
+    np.testing.assert_array_equal(tta.predict(x), expected.argmax(axis=1))
+    loss, acc = tta.evaluate(x, y, batch_size=16)            # chunked like the real scorer
+    assert loss == pytest.approx(-np.mean(np.log(expected[np.arange(50), y])), rel=1e-12)
+    assert acc == np.mean(expected.argmax(axis=1) == y)
+    assert tta.params is model.params and tta.hidden == [32]  # everything else is the model's
+    symmetric = (x + mirror(x)) / 2                          # a mirror-symmetric image: no change
+    np.testing.assert_allclose(tta.forward(symmetric), model.forward(symmetric), rtol=1e-12)

@@ -112,6 +112,27 @@ def test_eval_reports_the_accuracy_in_the_summary(trained, data_dir):
 
 
 @pytest.mark.realdata
+def test_test_flip_scores_the_mirror_averaged_model_everywhere(data_dir, tmp_path):
+    """With data.augment.test_flip, training, the summary and eval all score the averaged model."""
+    proc = fmnist("train", *SMALL, "--set", "data.augment.test_flip=true", "--name", "tta",
+                  "--data-dir", data_dir, "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    result = fmnist("eval", summary["run_dir"], "--data-dir", data_dir, "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["accuracy"] == summary["test_acc"]
+
+    from fmnist_mlp.augment import FlipAveraged
+    from fmnist_mlp.experiment import load_model, load_splits_for
+
+    model, config = load_model(tmp_path / summary["run_dir"])
+    assert isinstance(model, FlipAveraged)
+    test = load_splits_for(config, data_dir).test
+    plain_acc = float((model.model.predict(test.x) == test.y).mean())
+    assert summary["test_acc"] == model.evaluate(test.x, test.y)[1] != plain_acc
+
+
+@pytest.mark.realdata
 def test_runs_lists_the_run(trained, capsys):
     work, proc = trained
     summary = json.loads(proc.stdout)

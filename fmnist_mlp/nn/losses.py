@@ -96,3 +96,12 @@ def per_example_loss(loss: str, output: str, logits: np.ndarray, target: np.ndar
         return -np.einsum("ij,ij->i", target, log_probs)
     diff = apply_output(output, logits) - target
     return 0.5 * np.einsum("ij,ij->i", diff, diff)
+
+
+def loss_of_outputs(loss: str, outputs: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """(N,) losses of network *outputs* (probabilities for softmax), e.g. averaged predictions."""
+    if loss == "cross_entropy":
+        tiny = np.finfo(outputs.dtype).tiny          # log(0) guard: a probability that underflowed
+        return -np.einsum("ij,ij->i", target, np.log(np.maximum(outputs, tiny)))
+    diff = outputs - target
+    return 0.5 * np.einsum("ij,ij->i", diff, diff)
