@@ -49,6 +49,7 @@ class ModelConfig:
     activation: str = _opt("relu", choices=("linear", "sigmoid", "tanh", "relu"))
     output: str = _opt("softmax", choices=("softmax", "sigmoid", "linear"))
     dropout: float = _opt(0.0, lo=0.0, hi=1.0, hi_open=True)
+    input_dropout: float = _opt(0.0, lo=0.0, hi=1.0, hi_open=True)   # on the input pixels
     init: str = _opt("auto", choices=("auto", "he", "glorot"))
     dtype: str = _opt("float32", choices=("float32", "float64"))
 

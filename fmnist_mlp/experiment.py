@@ -37,7 +37,7 @@ def build_model(cfg: Config, init_rng: np.random.Generator):
 
     m, loss = cfg.model, cfg.loss
     return MLP(input_size=784, hidden=m.hidden, num_classes=10, activation=m.activation,
-               output=m.output, loss=loss.name, dropout=m.dropout,
+               output=m.output, loss=loss.name, dropout=m.dropout, input_dropout=m.input_dropout,
                label_smoothing=loss.label_smoothing, l2=loss.l2, init=m.init, dtype=m.dtype,
                seed=init_rng)
 

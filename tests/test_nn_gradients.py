@@ -59,6 +59,8 @@ def test_backprop_matches_finite_differences(activation, output_loss, depth):
     {"l2": 0.05},
     {"dropout": 0.3},
     {"dropout": 0.5, "l2": 0.01, "label_smoothing": 0.2, "loss": "squared_error"},
+    {"input_dropout": 0.3},
+    {"input_dropout": 0.2, "dropout": 0.4, "l2": 0.01},
 ])
 def test_backprop_with_regularisers_matches_finite_differences(extra):
     kwargs = {"hidden": [6, 5], "activation": "tanh", **extra}

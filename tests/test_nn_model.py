@@ -123,9 +123,10 @@ def test_init_scales_suit_the_activation():
     assert np.all(MLP(hidden=[4]).params["layer0.b"] == 0)
 
 
-def test_dropout_is_active_only_in_training():
+@pytest.mark.parametrize("kwargs", [{"dropout": 0.5}, {"input_dropout": 0.3}])
+def test_dropout_is_active_only_in_training(kwargs):
     x, y = _blobs(64)
-    model = MLP(hidden=[64], dropout=0.5, seed=0)
+    model = MLP(hidden=[64], seed=0, **kwargs)
     first = model.loss_and_grad(x, y)[0]
     second = model.loss_and_grad(x, y)[0]
     assert first != second                                  # fresh masks each step
@@ -167,6 +168,7 @@ def test_zero_hidden_layers_is_logistic_regression():
     ({"output": "sigmoid"}, "loss.name"),
     ({"dtype": "float16"}, "model.dtype"),
     ({"l2": -1.0}, "loss.l2"),
+    ({"input_dropout": -0.1}, "model.input_dropout"),
 ])
 def test_invalid_architecture_names_the_field(kwargs, field):
     with pytest.raises(ConfigError, match=field):

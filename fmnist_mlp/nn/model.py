@@ -25,18 +25,22 @@ DTYPES = ("float32", "float64")
 class _Buffers:
     """Per-batch-size work arrays, allocated once and reused by every step of that size."""
 
-    def __init__(self, n: int, hidden: Sequence[int], dropout: bool, dtype) -> None:
+    def __init__(self, n: int, input_size: int, hidden: Sequence[int], dropout: bool,
+                 input_dropout: bool, dtype) -> None:
         self.h = [np.empty((n, width), dtype) for width in hidden]        # f(z) per hidden layer
         self.dh = [np.empty((n, width), dtype) for width in hidden]       # dL/d(layer output)
         self.mask = [np.empty((n, width), dtype) for width in hidden] if dropout else []
         self.dropped = [np.empty((n, width), dtype) for width in hidden] if dropout else []
+        self.input_mask = np.empty((n, input_size), dtype) if input_dropout else None
+        self.input_dropped = np.empty((n, input_size), dtype) if input_dropout else None
 
 
 class MLP:
     """A fully connected network ``input -> hidden... -> num_classes`` trained by backprop.
 
     Zero hidden layers with softmax output and cross-entropy is multinomial logistic regression.
-    ``dropout`` is inverted dropout on every hidden layer, active only in :meth:`loss_and_grad`.
+    ``dropout`` is inverted dropout on every hidden layer and ``input_dropout`` on the input
+    pixels, both active only in :meth:`loss_and_grad`.
     ``l2`` adds ½·l2·Σ‖W‖² to the objective (biases are not penalised); the loss values
     returned are the data loss alone, so training and validation losses stay comparable.
     """
@@ -45,10 +49,14 @@ class MLP:
                  num_classes: int = 10, activation: str = "relu", output: str = "softmax",
                  loss: str = "cross_entropy", dropout: float = 0.0, label_smoothing: float = 0.0,
                  l2: float = 0.0, init: str = "auto", dtype: str = "float32",
-                 seed: int | np.random.Generator = 0) -> None:
+                 seed: int | np.random.Generator = 0, input_dropout: float = 0.0) -> None:
         hidden = [int(h) for h in hidden]
         _validate(input_size, hidden, num_classes, activation, output, loss, dropout,
                   label_smoothing, l2, init, dtype)
+        if not 0.0 <= input_dropout < 1.0:
+            raise ConfigError(f"model.input_dropout: {input_dropout!r} is not valid; expected a "
+                              "probability in [0, 1)")
+        self.input_dropout = float(input_dropout)
         self.input_size, self.hidden, self.num_classes = int(input_size), hidden, int(num_classes)
         self.activation, self.output, self.loss = activation, output, loss
         self.dropout, self.label_smoothing, self.l2 = float(dropout), float(label_smoothing), float(l2)
@@ -57,7 +65,8 @@ class MLP:
         init_rng, dropout_rng = _streams(seed)
         self._default_dropout_rng = dropout_rng
         self._act = ACTIVATIONS[activation]
-        self._keep_threshold = min(65535, max(1, round((1.0 - self.dropout) * 65536)))
+        self._keep_threshold = _keep_threshold(self.dropout)
+        self._input_keep_threshold = _keep_threshold(self.input_dropout)
 
         scheme = resolve_init(init, activation)
         sizes = [self.input_size, *hidden, self.num_classes]
@@ -87,6 +96,7 @@ class MLP:
             activation=model.get("activation", "relu"),
             output=model.get("output", "softmax"),
             dropout=model.get("dropout", 0.0),
+            input_dropout=model.get("input_dropout", 0.0),
             init=model.get("init", "auto"),
             dtype=model.get("dtype", "float32"),
             loss=loss.get("name", "cross_entropy"),
@@ -101,6 +111,7 @@ class MLP:
             "input_size": self.input_size, "hidden": list(self.hidden),
             "num_classes": self.num_classes, "activation": self.activation,
             "output": self.output, "loss": self.loss, "dropout": self.dropout,
+            "input_dropout": self.input_dropout,
             "label_smoothing": self.label_smoothing, "l2": self.l2, "init": self.init,
             "dtype": self.dtype.name,
         }
@@ -147,6 +158,8 @@ class MLP:
         bufs = self._buffers_for(n, training=True)
         rng = self._default_dropout_rng if rng is None else rng
 
+        if self.input_dropout > 0.0:
+            x = self._drop(x, bufs.input_mask, bufs.input_dropped, rng, self._input_keep_threshold)
         layer_inputs = [x]                      # the input each layer multiplies, (N, D_in)
         a = x
         for i in range(len(self.hidden)):
@@ -155,7 +168,7 @@ class MLP:
             h += self.params[f"layer{i}.b"]
             self._act.forward(h, h)
             if self.dropout > 0.0:
-                a = self._drop(h, bufs.mask[i], bufs.dropped[i], rng)
+                a = self._drop(h, bufs.mask[i], bufs.dropped[i], rng, self._keep_threshold)
             else:
                 a = h
             layer_inputs.append(a)
@@ -183,15 +196,15 @@ class MLP:
             dz = dh
         return loss, n_correct
 
-    def _drop(self, h: np.ndarray, mask: np.ndarray, dropped: np.ndarray,
-              rng: np.random.Generator) -> np.ndarray:
+    @staticmethod
+    def _drop(h: np.ndarray, mask: np.ndarray, dropped: np.ndarray, rng: np.random.Generator,
+              threshold: int) -> np.ndarray:
         """Inverted dropout: keep each unit with probability q ≈ 1 − dropout, scale it by 1/q.
 
         The mask is drawn as 16-bit integers straight from the bit generator (four per 64-bit
         draw, about three times faster than float uniforms), so q is ``keep_threshold/65536``
         and the scale uses that exact q: the expected activation is unchanged.
         """
-        threshold = self._keep_threshold
         words = rng.bit_generator.random_raw(-(-h.size // 4))
         bits = words.view(np.uint16)[:h.size].reshape(h.shape)
         np.less(bits, threshold, out=mask)      # 1.0 where kept, 0.0 where dropped
@@ -262,13 +275,19 @@ class MLP:
         key = (n, training)
         bufs = self._buffers.get(key)
         if bufs is None:
-            bufs = _Buffers(n, self.hidden, training and self.dropout > 0.0, self.dtype)
+            bufs = _Buffers(n, self.input_size, self.hidden, training and self.dropout > 0.0,
+                            training and self.input_dropout > 0.0, self.dtype)
             self._buffers[key] = bufs
             if len(self._buffers) > 6:          # e.g. a train size, its remainder, eval sizes
                 self._buffers.popitem(last=False)
         else:
             self._buffers.move_to_end(key)
         return bufs
+
+
+def _keep_threshold(dropout: float) -> int:
+    """Dropout's keep probability as a count out of 65536 (the masks are 16-bit draws)."""
+    return min(65535, max(1, round((1.0 - dropout) * 65536)))
 
 
 def _views(shapes: Mapping[str, tuple[int, ...]], dtype) -> dict[str, np.ndarray]:
