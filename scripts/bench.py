@@ -47,7 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     # Imported after parsing so that --help is instant.
-    from fmnist_mlp.bench import default_output_path, format_report, run_benchmark, write_results
+    from fmnist_mlp.bench.run import default_output_path, format_report, run_benchmark, write_results
     from fmnist_mlp.errors import FmnistMlpError
 
     def progress(message: str) -> None:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from fmnist_mlp import bench, bench_probes
-from fmnist_mlp.bench_targets import evaluate_targets
+from fmnist_mlp.bench import probes as bench_probes, run as bench
+from fmnist_mlp.bench.targets import evaluate_targets
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "bench.py"
@@ -156,7 +156,7 @@ TINY = ("data.subset=600", "data.val_size=200", "model.hidden=[16]", "train.batc
 
 @pytest.mark.realdata
 def test_train_overhead_times_bare_epochs_around_real_ones(real_data_dir):
-    from fmnist_mlp.bench_overhead import measure_train_overhead
+    from fmnist_mlp.bench.overhead import measure_train_overhead
 
     result = measure_train_overhead(str(bench_probes.DEFAULT_CONFIG), str(real_data_dir), timed_epochs=1,
                                     overrides=TINY)

@@ -1,6 +1,6 @@
 """Benchmark: the NumPy engine and the identical PyTorch CPU loop, side by side in one run.
 
-Every measurement runs in a fresh child process (:mod:`fmnist_mlp.bench_worker`) whose BLAS and
+Every measurement runs in a fresh child process (:mod:`fmnist_mlp.bench.worker`) whose BLAS and
 OpenMP thread counts are set in its environment before NumPy or torch is imported, and the two
 engines alternate case by case, so neither gets a warmer machine or the other's memory. The
 float32 matrix-product peak is measured at the start and again at the end of the same run.
@@ -23,10 +23,10 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from fmnist_mlp import bench_probes
-from fmnist_mlp.bench_report import format_report
-from fmnist_mlp.bench_targets import evaluate_targets
-from fmnist_mlp.bench_worker import OPTIMIZER_SETTINGS
+from fmnist_mlp.bench import probes as bench_probes
+from fmnist_mlp.bench.report import format_report
+from fmnist_mlp.bench.targets import evaluate_targets
+from fmnist_mlp.bench.worker import OPTIMIZER_SETTINGS
 
 __all__ = ["run_benchmark", "format_report", "write_results", "default_output_path", "benchmark_cases",
            "select_cases", "train_flops_per_sample", "infer_flops_per_sample"]
@@ -114,7 +114,7 @@ def thread_env(threads: int) -> dict[str, str]:
     """The child's environment: every BLAS/OpenMP thread knob set to ``threads``."""
     env = dict(os.environ)
     env.update({var: str(threads) for var in THREAD_ENV_VARS})
-    package_root = str(Path(__file__).resolve().parents[1])
+    package_root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     return env
 
@@ -122,7 +122,7 @@ def thread_env(threads: int) -> dict[str, str]:
 def run_child(job: dict, threads: int, timeout: float = 3600.0) -> dict:
     """Run one job in a fresh interpreter; a failure becomes ``{"error": "<last stderr line>"}``."""
     job = {**job, "threads": threads}
-    proc = subprocess.run([sys.executable, "-m", "fmnist_mlp.bench_worker", json.dumps(job)],
+    proc = subprocess.run([sys.executable, "-m", "fmnist_mlp.bench.worker", json.dumps(job)],
                           env=thread_env(threads), capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         lines = proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"]
@@ -189,7 +189,7 @@ def _machine_info(threads: int, torch_available: bool) -> dict:
 
 def _git_commit() -> str | None:
     """HEAD of the working tree the engine was imported from, with ``+dirty`` for local changes."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                               timeout=10).stdout.strip()
