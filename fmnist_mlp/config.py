@@ -50,6 +50,7 @@ class ModelConfig:
     output: str = _opt("softmax", choices=("softmax", "sigmoid", "linear"))
     dropout: float = _opt(0.0, lo=0.0, hi=1.0, hi_open=True)
     input_dropout: float = _opt(0.0, lo=0.0, hi=1.0, hi_open=True)   # on the input pixels
+    batchnorm: bool = _opt(False)            # batch normalisation before each hidden activation
     init: str = _opt("auto", choices=("auto", "he", "glorot"))
     dtype: str = _opt("float32", choices=("float32", "float64"))
 

@@ -38,8 +38,8 @@ def build_model(cfg: Config, init_rng: np.random.Generator):
     m, loss = cfg.model, cfg.loss
     return MLP(input_size=784, hidden=m.hidden, num_classes=10, activation=m.activation,
                output=m.output, loss=loss.name, dropout=m.dropout, input_dropout=m.input_dropout,
-               label_smoothing=loss.label_smoothing, l2=loss.l2, init=m.init, dtype=m.dtype,
-               seed=init_rng)
+               batchnorm=m.batchnorm, label_smoothing=loss.label_smoothing, l2=loss.l2,
+               init=m.init, dtype=m.dtype, seed=init_rng)
 
 
 def build_optimizer(cfg: Config, params: dict[str, np.ndarray]):
@@ -220,9 +220,18 @@ def _open_for_resume(run_dir: Path):
         raise CheckpointError(f"--resume {run_dir}: no checkpoints/last.npz (it stopped before "
                               f"finishing an epoch); start a new run instead")
     ckpt = runs.load_checkpoint(last)
-    if ckpt.meta.get("config") != config_to_dict(cfg):
+    if _normalised(ckpt.meta.get("config")) != config_to_dict(cfg):
         raise CheckpointError(f"{last}: its config differs from {run_dir / 'config.yaml'}")
     return run_dir, cfg, ckpt
+
+
+def _normalised(config: Any) -> dict | None:
+    """A stored config with keys added to the schema since (e.g. model.batchnorm) filled in at
+    their defaults, so runs started by an older version still resume."""
+    try:
+        return config_to_dict(config_from_dict(config))
+    except ConfigError:
+        return None
 
 
 def _restore(ckpt: runs.Checkpoint, model, optimizer, streams) -> TrainState:

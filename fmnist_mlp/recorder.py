@@ -102,7 +102,8 @@ class RunRecorder:
                 "epoch": state.epoch, "state": state.to_dict(),
                 "best": {"epoch": state.best_epoch, "val_acc": state.best_val_acc}}
         return runs.Checkpoint(
-            params=self.model.params,       # serialised immediately, so no copy needed
+            # Parameters and the BN running statistics; serialised immediately, so no copy.
+            params=self.model.named_arrays(),
             optim_state=self.optimizer.state_dict(),
             rng_states={name: gen.bit_generator.state for name, gen in self.streams.items()},
             meta=meta)

@@ -160,6 +160,7 @@ def test_runs_sort_by_an_unknown_column_is_a_usage_error(trained, capsys):
     (["train.epochs=many"], "train.epochs"),
     (["optimizer.lr=-0.01"], "optimizer.lr"),
     (["model.hidden="], "model.hidden"),
+    (["model.batchnorm=3"], "model.batchnorm"),
 ])
 def test_bad_config_exits_2_naming_the_key_and_creates_nothing(overrides, key, tmp_path, capsys,
                                                                 monkeypatch):
@@ -357,15 +358,18 @@ class _InterruptAt:
 
 
 @pytest.mark.realdata
-def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(data_dir, tmp_path):
+@pytest.mark.parametrize("batchnorm", [False, True])
+def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(batchnorm, data_dir, tmp_path):
     from fmnist_mlp.config import load_config
     from fmnist_mlp.experiment import run_training
     from fmnist_mlp.train import TrainingInterrupted
 
     # Every random stream matters here: dropout masks, flips and shifts, shuffling, one-cycle lr.
+    # With batchnorm the running statistics must be restored too: validation uses them.
     cfg = load_config(None, ["data.subset=1000", "data.val_size=500", "model.hidden=[32, 16]",
                              "model.dropout=0.2", "data.augment.flip=true", "data.augment.shift=1",
-                             "schedule.name=onecycle", "train.epochs=4", "train.batch_size=100"])
+                             "schedule.name=onecycle", "train.epochs=4", "train.batch_size=100",
+                             f"model.batchnorm={str(batchnorm).lower()}"])
     straight = run_training(cfg, name="straight", runs_dir=tmp_path, data_dir=data_dir)
 
     with pytest.raises(TrainingInterrupted, match="--resume"):
@@ -382,6 +386,7 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(data_dir, tmp_p
     a = runs.load_checkpoint(straight.run_dir / "checkpoints" / "last.npz")
     b = runs.load_checkpoint(stopped / "checkpoints" / "last.npz")
     assert a.params.keys() == b.params.keys()
+    assert ("layer1.running_var" in a.params) == batchnorm
     for name in a.params:
         assert np.array_equal(a.params[name], b.params[name]), name
     for name in a.optim_state:
@@ -390,6 +395,8 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(data_dir, tmp_p
     assert resumed["test_acc"] == straight.summary["test_acc"]
     losses = lambda d: [m["train_loss"] for m in runs.read_metrics(d)]   # noqa: E731
     assert losses(stopped) == losses(straight.run_dir) and len(losses(stopped)) == 4
+    val_accs = lambda d: [m["val_acc"] for m in runs.read_metrics(d)]   # noqa: E731
+    assert val_accs(stopped) == val_accs(straight.run_dir)
 
 
 @pytest.mark.realdata

@@ -73,6 +73,7 @@ def test_empty_hidden_list_is_logistic_regression_and_csv_string_is_accepted():
     ("train.epochs=2.5", ["train.epochs", "expected an integer"]),
     ("train.epochs=0", ["train.epochs", ">= 1"]),
     ("train.plots=1", ["train.plots", "true or false"]),
+    ("model.batchnorm=3", ["model.batchnorm", "true or false"]),
     ("model.hidden=", ["model.hidden", "empty string"]),
     ("model.hidden=[256, -3]", ["model.hidden[1]", ">= 1"]),
     ("model.hidden=[256, true]", ["model.hidden[1]", "expected an integer"]),

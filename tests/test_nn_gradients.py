@@ -17,10 +17,16 @@ TOLERANCE = 1e-6
 
 
 def _hidden_preactivations(model, x):
-    """Pre-activations z of every hidden layer, to keep ReLU inputs away from its kink."""
+    """Inputs of every hidden activation, to keep ReLU's away from its kink: z = aW + b, or
+    with batch normalisation its output γ ẑ + β (batch statistics, as in training)."""
     zs, a = [], x
     for i in range(len(model.hidden)):
-        z = a @ model.params[f"layer{i}.W"] + model.params[f"layer{i}.b"]
+        z = a @ model.params[f"layer{i}.W"]
+        if model.batchnorm:
+            xhat = (z - z.mean(axis=0)) / np.sqrt(z.var(axis=0) + model.bn_eps)
+            z = model.params[f"layer{i}.gamma"] * xhat + model.params[f"layer{i}.beta"]
+        else:
+            z = z + model.params[f"layer{i}.b"]
         zs.append(z)
         a = np.empty_like(z)
         ACTIVATIONS[model.activation].forward(z, a)
@@ -36,6 +42,10 @@ def _checkable_problem(seed, **kwargs):
         for name, b in model.params.items():       # non-zero biases exercise db fully
             if name.endswith(".b"):
                 b[...] = rng.normal(0, 0.1, b.shape)
+            elif name.endswith(".gamma"):           # and γ ≠ 1, β ≠ 0 exercise dγ, dβ
+                b[...] = rng.uniform(0.5, 1.5, b.shape)
+            elif name.endswith(".beta"):
+                b[...] = rng.normal(0, 0.3, b.shape)
         x = rng.normal(size=(5, 7))
         y = rng.integers(0, 4, size=5)
         if all(np.min(np.abs(z)) > 1e-3 for z in _hidden_preactivations(model, x)):
@@ -65,6 +75,29 @@ def test_backprop_matches_finite_differences(activation, output_loss, depth):
 def test_backprop_with_regularisers_matches_finite_differences(extra):
     kwargs = {"hidden": [6, 5], "activation": "tanh", **extra}
     model, x, y = _checkable_problem(7, **kwargs)
+    errors = gradient_check(model, x, y)
+    assert max(errors.values()) < TOLERANCE, errors
+
+
+@pytest.mark.parametrize("activation,depth,dropout",
+                         list(itertools.product(ACTIVATION_NAMES, [1, 2], [0.0, 0.3])))
+def test_batchnorm_backprop_matches_finite_differences(activation, depth, dropout):
+    """Training mode (batch statistics): every row's gradient also flows through μ_B and σ²_B."""
+    model, x, y = _checkable_problem(11 + depth, hidden=DEPTHS[depth], activation=activation,
+                                     dropout=dropout, batchnorm=True)
+    running = {k: v.copy() for k, v in model.buffers.items()}
+    errors = gradient_check(model, x, y)
+    assert set(errors) == set(model.params)
+    assert {k for k in errors if k.endswith((".gamma", ".beta"))} == {
+        f"layer{i}.{p}" for i in range(depth) for p in ("gamma", "beta")}
+    assert max(errors.values()) < TOLERANCE, errors
+    for name, value in running.items():                 # the check leaves the model as it was
+        np.testing.assert_array_equal(model.buffers[name], value)
+
+
+def test_batchnorm_with_other_losses_and_l2_matches_finite_differences():
+    model, x, y = _checkable_problem(5, hidden=[6, 5], activation="sigmoid", output="sigmoid",
+                                     loss="squared_error", l2=0.05, batchnorm=True)
     errors = gradient_check(model, x, y)
     assert max(errors.values()) < TOLERANCE, errors
 

@@ -95,14 +95,17 @@ def test_minibatch_training_drives_loss_down_and_accuracy_up(optimizer, lr):
     assert model.evaluate(x, y)[1] > 0.8                                    # chance is 0.1
 
 
-def test_float32_stays_float32_and_float64_stays_float64():
+@pytest.mark.parametrize("batchnorm", [False, True])
+def test_float32_stays_float32_and_float64_stays_float64(batchnorm):
     for dtype in ("float32", "float64"):
-        model = MLP(hidden=[16], dropout=0.2, dtype=dtype)
+        model = MLP(hidden=[16], dropout=0.2, dtype=dtype, batchnorm=batchnorm)
         opt = make_optimizer("adam", model.params, lr=1e-3)
         x, y = _blobs(32)
         model.loss_and_grad(x, y)
         opt.step(model.params, model.grads)
-        arrays = [*model.params.values(), *model.grads.values(), *opt.state_dict().values()]
+        arrays = [*model.params.values(), *model.grads.values(), *opt.state_dict().values(),
+                  *model.buffers.values()]
+        assert len(model.buffers) == (2 if batchnorm else 0)
         assert all(a.dtype == np.dtype(dtype) for a in arrays if a.ndim > 0)
         assert model.forward(x).dtype == np.dtype(dtype)
 
@@ -169,6 +172,9 @@ def test_zero_hidden_layers_is_logistic_regression():
     ({"dtype": "float16"}, "model.dtype"),
     ({"l2": -1.0}, "loss.l2"),
     ({"input_dropout": -0.1}, "model.input_dropout"),
+    ({"batchnorm": 3}, "model.batchnorm"),
+    ({"batchnorm": True, "bn_momentum": 1.5}, "bn_momentum"),
+    ({"batchnorm": True, "bn_eps": 0.0}, "bn_eps"),
 ])
 def test_invalid_architecture_names_the_field(kwargs, field):
     with pytest.raises(ConfigError, match=field):
@@ -187,3 +193,113 @@ def test_dropout_drops_the_right_fraction_and_keeps_the_expected_activation(drop
     assert kept.mean() == pytest.approx(1 - dropout, abs=0.005)          # 4e5 units
     # inverted dropout: the kept units are scaled so the expected activation is unchanged
     assert dropped.sum() / h.sum() == pytest.approx(1.0, abs=0.01)
+
+
+# ------------------------------------------------------------------------- batch normalisation
+
+
+def _bn_model(**kwargs):
+    return MLP(input_size=4, hidden=[8], num_classes=3, batchnorm=True, dtype="float64",
+               seed=0, **kwargs)
+
+
+def test_batchnorm_layers_have_gamma_beta_and_running_statistics_not_a_bias():
+    model = MLP(hidden=[16, 8], batchnorm=True)
+    assert list(model.params) == ["layer0.W", "layer0.gamma", "layer0.beta", "layer1.W",
+                                  "layer1.gamma", "layer1.beta", "layer2.W", "layer2.b"]
+    assert np.all(model.params["layer0.gamma"] == 1) and np.all(model.params["layer0.beta"] == 0)
+    assert set(model.buffers) == {"layer0.running_mean", "layer0.running_var",
+                                  "layer1.running_mean", "layer1.running_var"}
+    assert not set(model.buffers) & set(model.params)
+    assert np.all(model.buffers["layer1.running_var"] == 1)
+    assert MLP(hidden=[16]).buffers == {}
+
+
+def test_running_statistics_follow_the_exponential_average_of_the_batch_statistics():
+    model = _bn_model(bn_momentum=0.25)
+    x = np.random.default_rng(0).normal(5, 3, size=(10, 4))
+    z = x @ model.params["layer0.W"]
+    model.loss_and_grad(x, np.zeros(10, dtype=int))
+    np.testing.assert_allclose(model.buffers["layer0.running_mean"], 0.25 * z.mean(axis=0),
+                               rtol=1e-12)
+    np.testing.assert_allclose(model.buffers["layer0.running_var"],   # unbiased, as PyTorch
+                               0.75 * 1.0 + 0.25 * z.var(axis=0, ddof=1), rtol=1e-12)
+
+
+def test_running_statistics_approach_those_of_z_and_evaluation_uses_them():
+    model = _bn_model()
+    rng = np.random.default_rng(1)
+    W = model.params["layer0.W"].copy()                   # no optimiser steps: W stays fixed
+    for _ in range(150):
+        model.loss_and_grad(rng.normal(5, 3, size=(256, 4)), np.zeros(256, dtype=int))
+    np.testing.assert_array_equal(model.params["layer0.W"], W)
+    # z = x W with x ~ N(5, 3²) i.i.d.: E z = 5·Σ_d W_d, Var z = 9·Σ_d W_d²
+    mean, var = 5 * W.sum(axis=0), 9 * (W ** 2).sum(axis=0)
+    # ~19 batches' worth of averaging (momentum 0.1): standard errors ≈ 0.015 σ and 2 % of σ²
+    assert np.max(np.abs(model.buffers["layer0.running_mean"] - mean) / np.sqrt(var)) < 0.06
+    np.testing.assert_allclose(model.buffers["layer0.running_var"], var, rtol=0.1)
+
+    # Evaluation is γ (z − running mean)/√(running var + eps) + β: written out here
+    x = rng.normal(5, 3, size=(64, 4))
+    scale = model.params["layer0.gamma"] / np.sqrt(model.buffers["layer0.running_var"] + 1e-5)
+    h = np.maximum(0, (x @ W - model.buffers["layer0.running_mean"]) * scale
+                   + model.params["layer0.beta"])
+    expected = h @ model.params["layer1.W"] + model.params["layer1.b"]
+    np.testing.assert_allclose(model.logits(x), expected, rtol=1e-10, atol=1e-12)
+
+
+def test_batchnorm_evaluation_of_one_example_is_deterministic_and_batch_independent():
+    model = _bn_model()
+    rng = np.random.default_rng(2)
+    for _ in range(5):
+        model.loss_and_grad(rng.normal(5, 3, size=(32, 4)), rng.integers(0, 3, 32))
+    running = {k: v.copy() for k, v in model.buffers.items()}
+    x = rng.normal(5, 3, size=(64, 4))
+    alone = model.logits(x[:1])
+    np.testing.assert_array_equal(alone, model.logits(x[:1]))
+    np.testing.assert_allclose(alone, model.logits(x)[:1], rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(alone, model.logits(x[::-1])[-1:], rtol=1e-12, atol=1e-14)
+    for name, value in running.items():                   # evaluation never updates them
+        np.testing.assert_array_equal(model.buffers[name], value)
+
+
+def test_batchnorm_training_batch_of_one_is_finite_and_leaves_running_statistics():
+    model = _bn_model()
+    before = {k: v.copy() for k, v in model.buffers.items()}
+    loss, _ = model.loss_and_grad(np.ones((1, 4)), np.array([1]))
+    assert np.isfinite(loss) and all(np.all(np.isfinite(g)) for g in model.grads.values())
+    for name, value in before.items():
+        np.testing.assert_array_equal(model.buffers[name], value)
+
+
+def test_batchnorm_state_round_trip_includes_the_running_statistics():
+    config = {"seed": 4, "model": {"hidden": [6, 5], "batchnorm": True, "dtype": "float64"}}
+    model = MLP.from_config(config)
+    assert model.batchnorm and MLP(**model.spec()).batchnorm
+    x = np.random.default_rng(0).normal(2, 1, size=(20, 784))
+    model.loss_and_grad(x, np.arange(20) % 10)
+    state = model.state_dict()
+    assert set(state) == set(model.params) | set(model.buffers)
+    state["layer0.running_mean"][0] += 1.0                # copies, not views
+    assert model.buffers["layer0.running_mean"][0] != state["layer0.running_mean"][0]
+
+    clone = MLP(**model.spec())
+    clone.load_state_dict(model.state_dict())
+    for name, value in model.named_arrays().items():
+        np.testing.assert_array_equal(clone.named_arrays()[name], value)
+    np.testing.assert_array_equal(clone.logits(x), model.logits(x))
+    with pytest.raises(ValueError, match="missing.*layer1.running_var"):
+        clone.load_state_dict(model.params)
+    with pytest.raises(ValueError, match="shape"):
+        clone.load_state_dict({**model.state_dict(), "layer0.running_var": np.ones(3)})
+
+
+def test_batchnorm_network_learns():
+    x, y = _blobs(400, seed=1)
+    model = MLP(hidden=[32], batchnorm=True, seed=0)
+    opt = make_optimizer("adam", model.params, lr=1e-3)
+    for _ in range(6):
+        for start in range(0, len(x), 50):
+            model.loss_and_grad(x[start:start + 50], y[start:start + 50])
+            opt.step(model.params, model.grads)
+    assert model.evaluate(x, y)[1] > 0.8

@@ -4,7 +4,9 @@ For every parameter entry θ_j the central difference (L(θ+h e_j) − L(θ−h 
 with the analytic gradient. The error per parameter is scale-relative:
 ``max_j |a_j − n_j| / max(1e-8, max_j |a_j| + max_j |n_j|)``, so tiny entries neither hide nor
 inflate it. Dropout masks are replayed by re-seeding their generator for every evaluation, so a
-network with dropout is checked on one fixed mask.
+network with dropout is checked on one fixed mask. Batch normalisation is checked in training mode
+(batch statistics), the function training differentiates; the running averages each evaluation
+updates do not enter that loss, and the check restores them afterwards.
 """
 
 from __future__ import annotations
@@ -54,12 +56,15 @@ def gradient_check(model: MLP, x: np.ndarray, y: np.ndarray, eps: float = 1e-6,
     if model.dtype != np.float64:
         raise ValueError("gradient_check needs a float64 model (dtype='float64')")
     x = np.asarray(x, dtype=np.float64)
+    running = {k: v.copy() for k, v in model.buffers.items()}
     model.loss_and_grad(x, y, rng=np.random.default_rng(dropout_seed))
     analytic = {k: g.copy() for k, g in model.grads.items()}
     errors = {}
     for name in model.params:
         indices, numeric = numeric_gradient(model, x, y, name, eps, dropout_seed, max_entries)
         errors[name] = relative_error(analytic[name].reshape(-1)[indices], numeric)
+    for name, value in running.items():
+        model.buffers[name][...] = value
     return errors
 
 

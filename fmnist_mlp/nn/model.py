@@ -4,6 +4,8 @@ Rows are examples: ``x`` (N, D), ``W`` (D_in, D_out), ``b`` (D_out,), logits (N,
 Parameters live in ``params`` under names like ``"layer0.W"``; ``grads`` has the same keys and is
 filled by :meth:`MLP.loss_and_grad`. Both dicts hold the *same* arrays for the model's lifetime
 (updates and loads are in place), so an optimiser can keep per-name state safely.
+With batch normalisation a hidden layer has ``W``, ``gamma`` and ``beta`` (no ``b``: β is its
+bias) in ``params``, and running statistics, which are state but not parameters, in ``buffers``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from fmnist_mlp.errors import ConfigError
+from fmnist_mlp.nn import batchnorm as bn
 from fmnist_mlp.nn.activations import ACTIVATIONS
 from fmnist_mlp.nn.init import INITS, init_weight, resolve_init
 from fmnist_mlp.nn.losses import LOSSES, OUTPUTS, loss_and_dlogits, one_hot_targets, per_example_loss
@@ -26,13 +29,19 @@ class _Buffers:
     """Per-batch-size work arrays, allocated once and reused by every step of that size."""
 
     def __init__(self, n: int, input_size: int, hidden: Sequence[int], dropout: bool,
-                 input_dropout: bool, dtype) -> None:
+                 input_dropout: bool, dtype, batchnorm: bool = False) -> None:
         self.h = [np.empty((n, width), dtype) for width in hidden]        # f(z) per hidden layer
         self.dh = [np.empty((n, width), dtype) for width in hidden]       # dL/d(layer output)
         self.mask = [np.empty((n, width), dtype) for width in hidden] if dropout else []
         self.dropped = [np.empty((n, width), dtype) for width in hidden] if dropout else []
         self.input_mask = np.empty((n, input_size), dtype) if input_dropout else None
         self.input_dropped = np.empty((n, input_size), dtype) if input_dropout else None
+        # Batch normalisation in training: ẑ per hidden layer, and μ_B, σ²_B, 1/σ per unit.
+        widths = hidden if batchnorm else []
+        self.xhat = [np.empty((n, width), dtype) for width in widths]
+        self.mean = [np.empty(width, dtype) for width in widths]
+        self.var = [np.empty(width, dtype) for width in widths]
+        self.inv_std = [np.empty(width, dtype) for width in widths]
 
 
 class MLP:
@@ -43,13 +52,18 @@ class MLP:
     pixels, both active only in :meth:`loss_and_grad`.
     ``l2`` adds ½·l2·Σ‖W‖² to the objective (biases are not penalised); the loss values
     returned are the data loss alone, so training and validation losses stay comparable.
+    ``batchnorm`` normalises every hidden layer's ``z = a W`` before its activation (batch
+    statistics in training, running averages updated with ``bn_momentum`` in evaluation).
+    A hidden layer then has no bias ``b``: the mean subtraction would cancel it, leaving a
+    parameter with an exactly zero gradient; β takes its place.
     """
 
     def __init__(self, input_size: int = 784, hidden: Sequence[int] = (256, 128),
                  num_classes: int = 10, activation: str = "relu", output: str = "softmax",
                  loss: str = "cross_entropy", dropout: float = 0.0, label_smoothing: float = 0.0,
                  l2: float = 0.0, init: str = "auto", dtype: str = "float32",
-                 seed: int | np.random.Generator = 0, input_dropout: float = 0.0) -> None:
+                 seed: int | np.random.Generator = 0, input_dropout: float = 0.0,
+                 batchnorm: bool = False, bn_momentum: float = 0.1, bn_eps: float = 1e-5) -> None:
         hidden = [int(h) for h in hidden]
         _validate(input_size, hidden, num_classes, activation, output, loss, dropout,
                   label_smoothing, l2, init, dtype)
@@ -57,6 +71,15 @@ class MLP:
             raise ConfigError(f"model.input_dropout: {input_dropout!r} is not valid; expected a "
                               "probability in [0, 1)")
         self.input_dropout = float(input_dropout)
+        if not isinstance(batchnorm, (bool, np.bool_)):
+            raise ConfigError(f"model.batchnorm: {batchnorm!r} is not valid; expected true or false")
+        if not 0.0 <= bn_momentum <= 1.0:
+            raise ConfigError(f"bn_momentum: {bn_momentum!r} is not valid; expected a value in "
+                              "[0, 1]")
+        if not bn_eps > 0.0:
+            raise ConfigError(f"bn_eps: {bn_eps!r} is not valid; expected a positive number")
+        self.batchnorm = bool(batchnorm)
+        self.bn_momentum, self.bn_eps = float(bn_momentum), float(bn_eps)
         self.input_size, self.hidden, self.num_classes = int(input_size), hidden, int(num_classes)
         self.activation, self.output, self.loss = activation, output, loss
         self.dropout, self.label_smoothing, self.l2 = float(dropout), float(label_smoothing), float(l2)
@@ -72,7 +95,11 @@ class MLP:
         sizes = [self.input_size, *hidden, self.num_classes]
         shapes = {}
         for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-            shapes[f"layer{i}.W"], shapes[f"layer{i}.b"] = (fan_in, fan_out), (fan_out,)
+            shapes[f"layer{i}.W"] = (fan_in, fan_out)
+            if self.batchnorm and i < len(hidden):
+                shapes[f"layer{i}.gamma"], shapes[f"layer{i}.beta"] = (fan_out,), (fan_out,)
+            else:
+                shapes[f"layer{i}.b"] = (fan_out,)
         # Parameters and gradients are views into one contiguous buffer each, so an optimiser
         # can update all of them with a handful of large ufunc calls instead of many small ones.
         self.params: dict[str, np.ndarray] = _views(shapes, self.dtype)
@@ -80,7 +107,15 @@ class MLP:
         for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
             self.params[f"layer{i}.W"][...] = init_weight(init_rng, fan_in, fan_out, scheme,
                                                           self.dtype)
-            self.params[f"layer{i}.b"][...] = 0.0
+        for name, value in self.params.items():
+            if name.endswith(".gamma"):
+                value[...] = 1.0                # b and β start at 0 (the buffer is zeroed)
+        # Running statistics: state the evaluation path uses, but not trained parameters.
+        self.buffers: dict[str, np.ndarray] = {}
+        if self.batchnorm:
+            for i, width in enumerate(hidden):
+                self.buffers[f"layer{i}.running_mean"] = np.zeros(width, self.dtype)
+                self.buffers[f"layer{i}.running_var"] = np.ones(width, self.dtype)
         self._buffers: OrderedDict[int, _Buffers] = OrderedDict()
 
     # ------------------------------------------------------------------ construction
@@ -97,6 +132,7 @@ class MLP:
             output=model.get("output", "softmax"),
             dropout=model.get("dropout", 0.0),
             input_dropout=model.get("input_dropout", 0.0),
+            batchnorm=model.get("batchnorm", False),
             init=model.get("init", "auto"),
             dtype=model.get("dtype", "float32"),
             loss=loss.get("name", "cross_entropy"),
@@ -111,7 +147,8 @@ class MLP:
             "input_size": self.input_size, "hidden": list(self.hidden),
             "num_classes": self.num_classes, "activation": self.activation,
             "output": self.output, "loss": self.loss, "dropout": self.dropout,
-            "input_dropout": self.input_dropout,
+            "input_dropout": self.input_dropout, "batchnorm": self.batchnorm,
+            "bn_momentum": self.bn_momentum, "bn_eps": self.bn_eps,
             "label_smoothing": self.label_smoothing, "l2": self.l2, "init": self.init,
             "dtype": self.dtype.name,
         }
@@ -127,23 +164,29 @@ class MLP:
         return int(sum(p.size for p in self.params.values()))
 
     # ------------------------------------------------------------------ state
+    def named_arrays(self) -> dict[str, np.ndarray]:
+        """The model's state without copying: parameters, then buffers (running statistics)."""
+        return {**self.params, **self.buffers}
+
     def state_dict(self) -> dict[str, np.ndarray]:
-        """Copies of the parameters, keyed by name."""
-        return {k: v.copy() for k, v in self.params.items()}
+        """Copies of the parameters and buffers, keyed by name."""
+        return {k: v.copy() for k, v in self.named_arrays().items()}
 
     def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
-        """Copy ``state`` into the parameters in place; names and shapes must match exactly."""
-        missing = sorted(set(self.params) - set(state))
-        extra = sorted(set(state) - set(self.params))
+        """Copy ``state`` into the parameters and buffers in place; names and shapes must match
+        exactly."""
+        target = self.named_arrays()
+        missing = sorted(set(target) - set(state))
+        extra = sorted(set(state) - set(target))
         if missing or extra:
             raise ValueError(f"parameter names do not match this model: missing {missing}, "
                              f"unexpected {extra}")
         for name, value in state.items():
             value = np.asarray(value)
-            if value.shape != self.params[name].shape:
+            if value.shape != target[name].shape:
                 raise ValueError(f"parameter {name!r} has shape {value.shape}, the model expects "
-                                 f"{self.params[name].shape}")
-            np.copyto(self.params[name], value, casting="same_kind")
+                                 f"{target[name].shape}")
+            np.copyto(target[name], value, casting="same_kind")
 
     # ------------------------------------------------------------------ training
     def loss_and_grad(self, x: np.ndarray, y: np.ndarray,
@@ -151,7 +194,8 @@ class MLP:
         """One training step's forward and backward pass on a batch.
 
         x: (N, D), y: (N,) labels. Fills ``self.grads``; returns (mean data loss, #correct).
-        Dropout masks come from ``rng`` (the model's own stream when None).
+        Dropout masks come from ``rng`` (the model's own stream when None). With batchnorm the
+        running statistics are updated too; they do not affect this step's loss or gradients.
         """
         x = self._as_input(x)
         n = x.shape[0]
@@ -164,8 +208,11 @@ class MLP:
         a = x
         for i in range(len(self.hidden)):
             h = bufs.h[i]
-            np.matmul(a, self.params[f"layer{i}.W"], out=h)
-            h += self.params[f"layer{i}.b"]
+            if self.batchnorm:
+                self._bn_forward_train(i, a, bufs)
+            else:
+                np.matmul(a, self.params[f"layer{i}.W"], out=h)
+                h += self.params[f"layer{i}.b"]
             self._act.forward(h, h)
             if self.dropout > 0.0:
                 a = self._drop(h, bufs.mask[i], bufs.dropped[i], rng, self._keep_threshold)
@@ -183,7 +230,8 @@ class MLP:
         for i in range(last, -1, -1):
             W = self.params[f"layer{i}.W"]
             np.matmul(layer_inputs[i].T, dz, out=self.grads[f"layer{i}.W"])
-            np.sum(dz, axis=0, out=self.grads[f"layer{i}.b"])
+            if i == last or not self.batchnorm:
+                np.sum(dz, axis=0, out=self.grads[f"layer{i}.b"])
             if self.l2:
                 self.grads[f"layer{i}.W"] += self.l2 * W
             if i == 0:
@@ -193,8 +241,24 @@ class MLP:
             if self.dropout > 0.0:
                 dh *= bufs.mask[i - 1]
             self._act.backward(dh, bufs.h[i - 1])
+            if self.batchnorm:
+                # h[i-1] is free now (layer i's dW is done), so it serves as scratch.
+                bn.backward(dh, bufs.xhat[i - 1], self.params[f"layer{i - 1}.gamma"],
+                            bufs.inv_std[i - 1], self.grads[f"layer{i - 1}.gamma"],
+                            self.grads[f"layer{i - 1}.beta"], bufs.h[i - 1])
             dz = dh
         return loss, n_correct
+
+    def _bn_forward_train(self, i: int, a: np.ndarray, bufs: _Buffers) -> None:
+        """Hidden layer i's ``y = BN(a W)`` into ``bufs.h[i]``, with batch statistics; updates
+        the running averages."""
+        xhat = bufs.xhat[i]
+        np.matmul(a, self.params[f"layer{i}.W"], out=xhat)
+        bn.forward_train(xhat, self.params[f"layer{i}.gamma"], self.params[f"layer{i}.beta"],
+                         self.bn_eps, bufs.h[i], bufs.mean[i], bufs.var[i], bufs.inv_std[i])
+        bn.update_running(self.buffers[f"layer{i}.running_mean"],
+                          self.buffers[f"layer{i}.running_var"], bufs.mean[i], bufs.var[i],
+                          a.shape[0], self.bn_momentum)
 
     @staticmethod
     def _drop(h: np.ndarray, mask: np.ndarray, dropped: np.ndarray, rng: np.random.Generator,
@@ -255,7 +319,15 @@ class MLP:
         for i in range(len(self.hidden)):
             h = bufs.h[i]
             np.matmul(a, self.params[f"layer{i}.W"], out=h)
-            h += self.params[f"layer{i}.b"]
+            if self.batchnorm:                  # running statistics: one affine map per unit
+                scale, shift = bn.eval_affine(
+                    self.params[f"layer{i}.gamma"], self.params[f"layer{i}.beta"],
+                    self.buffers[f"layer{i}.running_mean"],
+                    self.buffers[f"layer{i}.running_var"], self.bn_eps)
+                h *= scale
+                h += shift
+            else:
+                h += self.params[f"layer{i}.b"]
             self._act.forward(h, h)
             a = h                               # inverted dropout needs no scaling at test time
         last = len(self.hidden)
@@ -276,7 +348,8 @@ class MLP:
         bufs = self._buffers.get(key)
         if bufs is None:
             bufs = _Buffers(n, self.input_size, self.hidden, training and self.dropout > 0.0,
-                            training and self.input_dropout > 0.0, self.dtype)
+                            training and self.input_dropout > 0.0, self.dtype,
+                            training and self.batchnorm)
             self._buffers[key] = bufs
             if len(self._buffers) > 6:          # e.g. a train size, its remainder, eval sizes
                 self._buffers.popitem(last=False)
