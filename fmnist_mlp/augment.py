@@ -36,11 +36,28 @@ def random_shift(batch: np.ndarray, rng: np.random.Generator, max_shift: int,
     images[...] = padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
 
 
-def make_augmenter(flip: bool = False, shift: int = 0) -> Augmenter | None:
+def random_cutout(batch: np.ndarray, rng: np.random.Generator, size: int, side: int = 28) -> None:
+    """Cutout: blank a size×size square (background value) centred at a random pixel of each
+    image; near the border the square is clipped, as in DeVries & Taylor (2017). In place."""
+    if size <= 0:
+        return
+    n = batch.shape[0]
+    images = batch.reshape(n, side, side)
+    centres = rng.integers(0, side, size=(n, 2))
+    lo = centres - size // 2                                  # (B, 2) top-left, may be < 0
+    coords = np.arange(side)
+    rows = (coords >= lo[:, 0, None]) & (coords < lo[:, 0, None] + size)    # (B, side)
+    cols = (coords >= lo[:, 1, None]) & (coords < lo[:, 1, None] + size)
+    images[rows[:, :, None] & cols[:, None, :]] = batch.min()
+
+
+def make_augmenter(flip: bool = False, shift: int = 0, cutout: int = 0) -> Augmenter | None:
     """A function ``(batch, rng) -> None`` applying the chosen augmentations, or None for none."""
     if shift < 0:
         raise ValueError(f"data.augment.shift: {shift!r} must be >= 0")
-    if not flip and not shift:
+    if cutout < 0:
+        raise ValueError(f"data.augment.cutout: {cutout!r} must be >= 0")
+    if not flip and not shift and not cutout:
         return None
 
     def augment(batch: np.ndarray, rng: np.random.Generator) -> None:
@@ -48,6 +65,8 @@ def make_augmenter(flip: bool = False, shift: int = 0) -> Augmenter | None:
             random_flip(batch, rng)
         if shift:
             random_shift(batch, rng, shift)
+        if cutout:
+            random_cutout(batch, rng, cutout)
 
     return augment
 

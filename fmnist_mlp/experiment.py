@@ -169,7 +169,8 @@ def run_training(cfg: Config | None, *, name: str | None = None, runs_dir: str |
                             cfg.train.early_stopping_patience)
     try:
         fit(model, optimizer, lr_at, x_train, y_train, splits.val.x, splits.val.y, settings,
-            streams, make_augmenter(cfg.data.augment.flip, cfg.data.augment.shift), state, recorder,
+            streams, make_augmenter(cfg.data.augment.flip, cfg.data.augment.shift,
+                                   cfg.data.augment.cutout), state, recorder,
             scorer=scorer_for(model, cfg))
         scores = _test_scores(run_dir, splits.test, cfg)
     except (TrainingInterrupted, KeyboardInterrupt) as exc:

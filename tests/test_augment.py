@@ -65,3 +65,21 @@ def test_flip_averaged_model_averages_an_image_and_its_mirror():
     assert tta.params is model.params and tta.hidden == [32]  # everything else is the model's
     symmetric = (x + mirror(x)) / 2                          # a mirror-symmetric image: no change
     np.testing.assert_allclose(tta.forward(symmetric), model.forward(symmetric), rtol=1e-12)
+
+
+def test_cutout_blanks_one_clipped_square_per_image_with_the_background():
+    from fmnist_mlp.augment import random_cutout
+
+    x = np.random.default_rng(0).uniform(0.5, 1.0, size=(300, 784)).astype(np.float32)
+    x[0, :] = 0.0                  # one blank image sets the background value (the batch minimum)
+    original = x.copy()
+    random_cutout(x, np.random.default_rng(1), size=8)
+    for img, orig in zip(x.reshape(-1, 28, 28)[1:], original.reshape(-1, 28, 28)[1:]):
+        changed = np.argwhere(img != orig)
+        assert np.all(img[img != orig] == 0.0)
+        rows, cols = np.unique(changed[:, 0]), np.unique(changed[:, 1])
+        assert len(changed) == len(rows) * len(cols)                 # a rectangle ...
+        assert 4 <= len(rows) <= 8 and 4 <= len(cols) <= 8           # ... the square, clipped
+        assert np.all(np.diff(rows) == 1) and np.all(np.diff(cols) == 1)
+    blanked = (x != original).reshape(-1, 784)[1:].sum(axis=1)
+    assert blanked.mean() > 40 and np.any(blanked == 64)
