@@ -69,5 +69,5 @@ def gradient_check(model: MLP, x: np.ndarray, y: np.ndarray, eps: float = 1e-6,
 
 
 def _objective(model: MLP, x: np.ndarray, y: np.ndarray, dropout_seed: int) -> float:
-    loss, _ = model.loss_and_grad(x, y, rng=np.random.default_rng(dropout_seed))
+    loss, _ = model.loss_and_grad(x, y, rng=np.random.default_rng(dropout_seed), backward=False)
     return loss + model.l2_penalty()

@@ -189,11 +189,12 @@ class MLP:
             np.copyto(target[name], value, casting="same_kind")
 
     # ------------------------------------------------------------------ training
-    def loss_and_grad(self, x: np.ndarray, y: np.ndarray,
-                      rng: np.random.Generator | None = None) -> tuple[float, int]:
+    def loss_and_grad(self, x: np.ndarray, y: np.ndarray, rng: np.random.Generator | None = None,
+                      backward: bool = True) -> tuple[float, int]:
         """One training step's forward and backward pass on a batch.
 
-        x: (N, D), y: (N,) labels. Fills ``self.grads``; returns (mean data loss, #correct).
+        x: (N, D), y: (N,) labels. Fills ``self.grads`` (unless ``backward`` is False: the
+        training-mode loss alone); returns (mean data loss, #correct).
         Dropout masks come from ``rng`` (the model's own stream when None). With batchnorm the
         running statistics are updated too; they do not affect this step's loss or gradients.
         """
@@ -226,6 +227,8 @@ class MLP:
         target = one_hot_targets(y, self.num_classes, self.label_smoothing, self.dtype)
         loss, dz = loss_and_dlogits(self.loss, self.output, logits, target)
         n_correct = int(np.count_nonzero(logits.argmax(axis=1) == y))
+        if not backward:                        # the training-mode loss alone (gradient checks)
+            return loss, n_correct
 
         for i in range(last, -1, -1):
             W = self.params[f"layer{i}.W"]
