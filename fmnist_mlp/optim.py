@@ -218,11 +218,7 @@ class Adagrad(Optimizer):
     def _update(self, param, grad, lr, tmp, acc):
         np.square(grad, out=tmp)
         acc += tmp
-        np.sqrt(acc, out=tmp)
-        tmp += self.eps
-        np.divide(grad, tmp, out=tmp)
-        tmp *= lr
-        param -= tmp
+        _step_by_root(param, grad, acc, self.eps, lr, tmp)
 
 
 class RMSProp(Optimizer):
@@ -238,11 +234,17 @@ class RMSProp(Optimizer):
         tmp *= 1.0 - self.rho
         avg *= self.rho
         avg += tmp
-        np.sqrt(avg, out=tmp)
-        tmp += self.eps
-        np.divide(grad, tmp, out=tmp)
-        tmp *= lr
-        param -= tmp
+        _step_by_root(param, grad, avg, self.eps, lr, tmp)
+
+
+def _step_by_root(param: np.ndarray, grad: np.ndarray, accumulator: np.ndarray, eps: float,
+                  lr: float, tmp: np.ndarray) -> None:
+    """θ ← θ − lr·g / (√accumulator + ε), the step Adagrad and RMSProp share; ``tmp`` is scratch."""
+    np.sqrt(accumulator, out=tmp)
+    tmp += eps
+    np.divide(grad, tmp, out=tmp)
+    tmp *= lr
+    param -= tmp
 
 
 class Adam(Optimizer):
