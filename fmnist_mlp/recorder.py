@@ -40,7 +40,7 @@ class RunRecorder:
             "best_val_acc": state.best_val_acc if state.best_epoch else None,
             "final": previous.get("final"), "test_loss": None, "test_acc": None,
             "epochs_completed": state.epoch, "wall_time": self.prior_wall_time,
-            "num_parameters": int(sum(p.size for p in model.params.values())),
+            "num_parameters": model.num_parameters(),
             "versions": _versions(), "message": "", **runs.process_owner(),
         }
         runs.write_summary(run_dir, self.summary)

@@ -311,14 +311,6 @@ def find_checkpoint(path: str | Path) -> Path:
     return path
 
 
-def run_dir_of(checkpoint: Path) -> Path | None:
-    """The run directory a checkpoint belongs to, if it sits in the standard layout."""
-    parent = checkpoint.resolve().parent
-    if parent.name == "checkpoints" and (parent.parent / "config.yaml").is_file():
-        return parent.parent
-    return None
-
-
 def list_run_dirs(runs_dir: str | Path) -> list[Path]:
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():

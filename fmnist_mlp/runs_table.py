@@ -17,7 +17,6 @@ from fmnist_mlp import runs
 from fmnist_mlp.config import flatten
 from fmnist_mlp.errors import ConfigError, FmnistMlpError
 
-RESULT_COLUMNS = ("best_val_acc", "test_acc", "epochs", "wall_time", "status")
 BEST_FIRST = ("best_val_acc", "test_acc")     # sorted descending: the best run on top
 
 

@@ -263,20 +263,29 @@ def test_divergence_marks_the_run_failed_and_keeps_the_last_good_checkpoint(data
     assert runs.load_checkpoint(run_dir / "checkpoints" / "last.npz").meta["epoch"] == 1
 
 
+def _start_endless_training(data_dir, cwd, stdout, stderr) -> subprocess.Popen:
+    """`fmnist-mlp train` with a practically endless epoch count, to be stopped by a signal."""
+    args = [sys.executable, "-m", "fmnist_mlp", "train", *SMALL, "--set", "train.epochs=100000",
+            "--data-dir", str(data_dir), "--quiet"]
+    return subprocess.Popen(args, cwd=cwd, env=ENV, stdout=stdout, stderr=stderr, text=True)
+
+
+def _wait_for_epochs(runs_dir, epochs: int, timeout: float = 60) -> None:
+    """Poll until the (single) run under ``runs_dir`` has logged ``epochs`` epochs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        metrics = list(runs_dir.glob("*/metrics.jsonl"))
+        if metrics and metrics[0].read_text().count("\n") >= epochs:
+            return
+        time.sleep(0.05)
+
+
 @pytest.mark.realdata
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_signal_saves_marks_interrupted_and_prints_the_resume_command(signum, data_dir, tmp_path):
-    args = [sys.executable, "-m", "fmnist_mlp", "train", *SMALL, "--set", "train.epochs=100000",
-            "--data-dir", str(data_dir), "--quiet"]
-    proc = subprocess.Popen(args, cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = _start_endless_training(data_dir, tmp_path, subprocess.PIPE, subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            metrics = list((tmp_path / "runs").glob("*/metrics.jsonl"))
-            if metrics and metrics[0].read_text().count("\n") >= 2:
-                break
-            time.sleep(0.05)
+        _wait_for_epochs(tmp_path / "runs", 2)
         proc.send_signal(signum)
         out, err = proc.communicate(timeout=60)
     finally:
@@ -292,17 +301,9 @@ def test_signal_saves_marks_interrupted_and_prints_the_resume_command(signum, da
 
 @pytest.mark.realdata
 def test_kill_9_leaves_loadable_checkpoints_and_a_stale_run(data_dir, tmp_path, capsys):
-    args = [sys.executable, "-m", "fmnist_mlp", "train", *SMALL, "--set", "train.epochs=100000",
-            "--data-dir", str(data_dir), "--quiet"]
-    proc = subprocess.Popen(args, cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = _start_endless_training(data_dir, tmp_path, subprocess.DEVNULL, subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            metrics = list((tmp_path / "runs").glob("*/metrics.jsonl"))
-            if metrics and metrics[0].read_text().count("\n") >= 3:
-                break
-            time.sleep(0.05)
+        _wait_for_epochs(tmp_path / "runs", 3)
     finally:
         proc.kill()                      # SIGKILL: no handler runs, writes stop wherever they are
         proc.wait()

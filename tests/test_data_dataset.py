@@ -42,13 +42,19 @@ def test_load_raw_decodes_then_reads_the_npy_cache(tmp_path, folder_and_specs):
         np.testing.assert_array_equal(a, b)
 
 
-def test_damaged_cache_file_is_fetched_again(tmp_path, folder_and_specs):
-    folder, specs = folder_and_specs
+def _cache_with_a_damaged_file(tmp_path, folder, specs, index):
+    """A filled cache whose decoded arrays are gone and whose file ``index`` was damaged since."""
     cache = tmp_path / "cache"
     load_raw(cache, [str(folder)], progress=False, specs=specs)
     for spec in specs:
         decoded_path(cache, spec).unlink()
-    (cache / specs[1].filename).write_bytes(b"\x1f\x8bdamaged")
+    (cache / specs[index].filename).write_bytes(b"\x1f\x8bdamaged")
+    return cache
+
+
+def test_damaged_cache_file_is_fetched_again(tmp_path, folder_and_specs):
+    folder, specs = folder_and_specs
+    cache = _cache_with_a_damaged_file(tmp_path, folder, specs, 1)
     raw = load_raw(cache, [str(folder)], progress=False, specs=specs)
     verify_file(cache / specs[1].filename, specs[1])
     assert raw.train_labels.shape == (1000,)
@@ -56,11 +62,7 @@ def test_damaged_cache_file_is_fetched_again(tmp_path, folder_and_specs):
 
 def test_damaged_cache_without_a_source_is_a_clear_error(tmp_path, folder_and_specs):
     folder, specs = folder_and_specs
-    cache = tmp_path / "cache"
-    load_raw(cache, [str(folder)], progress=False, specs=specs)
-    for spec in specs:
-        decoded_path(cache, spec).unlink()
-    (cache / specs[0].filename).write_bytes(b"\x1f\x8bdamaged")
+    cache = _cache_with_a_damaged_file(tmp_path, folder, specs, 0)
     with pytest.raises(DataError, match=specs[0].filename):
         load_raw(cache, [], progress=False, specs=specs)
 

@@ -156,10 +156,6 @@ class MLP:
             spec["seed"] = int(self._seed)
         return spec
 
-    @property
-    def num_layers(self) -> int:
-        return len(self.hidden) + 1
-
     def num_parameters(self) -> int:
         return int(sum(p.size for p in self.params.values()))
 
