@@ -54,6 +54,7 @@ class ModelConfig:
     batchnorm: bool = _opt(False)            # batch normalisation before each hidden activation
     init: str = _opt("auto", choices=("auto", "he", "glorot"))
     dtype: str = _opt("float32", choices=("float32", "float64"))
+    layout: str = _opt("auto", choices=("auto", "row", "feature"))   # memory order: speed only
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ Decoupled weight decay (``weight_decay`` = λ, as in AdamW) shrinks weights befo
 
 from __future__ import annotations
 
+import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Mapping
@@ -27,6 +28,7 @@ from typing import Mapping
 import numpy as np
 
 from fmnist_mlp.errors import ConfigError
+from fmnist_mlp.nn.layout import shaped_like
 
 Arrays = Mapping[str, np.ndarray]
 
@@ -47,15 +49,18 @@ class Optimizer:
         self.weight_decay = float(weight_decay)
         self.t = 0
         self._names = list(params)
-        shapes = [params[k].shape for k in self._names]
+        layouts = [params[k] for k in self._names]
         dtype = params[self._names[0]].dtype if self._names else np.float64
-        total = sum(int(np.prod(shape)) for shape in shapes)
-        # State and scratch space are single buffers with per-name views, matching the params.
+        total = sum(p.size for p in layouts)
+        # State and scratch space are single buffers with per-name views shaped and ordered in
+        # memory like the params, so one elementwise pass over the whole buffer pairs each
+        # parameter with its own state.
         self._flat_state = [np.zeros(total, dtype) for _ in self.slots]
         self._flat_tmp = np.empty(total, dtype)
-        self.state = {slot: _split(flat, self._names, shapes)
+        self.state = {slot: _split(flat, self._names, layouts)
                       for slot, flat in zip(self.slots, self._flat_state)}
-        self._tmp = _split(self._flat_tmp, self._names, shapes)
+        self._tmp = _split(self._flat_tmp, self._names, layouts)
+        self._spans: tuple | None = None        # (param arrays, grad arrays, their flat spans)
 
     def step(self, params: Arrays, grads: Arrays, lr: float | None = None) -> None:
         """Apply one update to ``params`` in place from ``grads``."""
@@ -66,14 +71,31 @@ class Optimizer:
                 if name.endswith(".W"):
                     param *= 1.0 - lr * self.weight_decay
         names = list(params)
-        flat_param = contiguous_span([params[k] for k in names])
-        flat_grad = contiguous_span([grads[k] for k in names])
-        if names == self._names and flat_param is not None and flat_grad is not None:
-            self._update_in_parts(flat_param, flat_grad, lr)
-            return
+        if names == self._names:
+            flat_param, flat_grad = self._flat_spans([params[k] for k in names],
+                                                     [grads[k] for k in names])
+            if flat_param is not None and flat_grad is not None:
+                self._update_in_parts(flat_param, flat_grad, lr)
+                return
         for name in names:
             self._update(params[name], grads[name], lr, self._tmp[name],
                          *(self.state[slot][name] for slot in self.slots))
+
+    def _flat_spans(self, param_arrays: list[np.ndarray], grad_arrays: list[np.ndarray]):
+        """The flat views covering params and grads (None where they are not one buffer), worked
+        out once and reused while the same array objects are passed: a model's arrays stay put
+        for its lifetime, and finding the spans costs as much as a small net's update."""
+        cached = self._spans
+        if (cached is not None and len(cached[0]) == len(param_arrays)
+                and all(a is b for a, b in zip(cached[0], param_arrays))
+                and all(a is b for a, b in zip(cached[1], grad_arrays))):
+            return cached[2], cached[3]
+        flat_param, flat_grad = contiguous_span(param_arrays), contiguous_span(grad_arrays)
+        if flat_param is not None and flat_grad is not None and not _same_layout(
+                self._names, param_arrays, grad_arrays, self._tmp):
+            flat_param = flat_grad = None
+        self._spans = (param_arrays, grad_arrays, flat_param, flat_grad)
+        return flat_param, flat_grad
 
     def _update_in_parts(self, flat_param: np.ndarray, flat_grad: np.ndarray, lr: float) -> None:
         """The update over the whole buffer, split across threads when it is large.
@@ -83,12 +105,10 @@ class Optimizer:
         while the BLAS threads are idle between matrix products.
         """
         arrays = (flat_param, flat_grad, self._flat_tmp, *self._flat_state)
-        parts = _thread_count() if flat_param.size >= _MIN_PARALLEL_SIZE else 1
-        if parts == 1:
+        slices = _parts(flat_param.size)
+        if len(slices) == 1:
             self._update(flat_param, flat_grad, lr, *arrays[2:])
             return
-        bounds = np.linspace(0, flat_param.size, parts + 1).astype(int)
-        slices = [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]
         futures = [_pool().submit(self._update, arrays[0][sl], arrays[1][sl], lr,
                                   *(a[sl] for a in arrays[2:])) for sl in slices]
         for future in futures:
@@ -138,6 +158,14 @@ def _thread_count() -> int:
                       else (os.cpu_count() or 1), 8))
 
 
+@functools.lru_cache(maxsize=8)
+def _parts(size: int) -> tuple[slice, ...]:
+    """How an update over ``size`` entries is split: one slice per thread, or one slice."""
+    parts = _thread_count() if size >= _MIN_PARALLEL_SIZE else 1
+    bounds = np.linspace(0, size, parts + 1).astype(int)
+    return tuple(slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:]))
+
+
 def _pool() -> ThreadPoolExecutor:
     global _POOL
     if _POOL is None:
@@ -145,13 +173,22 @@ def _pool() -> ThreadPoolExecutor:
     return _POOL
 
 
-def _split(flat: np.ndarray, names: list[str], shapes: list[tuple[int, ...]]) -> dict[str, np.ndarray]:
+def _split(flat: np.ndarray, names: list[str], like: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """Views of ``flat``, back to back, each shaped and ordered in memory like its ``like``."""
     views, offset = {}, 0
-    for name, shape in zip(names, shapes):
-        size = int(np.prod(shape))
-        views[name] = flat[offset:offset + size].reshape(shape)
-        offset += size
+    for name, target in zip(names, like):
+        views[name] = shaped_like(flat[offset:offset + target.size], target)
+        offset += target.size
     return views
+
+
+def _same_layout(names: list[str], *groups: list[np.ndarray] | dict) -> bool:
+    """Whether every group's arrays have the same shapes and memory orders, name by name."""
+    def order(a: np.ndarray) -> tuple:
+        return a.shape, bool(a.flags.c_contiguous)
+
+    lists = [[g[k] for k in names] if isinstance(g, dict) else g for g in groups]
+    return all(list(map(order, lst)) == list(map(order, lists[0])) for lst in lists[1:])
 
 
 def _owner(a: np.ndarray) -> np.ndarray:
@@ -165,7 +202,7 @@ def contiguous_span(arrays: list[np.ndarray]) -> np.ndarray | None:
     if not arrays:
         return None
     dtype = arrays[0].dtype
-    if any(a.dtype != dtype or not a.flags.c_contiguous for a in arrays):
+    if any(a.dtype != dtype or not (a.flags.c_contiguous or a.flags.f_contiguous) for a in arrays):
         return None
     start = end = arrays[0].__array_interface__["data"][0]
     for a in arrays:

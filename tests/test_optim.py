@@ -148,14 +148,15 @@ def test_unknown_optimizer_and_bad_lr_are_config_errors():
     assert math.isfinite(make_optimizer("sgd", params, lr=0.1).lr)
 
 
+@pytest.mark.parametrize("layout", ["row", "feature"])
 @pytest.mark.parametrize("name", ["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adamw"])
-def test_flat_threaded_path_equals_per_parameter_path(name):
+def test_flat_threaded_path_equals_per_parameter_path(name, layout):
     """The MLP's back-to-back buffer takes the whole-buffer (threaded) path; separate arrays take
     the per-parameter path. Elementwise updates must give bit-identical results either way."""
     from fmnist_mlp.nn import MLP
     from fmnist_mlp.optim import contiguous_span
 
-    model = MLP(hidden=[256], seed=0)          # 784·256 + … > the threading threshold
+    model = MLP(hidden=[256], seed=0, layout=layout)   # 784·256 + … > the threading threshold
     assert contiguous_span(list(model.params.values())) is not None
     separate = {k: v.copy() for k, v in model.params.items()}
     assert contiguous_span(list(separate.values())) is None

@@ -27,22 +27,24 @@ def numeric_gradient(model: MLP, x: np.ndarray, y: np.ndarray, name: str,
                      max_entries: int | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Central differences of the full objective w.r.t. ``model.params[name]``.
 
-    Returns (indices checked, numeric gradient at those flat indices). ``max_entries`` samples a
-    random subset of entries for large layers.
+    Returns (indices checked, numeric gradient at those flat indices). Indices count entries in
+    row-major (C) order whatever the parameter's memory layout, so they index
+    ``grad.reshape(-1)`` of a C-ordered copy. ``max_entries`` samples a random subset of entries
+    for large layers.
     """
-    param = model.params[name]
-    flat = param.reshape(-1)                    # a view: writes go into the model
-    indices = np.arange(flat.size)
-    if max_entries is not None and flat.size > max_entries:
-        indices = np.sort(np.random.default_rng(seed).choice(flat.size, max_entries, replace=False))
+    param = model.params[name]                  # written in place: the model sees each change
+    indices = np.arange(param.size)
+    if max_entries is not None and param.size > max_entries:
+        indices = np.sort(np.random.default_rng(seed).choice(param.size, max_entries, replace=False))
     numeric = np.empty(indices.size)
     for out_pos, j in enumerate(indices):
-        original = flat[j]
-        flat[j] = original + eps
+        entry = np.unravel_index(j, param.shape)
+        original = param[entry]
+        param[entry] = original + eps
         plus = _objective(model, x, y, dropout_seed)
-        flat[j] = original - eps
+        param[entry] = original - eps
         minus = _objective(model, x, y, dropout_seed)
-        flat[j] = original
+        param[entry] = original
         numeric[out_pos] = (plus - minus) / (2.0 * eps)
     return indices, numeric
 
@@ -58,7 +60,7 @@ def gradient_check(model: MLP, x: np.ndarray, y: np.ndarray, eps: float = 1e-6,
     x = np.asarray(x, dtype=np.float64)
     running = {k: v.copy() for k, v in model.buffers.items()}
     model.loss_and_grad(x, y, rng=np.random.default_rng(dropout_seed))
-    analytic = {k: g.copy() for k, g in model.grads.items()}
+    analytic = {k: g.copy(order="C") for k, g in model.grads.items()}
     errors = {}
     for name in model.params:
         indices, numeric = numeric_gradient(model, x, y, name, eps, dropout_seed, max_entries)

@@ -19,6 +19,7 @@ from fmnist_mlp.errors import ConfigError
 from fmnist_mlp.nn import batchnorm as bn
 from fmnist_mlp.nn.activations import ACTIVATIONS
 from fmnist_mlp.nn.init import INITS, init_weight, resolve_init
+from fmnist_mlp.nn.layout import resolve_layout, shaped_like
 from fmnist_mlp.nn.losses import LOSSES, OUTPUTS, loss_and_dlogits, one_hot_targets, per_example_loss
 from fmnist_mlp.nn.losses import apply_output
 
@@ -26,19 +27,29 @@ DTYPES = ("float32", "float64")
 
 
 class _Buffers:
-    """Per-batch-size work arrays, allocated once and reused by every step of that size."""
+    """Per-batch-size work arrays, allocated once and reused by every step of that size.
+
+    Hidden-layer arrays are always (N, width) to the code; with ``feature_major`` their memory
+    holds each unit's N values back to back (a transposed view of a (width, N) array), which
+    changes which BLAS kernels the products use but not their results. Only training buffers
+    use it: for evaluation's large batches it measured no faster.
+    """
 
     def __init__(self, n: int, input_size: int, hidden: Sequence[int], dropout: bool,
-                 input_dropout: bool, dtype, batchnorm: bool = False) -> None:
-        self.h = [np.empty((n, width), dtype) for width in hidden]        # f(z) per hidden layer
-        self.dh = [np.empty((n, width), dtype) for width in hidden]       # dL/d(layer output)
-        self.mask = [np.empty((n, width), dtype) for width in hidden] if dropout else []
-        self.dropped = [np.empty((n, width), dtype) for width in hidden] if dropout else []
+                 input_dropout: bool, dtype, batchnorm: bool = False,
+                 feature_major: bool = False) -> None:
+        def hidden_array(width: int) -> np.ndarray:
+            return np.empty((width, n), dtype).T if feature_major else np.empty((n, width), dtype)
+
+        self.h = [hidden_array(width) for width in hidden]                # f(z) per hidden layer
+        self.dh = [hidden_array(width) for width in hidden]               # dL/d(layer output)
+        self.mask = [hidden_array(width) for width in hidden] if dropout else []
+        self.dropped = [hidden_array(width) for width in hidden] if dropout else []
         self.input_mask = np.empty((n, input_size), dtype) if input_dropout else None
         self.input_dropped = np.empty((n, input_size), dtype) if input_dropout else None
         # Batch normalisation in training: ẑ per hidden layer, and μ_B, σ²_B, 1/σ per unit.
         widths = hidden if batchnorm else []
-        self.xhat = [np.empty((n, width), dtype) for width in widths]
+        self.xhat = [hidden_array(width) for width in widths]
         self.mean = [np.empty(width, dtype) for width in widths]
         self.var = [np.empty(width, dtype) for width in widths]
         self.inv_std = [np.empty(width, dtype) for width in widths]
@@ -56,6 +67,7 @@ class MLP:
     statistics in training, running averages updated with ``bn_momentum`` in evaluation).
     A hidden layer then has no bias ``b``: the mean subtraction would cancel it, leaving a
     parameter with an exactly zero gradient; β takes its place.
+    ``layout`` is how arrays lie in memory, never what they hold (see :func:`resolve_layout`).
     """
 
     def __init__(self, input_size: int = 784, hidden: Sequence[int] = (256, 128),
@@ -63,7 +75,8 @@ class MLP:
                  loss: str = "cross_entropy", dropout: float = 0.0, label_smoothing: float = 0.0,
                  l2: float = 0.0, init: str = "auto", dtype: str = "float32",
                  seed: int | np.random.Generator = 0, input_dropout: float = 0.0,
-                 batchnorm: bool = False, bn_momentum: float = 0.1, bn_eps: float = 1e-5) -> None:
+                 batchnorm: bool = False, bn_momentum: float = 0.1, bn_eps: float = 1e-5,
+                 layout: str = "auto") -> None:
         hidden = [int(h) for h in hidden]
         _validate(input_size, hidden, num_classes, activation, output, loss, dropout,
                   label_smoothing, l2, init, dtype)
@@ -79,6 +92,7 @@ class MLP:
         if not bn_eps > 0.0:
             raise ConfigError(f"bn_eps: {bn_eps!r} is not valid; expected a positive number")
         self.batchnorm = bool(batchnorm)
+        self.layout = resolve_layout(layout, hidden)
         self.bn_momentum, self.bn_eps = float(bn_momentum), float(bn_eps)
         self.input_size, self.hidden, self.num_classes = int(input_size), hidden, int(num_classes)
         self.activation, self.output, self.loss = activation, output, loss
@@ -102,8 +116,11 @@ class MLP:
                 shapes[f"layer{i}.b"] = (fan_out,)
         # Parameters and gradients are views into one contiguous buffer each, so an optimiser
         # can update all of them with a handful of large ufunc calls instead of many small ones.
-        self.params: dict[str, np.ndarray] = _views(shapes, self.dtype)
-        self.grads: dict[str, np.ndarray] = _views(shapes, self.dtype)
+        # The feature layout stores the first weight matrix unit by unit (column-major), as
+        # PyTorch's Linear does: on this layout its products run faster (see resolve_layout).
+        column_major = {"layer0.W"} if self.layout == "feature" and hidden else set()
+        self.params: dict[str, np.ndarray] = _views(shapes, self.dtype, column_major)
+        self.grads: dict[str, np.ndarray] = _views(shapes, self.dtype, column_major)
         for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
             self.params[f"layer{i}.W"][...] = init_weight(init_rng, fan_in, fan_out, scheme,
                                                           self.dtype)
@@ -133,6 +150,7 @@ class MLP:
             dropout=model.get("dropout", 0.0),
             input_dropout=model.get("input_dropout", 0.0),
             batchnorm=model.get("batchnorm", False),
+            layout=model.get("layout", "auto"),
             init=model.get("init", "auto"),
             dtype=model.get("dtype", "float32"),
             loss=loss.get("name", "cross_entropy"),
@@ -150,7 +168,7 @@ class MLP:
             "input_dropout": self.input_dropout, "batchnorm": self.batchnorm,
             "bn_momentum": self.bn_momentum, "bn_eps": self.bn_eps,
             "label_smoothing": self.label_smoothing, "l2": self.l2, "init": self.init,
-            "dtype": self.dtype.name,
+            "dtype": self.dtype.name, "layout": self.layout,
         }
         if self._seed is not None:
             spec["seed"] = int(self._seed)
@@ -269,7 +287,8 @@ class MLP:
         and the scale uses that exact q: the expected activation is unchanged.
         """
         words = rng.bit_generator.random_raw(-(-h.size // 4))
-        bits = words.view(np.uint16)[:h.size].reshape(h.shape)
+        # Laid out like the mask, so the comparison streams through memory in order.
+        bits = shaped_like(words.view(np.uint16)[:h.size], mask)
         np.less(bits, threshold, out=mask)      # 1.0 where kept, 0.0 where dropped
         mask *= 65536.0 / threshold
         np.multiply(h, mask, out=dropped)
@@ -348,7 +367,7 @@ class MLP:
         if bufs is None:
             bufs = _Buffers(n, self.input_size, self.hidden, training and self.dropout > 0.0,
                             training and self.input_dropout > 0.0, self.dtype,
-                            training and self.batchnorm)
+                            training and self.batchnorm, training and self.layout == "feature")
             self._buffers[key] = bufs
             if len(self._buffers) > 6:          # e.g. a train size, its remainder, eval sizes
                 self._buffers.popitem(last=False)
@@ -362,13 +381,16 @@ def _keep_threshold(dropout: float) -> int:
     return min(65535, max(1, round((1.0 - dropout) * 65536)))
 
 
-def _views(shapes: Mapping[str, tuple[int, ...]], dtype) -> dict[str, np.ndarray]:
-    """Named arrays of the given shapes laid out back to back in one zeroed buffer."""
+def _views(shapes: Mapping[str, tuple[int, ...]], dtype,
+           column_major: frozenset[str] | set[str] = frozenset()) -> dict[str, np.ndarray]:
+    """Named arrays of the given shapes laid out back to back in one zeroed buffer; the names in
+    ``column_major`` are stored column by column (Fortran order)."""
     flat = np.zeros(sum(int(np.prod(shape)) for shape in shapes.values()), dtype=dtype)
     views, offset = {}, 0
     for name, shape in shapes.items():
         size = int(np.prod(shape))
-        views[name] = flat[offset:offset + size].reshape(shape)
+        part = flat[offset:offset + size]
+        views[name] = part.reshape(shape[::-1]).T if name in column_major else part.reshape(shape)
         offset += size
     return views
 

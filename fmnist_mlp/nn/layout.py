@@ -1,0 +1,45 @@
+"""Memory layouts: how the engine's arrays lie in memory, never what they hold.
+
+The same (N, width) activations or (D_in, D_out) weights can be stored row-major or
+column-major; NumPy's ``matmul`` hands either to BLAS without a copy (a column-major output is
+computed as the transposed product), and which layout is faster depends on the shapes.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from fmnist_mlp.errors import ConfigError
+
+LAYOUTS = ("auto", "row", "feature")
+# "auto" picks "feature" from this first-hidden-layer width up (see resolve_layout).
+FEATURE_LAYOUT_MIN_WIDTH = 512
+
+
+def shaped_like(flat: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """``flat`` as an array of ``target``'s shape whose memory order matches ``target``'s:
+    column-major when ``target`` is a column-major matrix, row-major otherwise."""
+    if target.ndim == 2 and target.flags.f_contiguous and not target.flags.c_contiguous:
+        return flat.reshape(target.shape[::-1]).T
+    return flat.reshape(target.shape)
+
+
+def resolve_layout(layout: str, hidden: Sequence[int]) -> str:
+    """The memory layout to use: ``row`` or ``feature``.
+
+    ``row`` keeps every array row-major: one example per row. ``feature`` stores hidden-layer
+    activations and their gradients unit by unit and the first weight matrix column-major.
+    The products compute the same numbers either way (BLAS kernels differ only in which operand
+    they stream); only sums over the batch (bias and batch-norm statistics) may differ in the
+    last bit, and dropout masks, drawn in memory order, fall on different units. Measured with OpenBLAS on 2 cores, ``feature`` made a 784-1024-512 step's products
+    about 20 % faster at batch 128 and up to 35 % at batch 32, while for a 784-256-128 net it was
+    slower (up to 70 % at batch 32), so ``auto`` chooses it for wide first layers only.
+    """
+    if layout not in LAYOUTS:
+        raise ConfigError(f"model.layout: {layout!r} is not valid; expected one of "
+                          + ", ".join(LAYOUTS))
+    if layout != "auto":
+        return layout
+    return "feature" if hidden and hidden[0] >= FEATURE_LAYOUT_MIN_WIDTH else "row"
