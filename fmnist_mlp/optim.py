@@ -21,6 +21,7 @@ Decoupled weight decay (``weight_decay`` = λ, as in AdamW) shrinks weights befo
 from __future__ import annotations
 
 import functools
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Mapping
@@ -303,7 +304,9 @@ class Adam(Optimizer):
         v += tmp
         # lr·m̂/(√v̂ + ε) = k·m / (√v + ε·√(1−β₂ᵗ)) with k = lr·√(1−β₂ᵗ)/(1−β₁ᵗ): the bias
         # corrections fold into two scalars, saving a pass over the parameters.
-        bias1, root_bias2 = 1.0 - b1 ** self.t, np.sqrt(1.0 - b2 ** self.t)
+        # Python floats, not NumPy float64 scalars: a float64 scalar would push every float32
+        # pass through a float64 loop and a cast back (measured about 7x slower per pass).
+        bias1, root_bias2 = 1.0 - b1 ** self.t, math.sqrt(1.0 - b2 ** self.t)
         np.sqrt(v, out=tmp)
         tmp += self.eps * root_bias2
         np.divide(m, tmp, out=tmp)
