@@ -34,13 +34,14 @@ def _rate(run: dict) -> str:
 
 def training_table(results: dict) -> str:
     headers = ["case", "numpy samples/s", "torch samples/s", "ratio", "GFLOP/s", "% of peak",
-               "torch GFLOP/s", "numpy MB", "torch MB"]
+               "% of peak (6N)", "torch GFLOP/s", "numpy MB", "torch MB"]
     rows, notes = [], []
     for case in results["cases"]:
         numpy_row, torch_row = case.get("numpy", {}), case.get("torch", {})
         rows.append([case["name"], _rate(numpy_row), _rate(torch_row),
                      _num(case.get("ratio"), ".2f"), _num(case.get("numpy_gflops"), ".1f"),
-                     _num(case.get("numpy_pct_of_peak"), ".1f"), _num(case.get("torch_gflops"), ".1f"),
+                     _num(case.get("numpy_pct_of_peak"), ".1f"),
+                     _num(case.get("numpy_model_pct_of_peak"), ".1f"), _num(case.get("torch_gflops"), ".1f"),
                      _num(numpy_row.get("peak_rss_mb")), _num(torch_row.get("peak_rss_mb"))])
         notes += [n for n in (_error_note(case, "numpy"), _error_note(case, "torch")) if n]
     if any("*" in cell for row in rows for cell in row[1:3]):

@@ -46,7 +46,9 @@ def evaluate_targets(results: dict) -> list[dict]:
     return [
         _row(f"{SMALL_B128}: numpy/torch train samples/s", _get(_case(results, SMALL_B128), "ratio"), ">=", 2.0),
         _row(f"{LARGE_B128}: numpy/torch train samples/s", _get(_case(results, LARGE_B128), "ratio"), ">=", 1.15),
-        _row(f"{LARGE_B128}: numpy % of measured matmul peak",
+        _row(f"{LARGE_B128}: numpy % of measured matmul peak, model FLOPs (6N, the issue's count)",
+             _get(_case(results, LARGE_B128), "numpy_model_pct_of_peak"), ">=", 75.0),
+        _row(f"{LARGE_B128}: numpy % of measured matmul peak, FLOPs executed",
              _get(_case(results, LARGE_B128), "numpy_pct_of_peak"), ">=", 75.0),
         _row("784-1024-512-10 b128: numpy time/sample, adam+dropout 0.2 over momentum",
              _adam_dropout_cost(results), "<=", 1.15),
