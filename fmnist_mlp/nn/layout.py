@@ -33,9 +33,10 @@ def resolve_layout(layout: str, hidden: Sequence[int]) -> str:
     activations and their gradients unit by unit and the first weight matrix column-major.
     The products compute the same numbers either way (BLAS kernels differ only in which operand
     they stream); only sums over the batch (bias and batch-norm statistics) may differ in the
-    last bit, and dropout masks, drawn in memory order, fall on different units. Measured with OpenBLAS on 2 cores, ``feature`` made a 784-1024-512 step's products
-    about 20 % faster at batch 128 and up to 35 % at batch 32, while for a 784-256-128 net it was
-    slower (up to 70 % at batch 32), so ``auto`` chooses it for wide first layers only.
+    last bit, and dropout masks, drawn in memory order, fall on different units. Measured with
+    OpenBLAS on 2 cores, ``feature`` made a 784-1024-512 step's products 7–20 % faster at batch
+    128 and 20–39 % at batch 32, while a 784-256-128 net's were 3–7 % slower at batch 128 and
+    47 % slower at batch 32, so ``auto`` chooses it for wide first layers only.
     """
     if layout not in LAYOUTS:
         raise ConfigError(f"model.layout: {layout!r} is not valid; expected one of "
