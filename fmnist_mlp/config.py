@@ -32,7 +32,7 @@ class AugmentConfig:
     flip: bool = _opt(False)                 # random horizontal flips, p = 0.5 per image
     shift: int = _opt(0, lo=0, hi=27)         # random shifts of up to N pixels in x and y
     cutout: int = _opt(0, lo=0, hi=28)        # blank a random N×N square of each training image
-    test_flip: bool = _opt(False)            # score each image as the mean of it and its mirror
+    test_flip: bool = _opt(False)            # test/eval: mean of each image and its mirror
 
 
 @dataclass(frozen=True)

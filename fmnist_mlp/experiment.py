@@ -170,8 +170,7 @@ def run_training(cfg: Config | None, *, name: str | None = None, runs_dir: str |
     try:
         fit(model, optimizer, lr_at, x_train, y_train, splits.val.x, splits.val.y, settings,
             streams, make_augmenter(cfg.data.augment.flip, cfg.data.augment.shift,
-                                   cfg.data.augment.cutout), state, recorder,
-            scorer=scorer_for(model, cfg))
+                                   cfg.data.augment.cutout), state, recorder)
         scores = _test_scores(run_dir, splits.test, cfg)
     except (TrainingInterrupted, KeyboardInterrupt) as exc:
         raise _interrupted(recorder, run_dir, str(exc) or "interrupted") from None

@@ -29,7 +29,7 @@ from typing import Mapping
 import numpy as np
 
 from fmnist_mlp.errors import ConfigError
-from fmnist_mlp.nn.layout import shaped_like
+from fmnist_mlp.nn.layout import is_column_major, views_of
 
 Arrays = Mapping[str, np.ndarray]
 
@@ -50,17 +50,17 @@ class Optimizer:
         self.weight_decay = float(weight_decay)
         self.t = 0
         self._names = list(params)
-        layouts = [params[k] for k in self._names]
-        dtype = params[self._names[0]].dtype if self._names else np.float64
-        total = sum(p.size for p in layouts)
+        arrays = [params[k] for k in self._names]
+        dtype = arrays[0].dtype if arrays else np.float64
+        total = sum(p.size for p in arrays)
         # State and scratch space are single buffers with per-name views shaped and ordered in
         # memory like the params, so one elementwise pass over the whole buffer pairs each
         # parameter with its own state.
         self._flat_state = [np.zeros(total, dtype) for _ in self.slots]
         self._flat_tmp = np.empty(total, dtype)
-        self.state = {slot: _split(flat, self._names, layouts)
+        self.state = {slot: _views_like(flat, self._names, arrays)
                       for slot, flat in zip(self.slots, self._flat_state)}
-        self._tmp = _split(self._flat_tmp, self._names, layouts)
+        self._tmp = _views_like(self._flat_tmp, self._names, arrays)
         self._spans: tuple | None = None        # (param arrays, grad arrays, their flat spans)
 
     def step(self, params: Arrays, grads: Arrays, lr: float | None = None) -> None:
@@ -93,7 +93,7 @@ class Optimizer:
             return cached[2], cached[3]
         flat_param, flat_grad = contiguous_span(param_arrays), contiguous_span(grad_arrays)
         if flat_param is not None and flat_grad is not None and not _same_layout(
-                self._names, param_arrays, grad_arrays, self._tmp):
+                param_arrays, grad_arrays, list(self._tmp.values())):
             flat_param = flat_grad = None
         self._spans = (param_arrays, grad_arrays, flat_param, flat_grad)
         return flat_param, flat_grad
@@ -174,22 +174,18 @@ def _pool() -> ThreadPoolExecutor:
     return _POOL
 
 
-def _split(flat: np.ndarray, names: list[str], like: list[np.ndarray]) -> dict[str, np.ndarray]:
+def _views_like(flat: np.ndarray, names: list[str], like: list[np.ndarray]) -> dict[str, np.ndarray]:
     """Views of ``flat``, back to back, each shaped and ordered in memory like its ``like``."""
-    views, offset = {}, 0
-    for name, target in zip(names, like):
-        views[name] = shaped_like(flat[offset:offset + target.size], target)
-        offset += target.size
-    return views
+    return views_of(flat, {name: a.shape for name, a in zip(names, like)},
+                    [name for name, a in zip(names, like) if is_column_major(a)])
 
 
-def _same_layout(names: list[str], *groups: list[np.ndarray] | dict) -> bool:
-    """Whether every group's arrays have the same shapes and memory orders, name by name."""
-    def order(a: np.ndarray) -> tuple:
-        return a.shape, bool(a.flags.c_contiguous)
+def _same_layout(*groups: list[np.ndarray]) -> bool:
+    """Whether the groups hold arrays of the same shapes and memory orders, position by position."""
+    def orders(arrays: list[np.ndarray]) -> list[tuple]:
+        return [(a.shape, is_column_major(a)) for a in arrays]
 
-    lists = [[g[k] for k in names] if isinstance(g, dict) else g for g in groups]
-    return all(list(map(order, lst)) == list(map(order, lists[0])) for lst in lists[1:])
+    return all(orders(group) == orders(groups[0]) for group in groups[1:])
 
 
 def _owner(a: np.ndarray) -> np.ndarray:

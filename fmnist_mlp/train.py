@@ -73,18 +73,17 @@ def fit(model: Any, optimizer: Any, lr_at: Callable[[int], float],
         x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
         settings: LoopSettings, rngs: Mapping[str, np.random.Generator],
         augment: Callable[[np.ndarray, np.random.Generator], None] | None = None,
-        state: TrainState | None = None, callback: Callback | None = None,
-        scorer: Any = None) -> TrainState:
+        state: TrainState | None = None, callback: Callback | None = None) -> TrainState:
     """Train from ``state`` (a fresh one by default) until ``settings.epochs`` are done.
 
     x_train: (N, 784) C-contiguous, the model's dtype; y_train: (N,) int. ``rngs`` holds the
     ``shuffle``, ``dropout`` and ``augment`` generators. Raises :class:`TrainingInterrupted` on
     Ctrl-C (the callback's last ``on_epoch_end`` describes the state to save) and
-    :class:`TrainingDivergedError` when a loss becomes NaN or infinite. Validation uses
-    ``scorer.evaluate`` (e.g. a test-time-augmented view of the model), else ``model.evaluate``.
+    :class:`TrainingDivergedError` when a loss becomes NaN or infinite. Validation scores the
+    model on single images (``model.evaluate``): test-time flips, where configured, apply to the
+    final test score, not to choosing the best epoch.
     """
     state = state or TrainState()
-    scorer = model if scorer is None else scorer
     callback = callback or NullCallback()
     try:
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):

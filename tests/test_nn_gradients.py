@@ -102,6 +102,22 @@ def test_batchnorm_with_other_losses_and_l2_matches_finite_differences():
     assert max(errors.values()) < TOLERANCE, errors
 
 
+@pytest.mark.parametrize("extra", [
+    {"activation": "relu"},
+    {"activation": "tanh", "dropout": 0.3, "input_dropout": 0.2, "l2": 0.01},
+    {"activation": "relu", "batchnorm": True, "dropout": 0.3},
+    {"activation": "sigmoid", "output": "sigmoid", "loss": "squared_error", "label_smoothing": 0.1},
+])
+def test_feature_layout_backprop_matches_finite_differences(extra):
+    """The feature layout stores the first weights column by column: the check must perturb the
+    model's own entries, and backprop must be right in that layout too."""
+    model, x, y = _checkable_problem(21, hidden=[6, 5], layout="feature", **extra)
+    assert model.params["layer0.W"].flags.f_contiguous
+    errors = gradient_check(model, x, y)
+    assert set(errors) == set(model.params)
+    assert max(errors.values()) < TOLERANCE, errors
+
+
 def test_gradient_check_detects_a_wrong_gradient():
     """The checker itself must fail when backprop is wrong (here: a corrupted bias gradient)."""
     model, x, y = _checkable_problem(3, hidden=[6], activation="tanh")

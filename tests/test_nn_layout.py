@@ -6,11 +6,8 @@ import pytest
 
 from fmnist_mlp.errors import ConfigError
 from fmnist_mlp.nn import MLP
-from fmnist_mlp.nn.gradcheck import gradient_check
 from fmnist_mlp.nn.layout import FEATURE_LAYOUT_MIN_WIDTH, resolve_layout
 from fmnist_mlp.optim import make_optimizer
-
-from test_nn_gradients import TOLERANCE, _checkable_problem
 
 
 def test_auto_chooses_feature_for_wide_first_layers_only():
@@ -36,20 +33,6 @@ def test_feature_layout_stores_activations_unit_by_unit_and_the_first_weights_by
     for array in (*bufs.h, *bufs.dh, *bufs.mask, *bufs.dropped, *bufs.xhat):
         assert array.shape[0] == 9 and array.flags.f_contiguous and not array.flags.c_contiguous
     assert model.spec()["layout"] == "feature"
-
-
-@pytest.mark.parametrize("extra", [
-    {"activation": "relu"},
-    {"activation": "tanh", "dropout": 0.3, "input_dropout": 0.2, "l2": 0.01},
-    {"activation": "relu", "batchnorm": True, "dropout": 0.3},
-    {"activation": "sigmoid", "output": "sigmoid", "loss": "squared_error", "label_smoothing": 0.1},
-])
-def test_feature_layout_backprop_matches_finite_differences(extra):
-    model, x, y = _checkable_problem(21, hidden=[6, 5], layout="feature", **extra)
-    assert model.params["layer0.W"].flags.f_contiguous
-    errors = gradient_check(model, x, y)
-    assert set(errors) == set(model.params)
-    assert max(errors.values()) < TOLERANCE, errors
 
 
 def _train(layout, name, steps=4):

@@ -7,7 +7,7 @@ computed as the transposed product), and which layout is faster depends on the s
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -18,12 +18,30 @@ LAYOUTS = ("auto", "row", "feature")
 FEATURE_LAYOUT_MIN_WIDTH = 512
 
 
+def is_column_major(array: np.ndarray) -> bool:
+    """A matrix stored column by column (and not also row by row, as a 1×n or n×1 one is)."""
+    return array.ndim == 2 and array.flags.f_contiguous and not array.flags.c_contiguous
+
+
 def shaped_like(flat: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """``flat`` as an array of ``target``'s shape whose memory order matches ``target``'s:
-    column-major when ``target`` is a column-major matrix, row-major otherwise."""
-    if target.ndim == 2 and target.flags.f_contiguous and not target.flags.c_contiguous:
+    """``flat`` as an array of ``target``'s shape whose memory order matches ``target``'s."""
+    if is_column_major(target):
         return flat.reshape(target.shape[::-1]).T
     return flat.reshape(target.shape)
+
+
+def views_of(flat: np.ndarray, shapes: Mapping[str, tuple[int, ...]],
+             column_major: Iterable[str] = ()) -> dict[str, np.ndarray]:
+    """Named views of ``flat`` with the given shapes, back to back in order; the names in
+    ``column_major`` are stored column by column."""
+    column_major = set(column_major)
+    views, offset = {}, 0
+    for name, shape in shapes.items():
+        size = int(np.prod(shape))
+        part = flat[offset:offset + size]
+        views[name] = part.reshape(shape[::-1]).T if name in column_major else part.reshape(shape)
+        offset += size
+    return views
 
 
 def resolve_layout(layout: str, hidden: Sequence[int]) -> str:

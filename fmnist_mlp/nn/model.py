@@ -19,7 +19,7 @@ from fmnist_mlp.errors import ConfigError
 from fmnist_mlp.nn import batchnorm as bn
 from fmnist_mlp.nn.activations import ACTIVATIONS
 from fmnist_mlp.nn.init import INITS, init_weight, resolve_init
-from fmnist_mlp.nn.layout import resolve_layout, shaped_like
+from fmnist_mlp.nn.layout import resolve_layout, shaped_like, views_of
 from fmnist_mlp.nn.losses import LOSSES, OUTPUTS, loss_and_dlogits, one_hot_targets, per_example_loss
 from fmnist_mlp.nn.losses import apply_output
 
@@ -386,13 +386,7 @@ def _views(shapes: Mapping[str, tuple[int, ...]], dtype,
     """Named arrays of the given shapes laid out back to back in one zeroed buffer; the names in
     ``column_major`` are stored column by column (Fortran order)."""
     flat = np.zeros(sum(int(np.prod(shape)) for shape in shapes.values()), dtype=dtype)
-    views, offset = {}, 0
-    for name, shape in shapes.items():
-        size = int(np.prod(shape))
-        part = flat[offset:offset + size]
-        views[name] = part.reshape(shape[::-1]).T if name in column_major else part.reshape(shape)
-        offset += size
-    return views
+    return views_of(flat, shapes, column_major)
 
 
 def _streams(seed: int | np.random.Generator) -> tuple[np.random.Generator, np.random.Generator]:
