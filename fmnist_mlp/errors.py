@@ -29,3 +29,9 @@ class TrainingDivergedError(FmnistMlpError):
     """The loss became NaN or infinite."""
 
     exit_code = 3
+
+
+class TrainingInterrupted(FmnistMlpError):
+    """Ctrl-C (or SIGTERM) stopped training; the last completed epoch is what gets saved."""
+
+    exit_code = 130

@@ -1,8 +1,8 @@
-"""Turns a config into objects (data, model, optimiser, schedule) and runs one training end to end.
+"""Runs one training end to end, and loads and scores what a run saved.
 
-This is the one place that knows both the config schema and the engine's constructors, so the
-numerical modules take plain values. Public helpers used elsewhere: :func:`load_model`,
-:func:`load_splits_for`, :func:`run_training`, :func:`evaluate_checkpoint`.
+Config keys become objects in :mod:`fmnist_mlp.build` (the one path from config to engine); this
+module wires them to the data, the run directory and the loop. Public helpers used elsewhere:
+:func:`load_model`, :func:`load_splits_for`, :func:`run_training`, :func:`evaluate_checkpoint`.
 """
 
 from __future__ import annotations
@@ -14,64 +14,19 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from fmnist_mlp import runs
+from fmnist_mlp.build import (build, build_augmenter, build_model, build_scorer,
+                              loop_settings, make_streams, split_kwargs, steps_per_epoch)
 from fmnist_mlp.config import Config, config_from_dict, config_to_dict, dump_config
-from fmnist_mlp.errors import CheckpointError, ConfigError, TrainingDivergedError
-from fmnist_mlp.train import LoopSettings, TrainingInterrupted, TrainState, fit
-
-STREAMS = ("init", "shuffle", "dropout", "augment")
-
-
-# ---------------------------------------------------------------------------------------------
-# Config -> objects
-
-
-def make_streams(seed: int) -> dict[str, np.random.Generator]:
-    """Independent generators for init, shuffling, dropout and augmentation, all from one seed,
-    so e.g. switching dropout on does not change the initial weights or the batch order."""
-    seqs = np.random.SeedSequence(seed).spawn(len(STREAMS))
-    return {name: np.random.default_rng(seq) for name, seq in zip(STREAMS, seqs)}
-
-
-def build_model(cfg: Config, init_rng: np.random.Generator):
-    from fmnist_mlp.nn import MLP
-
-    m, loss = cfg.model, cfg.loss
-    return MLP(input_size=784, hidden=m.hidden, num_classes=10, activation=m.activation,
-               output=m.output, loss=loss.name, dropout=m.dropout, input_dropout=m.input_dropout,
-               batchnorm=m.batchnorm, label_smoothing=loss.label_smoothing, l2=loss.l2,
-               init=m.init, dtype=m.dtype, seed=init_rng)
-
-
-def build_optimizer(cfg: Config, params: dict[str, np.ndarray]):
-    from fmnist_mlp.optim import make_optimizer
-
-    o = cfg.optimizer
-    return make_optimizer(o.name, params, lr=o.lr, momentum=o.momentum, beta1=o.beta1,
-                          beta2=o.beta2, eps=o.eps, rho=o.rho, weight_decay=o.weight_decay)
-
-
-def build_schedule(cfg: Config, steps_per_epoch: int) -> Callable[[int], float]:
-    """Epoch-denominated schedule settings become step counts (one step = one minibatch)."""
-    from fmnist_mlp.schedules import make_schedule
-
-    s = cfg.schedule
-    return make_schedule(s.name, base_lr=cfg.optimizer.lr,
-                         total_steps=cfg.train.epochs * steps_per_epoch,
-                         warmup_steps=s.warmup_epochs * steps_per_epoch,
-                         step_size=s.step_epochs * steps_per_epoch, gamma=s.gamma,
-                         min_lr=s.min_lr, decay_steps=steps_per_epoch)
-
+from fmnist_mlp.errors import CheckpointError, ConfigError, TrainingDivergedError, TrainingInterrupted
+from fmnist_mlp.train import TrainState, fit
 
 def load_splits_for(config: Config | Mapping[str, Any], data_dir: str | Path | None = None,
                     progress: bool = False):
     """The exact train/val/test splits a run with this config used (as ``Splits``)."""
     from fmnist_mlp.data import load_raw, make_splits
 
-    cfg = config if isinstance(config, Config) else config_from_dict(config)
-    raw = load_raw(data_dir, progress=progress)
-    d = cfg.data
-    return make_splits(raw, val_size=d.val_size, split=d.split, normalize=d.normalize,
-                       seed=cfg.seed, dtype=cfg.model.dtype, subset=d.subset)
+    kwargs = split_kwargs(config)              # validates before any I/O
+    return make_splits(load_raw(data_dir, progress=progress), **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -92,14 +47,7 @@ def load_model(run_dir_or_checkpoint: str | Path):
         model.load_state_dict(ckpt.params)
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: parameters do not fit the stored model spec ({exc})") from None
-    return scorer_for(model, config_from_dict(config)), config
-
-
-def scorer_for(model, cfg: Config):
-    """The model as it is scored: averaged with mirrored images when data.augment.test_flip."""
-    from fmnist_mlp.augment import FlipAveraged
-
-    return FlipAveraged(model) if cfg.data.augment.test_flip else model
+    return build_scorer(model, config), config
 
 
 def evaluate_checkpoint(run_dir_or_checkpoint: str | Path, split: str = "test",
@@ -136,7 +84,6 @@ def run_training(cfg: Config | None, *, name: str | None = None, runs_dir: str |
     as it exists. Raises TrainingInterrupted (run saved, marked interrupted) and
     TrainingDivergedError (run marked failed, last good checkpoint kept).
     """
-    from fmnist_mlp.augment import make_augmenter
     from fmnist_mlp.recorder import RunRecorder
 
     if resume is not None:
@@ -147,13 +94,11 @@ def run_training(cfg: Config | None, *, name: str | None = None, runs_dir: str |
         run_dir, ckpt = None, None
     splits = load_splits_for(cfg, data_dir, progress=callback is not None)  # before any mkdir
     streams = make_streams(cfg.seed)
-    model = build_model(cfg, streams["init"])
-    optimizer = build_optimizer(cfg, model.params)
+    y_train = splits.train.y
+    engine = build(cfg, steps_per_epoch(cfg, len(y_train)), init_rng=streams["init"])
+    model, optimizer = engine.model, engine.optimizer
     # One contiguous array of the model's dtype: batches are gathered from it with np.take(out=).
     x_train = np.ascontiguousarray(splits.train.x, dtype=model.params["layer0.W"].dtype)
-    y_train = splits.train.y
-    steps_per_epoch = -(-len(y_train) // min(cfg.train.batch_size, len(y_train)))
-    lr_at = build_schedule(cfg, steps_per_epoch)
     state = TrainState()
     if ckpt is not None:
         state = _restore(ckpt, model, optimizer, streams)
@@ -165,12 +110,9 @@ def run_training(cfg: Config | None, *, name: str | None = None, runs_dir: str |
 
     recorder = RunRecorder(run_dir, cfg, model, optimizer, streams, state, forward=callback,
                            resumed=ckpt is not None)
-    settings = LoopSettings(cfg.train.epochs, cfg.train.batch_size, cfg.train.eval_batch_size,
-                            cfg.train.early_stopping_patience)
     try:
-        fit(model, optimizer, lr_at, x_train, y_train, splits.val.x, splits.val.y, settings,
-            streams, make_augmenter(cfg.data.augment.flip, cfg.data.augment.shift,
-                                   cfg.data.augment.cutout), state, recorder)
+        fit(model, optimizer, engine.lr_at, x_train, y_train, splits.val.x, splits.val.y,
+            loop_settings(cfg), streams, build_augmenter(cfg), state, recorder)
         scores = _test_scores(run_dir, splits.test, cfg)
     except (TrainingInterrupted, KeyboardInterrupt) as exc:
         raise _interrupted(recorder, run_dir, str(exc) or "interrupted") from None

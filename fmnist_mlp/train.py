@@ -13,13 +13,7 @@ from typing import Any, Callable, Mapping, Protocol
 
 import numpy as np
 
-from fmnist_mlp.errors import FmnistMlpError, TrainingDivergedError
-
-
-class TrainingInterrupted(FmnistMlpError):
-    """Ctrl-C (or SIGTERM) stopped training; the last completed epoch is what gets saved."""
-
-    exit_code = 130
+from fmnist_mlp.errors import TrainingDivergedError, TrainingInterrupted
 
 
 @dataclass

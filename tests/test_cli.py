@@ -363,7 +363,7 @@ class _InterruptAt:
 def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(batchnorm, data_dir, tmp_path):
     from fmnist_mlp.config import load_config
     from fmnist_mlp.experiment import run_training
-    from fmnist_mlp.train import TrainingInterrupted
+    from fmnist_mlp.errors import TrainingInterrupted
 
     # Every random stream matters here: dropout masks, flips and shifts, shuffling, one-cycle lr.
     # With batchnorm the running statistics must be restored too: validation uses them.
@@ -404,7 +404,7 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(batchnorm, data
 def test_resume_through_the_cli_finishes_the_run_in_its_directory(data_dir, tmp_path):
     from fmnist_mlp.config import load_config
     from fmnist_mlp.experiment import run_training
-    from fmnist_mlp.train import TrainingInterrupted
+    from fmnist_mlp.errors import TrainingInterrupted
 
     cfg = load_config(None, SMALL[1::2] + ["train.epochs=3"])
     with pytest.raises(TrainingInterrupted):
@@ -424,7 +424,7 @@ def test_resume_through_the_cli_finishes_the_run_in_its_directory(data_dir, tmp_
 def test_ctrl_c_between_checkpoints_still_saves_the_last_completed_epoch(data_dir, tmp_path):
     from fmnist_mlp.config import load_config
     from fmnist_mlp.experiment import run_training
-    from fmnist_mlp.train import TrainingInterrupted
+    from fmnist_mlp.errors import TrainingInterrupted
 
     cfg = load_config(None, SMALL[1::2] + ["train.epochs=5", "train.checkpoint_every=5"])
     with pytest.raises(TrainingInterrupted):
@@ -438,7 +438,7 @@ def test_ctrl_c_between_checkpoints_still_saves_the_last_completed_epoch(data_di
 def test_ctrl_c_in_the_first_epoch_says_there_is_nothing_to_resume(data_dir, tmp_path, capsys):
     from fmnist_mlp.config import load_config
     from fmnist_mlp.experiment import run_training
-    from fmnist_mlp.train import TrainingInterrupted
+    from fmnist_mlp.errors import TrainingInterrupted
 
     cfg = load_config(None, SMALL[1::2])
     with pytest.raises(TrainingInterrupted, match="nothing to resume"):
