@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import yaml
 
@@ -18,8 +18,30 @@ from fmnist_mlp.config_validate import build_checked, leaf_paths, type_name
 from fmnist_mlp.errors import ConfigError
 
 
-def _opt(default: Any, *, choices: tuple = (), lo: float | None = None, hi: float | None = None,
-         lo_open: bool = False, hi_open: bool = False) -> Any:
+class _Names:
+    """The names a key accepts, read from the engine's own table (a dict or tuple) on first use.
+
+    Lazy because the engine modules import NumPy, which the CLI must not pay for before a
+    command runs; written as a reference, so a name added to the engine is accepted here too.
+    """
+
+    def __init__(self, module: str, table: str) -> None:
+        self.module, self.table = module, table
+
+    def __iter__(self) -> Iterator[str]:
+        import importlib
+
+        return iter(tuple(getattr(importlib.import_module(self.module), self.table)))
+
+    def __contains__(self, value: object) -> bool:
+        return value in tuple(self)
+
+    def __repr__(self) -> str:
+        return f"{self.module}.{self.table}"
+
+
+def _opt(default: Any, *, choices: tuple | _Names = (), lo: float | None = None,
+         hi: float | None = None, lo_open: bool = False, hi_open: bool = False) -> Any:
     """A dataclass field whose metadata carries its allowed values (checked by :func:`_check_range`)."""
     meta = {"choices": choices, "lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open}
     if isinstance(default, (list, tuple, dict)) or dataclasses.is_dataclass(default):
@@ -38,8 +60,9 @@ class AugmentConfig:
 @dataclass(frozen=True)
 class DataConfig:
     val_size: int = _opt(5000, lo=1, hi=59999)   # held out of the 60,000 training images
-    split: str = _opt("stratified", choices=("stratified", "shuffled"))
-    normalize: str = _opt("standardize", choices=("scale", "standardize"))
+    split: str = _opt("stratified", choices=_Names("fmnist_mlp.data.dataset", "SPLITS"))
+    normalize: str = _opt("standardize",
+                          choices=_Names("fmnist_mlp.data.dataset", "NORMALIZATIONS"))
     subset: int | None = _opt(None, lo=1)        # only N training images: quick runs and tests
     augment: AugmentConfig = _opt(AugmentConfig())
 
@@ -47,27 +70,26 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     hidden: tuple[int, ...] = _opt((256, 128), lo=1)   # [] = softmax (logistic) regression
-    activation: str = _opt("relu", choices=("linear", "sigmoid", "tanh", "relu"))
-    output: str = _opt("softmax", choices=("softmax", "sigmoid", "linear"))
+    activation: str = _opt("relu", choices=_Names("fmnist_mlp.nn.activations", "ACTIVATIONS"))
+    output: str = _opt("softmax", choices=_Names("fmnist_mlp.nn.losses", "OUTPUTS"))
     dropout: float = _opt(0.0, lo=0.0, hi=1.0, hi_open=True)
     input_dropout: float = _opt(0.0, lo=0.0, hi=1.0, hi_open=True)   # on the input pixels
     batchnorm: bool = _opt(False)            # batch normalisation before each hidden activation
-    init: str = _opt("auto", choices=("auto", "he", "glorot"))
-    dtype: str = _opt("float32", choices=("float32", "float64"))
-    layout: str = _opt("auto", choices=("auto", "row", "feature"))   # memory order: speed only
+    init: str = _opt("auto", choices=_Names("fmnist_mlp.nn.init", "INITS"))
+    dtype: str = _opt("float32", choices=_Names("fmnist_mlp.nn.model", "DTYPES"))
+    layout: str = _opt("auto", choices=_Names("fmnist_mlp.nn.layout", "LAYOUTS"))  # speed only
 
 
 @dataclass(frozen=True)
 class LossConfig:
-    name: str = _opt("cross_entropy", choices=("cross_entropy", "squared_error"))
+    name: str = _opt("cross_entropy", choices=_Names("fmnist_mlp.nn.losses", "LOSSES"))
     label_smoothing: float = _opt(0.0, lo=0.0, hi=1.0, hi_open=True)
     l2: float = _opt(0.0, lo=0.0)              # coupled: added to the loss
 
 
 @dataclass(frozen=True)
 class OptimizerConfig:
-    name: str = _opt("adam", choices=("sgd", "momentum", "nesterov", "adagrad", "rmsprop",
-                                      "adam", "adamw"))
+    name: str = _opt("adam", choices=_Names("fmnist_mlp.optim", "OPTIMIZERS"))
     lr: float = _opt(0.001, lo=0.0, lo_open=True)
     momentum: float = _opt(0.9, lo=0.0, hi=1.0, hi_open=True)
     beta1: float = _opt(0.9, lo=0.0, hi=1.0, hi_open=True)
@@ -79,7 +101,7 @@ class OptimizerConfig:
 
 @dataclass(frozen=True)
 class ScheduleConfig:
-    name: str = _opt("constant", choices=("constant", "step", "exponential", "cosine", "onecycle"))
+    name: str = _opt("constant", choices=_Names("fmnist_mlp.schedules", "SCHEDULES"))
     warmup_epochs: int = _opt(0, lo=0)
     step_epochs: int = _opt(10, lo=1)
     gamma: float = _opt(0.1, lo=0.0, lo_open=True)

@@ -78,7 +78,7 @@ def _coerce(hint: Any, value: Any, path: str, source: str, meta: Mapping[str, An
     if hint is str:
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {_show(value)}")
-        choices = meta.get("choices") or ()
+        choices = tuple(meta.get("choices") or ())
         if choices and value not in choices:
             close = difflib.get_close_matches(value, choices, n=1)
             hint_text = f" (did you mean {close[0]!r}?)" if close else ""

@@ -145,3 +145,50 @@ def test_dump_has_every_key_and_flatten_lists_them():
     assert sorted(flat) == sorted(all_key_paths())
     assert flat["model.hidden"] == [8]
     assert config_to_dict(cfg)["model"]["hidden"] == [8]
+
+
+def _schema_field(path: str) -> dataclasses.Field:
+    """The dataclass field behind a dotted key such as ``"model.activation"``."""
+    import typing
+
+    *sections, name = path.split(".")
+    cls = Config
+    for part in sections:
+        cls = typing.get_type_hints(cls)[part]
+    return {f.name: f for f in dataclasses.fields(cls)}[name]
+
+
+def test_name_choices_are_the_engines_own_tables():
+    from fmnist_mlp import optim, schedules
+    from fmnist_mlp.data import dataset
+    from fmnist_mlp.nn import activations, init, layout, losses, model
+
+    engine_tables = {
+        "data.split": dataset.SPLITS, "data.normalize": dataset.NORMALIZATIONS,
+        "model.activation": activations.ACTIVATIONS, "model.output": losses.OUTPUTS,
+        "model.init": init.INITS, "model.dtype": model.DTYPES, "model.layout": layout.LAYOUTS,
+        "loss.name": losses.LOSSES, "optimizer.name": optim.OPTIMIZERS,
+        "schedule.name": schedules.SCHEDULES,
+    }
+    fields = {key: _schema_field(key) for key in all_key_paths()}
+    fields = {key: f for key, f in fields.items() if f.metadata.get("choices")}
+    assert set(fields) == set(engine_tables)
+    defaults = flatten(config_to_dict(Config()))
+    for key, table in engine_tables.items():
+        assert tuple(fields[key].metadata["choices"]) == tuple(table), key
+        assert defaults[key] in table, key
+        # every name the engine knows is accepted, and one it does not know is refused by name
+        for name in table:
+            load_config(None, [f"{key}={name}"] + (["model.output=softmax"] if key != "model.output"
+                                                  else ["loss.name=squared_error"]))
+        with pytest.raises(ConfigError, match=f"^--set: {key}: 'nope' is not one of"):
+            load_config(None, [f"{key}=nope"])
+
+
+def test_loading_the_config_module_does_not_import_numpy():
+    import subprocess
+    import sys
+
+    code = "import sys, fmnist_mlp.config; print('numpy' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -24,6 +24,8 @@ CLASS_NAMES: tuple[str, ...] = (
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )
 NUM_FEATURES = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]  # 784
+SPLITS = ("stratified", "shuffled")           # how validation (and subset) images are drawn
+NORMALIZATIONS = ("scale", "standardize")     # how pixels become inputs
 
 
 class RawData(NamedTuple):
@@ -99,8 +101,8 @@ def make_splits(raw: RawData, val_size: int = 5000, split: str = "stratified",
     drawn after the validation split (same ``split`` method). Test rows are all 10,000, in order.
     """
     n_train = raw.train_labels.shape[0]
-    _check_choice("data.split", split, ("stratified", "shuffled"))
-    _check_choice("data.normalize", normalize, ("scale", "standardize"))
+    _check_choice("data.split", split, SPLITS)
+    _check_choice("data.normalize", normalize, NORMALIZATIONS)
     _check_choice("model.dtype", dtype, ("float32", "float64"))
     if isinstance(val_size, bool) or not isinstance(val_size, (int, np.integer)) or not 0 <= val_size < n_train:
         raise ConfigError(f"data.val_size: {val_size!r} must be an integer in 0..{n_train - 1}")
