@@ -1,9 +1,12 @@
 #!/usr/bin/env python
 """Benchmark the NumPy engine against the identical PyTorch CPU loop: print tables, keep JSON.
 
-    python scripts/bench.py                 # the full grid on the real data (minutes; quiet machine)
-    python scripts/bench.py --quick         # smoke run: 3 cases, 1 epoch each
-    python scripts/bench.py --cases '784-1024-512-10_b128_*' --epochs 2 --threads 2
+    python -m benchmarks                    # the full grid on the real data (minutes; quiet machine)
+    python -m benchmarks --quick            # smoke run: 3 cases, 1 epoch each
+    python -m benchmarks --cases '784-1024-512-10_b128_*' --epochs 2 --threads 2
+
+Run from the repository root (``make bench`` does), so that ``benchmarks`` and the working tree's
+``fmnist_mlp`` are what gets imported.
 
 Progress goes to stderr; the tables to stdout; the JSON to --out.
 """
@@ -12,10 +15,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
-
-# Run from a checkout without installing: the package sits one level up.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 SKIPPABLE = ("inference", "overhead", "cli", "cache", "rss")
 
@@ -47,7 +46,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     # Imported after parsing so that --help is instant.
-    from fmnist_mlp.bench.run import default_output_path, format_report, run_benchmark, write_results
+    from benchmarks.run import default_output_path, format_report, run_benchmark, write_results
     from fmnist_mlp.errors import FmnistMlpError
 
     def progress(message: str) -> None:

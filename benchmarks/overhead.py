@@ -37,11 +37,11 @@ def _bare_epochs(cfg, splits, epochs: int) -> list[float]:
     """Seconds of each of ``epochs`` bare-loop epochs over ``splits.train``."""
     import numpy as np
 
-    from fmnist_mlp.experiment import build_model, build_optimizer, make_streams
+    from fmnist_mlp.build import build, make_streams, steps_per_epoch
 
     streams = make_streams(cfg.seed)
-    model = build_model(cfg, streams["init"])
-    optimizer = build_optimizer(cfg, model.params)
+    engine = build(cfg, steps_per_epoch(cfg, len(splits.train.y)), init_rng=streams["init"])
+    model, optimizer = engine.model, engine.optimizer
     x, y, batch, lr = splits.train.x, splits.train.y, cfg.train.batch_size, cfg.optimizer.lr
     xb = np.empty((batch, x.shape[1]), dtype=x.dtype)
     yb = np.empty(batch, dtype=y.dtype)

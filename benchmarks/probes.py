@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "default.yaml"
 
 # Runs ``argv[1:]`` as a child (its stdout discarded, so the wrapper's line is the only output)

@@ -92,14 +92,8 @@ def _extras_lines(results: dict) -> list[str]:
     return lines
 
 
-def targets_table(results: dict) -> str:
-    rows = [[t["target"], _num(t["value"], ".3g"), f"{t['op']} {t['threshold']:g}",
-             {True: "yes", False: "NO", None: "not measured"}[t["met"]]] for t in results["targets"]]
-    return _table(["target", "value", "goal", "met"], rows)
-
-
 def format_report(results: dict) -> str:
-    """All tables as one string: settings, peak, training, inference, whole-tool probes, targets."""
+    """All tables as one string: settings, peak, training, inference, whole-tool probes."""
     settings, machine = results["settings"], results["machine"]
     parts = [
         f"fmnist-mlp benchmark  {results['started']}  {machine['cpu']}  threads={settings['threads']}  "
@@ -115,5 +109,4 @@ def format_report(results: dict) -> str:
     extra_lines = _extras_lines(results)
     if extra_lines:
         parts += ["", "Whole tool", *extra_lines]
-    parts += ["", "Issue 5 targets", targets_table(results)]
     return "\n".join(parts)

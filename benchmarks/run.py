@@ -1,6 +1,6 @@
 """Benchmark: the NumPy engine and the identical PyTorch CPU loop, side by side in one run.
 
-Every measurement runs in a fresh child process (:mod:`fmnist_mlp.bench.worker`) whose BLAS and
+Every measurement runs in a fresh child process (:mod:`benchmarks.worker`) whose BLAS and
 OpenMP thread counts are set in its environment before NumPy or torch is imported, and the two
 engines alternate case by case, so neither gets a warmer machine or the other's memory. The
 float32 matrix-product peak is measured at the start and again at the end of the same run.
@@ -23,20 +23,20 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from fmnist_mlp.bench import probes as bench_probes
-from fmnist_mlp.bench.report import format_report
-from fmnist_mlp.bench.targets import evaluate_targets
-from fmnist_mlp.bench.worker import OPTIMIZER_SETTINGS
+from benchmarks import probes as bench_probes
+from benchmarks.report import format_report
+from benchmarks.worker import OPTIMIZER_SETTINGS
 
 __all__ = ["run_benchmark", "format_report", "write_results", "default_output_path", "benchmark_cases",
            "select_cases", "train_flops_per_sample", "model_flops_per_sample", "infer_flops_per_sample"]
 
 SCHEMA = "fmnist-mlp-bench/1"
+REPO_ROOT = bench_probes.REPO_ROOT
 NETS = ((256, 128), (1024, 512))
 BATCH_SIZES = (32, 128, 512)
 OPTIMIZERS = ("momentum", "adam")
 DROPOUTS = (0.0, 0.2)
-# The three cases the speed targets name: enough for a smoke run.
+# The key rows (small and large net at batch 128, momentum; Adam + dropout): a smoke run.
 QUICK_CASES = ("784-256-128-10_b128_momentum_d0", "784-1024-512-10_b128_momentum_d0",
                "784-1024-512-10_b128_adam_d0.2")
 EVAL_BATCH_SIZE = 2000  # the config's train.eval_batch_size default
@@ -48,9 +48,8 @@ FLOP_FORMULA = (
     "matmul and the backward pass 2 (dW and dX), except the first layer, whose dX is not computed; "
     "train FLOPs/sample = sum over layers of 2*D_in*D_out*(3 if layer > 0 else 2); inference "
     "FLOPs/sample = sum over layers of 2*D_in*D_out; bias, activation, loss and optimiser work not counted. "
-    "Model FLOPs/sample (the usual 6N convention, and the one behind the issue's '21,000 samples/s = 66 % "
-    "of peak') = 6 * sum over layers of D_in*D_out: it also counts the first layer's dX, which neither "
-    "engine computes")
+    "Model FLOPs/sample (the usual 6N convention) = 6 * sum over layers of D_in*D_out: it also counts "
+    "the first layer's dX, which neither engine computes")
 MEMORY_METHOD = (
     "per measuring child process (one engine, one job): VmHWM from /proc/self/status at its end "
     "(resource.getrusage(RUSAGE_SELF).ru_maxrss where /proc is missing; on Linux ru_maxrss of an "
@@ -122,7 +121,7 @@ def thread_env(threads: int) -> dict[str, str]:
     """The child's environment: every BLAS/OpenMP thread knob set to ``threads``."""
     env = dict(os.environ)
     env.update({var: str(threads) for var in THREAD_ENV_VARS})
-    package_root = str(Path(__file__).resolve().parents[2])
+    package_root = str(REPO_ROOT)          # children import benchmarks and fmnist_mlp from here
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     return env
 
@@ -130,7 +129,7 @@ def thread_env(threads: int) -> dict[str, str]:
 def run_child(job: dict, threads: int, timeout: float = 3600.0) -> dict:
     """Run one job in a fresh interpreter; a failure becomes ``{"error": "<last stderr line>"}``."""
     job = {**job, "threads": threads}
-    proc = subprocess.run([sys.executable, "-m", "fmnist_mlp.bench.worker", json.dumps(job)],
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.worker", json.dumps(job)],
                           env=thread_env(threads), capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         lines = proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"]
@@ -197,7 +196,7 @@ def _machine_info(threads: int, torch_available: bool) -> dict:
 
 def _git_commit() -> str | None:
     """HEAD of the working tree the engine was imported from, with ``+dirty`` for local changes."""
-    root = Path(__file__).resolve().parents[2]
+    root = REPO_ROOT
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                               timeout=10).stdout.strip()
@@ -314,7 +313,6 @@ def run_benchmark(*, quick: bool = False, cases: str | None = None, epochs: int 
         progress("float32 matmul peak again (end of run)")
         results["peak"]["end"] = _measure_peak(["numpy"], threads, repeats, peak_size)
     _add_share_of_peak(results)
-    results["targets"] = evaluate_targets(results)
     results["finished"] = _dt.datetime.now().isoformat(timespec="seconds")
     return results
 

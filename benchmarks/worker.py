@@ -1,6 +1,6 @@
 """One benchmark measurement, run in a fresh child process.
 
-The parent (:mod:`fmnist_mlp.bench.run`) starts ``python -m fmnist_mlp.bench.worker '<job json>'``
+The parent (:mod:`benchmarks.run`) starts ``python -m benchmarks.worker '<job json>'``
 with the BLAS/OpenMP thread variables already in the environment, so they take effect before
 NumPy or torch is imported here. The child prints exactly one JSON object on its last stdout
 line. Every child reports its own peak resident memory (VmHWM, see :func:`_peak_rss_mb`), which
@@ -9,7 +9,7 @@ the model, optimiser and work buffers.
 
 Job kinds (``job["kind"]``): ``peak`` (float32 matmul GFLOP/s), ``train`` (full epochs after a
 warm-up), ``infer`` (forward passes over the test set), ``load_raw`` (decoded-data cache) and
-``overhead`` (bare loop vs the real training path, :mod:`fmnist_mlp.bench.overhead`).
+``overhead`` (bare loop vs the real training path, :mod:`benchmarks.overhead`).
 ``job["engine"]`` is ``numpy`` or ``torch``.
 """
 
@@ -269,7 +269,7 @@ def run_job(job: dict) -> dict:
     elif kind == "load_raw":
         result = _load_raw(job)
     elif kind == "overhead":
-        from fmnist_mlp.bench.overhead import measure_train_overhead
+        from benchmarks.overhead import measure_train_overhead
 
         result = measure_train_overhead(job.get("config"), job.get("data_dir"), job["timed_epochs"])
     else:
