@@ -23,8 +23,6 @@ from fmnist_mlp.rng import spawn_streams
 # The generators a training run draws from, one per kind of randomness (see rng.spawn_streams).
 # Their order is part of every checkpoint's RNG state: append, never reorder.
 STREAMS = ("init", "shuffle", "dropout", "augment")
-INPUT_SIZE = 784          # 28 x 28 pixels, flattened
-NUM_CLASSES = 10
 
 
 @dataclass(frozen=True)
@@ -49,9 +47,12 @@ def make_streams(seed: int) -> dict[str, np.random.Generator]:
 
 def model_kwargs(config: Config | Mapping[str, Any]) -> dict[str, Any]:
     """The MLP constructor's keyword arguments for this config (without ``seed``)."""
+    from fmnist_mlp.data.dataset import NUM_FEATURES
+    from fmnist_mlp.data.idx import NUM_CLASSES
+
     cfg = as_config(config)
     m, loss = cfg.model, cfg.loss
-    return dict(input_size=INPUT_SIZE, hidden=list(m.hidden), num_classes=NUM_CLASSES,
+    return dict(input_size=NUM_FEATURES, hidden=list(m.hidden), num_classes=NUM_CLASSES,
                 activation=m.activation, output=m.output, loss=loss.name, dropout=m.dropout,
                 input_dropout=m.input_dropout, batchnorm=m.batchnorm,
                 label_smoothing=loss.label_smoothing, l2=loss.l2, init=m.init, dtype=m.dtype,

@@ -18,11 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .data import CLASS_NAMES
 from .errors import CheckpointError, FmnistMlpError
 from .metrics import confusion_matrix, most_confident_mistakes, per_class_accuracy
 
-CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-               "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 MISSING_MATPLOTLIB = "plotting needs matplotlib: pip install 'fmnist-mlp[plot]'"
 DPI = 100
 MAX_WEIGHT_MAPS = 100      # beyond ~100 maps each one gets too small to read

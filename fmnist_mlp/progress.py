@@ -52,6 +52,8 @@ class ProgressReporter:
 
 
 def format_epoch(m: Mapping[str, float], total_epochs: int, is_best: bool = False) -> str:
+    """The one per-epoch line, printed on stderr and written to the run's train.log; ``*`` marks
+    the best epoch so far by validation accuracy."""
     width = len(str(total_epochs))
     return (f"epoch {m['epoch']:>{width}}/{total_epochs}  "
             f"train loss {m['train_loss']:.4f} acc {m['train_acc']:.4f}  "

@@ -16,6 +16,7 @@ import numpy as np
 
 from fmnist_mlp import runs
 from fmnist_mlp.config import Config, config_to_dict
+from fmnist_mlp.progress import format_epoch
 from fmnist_mlp.train import NullCallback, TrainState
 
 
@@ -68,7 +69,7 @@ class RunRecorder:
                             final=dict(metrics), epochs_completed=state.epoch,
                             wall_time=self._wall_time())
         runs.write_summary(self.run_dir, self.summary)
-        self.log.write(_epoch_line(metrics) + (" *best*" if is_best else ""))
+        self.log.write(format_epoch(metrics, self.cfg.train.epochs, is_best))
         self.forward.on_epoch_end(metrics, state, is_best)
 
     # --------------------------------------------------------------- endings
@@ -120,12 +121,6 @@ def _run_name(run_dir: Path) -> str:
     # <YYYYmmdd>-<HHMMSS>-<name>-<hex>: the name may itself contain dashes.
     parts = run_dir.name.split("-")
     return "-".join(parts[2:-1]) if len(parts) >= 4 else run_dir.name
-
-
-def _epoch_line(m: Mapping[str, float]) -> str:
-    return (f"epoch {m['epoch']}: train_loss={m['train_loss']:.4f} train_acc={m['train_acc']:.4f} "
-            f"val_loss={m['val_loss']:.4f} val_acc={m['val_acc']:.4f} lr={m['lr']:.3g} "
-            f"time={m['epoch_time']:.2f}s")
 
 
 def _versions() -> dict[str, str]:

@@ -86,6 +86,10 @@ def test_train_json_is_the_only_stdout_and_describes_the_run(trained):
     assert set(metrics[0]) == {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr",
                                "epoch_time", "samples_per_sec"}
     assert summary["best_val_acc"] == max(m["val_acc"] for m in metrics)
+    # The per-epoch line is formatted once: train.log holds the lines printed on stderr.
+    printed = [line for line in proc.stderr.splitlines() if line.startswith("epoch ")]
+    logged = (run_dir / "train.log").read_text().splitlines()
+    assert len(printed) == 2 and all(any(log.endswith(line) for log in logged) for line in printed)
 
 
 @pytest.mark.realdata

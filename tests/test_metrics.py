@@ -5,10 +5,8 @@ import re
 import numpy as np
 import pytest
 
+from fmnist_mlp.data import CLASS_NAMES as NAMES
 from fmnist_mlp.metrics import confusion_matrix, format_confusion_table, per_class_accuracy
-
-NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 
 
 def _noisy_labels(n=2000, num_classes=10, seed=0):

@@ -288,8 +288,3 @@ def test_plot_run_on_a_directory_without_checkpoints_writes_nothing(tmp_path):
         plots.plot_run(tmp_path)
     assert not (tmp_path / "plots").exists()
 
-
-def test_class_names_agree_with_the_data_package():
-    from fmnist_mlp.data import CLASS_NAMES
-
-    assert tuple(CLASS_NAMES) == plots.CLASS_NAMES
