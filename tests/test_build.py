@@ -209,8 +209,3 @@ def test_run_streams_are_independent_and_reproducible():
     draws = {name: gen.integers(2**62, size=3).tolist() for name, gen in a.items()}
     assert draws == {name: gen.integers(2**62, size=3).tolist() for name, gen in b.items()}
     assert len({tuple(d) for d in draws.values()}) == len(STREAMS)
-    # The same generators a run had before the splitter moved into fmnist_mlp/rng.py, so runs
-    # started earlier still resume with their saved RNG states.
-    legacy = np.random.SeedSequence(5).spawn(len(STREAMS))
-    for child, (name, gen) in zip(legacy, make_streams(5).items()):
-        assert gen.integers(2**62) == np.random.default_rng(child).integers(2**62), name
