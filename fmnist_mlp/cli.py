@@ -88,35 +88,117 @@ def train(config_path, overrides, name, runs_dir, data_dir, resume_dir, quiet, a
 
 
 @cli.command("eval", epilog=EXIT_CODES_HELP)
-@click.argument("target", metavar="RUN_DIR_OR_CHECKPOINT", type=click.Path(path_type=Path))
+@click.argument("targets", metavar="RUN_DIR_OR_MODEL...", nargs=-1, required=True,
+                type=click.Path(path_type=Path))
 @click.option("--split", type=click.Choice(["test", "val", "train"]), default="test",
               show_default=True, help="Which split of the run's data to score.")
 @_data_dir_option
 @_json_option
-def eval_command(target, split, data_dir, as_json):
-    """Loss, accuracy, per-class accuracy and confusion matrix of a trained model.
+def eval_command(targets, split, data_dir, as_json):
+    """Loss, accuracy, per-class accuracy, precision, recall and F1, macro-F1, calibration error
+    (ECE) and confusion matrix of a trained model.
 
-    A run directory uses checkpoints/best.npz (else last.npz); a .npz file is used as given.
+    A run directory uses checkpoints/best.npz (else last.npz); a .npz or .safetensors file is
+    used as given. Several runs are scored as an ensemble: the mean of their probabilities, each
+    run with its own normalisation and test-time flips (val/train need runs that share seed,
+    data.val_size, data.split and data.subset).
     """
     from fmnist_mlp.data import CLASS_NAMES
-    from fmnist_mlp.experiment import evaluate_checkpoint
-    from fmnist_mlp.metrics import format_confusion_table
+    from fmnist_mlp.metrics import format_classification_report, format_confusion_table
 
-    result = evaluate_checkpoint(target, split=split, data_dir=data_dir)
+    if len(targets) == 1:
+        from fmnist_mlp.experiment import evaluate_checkpoint
+
+        result = evaluate_checkpoint(targets[0], split=split, data_dir=data_dir)
+    else:
+        from fmnist_mlp.ensemble import evaluate_ensemble
+
+        result = evaluate_ensemble(targets, split=split, data_dir=data_dir)
     if as_json:
         click.echo(json.dumps({**result, "class_names": list(CLASS_NAMES)}))
         return
     import numpy as np
 
-    lines = [f"checkpoint: {result['checkpoint']}",
-             f"split: {split} ({result['num_samples']} images)",
-             f"loss: {result['loss']:.4f}", f"accuracy: {result['accuracy']:.4f}", "",
-             "per-class accuracy:"]
-    width = max(len(n) for n in CLASS_NAMES)
-    lines += [f"  {n:<{width}}  {a:.4f}" for n, a in zip(CLASS_NAMES, result["per_class_accuracy"])]
+    checkpoints = result["checkpoint"]
+    lines = ([f"checkpoint: {checkpoints}"] if isinstance(checkpoints, str) else
+             [f"ensemble of {len(checkpoints)}: " + ", ".join(checkpoints)])
+    lines += [f"split: {split} ({result['num_samples']} images)",
+              f"loss: {result['loss']:.4f}", f"accuracy: {result['accuracy']:.4f}",
+              f"macro-F1: {result['macro_f1']:.4f}"]
+    if result["ece"] is not None:
+        lines.append(f"expected calibration error: {result['ece']:.4f} "
+                     f"({result['ece_bins']} bins)")
+    lines += ["", "per-class accuracy (= recall), precision and F1:",
+              format_classification_report(result, CLASS_NAMES)]
     lines += ["", "confusion matrix (rows: true, columns: predicted):",
               format_confusion_table(np.array(result["confusion_matrix"]), CLASS_NAMES)]
     click.echo("\n".join(lines))
+
+
+@cli.command(epilog=EXIT_CODES_HELP)
+@click.argument("model", metavar="RUN_DIR_OR_MODEL", type=click.Path(path_type=Path))
+@click.argument("images", metavar="IMAGE_OR_DIR...", nargs=-1, required=True,
+                type=click.Path(path_type=Path))
+@click.option("--model", "-m", "more_models", multiple=True, type=click.Path(path_type=Path),
+              metavar="RUN_DIR_OR_MODEL",
+              help="Another run to average with the first (an ensemble). Repeatable.")
+@click.option("--top", "top_k", default=3, show_default=True, type=click.IntRange(1, 10),
+              help="How many classes to show per image.")
+@click.option("--save-preprocessed", "save_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Write the 28x28 images the network saw into this directory (as PNG).")
+@_data_dir_option
+@_json_option
+def predict(model, images, more_models, top_k, save_dir, data_dir, as_json):
+    """Classify image files (PNG, JPEG, BMP, GIF, WebP, TIFF) with a trained model.
+
+    The first argument is the model (run directory, .npz or .safetensors); every further argument
+    is an image file or a directory of them (sorted, not recursive). Photos are made to look like
+    Fashion-MNIST: upright, grayscale, inverted when the background is light, cropped to the
+    object, longest side 28 pixels, centred on black. A file that cannot be read is reported on
+    stderr, the rest are still predicted, and the exit code is 1. Needs Pillow
+    (pip install -e '.[image]').
+    """
+    from fmnist_mlp.data import CLASS_NAMES
+    from fmnist_mlp.ensemble import load_members
+    from fmnist_mlp.predict.images import require_pillow
+    from fmnist_mlp.predict.run import as_json as predictions_json
+    from fmnist_mlp.predict.run import as_text, predict_files
+
+    require_pillow()
+    members = load_members([model, *more_models], data_dir)
+    result = predict_files(members, images, save_dir)
+    for path, message in result.failures:
+        click.echo(f"error: {path}: {message}", err=True)
+    if as_json:
+        click.echo(json.dumps(predictions_json(result, members, top_k, CLASS_NAMES)))
+    elif result.files:
+        click.echo(as_text(result, top_k, CLASS_NAMES))
+    if result.failures:
+        raise SystemExit(1)
+
+
+@cli.command(epilog=EXIT_CODES_HELP)
+@click.argument("targets", metavar="RUN_DIR_OR_MODEL...", nargs=-1, required=True,
+                type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["onnx", "safetensors"]), required=True,
+              help="onnx: a graph from raw pixels to probabilities; safetensors: the weights.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write (default: model.onnx / model.safetensors in the run "
+                   "directory, or beside the model file). An existing file is not overwritten.")
+@_data_dir_option
+def export(targets, fmt, output, data_dir):
+    """Write a trained model as ONNX or safetensors; prints the file written.
+
+    ONNX (opset 17, IR version 8): input "pixels" float32 (N, 784) raw values 0..255, outputs
+    "logits" and "probabilities" (N, 10): what eval scores, normalisation and test-time flips
+    included. Several runs give one graph averaging their probabilities ("logits" is then the log
+    of the average). safetensors: parameters and batch-norm statistics, with config, class names
+    and normalisation as metadata; eval, predict and export accept it as a model. Needs the
+    export extra (pip install -e '.[export]').
+    """
+    from fmnist_mlp.export.write import export_models
+
+    click.echo(str(export_models(targets, fmt, output, data_dir)))
 
 
 @cli.command("runs")

@@ -22,8 +22,12 @@ from fmnist_mlp.train import NullCallback, TrainState
 class RunRecorder:
     def __init__(self, run_dir: Path, cfg: Config, model: Any, optimizer: Any,
                  streams: Mapping[str, np.random.Generator], state: TrainState,
-                 forward: Any = None, resumed: bool = False):
+                 forward: Any = None, resumed: bool = False,
+                 normalization: Mapping[str, float] | None = None):
         self.run_dir, self.cfg, self.model, self.optimizer = run_dir, cfg, model, optimizer
+        # The input normalisation (pixel mean and std of the training rows), kept in every
+        # checkpoint so predict and export need not reload the dataset to know it.
+        self.normalization = dict(normalization) if normalization is not None else None
         self.streams, self.forward = streams, forward or NullCallback()
         self.ckpt_dir = run_dir / "checkpoints"
         self.metrics = runs.MetricsWriter(run_dir, keep_epochs_upto=state.epoch if resumed else None)
@@ -101,6 +105,8 @@ class RunRecorder:
         meta = {"config": config_to_dict(self.cfg), "model_spec": self.model.spec(),
                 "epoch": state.epoch, "state": state.to_dict(),
                 "best": {"epoch": state.best_epoch, "val_acc": state.best_val_acc}}
+        if self.normalization is not None:
+            meta["normalization"] = self.normalization
         return runs.Checkpoint(
             # Parameters and the BN running statistics; serialised immediately, so no copy.
             params=self.model.named_arrays(),
