@@ -49,8 +49,12 @@ def cli() -> None:
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Continue an interrupted run in its own directory (with its own config).")
 @click.option("--quiet", "-q", is_flag=True, help="One plain line per epoch instead of progress bars.")
+@click.option("--tensorboard", is_flag=True,
+              help="Write TensorBoard event files into the run directory (same as "
+                   "--set train.tensorboard=true; needs pip install -e '.[tensorboard]').")
 @_json_option
-def train(config_path, overrides, name, runs_dir, data_dir, resume_dir, quiet, as_json):
+def train(config_path, overrides, name, runs_dir, data_dir, resume_dir, quiet, tensorboard,
+          as_json):
     """Train one model; prints the run directory (or, with --json, the summary) on stdout.
 
     The run directory runs/<timestamp>-<name>-<id>/ gets the resolved config.yaml, metrics.jsonl,
@@ -64,8 +68,13 @@ def train(config_path, overrides, name, runs_dir, data_dir, resume_dir, quiet, a
     if resume_dir is not None and (config_path or overrides or name):
         raise click.UsageError("--resume continues a run with its own config; "
                                "do not combine it with --config, --set or --name")
+    if resume_dir is not None and tensorboard:
+        raise click.UsageError("--resume uses the run's own config: --tensorboard applies to new "
+                               "runs (train.tensorboard in the config)")
     if resume_dir is None and config_path is None and not overrides:
         raise click.UsageError("give --config FILE (e.g. configs/default.yaml) or --resume RUN_DIR")
+    if tensorboard:
+        overrides = (*overrides, "train.tensorboard=true")
     cfg = None
     if resume_dir is None:
         cfg = load_config(config_path, overrides)

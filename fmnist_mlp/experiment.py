@@ -165,6 +165,10 @@ def run_training(cfg: Config | None, *, name: str | None = None, runs_dir: str |
         assert cfg is not None and name is not None
         runs.validate_run_name(name)
         run_dir, ckpt = None, None
+    if cfg.train.tensorboard:               # a missing extra is a usage error: before any mkdir
+        from fmnist_mlp.tensorboard import require_tensorboardx
+
+        require_tensorboardx()
     splits = load_splits_for(cfg, data_dir, progress=callback is not None)  # before any mkdir
     streams = make_streams(cfg.seed)
     model = build_model(cfg, streams["init"])

@@ -28,6 +28,11 @@ class RunRecorder:
         # The input normalisation (pixel mean and std of the training rows), kept in every
         # checkpoint so predict and export need not reload the dataset to know it.
         self.normalization = dict(normalization) if normalization is not None else None
+        self.board = None
+        if cfg.train.tensorboard:
+            from fmnist_mlp.tensorboard import TensorBoardLogger
+
+            self.board = TensorBoardLogger(run_dir, model, config_to_dict(cfg), cfg.train.epochs)
         self.streams, self.forward = streams, forward or NullCallback()
         self.ckpt_dir = run_dir / "checkpoints"
         self.metrics = runs.MetricsWriter(run_dir, keep_epochs_upto=state.epoch if resumed else None)
@@ -54,9 +59,13 @@ class RunRecorder:
     # --------------------------------------------------------------- callback protocol
     def on_epoch_start(self, epoch: int, num_batches: int) -> None:
         self.forward.on_epoch_start(epoch, num_batches)
+        if self.board is not None:
+            self.board.on_epoch_start(epoch, num_batches)
 
     def on_batch(self, batch: int, loss: float, acc: float) -> None:
         self.forward.on_batch(batch, loss, acc)
+        if self.board is not None:
+            self.board.on_batch(batch, loss, acc)
 
     def on_epoch_end(self, metrics: dict[str, float], state: TrainState, is_best: bool) -> None:
         self.snapshot = (state.epoch, runs.checkpoint_bytes(self._checkpoint(state)))
@@ -73,6 +82,8 @@ class RunRecorder:
                             wall_time=self._wall_time())
         runs.write_summary(self.run_dir, self.summary)
         self.log.write(_epoch_line(metrics) + (" *best*" if is_best else ""))
+        if self.board is not None:
+            self.board.on_epoch_end(metrics, state, is_best)
         self.forward.on_epoch_end(metrics, state, is_best)
 
     # --------------------------------------------------------------- endings
@@ -93,6 +104,9 @@ class RunRecorder:
                             **test_scores)
         runs.write_summary(self.run_dir, self.summary)
         self.log.write(f"finished: test_acc={test_scores.get('test_acc', float('nan')):.4f}")
+        if self.board is not None:
+            self.board.finish(self.summary)
+            self.board = None
         self._close()
         return dict(self.summary)
 
@@ -120,6 +134,8 @@ class RunRecorder:
     def _close(self) -> None:
         self.metrics.close()
         self.log.close()
+        if self.board is not None:
+            self.board.close()
 
 
 def _run_name(run_dir: Path) -> str:
