@@ -289,8 +289,9 @@ def gradcheck(config_path, overrides, samples, real, data_dir, tolerance, max_en
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @_data_dir_option
 def plot(run_dir, data_dir):
-    """Learning curves, confusion matrix, first-layer weights and confident mistakes as PNGs in
-    RUN_DIR/plots/ (needs matplotlib: pip install 'fmnist-mlp[plot]')."""
+    """Learning curves, confusion matrix, first-layer weights, confident mistakes and a
+    reliability diagram (softmax outputs) as PNGs in RUN_DIR/plots/ (needs matplotlib:
+    pip install 'fmnist-mlp[plot]')."""
     from fmnist_mlp.plots import plot_run
 
     for path in plot_run(run_dir, data_dir=data_dir):
