@@ -30,10 +30,10 @@ def load_members(targets: Sequence[str | Path], data_dir: str | Path | None = No
 
 def output_kind(members: Sequence[TrainedModel]) -> str:
     """The members' common output units (softmax, sigmoid or linear); a mix is a ConfigError."""
-    kinds = {m.model.output for m in members}
+    kinds = {m.model.spec()["output"] for m in members}
     if len(kinds) != 1:
         raise ConfigError("an ensemble's runs must share model.output; got "
-                          + ", ".join(f"{m.path}: {m.model.output}" for m in members))
+                          + ", ".join(f"{m.path}: {m.model.spec()['output']}" for m in members))
     return kinds.pop()
 
 
@@ -97,9 +97,9 @@ def evaluate_ensemble(targets: Sequence[str | Path], split: str = "test",
         outputs.append(member.scorer.forward(data.x, member.config["train"]["eval_batch_size"]))
         y = data.y
     averaged = mean_outputs(outputs)
-    first = members[0].model   # the loss of the averaged outputs uses the first run's settings
-    target = one_hot_targets(y, first.num_classes, first.label_smoothing, averaged.dtype)
-    loss = float(loss_of_outputs(first.loss, averaged, target).mean())
+    first = members[0].model.spec()   # the averaged outputs' loss: the first run's settings
+    target = one_hot_targets(y, first["num_classes"], first["label_smoothing"], averaged.dtype)
+    loss = float(loss_of_outputs(first["loss"], averaged, target).mean())
     pred = averaged.argmax(axis=1)
     cm = confusion_matrix(y, pred, num_classes=averaged.shape[1])
     return {"checkpoint": [str(m.path) for m in members], "split": split, "loss": loss,

@@ -134,7 +134,7 @@ def evaluate_checkpoint(run_dir_or_checkpoint: str | Path, split: str = "test",
     result = evaluate(model, data.x, data.y, batch_size=cfg.train.eval_batch_size)
     outputs = model.forward(data.x, cfg.train.eval_batch_size)
     return {"checkpoint": str(path), "split": split, **result,
-            **classification_report(data.y, outputs, model.output)}
+            **classification_report(data.y, outputs, model.spec()["output"])}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ class TrainedModel:
         """(N, 784) raw pixels 0..255 -> (N, 784) network inputs, exactly as training made them."""
         from fmnist_mlp.data.dataset import pixels_to_inputs
 
-        return pixels_to_inputs(pixels, self.mean, self.std, self.model.dtype.name)
+        return pixels_to_inputs(pixels, self.mean, self.std, self.model.spec()["dtype"])
 
     def outputs(self, pixels: np.ndarray) -> np.ndarray:
         """(N, 10) outputs (class probabilities for softmax) of raw pixel rows, as ``eval``."""

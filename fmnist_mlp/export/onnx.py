@@ -73,22 +73,23 @@ def _mirrored_columns(side: int = 28) -> np.ndarray:
 
 def _network(g: _GraphBuilder, x: str, model: Any, tag: str) -> str:
     """The MLP's evaluation-mode logits of ``x``; weights are added once per ``tag``."""
-    params, buffers, dtype = model.params, model.buffers, model.dtype
+    spec, params, buffers = model.spec(), model.params, model.buffers
+    dtype = np.dtype(spec["dtype"])
     a = x
-    for i in range(len(model.hidden)):
+    for i in range(len(spec["hidden"])):
         h = g.op("MatMul", [a, _shared(g, f"{tag}layer{i}.W", params[f"layer{i}.W"])])
-        if model.batchnorm:
+        if spec["batchnorm"]:
             # Running statistics make batch norm a fixed affine map: z·scale + shift per unit.
             scale = params[f"layer{i}.gamma"] / np.sqrt(
-                buffers[f"layer{i}.running_var"] + dtype.type(model.bn_eps))
+                buffers[f"layer{i}.running_var"] + dtype.type(spec["bn_eps"]))
             shift = params[f"layer{i}.beta"] - buffers[f"layer{i}.running_mean"] * scale
             h = g.op("Mul", [h, _shared(g, f"{tag}layer{i}.bn_scale", scale.astype(dtype))])
             h = g.op("Add", [h, _shared(g, f"{tag}layer{i}.bn_shift", shift.astype(dtype))])
         else:
             h = g.op("Add", [h, _shared(g, f"{tag}layer{i}.b", params[f"layer{i}.b"])])
-        activation = _ACTIVATION_OPS[model.activation]
+        activation = _ACTIVATION_OPS[spec["activation"]]
         a = g.op(activation, [h]) if activation else h
-    last = len(model.hidden)
+    last = len(spec["hidden"])
     z = g.op("MatMul", [a, _shared(g, f"{tag}layer{last}.W", params[f"layer{last}.W"])])
     return g.op("Add", [z, _shared(g, f"{tag}layer{last}.b", params[f"layer{last}.b"])])
 
@@ -103,7 +104,9 @@ def _shared(g: _GraphBuilder, name: str, value: np.ndarray) -> str:
 def _member(g: _GraphBuilder, member: Any, tag: str) -> tuple[str, str]:
     """(logits, outputs) of one trained run from the raw pixels, both float32."""
     onnx = g.onnx
-    model, dtype = member.model, member.model.dtype
+    model = member.model
+    spec = model.spec()
+    dtype = np.dtype(spec["dtype"])
     x = INPUT
     if dtype == np.float64:
         x = g.op("Cast", [x], to=onnx.TensorProto.DOUBLE)
@@ -112,7 +115,7 @@ def _member(g: _GraphBuilder, member: Any, tag: str) -> tuple[str, str]:
     if (member.mean, member.std) != (0.0, 1.0):
         x = g.op("Sub", [x, g.const("mean", np.array(member.mean, dtype))])
         x = g.op("Div", [x, g.const("std", np.array(member.std, dtype))])
-    output_op = _OUTPUT_OPS[model.output]
+    output_op = _OUTPUT_OPS[spec["output"]]
     softmax_axis = {"axis": 1} if output_op == "Softmax" else {}
     logits = _network(g, x, model, tag)
     out = g.op(output_op, [logits], **softmax_axis)
@@ -156,7 +159,7 @@ def build_onnx(members: Sequence[Any], class_names: Sequence[str]):
             total = g.op("Div", [total, g.const("count", np.array(len(members), np.float32))])
         g.op("Identity", [total], output=PROBABILITIES)
         _inverse_output(g, kind, PROBABILITIES)
-    classes = members[0].model.num_classes
+    classes = members[0].model.spec()["num_classes"]
     graph = helper.make_graph(
         g.nodes, "fmnist_mlp",
         [helper.make_tensor_value_info(INPUT, onnx.TensorProto.FLOAT, ["N", 784])],
