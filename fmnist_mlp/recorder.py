@@ -32,7 +32,10 @@ class RunRecorder:
         if cfg.train.tensorboard:
             from fmnist_mlp.tensorboard import TensorBoardLogger
 
-            self.board = TensorBoardLogger(run_dir, model, config_to_dict(cfg), cfg.train.epochs)
+            # Resumed: events after the checkpoint's epoch are trained again, so TensorBoard
+            # drops the earlier ones (purge_step) instead of drawing those epochs twice.
+            self.board = TensorBoardLogger(run_dir, model, config_to_dict(cfg), cfg.train.epochs,
+                                           purge_step=state.epoch + 1 if resumed else None)
         self.streams, self.forward = streams, forward or NullCallback()
         self.ckpt_dir = run_dir / "checkpoints"
         self.metrics = runs.MetricsWriter(run_dir, keep_epochs_upto=state.epoch if resumed else None)

@@ -9,6 +9,7 @@ matrix's gradient norms over that epoch's minibatches. At the end: the first lay
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -35,11 +36,15 @@ def require_tensorboardx() -> None:
 class TensorBoardLogger:
     """A training callback (on_epoch_start / on_batch / on_epoch_end) plus :meth:`finish`."""
 
-    def __init__(self, run_dir: Path, model: Any, config: Mapping[str, Any], epochs: int) -> None:
+    def __init__(self, run_dir: Path, model: Any, config: Mapping[str, Any], epochs: int,
+                 purge_step: int | None = None) -> None:
         require_tensorboardx()
         from tensorboardX import SummaryWriter
 
-        self.writer = SummaryWriter(logdir=str(run_dir))
+        # Event files are named by the second they were opened in; a resumed run can open its
+        # second within the same second. The nanosecond suffix keeps the names apart and in order.
+        self.writer = SummaryWriter(logdir=str(run_dir), purge_step=purge_step,
+                                    filename_suffix=f".{time.time_ns()}")
         self.model, self.config, self.epochs = model, config, epochs
         self.grad_norms: dict[str, list[float]] | None = None
 

@@ -291,3 +291,44 @@ def test_missing_extras_are_one_line_with_the_install_command(work, test_pngs, t
                                     "--runs-dir", tmp_path / "runs", "--data-dir", data_dir], root)
     assert proc.returncode == 2 and "pip install -e '.[tensorboard]'" in proc.stderr
     assert not (tmp_path / "runs").exists()                       # nothing created
+
+
+class _InterruptAt:
+    """Progress callback that presses Ctrl-C at a given epoch and batch."""
+
+    def __init__(self, epoch: int, batch: int):
+        self.epoch, self.batch, self.current = epoch, batch, 0
+
+    def on_epoch_start(self, epoch, num_batches):
+        self.current = epoch
+
+    def on_batch(self, batch, loss, acc):
+        if (self.current, batch) == (self.epoch, self.batch):
+            raise KeyboardInterrupt
+
+    def on_epoch_end(self, metrics, state, is_best):
+        pass
+
+
+def test_a_resumed_run_continues_its_tensorboard_curves(work, tmp_path):
+    need("tensorboardX", "tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from fmnist_mlp import runs
+    from fmnist_mlp.config import load_config
+    from fmnist_mlp.experiment import run_training
+    from fmnist_mlp.train import TrainingInterrupted
+
+    data_dir = work[3]
+    cfg = load_config(None, ["data.subset=600", "data.val_size=300", "model.hidden=[8]",
+                             "train.epochs=4", "train.batch_size=100", "train.tensorboard=true"])
+    with pytest.raises(TrainingInterrupted):
+        run_training(cfg, name="tb", runs_dir=tmp_path, data_dir=data_dir,
+                     callback=_InterruptAt(epoch=3, batch=2))
+    (run_dir,) = tmp_path.glob("*-tb-*")
+    run_training(None, resume=run_dir, data_dir=data_dir)
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    val_acc = [(e.step, e.value) for e in events.Scalars("accuracy/val")]
+    assert val_acc == [(m["epoch"], pytest.approx(m["val_acc"])) for m in runs.read_metrics(run_dir)]
+    assert [step for step, _ in val_acc] == [1, 2, 3, 4]

@@ -52,4 +52,14 @@ def export_models(targets: Sequence[Path], fmt: str, output: Path | None = None,
              "normalization": {"mean": member.mean, "std": member.std},
              "class_names": list(CLASS_NAMES)})
     runs.atomic_write_bytes(output, data)
+    _readable_by_default(output)
     return output
+
+
+def _readable_by_default(path: Path) -> None:
+    """An export is meant to be shared: the umask's usual permissions, not a temp file's 0600."""
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod(0o666 & ~umask)
