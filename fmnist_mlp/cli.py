@@ -113,7 +113,7 @@ def eval_command(targets, split, data_dir, as_json):
     data.val_size, data.split and data.subset).
     """
     from fmnist_mlp.data import CLASS_NAMES
-    from fmnist_mlp.metrics import format_classification_report, format_confusion_table
+    from fmnist_mlp.metrics import format_evaluation
 
     if len(targets) == 1:
         from fmnist_mlp.experiment import evaluate_checkpoint
@@ -125,23 +125,8 @@ def eval_command(targets, split, data_dir, as_json):
         result = evaluate_ensemble(targets, split=split, data_dir=data_dir)
     if as_json:
         click.echo(json.dumps({**result, "class_names": list(CLASS_NAMES)}))
-        return
-    import numpy as np
-
-    checkpoints = result["checkpoint"]
-    lines = ([f"checkpoint: {checkpoints}"] if isinstance(checkpoints, str) else
-             [f"ensemble of {len(checkpoints)}: " + ", ".join(checkpoints)])
-    lines += [f"split: {split} ({result['num_samples']} images)",
-              f"loss: {result['loss']:.4f}", f"accuracy: {result['accuracy']:.4f}",
-              f"macro-F1: {result['macro_f1']:.4f}"]
-    if result["ece"] is not None:
-        lines.append(f"expected calibration error: {result['ece']:.4f} "
-                     f"({result['ece_bins']} bins)")
-    lines += ["", "per-class accuracy (= recall), precision and F1:",
-              format_classification_report(result, CLASS_NAMES)]
-    lines += ["", "confusion matrix (rows: true, columns: predicted):",
-              format_confusion_table(np.array(result["confusion_matrix"]), CLASS_NAMES)]
-    click.echo("\n".join(lines))
+    else:
+        click.echo(format_evaluation(result, CLASS_NAMES))
 
 
 @cli.command(epilog=EXIT_CODES_HELP)

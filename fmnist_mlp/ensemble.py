@@ -102,7 +102,7 @@ def evaluate_ensemble(targets: Sequence[str | Path], split: str = "test",
     loss = float(loss_of_outputs(first["loss"], averaged, target).mean())
     pred = averaged.argmax(axis=1)
     cm = confusion_matrix(y, pred, num_classes=averaged.shape[1])
-    return {"checkpoint": [str(m.path) for m in members], "split": split, "loss": loss,
+    return {"checkpoints": [str(m.path) for m in members], "split": split, "loss": loss,
             "accuracy": float(np.mean(pred == y)), "num_samples": int(len(y)),
             "per_class_accuracy": [float(a) for a in per_class_accuracy(cm)],
             "confusion_matrix": cm.tolist(),

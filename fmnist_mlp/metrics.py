@@ -183,3 +183,22 @@ def format_classification_report(report: dict, class_names: Sequence[str]) -> st
     macro_p, macro_r = float(np.mean(report["precision"])), float(np.mean(report["recall"]))
     lines.append(f"{'macro avg':<{width}}  {macro_p:9.4f}  {macro_r:6.4f}  {report['macro_f1']:6.4f}")
     return "\n".join(lines)
+
+
+def format_evaluation(result: dict, class_names: Sequence[str]) -> str:
+    """``eval``'s text report of the dict :func:`experiment.evaluate_checkpoint` (or an
+    ensemble's evaluation, which names ``checkpoints``) returns."""
+    if "checkpoints" in result:
+        lines = [f"ensemble of {len(result['checkpoints'])}: " + ", ".join(result["checkpoints"])]
+    else:
+        lines = [f"checkpoint: {result['checkpoint']}"]
+    lines += [f"split: {result['split']} ({result['num_samples']} images)",
+              f"loss: {result['loss']:.4f}", f"accuracy: {result['accuracy']:.4f}",
+              f"macro-F1: {result['macro_f1']:.4f}"]
+    if result["ece"] is not None:
+        lines.append(f"expected calibration error: {result['ece']:.4f} ({result['ece_bins']} bins)")
+    lines += ["", "per-class accuracy (= recall), precision and F1:",
+              format_classification_report(result, class_names),
+              "", "confusion matrix (rows: true, columns: predicted):",
+              format_confusion_table(np.array(result["confusion_matrix"]), class_names)]
+    return "\n".join(lines)
