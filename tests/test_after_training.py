@@ -192,9 +192,18 @@ def test_safetensors_is_a_model_for_eval_predict_and_export(work, test_pngs, tmp
     a = json.loads(fmnist("predict", run_a, one, "--json", cwd=root).stdout)["predictions"]
     b = json.loads(fmnist("predict", path, one, "--json", cwd=root).stdout)["predictions"]
     assert a[0]["probabilities"] == b[0]["probabilities"]
+    need("onnx", "onnxruntime")
+    import onnxruntime as ort
+
     onnx_path = tmp_path / "from-safetensors.onnx"
-    if fmnist("export", path, "--format", "onnx", "-o", onnx_path, cwd=root).returncode == 0:
-        assert onnx_path.stat().st_size > 0
+    proc = fmnist("export", path, "--format", "onnx", "-o", onnx_path, cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(one), np.float32).reshape(1, 784)
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(["probabilities"], {"pixels": pixels})[0][0],
+                               a[0]["probabilities"], atol=1e-6)
 
 
 def test_an_ensemble_scores_the_mean_of_its_runs(work, tmp_path, test_pngs):
