@@ -49,8 +49,12 @@ def cli() -> None:
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Continue an interrupted run in its own directory (with its own config).")
 @click.option("--quiet", "-q", is_flag=True, help="One plain line per epoch instead of progress bars.")
+@click.option("--tensorboard", is_flag=True,
+              help="Write TensorBoard event files into the run directory (same as "
+                   "--set train.tensorboard=true; needs pip install -e '.[tensorboard]').")
 @_json_option
-def train(config_path, overrides, name, runs_dir, data_dir, resume_dir, quiet, as_json):
+def train(config_path, overrides, name, runs_dir, data_dir, resume_dir, quiet, tensorboard,
+          as_json):
     """Train one model; prints the run directory (or, with --json, the summary) on stdout.
 
     The run directory runs/<timestamp>-<name>-<id>/ gets the resolved config.yaml, metrics.jsonl,
@@ -64,8 +68,13 @@ def train(config_path, overrides, name, runs_dir, data_dir, resume_dir, quiet, a
     if resume_dir is not None and (config_path or overrides or name):
         raise click.UsageError("--resume continues a run with its own config; "
                                "do not combine it with --config, --set or --name")
+    if resume_dir is not None and tensorboard:
+        raise click.UsageError("--resume uses the run's own config: --tensorboard applies to new "
+                               "runs (train.tensorboard in the config)")
     if resume_dir is None and config_path is None and not overrides:
         raise click.UsageError("give --config FILE (e.g. configs/default.yaml) or --resume RUN_DIR")
+    if tensorboard:
+        overrides = (*overrides, "train.tensorboard=true")
     cfg = None
     if resume_dir is None:
         cfg = load_config(config_path, overrides)
@@ -88,35 +97,102 @@ def train(config_path, overrides, name, runs_dir, data_dir, resume_dir, quiet, a
 
 
 @cli.command("eval", epilog=EXIT_CODES_HELP)
-@click.argument("target", metavar="RUN_DIR_OR_CHECKPOINT", type=click.Path(path_type=Path))
+@click.argument("targets", metavar="RUN_DIR_OR_MODEL...", nargs=-1, required=True,
+                type=click.Path(path_type=Path))
 @click.option("--split", type=click.Choice(["test", "val", "train"]), default="test",
               show_default=True, help="Which split of the run's data to score.")
 @_data_dir_option
 @_json_option
-def eval_command(target, split, data_dir, as_json):
-    """Loss, accuracy, per-class accuracy and confusion matrix of a trained model.
+def eval_command(targets, split, data_dir, as_json):
+    """Loss, accuracy, per-class accuracy, precision, recall and F1, macro-F1, calibration error
+    (ECE) and confusion matrix of a trained model.
 
-    A run directory uses checkpoints/best.npz (else last.npz); a .npz file is used as given.
+    A run directory uses checkpoints/best.npz (else last.npz); a .npz or .safetensors file is
+    used as given. Several runs are scored as an ensemble: the mean of their probabilities, each
+    run with its own normalisation and test-time flips (val/train need runs that share seed,
+    data.val_size, data.split and data.subset).
     """
     from fmnist_mlp.data import CLASS_NAMES
-    from fmnist_mlp.experiment import evaluate_checkpoint
-    from fmnist_mlp.metrics import format_confusion_table
+    from fmnist_mlp.metrics import format_evaluation
 
-    result = evaluate_checkpoint(target, split=split, data_dir=data_dir)
+    if len(targets) == 1:
+        from fmnist_mlp.experiment import evaluate_checkpoint
+
+        result = evaluate_checkpoint(targets[0], split=split, data_dir=data_dir)
+    else:
+        from fmnist_mlp.ensemble import evaluate_ensemble
+
+        result = evaluate_ensemble(targets, split=split, data_dir=data_dir)
     if as_json:
         click.echo(json.dumps({**result, "class_names": list(CLASS_NAMES)}))
-        return
-    import numpy as np
+    else:
+        click.echo(format_evaluation(result, CLASS_NAMES))
 
-    lines = [f"checkpoint: {result['checkpoint']}",
-             f"split: {split} ({result['num_samples']} images)",
-             f"loss: {result['loss']:.4f}", f"accuracy: {result['accuracy']:.4f}", "",
-             "per-class accuracy:"]
-    width = max(len(n) for n in CLASS_NAMES)
-    lines += [f"  {n:<{width}}  {a:.4f}" for n, a in zip(CLASS_NAMES, result["per_class_accuracy"])]
-    lines += ["", "confusion matrix (rows: true, columns: predicted):",
-              format_confusion_table(np.array(result["confusion_matrix"]), CLASS_NAMES)]
-    click.echo("\n".join(lines))
+
+@cli.command(epilog=EXIT_CODES_HELP)
+@click.argument("model", metavar="RUN_DIR_OR_MODEL", type=click.Path(path_type=Path))
+@click.argument("images", metavar="IMAGE_OR_DIR...", nargs=-1, required=True,
+                type=click.Path(path_type=Path))
+@click.option("--model", "-m", "more_models", multiple=True, type=click.Path(path_type=Path),
+              metavar="RUN_DIR_OR_MODEL",
+              help="Another run to average with the first (an ensemble). Repeatable.")
+@click.option("--top", "top_k", default=3, show_default=True, type=click.IntRange(1, 10),
+              help="How many classes to show per image.")
+@click.option("--save-preprocessed", "save_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Write the 28x28 images the network saw into this directory (as PNG).")
+@_data_dir_option
+@_json_option
+def predict(model, images, more_models, top_k, save_dir, data_dir, as_json):
+    """Classify image files (PNG, JPEG, BMP, GIF, WebP, TIFF) with a trained model.
+
+    The first argument is the model (run directory, .npz or .safetensors); every further argument
+    is an image file or a directory of them (sorted, not recursive). Photos are made to look like
+    Fashion-MNIST: upright, grayscale, inverted when the background is light, cropped to the
+    object, longest side 28 pixels, centred on black. A file that cannot be read is reported on
+    stderr, the rest are still predicted, and the exit code is 1. Needs Pillow
+    (pip install -e '.[image]').
+    """
+    from fmnist_mlp.data import CLASS_NAMES
+    from fmnist_mlp.ensemble import load_members
+    from fmnist_mlp.predict.images import require_pillow
+    from fmnist_mlp.predict.run import as_json as predictions_json
+    from fmnist_mlp.predict.run import as_text, predict_files
+
+    require_pillow()
+    members = load_members([model, *more_models], data_dir)
+    result = predict_files(members, images, save_dir)
+    for path, message in result.failures:
+        click.echo(f"error: {path}: {message}", err=True)
+    if as_json:
+        click.echo(json.dumps(predictions_json(result, members, top_k, CLASS_NAMES)))
+    elif result.files:
+        click.echo(as_text(result, top_k, CLASS_NAMES))
+    if result.failures:
+        raise SystemExit(1)
+
+
+@cli.command(epilog=EXIT_CODES_HELP)
+@click.argument("targets", metavar="RUN_DIR_OR_MODEL...", nargs=-1, required=True,
+                type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["onnx", "safetensors"]), required=True,
+              help="onnx: a graph from raw pixels to probabilities; safetensors: the weights.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write (default: model.onnx / model.safetensors in the run "
+                   "directory, or beside the model file). An existing file is not overwritten.")
+@_data_dir_option
+def export(targets, fmt, output, data_dir):
+    """Write a trained model as ONNX or safetensors; prints the file written.
+
+    ONNX (opset 17, IR version 8): input "pixels" float32 (N, 784) raw values 0..255, outputs
+    "logits" and "probabilities" (N, 10): what eval scores, normalisation and test-time flips
+    included. Several runs give one graph averaging their probabilities ("logits" is then the log
+    of the average). safetensors: parameters and batch-norm statistics, with config, class names
+    and normalisation as metadata; eval, predict and export accept it as a model. Needs the
+    export extra (pip install -e '.[export]').
+    """
+    from fmnist_mlp.export.write import export_models
+
+    click.echo(str(export_models(targets, fmt, output, data_dir)))
 
 
 @cli.command("runs")
@@ -198,8 +274,9 @@ def gradcheck(config_path, overrides, samples, real, data_dir, tolerance, max_en
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @_data_dir_option
 def plot(run_dir, data_dir):
-    """Learning curves, confusion matrix, first-layer weights and confident mistakes as PNGs in
-    RUN_DIR/plots/ (needs matplotlib: pip install 'fmnist-mlp[plot]')."""
+    """Learning curves, confusion matrix, first-layer weights, confident mistakes and a
+    reliability diagram (softmax outputs) as PNGs in RUN_DIR/plots/ (needs matplotlib:
+    pip install 'fmnist-mlp[plot]')."""
     from fmnist_mlp.plots import plot_run
 
     for path in plot_run(run_dir, data_dir=data_dir):

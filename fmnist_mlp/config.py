@@ -116,6 +116,7 @@ class TrainConfig:
     checkpoint_every: int = _opt(1, lo=1)
     eval_batch_size: int = _opt(2000, lo=1)
     plots: bool = _opt(False)
+    tensorboard: bool = _opt(False)          # event files in the run directory (tensorboardX)
 
 
 @dataclass(frozen=True)

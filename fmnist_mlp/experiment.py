@@ -34,25 +34,43 @@ def load_splits_for(config: Config | Mapping[str, Any], data_dir: str | Path | N
 
 
 def load_model(run_dir_or_checkpoint: str | Path):
-    """``(model, config dict)`` from a run directory (its best.npz, else last.npz) or a .npz."""
+    """``(model, config dict)`` from a run directory (its best.npz, else last.npz), a .npz
+    checkpoint or a .safetensors export."""
+    path = runs.find_checkpoint(run_dir_or_checkpoint)
+    model, config = model_from(*read_model_file(path), path)
+    return build_scorer(model, config), config
+
+
+def read_model_file(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """(named arrays, metadata) of a .npz checkpoint, or of a .safetensors file (by suffix)."""
+    if path.suffix == ".safetensors":
+        from fmnist_mlp.export.safetensors import read_safetensors
+
+        return read_safetensors(path)
+    ckpt = runs.load_checkpoint(path)
+    return ckpt.params, ckpt.meta
+
+
+def model_from(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], path: Path):
+    """``(MLP, config dict)`` rebuilt from a model file's arrays and its spec and config."""
     from fmnist_mlp.nn import MLP
 
-    path = runs.find_checkpoint(run_dir_or_checkpoint)
-    ckpt = runs.load_checkpoint(path)
-    spec, config = ckpt.meta.get("model_spec"), ckpt.meta.get("config")
+    spec, config = meta.get("model_spec"), meta.get("config")
     if not isinstance(spec, dict) or not isinstance(config, dict):
         raise CheckpointError(f"{path}: checkpoint lacks its model spec or config")
     try:
         model = MLP(**spec)
-        model.load_state_dict(ckpt.params)
+        model.load_state_dict(arrays)
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: parameters do not fit the stored model spec ({exc})") from None
-    return build_scorer(model, config), config
+    return model, config
 
 
 def evaluate_checkpoint(run_dir_or_checkpoint: str | Path, split: str = "test",
                         data_dir: str | Path | None = None) -> dict[str, Any]:
-    """Loss, accuracy, per-class accuracy and confusion matrix of a saved model on one split."""
+    """Loss, accuracy, per-class accuracy, precision, recall, F1, macro-F1, expected calibration
+    error and confusion matrix of a saved model on one split."""
+    from fmnist_mlp.metrics import classification_report
     from fmnist_mlp.train import evaluate
 
     if split not in ("train", "val", "test"):
@@ -62,7 +80,9 @@ def evaluate_checkpoint(run_dir_or_checkpoint: str | Path, split: str = "test",
     data = getattr(load_splits_for(config, data_dir), split)
     cfg = config_from_dict(config)
     result = evaluate(model, data.x, data.y, batch_size=cfg.train.eval_batch_size)
-    return {"checkpoint": str(path), "split": split, **result}
+    outputs = model.forward(data.x, cfg.train.eval_batch_size)
+    return {"checkpoint": str(path), "split": split, **result,
+            **classification_report(data.y, outputs, model.spec()["output"])}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -92,6 +112,10 @@ def run_training(cfg: Config | None, *, name: str | None = None, runs_dir: str |
         assert cfg is not None and name is not None
         runs.validate_run_name(name)
         run_dir, ckpt = None, None
+    if cfg.train.tensorboard:               # a missing extra is a usage error: before any mkdir
+        from fmnist_mlp.tensorboard import require_tensorboardx
+
+        require_tensorboardx()
     splits = load_splits_for(cfg, data_dir, progress=callback is not None)  # before any mkdir
     streams = make_streams(cfg.seed)
     y_train = splits.train.y
@@ -109,7 +133,8 @@ def run_training(cfg: Config | None, *, name: str | None = None, runs_dir: str |
         on_run_dir(run_dir)
 
     recorder = RunRecorder(run_dir, cfg, model, optimizer, streams, state, forward=callback,
-                           resumed=ckpt is not None)
+                           resumed=ckpt is not None,
+                           normalization={"mean": splits.mean, "std": splits.std})
     try:
         fit(model, optimizer, engine.lr_at, x_train, y_train, splits.val.x, splits.val.y,
             loop_settings(cfg), streams, build_augmenter(cfg), state, recorder)

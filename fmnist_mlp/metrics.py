@@ -109,3 +109,96 @@ def most_confident_mistakes(y_true: np.ndarray, probs: np.ndarray, k: int = 25) 
     confidence = probs[wrong, y_pred[wrong]]
     order = np.argsort(-confidence, kind="stable")
     return wrong[order[: max(k, 0)]].astype(np.int64)
+
+
+def precision_recall_f1(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-class precision tp/(tp+fp), recall tp/(tp+fn) and F1 = 2pr/(p+r), each (C,) float64.
+
+    cm: (C, C) counts, rows true, columns predicted, so tp is the diagonal, tp+fp the column sums
+    and tp+fn the row sums. An undefined ratio (no predictions of a class, no samples of it, or
+    p = r = 0) is 0.0, as most reports give it, so a macro average stays a number.
+    """
+    cm = np.asarray(cm, dtype=np.float64)
+    if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
+        raise ValueError(f"precision_recall_f1: cm must be square (C, C), got shape {cm.shape}")
+    tp = np.diag(cm)
+    precision, recall, f1 = (np.zeros(cm.shape[0]) for _ in range(3))
+    np.divide(tp, cm.sum(axis=0), out=precision, where=cm.sum(axis=0) > 0)
+    np.divide(tp, cm.sum(axis=1), out=recall, where=cm.sum(axis=1) > 0)
+    np.divide(2 * precision * recall, precision + recall, out=f1, where=precision + recall > 0)
+    return precision, recall, f1
+
+
+def expected_calibration_error(probs: np.ndarray, y_true: np.ndarray,
+                               num_bins: int = 15) -> tuple[float, dict[str, np.ndarray]]:
+    """ECE = Σ_b (n_b / N)·|accuracy_b − confidence_b| over equal-width confidence bins.
+
+    probs: (N, C) class probabilities; the prediction is the argmax and its probability the
+    confidence. Bin b holds confidences in (b/B, (b+1)/B] (the first bin includes 0), as in
+    Guo et al. (2017). Returns (ece, bins) with bins' "count", "accuracy", "confidence" (B,)
+    arrays (nan for an empty bin): what a reliability diagram draws.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    y_true = np.asarray(y_true).ravel()
+    if probs.ndim != 2 or probs.shape[0] != y_true.shape[0]:
+        raise ValueError(f"expected_calibration_error: probs must be (N, C) with N = "
+                         f"{y_true.shape[0]}, got {probs.shape}")
+    if num_bins < 1:
+        raise ValueError(f"expected_calibration_error: num_bins must be >= 1, got {num_bins}")
+    confidence = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == y_true).astype(np.float64)
+    # ceil(c·B) − 1 puts c = b/B into bin b−1 (right-closed bins); c = 0 goes to bin 0.
+    index = np.clip(np.ceil(confidence * num_bins).astype(np.int64) - 1, 0, num_bins - 1)
+    count = np.bincount(index, minlength=num_bins).astype(np.float64)
+    acc_sum = np.bincount(index, weights=correct, minlength=num_bins)
+    conf_sum = np.bincount(index, weights=confidence, minlength=num_bins)
+    accuracy, mean_conf = np.full(num_bins, np.nan), np.full(num_bins, np.nan)
+    np.divide(acc_sum, count, out=accuracy, where=count > 0)
+    np.divide(conf_sum, count, out=mean_conf, where=count > 0)
+    n = max(1, y_true.shape[0])
+    ece = float(np.abs(acc_sum - conf_sum).sum() / n)   # Σ n_b |acc_b − conf_b| / N
+    return ece, {"count": count, "accuracy": accuracy, "confidence": mean_conf}
+
+
+def classification_report(y_true: np.ndarray, outputs: np.ndarray, output: str = "softmax",
+                          num_bins: int = 15) -> dict:
+    """Per-class precision/recall/F1, macro-F1 and (for softmax probabilities) the ECE, as
+    plain lists and floats. outputs: (N, C) network outputs, the prediction being their argmax."""
+    outputs = np.asarray(outputs)
+    cm = confusion_matrix(y_true, outputs.argmax(axis=1), num_classes=outputs.shape[1])
+    precision, recall, f1 = precision_recall_f1(cm)
+    report = {"precision": precision.tolist(), "recall": recall.tolist(), "f1": f1.tolist(),
+              "macro_f1": float(f1.mean()), "ece": None, "ece_bins": num_bins}
+    if output == "softmax":      # only softmax outputs are probabilities to calibrate
+        report["ece"] = expected_calibration_error(outputs, y_true, num_bins)[0]
+    return report
+
+
+def format_classification_report(report: dict, class_names: Sequence[str]) -> str:
+    """Per-class precision, recall and F1 as an aligned text table, macro averages last."""
+    width = max(len("macro avg"), *(len(n) for n in class_names))
+    lines = [f"{'':<{width}}  precision  recall      f1"]
+    for name, p, r, f in zip(class_names, report["precision"], report["recall"], report["f1"]):
+        lines.append(f"{name:<{width}}  {p:9.4f}  {r:6.4f}  {f:6.4f}")
+    macro_p, macro_r = float(np.mean(report["precision"])), float(np.mean(report["recall"]))
+    lines.append(f"{'macro avg':<{width}}  {macro_p:9.4f}  {macro_r:6.4f}  {report['macro_f1']:6.4f}")
+    return "\n".join(lines)
+
+
+def format_evaluation(result: dict, class_names: Sequence[str]) -> str:
+    """``eval``'s text report of the dict :func:`experiment.evaluate_checkpoint` (or an
+    ensemble's evaluation, which names ``checkpoints``) returns."""
+    if "checkpoints" in result:
+        lines = [f"ensemble of {len(result['checkpoints'])}: " + ", ".join(result["checkpoints"])]
+    else:
+        lines = [f"checkpoint: {result['checkpoint']}"]
+    lines += [f"split: {result['split']} ({result['num_samples']} images)",
+              f"loss: {result['loss']:.4f}", f"accuracy: {result['accuracy']:.4f}",
+              f"macro-F1: {result['macro_f1']:.4f}"]
+    if result["ece"] is not None:
+        lines.append(f"expected calibration error: {result['ece']:.4f} ({result['ece_bins']} bins)")
+    lines += ["", "per-class accuracy (= recall), precision and F1:",
+              format_classification_report(result, class_names),
+              "", "confusion matrix (rows: true, columns: predicted):",
+              format_confusion_table(np.array(result["confusion_matrix"]), class_names)]
+    return "\n".join(lines)

@@ -1,7 +1,8 @@
-"""Pictures of a run: learning curves, confusion matrix, first-layer weights, confident mistakes.
+"""Pictures of a run: learning curves, confusion matrix, first-layer weights, confident mistakes
+and (for softmax outputs) a reliability diagram.
 
 Each ``plot_*`` function takes arrays and a path, writes one PNG atomically and returns the path.
-:func:`plot_run` gathers the arrays from a run directory and writes all four into ``<run>/plots/``.
+:func:`plot_run` gathers the arrays from a run directory and writes them into ``<run>/plots/``.
 
 matplotlib is an optional extra, imported only inside these functions. We draw on a bare
 ``matplotlib.figure.Figure`` rendered by the Agg canvas instead of going through pyplot: that
@@ -20,7 +21,8 @@ import numpy as np
 
 from .data import CLASS_NAMES
 from .errors import CheckpointError, FmnistMlpError
-from .metrics import confusion_matrix, most_confident_mistakes, per_class_accuracy
+from .metrics import (confusion_matrix, expected_calibration_error, most_confident_mistakes,
+                      per_class_accuracy)
 
 MISSING_MATPLOTLIB = "plotting needs matplotlib: pip install 'fmnist-mlp[plot]'"
 DPI = 100
@@ -29,6 +31,8 @@ MAX_MISTAKES = 25          # a 5x5 grid of misclassified test images
 IMAGE_SIDE = 28            # Fashion-MNIST images are 28x28, flattened to 784
 LEARNING_CURVES_SIZE = (12.0, 4.5)   # inches; two panels side by side
 CONFUSION_SIZE = (8.5, 8.0)
+RELIABILITY_SIZE = (6.0, 6.0)
+RELIABILITY_BINS = 15      # the bins eval's expected calibration error uses
 GRID_CELL_INCHES = 1.3     # per map in the weight and mistake grids
 GRID_TITLE_INCHES = 0.8    # room above a grid for its title
 GRID_MIN_WIDTH_INCHES = 5.5   # so a grid of a few maps still has room for its two-line title
@@ -234,6 +238,36 @@ def plot_confident_mistakes(images: np.ndarray, y_true: np.ndarray, probs: np.nd
     return _save(fig, path)
 
 
+def plot_reliability_diagram(probs: np.ndarray, y_true: np.ndarray, path: str | os.PathLike,
+                             num_bins: int = RELIABILITY_BINS) -> Path:
+    """Accuracy against confidence in equal-width bins, with the diagonal a calibrated model
+    would follow; bars are bin accuracies, the gap to the diagonal is shaded, ECE in the title.
+
+    probs: (N, C) class probabilities (softmax outputs); y_true: (N,) labels.
+    """
+    ece, bins = expected_calibration_error(probs, y_true, num_bins)
+    edges = np.linspace(0.0, 1.0, num_bins + 1)
+    centres, width = (edges[:-1] + edges[1:]) / 2, 1.0 / num_bins
+    filled = bins["count"] > 0
+    fig = _new_figure(RELIABILITY_SIZE)
+    ax = fig.subplots()
+    fig.subplots_adjust(left=0.13, right=0.97, bottom=0.11, top=0.92)
+    ax.bar(centres[filled], bins["accuracy"][filled], width=width, edgecolor="black",
+           color="tab:blue", label="accuracy")
+    gap_low = np.minimum(bins["accuracy"], bins["confidence"])[filled]
+    gap = np.abs(bins["accuracy"] - bins["confidence"])[filled]
+    ax.bar(centres[filled], gap, bottom=gap_low, width=width, color="tab:red", alpha=0.35,
+           hatch="//", label="gap to confidence")
+    ax.plot([0, 1], [0, 1], "k--", label="perfect calibration")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (probability of the predicted class)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"Reliability diagram: ECE {ece:.4f} ({num_bins} bins, {len(y_true)} images)")
+    ax.legend(loc="upper left")
+    return _save(fig, path)
+
+
 def plot_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None) -> list[Path]:
     """Write every picture of a run into <run_dir>/plots/ and return the PNG paths.
 
@@ -268,4 +302,7 @@ def plot_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
                                             class_names=CLASS_NAMES if single_layer else None))
     written.append(plot_confident_mistakes(test.x, test.y, probs, plots_dir / "confident_mistakes.png",
                                            score_name=score_name))
+    if score_name == "probability":     # calibration is a property of probabilities only
+        written.append(plot_reliability_diagram(probs, test.y,
+                                                plots_dir / "reliability_diagram.png"))
     return written

@@ -23,8 +23,20 @@ from fmnist_mlp.train import NullCallback, TrainState
 class RunRecorder:
     def __init__(self, run_dir: Path, cfg: Config, model: Any, optimizer: Any,
                  streams: Mapping[str, np.random.Generator], state: TrainState,
-                 forward: Any = None, resumed: bool = False):
+                 forward: Any = None, resumed: bool = False,
+                 normalization: Mapping[str, float] | None = None):
         self.run_dir, self.cfg, self.model, self.optimizer = run_dir, cfg, model, optimizer
+        # The input normalisation (pixel mean and std of the training rows), kept in every
+        # checkpoint so predict and export need not reload the dataset to know it.
+        self.normalization = dict(normalization) if normalization is not None else None
+        self.board = None
+        if cfg.train.tensorboard:
+            from fmnist_mlp.tensorboard import TensorBoardLogger
+
+            # Resumed: events after the checkpoint's epoch are trained again, so TensorBoard
+            # drops the earlier ones (purge_step) instead of drawing those epochs twice.
+            self.board = TensorBoardLogger(run_dir, model, config_to_dict(cfg), cfg.train.epochs,
+                                           purge_step=state.epoch + 1 if resumed else None)
         self.streams, self.forward = streams, forward or NullCallback()
         self.ckpt_dir = run_dir / "checkpoints"
         self.metrics = runs.MetricsWriter(run_dir, keep_epochs_upto=state.epoch if resumed else None)
@@ -51,9 +63,13 @@ class RunRecorder:
     # --------------------------------------------------------------- callback protocol
     def on_epoch_start(self, epoch: int, num_batches: int) -> None:
         self.forward.on_epoch_start(epoch, num_batches)
+        if self.board is not None:
+            self.board.on_epoch_start(epoch, num_batches)
 
     def on_batch(self, batch: int, loss: float, acc: float) -> None:
         self.forward.on_batch(batch, loss, acc)
+        if self.board is not None:
+            self.board.on_batch(batch, loss, acc)
 
     def on_epoch_end(self, metrics: dict[str, float], state: TrainState, is_best: bool) -> None:
         self.snapshot = (state.epoch, runs.checkpoint_bytes(self._checkpoint(state)))
@@ -70,6 +86,8 @@ class RunRecorder:
                             wall_time=self._wall_time())
         runs.write_summary(self.run_dir, self.summary)
         self.log.write(format_epoch(metrics, self.cfg.train.epochs, is_best))
+        if self.board is not None:
+            self.board.on_epoch_end(metrics, state, is_best)
         self.forward.on_epoch_end(metrics, state, is_best)
 
     # --------------------------------------------------------------- endings
@@ -90,6 +108,9 @@ class RunRecorder:
                             **test_scores)
         runs.write_summary(self.run_dir, self.summary)
         self.log.write(f"finished: test_acc={test_scores.get('test_acc', float('nan')):.4f}")
+        if self.board is not None:
+            self.board.finish(self.summary)
+            self.board = None
         self._close()
         return dict(self.summary)
 
@@ -102,6 +123,8 @@ class RunRecorder:
         meta = {"config": config_to_dict(self.cfg), "model_spec": self.model.spec(),
                 "epoch": state.epoch, "state": state.to_dict(),
                 "best": {"epoch": state.best_epoch, "val_acc": state.best_val_acc}}
+        if self.normalization is not None:
+            meta["normalization"] = self.normalization
         return runs.Checkpoint(
             # Parameters and the BN running statistics; serialised immediately, so no copy.
             params=self.model.named_arrays(),
@@ -115,6 +138,8 @@ class RunRecorder:
     def _close(self) -> None:
         self.metrics.close()
         self.log.close()
+        if self.board is not None:
+            self.board.close()
 
 
 def _run_name(run_dir: Path) -> str:

@@ -29,6 +29,8 @@ NOT_REACHING_ENGINE = {
     "train.plots": "the CLI draws the PNGs after training has finished (cli._plots_if_asked)",
     "train.checkpoint_every": "how often the run recorder writes checkpoints/last.npz "
                               "(recorder.RunRecorder; tested in test_cli's resume tests)",
+    "train.tensorboard": "the run recorder writes event files beside the run "
+                         "(tensorboard.TensorBoardLogger; tested in test_after_training)",
 }
 
 # key -> (a value other than the base's, overrides that make the key matter, the part it changes).

@@ -82,6 +82,14 @@ def tiny_trained_model():
     return model, x_test, y_test
 
 
+def test_reliability_diagram_png(tmp_path):
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(10) * 0.3, size=500)
+    y = np.where(rng.random(500) < 0.7, probs.argmax(axis=1), rng.integers(0, 10, 500))
+    path = plots.plot_reliability_diagram(probs, y, tmp_path / "rel.png")
+    assert_picture(path, *(round(v * plots.DPI) for v in plots.RELIABILITY_SIZE))
+
+
 def test_learning_curves_png(tmp_path):
     path = plots.plot_learning_curves(synthetic_metrics(), tmp_path / "curves.png")
     width, height = plots.LEARNING_CURVES_SIZE
@@ -232,7 +240,7 @@ def _tiny_run(tmp_path, hidden, data_dir):
 def _check_run_pictures(run_dir, written, weight_grid):
     names = [p.name for p in written]
     assert names == ["learning_curves.png", "confusion_matrix.png", "first_layer_weights.png",
-                     "confident_mistakes.png"]
+                     "confident_mistakes.png", "reliability_diagram.png"]
     assert all(p.parent == run_dir / "plots" for p in written)
     by_name = dict(zip(names, written))
     assert_picture(by_name["learning_curves.png"],
@@ -242,6 +250,8 @@ def _check_run_pictures(run_dir, written, weight_grid):
     assert_picture(by_name["first_layer_weights.png"], *grid_pixels(*weight_grid))
     # A 2-epoch model on 600 images gets far more than 25 of the 10,000 test images wrong.
     assert_picture(by_name["confident_mistakes.png"], *grid_pixels(5, 5))
+    assert_picture(by_name["reliability_diagram.png"],
+                   *(round(v * plots.DPI) for v in plots.RELIABILITY_SIZE))
 
 
 @pytest.mark.realdata

@@ -114,18 +114,29 @@ def make_splits(raw: RawData, val_size: int = 5000, split: str = "stratified",
             raise ConfigError(f"data.subset: {subset!r} must be null or an integer in 1..{train_idx.size}")
         train_idx, _ = _draw(labels[train_idx], train_idx, subset, split, rng)
 
-    train_x = _to_rows(raw.train_images, train_idx, dtype)
     mean, std = _pixel_mean_std(raw.train_images[train_idx]) if normalize == "standardize" else (0.0, 1.0)
     splits = []
-    for x, y in ((train_x, labels[train_idx]),
-                 (_to_rows(raw.train_images, val_idx, dtype), labels[val_idx]),
-                 (_to_rows(raw.test_images, np.arange(raw.test_labels.shape[0]), dtype),
-                  raw.test_labels.astype(np.int64))):
-        if normalize == "standardize":
-            x -= x.dtype.type(mean)
-            x /= x.dtype.type(std)
+    for images, idx, y in ((raw.train_images, train_idx, labels[train_idx]),
+                           (raw.train_images, val_idx, labels[val_idx]),
+                           (raw.test_images, np.arange(raw.test_labels.shape[0]),
+                            raw.test_labels.astype(np.int64))):
+        x = pixels_to_inputs(images.reshape(images.shape[0], NUM_FEATURES)[idx], mean, std, dtype)
         splits.append(Split(x, np.ascontiguousarray(y)))
     return Splits(*splits, mean=mean, std=std)
+
+
+def pixels_to_inputs(pixels: np.ndarray, mean: float, std: float, dtype: str) -> np.ndarray:
+    """(N, 784) raw pixel values 0..255 -> the network's input rows: ``(x / 255 − mean) / std``.
+
+    The one place this arithmetic lives (training splits, ``predict`` on image files), so an
+    image saved as PNG and read back gives bit-identical inputs. mean 0, std 1 is "scale".
+    """
+    rows = np.asarray(pixels).astype(dtype)          # a fresh C-contiguous array, safe to modify
+    rows *= rows.dtype.type(1.0 / 255.0)
+    if (mean, std) != (0.0, 1.0):
+        rows -= rows.dtype.type(mean)
+        rows /= rows.dtype.type(std)
+    return rows
 
 
 def _pixel_mean_std(images: np.ndarray) -> tuple[float, float]:
@@ -170,10 +181,3 @@ def _draw(labels: np.ndarray, indices: np.ndarray, count: int, split: str,
     mask = np.zeros(indices.size, dtype=bool)
     mask[chosen] = True
     return indices[mask], indices[~mask]
-
-
-def _to_rows(images: np.ndarray, idx: np.ndarray, dtype: str) -> np.ndarray:
-    """Select images[idx] as (len(idx), 784) rows of ``dtype`` scaled to [0, 1]."""
-    rows = images.reshape(images.shape[0], NUM_FEATURES)[idx].astype(dtype)
-    rows *= rows.dtype.type(1.0 / 255.0)
-    return rows

@@ -1,0 +1,116 @@
+"""Several trained runs scored as one: the mean of their outputs (class probabilities).
+
+Each member keeps its own input normalisation and its own test-time flip averaging, so a member
+contributes exactly what ``eval`` scores for it alone. Members must share their output units
+(averaging softmax probabilities with sigmoid scores means nothing) and, to be scored on the
+validation or training split, the keys that choose those rows; the test split is the same
+10,000 images for every run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from fmnist_mlp.errors import ConfigError
+from fmnist_mlp.trained import TrainedModel, load_trained
+
+# The config keys that decide which images are a run's train and validation rows.
+SPLIT_KEYS = ("seed", "data.val_size", "data.split", "data.subset")
+
+
+def load_members(targets: Sequence[str | Path], data_dir: str | Path | None = None
+                 ) -> list[TrainedModel]:
+    members = [load_trained(t, data_dir) for t in targets]
+    output_kind(members)
+    return members
+
+
+def output_kind(members: Sequence[TrainedModel]) -> str:
+    """The members' common output units (softmax, sigmoid or linear); a mix is a ConfigError."""
+    kinds = {m.model.spec()["output"] for m in members}
+    if len(kinds) != 1:
+        raise ConfigError("an ensemble's runs must share model.output; got "
+                          + ", ".join(f"{m.path}: {m.model.spec()['output']}" for m in members))
+    return kinds.pop()
+
+
+def check_same_rows(members: Sequence[TrainedModel], split: str) -> None:
+    """Validation and training rows depend on SPLIT_KEYS: the members must agree on them."""
+    if split == "test" or len(members) < 2:
+        return
+    first = members[0]
+    for key in SPLIT_KEYS:
+        value = _dotted(first.config, key)
+        for other in members[1:]:
+            if _dotted(other.config, key) != value:
+                raise ConfigError(
+                    f"--split {split}: the runs disagree on {key} ({first.path}: {value!r}, "
+                    f"{other.path}: {_dotted(other.config, key)!r}), so their {split} rows "
+                    f"differ; score an ensemble of such runs on the test split")
+
+
+def mean_outputs(outputs: Sequence[np.ndarray]) -> np.ndarray:
+    """(N, K) mean of the members' (N, K) outputs; one member's are returned unchanged."""
+    if len(outputs) == 1:
+        return outputs[0]
+    total = np.array(outputs[0], dtype=np.result_type(*outputs))
+    for out in outputs[1:]:
+        total += out
+    total /= len(outputs)
+    return total
+
+
+def ensemble_outputs(members: Sequence[TrainedModel], pixels: np.ndarray) -> np.ndarray:
+    """(N, K) averaged outputs of raw pixel rows (N, 784), each member as ``eval`` scores it."""
+    return mean_outputs([m.outputs(pixels) for m in members])
+
+
+def logits_of_outputs(kind: str, outputs: np.ndarray) -> np.ndarray:
+    """Scores whose output nonlinearity gives back ``outputs``: what an averaged model calls its
+    logits. softmax: log p (softmax(log p) = p as rows sum to 1); sigmoid: log(p / (1 − p));
+    linear: the outputs. Probabilities are clipped to the dtype's tiny so the logs stay finite."""
+    tiny = np.finfo(outputs.dtype).tiny
+    if kind == "softmax":
+        return np.log(np.maximum(outputs, tiny))
+    if kind == "sigmoid":
+        return np.log(np.maximum(outputs, tiny)) - np.log(np.maximum(1 - outputs, tiny))
+    return outputs.copy()
+
+
+def evaluate_ensemble(targets: Sequence[str | Path], split: str = "test",
+                      data_dir: str | Path | None = None) -> dict[str, Any]:
+    """What ``eval`` reports for one run, for the mean of several runs' outputs."""
+    from fmnist_mlp.experiment import load_splits_for
+    from fmnist_mlp.metrics import classification_report, confusion_matrix, per_class_accuracy
+    from fmnist_mlp.nn.losses import loss_of_outputs, one_hot_targets
+
+    if split not in ("train", "val", "test"):
+        raise ConfigError(f"--split {split!r}: expected train, val or test")
+    members = load_members(targets, data_dir)
+    check_same_rows(members, split)
+    outputs, y = [], None
+    for member in members:
+        data = getattr(load_splits_for(member.config, data_dir), split)
+        outputs.append(member.scorer.forward(data.x, member.config["train"]["eval_batch_size"]))
+        y = data.y
+    averaged = mean_outputs(outputs)
+    first = members[0].model.spec()   # the averaged outputs' loss: the first run's settings
+    target = one_hot_targets(y, first["num_classes"], first["label_smoothing"], averaged.dtype)
+    loss = float(loss_of_outputs(first["loss"], averaged, target).mean())
+    pred = averaged.argmax(axis=1)
+    cm = confusion_matrix(y, pred, num_classes=averaged.shape[1])
+    return {"checkpoints": [str(m.path) for m in members], "split": split, "loss": loss,
+            "accuracy": float(np.mean(pred == y)), "num_samples": int(len(y)),
+            "per_class_accuracy": [float(a) for a in per_class_accuracy(cm)],
+            "confusion_matrix": cm.tolist(),
+            **classification_report(y, averaged, output_kind(members))}
+
+
+def _dotted(config: dict, key: str) -> Any:
+    node: Any = config
+    for part in key.split("."):
+        node = node[part]
+    return node
