@@ -73,7 +73,7 @@ def test_interrupted_write_keeps_the_previous_file_and_no_temporary(tmp_path, mo
     runs.save_checkpoint(path, _checkpoint())
     before = path.read_bytes()
 
-    def crash(*args):
+    def crash(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(runs.os, "replace", crash)
