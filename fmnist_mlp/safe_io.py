@@ -31,7 +31,7 @@ _TMP_RE = re.compile(r"^\.(?P<target>.+)\.(?P<pid>\d+)-[0-9a-f]{8}" + re.escape(
 # Names the previous versions gave their temporaries (mkstemp, pid-only): removed only where the
 # caller holds the directory's lock, since their owner cannot be told from the name.
 _LEGACY_TMP_RE = re.compile(r"^\.(?P<target>config\.yaml|summary\.json|metrics\.jsonl|"
-                            r"[A-Za-z0-9_]+\.(?:npz|png|npy|gz))\.[A-Za-z0-9_]+\.(tmp|part)$")
+                            r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*?\.(?:npz|png|npy|gz))\.[A-Za-z0-9_]+\.(tmp|part)$")
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 
@@ -183,6 +183,18 @@ def atomic_write(path: str | os.PathLike, data: bytes | Callable[[object], None]
             os.fsync(dir_fd)      # the rename itself survives a power cut
     finally:
         os.close(dir_fd)
+    return path
+
+
+def new_temporary(directory: str | os.PathLike, target: str) -> Path:
+    """Create an empty temporary for ``directory/target`` (for writers that need a path, such as a
+    download resumed by Range); the caller renames or removes it. Named like atomic_write's."""
+    directory = Path(directory)
+    path = directory / f".{target}.{os.getpid()}-{secrets.token_hex(4)}{TMP_SUFFIX}"
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o644))
+    except OSError as exc:
+        raise FileWriteError(f"{path}: cannot create ({exc.strerror or exc})") from None
     return path
 
 

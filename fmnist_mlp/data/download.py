@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -23,6 +23,10 @@ from typing import Iterable, Sequence
 from fmnist_mlp.errors import DataError
 from fmnist_mlp.data.http import HostUnreachableError, HttpOptions, download_url, make_session
 from fmnist_mlp.data.lock import FileLock
+from fmnist_mlp.data.manifest import file_entry as manifest_entry
+from fmnist_mlp.data.manifest import file_sha256, load_manifest, save_manifest
+from fmnist_mlp.data.manifest import matches as manifest_matches
+from fmnist_mlp.safe_io import clean_stale_tmp, new_temporary
 from fmnist_mlp.data.specs import FASHION_MNIST_FILES, FileSpec, verify_file
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -72,6 +76,7 @@ class _FetchContext:
     http: HttpOptions
     progress: bool
     session: object = None
+    manifest: dict = field(default_factory=dict)
     dead_hosts: dict[str, str] = field(default_factory=dict)  # source -> why, skipped for later files
 
 
@@ -91,26 +96,66 @@ def ensure_dataset(data_dir: str | Path | None = None, sources: Sequence[str] | 
         data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DataError(f"{data_dir}: cannot create the data folder: {exc.strerror or exc}") from None
-    if not force and all((data_dir / spec.filename).is_file() for spec in specs):
-        return data_dir  # complete already: no lock needed, so a read-only cache works too
+    manifest = load_manifest(data_dir)
+    states = [cached_state(data_dir, spec, manifest) for spec in specs]   # raises for foreign files
+    if not force and all(state == "ok" for state in states):
+        # Verified and complete: no lock needed, so a read-only cache works too.
+        if manifest.pop("dirty", False):
+            save_manifest(data_dir, manifest)
+        return data_dir
     sources = default_sources() if sources is None else [str(s) for s in sources]
     context = _FetchContext(data_dir, http, progress)
     failures: list[str] = []
     try:
         with FileLock(data_dir / LOCK_NAME):
+            clean_stale_tmp(data_dir, legacy=True)      # partial downloads of killed processes
+            context.manifest = manifest = load_manifest(data_dir)
+            before = repr(manifest["files"])
             for spec in specs:
                 # Checked under the lock: another process may have fetched it while we waited.
-                if not force and (data_dir / spec.filename).is_file():
+                if cached_state(data_dir, spec, manifest) == "ok" and not force:
                     continue
                 reasons = _fetch_first(spec, sources, context)
                 if reasons is not None:
                     failures.append(_failure_report(spec, data_dir, reasons, force))
+            if manifest.pop("dirty", False) or repr(manifest["files"]) != before:
+                save_manifest(data_dir, manifest)
     finally:
         if context.session is not None:
             context.session.close()
     if failures:
         raise DataError("could not get the Fashion-MNIST files.\n" + "\n".join(failures) + "\n" + HOW_TO_FIX)
     return data_dir
+
+
+def cached_state(data_dir: Path, spec: FileSpec, manifest: dict) -> str:
+    """"ok" (verified), "missing", or "damaged" (the tool's own copy, changed in place since it
+    was verified: it may be replaced). A file the tool did not create that is not what ``spec``
+    describes raises DataError: it is the user's, and is never deleted or overwritten."""
+    path = data_dir / spec.filename
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return "missing"
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    sha256 = file_sha256(path)
+    if manifest_matches(manifest, spec.filename, spec.sha256, sha256):
+        return "ok"
+    try:
+        verify_file(path, spec)       # not recorded yet (an older cache, a folder the user filled)
+    except DataError as exc:
+        entry = manifest_entry(manifest, spec.filename)
+        if entry is not None and entry.get("ino") == info.st_ino and stat.S_ISREG(info.st_mode):
+            return "damaged"
+        why = ("its contents are not Fashion-MNIST's (digit MNIST uses the same file names)"
+               if "verification failed" in str(exc) else str(exc).split(": ", 1)[-1])
+        raise DataError(f"{path}: {why}; fmnist-mlp did not create this file and leaves it "
+                        f"untouched: move it away or pass another --data-dir") from None
+    manifest["files"][spec.filename] = {"sha256": sha256, "idx_sha256": spec.sha256,
+                                        "ino": info.st_ino}
+    manifest["dirty"] = True
+    return "ok"
 
 
 def _failure_report(spec: FileSpec, data_dir: Path, reasons: list[str], force: bool) -> str:
@@ -140,15 +185,17 @@ def _fetch_first(spec: FileSpec, sources: Iterable[str], context: _FetchContext)
 
 
 def _install_from(source: str, spec: FileSpec, context: _FetchContext) -> None:
-    """Copy ``spec`` from ``source`` into a temporary file, verify it, rename it into the cache."""
-    fd, tmp_name = tempfile.mkstemp(dir=context.data_dir, prefix=f".{spec.filename}.", suffix=".part")
-    os.close(fd)
-    tmp = Path(tmp_name)
+    """Copy ``spec`` from ``source`` into a temporary file, verify it, rename it into the cache
+    (over nothing, or over the tool's own damaged copy: :func:`cached_state` has checked)."""
+    tmp = new_temporary(context.data_dir, spec.filename)
     try:
         label = _copy_to(source, spec, tmp, context)
         verify_file(tmp, spec, label)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache may be shared (a sweep, a team)
-        os.replace(tmp, context.data_dir / spec.filename)
+        sha256 = file_sha256(tmp)
+        target = context.data_dir / spec.filename
+        os.replace(tmp, target)
+        context.manifest["files"][spec.filename] = {
+            "sha256": sha256, "idx_sha256": spec.sha256, "ino": os.stat(target).st_ino}
     finally:
         tmp.unlink(missing_ok=True)
 
