@@ -143,6 +143,7 @@ def run_training(cfg: Config | None, *, name: str | None = None, runs_dir: str |
     else:
         assert cfg is not None and name is not None
         runs.validate_run_name(name)
+        runs.check_runs_dir_writable(runs_dir)
         run_dir, ckpt = None, None
     try:
         return _train(cfg, name, runs_dir, data_dir, run_dir, ckpt, locks, callback, on_run_dir)

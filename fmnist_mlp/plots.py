@@ -40,6 +40,13 @@ def require_matplotlib() -> None:
 
     Public so that training with ``train.plots: true`` can fail before it starts, not after.
     """
+    home = os.environ.get("HOME")
+    if home is not None and (not os.path.isabs(home) or home.rstrip("/") == "") \
+            and "MPLCONFIGDIR" not in os.environ:
+        # HOME="": matplotlib would put its config and font cache under / (or the current folder).
+        import tempfile
+
+        os.environ["MPLCONFIGDIR"] = tempfile.mkdtemp(prefix="fmnist-mlp-matplotlib-")
     try:
         import matplotlib  # noqa: F401
     except ImportError:

@@ -67,6 +67,9 @@ def create_run_dir(runs_dir: str | Path, name: str) -> Path:
             os.mkdir(run_dir)
         except FileExistsError:
             continue
+        except OSError as exc:
+            raise ConfigError(f"--runs-dir {runs_dir}: cannot create a run directory "
+                              f"({exc.strerror or exc})") from None
         safe_io.dir_inside(run_dir, "checkpoints")
         return run_dir
     raise CheckpointError(f"{runs_dir}: could not create a unique run directory")
@@ -103,6 +106,17 @@ class RunLock:
         if self._fd is not None:
             os.close(self._fd)          # closing the last descriptor releases the flock
             self._fd = None
+
+
+def check_runs_dir_writable(runs_dir: str | Path) -> None:
+    """ConfigError (exit 2) when ``runs_dir``, or the nearest folder that exists above it, cannot
+    be written (read-only mount, permissions): said before any data is fetched or decoded."""
+    path = Path(runs_dir).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    if not path.is_dir() or not os.access(path, os.W_OK | os.X_OK):
+        what = "is not a directory" if not path.is_dir() else "is not writable"
+        raise ConfigError(f"--runs-dir {runs_dir}: {path} {what}")
 
 
 def is_run_dir(path: Path) -> bool:
@@ -368,4 +382,11 @@ def list_run_dirs(runs_dir: str | Path) -> list[Path]:
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         return []
-    return sorted(p for p in runs_dir.iterdir() if p.is_dir() and is_run_dir(p))
+    found = []
+    for p in runs_dir.iterdir():
+        try:
+            if p.is_dir() and is_run_dir(p):
+                found.append(p)
+        except OSError:         # e.g. another user's run we may not look into: listed, and
+            found.append(p)     # then shown as one unreadable row rather than failing the table
+    return sorted(found)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from fmnist_mlp.errors import DataError
+from fmnist_mlp.errors import ConfigError, DataError
 from fmnist_mlp.data.http import HostUnreachableError, HttpOptions, download_url, make_session
 from fmnist_mlp.data.lock import FileLock
 from fmnist_mlp.data.manifest import file_entry as manifest_entry
@@ -49,9 +49,17 @@ def default_data_dir() -> Path:
     """The cache folder: $FMNIST_MLP_DATA_DIR, else $XDG_CACHE_HOME/fmnist-mlp, else ~/.cache/fmnist-mlp."""
     if os.environ.get("FMNIST_MLP_DATA_DIR"):
         return Path(os.environ["FMNIST_MLP_DATA_DIR"]).expanduser()
-    if os.environ.get("XDG_CACHE_HOME"):
+    # The XDG spec says a relative XDG_CACHE_HOME is invalid and to be ignored.
+    if os.path.isabs(os.path.expanduser(os.environ.get("XDG_CACHE_HOME", ""))):
         return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "fmnist-mlp"
-    return Path.home() / ".cache" / "fmnist-mlp"
+    home = os.environ.get("HOME")
+    home = os.path.expanduser("~") if home is None else home     # unset: the password entry
+    if not os.path.isabs(home) or home.rstrip("/") == "":
+        # HOME="" makes Python's "~" the root folder (or a relative HOME, the current one):
+        # the data would land under / or wherever the command happened to start.
+        raise ConfigError(f"no cache folder: $HOME is {os.environ.get('HOME', '')!r}, not an "
+                          f"absolute path; pass --data-dir or set FMNIST_MLP_DATA_DIR")
+    return Path(home) / ".cache" / "fmnist-mlp"
 
 
 def resolve_data_dir(data_dir: str | Path | None) -> Path:
