@@ -300,7 +300,13 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError(f"{path}: checkpoint not found")
     if not _is_zip(path):
         raise CheckpointError(f"{path}: not a .npz checkpoint (foreign or corrupt file)")
+    from fmnist_mlp.checkpoint_check import check_members
+
     try:
+        # Names, shapes, dtypes and sizes from the headers, against the stored model spec,
+        # before any array is read: a hostile header cannot make us allocate.
+        with zipfile.ZipFile(path) as zf:
+            check_members(path, zf)
         with np.load(path, allow_pickle=False) as npz:
             arrays = {key: npz[key] for key in npz.files}   # read all now, inside the guard
     except ValueError as exc:
@@ -346,7 +352,7 @@ def _json_entry(array: np.ndarray, path: Path, key: str) -> Any:
         raise CheckpointError(f"{path}: entry {key!r} is not a JSON string")
     try:
         return json.loads(str(array))
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         raise CheckpointError(f"{path}: entry {key!r} holds invalid JSON") from None
 
 
