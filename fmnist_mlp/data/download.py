@@ -16,12 +16,14 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
 from fmnist_mlp.errors import ConfigError, DataError
-from fmnist_mlp.data.http import HostUnreachableError, HttpOptions, download_url, make_session
+from fmnist_mlp.data.http import (HostUnreachableError, HttpOptions, StalledError, download_url,
+                                  make_session)
 from fmnist_mlp.data.lock import FileLock
 from fmnist_mlp.data.manifest import file_entry as manifest_entry
 from fmnist_mlp.data.manifest import file_sha256, load_manifest, save_manifest
@@ -86,6 +88,9 @@ class _FetchContext:
     session: object = None
     manifest: dict = field(default_factory=dict)
     dead_hosts: dict[str, str] = field(default_factory=dict)  # source -> why, skipped for later files
+    stalled: set[str] = field(default_factory=set)   # silent once: tried last, with full patience
+    answered: set[str] = field(default_factory=set)  # sent something: no stall check needed
+    deadline: float = 0.0                            # time.monotonic() bound of the whole download
 
 
 def ensure_dataset(data_dir: str | Path | None = None, sources: Sequence[str] | None = None,
@@ -112,7 +117,8 @@ def ensure_dataset(data_dir: str | Path | None = None, sources: Sequence[str] | 
             save_manifest(data_dir, manifest)
         return data_dir
     sources = default_sources() if sources is None else [str(s) for s in sources]
-    context = _FetchContext(data_dir, http, progress)
+    context = _FetchContext(data_dir, http, progress,
+                            deadline=time.monotonic() + http.total_timeout)
     failures: list[str] = []
     try:
         with FileLock(data_dir / LOCK_NAME):
@@ -175,21 +181,36 @@ def _failure_report(spec: FileSpec, data_dir: Path, reasons: list[str], force: b
 
 
 def _fetch_first(spec: FileSpec, sources: Iterable[str], context: _FetchContext) -> list[str] | None:
-    """Install ``spec`` from the first source that yields it verified; None on success, else why each failed."""
-    reasons = []
-    for source in sources:
-        if source in context.dead_hosts:
-            reasons.append(f"{source}: skipped, {context.dead_hosts[source]} for an earlier file")
-            continue
-        try:
-            _install_from(source, spec, context)
-            return None
-        except HostUnreachableError as exc:
-            context.dead_hosts[source] = "unreachable"
-            reasons.append(str(exc))
-        except DataError as exc:
-            reasons.append(str(exc))
-    return reasons
+    """Install ``spec`` from the first source that yields it verified; None on success, else why each failed.
+
+    A source that stays silent (accepts, never answers) costs one short attempt; it is tried
+    again, with full patience, only after every other source has failed.
+    """
+    sources = list(sources)
+    reasons: dict[str, str] = {}
+    for patient in (False, True):
+        for source in sources:
+            if (source in context.stalled) != patient:
+                continue
+            if source in context.dead_hosts:
+                reasons[source] = f"{source}: skipped, {context.dead_hosts[source]} for an earlier file"
+                continue
+            try:
+                _install_from(source, spec, context)
+                return None
+            except StalledError as exc:
+                context.stalled.add(source)
+                reasons[source] = f"{exc}; tried again after the other sources"
+            except HostUnreachableError as exc:
+                context.dead_hosts[source] = "unreachable"
+                reasons[source] = _then(reasons.get(source), str(exc))
+            except DataError as exc:
+                reasons[source] = _then(reasons.get(source), str(exc))
+    return [reasons[s] for s in sources if s in reasons]
+
+
+def _then(earlier: str | None, later: str) -> str:
+    return later if earlier is None else f"{earlier}; then: {later}"
 
 
 def _install_from(source: str, spec: FileSpec, context: _FetchContext) -> None:
@@ -214,7 +235,11 @@ def _copy_to(source: str, spec: FileSpec, tmp: Path, context: _FetchContext) -> 
         url = source.rstrip("/") + "/" + spec.filename
         if context.session is None:
             context.session = make_session()
-        download_url(url, tmp, context.session, context.http, context.progress, desc=spec.filename)
+        host = url.split("/")[2]
+        download_url(url, tmp, context.session, context.http, context.progress, desc=spec.filename,
+                     first_try=host not in context.answered and source not in context.stalled,
+                     deadline=context.deadline)
+        context.answered.add(host)
         return url
     if "://" in source:
         raise DataError(f"{source}: unsupported source (give a folder, or an http:// or https:// URL)")
