@@ -258,6 +258,7 @@ def _check_resumable(run_dir: Path):
                               f"{summary['pid']} on {summary.get('host')}); stop it first")
     from fmnist_mlp.config import load_config
 
+    runs.refuse_links_inside(run_dir, "config.yaml")
     cfg = load_config(run_dir / "config.yaml")
     runs.refuse_links_inside(run_dir, "checkpoints/last.npz")
     last = run_dir / "checkpoints" / "last.npz"

@@ -237,3 +237,34 @@ def test_a_full_disk_marks_the_run_failed_and_names_the_file(real_data_dir, tmp_
         assert [p.name for p in (run_dir / "checkpoints").iterdir()] == []
     finally:
         subprocess.run(["umount", str(mnt)])
+
+
+# ------------------------------------------------------------------------- hand-edited metrics
+
+
+EDITED_METRICS = "\n".join([
+    '{"epoch": 1, "train_loss": 1.0, "train_acc": 0.5, "val_loss": 1.1, "val_acc": 0.4}',
+    '{"epoch": "two", "train_loss": "low", "train_acc": [1], "val_loss": null, "val_acc": true}',
+    '{"epoch": 1e308, "train_loss": 1e999, "val_acc": {"a": 1}}',
+    '[1, 2, 3]',
+    '{"epoch": 4}',
+    '{}',
+    '"just a string"',
+    '{"epoch": -5, "val_acc": NaN, "train_acc": Infinity}',
+]) + "\n"
+
+
+def test_plot_survives_a_hand_edited_metrics_file(run, real_data_dir):
+    pytest.importorskip("matplotlib")
+    (run / "metrics.jsonl").write_text(EDITED_METRICS)
+    proc = fmnist("plot", run, "--data-dir", real_data_dir)
+    assert proc.returncode == 0, proc.stderr
+    assert (run / "plots" / "learning_curves.png").stat().st_size > 0
+
+
+def test_learning_curves_of_only_odd_rows_draw_gaps(tmp_path):
+    pytest.importorskip("matplotlib")
+    from fmnist_mlp.plots import plot_learning_curves
+
+    rows = [{"epoch": "x", "val_acc": "high"}, {"train_loss": [1, 2]}, {"epoch": None}]
+    assert plot_learning_curves(rows, tmp_path / "c.png").stat().st_size > 0
