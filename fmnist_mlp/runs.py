@@ -180,7 +180,7 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     for line in text.splitlines():
         try:
             row = json.loads(line)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             continue
         if isinstance(row, dict):
             rows.append(row)
