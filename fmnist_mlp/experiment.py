@@ -248,6 +248,7 @@ def _open_for_resume(run_dir: Path):
 def _check_resumable(run_dir: Path):
     from fmnist_mlp import safe_io
 
+    runs.check_run_entries(run_dir)
     for sub in (".", "checkpoints", "plots"):   # leftovers of a SIGKILL; we hold the lock
         safe_io.clean_stale_tmp(run_dir / sub, legacy=True)
     summary = runs.read_summary(run_dir)

@@ -384,6 +384,28 @@ def refuse_links_inside(run_dir: str | Path, relative: str | Path) -> None:
                                           f"inside a run directory (remove it)")
 
 
+_RUN_FILES = ("config.yaml", "summary.json", "metrics.jsonl", "train.log")
+_RUN_DIRS = ("checkpoints", "plots")
+
+
+def check_run_entries(run_dir: str | Path) -> None:
+    """Refuse a run directory whose own entries were replaced by links, FIFOs or devices, before
+    anything in it is opened or rewritten (so a refused resume changes nothing)."""
+    import stat
+
+    for name in _RUN_FILES + _RUN_DIRS:
+        path = Path(run_dir) / name
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            continue
+        expected = stat.S_ISDIR(mode) if name in _RUN_DIRS else stat.S_ISREG(mode)
+        if not expected:
+            kind = "a symbolic link" if stat.S_ISLNK(mode) else "not a regular entry"
+            raise safe_io.UnsafePathError(f"{path}: is {kind}; refusing to follow it inside a "
+                                          f"run directory (remove it, or restore the run's own)")
+
+
 def list_run_dirs(runs_dir: str | Path) -> list[Path]:
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():

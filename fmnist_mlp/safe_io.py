@@ -34,6 +34,7 @@ _LEGACY_TMP_RE = re.compile(r"^\.(?P<target>config\.yaml|summary\.json|metrics\.
                             r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*?\.(?:npz|png|npy|gz))\.[A-Za-z0-9_]+\.(tmp|part)$")
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 
 
 class UnsafePathError(FmnistMlpError):
@@ -117,10 +118,11 @@ def open_inside(base: str | os.PathLike, relative: str | os.PathLike, mode: str 
         flags = (flags & ~os.O_WRONLY) | os.O_RDWR
     dir_fd = _open_dir_fd(Path(base), parts[:-1], create=False)
     try:
-        fd = os.open(parts[-1], flags | _NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o644,
-                     dir_fd=dir_fd)
+        # O_NONBLOCK: a FIFO planted under the name must not block the open itself.
+        fd = os.open(parts[-1], flags | _NOFOLLOW | _NONBLOCK | getattr(os, "O_CLOEXEC", 0),
+                     0o644, dir_fd=dir_fd)
     except OSError as exc:
-        if exc.errno == errno.ELOOP:
+        if exc.errno in (errno.ELOOP, errno.ENXIO):     # a link; a FIFO with no reader
             raise _link_error(path) from None
         raise
     finally:
@@ -128,6 +130,7 @@ def open_inside(base: str | os.PathLike, relative: str | os.PathLike, mode: str 
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise _link_error(path)
+    os.set_blocking(fd, True)
     binary = "b" in mode
     return os.fdopen(fd, mode, **({} if binary else {"encoding": encoding}))
 

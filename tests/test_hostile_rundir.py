@@ -268,3 +268,13 @@ def test_learning_curves_of_only_odd_rows_draw_gaps(tmp_path):
 
     rows = [{"epoch": "x", "val_acc": "high"}, {"train_loss": [1, 2]}, {"epoch": None}]
     assert plot_learning_curves(rows, tmp_path / "c.png").stat().st_size > 0
+
+
+def test_a_fifo_planted_as_train_log_is_refused_without_waiting(run, real_data_dir):
+    (run / "train.log").unlink()
+    os.mkfifo(run / "train.log")
+    proc = subprocess.run([sys.executable, "-m", "fmnist_mlp", "train", "--resume", str(run),
+                           "--data-dir", str(real_data_dir), "-q"], env=ENV, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 1
+    assert "train.log" in one_line_error(proc)
