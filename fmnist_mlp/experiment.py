@@ -13,7 +13,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from fmnist_mlp import runs
+from fmnist_mlp import run_guard, runs
 from fmnist_mlp.config import Config, config_from_dict, config_to_dict, dump_config
 from fmnist_mlp.errors import CheckpointError, ConfigError, TrainingDivergedError
 from fmnist_mlp.train import LoopSettings, TrainingInterrupted, TrainState, fit
@@ -187,7 +187,7 @@ def _train(cfg, name, runs_dir, data_dir, run_dir, ckpt, locks, callback, on_run
         state = _restore(ckpt, model, optimizer, streams, cfg, steps_per_epoch, run_dir)
     if run_dir is None:
         run_dir = runs.create_run_dir(runs_dir, name)
-        locks.append(runs.RunLock(run_dir).acquire())
+        locks.append(run_guard.RunLock(run_dir).acquire())
         runs.atomic_write_text(run_dir / "config.yaml", dump_config(cfg), base=run_dir)
     if on_run_dir is not None:
         on_run_dir(run_dir)
@@ -237,7 +237,7 @@ def _open_for_resume(run_dir: Path):
     if not runs.is_run_dir(run_dir):
         raise CheckpointError(f"--resume {run_dir}: not a run directory (needs config.yaml and "
                               f"summary.json)")
-    lock = runs.RunLock(run_dir).acquire()
+    lock = run_guard.RunLock(run_dir).acquire()
     try:
         return (*_check_resumable(run_dir), lock)
     except BaseException:
@@ -248,7 +248,7 @@ def _open_for_resume(run_dir: Path):
 def _check_resumable(run_dir: Path):
     from fmnist_mlp import safe_io
 
-    runs.check_run_entries(run_dir)
+    run_guard.check_run_entries(run_dir)
     for sub in (".", "checkpoints", "plots"):   # leftovers of a SIGKILL; we hold the lock
         safe_io.clean_stale_tmp(run_dir / sub, legacy=True)
     summary = runs.read_summary(run_dir)
@@ -259,9 +259,9 @@ def _check_resumable(run_dir: Path):
                               f"{summary['pid']} on {summary.get('host')}); stop it first")
     from fmnist_mlp.config import load_config
 
-    runs.refuse_links_inside(run_dir, "config.yaml")
+    run_guard.refuse_links_inside(run_dir, "config.yaml")
     cfg = load_config(run_dir / "config.yaml")
-    runs.refuse_links_inside(run_dir, "checkpoints/last.npz")
+    run_guard.refuse_links_inside(run_dir, "checkpoints/last.npz")
     last = run_dir / "checkpoints" / "last.npz"
     if not last.is_file():
         raise CheckpointError(f"--resume {run_dir}: no checkpoints/last.npz (it stopped before "

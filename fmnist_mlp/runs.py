@@ -27,7 +27,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from fmnist_mlp import safe_io
+from fmnist_mlp import run_guard, safe_io
 from fmnist_mlp.errors import CheckpointError, ConfigError
 
 CHECKPOINT_FORMAT = "fmnist-mlp-checkpoint"
@@ -73,39 +73,6 @@ def create_run_dir(runs_dir: str | Path, name: str) -> Path:
         safe_io.dir_inside(run_dir, "checkpoints")
         return run_dir
     raise CheckpointError(f"{runs_dir}: could not create a unique run directory")
-
-
-class RunLock:
-    """An exclusive ``flock`` on ``<run>/.lock``, held while one process trains the run.
-
-    The kernel drops it when the process dies, so a killed run never stays locked; a second
-    ``--resume`` of the same run finds it held and stops with one line.
-    """
-
-    NAME = ".lock"
-
-    def __init__(self, run_dir: str | Path):
-        self.run_dir = Path(run_dir)
-        self._fd: int | None = None
-
-    def acquire(self) -> "RunLock":
-        import fcntl
-
-        with safe_io.open_inside(self.run_dir, self.NAME, "ab") as f:
-            fd = os.dup(f.fileno())
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise CheckpointError(f"{self.run_dir}: already running (another process holds "
-                                  f"{self.run_dir / self.NAME}); wait for it or stop it first") from None
-        self._fd = fd
-        return self
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)          # closing the last descriptor releases the flock
-            self._fd = None
 
 
 def check_runs_dir_writable(runs_dir: str | Path) -> None:
@@ -364,7 +331,7 @@ def find_checkpoint(path: str | Path) -> Path:
         for name in ("best.npz", "last.npz"):
             candidate = path / "checkpoints" / name
             if os.path.lexists(candidate):
-                refuse_links_inside(path, Path("checkpoints") / name)
+                run_guard.refuse_links_inside(path, Path("checkpoints") / name)
             if candidate.is_file():
                 return candidate
         raise CheckpointError(f"{path}: no checkpoints/best.npz or checkpoints/last.npz "
@@ -372,38 +339,6 @@ def find_checkpoint(path: str | Path) -> Path:
     if not path.exists():
         raise CheckpointError(f"{path}: no such run directory or checkpoint")
     return path
-
-
-def refuse_links_inside(run_dir: str | Path, relative: str | Path) -> None:
-    """Raise UnsafePathError when any component of ``run_dir/relative`` is a symbolic link."""
-    path = Path(run_dir)
-    for part in Path(relative).parts:
-        path = path / part
-        if path.is_symlink():
-            raise safe_io.UnsafePathError(f"{path}: is a symbolic link; refusing to follow it "
-                                          f"inside a run directory (remove it)")
-
-
-_RUN_FILES = ("config.yaml", "summary.json", "metrics.jsonl", "train.log")
-_RUN_DIRS = ("checkpoints", "plots")
-
-
-def check_run_entries(run_dir: str | Path) -> None:
-    """Refuse a run directory whose own entries were replaced by links, FIFOs or devices, before
-    anything in it is opened or rewritten (so a refused resume changes nothing)."""
-    import stat
-
-    for name in _RUN_FILES + _RUN_DIRS:
-        path = Path(run_dir) / name
-        try:
-            mode = os.lstat(path).st_mode
-        except FileNotFoundError:
-            continue
-        expected = stat.S_ISDIR(mode) if name in _RUN_DIRS else stat.S_ISREG(mode)
-        if not expected:
-            kind = "a symbolic link" if stat.S_ISLNK(mode) else "not a regular entry"
-            raise safe_io.UnsafePathError(f"{path}: is {kind}; refusing to follow it inside a "
-                                          f"run directory (remove it, or restore the run's own)")
 
 
 def list_run_dirs(runs_dir: str | Path) -> list[Path]:

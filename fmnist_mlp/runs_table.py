@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-from fmnist_mlp import runs
+from fmnist_mlp import run_guard, runs
 from fmnist_mlp.config import flatten
 from fmnist_mlp.errors import ConfigError, FmnistMlpError
 from fmnist_mlp.terminal import printable
@@ -49,7 +49,7 @@ def _read_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 
     try:
         summary = runs.read_summary(run_dir)
-        runs.refuse_links_inside(run_dir, "config.yaml")
+        run_guard.refuse_links_inside(run_dir, "config.yaml")
         text = read_regular_file(run_dir / "config.yaml", MAX_CONFIG_BYTES, "run config")
         config = load_yaml(text.decode("utf-8"), str(run_dir / "config.yaml"))
         if not isinstance(config, dict):
