@@ -70,6 +70,6 @@ def check_fits(needed: int, what: str, available: int | None = None) -> None:
     """Raise ConfigError (exit 2) when ``needed`` bytes exceed the memory available."""
     available = available_bytes() if available is None else available
     if needed > available:
-        need = format_bytes(needed) if needed < 1 << 70 else f"about 2^{needed.bit_length()} bytes"
-        raise ConfigError(f"{what}: needs an estimated {need} of memory, this machine has "
+        need = format_bytes(needed) if needed < 1 << 70 else f"2^{needed.bit_length()} bytes"
+        raise ConfigError(f"{what}: needs about {need} of memory (estimated), this machine has "
                           f"{format_bytes(available)} available; use smaller layers or batches")
