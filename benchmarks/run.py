@@ -323,10 +323,9 @@ def default_output_path(now: _dt.datetime | None = None) -> Path:
 
 
 def write_results(results: dict, path: Path) -> Path:
-    """Write the results as indented JSON, atomically (temp file + rename)."""
+    """Write the results as indented JSON, atomically (fmnist_mlp.safe_io.atomic_write)."""
+    from fmnist_mlp.safe_io import atomic_write_text
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    tmp.replace(path)
-    return path
+    return atomic_write_text(path, json.dumps(results, indent=2) + "\n")

@@ -20,6 +20,7 @@ Exit codes:
   2    usage or config error (nothing is created on disk)
   3    training diverged (NaN/inf loss): the run is marked failed
   130  interrupted (Ctrl-C / SIGTERM): the run is saved and can be resumed
+  141  stdout was closed early (e.g. piped into head): nothing more is printed
 """
 
 _data_dir_option = click.option(
@@ -30,7 +31,20 @@ _json_option = click.option("--json", "as_json", is_flag=True,
                             help="Print one JSON object on stdout and nothing else there.")
 
 
-@click.group(epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]})
+class _StdoutClosed(Exception):
+    """Raised instead of BrokenPipeError, which click would turn into a silent exit 1."""
+
+
+class _Group(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            raise _StdoutClosed from None
+
+
+@click.group(cls=_Group, epilog=EXIT_CODES_HELP,
+             context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="fmnist-mlp", prog_name="fmnist-mlp")
 def cli() -> None:
     """Train multi-layer perceptrons on Fashion-MNIST with hand-written NumPy backprop."""
@@ -93,7 +107,23 @@ def train(config_path, overrides, name, runs_dir, data_dir, resume_dir, quiet, t
     reporter.message(f"finished: best val acc {s['best_val_acc']:.4f} (epoch {s['best_epoch']}), "
                      f"test acc {s['test_acc']:.4f}, {s['wall_time']:.1f}s"
                      + (f"; {s['message']}" if s.get("message") else ""))
-    click.echo(json.dumps(s) if as_json else str(result.run_dir))
+    click.echo(_json_dumps(s) if as_json else str(result.run_dir))
+
+
+def _json_dumps(obj) -> str:
+    """Strict JSON: NaN and infinities (a diverged loss, an empty class) become null."""
+    import math
+
+    def clean(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        return value
+
+    return json.dumps(clean(obj), allow_nan=False)
 
 
 @cli.command("eval", epilog=EXIT_CODES_HELP)
@@ -124,7 +154,7 @@ def eval_command(targets, split, data_dir, as_json):
 
         result = evaluate_ensemble(targets, split=split, data_dir=data_dir)
     if as_json:
-        click.echo(json.dumps({**result, "class_names": list(CLASS_NAMES)}))
+        click.echo(_json_dumps({**result, "class_names": list(CLASS_NAMES)}))
     else:
         click.echo(format_evaluation(result, CLASS_NAMES))
 
@@ -164,7 +194,7 @@ def predict(model, images, more_models, top_k, save_dir, data_dir, as_json):
     for path, message in result.failures:
         click.echo(f"error: {path}: {message}", err=True)
     if as_json:
-        click.echo(json.dumps(predictions_json(result, members, top_k, CLASS_NAMES)))
+        click.echo(_json_dumps(predictions_json(result, members, top_k, CLASS_NAMES)))
     elif result.files:
         click.echo(as_text(result, top_k, CLASS_NAMES))
     if result.failures:
@@ -218,7 +248,7 @@ def runs_command(runs_dir, sort_key, reverse, as_json, as_csv):
     rows, _ = collect_runs(runs_dir)
     rows = sort_rows(rows, sort_key, reverse)
     if as_json:
-        click.echo(json.dumps(rows))
+        click.echo(_json_dumps(rows))
     elif as_csv:
         click.echo(format_csv(rows))
     else:
@@ -264,9 +294,10 @@ def gradcheck(config_path, overrides, samples, real, data_dir, tolerance, max_en
     for name, err in errors.items():
         click.echo(f"{name:<12} {err:.3e}")
     worst = max(errors.values())
-    verdict = "ok" if worst <= tolerance else "FAILED"
+    passed = worst <= tolerance     # False for a NaN error or a NaN tolerance: never "ok"
+    verdict = "ok" if passed else "FAILED"
     click.echo(f"max relative error {worst:.3e} ({verdict}, tolerance {tolerance:g})")
-    if worst > tolerance:
+    if not passed:
         raise SystemExit(1)
 
 
@@ -345,9 +376,12 @@ def _raise_keyboard_interrupt(signum, frame):
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: package errors become one line on stderr and their exit code."""
     from fmnist_mlp.errors import FmnistMlpError
+    from fmnist_mlp.terminal import printable
 
     try:
         code = cli.main(args=argv, prog_name="fmnist-mlp", standalone_mode=False)
+    except (BrokenPipeError, _StdoutClosed):
+        code = _stdout_closed()
     except click.ClickException as exc:          # usage errors: exit 2
         exc.show()
         code = exc.exit_code
@@ -358,9 +392,28 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("interrupted", err=True)
         code = 130
     except FmnistMlpError as exc:
-        click.echo(f"error: {exc}" if exc.exit_code != 130 else str(exc), err=True)
+        # printable: paths and names in messages come from the user's files and must not
+        # send escape sequences to the terminal.
+        text = printable(exc, keep_newlines=True)
+        click.echo(f"error: {text}" if exc.exit_code != 130 else text, err=True)
         code = exc.exit_code
     except OSError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {printable(exc)}", err=True)
         code = 1
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        code = _stdout_closed()
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _stdout_closed() -> int:
+    """The reader of stdout went away (``| head``, ``| true``): stop quietly, as a process killed
+    by SIGPIPE would, and keep Python from complaining about the unflushed buffer at exit."""
+    import os
+
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return 141

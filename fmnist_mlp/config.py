@@ -155,19 +155,16 @@ def _source_label(path: str | Path | None, overrides: list[str]) -> str:
 
 
 def _read_yaml(path: Path) -> dict:
+    """A config file: a regular file of at most 1 MB (not /dev/zero, not a FIFO), strict YAML."""
+    from fmnist_mlp.safe_io import read_regular_file
+    from fmnist_mlp.safe_yaml import MAX_CONFIG_BYTES, load_yaml
+
+    raw = read_regular_file(path, MAX_CONFIG_BYTES, "config file", error=ConfigError)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: cannot read config file ({exc})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        line = f" at line {where.line + 1}" if where is not None else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError(f"{path}: invalid YAML{line}: {problem}") from None
+    data = load_yaml(text, str(path))
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -182,10 +179,16 @@ def parse_override(item: str) -> tuple[str, Any]:
     key = key.strip()
     if not sep or not key:
         raise ConfigError(f"--set {item!r}: expected KEY.PATH=VALUE, e.g. optimizer.lr=0.01")
+    from fmnist_mlp.safe_yaml import MAX_VALUE_CHARS, load_yaml
+
+    if len(text) > MAX_VALUE_CHARS:
+        raise ConfigError(f"--set {key}: value of {len(text)} characters is too long "
+                          f"(limit {MAX_VALUE_CHARS})")
     try:
-        value = yaml.safe_load(text) if text.strip() else ""
-    except yaml.YAMLError:
-        raise ConfigError(f"--set {key}: cannot parse value {text!r} as YAML") from None
+        value = load_yaml(text, f"--set {key}") if text.strip() else ""
+    except ConfigError as exc:
+        why = str(exc).split(": ", 1)[-1]
+        raise ConfigError(f"--set {key}: cannot parse value {text[:80]!r} as YAML ({why})") from None
     return key, value
 
 

@@ -13,7 +13,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from fmnist_mlp import runs
+from fmnist_mlp import run_guard, runs
 from fmnist_mlp.build import (build, build_augmenter, build_model, build_scorer,
                               loop_settings, make_streams, split_kwargs, steps_per_epoch)
 from fmnist_mlp.config import Config, config_from_dict, config_to_dict, dump_config
@@ -104,14 +104,42 @@ def run_training(cfg: Config | None, *, name: str | None = None, runs_dir: str |
     as it exists. Raises TrainingInterrupted (run saved, marked interrupted) and
     TrainingDivergedError (run marked failed, last good checkpoint kept).
     """
-    from fmnist_mlp.recorder import RunRecorder
-
+    locks: list = []          # the run's lock, held until training ends either way
     if resume is not None:
-        run_dir, cfg, ckpt = _open_for_resume(Path(resume))
+        run_dir, cfg, ckpt, lock = _open_for_resume(Path(resume))
+        locks.append(lock)
     else:
         assert cfg is not None and name is not None
         runs.validate_run_name(name)
+        runs.check_runs_dir_writable(runs_dir)
         run_dir, ckpt = None, None
+    try:
+        return _train(cfg, name, runs_dir, data_dir, run_dir, ckpt, locks, callback, on_run_dir)
+    finally:
+        for lock in locks:
+            lock.release()
+
+
+def check_before_writing(cfg: Config, what: str = "config") -> None:
+    """What can be refused from the config alone is refused before anything is written:
+    a subset larger than the training set, a model that does not fit in memory."""
+    from fmnist_mlp import memory
+
+    d, m, t = cfg.data, cfg.model, cfg.train
+    most = memory.DATA_TRAIN_ROWS - d.val_size
+    if d.subset is not None and d.subset > most:
+        raise ConfigError(f"{what}: data.subset: {d.subset} is more than the {most} training "
+                          f"images left after data.val_size={d.val_size}")
+    itemsize = np.dtype(m.dtype).itemsize
+    memory.check_fits(memory.training_bytes(m.hidden, t.batch_size, t.eval_batch_size, itemsize,
+                                            batchnorm=m.batchnorm),
+                      f"{what}: model.hidden={list(m.hidden)}, train.batch_size={t.batch_size}")
+
+
+def _train(cfg, name, runs_dir, data_dir, run_dir, ckpt, locks, callback, on_run_dir) -> RunResult:
+    from fmnist_mlp.recorder import RunRecorder
+
+    check_before_writing(cfg, str(run_dir / "config.yaml") if run_dir else "config")
     if cfg.train.tensorboard:               # a missing extra is a usage error: before any mkdir
         from fmnist_mlp.tensorboard import require_tensorboardx
 
@@ -119,16 +147,18 @@ def run_training(cfg: Config | None, *, name: str | None = None, runs_dir: str |
     splits = load_splits_for(cfg, data_dir, progress=callback is not None)  # before any mkdir
     streams = make_streams(cfg.seed)
     y_train = splits.train.y
-    engine = build(cfg, steps_per_epoch(cfg, len(y_train)), init_rng=streams["init"])
+    steps = steps_per_epoch(cfg, len(y_train))
+    engine = build(cfg, steps, init_rng=streams["init"])
     model, optimizer = engine.model, engine.optimizer
     # One contiguous array of the model's dtype: batches are gathered from it with np.take(out=).
     x_train = np.ascontiguousarray(splits.train.x, dtype=model.params["layer0.W"].dtype)
     state = TrainState()
     if ckpt is not None:
-        state = _restore(ckpt, model, optimizer, streams)
+        state = _restore(ckpt, model, optimizer, streams, cfg, steps, run_dir)
     if run_dir is None:
         run_dir = runs.create_run_dir(runs_dir, name)
-        runs.atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+        locks.append(run_guard.RunLock(run_dir).acquire())
+        runs.atomic_write_text(run_dir / "config.yaml", dump_config(cfg), base=run_dir)
     if on_run_dir is not None:
         on_run_dir(run_dir)
 
@@ -170,9 +200,25 @@ def _test_scores(run_dir: Path, test, cfg: Config) -> dict[str, float]:
 
 
 def _open_for_resume(run_dir: Path):
+    """Lock the run (one of two resumes started together wins), then check everything it holds
+    before anything in it is touched: a refused resume leaves the run exactly as it was."""
     if not runs.is_run_dir(run_dir):
         raise CheckpointError(f"--resume {run_dir}: not a run directory (needs config.yaml and "
                               f"summary.json)")
+    lock = run_guard.RunLock(run_dir).acquire()
+    try:
+        return (*_check_resumable(run_dir), lock)
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _check_resumable(run_dir: Path):
+    from fmnist_mlp import safe_io
+
+    run_guard.check_run_entries(run_dir)
+    for sub in (".", "checkpoints", "plots"):   # leftovers of a SIGKILL; we hold the lock
+        safe_io.clean_stale_tmp(run_dir / sub, legacy=True)
     summary = runs.read_summary(run_dir)
     if summary.get("status") == "finished":
         raise CheckpointError(f"--resume {run_dir}: the run already finished")
@@ -181,7 +227,9 @@ def _open_for_resume(run_dir: Path):
                               f"{summary['pid']} on {summary.get('host')}); stop it first")
     from fmnist_mlp.config import load_config
 
+    run_guard.refuse_links_inside(run_dir, "config.yaml")
     cfg = load_config(run_dir / "config.yaml")
+    run_guard.refuse_links_inside(run_dir, "checkpoints/last.npz")
     last = run_dir / "checkpoints" / "last.npz"
     if not last.is_file():
         raise CheckpointError(f"--resume {run_dir}: no checkpoints/last.npz (it stopped before "
@@ -201,15 +249,48 @@ def _normalised(config: Any) -> dict | None:
         return None
 
 
-def _restore(ckpt: runs.Checkpoint, model, optimizer, streams) -> TrainState:
+def _restore(ckpt: runs.Checkpoint, model, optimizer, streams, cfg: Config,
+             steps_per_epoch: int, run_dir: Path) -> TrainState:
+    where = run_dir / "checkpoints" / "last.npz"
+    state = _checked_state(ckpt.meta.get("state"), cfg, steps_per_epoch, where)
     try:
         model.load_state_dict(ckpt.params)
         optimizer.load_state_dict(ckpt.optim_state)
         for name, gen in streams.items():
             gen.bit_generator.state = ckpt.rng_states[name]
-    except (KeyError, ValueError, TypeError) as exc:
-        raise CheckpointError(f"checkpoint does not match the run's config ({exc})") from None
-    return TrainState.from_dict(ckpt.meta["state"])
+    except (KeyError, ValueError, TypeError, OverflowError, AttributeError) as exc:
+        raise CheckpointError(f"{where}: does not match the run's config ({exc})") from None
+    return state
+
+
+def _checked_state(raw: Any, cfg: Config, steps_per_epoch: int, where: Path) -> TrainState:
+    """The checkpoint's progress counters, each checked for type and range (a damaged value
+    must be refused here, not surface later as a ZeroDivisionError in the loop)."""
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{where}: metadata lacks its training state")
+
+    def bad(key: str) -> CheckpointError:
+        return CheckpointError(f"{where}: damaged metadata: state.{key} = {raw.get(key)!r}")
+
+    def count(key: str, hi: int) -> int:
+        value = raw.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= hi:
+            raise bad(key)
+        return value
+
+    epochs = cfg.train.epochs
+    epoch = count("epoch", epochs)
+    state = TrainState(epoch=epoch, step=count("step", epoch * steps_per_epoch),
+                       best_epoch=count("best_epoch", epoch),
+                       stale_epochs=count("stale_epochs", epoch))
+    acc = raw.get("best_val_acc", -1.0)
+    if isinstance(acc, bool) or not isinstance(acc, (int, float)) or not -1.0 <= acc <= 1.0:
+        raise bad("best_val_acc")
+    state.best_val_acc = float(acc)
+    if not isinstance(raw.get("early_stopped", False), bool):
+        raise bad("early_stopped")
+    state.early_stopped = raw.get("early_stopped", False)
+    return state
 
 
 
@@ -224,6 +305,7 @@ def run_gradcheck(config_path: str | Path | None, overrides=(), samples: int = 4
     from fmnist_mlp.nn.gradcheck import gradient_check
 
     cfg = load_config(config_path, overrides)
+    check_before_writing(cfg)
     cfg64 = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, dtype="float64"))
     streams = make_streams(cfg.seed)
     model = build_model(cfg64, streams["init"])

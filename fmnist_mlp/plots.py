@@ -43,6 +43,13 @@ def require_matplotlib() -> None:
 
     Public so that training with ``train.plots: true`` can fail before it starts, not after.
     """
+    home = os.environ.get("HOME")
+    if home is not None and (not os.path.isabs(home) or home.rstrip("/") == "") \
+            and "MPLCONFIGDIR" not in os.environ:
+        # HOME="": matplotlib would put its config and font cache under / (or the current folder).
+        import tempfile
+
+        os.environ["MPLCONFIGDIR"] = tempfile.mkdtemp(prefix="fmnist-mlp-matplotlib-")
     try:
         import matplotlib  # noqa: F401
     except ImportError:
@@ -61,16 +68,14 @@ def _new_figure(figsize: tuple[float, float]):
 
 
 def _save(fig, path: str | os.PathLike) -> Path:
-    """Write fig as PNG via a temporary sibling and os.replace, so a reader never sees half a file."""
+    """Write fig as PNG atomically (:func:`fmnist_mlp.safe_io.atomic_write`), so a reader never
+    sees half a file and a planted link at the PNG's name is replaced, not followed."""
+    from .safe_io import atomic_write
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        fig.savefig(tmp, format="png", dpi=DPI, facecolor="white")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return atomic_write(path, lambda out: fig.savefig(out, format="png", dpi=DPI,
+                                                      facecolor="white"), fsync=False)
 
 
 def _grid_shape(count: int, max_cols: int = 10) -> tuple[int, int]:
@@ -99,10 +104,11 @@ def plot_learning_curves(metrics: Sequence[Mapping], path: str | os.PathLike) ->
     """
     if not metrics:
         raise FmnistMlpError("no epochs to plot: the metrics list is empty")
-    epochs = np.array([m.get("epoch", i + 1) for i, m in enumerate(metrics)], dtype=float)
+    # A hand-edited metrics.jsonl may hold anything: what is not a finite number is a gap.
+    epochs = np.array([_number(m.get("epoch"), i + 1) for i, m in enumerate(metrics)], dtype=float)
 
     def series(key):
-        return np.array([np.nan if m.get(key) is None else m[key] for m in metrics], dtype=float)
+        return np.array([_number(m.get(key), np.nan) for m in metrics], dtype=float)
 
     fig = _new_figure(LEARNING_CURVES_SIZE)
     from matplotlib.ticker import MaxNLocator  # safe: _new_figure has checked matplotlib is there
@@ -132,6 +138,14 @@ def plot_learning_curves(metrics: Sequence[Mapping], path: str | os.PathLike) ->
             ax.legend(loc="best", fontsize=9)
     fig.suptitle(f"Learning curves over {len(metrics)} epochs")
     return _save(fig, path)
+
+
+def _number(value, default: float) -> float:
+    """``value`` as a finite float, else ``default`` (strings, lists, booleans, NaN, 1e999)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return default
+    value = float(value)
+    return value if math.isfinite(value) else default
 
 
 def plot_confusion_matrix(cm: np.ndarray, path: str | os.PathLike,
@@ -283,7 +297,8 @@ def plot_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
     run_dir = Path(run_dir)
     if not run_dir.is_dir():   # a checkpoint file has no plots/ folder to write into
         raise CheckpointError(f"{run_dir}: not a run directory")
-    plots_dir = run_dir / "plots"
+    from .safe_io import dir_inside
+
     metrics = read_metrics(run_dir)
     model, config = load_model(run_dir)
     test = load_splits_for(config, data_dir=data_dir).test
@@ -293,6 +308,7 @@ def plot_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
     cm = confusion_matrix(test.y, probs.argmax(axis=1), num_classes=probs.shape[1])
     weights = model.params["layer0.W"]
     single_layer = sum(key.endswith(".W") for key in model.params) == 1
+    plots_dir = dir_inside(run_dir, "plots")     # a planted plots -> elsewhere link is refused
     written = []
     if metrics:
         written.append(plot_learning_curves(metrics, plots_dir / "learning_curves.png"))

@@ -16,6 +16,7 @@ import numpy as np
 
 from fmnist_mlp import runs
 from fmnist_mlp.config import Config, config_to_dict
+from fmnist_mlp.errors import FmnistMlpError
 from fmnist_mlp.progress import format_epoch
 from fmnist_mlp.train import NullCallback, TrainState
 
@@ -43,12 +44,15 @@ class RunRecorder:
         self.log = runs.RunLog(run_dir)
         self.started = time.time()
         previous = runs.read_summary(run_dir) if resumed else {}
-        self.prior_wall_time = float(previous.get("wall_time") or 0.0)
+        wall_time = previous.get("wall_time")   # a hand-edited summary must not stop a resume
+        self.prior_wall_time = (float(wall_time) if isinstance(wall_time, (int, float))
+                                and not isinstance(wall_time, bool)
+                                and 0 <= wall_time < 1e12 else 0.0)
         self.snapshot: tuple[int, bytes] | None = None
         self.saved_epoch = state.epoch           # the epoch last.npz holds
         self.state = state
         self.summary: dict[str, Any] = {
-            "status": "running", "name": previous.get("name", _run_name(run_dir)),
+            "status": "running", "name": _run_name(run_dir),
             "run_dir": str(run_dir), "best_epoch": state.best_epoch or None,
             "best_val_acc": state.best_val_acc if state.best_epoch else None,
             "final": previous.get("final"), "test_loss": None, "test_acc": None,
@@ -78,7 +82,7 @@ class RunRecorder:
                or state.epoch >= self.cfg.train.epochs or state.early_stopped)
         paths = ([self.ckpt_dir / "last.npz"] if due else []) + (
             [self.ckpt_dir / "best.npz"] if is_best else [])
-        runs.save_checkpoint(paths, self.snapshot[1])
+        runs.save_checkpoint(paths, self.snapshot[1], base=self.run_dir)
         if due:
             self.saved_epoch = state.epoch
         self.summary.update(best_epoch=state.best_epoch, best_val_acc=state.best_val_acc,
@@ -92,12 +96,25 @@ class RunRecorder:
 
     # --------------------------------------------------------------- endings
     def stop(self, status: str, message: str) -> None:
-        """Interrupted or failed: save the last completed epoch as ``last`` and mark the run."""
-        self._save_pending_last()
+        """Interrupted or failed: save the last completed epoch as ``last`` and mark the run.
+
+        Each step is tried even when an earlier one fails (a full disk): the status in
+        summary.json matters most, so a run is never left marked running by its own failure.
+        """
+        try:
+            self._save_pending_last()
+        except (OSError, FmnistMlpError) as exc:
+            status, message = "failed", f"{message}; last checkpoint not saved: {exc}"
         self.summary.update(status=status, message=message, wall_time=self._wall_time(),
                             epochs_completed=self.saved_epoch)
-        runs.write_summary(self.run_dir, self.summary)
-        self.log.write(f"{status}: {message}")
+        try:
+            runs.write_summary(self.run_dir, self.summary)
+        except (OSError, FmnistMlpError):
+            runs.overwrite_summary_in_place(self.run_dir, self.summary)
+        try:
+            self.log.write(f"{status}: {message}")
+        except OSError:
+            pass
         self._close()
 
     def finish(self, test_scores: Mapping[str, float]) -> dict[str, Any]:
@@ -116,7 +133,7 @@ class RunRecorder:
 
     def _save_pending_last(self) -> None:
         if self.snapshot is not None and self.snapshot[0] > self.saved_epoch:
-            runs.save_checkpoint(self.ckpt_dir / "last.npz", self.snapshot[1])
+            runs.save_checkpoint(self.ckpt_dir / "last.npz", self.snapshot[1], base=self.run_dir)
             self.saved_epoch = self.snapshot[0]
 
     def _checkpoint(self, state: TrainState) -> runs.Checkpoint:
@@ -136,8 +153,11 @@ class RunRecorder:
         return self.prior_wall_time + (time.time() - self.started)
 
     def _close(self) -> None:
-        self.metrics.close()
-        self.log.close()
+        for f in (self.metrics, self.log):
+            try:
+                f.close()
+            except OSError:        # a full disk fails the final flush too
+                pass
         if self.board is not None:
             self.board.close()
 

@@ -19,7 +19,6 @@ import os
 import re
 import secrets
 import socket
-import tempfile
 import time
 import zipfile
 from dataclasses import dataclass
@@ -28,11 +27,13 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from fmnist_mlp import run_guard, safe_io
 from fmnist_mlp.errors import CheckpointError, ConfigError
 
 CHECKPOINT_FORMAT = "fmnist-mlp-checkpoint"
 CHECKPOINT_VERSION = 1
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]{0,79}$")
+_MAX_SUMMARY_BYTES = 1 << 20
 
 
 # ---------------------------------------------------------------------------------------------
@@ -66,9 +67,23 @@ def create_run_dir(runs_dir: str | Path, name: str) -> Path:
             os.mkdir(run_dir)
         except FileExistsError:
             continue
-        (run_dir / "checkpoints").mkdir()
+        except OSError as exc:
+            raise ConfigError(f"--runs-dir {runs_dir}: cannot create a run directory "
+                              f"({exc.strerror or exc})") from None
+        safe_io.dir_inside(run_dir, "checkpoints")
         return run_dir
     raise CheckpointError(f"{runs_dir}: could not create a unique run directory")
+
+
+def check_runs_dir_writable(runs_dir: str | Path) -> None:
+    """ConfigError (exit 2) when ``runs_dir``, or the nearest folder that exists above it, cannot
+    be written (read-only mount, permissions): said before any data is fetched or decoded."""
+    path = Path(runs_dir).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    if not path.is_dir() or not os.access(path, os.W_OK | os.X_OK):
+        what = "is not a directory" if not path.is_dir() else "is not writable"
+        raise ConfigError(f"--runs-dir {runs_dir}: {path} {what}")
 
 
 def is_run_dir(path: Path) -> bool:
@@ -76,36 +91,23 @@ def is_run_dir(path: Path) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# Atomic writes
+# Atomic writes (one helper for the whole package: fmnist_mlp.safe_io)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then rename it over ``path``.
+def atomic_write_bytes(path: str | Path, data: bytes, base: str | Path | None = None) -> None:
+    """Write ``data`` to a new temporary file beside ``path``, fsync it, rename it over ``path``.
 
-    No fsync: this protects against the process dying mid-write (Ctrl-C, OOM kill), which is the
-    common failure, and keeps per-epoch checkpoints cheap.
+    base: the run directory ``path`` lies in; no component between them may be a link.
     """
-    path = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as tmp:
-            tmp.write(data)
-        os.replace(tmp_name, path)
-    except BaseException:
-        # Includes KeyboardInterrupt: never leave a half-written temporary behind.
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
+    safe_io.atomic_write(path, data, base=base)
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: str | Path, text: str, base: str | Path | None = None) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"), base=base)
 
 
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+def atomic_write_json(path: str | Path, obj: Any, base: str | Path | None = None) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n", base=base)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -119,9 +121,10 @@ class MetricsWriter:
         self.path = Path(run_dir) / "metrics.jsonl"
         if keep_epochs_upto is not None:
             # On resume, drop epochs newer than the checkpoint: they will be trained again.
-            kept = [m for m in read_metrics(run_dir) if m.get("epoch", 0) <= keep_epochs_upto]
-            atomic_write_text(self.path, "".join(json.dumps(m) + "\n" for m in kept))
-        self._file = open(self.path, "a", encoding="utf-8")
+            kept = [m for m in read_metrics(run_dir)
+                    if not isinstance(m.get("epoch"), (int, float)) or m["epoch"] <= keep_epochs_upto]
+            atomic_write_text(self.path, "".join(json.dumps(m) + "\n" for m in kept), base=run_dir)
+        self._file = safe_io.open_inside(run_dir, "metrics.jsonl", "a")
 
     def write(self, metrics: Mapping[str, Any]) -> None:
         self._file.write(json.dumps(dict(metrics)) + "\n")
@@ -133,14 +136,18 @@ class MetricsWriter:
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
     """The per-epoch metrics of a run; a truncated last line (crash mid-write) is skipped."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
+    try:
+        with safe_io.open_inside(run_dir, "metrics.jsonl", "r") as f:
+            text = f.read()
+    except FileNotFoundError:
         return []
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{Path(run_dir) / 'metrics.jsonl'}: unreadable ({exc})") from None
     rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in text.splitlines():
         try:
             row = json.loads(line)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             continue
         if isinstance(row, dict):
             rows.append(row)
@@ -148,17 +155,30 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
 
 
 def write_summary(run_dir: str | Path, summary: Mapping[str, Any]) -> None:
-    atomic_write_json(Path(run_dir) / "summary.json", dict(summary))
+    atomic_write_json(Path(run_dir) / "summary.json", dict(summary), base=run_dir)
+
+
+def overwrite_summary_in_place(run_dir: str | Path, summary: Mapping[str, Any]) -> bool:
+    """Last resort when the atomic write fails (no room for a temporary on a full disk):
+    rewrite summary.json in place, which reuses its own blocks. Returns whether it worked."""
+    try:
+        with safe_io.open_inside(run_dir, "summary.json", "r+b") as f:
+            f.truncate(0)
+            f.write((json.dumps(dict(summary), indent=2) + "\n").encode("utf-8"))
+        return True
+    except OSError:
+        return False
 
 
 def read_summary(run_dir: str | Path) -> dict:
     path = Path(run_dir) / "summary.json"
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        with safe_io.open_inside(run_dir, "summary.json", "r") as f:
+            data = json.loads(f.read(_MAX_SUMMARY_BYTES + 1)[:_MAX_SUMMARY_BYTES])
     except FileNotFoundError:
         raise CheckpointError(f"{run_dir}: not a run directory (no summary.json)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path}: unreadable summary ({exc})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise CheckpointError(f"{path}: unreadable summary ({type(exc).__name__})") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: not a run summary")
     return data
@@ -189,7 +209,7 @@ class RunLog:
     """``train.log``: timestamped human-readable lines, appended and flushed."""
 
     def __init__(self, run_dir: Path):
-        self._file = open(Path(run_dir) / "train.log", "a", encoding="utf-8")
+        self._file = safe_io.open_inside(run_dir, "train.log", "a")
 
     def write(self, message: str) -> None:
         self._file.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
@@ -230,11 +250,13 @@ def checkpoint_bytes(ckpt: Checkpoint) -> bytes:
     return buffer.getvalue()
 
 
-def save_checkpoint(paths: Path | Iterable[Path], ckpt: Checkpoint | bytes) -> None:
-    """Atomically write one serialised checkpoint to each path (``last``, maybe ``best``)."""
+def save_checkpoint(paths: Path | Iterable[Path], ckpt: Checkpoint | bytes,
+                    base: Path | None = None) -> None:
+    """Atomically write one serialised checkpoint to each path (``last``, maybe ``best``);
+    ``base``: the run directory, inside which no link is followed."""
     data = ckpt if isinstance(ckpt, bytes) else checkpoint_bytes(ckpt)
     for path in [paths] if isinstance(paths, Path) else paths:
-        atomic_write_bytes(path, data)
+        atomic_write_bytes(path, data, base=base)
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
@@ -245,7 +267,13 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError(f"{path}: checkpoint not found")
     if not _is_zip(path):
         raise CheckpointError(f"{path}: not a .npz checkpoint (foreign or corrupt file)")
+    from fmnist_mlp.checkpoint_check import check_members
+
     try:
+        # Names, shapes, dtypes and sizes from the headers, against the stored model spec,
+        # before any array is read: a hostile header cannot make us allocate.
+        with zipfile.ZipFile(path) as zf:
+            check_members(path, zf)
         with np.load(path, allow_pickle=False) as npz:
             arrays = {key: npz[key] for key in npz.files}   # read all now, inside the guard
     except ValueError as exc:
@@ -291,7 +319,7 @@ def _json_entry(array: np.ndarray, path: Path, key: str) -> Any:
         raise CheckpointError(f"{path}: entry {key!r} is not a JSON string")
     try:
         return json.loads(str(array))
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         raise CheckpointError(f"{path}: entry {key!r} holds invalid JSON") from None
 
 
@@ -302,6 +330,8 @@ def find_checkpoint(path: str | Path) -> Path:
     if path.is_dir():
         for name in ("best.npz", "last.npz"):
             candidate = path / "checkpoints" / name
+            if os.path.lexists(candidate):
+                run_guard.refuse_links_inside(path, Path("checkpoints") / name)
             if candidate.is_file():
                 return candidate
         raise CheckpointError(f"{path}: no checkpoints/best.npz or checkpoints/last.npz "
@@ -315,4 +345,11 @@ def list_run_dirs(runs_dir: str | Path) -> list[Path]:
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         return []
-    return sorted(p for p in runs_dir.iterdir() if p.is_dir() and is_run_dir(p))
+    found = []
+    for p in runs_dir.iterdir():
+        try:
+            if p.is_dir() and is_run_dir(p):
+                found.append(p)
+        except OSError:         # e.g. another user's run we may not look into: listed, and
+            found.append(p)     # then shown as one unreadable row rather than failing the table
+    return sorted(found)

@@ -11,11 +11,10 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-import yaml
-
-from fmnist_mlp import runs
+from fmnist_mlp import run_guard, runs
 from fmnist_mlp.config import flatten
 from fmnist_mlp.errors import ConfigError, FmnistMlpError
+from fmnist_mlp.terminal import printable
 
 BEST_FIRST = ("best_val_acc", "test_acc")     # sorted descending: the best run on top
 
@@ -24,24 +23,72 @@ def collect_runs(runs_dir: str | Path) -> tuple[list[dict[str, Any]], list[str]]
     """Rows (``run``, ``name``, differing ``config.key``s, results) and the differing keys."""
     entries = []
     for run_dir in runs.list_run_dirs(runs_dir):
-        try:
-            summary = runs.read_summary(run_dir)
-            config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
-        except (FmnistMlpError, OSError, yaml.YAMLError):
-            summary, config = {"status": "unreadable"}, {}
-        entries.append((run_dir, summary, flatten(config if isinstance(config, dict) else {})))
+        summary, flat = _read_run(run_dir)
+        entries.append((run_dir, summary, flat))
     keys = sorted({k for _, _, flat in entries for k in flat})
     differing = [k for k in keys
                  if len({_hashable(flat.get(k)) for _, _, flat in entries}) > 1]
     rows = []
     for run_dir, summary, flat in entries:
-        row: dict[str, Any] = {"run": run_dir.name, "name": summary.get("name", "")}
+        row: dict[str, Any] = {"run": printable(run_dir.name), "name": _text(summary.get("name"))}
         row.update({k: flat.get(k) for k in differing})
-        row.update(best_val_acc=summary.get("best_val_acc"), test_acc=summary.get("test_acc"),
-                   epochs=summary.get("epochs_completed"), wall_time=summary.get("wall_time"),
-                   status="stale" if runs.is_stale(summary) else summary.get("status", "unknown"))
+        row.update(best_val_acc=_number(summary.get("best_val_acc")),
+                   test_acc=_number(summary.get("test_acc")),
+                   epochs=_number(summary.get("epochs_completed")),
+                   wall_time=_number(summary.get("wall_time")),
+                   status=_status(summary))
         rows.append(row)
     return rows, differing
+
+
+def _read_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(summary, flattened config) of one run; whatever is wrong with it (unreadable, an alias
+    bomb, a date, a nested list, a link) makes it one row marked "unreadable", not an error."""
+    from fmnist_mlp.safe_io import read_regular_file
+    from fmnist_mlp.safe_yaml import MAX_CONFIG_BYTES, load_yaml
+
+    try:
+        summary = runs.read_summary(run_dir)
+        run_guard.refuse_links_inside(run_dir, "config.yaml")
+        text = read_regular_file(run_dir / "config.yaml", MAX_CONFIG_BYTES, "run config")
+        config = load_yaml(text.decode("utf-8"), str(run_dir / "config.yaml"))
+        if not isinstance(config, dict):
+            raise ConfigError("not a mapping")
+        flat = {str(k): _cell_value(v) for k, v in flatten(config).items()}
+    except (FmnistMlpError, OSError, UnicodeDecodeError, ValueError, TypeError, RecursionError):
+        return {"status": "unreadable"}, {}
+    return summary, flat
+
+
+def _status(summary: dict[str, Any]) -> str:
+    status = summary.get("status", "unknown")
+    if not isinstance(status, str):
+        return "unknown"
+    try:
+        return "stale" if runs.is_stale(summary) else printable(status)
+    except (TypeError, ValueError, OverflowError):
+        return printable(status)
+
+
+def _number(value: Any) -> float | int | None:
+    """A summary's number as is; anything else (hand-edited text, NaN, a list) becomes None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _text(value: Any) -> str:
+    return printable(value) if isinstance(value, str) else ""
+
+
+def _cell_value(value: Any) -> Any:
+    """A config value as the table shows it: scalars and flat lists as they are, anything else
+    (a date, a nested list) as printable text."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if isinstance(value, list) and all(isinstance(v, (bool, int, float, str)) for v in value):
+        return [printable(v) if isinstance(v, str) else v for v in value]
+    return printable(value)
 
 
 def sort_rows(rows: list[dict[str, Any]], key: str | None, reverse: bool = False) -> list[dict]:

@@ -19,8 +19,9 @@ def _checkpoint(rng_seed: int = 0) -> runs.Checkpoint:
     gen.random(5)   # move the stream off its start so a restore is meaningful
     params = {"layer0.W": np.arange(12, dtype=np.float32).reshape(3, 4),
               "layer0.b": np.zeros(4, dtype=np.float32)}
-    optim = {"layer0.W.m": np.full((3, 4), 0.5), "t": np.array(7)}
+    optim = {"m/layer0.W": np.full((3, 4), 0.5), "t": np.array(7)}
     meta = {"config": {"seed": 0, "model": {"hidden": [4]}}, "epoch": 3,
+            "model_spec": {"input_size": 3, "hidden": [], "num_classes": 4},
             "best": {"epoch": 2, "val_acc": 0.9}}
     return runs.Checkpoint(params, optim, {"shuffle": gen.bit_generator.state}, meta)
 
@@ -73,7 +74,7 @@ def test_interrupted_write_keeps_the_previous_file_and_no_temporary(tmp_path, mo
     runs.save_checkpoint(path, _checkpoint())
     before = path.read_bytes()
 
-    def crash(*args):
+    def crash(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(runs.os, "replace", crash)
@@ -152,7 +153,7 @@ def test_checkpoint_is_one_npz_with_the_documented_keys(tmp_path):
     path = tmp_path / "c.npz"
     runs.save_checkpoint(path, _checkpoint())
     with np.load(path, allow_pickle=False) as npz:
-        assert set(npz.files) == {"param/layer0.W", "param/layer0.b", "optim/layer0.W.m",
+        assert set(npz.files) == {"param/layer0.W", "param/layer0.b", "optim/m/layer0.W",
                                   "optim/t", "rng/shuffle", "meta"}
 
 

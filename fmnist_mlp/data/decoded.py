@@ -1,23 +1,25 @@
 """A cache of the decoded arrays as .npy files, so that a second start skips gunzip and parsing.
 
 Each file is named after the SHA-256 of the IDX contents it was decoded from
-(``decoded/train_images-c59f468a2f672dc8.npy``): a name can only ever hold the decoding of
-verified contents, so loading needs no manifest and no re-hashing, and a different file table
-(tests use synthetic ones) can never pick up stale arrays. Files are written to a temporary name and
-renamed, so a reader never sees half an array.
+(``decoded/train_images-c59f468a2f672dc8.npy``), so a different file table (tests use synthetic
+ones) never picks up stale arrays. A name alone proves nothing about the bytes, though (a shuffled
+label file trained to 3 % accuracy): the manifest (:mod:`fmnist_mlp.data.manifest`) records each
+array's CRC-32, shape and dtype and the file it came from, and every load checks them (~0.04 s
+for all four arrays). Files are written atomically, so a reader never sees half an array.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
+import zlib
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from fmnist_mlp.errors import DataError
+from fmnist_mlp.errors import DataError, FmnistMlpError
+from fmnist_mlp.data.manifest import file_entry, load_manifest, save_manifest
+from fmnist_mlp.safe_io import atomic_write
 from fmnist_mlp.data.idx import decode_images, decode_labels, read_idx_bytes
 from fmnist_mlp.data.specs import FileSpec
 
@@ -28,16 +30,34 @@ def decoded_path(data_dir: Path, spec: FileSpec) -> Path:
     return data_dir / DECODED_DIR / f"{spec.key}-{spec.sha256[:16]}.npy"
 
 
-def load_decoded(data_dir: Path, specs: Sequence[FileSpec]) -> dict[str, np.ndarray] | None:
-    """The arrays of every spec from the .npy cache, or None when any is missing or unreadable."""
+def load_decoded(data_dir: Path, specs: Sequence[FileSpec],
+                 manifest: dict | None = None) -> dict[str, np.ndarray] | None:
+    """The arrays of every spec from the .npy cache, each checked against the CRC-32, shape and
+    dtype the manifest recorded when it was decoded from the cache's verified file; None when any
+    is missing, damaged, or was decoded from a file other than the one the cache holds now."""
+    manifest = load_manifest(data_dir) if manifest is None else manifest
     arrays = {}
     for spec in specs:
-        path = decoded_path(data_dir, spec)
+        entry = manifest["decoded"].get(spec.key)
+        source = file_entry(manifest, spec.filename)
+        if not isinstance(entry, dict) or source is None or entry.get("idx_sha256") != spec.sha256 \
+                or entry.get("source_sha256") != source.get("sha256"):
+            return None
         try:
-            arrays[spec.key] = np.load(path, allow_pickle=False)
+            array = np.load(decoded_path(data_dir, spec), allow_pickle=False)
         except (OSError, ValueError, EOFError):
             return None  # missing or damaged: the caller decodes again and overwrites it
+        if (list(array.shape) != entry.get("shape") or array.dtype.str != entry.get("dtype")
+                or not array.flags.c_contiguous or _checksum(array) != entry.get("crc32")):
+            return None
+        arrays[spec.key] = array
     return arrays
+
+
+def _checksum(array: np.ndarray) -> int:
+    """CRC-32 of the array's bytes: it catches damage and edits (a shuffled label file) at
+    ~1 GB/s, 40 % faster than SHA-256 here; the files it guards were verified by SHA-256."""
+    return zlib.crc32(array.data)
 
 
 class CorruptCacheFile(DataError):
@@ -48,11 +68,14 @@ class CorruptCacheFile(DataError):
         self.path = path
 
 
-def decode_and_store(data_dir: Path, specs: Sequence[FileSpec]) -> dict[str, np.ndarray]:
-    """Decode each verified .gz of the cache, re-check its SHA-256, and store it as .npy.
+def decode_and_store(data_dir: Path, specs: Sequence[FileSpec],
+                     manifest: dict | None = None) -> dict[str, np.ndarray]:
+    """Decode each verified .gz of the cache, re-check its SHA-256, store it as .npy and record the
+    arrays' checksums in the manifest (call with the cache lock held).
 
     Raises CorruptCacheFile when a cached file's contents no longer match ``spec.sha256``.
     """
+    manifest = load_manifest(data_dir) if manifest is None else manifest
     arrays = {}
     for spec in specs:
         source = data_dir / spec.filename
@@ -67,18 +90,18 @@ def decode_and_store(data_dir: Path, specs: Sequence[FileSpec]) -> dict[str, np.
                 f"{source}: cached file is damaged: expected sha256 {spec.sha256}, got {actual}", source
             )
         decode = decode_images if "images" in spec.key else decode_labels
-        arrays[spec.key] = decode(data, source)
-        _save_atomically(decoded_path(data_dir, spec), arrays[spec.key])
+        array = arrays[spec.key] = decode(data, source)
+        entry = file_entry(manifest, spec.filename)
+        if entry is None:
+            continue            # not verified through the manifest: use it, do not cache it
+        try:
+            path = decoded_path(data_dir, spec)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, lambda out: np.save(out, array, allow_pickle=False), fsync=False)
+        except (OSError, DataError, FmnistMlpError):
+            continue            # a read-only cache: decode again next time
+        manifest["decoded"][spec.key] = {
+            "idx_sha256": spec.sha256, "source_sha256": entry.get("sha256"),
+            "crc32": _checksum(array), "shape": list(array.shape), "dtype": array.dtype.str}
+    save_manifest(data_dir, manifest)
     return arrays
-
-
-def _save_atomically(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            np.save(out, array, allow_pickle=False)
-        os.chmod(tmp_name, 0o644)  # mkstemp makes it private; the cache may be shared
-        os.replace(tmp_name, path)
-    finally:
-        Path(tmp_name).unlink(missing_ok=True)

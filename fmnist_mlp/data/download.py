@@ -15,14 +15,20 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
+import stat
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from fmnist_mlp.errors import DataError
-from fmnist_mlp.data.http import HostUnreachableError, HttpOptions, download_url, make_session
+from fmnist_mlp.errors import ConfigError, DataError
+from fmnist_mlp.data.http import (HostUnreachableError, HttpOptions, StalledError, download_url,
+                                  make_session)
 from fmnist_mlp.data.lock import FileLock
+from fmnist_mlp.data.manifest import file_entry as manifest_entry
+from fmnist_mlp.data.manifest import file_sha256, load_manifest, save_manifest
+from fmnist_mlp.data.manifest import matches as manifest_matches
+from fmnist_mlp.safe_io import clean_stale_tmp, new_temporary
 from fmnist_mlp.data.specs import FASHION_MNIST_FILES, FileSpec, verify_file
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -45,9 +51,17 @@ def default_data_dir() -> Path:
     """The cache folder: $FMNIST_MLP_DATA_DIR, else $XDG_CACHE_HOME/fmnist-mlp, else ~/.cache/fmnist-mlp."""
     if os.environ.get("FMNIST_MLP_DATA_DIR"):
         return Path(os.environ["FMNIST_MLP_DATA_DIR"]).expanduser()
-    if os.environ.get("XDG_CACHE_HOME"):
+    # The XDG spec says a relative XDG_CACHE_HOME is invalid and to be ignored.
+    if os.path.isabs(os.path.expanduser(os.environ.get("XDG_CACHE_HOME", ""))):
         return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "fmnist-mlp"
-    return Path.home() / ".cache" / "fmnist-mlp"
+    home = os.environ.get("HOME")
+    home = os.path.expanduser("~") if home is None else home     # unset: the password entry
+    if not os.path.isabs(home) or home.rstrip("/") == "":
+        # HOME="" makes Python's "~" the root folder (or a relative HOME, the current one):
+        # the data would land under / or wherever the command happened to start.
+        raise ConfigError(f"no cache folder: $HOME is {os.environ.get('HOME', '')!r}, not an "
+                          f"absolute path; pass --data-dir or set FMNIST_MLP_DATA_DIR")
+    return Path(home) / ".cache" / "fmnist-mlp"
 
 
 def resolve_data_dir(data_dir: str | Path | None) -> Path:
@@ -72,7 +86,11 @@ class _FetchContext:
     http: HttpOptions
     progress: bool
     session: object = None
+    manifest: dict = field(default_factory=dict)
     dead_hosts: dict[str, str] = field(default_factory=dict)  # source -> why, skipped for later files
+    stalled: set[str] = field(default_factory=set)   # silent once: tried last, with full patience
+    answered: set[str] = field(default_factory=set)  # sent something: no stall check needed
+    deadline: float = 0.0                            # time.monotonic() bound of the whole download
 
 
 def ensure_dataset(data_dir: str | Path | None = None, sources: Sequence[str] | None = None,
@@ -91,26 +109,67 @@ def ensure_dataset(data_dir: str | Path | None = None, sources: Sequence[str] | 
         data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DataError(f"{data_dir}: cannot create the data folder: {exc.strerror or exc}") from None
-    if not force and all((data_dir / spec.filename).is_file() for spec in specs):
-        return data_dir  # complete already: no lock needed, so a read-only cache works too
+    manifest = load_manifest(data_dir)
+    states = [cached_state(data_dir, spec, manifest) for spec in specs]   # raises for foreign files
+    if not force and all(state == "ok" for state in states):
+        # Verified and complete: no lock needed, so a read-only cache works too.
+        if manifest.pop("dirty", False):
+            save_manifest(data_dir, manifest)
+        return data_dir
     sources = default_sources() if sources is None else [str(s) for s in sources]
-    context = _FetchContext(data_dir, http, progress)
+    context = _FetchContext(data_dir, http, progress,
+                            deadline=time.monotonic() + http.total_timeout)
     failures: list[str] = []
     try:
         with FileLock(data_dir / LOCK_NAME):
+            clean_stale_tmp(data_dir, legacy=True)      # partial downloads of killed processes
+            context.manifest = manifest = load_manifest(data_dir)
+            before = repr(manifest["files"])
             for spec in specs:
                 # Checked under the lock: another process may have fetched it while we waited.
-                if not force and (data_dir / spec.filename).is_file():
+                if cached_state(data_dir, spec, manifest) == "ok" and not force:
                     continue
                 reasons = _fetch_first(spec, sources, context)
                 if reasons is not None:
                     failures.append(_failure_report(spec, data_dir, reasons, force))
+            if manifest.pop("dirty", False) or repr(manifest["files"]) != before:
+                save_manifest(data_dir, manifest)
     finally:
         if context.session is not None:
             context.session.close()
     if failures:
         raise DataError("could not get the Fashion-MNIST files.\n" + "\n".join(failures) + "\n" + HOW_TO_FIX)
     return data_dir
+
+
+def cached_state(data_dir: Path, spec: FileSpec, manifest: dict) -> str:
+    """"ok" (verified), "missing", or "damaged" (the tool's own copy, changed in place since it
+    was verified: it may be replaced). A file the tool did not create that is not what ``spec``
+    describes raises DataError: it is the user's, and is never deleted or overwritten."""
+    path = data_dir / spec.filename
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return "missing"
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    sha256 = file_sha256(path)
+    if manifest_matches(manifest, spec.filename, spec.sha256, sha256):
+        return "ok"
+    try:
+        verify_file(path, spec)       # not recorded yet (an older cache, a folder the user filled)
+    except DataError as exc:
+        entry = manifest_entry(manifest, spec.filename)
+        if entry is not None and entry.get("ino") == info.st_ino and stat.S_ISREG(info.st_mode):
+            return "damaged"
+        why = ("its contents are not Fashion-MNIST's (digit MNIST uses the same file names)"
+               if "verification failed" in str(exc) else str(exc).split(": ", 1)[-1])
+        raise DataError(f"{path}: {why}; fmnist-mlp did not create this file and leaves it "
+                        f"untouched: move it away or pass another --data-dir") from None
+    manifest["files"][spec.filename] = {"sha256": sha256, "idx_sha256": spec.sha256,
+                                        "ino": info.st_ino}
+    manifest["dirty"] = True
+    return "ok"
 
 
 def _failure_report(spec: FileSpec, data_dir: Path, reasons: list[str], force: bool) -> str:
@@ -122,33 +181,50 @@ def _failure_report(spec: FileSpec, data_dir: Path, reasons: list[str], force: b
 
 
 def _fetch_first(spec: FileSpec, sources: Iterable[str], context: _FetchContext) -> list[str] | None:
-    """Install ``spec`` from the first source that yields it verified; None on success, else why each failed."""
-    reasons = []
-    for source in sources:
-        if source in context.dead_hosts:
-            reasons.append(f"{source}: skipped, {context.dead_hosts[source]} for an earlier file")
-            continue
-        try:
-            _install_from(source, spec, context)
-            return None
-        except HostUnreachableError as exc:
-            context.dead_hosts[source] = "unreachable"
-            reasons.append(str(exc))
-        except DataError as exc:
-            reasons.append(str(exc))
-    return reasons
+    """Install ``spec`` from the first source that yields it verified; None on success, else why each failed.
+
+    A source that stays silent (accepts, never answers) costs one short attempt; it is tried
+    again, with full patience, only after every other source has failed.
+    """
+    sources = list(sources)
+    reasons: dict[str, str] = {}
+    for patient in (False, True):
+        for source in sources:
+            if (source in context.stalled) != patient:
+                continue
+            if source in context.dead_hosts:
+                reasons[source] = f"{source}: skipped, {context.dead_hosts[source]} for an earlier file"
+                continue
+            try:
+                _install_from(source, spec, context)
+                return None
+            except StalledError as exc:
+                context.stalled.add(source)
+                reasons[source] = f"{exc}; tried again after the other sources"
+            except HostUnreachableError as exc:
+                context.dead_hosts[source] = "unreachable"
+                reasons[source] = _then(reasons.get(source), str(exc))
+            except DataError as exc:
+                reasons[source] = _then(reasons.get(source), str(exc))
+    return [reasons[s] for s in sources if s in reasons]
+
+
+def _then(earlier: str | None, later: str) -> str:
+    return later if earlier is None else f"{earlier}; then: {later}"
 
 
 def _install_from(source: str, spec: FileSpec, context: _FetchContext) -> None:
-    """Copy ``spec`` from ``source`` into a temporary file, verify it, rename it into the cache."""
-    fd, tmp_name = tempfile.mkstemp(dir=context.data_dir, prefix=f".{spec.filename}.", suffix=".part")
-    os.close(fd)
-    tmp = Path(tmp_name)
+    """Copy ``spec`` from ``source`` into a temporary file, verify it, rename it into the cache
+    (over nothing, or over the tool's own damaged copy: :func:`cached_state` has checked)."""
+    tmp = new_temporary(context.data_dir, spec.filename)
     try:
         label = _copy_to(source, spec, tmp, context)
         verify_file(tmp, spec, label)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache may be shared (a sweep, a team)
-        os.replace(tmp, context.data_dir / spec.filename)
+        sha256 = file_sha256(tmp)
+        target = context.data_dir / spec.filename
+        os.replace(tmp, target)
+        context.manifest["files"][spec.filename] = {
+            "sha256": sha256, "idx_sha256": spec.sha256, "ino": os.stat(target).st_ino}
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -159,7 +235,11 @@ def _copy_to(source: str, spec: FileSpec, tmp: Path, context: _FetchContext) -> 
         url = source.rstrip("/") + "/" + spec.filename
         if context.session is None:
             context.session = make_session()
-        download_url(url, tmp, context.session, context.http, context.progress, desc=spec.filename)
+        host = url.split("/")[2]
+        download_url(url, tmp, context.session, context.http, context.progress, desc=spec.filename,
+                     first_try=host not in context.answered and source not in context.stalled,
+                     deadline=context.deadline)
+        context.answered.add(host)
         return url
     if "://" in source:
         raise DataError(f"{source}: unsupported source (give a folder, or an http:// or https:// URL)")

@@ -32,6 +32,14 @@ class HttpOptions:
     read_timeout: float = 60.0      # seconds of silence tolerated while waiting for bytes
     retries: int = 3                # further attempts after the first, for transient failures
     backoff: float = 1.0            # sleep backoff * 2**attempt seconds before retry number attempt+1
+    # A source not yet heard from gets one attempt of stall_timeout seconds of silence before the
+    # next source is tried (it is retried with the patience above only after all the others).
+    stall_timeout: float = 10.0
+    total_timeout: float = 900.0    # seconds for the whole download, every file and source
+
+
+class StalledError(DataError):
+    """A source accepted the connection but sent nothing in time: try the other sources first."""
 
 
 class PermanentHttpError(DataError):
@@ -50,27 +58,41 @@ def make_session() -> requests.Session:
 
 
 def download_url(url: str, dest: Path, session: requests.Session, options: HttpOptions = HttpOptions(),
-                 progress: bool = True, desc: str | None = None) -> None:
+                 progress: bool = True, desc: str | None = None, first_try: bool = False,
+                 deadline: float | None = None) -> None:
     """Fetch ``url`` into ``dest`` (created or overwritten), resuming a cut transfer with Range.
 
+    first_try: the source has not answered yet in this download: wait ``stall_timeout`` for it
+    and raise StalledError instead of retrying when it stays silent. deadline: a
+    ``time.monotonic()`` after which no attempt starts and a running transfer stops.
     Raises DataError (PermanentHttpError when retrying is pointless) naming the URL and the last
     failure. ``dest`` may hold a partial file afterwards; the caller owns and removes it.
     """
     dest.write_bytes(b"")
     attempt = 0
+    deadline = time.monotonic() + options.total_timeout if deadline is None else deadline
     while True:
+        read_timeout = options.stall_timeout if first_try else options.read_timeout
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise DataError(f"{url}: the download's time limit ({options.total_timeout:g} s) ran out")
+        timeout = (min(options.connect_timeout, remaining), min(read_timeout, remaining))
         try:
-            _fetch_once(url, dest, session, options, progress, desc)
+            _fetch_once(url, dest, session, timeout, progress, desc, deadline)
             return
         except PermanentHttpError:
             raise
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError, _IncompleteBody) as exc:
             if _is_unresolvable(exc):
                 raise HostUnreachableError(f"{url}: host name not found (no network or DNS?)") from None
-            if attempt >= options.retries:
+            silent = _is_timeout(exc) and dest.stat().st_size == 0
+            if first_try and silent:
+                raise StalledError(f"{url}: no answer within {read_timeout:g} s") from None
+            wait = options.backoff * 2**attempt
+            if attempt >= options.retries or time.monotonic() + wait >= deadline:
                 error = HostUnreachableError if _is_unreachable(exc) else DataError
                 raise error(f"{url}: {_describe(exc)} (after {attempt + 1} attempts)") from None
-            time.sleep(options.backoff * 2**attempt)
+            time.sleep(wait)
             attempt += 1
 
 
@@ -78,14 +100,13 @@ class _IncompleteBody(Exception):
     """The server closed the connection before sending the Content-Length it announced."""
 
 
-def _fetch_once(url: str, dest: Path, session: requests.Session, options: HttpOptions,
-                progress: bool, desc: str | None) -> None:
+def _fetch_once(url: str, dest: Path, session: requests.Session, timeout: tuple[float, float],
+                progress: bool, desc: str | None, deadline: float) -> None:
     offset = dest.stat().st_size
     # identity: byte ranges and Content-Length then count the file's own bytes.
     headers = {"Accept-Encoding": "identity"}
     if offset:
         headers["Range"] = f"bytes={offset}-"
-    timeout = (options.connect_timeout, options.read_timeout)
     with session.get(url, headers=headers, stream=True, timeout=timeout) as response:
         if response.status_code == 416 and offset:
             return  # we already hold every byte; verification will judge them
@@ -114,6 +135,9 @@ def _fetch_once(url: str, dest: Path, session: requests.Session, options: HttpOp
                 out.write(chunk)
                 received += len(chunk)
                 bar.update(len(chunk))
+                if time.monotonic() > deadline:      # a trickle must not outlast the limit
+                    raise PermanentHttpError(f"{url}: the download's time limit ran out "
+                                             f"after {offset + received} bytes")
         if expected is not None and received < expected:
             raise _IncompleteBody(f"connection closed after {received} of {expected} bytes")
 
@@ -132,6 +156,10 @@ def _is_unresolvable(exc: BaseException) -> bool:
         stack.extend([current.__cause__, current.__context__, getattr(current, "reason", None)])
         stack.extend(arg for arg in getattr(current, "args", ()) if isinstance(arg, BaseException))
     return False
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    return isinstance(exc, (requests.Timeout, urllib3.exceptions.TimeoutError, TimeoutError))
 
 
 def _is_unreachable(exc: BaseException) -> bool:

@@ -9,10 +9,27 @@ from __future__ import annotations
 
 import fcntl
 import os
+import socket
+import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 from fmnist_mlp.errors import DataError
+from fmnist_mlp.terminal import printable
+
+
+def _to_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _record_holder(fd: int) -> None:
+    """Write "<pid> <host>" into the lock file, so that a waiting process can say whom it waits for."""
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+    except OSError:
+        pass        # a read-only cache: the lock still works, the waiter just names no pid
 
 
 class FileLock:
@@ -22,10 +39,14 @@ class FileLock:
     ~30 MB, so the default is generous.
     """
 
-    def __init__(self, path: str | Path, timeout: float | None = 1800.0, poll_interval: float = 0.1):
+    def __init__(self, path: str | Path, timeout: float | None = 1800.0, poll_interval: float = 0.1,
+                 notify: Callable[[str], None] | None = None, notify_every: float = 10.0):
         self.path = Path(path)
         self.timeout = timeout
         self.poll_interval = poll_interval
+        # Waiting is said out loud (stderr by default): after 1 s, then every notify_every s.
+        self.notify = notify if notify is not None else _to_stderr
+        self.notify_every = notify_every
         self._fd: int | None = None
 
     def acquire(self) -> None:
@@ -34,19 +55,39 @@ class FileLock:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
             raise DataError(f"{self.path}: cannot create the lock file: {exc.strerror or exc}") from None
-        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        started = time.monotonic()
+        deadline = None if self.timeout is None else started + self.timeout
+        next_notice = started + min(1.0, self.notify_every)   # short waits stay quiet
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 self._fd = fd
+                _record_holder(fd)
                 return
             except BlockingIOError:
-                if deadline is not None and time.monotonic() >= deadline:
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
                     os.close(fd)
                     raise DataError(
-                        f"{self.path}: still locked by another fmnist-mlp process after {self.timeout:g} s"
+                        f"{self.path}: still locked by {self.holder()} after {self.timeout:g} s"
                     ) from None
+                if now >= next_notice:
+                    self.notify(f"waiting for the data cache lock {self.path}, held by "
+                                f"{self.holder()} (waited {now - started:.0f} s"
+                                + (f" of at most {self.timeout:g} s)" if self.timeout else ")"))
+                    next_notice = now + self.notify_every
                 time.sleep(self.poll_interval)
+
+    def holder(self) -> str:
+        """Who holds the lock, as its holder recorded it: "process 123 on host-a"."""
+        try:
+            with open(self.path, "rb") as f:
+                pid, _, host = f.read(256).decode("utf-8", "replace").strip().partition(" ")
+        except OSError:
+            pid, host = "", ""
+        if not pid.isdigit():
+            return "another fmnist-mlp process"
+        return f"fmnist-mlp process {pid}" + (f" on {printable(host)}" if host else "")
 
     def release(self) -> None:
         if self._fd is not None:

@@ -1,0 +1,307 @@
+"""Every file the tool writes is created by the tool: atomic writes and link-refusing opens.
+
+- :func:`atomic_write` puts bytes in a new temporary file beside the target (created with
+  ``O_CREAT | O_EXCL | O_NOFOLLOW``, so it can never be a link planted in advance), fsyncs it and
+  renames it over the target: a reader sees the old file or the new one, never half of either.
+  Temporary names say who made them (``.<target>.<pid>-<hex>.fmnist-mlp.tmp``), so leftovers of a
+  SIGKILL are recognised and removed by the next write (their process is gone).
+- :func:`open_inside` / :func:`dir_inside` open a path *below* a trusted directory (a run
+  directory) one component at a time with ``O_NOFOLLOW``: a ``train.log``, ``checkpoints`` or
+  ``plots`` planted as a symbolic link is refused with one line instead of being followed.
+- :func:`read_regular_file` reads a small file the user names (a config): a FIFO, a device such as
+  ``/dev/zero`` or an oversized file is refused before reading, so nothing waits or fills memory.
+
+Every failure is a :class:`~fmnist_mlp.errors.FmnistMlpError` naming the file.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import secrets
+import stat
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+from fmnist_mlp.errors import FmnistMlpError
+
+TMP_SUFFIX = ".fmnist-mlp.tmp"
+_TMP_RE = re.compile(r"^\.(?P<target>.+)\.(?P<pid>\d+)-[0-9a-f]{8}" + re.escape(TMP_SUFFIX) + "$")
+# Names the previous versions gave their temporaries (mkstemp, pid-only): removed only where the
+# caller holds the directory's lock, since their owner cannot be told from the name.
+_LEGACY_TMP_RE = re.compile(r"^\.(?P<target>config\.yaml|summary\.json|metrics\.jsonl|"
+                            r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*?\.(?:npz|png|npy|gz))\.[A-Za-z0-9_]+\.(tmp|part)$")
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+
+
+class UnsafePathError(FmnistMlpError):
+    """A path inside a directory the tool owns is a symbolic link or not what it should be."""
+
+
+class FileWriteError(FmnistMlpError):
+    """Writing a file failed (disk full, read-only, permissions): the message names the file."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Opening below a trusted directory without following links
+
+
+def _parts(relative: str | os.PathLike) -> list[str]:
+    parts = Path(relative).parts
+    if not parts or Path(relative).is_absolute() or any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"{relative!r}: expected a plain relative path")
+    return list(parts)
+
+
+def _link_error(path: Path) -> UnsafePathError:
+    return UnsafePathError(f"{path}: is a symbolic link or not a regular entry; refusing to follow "
+                           f"it inside a run directory (remove it, or restore the run's own file)")
+
+
+def _open_dir_fd(base: Path, parts: Sequence[str], create: bool) -> int:
+    """An O_DIRECTORY fd of ``base/parts...``; each component is opened with O_NOFOLLOW."""
+    try:
+        fd = os.open(base, os.O_RDONLY | _DIRECTORY)
+    except FileNotFoundError:
+        raise FileNotFoundError(errno.ENOENT, "No such directory", str(base)) from None
+    except OSError as exc:
+        raise FileWriteError(f"{base}: cannot open directory ({exc.strerror or exc})") from None
+    path = base
+    try:
+        for part in parts:
+            path = path / part
+            if create:
+                try:
+                    os.mkdir(part, 0o755, dir_fd=fd)
+                except FileExistsError:
+                    pass
+                except OSError as exc:
+                    raise FileWriteError(f"{path}: cannot create directory "
+                                         f"({exc.strerror or exc})") from None
+            try:
+                child = os.open(part, os.O_RDONLY | _DIRECTORY | _NOFOLLOW, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise _link_error(path) from None
+                if exc.errno == errno.ENOENT:
+                    raise FileNotFoundError(errno.ENOENT, "No such directory", str(path)) from None
+                raise FileWriteError(f"{path}: cannot open directory ({exc.strerror or exc})") from None
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def dir_inside(base: str | os.PathLike, relative: str | os.PathLike, create: bool = True) -> Path:
+    """``base/relative`` as a real directory (created if ``create``); links inside are refused."""
+    fd = _open_dir_fd(Path(base), _parts(relative), create)
+    os.close(fd)
+    return Path(base) / relative
+
+
+def open_inside(base: str | os.PathLike, relative: str | os.PathLike, mode: str = "r",
+                encoding: str | None = "utf-8"):
+    """``open(base/relative, mode)`` without following a link at any component below ``base``.
+
+    mode: "r", "rb", "r+b", "a" or "ab" ("a" creates the file). Raises UnsafePathError for a link,
+    FileNotFoundError when reading a missing file.
+    """
+    parts = _parts(relative)
+    path = Path(base).joinpath(*parts)
+    flags = {"r": os.O_RDONLY, "a": os.O_WRONLY | os.O_APPEND | os.O_CREAT}[mode[0]]
+    if "+" in mode:
+        flags = (flags & ~os.O_WRONLY) | os.O_RDWR
+    dir_fd = _open_dir_fd(Path(base), parts[:-1], create=False)
+    try:
+        # O_NONBLOCK: a FIFO planted under the name must not block the open itself.
+        fd = os.open(parts[-1], flags | _NOFOLLOW | _NONBLOCK | getattr(os, "O_CLOEXEC", 0),
+                     0o644, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENXIO):     # a link; a FIFO with no reader
+            raise _link_error(path) from None
+        raise
+    finally:
+        os.close(dir_fd)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise _link_error(path)
+    os.set_blocking(fd, True)
+    binary = "b" in mode
+    return os.fdopen(fd, mode, **({} if binary else {"encoding": encoding}))
+
+
+# ---------------------------------------------------------------------------------------------
+# Atomic writes
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | Callable[[object], None], *,
+                 base: str | os.PathLike | None = None, mode: int = 0o644, fsync: bool = True) -> Path:
+    """Write ``data`` (bytes, or a function writing to a binary file object) to ``path`` atomically.
+
+    base: a trusted directory ``path`` lies in; every component between them must be a real
+    directory, not a link. Stale temporaries of ``path`` left by killed processes are removed.
+    """
+    path = Path(path)
+    if base is not None:
+        relative = path.relative_to(base)
+        dir_fd = _open_dir_fd(Path(base), _parts(relative)[:-1], create=False)
+    else:
+        try:
+            dir_fd = os.open(path.parent, os.O_RDONLY | _DIRECTORY)
+        except OSError as exc:
+            raise FileWriteError(f"{path}: cannot open its folder ({exc.strerror or exc})") from None
+    try:
+        _remove_stale(dir_fd, path.parent, only_target=path.name)
+        tmp_name = f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}{TMP_SUFFIX}"
+        try:
+            fd = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, mode,
+                         dir_fd=dir_fd)
+        except OSError as exc:
+            raise FileWriteError(f"{path}: cannot write ({exc.strerror or exc})") from None
+        try:
+            with os.fdopen(fd, "wb") as out:
+                if callable(data):
+                    data(out)
+                else:
+                    out.write(data)
+                out.flush()
+                if fsync:
+                    os.fsync(out.fileno())
+            os.replace(tmp_name, path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except BaseException as exc:
+            # Includes KeyboardInterrupt and a full disk: never leave the temporary behind.
+            try:
+                os.unlink(tmp_name, dir_fd=dir_fd)
+            except FileNotFoundError:
+                pass
+            if isinstance(exc, OSError) and not isinstance(exc, FmnistMlpError):
+                raise FileWriteError(f"{path}: cannot write ({exc.strerror or exc})") from None
+            raise
+        if fsync:
+            os.fsync(dir_fd)      # the rename itself survives a power cut
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+def new_temporary(directory: str | os.PathLike, target: str) -> Path:
+    """Create an empty temporary for ``directory/target`` (for writers that need a path, such as a
+    download resumed by Range); the caller renames or removes it. Named like atomic_write's."""
+    directory = Path(directory)
+    path = directory / f".{target}.{os.getpid()}-{secrets.token_hex(4)}{TMP_SUFFIX}"
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o644))
+    except OSError as exc:
+        raise FileWriteError(f"{path}: cannot create ({exc.strerror or exc})") from None
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, **kwargs) -> Path:
+    return atomic_write(path, text.encode("utf-8"), **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stale temporaries
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def _stale_names(names: Iterator[str], legacy: bool, only_target: str | None) -> list[str]:
+    stale = []
+    for name in names:
+        match = _TMP_RE.match(name)
+        if match:
+            if (only_target is None or match["target"] == only_target) \
+                    and not _pid_alive(int(match["pid"])):
+                stale.append(name)
+        elif legacy and _LEGACY_TMP_RE.match(name) and (
+                only_target is None or _LEGACY_TMP_RE.match(name)["target"] == only_target):
+            stale.append(name)
+    return stale
+
+
+def _remove_stale(dir_fd: int, where: Path, only_target: str | None = None,
+                  legacy: bool = False) -> list[Path]:
+    removed = []
+    try:
+        names = os.listdir(dir_fd)
+    except OSError:
+        return removed
+    for name in _stale_names(iter(names), legacy, only_target):
+        try:
+            if stat.S_ISREG(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+                os.unlink(name, dir_fd=dir_fd)
+                removed.append(where / name)
+        except OSError:
+            pass
+    return removed
+
+
+def clean_stale_tmp(directory: str | os.PathLike, legacy: bool = False) -> list[Path]:
+    """Remove temporaries in ``directory`` whose writing process is gone; returns what went.
+
+    legacy: also the older names (``.<file>.<random>.tmp``/``.part``), which carry no pid; pass it
+    only while holding the directory's lock, when no other writer can be mid-write there.
+    """
+    directory = Path(directory)
+    try:
+        fd = os.open(directory, os.O_RDONLY | _DIRECTORY | _NOFOLLOW)
+    except OSError:
+        return []
+    try:
+        return _remove_stale(fd, directory, legacy=legacy)
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading a small file the user names
+
+
+def read_regular_file(path: str | os.PathLike, max_bytes: int, what: str,
+                      error: type[FmnistMlpError] = FmnistMlpError) -> bytes:
+    """The bytes of ``path`` if it is a regular file of at most ``max_bytes``; else ``error``.
+
+    Opened with O_NONBLOCK so that a FIFO with no writer cannot block the open itself.
+    """
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise error(f"{path}: {what} not found") from None
+    except OSError as exc:
+        raise error(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise error(f"{path}: not a regular file (a device, FIFO or socket); give the {what} "
+                        f"as a file")
+        if info.st_size > max_bytes:
+            raise error(f"{path}: {info.st_size} bytes is too large for a {what} "
+                        f"(limit {max_bytes})")
+        chunks, total = [], 0
+        while chunk := os.read(fd, 1 << 16):
+            total += len(chunk)
+            if total > max_bytes:      # it grew while we read
+                raise error(f"{path}: more than {max_bytes} bytes; too large for a {what}")
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError as exc:
+        raise error(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
+    finally:
+        os.close(fd)

@@ -1,0 +1,67 @@
+"""YAML for files the tool does not trust (configs, a run's config.yaml, ``--set`` values).
+
+``yaml.safe_load`` already builds only plain data (no Python objects, so no code runs), but it
+expands aliases ("billion laughs": 782 bytes became gigabytes) and recurses once per nesting level
+(a deep ``[[[[...]]]]`` is a RecursionError). This loader refuses anchors and aliases outright (a
+config never needs them) and nesting deeper than :data:`MAX_DEPTH`, so what it builds is never
+larger than the text it read.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from fmnist_mlp.errors import ConfigError
+
+MAX_DEPTH = 32                  # the schema is 3 deep; lists of lists add a level or two
+MAX_CONFIG_BYTES = 1 << 20      # a config is a few hundred bytes
+MAX_VALUE_CHARS = 10_000        # one --set value
+
+
+class _Refused(yaml.YAMLError):
+    def __init__(self, problem: str, mark):
+        super().__init__(problem)
+        self.problem, self.problem_mark = problem, mark
+
+
+class StrictLoader(yaml.SafeLoader):
+    """SafeLoader without anchors, aliases or deep nesting."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            raise _Refused(f"alias *{event.anchor} refused (anchors and aliases are not "
+                           f"allowed in configs)", event.start_mark)
+        if getattr(event, "anchor", None) is not None:
+            raise _Refused(f"anchor &{event.anchor} refused (anchors and aliases are not "
+                           f"allowed in configs)", event.start_mark)
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise _Refused(f"nested more than {MAX_DEPTH} levels deep", event.start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def load_yaml(text: str, label: str) -> Any:
+    """Parse ``text`` with :class:`StrictLoader`; any problem is a ConfigError naming ``label``."""
+    try:
+        loader = StrictLoader(text)
+        try:
+            return loader.get_single_data()
+        finally:
+            loader.dispose()
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{label}: invalid YAML{line}: {problem}") from None
+    except RecursionError:      # belt and braces: the depth limit should make this unreachable
+        raise ConfigError(f"{label}: invalid YAML: nested too deeply") from None
