@@ -16,7 +16,7 @@ import numpy as np
 from fmnist_mlp import runs
 from fmnist_mlp.config import Config, config_from_dict, config_to_dict, dump_config
 from fmnist_mlp.errors import CheckpointError, ConfigError, TrainingDivergedError
-from fmnist_mlp.train import LoopSettings, TrainingInterrupted, TrainState, fit
+from fmnist_mlp.train import LoopSettings, TrainingInterrupted, TrainingPruned, TrainState, fit
 
 STREAMS = ("init", "shuffle", "dropout", "augment")
 
@@ -133,8 +133,9 @@ def run_training(cfg: Config | None, *, name: str | None = None, runs_dir: str |
     """Train a new run (``cfg``, ``name``) or continue ``resume``; returns its directory and summary.
 
     ``callback`` receives the loop's progress events; ``on_run_dir`` is told the directory as soon
-    as it exists. Raises TrainingInterrupted (run saved, marked interrupted) and
-    TrainingDivergedError (run marked failed, last good checkpoint kept).
+    as it exists. Raises TrainingInterrupted (run saved, marked interrupted),
+    TrainingDivergedError (run marked failed, last good checkpoint kept) and, when the callback
+    raises it, TrainingPruned (run marked pruned, checkpoints kept).
     """
     from fmnist_mlp.augment import make_augmenter
     from fmnist_mlp.recorder import RunRecorder
@@ -174,6 +175,9 @@ def run_training(cfg: Config | None, *, name: str | None = None, runs_dir: str |
         scores = _test_scores(run_dir, splits.test, cfg)
     except (TrainingInterrupted, KeyboardInterrupt) as exc:
         raise _interrupted(recorder, run_dir, str(exc) or "interrupted") from None
+    except TrainingPruned as exc:
+        recorder.stop("pruned", str(exc))
+        raise
     except TrainingDivergedError as exc:
         recorder.stop("failed", str(exc))
         raise TrainingDivergedError(f"{exc} (run {run_dir} marked failed)") from None

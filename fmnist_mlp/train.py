@@ -22,6 +22,11 @@ class TrainingInterrupted(FmnistMlpError):
     exit_code = 130
 
 
+class TrainingPruned(FmnistMlpError):
+    """Raised by a callback (a sweep's pruner) to stop a run that is clearly behind; the run is
+    marked ``pruned`` and keeps its checkpoints."""
+
+
 @dataclass
 class TrainState:
     """Progress counters, saved in checkpoints so a resumed run continues exactly."""
