@@ -147,10 +147,27 @@ def make_sampler(spec: SweepSpec, salt: int):
     seed = spec.seed * 1_000_003 + salt
     if spec.method == "grid":
         grid = {p.key: p.encoded_choices() for p in spec.space}
-        return optuna.samplers.GridSampler(grid, seed=spec.seed)
+        return _GridSampler(grid, seed=spec.seed)
     if spec.method == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     return optuna.samplers.TPESampler(seed=seed)
+
+
+def _grid_sampler_class():
+    optuna = import_optuna()
+
+    class GridSampler(optuna.samplers.GridSampler):
+        """Optuna's grid sampler without its ``study.stop()`` once the grid is covered (only
+        valid inside ``study.optimize``): the budget, the size of the grid, ends the sweep."""
+
+        def after_trial(self, study, trial, state, values) -> None:
+            pass
+
+    return GridSampler
+
+
+def _GridSampler(grid, seed):
+    return _grid_sampler_class()(grid, seed=seed)
 
 
 def make_pruner(spec: SweepSpec):
