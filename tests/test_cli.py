@@ -4,6 +4,7 @@ checks of error handling through :func:`fmnist_mlp.cli.main`."""
 from __future__ import annotations
 
 import json
+import shlex
 import os
 import signal
 import subprocess
@@ -505,7 +506,7 @@ def test_sweep_runs_the_grid_prints_the_table_and_reports_failures(data_dir, tmp
     dry = subprocess.run(["bash", str(script), "-n", "-r", "grid", "model.hidden=[8],[16,8]"],
                          cwd=tmp_path, env=ENV, capture_output=True, text=True)
     assert dry.returncode == 0 and len(dry.stdout.splitlines()) == 2
-    assert "--set 'model.hidden=[16,8]'" in dry.stdout
+    assert "model.hidden=[16,8]" in shlex.split(dry.stdout.splitlines()[1])
 
 
 @pytest.mark.parametrize("filename, expected", [
