@@ -62,7 +62,7 @@ cpus=$(nproc)
 mkdir -p "$dir/state" "$dir/spool" "$dir/log"
 cat > "$dir/slurm.conf" <<CONF
 ClusterName=fmnist-test
-SlurmctldHost=$host
+SlurmctldHost=$host(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
 SlurmctldPort=${SLURMCTLD_PORT:-16817}
@@ -86,7 +86,7 @@ MpiDefault=none
 ReturnToService=2
 KillWait=30
 MinJobAge=600
-NodeName=$host CPUs=$cpus State=UNKNOWN
+NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus State=UNKNOWN
 PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
 CONF
 
