@@ -253,7 +253,7 @@ def sweep_run(spec_file, sweep_dir, jobs, storage, slurm, workers, sbatch_args, 
         return
     study = open_sweep(sweep_dir, spec, storage)
     code = 0
-    with _sigterm_as_interrupt():
+    with _sigterm_as_interrupt():      # (run_local passes SIGTERM on to its workers itself)
         if slurm:
             job_id = slurm_jobs.submit(study.dir, args, workers, list(sbatch_args))
             click.echo(job_id)

@@ -215,17 +215,69 @@ def test_pruned_trial_is_marked_in_study_and_runs_table(tmp_path, real_data_dir)
     assert max(st["trials"], key=lambda t: t["best_val_acc"])["params"]["optimizer.lr"] == 0.01
 
 
-def _wait_for_epoch(sweep_dir: Path, epoch: int, proc, timeout: float = 120) -> Path:
-    """The run directory of the sweep's first trial once ``epoch`` epochs are saved."""
+@pytest.mark.slow
+def test_trial_killed_before_its_first_epoch_starts_over_as_one_run(tmp_path, real_data_dir):
+    spec = write_spec(tmp_path / "spec.yaml", trials=1,
+                      set={"train.epochs": 2, "data.subset": 20000, "model.hidden": [128]})
+    sweep_dir = tmp_path / "sw"
+    cmd = [sys.executable, "-m", "fmnist_mlp", "sweep", "run", str(spec), "--dir", str(sweep_dir),
+           "--data-dir", str(real_data_dir)]
+    worker = subprocess.Popen(cmd, cwd=REPO, env=cli_env(), stderr=subprocess.DEVNULL)
+    stub = _wait_for_epoch(sweep_dir, 0, worker)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    assert not (stub / "checkpoints" / "last.npz").exists(), "epoch 1 ended first: make it longer"
+    proc = run_cli("sweep", "run", spec, "--dir", sweep_dir, "--data-dir", real_data_dir)
+    assert proc.returncode == 0, proc.stderr
+    (run_dir,) = run_dirs(sweep_dir)
+    assert run_dir != stub and not stub.exists()
+    assert [t["state"] for t in status(sweep_dir)["trials"]] == ["finished"]
+
+
+def _wait_for_epoch(sweep_dir: Path, epoch: int, proc, timeout: float = 120, runs: int = 1) -> Path:
+    """A run directory of the sweep once ``runs`` runs have ``epoch`` epochs saved (epoch 0: once
+    they exist)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, "the worker ended early"
-        for summary in (sweep_dir / "runs").glob("*/summary.json") if (sweep_dir / "runs").is_dir() else []:
+        ready = []
+        for summary in sorted(sweep_dir.glob("runs/*/summary.json")):
             try:
                 done = json.loads(summary.read_text()).get("epochs_completed", 0)
             except (OSError, json.JSONDecodeError):
                 continue
-            if done >= epoch and (summary.parent / "checkpoints" / "last.npz").is_file():
-                return summary.parent
+            if done >= epoch and (epoch == 0 or (summary.parent / "checkpoints" / "last.npz").is_file()):
+                ready.append(summary.parent)
+        if len(ready) >= runs:
+            return ready[0]
         time.sleep(0.05)
     raise AssertionError(f"no run reached epoch {epoch}")
+
+
+@pytest.mark.slow
+def test_sigterm_to_local_sweep_saves_every_trial_and_rerun_resumes_them(tmp_path, real_data_dir):
+    spec = write_spec(tmp_path / "spec.yaml", trials=2,
+                      set={"train.epochs": 8, "data.subset": 6000, "model.hidden": [64]})
+    sweep_dir = tmp_path / "sw"
+    cmd = [sys.executable, "-m", "fmnist_mlp", "sweep", "run", str(spec), "--dir", str(sweep_dir),
+           "--jobs", "2", "--data-dir", str(real_data_dir)]
+    sweep = subprocess.Popen(cmd, cwd=REPO, env=cli_env(), stderr=subprocess.PIPE, text=True)
+    _wait_for_epoch(sweep_dir, 1, sweep, runs=2)
+    sweep.send_signal(signal.SIGTERM)
+    _, err = sweep.communicate(timeout=120)
+    assert sweep.returncode == 130, err
+    st = status(sweep_dir)
+    assert st["trials"] and {t["state"] for t in st["trials"]} <= {"interrupted", "finished"}
+    interrupted = [Path(t["run_dir"]) for t in st["trials"] if t["state"] == "interrupted"]
+    assert interrupted
+    for run_dir in interrupted:
+        assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
+
+    proc = run_cli("sweep", "run", spec, "--dir", sweep_dir, "--jobs", 2,
+                   "--data-dir", real_data_dir)
+    assert proc.returncode == 0, proc.stderr
+    st = status(sweep_dir)
+    assert [t["state"] for t in st["trials"]] == ["finished", "finished"]
+    assert len(run_dirs(sweep_dir)) == 2
+    for run_dir in interrupted:
+        assert "resumed at epoch" in (run_dir / "train.log").read_text()

@@ -8,11 +8,13 @@ import shlex
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from fmnist_mlp.sweep.study import Sweep
 
 BLAS_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+GRACE_SECONDS = 5.0
 CHILD_VAR = "FMNIST_MLP_SWEEP_CHILD"     # set for workers started by run_local: no summary line
 
 
@@ -56,32 +58,44 @@ def run_local(args: list[str], jobs: int) -> int:
     """Start ``jobs`` worker processes with the BLAS threads split between them; wait for all.
 
     The variables are set in each worker's environment before it starts, so they are in place
-    before NumPy loads. SIGTERM (and Ctrl-C) are passed on: each worker saves its trial."""
+    before NumPy loads. SIGTERM is passed on at once; after Ctrl-C (which reaches the workers
+    too, as one process group) they get time to save first. Each worker saves its trial."""
     env = dict(os.environ, **{v: str(threads_per_worker(jobs)) for v in BLAS_VARS})
     env[CHILD_VAR] = "1"
     procs = [subprocess.Popen([sys.executable, "-m", "fmnist_mlp", *args], env=env)
              for _ in range(jobs)]
-    try:
-        codes = [p.wait() for p in procs]
-    except KeyboardInterrupt:
+
+    def terminate(signum=None, frame=None):
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
-        for p in procs:
-            _wait_uninterrupted(p)
-        return 130
-    if 130 in codes or -signal.SIGTERM in codes or -signal.SIGINT in codes:
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        codes, interrupted = _wait_all(procs, terminate)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if interrupted or 130 in codes or -signal.SIGTERM in codes or -signal.SIGINT in codes:
         return 130
     return next((c if c > 0 else 1 for c in codes if c != 0), 0)
 
 
-def _wait_uninterrupted(proc: subprocess.Popen) -> None:
+def _wait_all(procs: list[subprocess.Popen], terminate) -> tuple[list[int], bool]:
+    """Exit codes of all workers; Ctrl-C does not stop the waiting, and workers still running
+    ``GRACE_SECONDS`` after it get SIGTERM."""
+    interrupted_at: float | None = None
+    terminated = False
     while True:
         try:
-            proc.wait()
-            return
+            if all(p.poll() is not None for p in procs):
+                return [p.returncode for p in procs], interrupted_at is not None
+            if interrupted_at is not None and not terminated \
+                    and time.monotonic() > interrupted_at + GRACE_SECONDS:
+                terminate()
+                terminated = True
+            time.sleep(0.1)
         except KeyboardInterrupt:
-            continue
+            interrupted_at = interrupted_at or time.monotonic()
 
 
 def final_status(sweep: Sweep) -> tuple[int, str]:

@@ -104,6 +104,8 @@ def train_trial(sweep: Sweep, claim: Claim, data_dir, log) -> None:
         _tell(study, n, ended, runs.read_summary(claim.run_dir), log)
         return
     resume = claim.run_dir if _resumable(claim.run_dir) else None
+    if resume is None and claim.run_dir is not None:
+        _discard_unstarted_run(claim.run_dir, sweep.runs_dir, log)
     shown = " ".join(f"{k}={v}" for k, v in claim.params.items())
     log(f"trial {n}: " + (f"resuming {resume}" if resume else f"started: {shown}"))
     cfg = None if resume else sweep.spec.trial_config(claim.params)
@@ -116,8 +118,7 @@ def train_trial(sweep: Sweep, claim: Claim, data_dir, log) -> None:
     except TrainingDivergedError as exc:
         _tell(study, n, "failed", {"message": str(exc)}, log)
     except TrainingInterrupted:
-        log(f"trial {n}: interrupted; it stays claimed by nobody and is resumed by the next "
-            f"worker or `sweep run` of this sweep")
+        log(f"trial {n}: interrupted; the same `sweep run` (or another worker) resumes it")
         raise
     else:
         _tell(study, n, "finished", result.summary, log)
@@ -152,6 +153,30 @@ def _resumable(run_dir: Path | None) -> bool:
         summary.update(status="interrupted", message="its sweep worker died; resumed by another")
         runs.write_summary(run_dir, summary)
     return True
+
+
+_UNSTARTED_FILES = {"config.yaml", "summary.json", "train.log", "metrics.jsonl"}
+
+
+def _discard_unstarted_run(run_dir: Path, runs_dir: Path, log) -> None:
+    """A trial stopped before its first epoch ended left a run directory with nothing to resume
+    from; the trial starts again in a new one, so this one is removed — only after checking it is
+    the sweep's own (a real directory in DIR/runs holding nothing but a run's bookkeeping files
+    and an empty checkpoints folder), so each trial stays one run."""
+    if run_dir.is_symlink() or not run_dir.is_dir() or run_dir.parent.resolve() != runs_dir.resolve():
+        return
+    ckpt = run_dir / "checkpoints"
+    names = {p.name for p in run_dir.iterdir()}
+    if not names <= _UNSTARTED_FILES | {"checkpoints"}:
+        return
+    if "checkpoints" in names and (ckpt.is_symlink() or not ckpt.is_dir() or any(ckpt.iterdir())):
+        return
+    for name in names - {"checkpoints"}:
+        (run_dir / name).unlink()
+    if "checkpoints" in names:
+        ckpt.rmdir()
+    run_dir.rmdir()
+    log(f"removed {run_dir}: its trial stopped before its first epoch and starts over")
 
 
 def _worker_id() -> str:
