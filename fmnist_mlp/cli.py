@@ -251,6 +251,8 @@ def sweep_run(spec_file, sweep_dir, jobs, storage, slurm, workers, sbatch_args, 
     if dry_run:
         click.echo("\n".join(launch.dry_run_lines(args, workers if slurm else jobs)))
         return
+    if slurm:
+        slurm_jobs.require_sbatch()                     # before anything is created
     study = open_sweep(sweep_dir, spec, storage)
     code = 0
     with _sigterm_as_interrupt():      # (run_local passes SIGTERM on to its workers itself)

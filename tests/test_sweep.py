@@ -281,3 +281,21 @@ def test_sigterm_to_local_sweep_saves_every_trial_and_rerun_resumes_them(tmp_pat
     assert len(run_dirs(sweep_dir)) == 2
     for run_dir in interrupted:
         assert "resumed at epoch" in (run_dir / "train.log").read_text()
+
+
+def test_slurm_without_sbatch_is_one_line_and_creates_nothing(tmp_path):
+    spec = write_spec(tmp_path / "spec.yaml")
+    empty_bin = tmp_path / "bin"
+    empty_bin.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "fmnist_mlp", "sweep", "run", str(spec), "--dir",
+                           str(tmp_path / "sw"), "--slurm"], cwd=REPO, capture_output=True,
+                          text=True, env=cli_env(PATH=str(empty_bin)))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "sbatch not found on PATH" in proc.stderr
+    assert not (tmp_path / "sw").exists()
+
+
+def test_status_of_a_directory_that_is_no_sweep_is_one_line(tmp_path):
+    proc = run_cli("sweep", "status", tmp_path)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "not a sweep directory" in proc.stderr

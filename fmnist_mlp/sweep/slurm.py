@@ -34,12 +34,17 @@ def batch_script(args: list[str], workers: int, log_dir: Path) -> str:
         f"exec {command}", ""])
 
 
-def submit(directory: Path, args: list[str], workers: int, sbatch_args: list[str]) -> str:
-    """Write DIR/slurm/worker.sbatch and submit it; returns the job id."""
+def require_sbatch() -> str:
     sbatch = shutil.which("sbatch")
     if sbatch is None:
         raise ConfigError("--slurm: sbatch not found on PATH (run on a Slurm login node, or "
                           "use --jobs N on this machine)")
+    return sbatch
+
+
+def submit(directory: Path, args: list[str], workers: int, sbatch_args: list[str]) -> str:
+    """Write DIR/slurm/worker.sbatch and submit it; returns the job id."""
+    sbatch = require_sbatch()
     log_dir = (directory / "slurm").resolve()
     log_dir.mkdir(exist_ok=True)
     script = log_dir / "worker.sbatch"
