@@ -133,8 +133,8 @@ def runs_command(runs_dir, sort_key, reverse, as_json, as_csv):
     accuracy, test accuracy, epochs, wall time and status.
 
     Status is finished, running, interrupted, failed or pruned (stopped early by a sweep's
-    pruner); "stale" marks a run still flagged running
-    whose process on this host is gone (killed): continue it with train --resume RUN_DIR.
+    pruner); "stale" marks a run still flagged running whose process on this host is gone
+    (killed): continue it with train --resume RUN_DIR.
     """
     from fmnist_mlp.runs_table import collect_runs, format_csv, format_text, sort_rows
 

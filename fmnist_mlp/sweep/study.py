@@ -147,7 +147,7 @@ def make_sampler(spec: SweepSpec, salt: int):
     seed = spec.seed * 1_000_003 + salt
     if spec.method == "grid":
         grid = {p.key: p.encoded_choices() for p in spec.space}
-        return _GridSampler(grid, seed=spec.seed)
+        return _grid_sampler_class()(grid, seed=spec.seed)
     if spec.method == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     return optuna.samplers.TPESampler(seed=seed)
@@ -164,10 +164,6 @@ def _grid_sampler_class():
             pass
 
     return GridSampler
-
-
-def _GridSampler(grid, seed):
-    return _grid_sampler_class()(grid, seed=seed)
 
 
 def make_pruner(spec: SweepSpec):
