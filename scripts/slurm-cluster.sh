@@ -68,6 +68,9 @@ SlurmdUser=root
 SlurmctldPort=${SLURMCTLD_PORT:-16817}
 SlurmdPort=${SLURMD_PORT:-16818}
 AuthType=auth/munge
+# Credential lifetime; it is also how long a requeued job waits before it may start again
+# (default 120 s): short here so a requeue test takes seconds, not minutes.
+AuthInfo=cred_expire=${SLURM_CRED_EXPIRE:-10}
 CredType=cred/munge
 StateSaveLocation=$dir/state
 SlurmdSpoolDir=$dir/spool
