@@ -299,3 +299,11 @@ def test_status_of_a_directory_that_is_no_sweep_is_one_line(tmp_path):
     proc = run_cli("sweep", "status", tmp_path)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
     assert "not a sweep directory" in proc.stderr
+
+
+@pytest.mark.parametrize("spec", sorted((REPO / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_sweep_spec_is_valid(spec):
+    from fmnist_mlp.sweep.spec import load_spec
+
+    loaded = load_spec(spec)
+    assert loaded.space and loaded.trials >= 1

@@ -58,7 +58,20 @@ def submit(directory: Path, args: list[str], workers: int, sbatch_args: list[str
 
 
 def wait(job_id: str, poll: float = 5.0) -> None:
-    """Block until no task of the array is pending or running."""
+    """Block until no task of the array is pending or running. Ctrl-C stops the waiting only:
+    the array keeps running on the cluster."""
+    try:
+        _wait(job_id, poll)
+    except KeyboardInterrupt:
+        raise SlurmWaitInterrupted(f"stopped waiting; job array {job_id} keeps running "
+                                   f"(scancel {job_id} stops it)") from None
+
+
+class SlurmWaitInterrupted(FmnistMlpError):
+    exit_code = 130
+
+
+def _wait(job_id: str, poll: float) -> None:
     squeue = shutil.which("squeue")
     if squeue is None:
         raise ConfigError("--wait: squeue not found on PATH")
