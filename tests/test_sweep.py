@@ -307,3 +307,20 @@ def test_every_shipped_sweep_spec_is_valid(spec):
 
     loaded = load_spec(spec)
     assert loaded.space and loaded.trials >= 1
+
+
+@pytest.mark.slow
+def test_a_diverging_trial_is_recorded_failed_and_the_sweep_goes_on(tmp_path, real_data_dir):
+    spec = write_spec(tmp_path / "spec.yaml", trials=2,
+                      set={"train.epochs": 2, "data.subset": 1000, "data.val_size": 500,
+                           "model.hidden": [16], "optimizer.name": "sgd", "schedule.name": "constant"},
+                      space={"optimizer.lr": {"log_uniform": [1.0e+6, 1.0e+7]}})
+    sweep_dir = tmp_path / "sw"
+    proc = run_cli("sweep", "run", spec, "--dir", sweep_dir, "--data-dir", real_data_dir)
+    assert proc.returncode == 0, proc.stderr
+    st = status(sweep_dir)
+    assert [t["state"] for t in st["trials"]] == ["failed", "failed"]
+    assert st["budget_left"] == 0 and st["best"] is None
+    for t in st["trials"]:
+        assert json.loads((Path(t["run_dir"]) / "summary.json").read_text())["status"] == "failed"
+    assert "diverged" in proc.stderr
