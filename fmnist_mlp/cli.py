@@ -238,8 +238,9 @@ def runs_command(runs_dir, sort_key, reverse, as_json, as_csv):
     """One row per run: name, the hyperparameters that differ between runs, best validation
     accuracy, test accuracy, epochs, wall time and status.
 
-    Status is finished, running, interrupted or failed; "stale" marks a run still flagged running
-    whose process on this host is gone (killed): continue it with train --resume RUN_DIR.
+    Status is finished, running, interrupted, failed or pruned (stopped early by a sweep's
+    pruner); "stale" marks a run still flagged running whose process on this host is gone
+    (killed): continue it with train --resume RUN_DIR.
     """
     from fmnist_mlp.runs_table import collect_runs, format_csv, format_text, sort_rows
 
@@ -311,6 +312,101 @@ def plot(run_dir, data_dir):
     from fmnist_mlp.plots import plot_run
 
     for path in plot_run(run_dir, data_dir=data_dir):
+        click.echo(str(path))
+
+
+@cli.group()
+def sweep() -> None:
+    """Hyperparameter sweeps with Optuna (random, TPE or grid search, pruning), on this machine
+    or as a Slurm job array; resumable. Needs: pip install -e '.[sweep]'."""
+
+
+@sweep.command("run", epilog=EXIT_CODES_HELP)
+@click.argument("spec_file", metavar="SPEC", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--dir", "sweep_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="The sweep directory: study, run directories, report. Run again to continue.")
+@click.option("--jobs", default=1, show_default=True, type=click.IntRange(1),
+              help="Workers on this machine (BLAS threads are split between them).")
+@click.option("--storage", metavar="URL",
+              help="Any Optuna storage URL (default: DIR/study.journal, a journal file).")
+@click.option("--slurm", is_flag=True, help="Submit one Slurm job array of --workers workers.")
+@click.option("--workers", default=4, show_default=True, type=click.IntRange(1),
+              help="With --slurm (or --dry-run): how many workers.")
+@click.option("--sbatch-arg", "sbatch_args", multiple=True, metavar="ARG",
+              help="Extra sbatch argument, e.g. --sbatch-arg=--time=2:00:00 (repeatable).")
+@click.option("--wait", is_flag=True, help="With --slurm: block until the array ends.")
+@click.option("--dry-run", is_flag=True,
+              help="Print one worker command per line (for GNU parallel) and exit.")
+@_data_dir_option
+def sweep_run(spec_file, sweep_dir, jobs, storage, slurm, workers, sbatch_args, wait, dry_run,
+              data_dir):
+    """Run (or continue) the sweep described by SPEC in DIR; see sweeps/example.yaml.
+
+    Finished and pruned trials are kept; an interrupted trial resumes from its checkpoint; a
+    sweep whose budget is spent exits 0 at once.
+    """
+    from fmnist_mlp.sweep import launch
+    from fmnist_mlp.sweep import slurm as slurm_jobs
+    from fmnist_mlp.sweep.spec import load_spec
+    from fmnist_mlp.sweep.study import import_optuna, open_sweep
+    from fmnist_mlp.sweep.worker import run_worker
+
+    if (wait or sbatch_args) and not slurm:
+        raise click.UsageError("--wait and --sbatch-arg go with --slurm")
+    spec = load_spec(spec_file)
+    import_optuna()
+    args = launch.worker_args(spec_file, sweep_dir, storage, data_dir)
+    if dry_run:
+        click.echo("\n".join(launch.dry_run_lines(args, workers if slurm else jobs)))
+        return
+    if slurm:
+        slurm_jobs.require_sbatch()                     # before anything is created
+    study = open_sweep(sweep_dir, spec, storage)
+    code = 0
+    with _sigterm_as_interrupt():      # (run_local passes SIGTERM on to its workers itself)
+        if slurm:
+            job_id = slurm_jobs.submit(study.dir, args, workers, list(sbatch_args))
+            click.echo(job_id)
+            if not wait:
+                return
+            slurm_jobs.wait(job_id)
+        elif jobs > 1:
+            code = launch.run_local(args, jobs) if launch.work_left(study) else 0
+        else:
+            run_worker(study, data_dir)
+    final, line = launch.final_status(study)
+    if not launch.is_child_worker():
+        click.echo(line, err=True)
+    raise SystemExit(code or final)
+
+
+@sweep.command("status")
+@click.argument("sweep_dir", metavar="DIR", type=click.Path(file_okay=False, path_type=Path))
+@_json_option
+def sweep_status(sweep_dir, as_json):
+    """Every trial (state, parameters, best val acc, epochs, run dir), the best so far and the
+    budget left. A trial whose worker is gone shows as interrupted until it is resumed."""
+    from fmnist_mlp.sweep.status import format_status
+    from fmnist_mlp.sweep.status import sweep_status as status_of
+    from fmnist_mlp.sweep.study import open_sweep
+
+    status = status_of(open_sweep(sweep_dir))
+    click.echo(json.dumps(status) if as_json else format_status(status))
+
+
+@sweep.command("report")
+@click.argument("sweep_dir", metavar="DIR", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--top", default=10, show_default=True, type=click.IntRange(1),
+              help="How many trials the table shows.")
+def sweep_report(sweep_dir, top):
+    """Write DIR/best.yaml (the base config with the best trial's parameters, for train
+    --config) and PNGs in DIR/report/; print the top trials. Needs matplotlib."""
+    from fmnist_mlp.sweep.report import write_report
+    from fmnist_mlp.sweep.study import open_sweep
+
+    table, paths = write_report(open_sweep(sweep_dir), top=top)
+    click.echo(table)
+    for path in paths:
         click.echo(str(path))
 
 

@@ -35,3 +35,8 @@ class TrainingInterrupted(FmnistMlpError):
     """Ctrl-C (or SIGTERM) stopped training; the last completed epoch is what gets saved."""
 
     exit_code = 130
+
+
+class TrainingPruned(FmnistMlpError):
+    """Raised by a callback (a sweep's pruner) to stop a run that is clearly behind; the run is
+    marked ``pruned`` and keeps its checkpoints."""

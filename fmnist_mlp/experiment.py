@@ -17,8 +17,10 @@ from fmnist_mlp import run_guard, runs
 from fmnist_mlp.build import (build, build_augmenter, build_model, build_scorer,
                               loop_settings, make_streams, split_kwargs, steps_per_epoch)
 from fmnist_mlp.config import Config, config_from_dict, config_to_dict, dump_config
-from fmnist_mlp.errors import CheckpointError, ConfigError, TrainingDivergedError, TrainingInterrupted
+from fmnist_mlp.errors import (CheckpointError, ConfigError, TrainingDivergedError,
+                               TrainingInterrupted, TrainingPruned)
 from fmnist_mlp.train import TrainState, fit
+
 
 def load_splits_for(config: Config | Mapping[str, Any], data_dir: str | Path | None = None,
                     progress: bool = False):
@@ -101,8 +103,9 @@ def run_training(cfg: Config | None, *, name: str | None = None, runs_dir: str |
     """Train a new run (``cfg``, ``name``) or continue ``resume``; returns its directory and summary.
 
     ``callback`` receives the loop's progress events; ``on_run_dir`` is told the directory as soon
-    as it exists. Raises TrainingInterrupted (run saved, marked interrupted) and
-    TrainingDivergedError (run marked failed, last good checkpoint kept).
+    as it exists. Raises TrainingInterrupted (run saved, marked interrupted),
+    TrainingDivergedError (run marked failed, last good checkpoint kept) and, when the callback
+    raises it, TrainingPruned (run marked pruned, checkpoints kept).
     """
     locks: list = []          # the run's lock, held until training ends either way
     if resume is not None:
@@ -171,6 +174,9 @@ def _train(cfg, name, runs_dir, data_dir, run_dir, ckpt, locks, callback, on_run
         scores = _test_scores(run_dir, splits.test, cfg)
     except (TrainingInterrupted, KeyboardInterrupt) as exc:
         raise _interrupted(recorder, run_dir, str(exc) or "interrupted") from None
+    except TrainingPruned as exc:
+        recorder.stop("pruned", str(exc))
+        raise
     except TrainingDivergedError as exc:
         recorder.stop("failed", str(exc))
         raise TrainingDivergedError(f"{exc} (run {run_dir} marked failed)") from None

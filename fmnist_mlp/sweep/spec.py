@@ -1,0 +1,249 @@
+"""The sweep spec: a YAML file naming a base config, fixed overrides, a search space and a budget.
+
+Everything is checked here, before anything runs or is created: keys against the config schema
+(with a did-you-mean), ranges, and that the base config with the fixed overrides and with each
+end of every range is a valid config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from fmnist_mlp.config import Config, all_key_paths, config_to_dict, load_config
+from fmnist_mlp.config_validate import _suggest, type_name
+from fmnist_mlp.errors import ConfigError
+
+METHODS = ("tpe", "random", "grid")
+PRUNERS = ("none", "median", "hyperband")
+METRICS = ("best_val_acc",)
+KINDS = ("log_uniform", "uniform", "int_uniform", "choice")
+SPEC_KEYS = ("base", "set", "metric", "method", "trials", "pruner", "seed", "space")
+
+
+@dataclasses.dataclass(frozen=True)
+class Param:
+    """One searched config key: ``kind`` is one of KINDS; ``values`` the range or the choices."""
+
+    key: str
+    kind: str
+    values: tuple
+    log: bool = False
+
+    def encoded_choices(self) -> list:
+        """Choices as Optuna stores them: lists (model.hidden) become their JSON text."""
+        return [_encode(v) for v in self.values]
+
+    def decode(self, value: Any) -> Any:
+        if self.kind == "choice":
+            return self.values[self.encoded_choices().index(value)]
+        return value
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepSpec:
+    source: str
+    base: Path | None
+    fixed: dict[str, Any]           # ``set``: dotted key -> YAML value
+    metric: str
+    method: str
+    trials: int                     # the budget; for grid, the size of the grid
+    pruner: str
+    pruner_args: dict[str, Any]
+    seed: int
+    space: tuple[Param, ...]
+
+    def overrides(self, params: Mapping[str, Any]) -> list[str]:
+        """``--set`` items for one trial: the fixed ones, then the trial's parameters."""
+        items = {**self.fixed, **params}
+        return [f"{k}={json.dumps(v)}" for k, v in items.items()]
+
+    def trial_config(self, params: Mapping[str, Any]) -> Config:
+        return load_config(self.base, self.overrides(params))
+
+    def identity(self) -> dict[str, Any]:
+        """What makes two runs of ``sweep run`` the same sweep: the spec and the resolved base."""
+        return {"metric": self.metric, "method": self.method, "trials": self.trials,
+                "pruner": self.pruner, "pruner_args": self.pruner_args, "seed": self.seed,
+                "space": {p.key: {p.kind: list(p.values), "log": p.log} for p in self.space},
+                "base_config": config_to_dict(load_config(self.base, self.overrides({})))}
+
+    def fingerprint(self) -> str:
+        text = json.dumps(self.identity(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    """Read and check a spec file; every problem is one ConfigError line (exit 2)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: sweep spec not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read sweep spec ({exc})") from None
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise ConfigError(f"{path}: invalid YAML ({type(exc).__name__})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping (base, set, space, ...), got {type_name(raw)}")
+    return spec_from_dict(raw, source=str(path), root=path.parent)
+
+
+def spec_from_dict(raw: Mapping[str, Any], source: str, root: Path) -> SweepSpec:
+    for key in raw:
+        if key not in SPEC_KEYS:
+            raise ConfigError(f"{source}: {key}: unknown sweep key{_did_you_mean(str(key), SPEC_KEYS)}")
+    base = _base_path(raw.get("base"), source, root)
+    fixed = _mapping(raw.get("set") or {}, f"{source}: set")
+    for key in fixed:
+        _check_config_key(key, f"{source}: set")
+    metric = _one_of(raw.get("metric", "best_val_acc"), METRICS, f"{source}: metric")
+    method = _one_of(raw.get("method", "tpe"), METHODS, f"{source}: method")
+    pruner, pruner_args = _pruner(raw.get("pruner", "none"), f"{source}: pruner")
+    seed = _int(raw.get("seed", 0), f"{source}: seed", lo=0)
+    space_raw = _mapping(raw.get("space"), f"{source}: space")
+    if not space_raw:
+        raise ConfigError(f"{source}: space: give at least one parameter to search")
+    space = tuple(_param(key, value, f"{source}: space.{key}") for key, value in space_raw.items())
+    clash = [p.key for p in space if p.key in fixed]
+    if clash:
+        raise ConfigError(f"{source}: {clash[0]}: both fixed in set and searched in space")
+    if method == "grid":
+        loose = [p.key for p in space if p.kind != "choice"]
+        if loose:
+            raise ConfigError(f"{source}: space.{loose[0]}: method grid needs a choice list "
+                              f"for every parameter")
+        trials = math.prod(len(p.values) for p in space)
+    else:
+        trials = _int(raw.get("trials"), f"{source}: trials", lo=1)
+    spec = SweepSpec(source, base, fixed, metric, method, trials, pruner, pruner_args, seed, space)
+    _check_configs(spec)
+    return spec
+
+
+def _check_configs(spec: SweepSpec) -> None:
+    """Each end of every range (and each choice) must give a valid config, so no trial can fail
+    on its config after hours of sweeping."""
+    spec.trial_config({})
+    for p in spec.space:
+        for value in p.values:
+            spec.trial_config({p.key: value})
+
+
+def _param(key: str, value: Any, where: str) -> Param:
+    _check_config_key(key, where.rsplit(":", 1)[0] + ": space")
+    if not isinstance(value, Mapping) or not value:
+        raise ConfigError(f"{where}: expected e.g. {{uniform: [0.0, 0.5]}} or {{choice: [...]}}, "
+                          f"got {type_name(value)}")
+    extra = set(value) - set(KINDS) - {"log"}
+    kinds = [k for k in value if k in KINDS]
+    if extra or len(kinds) != 1:
+        bad = sorted(map(str, extra))[0] if extra else ", ".join(map(str, value))
+        raise ConfigError(f"{where}: {bad}: expected one of {', '.join(KINDS)}"
+                          f"{_did_you_mean(bad, KINDS) if extra else ''}")
+    kind = kinds[0]
+    log = value.get("log", kind == "log_uniform")
+    if not isinstance(log, bool) or (log and kind == "choice") or (kind == "log_uniform" and not log):
+        raise ConfigError(f"{where}: log: true or false, only with uniform or int_uniform")
+    values = value[kind]
+    if not isinstance(values, list) or not values:
+        raise ConfigError(f"{where}: {kind}: expected a list, got {type_name(values)}")
+    if kind == "choice":
+        if len({_encode(v) for v in values}) != len(values):
+            raise ConfigError(f"{where}: choice: repeated values")
+        return Param(key, kind, tuple(values))
+    if len(values) != 2:
+        raise ConfigError(f"{where}: {kind}: expected [low, high]")
+    lo, hi = (_int(v, f"{where}: {kind}") if kind == "int_uniform" else _float(v, f"{where}: {kind}")
+              for v in values)
+    if not lo < hi:
+        raise ConfigError(f"{where}: {kind}: low {lo} must be below high {hi}")
+    if log and lo <= 0:
+        raise ConfigError(f"{where}: {kind}: a log scale needs low > 0, got {lo}")
+    return Param(key, kind, (lo, hi), log)
+
+
+def _pruner(value: Any, where: str) -> tuple[str, dict[str, Any]]:
+    """``median`` or ``{median: {n_startup_trials: 2}}`` (arguments of Optuna's pruner)."""
+    args: Any = {}
+    if isinstance(value, Mapping) and len(value) == 1:
+        (value, args), = value.items()
+        args = _mapping(args or {}, where)
+    name = _one_of(value, PRUNERS, where)
+    for key, arg in args.items():
+        if isinstance(arg, bool) or not isinstance(arg, (int, float, str)):
+            raise ConfigError(f"{where}: {name}.{key}: expected a number")
+    return name, dict(args)
+
+
+def _check_config_key(key: Any, where: str) -> None:
+    if not isinstance(key, str) or key not in all_key_paths():
+        prefix, _, leaf = str(key).rpartition(".")
+        suggestion = ""
+        try:
+            suggestion = _suggest(leaf, prefix + "." if prefix else "", Config)
+        except (KeyError, TypeError):       # the section itself is unknown
+            suggestion = _did_you_mean(str(key), all_key_paths())
+        raise ConfigError(f"{where}: {key}: not a config key{suggestion}")
+
+
+def _did_you_mean(word: str, options) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else f"; expected one of {', '.join(options)}"
+
+
+def _base_path(value: Any, source: str, root: Path) -> Path | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{source}: base: expected a config file path")
+    # Relative to the working directory (as train --config), else to the spec's folder.
+    path = Path(value)
+    if not path.is_absolute() and not path.is_file() and (root / path).is_file():
+        path = root / path
+    if not path.is_file():
+        raise ConfigError(f"{source}: base: {value}: config file not found")
+    return path.resolve()
+
+
+def _mapping(value: Any, where: str) -> dict:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where}: expected a mapping, got {type_name(value)}")
+    return dict(value)
+
+
+def _one_of(value: Any, options: tuple, where: str) -> str:
+    if value not in options:
+        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(options)}"
+                          f"{_did_you_mean(str(value), options) if isinstance(value, str) else ''}")
+    return value
+
+
+def _int(value: Any, where: str, lo: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{where}: expected an integer, got {type_name(value)}")
+    if lo is not None and value < lo:
+        raise ConfigError(f"{where}: must be >= {lo}, got {value}")
+    return value
+
+
+def _float(value: Any, where: str) -> float:
+    try:
+        number = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number):
+        raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+    return number
+
+
+def _encode(value: Any) -> Any:
+    return value if isinstance(value, (str, int, float, bool)) or value is None else json.dumps(value)

@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# A private single-node Slurm cluster for tests and trying the sweep's --slurm mode (run as root).
+#
+#   scripts/slurm-cluster.sh start DIR   start munged (if not running), slurmctld and slurmd with
+#                                        state, spool, logs and pid files under DIR; prints the
+#                                        line to export: SLURM_CONF=DIR/slurm.conf
+#   scripts/slurm-cluster.sh stop DIR    stop, by their pid files, the daemons this script started
+#
+# Needs Debian's slurmctld, slurmd, slurm-client and munge packages. Nothing outside DIR is
+# touched except munge's key (/etc/munge/munge.key, created with mungekey when missing) and its
+# run directory (/run/munge), which munged needs.
+set -euo pipefail
+
+cmd=${1:-}; dir=${2:-}
+[[ ($cmd == start || $cmd == stop) && -n $dir ]] || { echo "usage: $0 start|stop DIR" >&2; exit 2; }
+mkdir -p "$dir"
+dir=$(cd "$dir" && pwd)
+
+stop_pidfile() {  # $1: pid file of a daemon this script started
+    [[ -s $1 ]] || return 0
+    local pid; pid=$(cat "$1")
+    if kill -0 "$pid" 2>/dev/null; then
+        kill -TERM "$pid"
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
+    fi
+    rm -f "$1"
+}
+
+if [[ $cmd == stop ]]; then
+    stop_pidfile "$dir/slurmd.pid"
+    stop_pidfile "$dir/slurmctld.pid"
+    stop_pidfile "$dir/munged.pid"          # only present when this script started munged
+    exit 0
+fi
+
+[[ $(id -u) == 0 ]] || { echo "slurm-cluster.sh: needs root" >&2; exit 1; }
+for tool in munged slurmctld slurmd sinfo; do
+    command -v "$tool" >/dev/null || PATH=$PATH:/usr/sbin
+    command -v "$tool" >/dev/null || { echo "slurm-cluster.sh: $tool not installed" >&2; exit 1; }
+done
+
+# munge: one key, one daemon (shared with any munged already running on this machine).
+if ! munge -n >/dev/null 2>&1; then      # no working munged yet
+    if [[ ! -s /etc/munge/munge.key ]]; then
+        mkdir -p /etc/munge
+        mungekey --create --keyfile=/etc/munge/munge.key
+        chown munge:munge /etc/munge/munge.key; chmod 400 /etc/munge/munge.key
+    fi
+    mkdir -p /run/munge /var/log/munge /var/lib/munge
+    chown munge:munge /run/munge /var/log/munge /var/lib/munge
+    chmod 755 /run/munge
+    runuser -u munge -- munged 2>"$dir/munged.err" \
+        || { echo "slurm-cluster.sh: munged did not start: $(cat "$dir/munged.err")" >&2; exit 1; }
+    # munged daemonises and writes its pid file in /run/munge; keep a copy to stop it by.
+    for _ in $(seq 50); do [[ -s /run/munge/munged.pid ]] && break; sleep 0.1; done
+    cp /run/munge/munged.pid "$dir/munged.pid"
+fi
+
+host=$(hostname -s)
+cpus=$(nproc)
+mkdir -p "$dir/state" "$dir/spool" "$dir/log"
+cat > "$dir/slurm.conf" <<CONF
+ClusterName=fmnist-test
+SlurmctldHost=$host(127.0.0.1)
+SlurmUser=root
+SlurmdUser=root
+SlurmctldPort=${SLURMCTLD_PORT:-16817}
+SlurmdPort=${SLURMD_PORT:-16818}
+AuthType=auth/munge
+# Credential lifetime; it is also how long a requeued job waits before it may start again
+# (default 120 s): short here so a requeue test takes seconds, not minutes.
+AuthInfo=cred_expire=${SLURM_CRED_EXPIRE:-10}
+CredType=cred/munge
+StateSaveLocation=$dir/state
+SlurmdSpoolDir=$dir/spool
+SlurmctldPidFile=$dir/slurmctld.pid
+SlurmdPidFile=$dir/slurmd.pid
+SlurmctldLogFile=$dir/log/slurmctld.log
+SlurmdLogFile=$dir/log/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+SchedulerType=sched/backfill
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+MpiDefault=none
+ReturnToService=2
+KillWait=30
+MinJobAge=600
+NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus State=UNKNOWN
+PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
+CONF
+
+export SLURM_CONF=$dir/slurm.conf
+slurmctld -f "$dir/slurm.conf"
+slurmd -f "$dir/slurm.conf"
+for _ in $(seq 100); do
+    state=$(sinfo -h -n "$host" -o %t 2>/dev/null || true)
+    [[ $state == idle* || $state == mix* || $state == alloc* ]] && break
+    sleep 0.2
+done
+[[ ${state:-} == idle* || ${state:-} == mix* || ${state:-} == alloc* ]] || {
+    echo "slurm-cluster.sh: node $host did not come up (state '${state:-none}'); see $dir/log" >&2
+    exit 1
+}
+echo "SLURM_CONF=$dir/slurm.conf"

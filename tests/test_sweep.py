@@ -1,0 +1,326 @@
+"""Sweeps against a real Optuna study (journal file storage) and the CLI as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sweep_helpers import REPO, cli_env, run_cli, run_dirs, status, write_spec
+
+pytest.importorskip("yaml")
+
+
+@pytest.fixture(autouse=True)
+def _needs_optuna():
+    try:
+        import optuna  # noqa: F401
+    except ImportError:
+        from conftest import require_or_skip
+
+        require_or_skip("optuna is not installed (pip install -e '.[sweep]')")
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory, real_data_dir):
+    """A random sweep of 4 tiny trials run by 2 local workers."""
+    tmp = tmp_path_factory.mktemp("sweep")
+    spec = write_spec(tmp / "spec.yaml")
+    proc = run_cli("sweep", "run", spec, "--dir", tmp / "sw", "--jobs", 2,
+                   "--data-dir", real_data_dir)
+    assert proc.returncode == 0, proc.stderr
+    return spec, tmp / "sw", proc
+
+
+@pytest.mark.slow
+def test_two_local_workers_record_every_trial_once(finished_sweep):
+    spec, sweep_dir, _ = finished_sweep
+    st = status(sweep_dir)
+    assert [t["number"] for t in st["trials"]] == [0, 1, 2, 3]
+    assert {t["state"] for t in st["trials"]} == {"finished"}
+    assert st["budget_left"] == 0
+    dirs = run_dirs(sweep_dir)
+    assert sorted(str(d) for d in dirs) == sorted(t["run_dir"] for t in st["trials"])
+    for t in st["trials"]:           # each trial's parameters are in its run's config.yaml
+        import yaml
+
+        cfg = yaml.safe_load((Path(t["run_dir"]) / "config.yaml").read_text())
+        assert cfg["optimizer"]["lr"] == pytest.approx(t["params"]["optimizer.lr"])
+        assert cfg["train"]["batch_size"] == t["params"]["train.batch_size"]
+        assert cfg["train"]["epochs"] == 2 and cfg["data"]["subset"] == 1000
+        summary = json.loads((Path(t["run_dir"]) / "summary.json").read_text())
+        assert summary["best_val_acc"] == pytest.approx(t["best_val_acc"])
+    workers = {t["worker"].split(":")[1] for t in st["trials"]}
+    assert len(workers) == 2                    # both workers took trials
+    table = run_cli("runs", "--runs-dir", sweep_dir / "runs", "--json")
+    assert {r["status"] for r in json.loads(table.stdout)} == {"finished"}
+
+
+@pytest.mark.slow
+def test_rerun_trains_nothing_and_exits_0(finished_sweep, real_data_dir):
+    spec, sweep_dir, _ = finished_sweep
+    before = {d: (d / "summary.json").stat().st_mtime_ns for d in run_dirs(sweep_dir)}
+    proc = run_cli("sweep", "run", spec, "--dir", sweep_dir, "--jobs", 2,
+                   "--data-dir", real_data_dir)
+    assert proc.returncode == 0, proc.stderr
+    assert "started" not in proc.stderr
+    assert {d: (d / "summary.json").stat().st_mtime_ns for d in run_dirs(sweep_dir)} == before
+
+
+@pytest.mark.slow
+def test_changed_spec_is_refused_in_one_line(finished_sweep, tmp_path):
+    spec, sweep_dir, _ = finished_sweep
+    changed = write_spec(tmp_path / "changed.yaml", trials=5)
+    proc = run_cli("sweep", "run", changed, "--dir", sweep_dir)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "different spec" in proc.stderr
+    assert "trials" in proc.stderr
+
+
+@pytest.mark.slow
+def test_report_writes_trainable_best_yaml_and_real_pngs(finished_sweep, real_data_dir, tmp_path):
+    import matplotlib.image
+
+    spec, sweep_dir, _ = finished_sweep
+    proc = run_cli("sweep", "report", sweep_dir)
+    assert proc.returncode == 0, proc.stderr
+    st = status(sweep_dir)
+    best = max(st["trials"], key=lambda t: t["best_val_acc"])
+    assert proc.stdout.splitlines()[1].split()[0] == str(best["number"])   # top row is the best
+    train = run_cli("train", "--config", sweep_dir / "best.yaml", "--set", "train.epochs=1",
+                    "--runs-dir", tmp_path / "runs", "--data-dir", real_data_dir, "--quiet")
+    assert train.returncode == 0, train.stderr
+    import yaml
+
+    cfg = yaml.safe_load((Path(train.stdout.strip()) / "config.yaml").read_text())
+    assert cfg["optimizer"]["lr"] == pytest.approx(best["params"]["optimizer.lr"])
+    assert cfg["train"]["batch_size"] == best["params"]["train.batch_size"]
+    pngs = sorted((sweep_dir / "report").glob("*.png"))
+    assert {p.name for p in pngs} >= {"metric_vs_params.png", "val_curves.png",
+                                      "best_so_far.png", "importances.png"}
+    for png in pngs:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        pixels = matplotlib.image.imread(png)
+        assert pixels.ndim == 3 and min(pixels.shape[:2]) > 100
+        assert float(np.std(pixels[..., :3])) > 0.02, f"{png.name} looks blank"
+
+
+def test_bad_spec_key_exits_2_with_did_you_mean_and_creates_nothing(tmp_path):
+    for field, value, wrong, right in [
+            ("space", {"optimizer.lrr": {"uniform": [0.001, 0.01]}}, "optimizer.lrr", "optimizer.lr"),
+            ("set", {"train.epoch": 2}, "train.epoch", "train.epochs"),
+            ("space", {"optimiser.lr": {"uniform": [0.001, 0.01]}}, "optimiser.lr", "optimizer.lr")]:
+        spec = write_spec(tmp_path / "bad.yaml", **{field: value})
+        proc = run_cli("sweep", "run", spec, "--dir", tmp_path / "sw")
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.count("\n") == 1, proc.stderr
+        assert wrong in proc.stderr and f"did you mean '{right}'" in proc.stderr
+        assert not (tmp_path / "sw").exists()
+
+
+def test_value_out_of_range_at_either_end_is_refused_before_anything_runs(tmp_path):
+    spec = write_spec(tmp_path / "bad.yaml",
+                      space={"model.dropout": {"uniform": [0.0, 1.5]}})
+    proc = run_cli("sweep", "run", spec, "--dir", tmp_path / "sw")
+    assert proc.returncode == 2 and "model.dropout" in proc.stderr, proc.stderr
+    assert not (tmp_path / "sw").exists()
+
+
+def test_missing_optuna_is_one_line_exit_2(tmp_path):
+    blocker = tmp_path / "block"
+    (blocker / "optuna").mkdir(parents=True)
+    (blocker / "optuna" / "__init__.py").write_text("raise ImportError('no optuna here')\n")
+    spec = write_spec(tmp_path / "spec.yaml")
+    proc = subprocess.run([sys.executable, "-m", "fmnist_mlp", "sweep", "run", str(spec), "--dir",
+                           str(tmp_path / "sw")], cwd=REPO, capture_output=True, text=True,
+                          env=cli_env(PYTHONPATH=f"{blocker}{os.pathsep}{REPO}"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: install optuna: pip install -e '.[sweep]'"
+    assert not (tmp_path / "sw").exists()
+
+
+def test_dry_run_prints_quoted_worker_lines_and_creates_nothing(tmp_path):
+    hostile = tmp_path / "a dir $(touch pwned) `x`"
+    spec = write_spec(tmp_path / "spec.yaml")
+    proc = run_cli("sweep", "run", spec, "--dir", hostile, "--jobs", 3, "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 3
+    words = shlex.split(lines[0])
+    assert words[words.index("--dir") + 1] == str(hostile.resolve())
+    assert words[words.index("--jobs") + 1] == "1"
+    assert not hostile.exists() and not (REPO / "pwned").exists()
+
+
+@pytest.mark.slow
+def test_sigkilled_worker_trial_is_resumed_from_its_checkpoint(tmp_path, real_data_dir):
+    spec = write_spec(tmp_path / "spec.yaml", trials=1,
+                      set={"train.epochs": 5, "data.subset": 6000, "model.hidden": [64]})
+    sweep_dir = tmp_path / "sw"
+    cmd = [sys.executable, "-m", "fmnist_mlp", "sweep", "run", str(spec), "--dir", str(sweep_dir),
+           "--data-dir", str(real_data_dir)]
+    worker = subprocess.Popen(cmd, cwd=REPO, env=cli_env(), stderr=subprocess.DEVNULL)
+    run_dir = _wait_for_epoch(sweep_dir, 2, worker)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    st = status(sweep_dir)
+    assert [t["state"] for t in st["trials"]] == ["interrupted"]
+    saved = json.loads((run_dir / "summary.json").read_text())["epochs_completed"]
+    assert saved < 5, "the trial finished before it was killed: make it longer"
+
+    proc = run_cli("sweep", "run", spec, "--dir", sweep_dir, "--data-dir", real_data_dir)
+    assert proc.returncode == 0, proc.stderr
+    st = status(sweep_dir)
+    assert [t["state"] for t in st["trials"]] == ["finished"]
+    assert run_dirs(sweep_dir) == [run_dir]                  # the same run, not a new one
+    log = (run_dir / "train.log").read_text()
+    assert f"resumed at epoch {saved}" in log or f"resumed at epoch {saved - 1}" in log
+    epochs = [json.loads(line)["epoch"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == list(range(1, 6))                        # every epoch once, none twice
+
+
+@pytest.mark.slow
+def test_pruned_trial_is_marked_in_study_and_runs_table(tmp_path, real_data_dir):
+    # lr 1e-7 cannot learn in 3 epochs: once the trial with a working lr has finished, the median
+    # pruner (one start-up trial) stops the hopeless one after its first epoch. Grid seed 1 puts
+    # lr 0.01 first.
+    spec = write_spec(tmp_path / "spec.yaml", method="grid", seed=1,
+                      pruner={"median": {"n_startup_trials": 1}},
+                      set={"train.epochs": 3, "data.subset": 1000, "data.val_size": 500,
+                           "model.hidden": [16]},
+                      space={"optimizer.lr": {"choice": [0.01, 1e-7]}})
+    sweep_dir = tmp_path / "sw"
+    proc = run_cli("sweep", "run", spec, "--dir", sweep_dir, "--data-dir", real_data_dir)
+    assert proc.returncode == 0, proc.stderr
+    st = status(sweep_dir)
+    assert st["trials"][0]["params"]["optimizer.lr"] == 0.01, "grid order changed: pick a seed"
+    assert [t["state"] for t in st["trials"]] == ["finished", "pruned"]
+    pruned = st["trials"][1:]
+    table = {r["run"]: r for r in json.loads(run_cli("runs", "--runs-dir", sweep_dir / "runs",
+                                                      "--json").stdout)}
+    for t in pruned:
+        run_dir = Path(t["run_dir"])
+        assert table[run_dir.name]["status"] == "pruned"
+        assert t["params"]["optimizer.lr"] < 1e-6
+        assert t["epochs"] < 3
+        assert (run_dir / "checkpoints" / "last.npz").is_file()
+    assert max(st["trials"], key=lambda t: t["best_val_acc"])["params"]["optimizer.lr"] == 0.01
+
+
+@pytest.mark.slow
+def test_trial_killed_before_its_first_epoch_starts_over_as_one_run(tmp_path, real_data_dir):
+    spec = write_spec(tmp_path / "spec.yaml", trials=1,
+                      set={"train.epochs": 1, "data.subset": 20000, "model.hidden": [128]})
+    sweep_dir = tmp_path / "sw"
+    cmd = [sys.executable, "-m", "fmnist_mlp", "sweep", "run", str(spec), "--dir", str(sweep_dir),
+           "--data-dir", str(real_data_dir)]
+    worker = subprocess.Popen(cmd, cwd=REPO, env=cli_env(), stderr=subprocess.DEVNULL)
+    stub = _wait_for_epoch(sweep_dir, 0, worker)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    assert not (stub / "checkpoints" / "last.npz").exists(), "epoch 1 ended first: make it longer"
+    proc = run_cli("sweep", "run", spec, "--dir", sweep_dir, "--data-dir", real_data_dir)
+    assert proc.returncode == 0, proc.stderr
+    (run_dir,) = run_dirs(sweep_dir)
+    assert run_dir != stub and not stub.exists()
+    assert [t["state"] for t in status(sweep_dir)["trials"]] == ["finished"]
+
+
+def _wait_for_epoch(sweep_dir: Path, epoch: int, proc, timeout: float = 120, runs: int = 1) -> Path:
+    """A run directory of the sweep once ``runs`` runs have ``epoch`` epochs saved (epoch 0: once
+    they exist)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the worker ended early"
+        ready = []
+        for summary in sorted(sweep_dir.glob("runs/*/summary.json")):
+            try:
+                done = json.loads(summary.read_text()).get("epochs_completed", 0)
+            except (OSError, json.JSONDecodeError):
+                continue
+            if done >= epoch and (epoch == 0 or (summary.parent / "checkpoints" / "last.npz").is_file()):
+                ready.append(summary.parent)
+        if len(ready) >= runs:
+            return ready[0]
+        time.sleep(0.05)
+    raise AssertionError(f"no run reached epoch {epoch}")
+
+
+@pytest.mark.slow
+def test_sigterm_to_local_sweep_saves_every_trial_and_rerun_resumes_them(tmp_path, real_data_dir):
+    spec = write_spec(tmp_path / "spec.yaml", trials=2,
+                      set={"train.epochs": 8, "data.subset": 6000, "model.hidden": [64]})
+    sweep_dir = tmp_path / "sw"
+    cmd = [sys.executable, "-m", "fmnist_mlp", "sweep", "run", str(spec), "--dir", str(sweep_dir),
+           "--jobs", "2", "--data-dir", str(real_data_dir)]
+    sweep = subprocess.Popen(cmd, cwd=REPO, env=cli_env(), stderr=subprocess.PIPE, text=True)
+    _wait_for_epoch(sweep_dir, 1, sweep, runs=2)
+    sweep.send_signal(signal.SIGTERM)
+    _, err = sweep.communicate(timeout=120)
+    assert sweep.returncode == 130, err
+    st = status(sweep_dir)
+    assert st["trials"] and {t["state"] for t in st["trials"]} <= {"interrupted", "finished"}
+    interrupted = [Path(t["run_dir"]) for t in st["trials"] if t["state"] == "interrupted"]
+    assert interrupted
+    for run_dir in interrupted:
+        assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
+
+    proc = run_cli("sweep", "run", spec, "--dir", sweep_dir, "--jobs", 2,
+                   "--data-dir", real_data_dir)
+    assert proc.returncode == 0, proc.stderr
+    st = status(sweep_dir)
+    assert [t["state"] for t in st["trials"]] == ["finished", "finished"]
+    assert len(run_dirs(sweep_dir)) == 2
+    for run_dir in interrupted:
+        assert "resumed at epoch" in (run_dir / "train.log").read_text()
+
+
+def test_slurm_without_sbatch_is_one_line_and_creates_nothing(tmp_path):
+    spec = write_spec(tmp_path / "spec.yaml")
+    empty_bin = tmp_path / "bin"
+    empty_bin.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "fmnist_mlp", "sweep", "run", str(spec), "--dir",
+                           str(tmp_path / "sw"), "--slurm"], cwd=REPO, capture_output=True,
+                          text=True, env=cli_env(PATH=str(empty_bin)))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "sbatch not found on PATH" in proc.stderr
+    assert not (tmp_path / "sw").exists()
+
+
+def test_status_of_a_directory_that_is_no_sweep_is_one_line(tmp_path):
+    proc = run_cli("sweep", "status", tmp_path)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "not a sweep directory" in proc.stderr
+
+
+@pytest.mark.parametrize("spec", sorted((REPO / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_sweep_spec_is_valid(spec):
+    from fmnist_mlp.sweep.spec import load_spec
+
+    loaded = load_spec(spec)
+    assert loaded.space and loaded.trials >= 1
+
+
+@pytest.mark.slow
+def test_a_diverging_trial_is_recorded_failed_and_the_sweep_goes_on(tmp_path, real_data_dir):
+    spec = write_spec(tmp_path / "spec.yaml", trials=2,
+                      set={"train.epochs": 2, "data.subset": 1000, "data.val_size": 500,
+                           "model.hidden": [16], "optimizer.name": "sgd", "schedule.name": "constant"},
+                      space={"optimizer.lr": {"log_uniform": [1.0e+6, 1.0e+7]}})
+    sweep_dir = tmp_path / "sw"
+    proc = run_cli("sweep", "run", spec, "--dir", sweep_dir, "--data-dir", real_data_dir)
+    assert proc.returncode == 0, proc.stderr
+    st = status(sweep_dir)
+    assert [t["state"] for t in st["trials"]] == ["failed", "failed"]
+    assert st["budget_left"] == 0 and st["best"] is None
+    for t in st["trials"]:
+        assert json.loads((Path(t["run_dir"]) / "summary.json").read_text())["status"] == "failed"
+    assert "diverged" in proc.stderr
