@@ -124,8 +124,8 @@ def test_gradient_check_detects_a_wrong_gradient():
 
     original = model.loss_and_grad
 
-    def broken(xb, yb, rng=None, backward=True):
-        out = original(xb, yb, rng, backward)
+    def broken(xb, yb, rng=None, backward=True, targets=None):
+        out = original(xb, yb, rng, backward, targets=targets)
         model.grads["layer0.b"] *= 1.01
         return out
 
