@@ -1,6 +1,8 @@
 """Each optimiser's first three steps against its formula written out by hand, in float64."""
 
+import copy
 import math
+import pickle
 
 import numpy as np
 import pytest
@@ -189,6 +191,11 @@ def test_parameter_set_entries_are_views_of_its_flat_array_and_assigned_in_place
         params["layer1.W"] = np.zeros(2)
     state = params.views_of(np.zeros(8))
     assert state["layer0.W"].strides == view.strides and state["layer0.b"].shape == (2,)
+    for clone in (copy.deepcopy(params), pickle.loads(pickle.dumps(params))):
+        assert clone.layout == params.layout and clone.flat is not params.flat
+        np.testing.assert_array_equal(clone.flat, params.flat)
+        clone["layer0.b"] = [7.0, 8.0]
+        np.testing.assert_array_equal(clone.flat[6:], [7.0, 8.0])
 
 
 def test_an_optimizer_on_a_parameter_set_updates_it_by_the_formula():

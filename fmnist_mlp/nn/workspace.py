@@ -74,6 +74,10 @@ class ParameterSet(dict):
         return ParameterSet({n: s for n, s, _ in self.layout}, dtype,
                             [n for n, _, c in self.layout if c])
 
+    def __reduce__(self):
+        """Copies and pickles are parameter sets too, over a copy of the flat array."""
+        return _parameter_set_from, (self.layout, self.flat.copy())
+
     def __setitem__(self, name: str, value) -> None:
         if name not in self:
             raise KeyError(f"{name!r} is not a parameter of this set; names: {', '.join(self)}")
@@ -82,6 +86,12 @@ class ParameterSet(dict):
         if value.shape != target.shape:
             raise ValueError(f"{name}: shape {value.shape} does not match {target.shape}")
         np.copyto(target, value, casting="same_kind")
+
+
+def _parameter_set_from(layout, flat: np.ndarray) -> ParameterSet:
+    params = ParameterSet({n: s for n, s, _ in layout}, flat.dtype, [n for n, _, c in layout if c])
+    params.flat[...] = flat
+    return params
 
 
 class LayerWork:
