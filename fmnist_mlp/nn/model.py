@@ -25,7 +25,7 @@ from fmnist_mlp.nn.activations import ACTIVATIONS
 from fmnist_mlp.nn.init import INITS, init_weight, resolve_init
 from fmnist_mlp.nn.losses import LOSSES, OUTPUTS, apply_output, loss_and_dlogits
 from fmnist_mlp.nn.losses import one_hot_targets, per_example_loss
-from fmnist_mlp.nn.workspace import ParameterSet, Workspace, resolve_layout
+from fmnist_mlp.nn.workspace import BatchWork, LayerWork, ParameterSet, Workspace, resolve_layout
 
 DTYPES = ("float32", "float64")
 
@@ -191,7 +191,7 @@ class MLP:
             self._backward(dlogits, inputs, work)
         return loss, n_correct
 
-    def _forward(self, x: np.ndarray, work, rng: np.random.Generator | None = None,
+    def _forward(self, x: np.ndarray, work: BatchWork, rng: np.random.Generator | None = None,
                  out: np.ndarray | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
         """Logits (N, K) for x (N, D), into ``out`` if given; training mode when ``rng`` is given
         (dropout, batch statistics), else evaluation mode. Also returns the input each dense layer
@@ -224,7 +224,7 @@ class MLP:
         logits = layers.dense_forward(a, p[f"layer{last}.W"], p[f"layer{last}.b"], out=out)
         return logits, inputs
 
-    def _batchnorm_train(self, i: int, layer, n: int) -> None:
+    def _batchnorm_train(self, i: int, layer: LayerWork, n: int) -> None:
         """Hidden layer i's batch normalisation of ``layer.xhat`` (= z) into ``layer.h``, with
         batch statistics; updates the running averages."""
         layers.batchnorm_forward_train(layer.xhat, self.params[f"layer{i}.gamma"],
@@ -234,7 +234,7 @@ class MLP:
                                         self.buffers[f"layer{i}.running_var"],
                                         layer.mean, layer.var, n, self.bn_momentum)
 
-    def _backward(self, dlogits: np.ndarray, inputs: list[np.ndarray], work) -> None:
+    def _backward(self, dlogits: np.ndarray, inputs: list[np.ndarray], work: BatchWork) -> None:
         """Backpropagate dL/dlogits (N, K) up the layers, filling ``self.grads``."""
         p, g = self.params, self.grads
         dz = dlogits                            # dL/d(this dense layer's output)
