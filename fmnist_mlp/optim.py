@@ -20,16 +20,15 @@ Decoupled weight decay (``weight_decay`` = λ, as in AdamW) shrinks weights befo
 
 from __future__ import annotations
 
-import functools
 import math
 import os
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from typing import Mapping
 
 import numpy as np
 
 from fmnist_mlp.errors import ConfigError
-from fmnist_mlp.nn.layout import is_column_major, views_of
 
 Arrays = Mapping[str, np.ndarray]
 
@@ -37,10 +36,10 @@ Arrays = Mapping[str, np.ndarray]
 class Optimizer:
     """Base class: subclasses name their state ``slots`` and implement ``_update``.
 
-    ``_update(param, grad, lr, tmp, *slot_arrays)`` works on any matching arrays. When the
-    parameters and gradients each lie back to back in one buffer, as :class:`~fmnist_mlp.nn.MLP`
-    lays them out, it runs once over the whole buffer (a few large ufunc calls per step);
-    otherwise once per parameter.
+    ``_update(param, grad, lr, tmp, *slot_arrays)`` applies the formula to any matching arrays.
+    Handed a parameter set whose arrays are views of one flat array (the model's ``params`` and
+    ``grads``, :class:`~fmnist_mlp.nn.workspace.ParameterSet`: a ``.flat`` array and
+    ``.views_of``), it runs once over the flat arrays; handed plain dicts, once per name.
     """
 
     slots: tuple[str, ...] = ()
@@ -49,71 +48,38 @@ class Optimizer:
         self.lr = float(lr)
         self.weight_decay = float(weight_decay)
         self.t = 0
-        self._names = list(params)
-        arrays = [params[k] for k in self._names]
-        dtype = arrays[0].dtype if arrays else np.float64
-        total = sum(p.size for p in arrays)
-        # State and scratch space are single buffers with per-name views shaped and ordered in
-        # memory like the params, so one elementwise pass over the whole buffer pairs each
-        # parameter with its own state.
-        self._flat_state = [np.zeros(total, dtype) for _ in self.slots]
-        self._flat_tmp = np.empty(total, dtype)
-        self.state = {slot: _views_like(flat, self._names, arrays)
-                      for slot, flat in zip(self.slots, self._flat_state)}
-        self._tmp = _views_like(self._flat_tmp, self._names, arrays)
-        self._spans: tuple | None = None        # (param arrays, grad arrays, their flat spans)
+        self._layout = getattr(params, "layout", None)     # a ParameterSet's names/shapes/orders
+        if self._layout is not None:
+            # State and scratch lie like the parameters, so one pass over the flat arrays
+            # pairs every parameter entry with its own state entry.
+            self._flat_state = [np.zeros_like(params.flat) for _ in self.slots]
+            self._flat_tmp = np.empty_like(params.flat)
+            self.state = {slot: params.views_of(flat)
+                          for slot, flat in zip(self.slots, self._flat_state)}
+            self._tmp = params.views_of(self._flat_tmp)
+        else:
+            self.state = {slot: {k: np.zeros_like(v) for k, v in params.items()}
+                          for slot in self.slots}
+            self._tmp = {k: np.empty_like(v) for k, v in params.items()}
+        self._parallel = _ParallelUpdate.for_size(
+            self._flat_tmp.size if self._layout is not None else 0, owner=self)
 
     def step(self, params: Arrays, grads: Arrays, lr: float | None = None) -> None:
         """Apply one update to ``params`` in place from ``grads``."""
         lr = self.lr if lr is None else float(lr)
         self.t += 1
-        if self.weight_decay:
+        if self.weight_decay:                   # decoupled: θ ← θ − lr·λ·θ, weights only
             for name, param in params.items():
                 if name.endswith(".W"):
                     param *= 1.0 - lr * self.weight_decay
-        names = list(params)
-        if names == self._names:
-            flat_param, flat_grad = self._flat_spans([params[k] for k in names],
-                                                     [grads[k] for k in names])
-            if flat_param is not None and flat_grad is not None:
-                self._update_in_parts(flat_param, flat_grad, lr)
-                return
-        for name in names:
+        if (self._layout is not None and getattr(params, "layout", None) == self._layout
+                and getattr(grads, "layout", None) == self._layout):
+            flat = (params.flat, grads.flat, self._flat_tmp, *self._flat_state)
+            self._parallel.run(self._update, flat, lr)
+            return
+        for name in params:
             self._update(params[name], grads[name], lr, self._tmp[name],
                          *(self.state[slot][name] for slot in self.slots))
-
-    def _flat_spans(self, param_arrays: list[np.ndarray], grad_arrays: list[np.ndarray]):
-        """The flat views covering params and grads (None where they are not one buffer), worked
-        out once and reused while the same array objects are passed: a model's arrays stay put
-        for its lifetime, and finding the spans costs as much as a small net's update."""
-        cached = self._spans
-        if (cached is not None and len(cached[0]) == len(param_arrays)
-                and all(a is b for a, b in zip(cached[0], param_arrays))
-                and all(a is b for a, b in zip(cached[1], grad_arrays))):
-            return cached[2], cached[3]
-        flat_param, flat_grad = contiguous_span(param_arrays), contiguous_span(grad_arrays)
-        if flat_param is not None and flat_grad is not None and not _same_layout(
-                param_arrays, grad_arrays, list(self._tmp.values())):
-            flat_param = flat_grad = None
-        self._spans = (param_arrays, grad_arrays, flat_param, flat_grad)
-        return flat_param, flat_grad
-
-    def _update_in_parts(self, flat_param: np.ndarray, flat_grad: np.ndarray, lr: float) -> None:
-        """The update over the whole buffer, split across threads when it is large.
-
-        The update is elementwise, so the parts are independent and the result is identical
-        whatever the split; NumPy releases the GIL inside ufuncs, so the parts run in parallel
-        while the BLAS threads are idle between matrix products.
-        """
-        arrays = (flat_param, flat_grad, self._flat_tmp, *self._flat_state)
-        slices = _parts(flat_param.size)
-        if len(slices) == 1:
-            self._update(flat_param, flat_grad, lr, *arrays[2:])
-            return
-        futures = [_pool().submit(self._update, arrays[0][sl], arrays[1][sl], lr,
-                                  *(a[sl] for a in arrays[2:])) for sl in slices]
-        for future in futures:
-            future.result()
 
     def _update(self, param: np.ndarray, grad: np.ndarray, lr: float, tmp: np.ndarray,
                 *slot_arrays: np.ndarray) -> None:
@@ -144,9 +110,42 @@ class Optimizer:
                 np.copyto(arr, state[f"{slot}/{k}"], casting="same_kind")
 
 
-# Below this many parameters a thread hand-off costs more than it saves.
-_MIN_PARALLEL_SIZE = 1 << 19
-_POOL: ThreadPoolExecutor | None = None
+class _ParallelUpdate:
+    """Runs an elementwise update over flat arrays, split across threads when they are large.
+
+    The parts are independent, so the result is identical whatever the split; NumPy releases the
+    GIL inside ufuncs, so the parts run in parallel while the BLAS threads are idle between matrix
+    products. Each optimiser owns its pool (shut down when the optimiser is collected).
+    """
+
+    MIN_SIZE = 1 << 19          # below this many entries a thread hand-off costs more than it saves
+
+    def __init__(self, size: int, threads: int, owner: object) -> None:
+        bounds = np.linspace(0, size, threads + 1).astype(int)
+        self.parts = [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="optim")
+        weakref.finalize(owner, self.pool.shutdown, wait=False)
+
+    @classmethod
+    def for_size(cls, size: int, owner: object) -> "_ParallelUpdate | _SerialUpdate":
+        threads = _thread_count()
+        if size < cls.MIN_SIZE or threads < 2:
+            return _SerialUpdate()
+        return cls(size, threads, owner)
+
+    def run(self, update, flat: tuple[np.ndarray, ...], lr: float) -> None:
+        param, grad, tmp, *slots = flat
+        futures = [self.pool.submit(update, param[part], grad[part], lr, tmp[part],
+                                    *(s[part] for s in slots)) for part in self.parts]
+        for future in futures:
+            future.result()
+
+
+class _SerialUpdate:
+    @staticmethod
+    def run(update, flat: tuple[np.ndarray, ...], lr: float) -> None:
+        param, grad, tmp, *slots = flat
+        update(param, grad, lr, tmp, *slots)
 
 
 def _thread_count() -> int:
@@ -155,64 +154,8 @@ def _thread_count() -> int:
         value = os.environ.get(var, "")
         if value.isdigit() and int(value) > 0:
             return min(int(value), 8)
-    return max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                      else (os.cpu_count() or 1), 8))
-
-
-@functools.lru_cache(maxsize=8)
-def _parts(size: int) -> tuple[slice, ...]:
-    """How an update over ``size`` entries is split: one slice per thread, or one slice."""
-    parts = _thread_count() if size >= _MIN_PARALLEL_SIZE else 1
-    bounds = np.linspace(0, size, parts + 1).astype(int)
-    return tuple(slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:]))
-
-
-def _pool() -> ThreadPoolExecutor:
-    global _POOL
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(max_workers=_thread_count(), thread_name_prefix="optim")
-    return _POOL
-
-
-def _views_like(flat: np.ndarray, names: list[str], like: list[np.ndarray]) -> dict[str, np.ndarray]:
-    """Views of ``flat``, back to back, each shaped and ordered in memory like its ``like``."""
-    return views_of(flat, {name: a.shape for name, a in zip(names, like)},
-                    [name for name, a in zip(names, like) if is_column_major(a)])
-
-
-def _same_layout(*groups: list[np.ndarray]) -> bool:
-    """Whether the groups hold arrays of the same shapes and memory orders, position by position."""
-    def orders(arrays: list[np.ndarray]) -> list[tuple]:
-        return [(a.shape, is_column_major(a)) for a in arrays]
-
-    return all(orders(group) == orders(groups[0]) for group in groups[1:])
-
-
-def _owner(a: np.ndarray) -> np.ndarray:
-    while isinstance(a.base, np.ndarray):
-        a = a.base
-    return a
-
-
-def contiguous_span(arrays: list[np.ndarray]) -> np.ndarray | None:
-    """A 1-D view covering ``arrays`` when they lie back to back, in order, in one buffer."""
-    if not arrays:
-        return None
-    dtype = arrays[0].dtype
-    if any(a.dtype != dtype or not (a.flags.c_contiguous or a.flags.f_contiguous) for a in arrays):
-        return None
-    start = end = arrays[0].__array_interface__["data"][0]
-    for a in arrays:
-        if a.__array_interface__["data"][0] != end:
-            return None
-        end += a.nbytes
-    owner = _owner(arrays[0])
-    owner_start = owner.__array_interface__["data"][0]
-    if (not owner.flags.c_contiguous or any(_owner(a) is not owner for a in arrays)
-            or start < owner_start or end > owner_start + owner.nbytes):
-        return None
-    first = (start - owner_start) // dtype.itemsize
-    return owner.reshape(-1)[first:first + (end - start) // dtype.itemsize]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(cores or 1, 8))
 
 
 class SGD(Optimizer):

@@ -124,8 +124,8 @@ def test_gradient_check_detects_a_wrong_gradient():
 
     original = model.loss_and_grad
 
-    def broken(xb, yb, rng=None, backward=True):
-        out = original(xb, yb, rng, backward)
+    def broken(xb, yb, rng=None, backward=True, targets=None):
+        out = original(xb, yb, rng, backward, targets=targets)
         model.grads["layer0.b"] *= 1.01
         return out
 
@@ -145,3 +145,30 @@ def test_relative_error_is_scale_relative():
     assert relative_error(a, a) == 0.0
     assert relative_error(a, a + np.array([0, 0, 6e-6])) == pytest.approx(1e-6, rel=1e-5)
     assert relative_error(np.zeros(3), np.zeros(3)) == 0.0
+
+
+@pytest.mark.parametrize("output_loss,depth,extra", [
+    (("softmax", "cross_entropy"), 0, {}),
+    (("softmax", "cross_entropy"), 2, {"dropout": 0.3, "l2": 0.01}),
+    (("softmax", "squared_error"), 1, {"batchnorm": True}),
+    (("sigmoid", "squared_error"), 2, {"label_smoothing": 0.1}),
+    (("linear", "squared_error"), 1, {}),
+])
+def test_distillation_targets_replace_the_one_hot_targets(output_loss, depth, extra):
+    """``targets`` (N, K) is the distribution the loss head compares with; backprop through it
+    matches finite differences, and the loss is the one of those targets, not of the labels."""
+    output, loss = output_loss
+    model, x, y = _checkable_problem(31 + depth, hidden=DEPTHS[depth], activation="tanh",
+                                     output=output, loss=loss, **extra)
+    t = np.random.default_rng(depth).uniform(size=(len(y), 4)) ** 2
+    targets = t / t.sum(axis=1, keepdims=True)
+    errors = gradient_check(model, x, y, targets=targets)
+    assert max(errors.values()) < TOLERANCE, errors
+    one_hot = np.eye(4)[y]
+    assert model.loss_and_grad(x, y, targets=one_hot, rng=np.random.default_rng(0))[0] != \
+        model.loss_and_grad(x, y, targets=targets, rng=np.random.default_rng(0))[0]
+    if not extra.get("label_smoothing"):    # one-hot targets are the labels' own loss
+        assert model.loss_and_grad(x, y, targets=one_hot, rng=np.random.default_rng(0)) == \
+            model.loss_and_grad(x, y, rng=np.random.default_rng(0))
+    with pytest.raises(ValueError, match="targets"):
+        model.loss_and_grad(x, y, targets=targets[:, :3])

@@ -4,9 +4,8 @@ checkpoints must agree between ``row`` and ``feature``."""
 import numpy as np
 import pytest
 
-from fmnist_mlp.errors import ConfigError
 from fmnist_mlp.nn import MLP
-from fmnist_mlp.nn.layout import FEATURE_LAYOUT_MIN_WIDTH, resolve_layout
+from fmnist_mlp.nn.workspace import FEATURE_LAYOUT_MIN_WIDTH, resolve_layout
 from fmnist_mlp.optim import make_optimizer
 
 
@@ -16,7 +15,7 @@ def test_auto_chooses_feature_for_wide_first_layers_only():
     assert resolve_layout("auto", []) == "row"
     assert resolve_layout("row", [4096]) == "row"
     assert resolve_layout("feature", [8]) == "feature"
-    with pytest.raises(ConfigError, match="model.layout"):
+    with pytest.raises(ValueError, match="layout"):
         MLP(hidden=[8], layout="diagonal")
 
 
@@ -29,9 +28,11 @@ def test_feature_layout_stores_activations_unit_by_unit_and_the_first_weights_by
     assert model.params["layer1.W"].flags.c_contiguous
     x = np.random.default_rng(0).normal(size=(9, 12)).astype(np.float32)
     model.loss_and_grad(x, np.zeros(9, dtype=int))
-    bufs = model._buffers_for(9, training=True)
-    for array in (*bufs.h, *bufs.dh, *bufs.mask, *bufs.dropped, *bufs.xhat):
-        assert array.shape[0] == 9 and array.flags.f_contiguous and not array.flags.c_contiguous
+    for layer in model._workspace.for_batch(9, training=True).layers:
+        for array in (layer.h, layer.dh, layer.mask, layer.dropped, layer.xhat):
+            assert array.shape[0] == 9 and array.flags.f_contiguous and not array.flags.c_contiguous
+    for layer in model._workspace.for_batch(9, training=False).layers:    # evaluation: rows
+        assert layer.h.flags.c_contiguous
     assert model.spec()["layout"] == "feature"
 
 
@@ -55,7 +56,7 @@ def test_row_and_feature_layouts_train_to_the_same_parameters(name):
     its masks are drawn in memory order, so each layout draws different, equally random ones.)"""
     row, row_opt, x = _train("row", name)
     feature, feature_opt, _ = _train("feature", name)
-    assert feature_opt._spans[2] is not None                  # the whole-buffer update ran
+    assert feature_opt._layout == feature.params.layout       # the flat-array update ran
     for key, value in row.state_dict().items():
         np.testing.assert_allclose(feature.state_dict()[key], value, rtol=1e-9, atol=1e-12)
     for key, value in row_opt.state_dict().items():

@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 
-from fmnist_mlp.errors import ConfigError
 from fmnist_mlp.nn import MLP
 from fmnist_mlp.nn.losses import softmax_cross_entropy, one_hot_targets
 from fmnist_mlp.optim import make_optimizer
@@ -164,20 +163,22 @@ def test_zero_hidden_layers_is_logistic_regression():
     np.testing.assert_allclose(model.forward(x).sum(axis=1), 1.0, rtol=1e-5)
 
 
-@pytest.mark.parametrize("kwargs,field", [
-    ({"activation": "softplus"}, "model.activation"),
-    ({"hidden": [0]}, "model.hidden"),
-    ({"dropout": 1.0}, "model.dropout"),
-    ({"output": "sigmoid"}, "loss.name"),
-    ({"dtype": "float16"}, "model.dtype"),
-    ({"l2": -1.0}, "loss.l2"),
-    ({"input_dropout": -0.1}, "model.input_dropout"),
-    ({"batchnorm": 3}, "model.batchnorm"),
+@pytest.mark.parametrize("kwargs,argument", [
+    ({"activation": "softplus"}, "activation"),
+    ({"hidden": [0]}, "hidden"),
+    ({"dropout": 1.0}, "dropout"),
+    ({"output": "sigmoid"}, "loss"),
+    ({"dtype": "float16"}, "dtype"),
+    ({"l2": -1.0}, "l2"),
+    ({"input_dropout": -0.1}, "input_dropout"),
+    ({"batchnorm": 3}, "batchnorm"),
     ({"batchnorm": True, "bn_momentum": 1.5}, "bn_momentum"),
     ({"batchnorm": True, "bn_eps": 0.0}, "bn_eps"),
+    ({"layout": "diagonal"}, "layout"),
 ])
-def test_invalid_architecture_names_the_field(kwargs, field):
-    with pytest.raises(ConfigError, match=field):
+def test_invalid_arguments_are_value_errors_naming_the_argument(kwargs, argument):
+    """Programming errors: configs are validated (with one-line messages) before the engine."""
+    with pytest.raises(ValueError, match=f"^{argument}: "):
         MLP(**kwargs)
 
 
@@ -190,8 +191,8 @@ def test_dropout_drops_the_right_fraction_and_keeps_the_expected_activation(drop
     # ratio's under 0.003, so the tolerances below are several standard errors wide.
     x = np.random.default_rng(0).normal(size=(2000, 20)).astype(np.float32)
     model.loss_and_grad(x, np.zeros(2000, dtype=int), rng=np.random.default_rng(1))
-    bufs = model._buffers_for(2000, training=True)
-    h, dropped = bufs.h[0], bufs.dropped[0]
+    layer = model._workspace.for_batch(2000, training=True).layers[0]
+    h, dropped = layer.h, layer.dropped
     active = h > 0
     kept = dropped[active] != 0
     assert kept.mean() == pytest.approx(1 - dropout, abs=0.003)

@@ -1,6 +1,8 @@
 """Each optimiser's first three steps against its formula written out by hand, in float64."""
 
+import copy
 import math
+import pickle
 
 import numpy as np
 import pytest
@@ -151,25 +153,67 @@ def test_unknown_optimizer_and_bad_lr_are_config_errors():
 @pytest.mark.parametrize("layout", ["row", "feature"])
 @pytest.mark.parametrize("name", ["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adamw"])
 def test_flat_threaded_path_equals_per_parameter_path(name, layout):
-    """The MLP's back-to-back buffer takes the whole-buffer (threaded) path; separate arrays take
-    the per-parameter path. Elementwise updates must give bit-identical results either way."""
+    """The model's ParameterSet takes the flat-array (threaded, when large) path; a plain dict
+    takes the per-name path. Elementwise updates must give bit-identical results either way."""
     from fmnist_mlp.nn import MLP
-    from fmnist_mlp.optim import contiguous_span
 
-    model = MLP(hidden=[256], seed=0, layout=layout)   # 784·256 + … > the threading threshold
-    assert contiguous_span(list(model.params.values())) is not None
+    model = MLP(hidden=[768], seed=0, layout=layout)   # 784·768 + … > the threading threshold
+    assert model.params.flat.size > 1 << 19
     separate = {k: v.copy() for k, v in model.params.items()}
-    assert contiguous_span(list(separate.values())) is None
     fast = make_optimizer(name, model.params, lr=0.01, weight_decay=0.1)
     slow = make_optimizer(name, separate, lr=0.01, weight_decay=0.1)
+    assert fast._layout is not None and slow._layout is None
     rng = np.random.default_rng(0)
     for step in range(3):
         grads = {k: rng.standard_normal(v.shape).astype(v.dtype) for k, v in separate.items()}
         for k, g in grads.items():
-            model.grads[k][...] = g
+            model.grads[k] = g                          # assigned in place into the flat array
         fast.step(model.params, model.grads, 0.01 / (step + 1))
         slow.step(separate, grads, 0.01 / (step + 1))
     for k in separate:
         np.testing.assert_array_equal(model.params[k], separate[k])
     for k, v in slow.state_dict().items():
         np.testing.assert_array_equal(fast.state_dict()[k], v)
+
+
+def test_parameter_set_entries_are_views_of_its_flat_array_and_assigned_in_place():
+    from fmnist_mlp.nn.workspace import ParameterSet
+
+    params = ParameterSet({"layer0.W": (3, 2), "layer0.b": (2,)}, np.float64, ["layer0.W"])
+    assert params.flat.size == 8 and params["layer0.W"].flags.f_contiguous
+    view = params["layer0.W"]
+    params["layer0.W"] = np.arange(6.0).reshape(3, 2)
+    assert params["layer0.W"] is view                   # the same array, new values
+    np.testing.assert_array_equal(params.flat[:6], np.arange(6.0).reshape(3, 2).T.ravel())
+    with pytest.raises(ValueError, match="shape"):
+        params["layer0.b"] = np.zeros(3)
+    with pytest.raises(KeyError):
+        params["layer1.W"] = np.zeros(2)
+    state = params.views_of(np.zeros(8))
+    assert state["layer0.W"].strides == view.strides and state["layer0.b"].shape == (2,)
+    for clone in (copy.deepcopy(params), pickle.loads(pickle.dumps(params))):
+        assert clone.layout == params.layout and clone.flat is not params.flat
+        np.testing.assert_array_equal(clone.flat, params.flat)
+        clone["layer0.b"] = [7.0, 8.0]
+        np.testing.assert_array_equal(clone.flat[6:], [7.0, 8.0])
+
+
+def test_an_optimizer_on_a_parameter_set_updates_it_by_the_formula():
+    """The flat path on a set built by hand: momentum's first two steps written out."""
+    from fmnist_mlp.nn.workspace import ParameterSet
+
+    shapes = {"layer0.W": (2, 2), "layer0.b": (2,)}
+    params, grads = ParameterSet(shapes, np.float64), ParameterSet(shapes, np.float64)
+    params["layer0.W"], params["layer0.b"] = W0, B0
+    opt = make_optimizer("momentum", params, lr=1.0, momentum=0.9)
+    v = {"W": 0.0, "b": 0.0}
+    want = {"W": W0.copy(), "b": B0.copy()}
+    for (gw, gb), lr in list(zip(GRADS, LRS))[:2]:
+        grads["layer0.W"], grads["layer0.b"] = gw, gb
+        opt.step(params, grads, lr)
+        for key, g in (("W", gw), ("b", gb)):
+            v[key] = 0.9 * v[key] + g
+            want[key] = want[key] - lr * v[key]
+    np.testing.assert_allclose(params["layer0.W"], want["W"], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(params["layer0.b"], want["b"], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(opt.state["velocity"]["layer0.W"], v["W"], rtol=0, atol=1e-12)

@@ -1,58 +1,33 @@
-"""The multi-layer perceptron: dense layers, forward pass and backpropagation, in vectorised NumPy.
+"""The multi-layer perceptron: a composition of the layers in :mod:`fmnist_mlp.nn.layers`.
 
 Rows are examples: ``x`` (N, D), ``W`` (D_in, D_out), ``b`` (D_out,), logits (N, K), ``y`` (N,).
+A hidden layer computes ``h = f(x W + b)`` (with batch normalisation ``h = f(BN(x W))``, then
+inverted dropout in training); the last layer gives the logits ``z = h W + b``, and the loss head
+(:mod:`fmnist_mlp.nn.losses`) gives the loss and dL/dz. :meth:`MLP.loss_and_grad` runs that
+forward down the layers and backward up them; evaluation runs the same forward functions.
+
 Parameters live in ``params`` under names like ``"layer0.W"``; ``grads`` has the same keys and is
-filled by :meth:`MLP.loss_and_grad`. Both dicts hold the *same* arrays for the model's lifetime
-(updates and loads are in place), so an optimiser can keep per-name state safely.
+filled by :meth:`MLP.loss_and_grad`. Both hold the *same* arrays for the model's lifetime (updates
+and loads are in place), views of one flat array each (:class:`~fmnist_mlp.nn.workspace.ParameterSet`),
+so an optimiser can keep per-name state safely and update everything in a few passes.
 With batch normalisation a hidden layer has ``W``, ``gamma`` and ``beta`` (no ``b``: β is its
 bias) in ``params``, and running statistics, which are state but not parameters, in ``buffers``.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from fmnist_mlp.errors import ConfigError
-from fmnist_mlp.nn import batchnorm as bn
+from fmnist_mlp.nn import layers
 from fmnist_mlp.nn.activations import ACTIVATIONS
 from fmnist_mlp.nn.init import INITS, init_weight, resolve_init
-from fmnist_mlp.nn.layout import resolve_layout, shaped_like, views_of
-from fmnist_mlp.nn.losses import LOSSES, OUTPUTS, loss_and_dlogits, one_hot_targets, per_example_loss
-from fmnist_mlp.nn.losses import apply_output
+from fmnist_mlp.nn.losses import LOSSES, OUTPUTS, apply_output, loss_and_dlogits
+from fmnist_mlp.nn.losses import one_hot_targets, per_example_loss
+from fmnist_mlp.nn.workspace import BatchWork, LayerWork, ParameterSet, Workspace, resolve_layout
 
 DTYPES = ("float32", "float64")
-
-
-class _Buffers:
-    """Per-batch-size work arrays, allocated once and reused by every step of that size.
-
-    Hidden-layer arrays are always (N, width) to the code; with ``feature_major`` their memory
-    holds each unit's N values back to back (a transposed view of a (width, N) array), which
-    changes which BLAS kernels the products use but not their results. Only training buffers
-    use it: for evaluation's large batches it measured no faster.
-    """
-
-    def __init__(self, n: int, input_size: int, hidden: Sequence[int], dropout: bool,
-                 input_dropout: bool, dtype, batchnorm: bool = False,
-                 feature_major: bool = False) -> None:
-        def hidden_array(width: int) -> np.ndarray:
-            return np.empty((width, n), dtype).T if feature_major else np.empty((n, width), dtype)
-
-        self.h = [hidden_array(width) for width in hidden]                # f(z) per hidden layer
-        self.dh = [hidden_array(width) for width in hidden]               # dL/d(layer output)
-        self.mask = [hidden_array(width) for width in hidden] if dropout else []
-        self.dropped = [hidden_array(width) for width in hidden] if dropout else []
-        self.input_mask = np.empty((n, input_size), dtype) if input_dropout else None
-        self.input_dropped = np.empty((n, input_size), dtype) if input_dropout else None
-        # Batch normalisation in training: ẑ per hidden layer, and μ_B, σ²_B, 1/σ per unit.
-        widths = hidden if batchnorm else []
-        self.xhat = [hidden_array(width) for width in widths]
-        self.mean = [np.empty(width, dtype) for width in widths]
-        self.var = [np.empty(width, dtype) for width in widths]
-        self.inv_std = [np.empty(width, dtype) for width in widths]
 
 
 class MLP:
@@ -67,7 +42,9 @@ class MLP:
     statistics in training, running averages updated with ``bn_momentum`` in evaluation).
     A hidden layer then has no bias ``b``: the mean subtraction would cancel it, leaving a
     parameter with an exactly zero gradient; β takes its place.
-    ``layout`` is how arrays lie in memory, never what they hold (see :func:`resolve_layout`).
+    ``layout`` is how arrays lie in memory, never what they hold (see
+    :mod:`fmnist_mlp.nn.workspace`). Invalid arguments raise ValueError naming the argument;
+    user-facing validation of configs happens before the model is built.
     """
 
     def __init__(self, input_size: int = 784, hidden: Sequence[int] = (256, 128),
@@ -78,34 +55,24 @@ class MLP:
                  batchnorm: bool = False, bn_momentum: float = 0.1, bn_eps: float = 1e-5,
                  layout: str = "auto") -> None:
         hidden = [int(h) for h in hidden]
-        _validate(input_size, hidden, num_classes, activation, output, loss, dropout,
-                  label_smoothing, l2, init, dtype)
-        if not 0.0 <= input_dropout < 1.0:
-            raise ConfigError(f"model.input_dropout: {input_dropout!r} is not valid; expected a "
-                              "probability in [0, 1)")
-        self.input_dropout = float(input_dropout)
-        if not isinstance(batchnorm, (bool, np.bool_)):
-            raise ConfigError(f"model.batchnorm: {batchnorm!r} is not valid; expected true or false")
-        if not 0.0 <= bn_momentum <= 1.0:
-            raise ConfigError(f"bn_momentum: {bn_momentum!r} is not valid; expected a value in "
-                              "[0, 1]")
-        if not bn_eps > 0.0:
-            raise ConfigError(f"bn_eps: {bn_eps!r} is not valid; expected a positive number")
-        self.batchnorm = bool(batchnorm)
-        self.layout = resolve_layout(layout, hidden)
-        self.bn_momentum, self.bn_eps = float(bn_momentum), float(bn_eps)
+        _check_arguments(input_size=input_size, hidden=hidden, num_classes=num_classes,
+                         activation=activation, output=output, loss=loss, dropout=dropout,
+                         input_dropout=input_dropout, batchnorm=batchnorm,
+                         label_smoothing=label_smoothing, l2=l2, init=init, dtype=dtype,
+                         bn_momentum=bn_momentum, bn_eps=bn_eps)
         self.input_size, self.hidden, self.num_classes = int(input_size), hidden, int(num_classes)
         self.activation, self.output, self.loss = activation, output, loss
-        self.dropout, self.label_smoothing, self.l2 = float(dropout), float(label_smoothing), float(l2)
+        self.dropout, self.input_dropout = float(dropout), float(input_dropout)
+        self.label_smoothing, self.l2 = float(label_smoothing), float(l2)
+        self.batchnorm = bool(batchnorm)
+        self.bn_momentum, self.bn_eps = float(bn_momentum), float(bn_eps)
         self.init, self.dtype = init, np.dtype(dtype)
+        self.layout = resolve_layout(layout, hidden)
         self._seed = seed if isinstance(seed, (int, np.integer)) else None
-        init_rng, dropout_rng = _streams(seed)
-        self._default_dropout_rng = dropout_rng
-        self._act = ACTIVATIONS[activation]
-        self._keep_threshold = _keep_threshold(self.dropout)
-        self._input_keep_threshold = _keep_threshold(self.input_dropout)
+        init_rng, self._default_dropout_rng = _streams(seed)
+        self._keep = layers.keep_threshold(self.dropout)
+        self._input_keep = layers.keep_threshold(self.input_dropout)
 
-        scheme = resolve_init(init, activation)
         sizes = [self.input_size, *hidden, self.num_classes]
         shapes = {}
         for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
@@ -114,26 +81,25 @@ class MLP:
                 shapes[f"layer{i}.gamma"], shapes[f"layer{i}.beta"] = (fan_out,), (fan_out,)
             else:
                 shapes[f"layer{i}.b"] = (fan_out,)
-        # Parameters and gradients are views into one contiguous buffer each, so an optimiser
-        # can update all of them with a handful of large ufunc calls instead of many small ones.
-        # The feature layout stores the first weight matrix unit by unit (column-major), as
-        # PyTorch's Linear does: on this layout its products run faster (see resolve_layout).
-        column_major = {"layer0.W"} if self.layout == "feature" and hidden else set()
-        self.params: dict[str, np.ndarray] = _views(shapes, self.dtype, column_major)
-        self.grads: dict[str, np.ndarray] = _views(shapes, self.dtype, column_major)
+        column_major = ["layer0.W"] if self.layout == "feature" and hidden else []
+        self.params = ParameterSet(shapes, self.dtype, column_major)
+        self.grads = self.params.like()
+        scheme = resolve_init(init, activation)
         for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-            self.params[f"layer{i}.W"][...] = init_weight(init_rng, fan_in, fan_out, scheme,
-                                                          self.dtype)
+            self.params[f"layer{i}.W"] = init_weight(init_rng, fan_in, fan_out, scheme, self.dtype)
         for name, value in self.params.items():
             if name.endswith(".gamma"):
-                value[...] = 1.0                # b and β start at 0 (the buffer is zeroed)
+                value[...] = 1.0                # b and β start at 0 (the flat array is zeroed)
         # Running statistics: state the evaluation path uses, but not trained parameters.
         self.buffers: dict[str, np.ndarray] = {}
         if self.batchnorm:
             for i, width in enumerate(hidden):
                 self.buffers[f"layer{i}.running_mean"] = np.zeros(width, self.dtype)
                 self.buffers[f"layer{i}.running_var"] = np.ones(width, self.dtype)
-        self._buffers: OrderedDict[int, _Buffers] = OrderedDict()
+        self._workspace = Workspace(self.input_size, hidden, self.dtype, self.layout,
+                                    dropout=self.dropout > 0.0,
+                                    input_dropout=self.input_dropout > 0.0,
+                                    batchnorm=self.batchnorm)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -204,95 +170,102 @@ class MLP:
 
     # ------------------------------------------------------------------ training
     def loss_and_grad(self, x: np.ndarray, y: np.ndarray, rng: np.random.Generator | None = None,
-                      backward: bool = True) -> tuple[float, int]:
+                      backward: bool = True, targets: np.ndarray | None = None) -> tuple[float, int]:
         """One training step's forward and backward pass on a batch.
 
         x: (N, D), y: (N,) labels. Fills ``self.grads`` (unless ``backward`` is False: the
         training-mode loss alone); returns (mean data loss, #correct).
+        ``targets`` (N, K), rows summing to one, replaces the one-hot (label-smoothed) targets in
+        the loss, e.g. a teacher's probabilities for distillation; ``y`` still counts #correct.
         Dropout masks come from ``rng`` (the model's own stream when None). With batchnorm the
         running statistics are updated too; they do not affect this step's loss or gradients.
         """
         x = self._as_input(x)
-        n = x.shape[0]
-        bufs = self._buffers_for(n, training=True)
+        work = self._workspace.for_batch(x.shape[0], training=True)
         rng = self._default_dropout_rng if rng is None else rng
-
-        if self.input_dropout > 0.0:
-            x = self._drop(x, bufs.input_mask, bufs.input_dropped, rng, self._input_keep_threshold)
-        layer_inputs = [x]                      # the input each layer multiplies, (N, D_in)
-        a = x
-        for i in range(len(self.hidden)):
-            h = bufs.h[i]
-            if self.batchnorm:
-                self._bn_forward_train(i, a, bufs)
-            else:
-                np.matmul(a, self.params[f"layer{i}.W"], out=h)
-                h += self.params[f"layer{i}.b"]
-            self._act.forward(h, h)
-            if self.dropout > 0.0:
-                a = self._drop(h, bufs.mask[i], bufs.dropped[i], rng, self._keep_threshold)
-            else:
-                a = h
-            layer_inputs.append(a)
-        last = len(self.hidden)
-        logits = a @ self.params[f"layer{last}.W"]
-        logits += self.params[f"layer{last}.b"]
-
-        target = one_hot_targets(y, self.num_classes, self.label_smoothing, self.dtype)
-        loss, dz = loss_and_dlogits(self.loss, self.output, logits, target)
+        logits, inputs = self._forward(x, work, rng=rng)
+        loss, dlogits = loss_and_dlogits(self.loss, self.output, logits,
+                                         self._targets(y, targets, x.shape[0]))
         n_correct = int(np.count_nonzero(logits.argmax(axis=1) == y))
-        if not backward:                        # the training-mode loss alone (gradient checks)
-            return loss, n_correct
-
-        for i in range(last, -1, -1):
-            W = self.params[f"layer{i}.W"]
-            np.matmul(layer_inputs[i].T, dz, out=self.grads[f"layer{i}.W"])
-            if i == last or not self.batchnorm:
-                np.sum(dz, axis=0, out=self.grads[f"layer{i}.b"])
-            if self.l2:
-                self.grads[f"layer{i}.W"] += self.l2 * W
-            if i == 0:
-                break                           # dL/dx is never needed: skip its matmul
-            dh = bufs.dh[i - 1]
-            np.matmul(dz, W.T, out=dh)
-            if self.dropout > 0.0:
-                dh *= bufs.mask[i - 1]
-            self._act.backward(dh, bufs.h[i - 1])
-            if self.batchnorm:
-                # h[i-1] is free now (layer i's dW is done), so it serves as scratch.
-                bn.backward(dh, bufs.xhat[i - 1], self.params[f"layer{i - 1}.gamma"],
-                            bufs.inv_std[i - 1], self.grads[f"layer{i - 1}.gamma"],
-                            self.grads[f"layer{i - 1}.beta"], bufs.h[i - 1])
-            dz = dh
+        if backward:
+            self._backward(dlogits, inputs, work)
         return loss, n_correct
 
-    def _bn_forward_train(self, i: int, a: np.ndarray, bufs: _Buffers) -> None:
-        """Hidden layer i's ``y = BN(a W)`` into ``bufs.h[i]``, with batch statistics; updates
-        the running averages."""
-        xhat = bufs.xhat[i]
-        np.matmul(a, self.params[f"layer{i}.W"], out=xhat)
-        bn.forward_train(xhat, self.params[f"layer{i}.gamma"], self.params[f"layer{i}.beta"],
-                         self.bn_eps, bufs.h[i], bufs.mean[i], bufs.var[i], bufs.inv_std[i])
-        bn.update_running(self.buffers[f"layer{i}.running_mean"],
-                          self.buffers[f"layer{i}.running_var"], bufs.mean[i], bufs.var[i],
-                          a.shape[0], self.bn_momentum)
+    def _forward(self, x: np.ndarray, work: BatchWork, rng: np.random.Generator | None = None,
+                 out: np.ndarray | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Logits (N, K) for x (N, D), into ``out`` if given; training mode when ``rng`` is given
+        (dropout, batch statistics), else evaluation mode. Also returns the input each dense layer
+        multiplied, the cache its backward pass needs for dW."""
+        training = rng is not None
+        p = self.params
+        if training and self.input_dropout > 0.0:
+            x = layers.dropout_forward(x, self._input_keep, rng, work.input_mask,
+                                       work.input_dropped)
+        inputs, a = [x], x
+        for i, layer in enumerate(work.layers):
+            if not self.batchnorm:
+                layers.dense_forward(a, p[f"layer{i}.W"], p[f"layer{i}.b"], out=layer.h)
+            elif training:
+                layers.dense_forward(a, p[f"layer{i}.W"], None, out=layer.xhat)
+                self._batchnorm_train(i, layer, n=a.shape[0])
+            else:
+                layers.dense_forward(a, p[f"layer{i}.W"], None, out=layer.h)
+                layers.batchnorm_forward_eval(
+                    layer.h, p[f"layer{i}.gamma"], p[f"layer{i}.beta"],
+                    self.buffers[f"layer{i}.running_mean"], self.buffers[f"layer{i}.running_var"],
+                    self.bn_eps, out=layer.h)
+            a = layers.activation_forward(self.activation, layer.h, out=layer.h)
+            if training and self.dropout > 0.0:
+                a = layers.dropout_forward(a, self._keep, rng, layer.mask, layer.dropped)
+            inputs.append(a)
+        last = len(self.hidden)
+        if out is None:
+            out = np.empty((x.shape[0], self.num_classes), self.dtype)
+        logits = layers.dense_forward(a, p[f"layer{last}.W"], p[f"layer{last}.b"], out=out)
+        return logits, inputs
 
-    @staticmethod
-    def _drop(h: np.ndarray, mask: np.ndarray, dropped: np.ndarray, rng: np.random.Generator,
-              threshold: int) -> np.ndarray:
-        """Inverted dropout: keep each unit with probability q ≈ 1 − dropout, scale it by 1/q.
+    def _batchnorm_train(self, i: int, layer: LayerWork, n: int) -> None:
+        """Hidden layer i's batch normalisation of ``layer.xhat`` (= z) into ``layer.h``, with
+        batch statistics; updates the running averages."""
+        layers.batchnorm_forward_train(layer.xhat, self.params[f"layer{i}.gamma"],
+                                       self.params[f"layer{i}.beta"], self.bn_eps, layer.h,
+                                       layer.mean, layer.var, layer.inv_std)
+        layers.batchnorm_update_running(self.buffers[f"layer{i}.running_mean"],
+                                        self.buffers[f"layer{i}.running_var"],
+                                        layer.mean, layer.var, n, self.bn_momentum)
 
-        The mask is drawn as 16-bit integers straight from the bit generator (four per 64-bit
-        draw, about three times faster than float uniforms), so q is ``keep_threshold/65536``
-        and the scale uses that exact q: the expected activation is unchanged.
-        """
-        words = rng.bit_generator.random_raw(-(-h.size // 4))
-        # Laid out like the mask, so the comparison streams through memory in order.
-        bits = shaped_like(words.view(np.uint16)[:h.size], mask)
-        np.less(bits, threshold, out=mask)      # 1.0 where kept, 0.0 where dropped
-        mask *= 65536.0 / threshold
-        np.multiply(h, mask, out=dropped)
-        return dropped
+    def _backward(self, dlogits: np.ndarray, inputs: list[np.ndarray], work: BatchWork) -> None:
+        """Backpropagate dL/dlogits (N, K) up the layers, filling ``self.grads``."""
+        p, g = self.params, self.grads
+        dz = dlogits                            # dL/d(this dense layer's output)
+        for i in range(len(self.hidden), -1, -1):
+            below = work.layers[i - 1] if i > 0 else None
+            has_bias = f"layer{i}.b" in g
+            layers.dense_backward(dz, inputs[i], p[f"layer{i}.W"], g[f"layer{i}.W"],
+                                  g[f"layer{i}.b"] if has_bias else None,
+                                  below.dh if below is not None else None)
+            if self.l2:                         # d/dW of ½·l2·‖W‖²
+                g[f"layer{i}.W"] += self.l2 * p[f"layer{i}.W"]
+            if below is None:
+                break
+            dz = below.dh                       # now dL/d(hidden layer i-1's output)
+            if self.dropout > 0.0:
+                layers.dropout_backward(dz, below.mask)
+            layers.activation_backward(self.activation, dz, below.h)
+            if self.batchnorm:                  # below.h is free now: it serves as scratch
+                layers.batchnorm_backward(dz, below.xhat, p[f"layer{i - 1}.gamma"],
+                                          below.inv_std, g[f"layer{i - 1}.gamma"],
+                                          g[f"layer{i - 1}.beta"], scratch=below.h)
+
+    def _targets(self, y: np.ndarray, targets: np.ndarray | None, n: int) -> np.ndarray:
+        """(N, K) target distribution: ``targets`` when given, else one-hot (label-smoothed)."""
+        if targets is None:
+            return one_hot_targets(y, self.num_classes, self.label_smoothing, self.dtype)
+        targets = np.asarray(targets, dtype=self.dtype)
+        if targets.shape != (n, self.num_classes):
+            raise ValueError(f"targets: expected shape ({n}, {self.num_classes}), "
+                             f"got {targets.shape}")
+        return targets
 
     def l2_penalty(self) -> float:
         """½·l2·Σ‖W‖², the part of the objective not included in the reported loss."""
@@ -307,12 +280,15 @@ class MLP:
         x = self._as_input(x)
         out = np.empty((x.shape[0], self.num_classes), dtype=self.dtype)
         for start in range(0, x.shape[0], batch_size):
-            out[start:start + batch_size] = self._eval_logits(x[start:start + batch_size])
+            chunk = x[start:start + batch_size]
+            work = self._workspace.for_batch(chunk.shape[0], training=False)
+            self._forward(chunk, work, out=out[start:start + batch_size])
         return out
 
     def forward(self, x: np.ndarray, batch_size: int = 4096) -> np.ndarray:
         """(N, K) network outputs in evaluation mode: class probabilities for softmax output."""
-        return apply_output(self.output, self.logits(x, batch_size))
+        logits = self.logits(x, batch_size)
+        return apply_output(self.output, logits, out=logits)
 
     def predict(self, x: np.ndarray, batch_size: int = 4096) -> np.ndarray:
         """(N,) predicted class labels."""
@@ -323,35 +299,13 @@ class MLP:
         x = self._as_input(x)
         total_loss, correct = 0.0, 0
         for start in range(0, x.shape[0], batch_size):
-            xb, yb = x[start:start + batch_size], y[start:start + batch_size]
-            logits = self._eval_logits(xb)
+            yb = y[start:start + batch_size]
+            logits = self.logits(x[start:start + batch_size], batch_size)
             target = one_hot_targets(yb, self.num_classes, self.label_smoothing, self.dtype)
             total_loss += float(per_example_loss(self.loss, self.output, logits, target).sum())
             correct += int(np.count_nonzero(logits.argmax(axis=1) == yb))
         n = max(1, x.shape[0])
         return total_loss / n, correct / n
-
-    def _eval_logits(self, x: np.ndarray) -> np.ndarray:
-        bufs = self._buffers_for(x.shape[0], training=False)
-        a = x
-        for i in range(len(self.hidden)):
-            h = bufs.h[i]
-            np.matmul(a, self.params[f"layer{i}.W"], out=h)
-            if self.batchnorm:                  # running statistics: one affine map per unit
-                scale, shift = bn.eval_affine(
-                    self.params[f"layer{i}.gamma"], self.params[f"layer{i}.beta"],
-                    self.buffers[f"layer{i}.running_mean"],
-                    self.buffers[f"layer{i}.running_var"], self.bn_eps)
-                h *= scale
-                h += shift
-            else:
-                h += self.params[f"layer{i}.b"]
-            self._act.forward(h, h)
-            a = h                               # inverted dropout needs no scaling at test time
-        last = len(self.hidden)
-        logits = a @ self.params[f"layer{last}.W"]
-        logits += self.params[f"layer{last}.b"]
-        return logits
 
     # ------------------------------------------------------------------ helpers
     def _as_input(self, x: np.ndarray) -> np.ndarray:
@@ -360,33 +314,6 @@ class MLP:
         if x.dtype != self.dtype:
             x = x.astype(self.dtype)
         return x
-
-    def _buffers_for(self, n: int, training: bool) -> _Buffers:
-        key = (n, training)
-        bufs = self._buffers.get(key)
-        if bufs is None:
-            bufs = _Buffers(n, self.input_size, self.hidden, training and self.dropout > 0.0,
-                            training and self.input_dropout > 0.0, self.dtype,
-                            training and self.batchnorm, training and self.layout == "feature")
-            self._buffers[key] = bufs
-            if len(self._buffers) > 6:          # e.g. a train size, its remainder, eval sizes
-                self._buffers.popitem(last=False)
-        else:
-            self._buffers.move_to_end(key)
-        return bufs
-
-
-def _keep_threshold(dropout: float) -> int:
-    """Dropout's keep probability as a count out of 65536 (the masks are 16-bit draws)."""
-    return min(65535, max(1, round((1.0 - dropout) * 65536)))
-
-
-def _views(shapes: Mapping[str, tuple[int, ...]], dtype,
-           column_major: frozenset[str] | set[str] = frozenset()) -> dict[str, np.ndarray]:
-    """Named arrays of the given shapes laid out back to back in one zeroed buffer; the names in
-    ``column_major`` are stored column by column (Fortran order)."""
-    flat = np.zeros(sum(int(np.prod(shape)) for shape in shapes.values()), dtype=dtype)
-    return views_of(flat, shapes, column_major)
 
 
 def _streams(seed: int | np.random.Generator) -> tuple[np.random.Generator, np.random.Generator]:
@@ -397,33 +324,28 @@ def _streams(seed: int | np.random.Generator) -> tuple[np.random.Generator, np.r
     return np.random.default_rng(init_seq), np.random.default_rng(dropout_seq)
 
 
-def _validate(input_size, hidden, num_classes, activation, output, loss, dropout,
-              label_smoothing, l2, init, dtype) -> None:
-    def bad(field: str, value: Any, expected: str) -> ConfigError:
-        return ConfigError(f"{field}: {value!r} is not valid; expected {expected}")
-
-    if input_size < 1:
-        raise bad("model.input_size", input_size, "a positive integer")
-    if any(h < 1 for h in hidden):
-        raise bad("model.hidden", hidden, "a list of positive layer widths (or [] for none)")
-    if num_classes < 2:
-        raise bad("model.num_classes", num_classes, "at least 2")
-    if activation not in ACTIVATIONS:
-        raise bad("model.activation", activation, "one of " + ", ".join(ACTIVATIONS))
-    if output not in OUTPUTS:
-        raise bad("model.output", output, "one of " + ", ".join(OUTPUTS))
-    if loss not in LOSSES:
-        raise bad("loss.name", loss, "one of " + ", ".join(LOSSES))
-    if loss == "cross_entropy" and output != "softmax":
-        raise ConfigError(f"loss.name: cross_entropy needs model.output softmax, not {output!r} "
-                          "(use squared_error for sigmoid or linear outputs)")
-    if not 0.0 <= dropout < 1.0:
-        raise bad("model.dropout", dropout, "a probability in [0, 1)")
-    if not 0.0 <= label_smoothing < 1.0:
-        raise bad("loss.label_smoothing", label_smoothing, "a value in [0, 1)")
-    if l2 < 0.0:
-        raise bad("loss.l2", l2, "a non-negative number")
-    if init not in INITS:
-        raise bad("model.init", init, "one of " + ", ".join(INITS))
-    if str(dtype) not in DTYPES:
-        raise bad("model.dtype", dtype, "float32 or float64")
+def _check_arguments(**args: Any) -> None:
+    """Programming errors only (configs are validated before a model is built): ValueError
+    naming the argument."""
+    checks = {
+        "input_size": (args["input_size"] >= 1, "a positive integer"),
+        "hidden": (all(h >= 1 for h in args["hidden"]), "positive layer widths ([] for none)"),
+        "num_classes": (args["num_classes"] >= 2, "at least 2"),
+        "activation": (args["activation"] in ACTIVATIONS, "one of " + ", ".join(ACTIVATIONS)),
+        "output": (args["output"] in OUTPUTS, "one of " + ", ".join(OUTPUTS)),
+        "loss": (args["loss"] in LOSSES and (args["loss"] != "cross_entropy"
+                                             or args["output"] == "softmax"),
+                 "one of " + ", ".join(LOSSES) + " (cross_entropy needs softmax output)"),
+        "dropout": (0.0 <= args["dropout"] < 1.0, "a probability in [0, 1)"),
+        "input_dropout": (0.0 <= args["input_dropout"] < 1.0, "a probability in [0, 1)"),
+        "batchnorm": (isinstance(args["batchnorm"], (bool, np.bool_)), "true or false"),
+        "label_smoothing": (0.0 <= args["label_smoothing"] < 1.0, "a value in [0, 1)"),
+        "l2": (args["l2"] >= 0.0, "a non-negative number"),
+        "init": (args["init"] in INITS, "one of " + ", ".join(INITS)),
+        "dtype": (str(args["dtype"]) in DTYPES, "one of " + ", ".join(DTYPES)),
+        "bn_momentum": (0.0 <= args["bn_momentum"] <= 1.0, "a value in [0, 1]"),
+        "bn_eps": (args["bn_eps"] > 0.0, "a positive number"),
+    }
+    for name, (ok, expected) in checks.items():
+        if not ok:
+            raise ValueError(f"{name}: {args[name]!r} is not valid; expected {expected}")
