@@ -77,7 +77,7 @@ class ModelConfig:
     batchnorm: bool = _opt(False)            # batch normalisation before each hidden activation
     init: str = _opt("auto", choices=_Names("fmnist_mlp.nn.init", "INITS"))
     dtype: str = _opt("float32", choices=_Names("fmnist_mlp.nn.model", "DTYPES"))
-    layout: str = _opt("auto", choices=_Names("fmnist_mlp.nn.layout", "LAYOUTS"))  # speed only
+    layout: str = _opt("auto", choices=_Names("fmnist_mlp.nn.workspace", "LAYOUTS"))  # speed only
 
 
 @dataclass(frozen=True)

@@ -161,12 +161,12 @@ def _schema_field(path: str) -> dataclasses.Field:
 def test_name_choices_are_the_engines_own_tables():
     from fmnist_mlp import optim, schedules
     from fmnist_mlp.data import dataset
-    from fmnist_mlp.nn import activations, init, layout, losses, model
+    from fmnist_mlp.nn import activations, init, losses, model, workspace
 
     engine_tables = {
         "data.split": dataset.SPLITS, "data.normalize": dataset.NORMALIZATIONS,
         "model.activation": activations.ACTIVATIONS, "model.output": losses.OUTPUTS,
-        "model.init": init.INITS, "model.dtype": model.DTYPES, "model.layout": layout.LAYOUTS,
+        "model.init": init.INITS, "model.dtype": model.DTYPES, "model.layout": workspace.LAYOUTS,
         "loss.name": losses.LOSSES, "optimizer.name": optim.OPTIMIZERS,
         "schedule.name": schedules.SCHEDULES,
     }

@@ -1,8 +1,10 @@
 """One seed, separate streams (fmnist_mlp/rng.py)."""
 
 import numpy as np
+import pytest
 
 from fmnist_mlp.build import build_model
+from fmnist_mlp.errors import ConfigError
 from fmnist_mlp.nn import MLP
 from fmnist_mlp.rng import spawn_streams
 
@@ -38,3 +40,14 @@ def test_from_config_builds_what_build_model_builds():
         assert a.spec() == b.spec(), config
         for name, value in a.named_arrays().items():
             np.testing.assert_array_equal(b.named_arrays()[name], value)
+
+
+def test_from_config_is_validated_at_the_boundary_and_passes_every_model_key():
+    # The bug this guards against: model.layout was validated and documented but one of two
+    # builders never passed it on, so a documented setting silently did nothing.
+    assert MLP.from_config({"model": {"hidden": [600], "layout": "row"}}).spec()["layout"] == "row"
+    assert MLP.from_config({"model": {"hidden": [600]}}).spec()["layout"] == "feature"
+    with pytest.raises(ConfigError, match=r"model\.activaton"):
+        MLP.from_config({"model": {"activaton": "tanh"}})
+    with pytest.raises(ConfigError, match=r"model\.dropout"):
+        MLP.from_config({"model": {"dropout": 1.5}})

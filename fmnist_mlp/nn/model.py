@@ -26,6 +26,7 @@ from fmnist_mlp.nn.init import INITS, init_weight, resolve_init
 from fmnist_mlp.nn.losses import LOSSES, OUTPUTS, apply_output, loss_and_dlogits
 from fmnist_mlp.nn.losses import one_hot_targets, per_example_loss
 from fmnist_mlp.nn.workspace import BatchWork, LayerWork, ParameterSet, Workspace, resolve_layout
+from fmnist_mlp.rng import spawn_streams
 
 DTYPES = ("float32", "float64")
 
@@ -104,26 +105,12 @@ class MLP:
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "MLP":
-        """Build from the dict a YAML experiment config gives (its ``model`` and ``loss`` sections)."""
-        model = dict(config.get("model") or {})
-        loss = dict(config.get("loss") or {})
-        return cls(
-            input_size=model.get("input_size", 784),
-            hidden=model.get("hidden", (256, 128)),
-            num_classes=model.get("num_classes", 10),
-            activation=model.get("activation", "relu"),
-            output=model.get("output", "softmax"),
-            dropout=model.get("dropout", 0.0),
-            input_dropout=model.get("input_dropout", 0.0),
-            batchnorm=model.get("batchnorm", False),
-            layout=model.get("layout", "auto"),
-            init=model.get("init", "auto"),
-            dtype=model.get("dtype", "float32"),
-            loss=loss.get("name", "cross_entropy"),
-            label_smoothing=loss.get("label_smoothing", 0.0),
-            l2=loss.get("l2", 0.0),
-            seed=config.get("seed", 0),
-        )
+        """Build from the dict a YAML experiment config gives, through the one builder the CLI
+        uses (``fmnist_mlp.build.build_model``): the config is validated first, and every key
+        reaches the model exactly as it does for ``fmnist-mlp train``."""
+        from fmnist_mlp.build import build_model     # config knowledge lives above nn/
+
+        return build_model(config)
 
     def spec(self) -> dict[str, Any]:
         """Constructor arguments as plain values: ``MLP(**model.spec())`` rebuilds the architecture."""
@@ -320,8 +307,8 @@ def _streams(seed: int | np.random.Generator) -> tuple[np.random.Generator, np.r
     """Separate streams for initialisation and dropout, so enabling dropout keeps the init."""
     if isinstance(seed, np.random.Generator):
         return seed, np.random.default_rng(seed.integers(2**63))
-    init_seq, dropout_seq = np.random.SeedSequence(int(seed)).spawn(2)
-    return np.random.default_rng(init_seq), np.random.default_rng(dropout_seq)
+    streams = spawn_streams(seed, ("init", "dropout"))
+    return streams["init"], streams["dropout"]
 
 
 def _check_arguments(**args: Any) -> None:
