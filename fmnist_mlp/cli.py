@@ -331,7 +331,8 @@ def sweep() -> None:
               help="Any Optuna storage URL (default: DIR/study.journal, a journal file).")
 @click.option("--slurm", is_flag=True, help="Submit one Slurm job array of --workers workers.")
 @click.option("--workers", default=4, show_default=True, type=click.IntRange(1),
-              help="With --slurm (or --dry-run): how many workers.")
+              help="With --slurm: how many workers the job array runs (also the number of "
+                   "lines of --slurm --dry-run).")
 @click.option("--sbatch-arg", "sbatch_args", multiple=True, metavar="ARG",
               help="Extra sbatch argument, e.g. --sbatch-arg=--time=2:00:00 (repeatable).")
 @click.option("--wait", is_flag=True, help="With --slurm: block until the array ends.")
@@ -353,6 +354,10 @@ def sweep_run(spec_file, sweep_dir, jobs, storage, slurm, workers, sbatch_args, 
 
     if (wait or sbatch_args) and not slurm:
         raise click.UsageError("--wait and --sbatch-arg go with --slurm")
+    if not slurm and (click.get_current_context().get_parameter_source("workers")
+                      is not click.core.ParameterSource.DEFAULT):
+        raise click.UsageError("--workers goes with --slurm (on this machine, --jobs sets how "
+                               "many workers)")
     spec = load_spec(spec_file)
     import_optuna()
     args = launch.worker_args(spec_file, sweep_dir, storage, data_dir)

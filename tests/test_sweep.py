@@ -160,6 +160,17 @@ def test_dry_run_prints_quoted_worker_lines_and_creates_nothing(tmp_path):
     assert not hostile.exists() and not (REPO / "pwned").exists()
 
 
+def test_workers_without_slurm_is_refused_not_ignored(tmp_path):
+    # --workers sizes a Slurm array; here --jobs counts the workers (and the --dry-run lines).
+    # Given alone it used to be ignored silently: "--dry-run --workers 3" printed one line.
+    spec = write_spec(tmp_path / "spec.yaml")
+    proc = run_cli("sweep", "run", spec, "--dir", tmp_path / "sw", "--dry-run", "--workers", 3)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "Error: --workers goes with --slurm (on this machine, --jobs sets how many workers)")
+    assert not (tmp_path / "sw").exists()
+
+
 @pytest.mark.slow
 def test_sigkilled_worker_trial_is_resumed_from_its_checkpoint(tmp_path, real_data_dir):
     spec = write_spec(tmp_path / "spec.yaml", trials=1,
