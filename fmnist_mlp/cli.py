@@ -227,7 +227,7 @@ def export(targets, fmt, output, data_dir):
 
 @cli.command("runs")
 @click.option("--runs-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
-              show_default=True)
+              show_default=True, help="The directory whose runs are listed.")
 @click.option("--sort", "sort_key", metavar="KEY",
               help="Sort by a column (e.g. best_val_acc, test_acc, optimizer.lr, wall_time); "
                    "accuracies sort best first.")
@@ -274,7 +274,8 @@ def download(data_dir, sources, force, quiet):
 @cli.command()
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Experiment YAML whose architecture is checked (default: the defaults).")
-@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE")
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
+              help="Override a config key with a YAML value, as in train. Repeatable.")
 @click.option("--samples", default=4, show_default=True, type=click.IntRange(1, 64),
               help="How many inputs to check on.")
 @click.option("--real", is_flag=True, help="Use real training images instead of random inputs.")

@@ -68,6 +68,28 @@ def test_help_documents_exit_codes(args, capsys):
     assert "Exit codes" in out and "130" in out and "diverged" in out
 
 
+def _all_commands(group, prefix=()):
+    import click
+
+    for name, command in group.commands.items():
+        yield (*prefix, name), command
+        if isinstance(command, click.Group):
+            yield from _all_commands(command, (*prefix, name))
+
+
+def test_every_option_of_every_command_says_what_it_does():
+    # `gradcheck --help` listed "--set KEY.PATH=VALUE" and `runs --help` "--runs-dir" with no
+    # word about them; every option a user can type must say what it does.
+    import click
+
+    from fmnist_mlp.cli import cli
+
+    bare = [f"{' '.join(path)} {param.opts[0]}" for path, command in _all_commands(cli)
+            for param in command.params
+            if isinstance(param, click.Option) and not (param.help or "").strip()]
+    assert bare == []
+
+
 # ------------------------------------------------------------------------- end to end
 
 
