@@ -464,6 +464,39 @@ def test_ctrl_c_between_checkpoints_still_saves_the_last_completed_epoch(data_di
 
 
 @pytest.mark.realdata
+def test_ctrl_c_while_an_epoch_is_being_recorded_finishes_recording_it(data_dir, tmp_path,
+                                                                       monkeypatch):
+    # A sweep's Ctrl-C landed between an epoch's checkpoint write and its summary/log lines:
+    # summary.json kept the previous epoch's best val acc beside the new epoch count, train.log
+    # lost the epoch's line, and the message said "interrupted during epoch 3" of a 2-epoch run.
+    # The real SIGINT is sent right after the first checkpoint is written.
+    from fmnist_mlp.config import load_config
+    from fmnist_mlp.experiment import run_training
+    from fmnist_mlp.errors import TrainingInterrupted
+
+    real_save = runs.save_checkpoint
+    sent = []
+
+    def save_then_ctrl_c(*args, **kwargs):
+        real_save(*args, **kwargs)
+        if not sent:
+            sent.append(True)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(runs, "save_checkpoint", save_then_ctrl_c)
+    cfg = load_config(None, SMALL[1::2] + ["train.epochs=1"])
+    with pytest.raises(TrainingInterrupted) as stopped:
+        run_training(cfg, name="mid", runs_dir=tmp_path, data_dir=data_dir)
+    (run_dir,) = tmp_path.iterdir()
+    (epoch1,) = runs.read_metrics(run_dir)
+    summary = runs.read_summary(run_dir)
+    assert summary["status"] == "interrupted" and summary["epochs_completed"] == 1
+    assert summary["best_val_acc"] == epoch1["val_acc"]
+    assert "epoch 1/1" in (run_dir / "train.log").read_text()
+    assert "during epoch 2" not in str(stopped.value) and "saved epoch 1" in str(stopped.value)
+
+
+@pytest.mark.realdata
 def test_ctrl_c_in_the_first_epoch_says_there_is_nothing_to_resume(data_dir, tmp_path, capsys):
     from fmnist_mlp.config import load_config
     from fmnist_mlp.experiment import run_training
