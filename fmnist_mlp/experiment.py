@@ -65,6 +65,12 @@ def model_from(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], path: 
         model.load_state_dict(arrays)
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: parameters do not fit the stored model spec ({exc})") from None
+    # Training never saves a non-finite epoch (a NaN loss stops the run first), so one here is
+    # damage: scored, it gives NaN everywhere and screens of NumPy warnings.
+    for name, array in arrays.items():
+        if np.issubdtype(np.asarray(array).dtype, np.floating) and not np.isfinite(array).all():
+            raise CheckpointError(f"{path}: {name} holds NaN or infinite values (a damaged "
+                                  f"model); use another checkpoint")
     return model, config
 
 

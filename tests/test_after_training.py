@@ -341,3 +341,24 @@ def test_a_resumed_run_continues_its_tensorboard_curves(work, tmp_path):
     val_acc = [(e.step, e.value) for e in events.Scalars("accuracy/val")]
     assert val_acc == [(m["epoch"], pytest.approx(m["val_acc"])) for m in runs.read_metrics(run_dir)]
     assert [step for step, _ in val_acc] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("value", [np.inf, np.nan])
+def test_a_checkpoint_with_non_finite_weights_is_refused_in_one_line(work, test_pngs, tmp_path,
+                                                                     value):
+    # A hand-edited (or bit-rotted) best.npz with an infinite weight was scored: eval printed
+    # "loss: nan", predict "probability": null, and two screens of NumPy RuntimeWarnings.
+    root, run_a, _, _ = work
+    arrays = dict(np.load(run_a / "checkpoints" / "best.npz"))
+    arrays["param/layer1.W"] = arrays["param/layer1.W"].copy()
+    arrays["param/layer1.W"][3, 4] = value
+    damaged = tmp_path / "damaged.npz"
+    np.savez(damaged, **arrays)
+    for argv in (["eval", damaged, "--json"], ["predict", damaged, test_pngs / "test-0000.png"],
+                 ["export", damaged, "--format", "onnx", "-o", tmp_path / "x.onnx"]):
+        proc = fmnist(*argv, cwd=root)
+        assert proc.returncode == 1, proc.stderr
+        assert proc.stdout == ""
+        assert proc.stderr.strip() == (f"error: {damaged}: layer1.W holds NaN or infinite values "
+                                       f"(a damaged model); use another checkpoint")
+    assert not (tmp_path / "x.onnx").exists()
