@@ -45,6 +45,9 @@ def load_model(run_dir_or_checkpoint: str | Path):
 
 def read_model_file(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """(named arrays, metadata) of a .npz checkpoint, or of a .safetensors file (by suffix)."""
+    if path.suffix.lower() == ".onnx":
+        raise CheckpointError(f"{path}: an ONNX export is run with ONNX Runtime; give fmnist-mlp "
+                              f"the run directory, a .npz checkpoint or a .safetensors export")
     if path.suffix == ".safetensors":
         from fmnist_mlp.export.safetensors import read_safetensors
 

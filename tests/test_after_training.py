@@ -362,3 +362,18 @@ def test_a_checkpoint_with_non_finite_weights_is_refused_in_one_line(work, test_
         assert proc.stderr.strip() == (f"error: {damaged}: layer1.W holds NaN or infinite values "
                                        f"(a damaged model); use another checkpoint")
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_an_onnx_export_given_as_the_model_says_what_to_give_instead(work, test_pngs, tmp_path):
+    # `predict model.onnx photo.png` said "not a .npz checkpoint (foreign or corrupt file)":
+    # the file is neither foreign nor corrupt; it is our own export, which only ONNX Runtime runs.
+    root, run_a, _, _ = work
+    need("onnx")
+    onnx_file = tmp_path / "a.onnx"
+    assert fmnist("export", run_a, "--format", "onnx", "-o", onnx_file, cwd=root).returncode == 0
+    for argv in (["eval", onnx_file], ["predict", onnx_file, test_pngs / "test-0000.png"]):
+        proc = fmnist(*argv, cwd=root)
+        assert proc.returncode == 1 and proc.stdout == ""
+        assert proc.stderr.strip() == (
+            f"error: {onnx_file}: an ONNX export is run with ONNX Runtime; give fmnist-mlp "
+            f"the run directory, a .npz checkpoint or a .safetensors export")
