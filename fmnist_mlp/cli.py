@@ -232,7 +232,9 @@ def export(targets, fmt, output, data_dir):
               help="Sort by a column (e.g. best_val_acc, test_acc, optimizer.lr, wall_time); "
                    "accuracies sort best first.")
 @click.option("--reverse", is_flag=True, help="Reverse the sort order.")
-@_json_option
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the rows as one JSON array (one object per run) on stdout and nothing "
+                   "else there.")
 @click.option("--csv", "as_csv", is_flag=True, help="Print CSV instead of a table.")
 def runs_command(runs_dir, sort_key, reverse, as_json, as_csv):
     """One row per run: name, the hyperparameters that differ between runs, best validation

@@ -90,6 +90,14 @@ def test_every_option_of_every_command_says_what_it_does():
     assert bare == []
 
 
+def test_runs_json_help_says_what_it_prints(tmp_path, capsys):
+    # `runs --json` prints an array of rows; its help said "one JSON object".
+    code, out, _ = run_main(["runs", "--help"], capsys)
+    assert code == 0 and "JSON array" in " ".join(out.split())
+    code, out, _ = run_main(["runs", "--runs-dir", str(tmp_path), "--json"], capsys)
+    assert code == 0 and json.loads(out) == []
+
+
 # ------------------------------------------------------------------------- end to end
 
 
