@@ -160,6 +160,21 @@ def test_dry_run_prints_quoted_worker_lines_and_creates_nothing(tmp_path):
     assert not hostile.exists() and not (REPO / "pwned").exists()
 
 
+def test_a_base_config_not_found_says_where_it_was_looked_for(tmp_path):
+    # The shipped sweeps/example.yaml names configs/default.yaml, found from the repository's
+    # root only; run from elsewhere it said "config file not found" without saying where from.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "fmnist_mlp", "sweep", "run",
+                           str(REPO / "sweeps" / "example.yaml"), "--dir", "sw", "--dry-run"],
+                          cwd=elsewhere, env=cli_env(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        f"error: {REPO / 'sweeps' / 'example.yaml'}: base: configs/default.yaml: config file not "
+        f"found in the current directory ({elsewhere}) nor beside the spec ({REPO / 'sweeps'})")
+    assert not (elsewhere / "sw").exists()
+
+
 def test_workers_without_slurm_is_refused_not_ignored(tmp_path):
     # --workers sizes a Slurm array; here --jobs counts the workers (and the --dry-run lines).
     # Given alone it used to be ignored silently: "--dry-run --workers 3" printed one line.

@@ -210,7 +210,9 @@ def _base_path(value: Any, source: str, root: Path) -> Path | None:
     if not path.is_absolute() and not path.is_file() and (root / path).is_file():
         path = root / path
     if not path.is_file():
-        raise ConfigError(f"{source}: base: {value}: config file not found")
+        where = "" if path.is_absolute() else (
+            f" in the current directory ({Path.cwd()}) nor beside the spec ({root.resolve()})")
+        raise ConfigError(f"{source}: base: {value}: config file not found{where}")
     return path.resolve()
 
 
