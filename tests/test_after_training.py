@@ -377,3 +377,18 @@ def test_an_onnx_export_given_as_the_model_says_what_to_give_instead(work, test_
         assert proc.stderr.strip() == (
             f"error: {onnx_file}: an ONNX export is run with ONNX Runtime; give fmnist-mlp "
             f"the run directory, a .npz checkpoint or a .safetensors export")
+
+
+def test_save_preprocessed_never_writes_through_a_link(work, test_pngs, tmp_path):
+    # A dangling link in the --save-preprocessed folder named like an output ("test-0000.png")
+    # had Pillow write the image wherever it pointed; a taken name gets "-2" instead.
+    root, run_a, _, _ = work
+    seen, victim = tmp_path / "seen", tmp_path / "elsewhere" / "victim.png"
+    seen.mkdir()
+    victim.parent.mkdir()
+    (seen / "test-0000.png").symlink_to(victim)
+    proc = fmnist("predict", run_a, test_pngs / "test-0000.png", "--save-preprocessed", seen,
+                  cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    assert not victim.exists()
+    assert (seen / "test-0000-2.png").is_file() and (seen / "test-0000.png").is_symlink()

@@ -62,11 +62,17 @@ def save_preprocessed(files: Sequence[Path], images: np.ndarray, save_dir: Path)
     save_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for path, image in zip(files, images):
-        target, n = save_dir / f"{path.stem}.png", 1
-        while target.exists():
-            n += 1
-            target = save_dir / f"{path.stem}-{n}.png"
-        Image.fromarray(image).save(target)
+        n = 1
+        while True:
+            target = save_dir / (f"{path.stem}.png" if n == 1 else f"{path.stem}-{n}.png")
+            try:
+                # Exclusive creation: a name already taken -- also by a link, dangling or not --
+                # is never written through.
+                with open(target, "xb") as out:
+                    Image.fromarray(image).save(out, format="PNG")
+                break
+            except FileExistsError:
+                n += 1
         written.append(target)
     return written
 
