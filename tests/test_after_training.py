@@ -392,3 +392,16 @@ def test_save_preprocessed_never_writes_through_a_link(work, test_pngs, tmp_path
     assert proc.returncode == 0, proc.stderr
     assert not victim.exists()
     assert (seen / "test-0000-2.png").is_file() and (seen / "test-0000.png").is_symlink()
+
+
+def test_save_preprocessed_that_cannot_be_created_is_one_plain_line(work, test_pngs, tmp_path):
+    # It printed Python's "[Errno 20] Not a directory: '...'" with exit 1; like export's -o, a
+    # place that cannot be written is a usage error, said in the tool's words.
+    root, run_a, _, _ = work
+    (tmp_path / "a-file").write_text("")
+    target = tmp_path / "a-file" / "seen"
+    proc = fmnist("predict", run_a, test_pngs / "test-0000.png", "--save-preprocessed", target,
+                  cwd=root)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip() == (f"error: --save-preprocessed {target}: cannot create the "
+                                   f"folder (Not a directory)")
