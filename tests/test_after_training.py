@@ -405,3 +405,25 @@ def test_save_preprocessed_that_cannot_be_created_is_one_plain_line(work, test_p
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip() == (f"error: --save-preprocessed {target}: cannot create the "
                                    f"folder (Not a directory)")
+
+
+def test_deeply_nested_safetensors_metadata_is_one_line(work, tmp_path):
+    # json.loads of "[[[[..." 100,000 deep in a .safetensors' metadata raised a RecursionError
+    # traceback from eval and predict.
+    need("safetensors")
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    root, run_a, _, _ = work
+    exported = tmp_path / "a.safetensors"
+    assert fmnist("export", run_a, "--format", "safetensors", "-o", exported,
+                  cwd=root).returncode == 0
+    with safe_open(str(exported), framework="numpy") as f:
+        metadata = dict(f.metadata())
+        arrays = {name: f.get_tensor(name) for name in f.keys()}
+    metadata["config"] = "[" * 100_000 + "]" * 100_000
+    deep = tmp_path / "deep.safetensors"
+    save_file(arrays, str(deep), metadata=metadata)
+    proc = fmnist("eval", deep, cwd=root)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.strip() == f"error: {deep}: metadata entry 'config' missing or not JSON"
