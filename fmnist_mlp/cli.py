@@ -227,12 +227,14 @@ def export(targets, fmt, output, data_dir):
 
 @cli.command("runs")
 @click.option("--runs-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
-              show_default=True)
+              show_default=True, help="The directory whose runs are listed.")
 @click.option("--sort", "sort_key", metavar="KEY",
               help="Sort by a column (e.g. best_val_acc, test_acc, optimizer.lr, wall_time); "
                    "accuracies sort best first.")
 @click.option("--reverse", is_flag=True, help="Reverse the sort order.")
-@_json_option
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the rows as one JSON array (one object per run) on stdout and nothing "
+                   "else there.")
 @click.option("--csv", "as_csv", is_flag=True, help="Print CSV instead of a table.")
 def runs_command(runs_dir, sort_key, reverse, as_json, as_csv):
     """One row per run: name, the hyperparameters that differ between runs, best validation
@@ -274,7 +276,8 @@ def download(data_dir, sources, force, quiet):
 @cli.command()
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Experiment YAML whose architecture is checked (default: the defaults).")
-@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE")
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
+              help="Override a config key with a YAML value, as in train. Repeatable.")
 @click.option("--samples", default=4, show_default=True, type=click.IntRange(1, 64),
               help="How many inputs to check on.")
 @click.option("--real", is_flag=True, help="Use real training images instead of random inputs.")
@@ -331,7 +334,8 @@ def sweep() -> None:
               help="Any Optuna storage URL (default: DIR/study.journal, a journal file).")
 @click.option("--slurm", is_flag=True, help="Submit one Slurm job array of --workers workers.")
 @click.option("--workers", default=4, show_default=True, type=click.IntRange(1),
-              help="With --slurm (or --dry-run): how many workers.")
+              help="With --slurm: how many workers the job array runs (also the number of "
+                   "lines of --slurm --dry-run).")
 @click.option("--sbatch-arg", "sbatch_args", multiple=True, metavar="ARG",
               help="Extra sbatch argument, e.g. --sbatch-arg=--time=2:00:00 (repeatable).")
 @click.option("--wait", is_flag=True, help="With --slurm: block until the array ends.")
@@ -353,6 +357,10 @@ def sweep_run(spec_file, sweep_dir, jobs, storage, slurm, workers, sbatch_args, 
 
     if (wait or sbatch_args) and not slurm:
         raise click.UsageError("--wait and --sbatch-arg go with --slurm")
+    if not slurm and (click.get_current_context().get_parameter_source("workers")
+                      is not click.core.ParameterSource.DEFAULT):
+        raise click.UsageError("--workers goes with --slurm (on this machine, --jobs sets how "
+                               "many workers)")
     spec = load_spec(spec_file)
     import_optuna()
     args = launch.worker_args(spec_file, sweep_dir, storage, data_dir)

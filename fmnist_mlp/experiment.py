@@ -45,6 +45,9 @@ def load_model(run_dir_or_checkpoint: str | Path):
 
 def read_model_file(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """(named arrays, metadata) of a .npz checkpoint, or of a .safetensors file (by suffix)."""
+    if path.suffix.lower() == ".onnx":
+        raise CheckpointError(f"{path}: an ONNX export is run with ONNX Runtime; give fmnist-mlp "
+                              f"the run directory, a .npz checkpoint or a .safetensors export")
     if path.suffix == ".safetensors":
         from fmnist_mlp.export.safetensors import read_safetensors
 
@@ -65,6 +68,12 @@ def model_from(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], path: 
         model.load_state_dict(arrays)
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: parameters do not fit the stored model spec ({exc})") from None
+    # Training never saves a non-finite epoch (a NaN loss stops the run first), so one here is
+    # damage: scored, it gives NaN everywhere and screens of NumPy warnings.
+    for name, array in arrays.items():
+        if np.issubdtype(np.asarray(array).dtype, np.floating) and not np.isfinite(array).all():
+            raise CheckpointError(f"{path}: {name} holds NaN or infinite values (a damaged "
+                                  f"model); use another checkpoint")
     return model, config
 
 

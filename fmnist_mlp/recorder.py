@@ -8,6 +8,10 @@ completed epoch and a resumed run continues exactly.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -76,20 +80,21 @@ class RunRecorder:
             self.board.on_batch(batch, loss, acc)
 
     def on_epoch_end(self, metrics: dict[str, float], state: TrainState, is_best: bool) -> None:
-        self.snapshot = (state.epoch, runs.checkpoint_bytes(self._checkpoint(state)))
-        self.metrics.write(metrics)
-        due = (state.epoch % self.cfg.train.checkpoint_every == 0
-               or state.epoch >= self.cfg.train.epochs or state.early_stopped)
-        paths = ([self.ckpt_dir / "last.npz"] if due else []) + (
-            [self.ckpt_dir / "best.npz"] if is_best else [])
-        runs.save_checkpoint(paths, self.snapshot[1], base=self.run_dir)
-        if due:
-            self.saved_epoch = state.epoch
-        self.summary.update(best_epoch=state.best_epoch, best_val_acc=state.best_val_acc,
-                            final=dict(metrics), epochs_completed=state.epoch,
-                            wall_time=self._wall_time())
-        runs.write_summary(self.run_dir, self.summary)
-        self.log.write(format_epoch(metrics, self.cfg.train.epochs, is_best))
+        with _signals_held():   # Ctrl-C here would leave the epoch half recorded; it waits
+            self.snapshot = (state.epoch, runs.checkpoint_bytes(self._checkpoint(state)))
+            self.metrics.write(metrics)
+            due = (state.epoch % self.cfg.train.checkpoint_every == 0
+                   or state.epoch >= self.cfg.train.epochs or state.early_stopped)
+            paths = ([self.ckpt_dir / "last.npz"] if due else []) + (
+                [self.ckpt_dir / "best.npz"] if is_best else [])
+            runs.save_checkpoint(paths, self.snapshot[1], base=self.run_dir)
+            if due:
+                self.saved_epoch = state.epoch
+            self.summary.update(best_epoch=state.best_epoch, best_val_acc=state.best_val_acc,
+                                final=dict(metrics), epochs_completed=state.epoch,
+                                wall_time=self._wall_time())
+            runs.write_summary(self.run_dir, self.summary)
+            self.log.write(format_epoch(metrics, self.cfg.train.epochs, is_best))
         if self.board is not None:
             self.board.on_epoch_end(metrics, state, is_best)
         self.forward.on_epoch_end(metrics, state, is_best)
@@ -160,6 +165,36 @@ class RunRecorder:
                 pass
         if self.board is not None:
             self.board.close()
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """Hold SIGINT and SIGTERM (both stop training) until the block ends, then act on them.
+
+    Recording an epoch (checkpoint, metrics line, summary, log line) takes a few file writes;
+    a signal in between left summary.json and train.log an epoch behind the checkpoint. Here a
+    signal is only noted, and once the epoch is recorded the handler it was meant for runs
+    (Ctrl-C's KeyboardInterrupt). Python's handlers swap, not the thread's signal mask: any
+    thread (BLAS, a progress bar's) may be the one the kernel delivers a signal to. Handlers
+    belong to the main thread, so elsewhere nothing is held.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {signum: signal.signal(signum, lambda signum, frame: caught.append(signum))
+                for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if caught:
+            handler = previous[caught[0]]
+            if callable(handler):
+                handler(caught[0], None)
+            elif handler == signal.SIG_DFL:
+                os.kill(os.getpid(), caught[0])     # the default action, now that it is due
 
 
 def _run_name(run_dir: Path) -> str:

@@ -25,9 +25,11 @@ def collect_runs(runs_dir: str | Path) -> tuple[list[dict[str, Any]], list[str]]
     for run_dir in runs.list_run_dirs(runs_dir):
         summary, flat = _read_run(run_dir)
         entries.append((run_dir, summary, flat))
-    keys = sorted({k for _, _, flat in entries for k in flat})
+    # An unreadable run has no config: it must not make every key look like it differs.
+    readable = [flat for _, _, flat in entries if flat]
+    keys = sorted({k for flat in readable for k in flat})
     differing = [k for k in keys
-                 if len({_hashable(flat.get(k)) for _, _, flat in entries}) > 1]
+                 if len({_hashable(flat.get(k)) for flat in readable}) > 1]
     rows = []
     for run_dir, summary, flat in entries:
         row: dict[str, Any] = {"run": printable(run_dir.name), "name": _text(summary.get("name"))}

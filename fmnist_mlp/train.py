@@ -85,7 +85,9 @@ def fit(model: Any, optimizer: Any, lr_at: Callable[[int], float],
             _run_epochs(model, optimizer, lr_at, x_train, y_train, x_val, y_val, settings,
                         rngs, augment, state, callback)
     except KeyboardInterrupt:
-        raise TrainingInterrupted(f"interrupted during epoch {state.epoch + 1}") from None
+        when = (f"during epoch {state.epoch + 1}" if state.epoch < settings.epochs
+                and not state.early_stopped else f"after epoch {state.epoch}")
+        raise TrainingInterrupted(f"interrupted {when}") from None
     return state
 
 

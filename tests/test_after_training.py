@@ -341,3 +341,89 @@ def test_a_resumed_run_continues_its_tensorboard_curves(work, tmp_path):
     val_acc = [(e.step, e.value) for e in events.Scalars("accuracy/val")]
     assert val_acc == [(m["epoch"], pytest.approx(m["val_acc"])) for m in runs.read_metrics(run_dir)]
     assert [step for step, _ in val_acc] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("value", [np.inf, np.nan])
+def test_a_checkpoint_with_non_finite_weights_is_refused_in_one_line(work, test_pngs, tmp_path,
+                                                                     value):
+    # A hand-edited (or bit-rotted) best.npz with an infinite weight was scored: eval printed
+    # "loss: nan", predict "probability": null, and two screens of NumPy RuntimeWarnings.
+    root, run_a, _, _ = work
+    arrays = dict(np.load(run_a / "checkpoints" / "best.npz"))
+    arrays["param/layer1.W"] = arrays["param/layer1.W"].copy()
+    arrays["param/layer1.W"][3, 4] = value
+    damaged = tmp_path / "damaged.npz"
+    np.savez(damaged, **arrays)
+    for argv in (["eval", damaged, "--json"], ["predict", damaged, test_pngs / "test-0000.png"],
+                 ["export", damaged, "--format", "onnx", "-o", tmp_path / "x.onnx"]):
+        proc = fmnist(*argv, cwd=root)
+        assert proc.returncode == 1, proc.stderr
+        assert proc.stdout == ""
+        assert proc.stderr.strip() == (f"error: {damaged}: layer1.W holds NaN or infinite values "
+                                       f"(a damaged model); use another checkpoint")
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_an_onnx_export_given_as_the_model_says_what_to_give_instead(work, test_pngs, tmp_path):
+    # `predict model.onnx photo.png` said "not a .npz checkpoint (foreign or corrupt file)":
+    # the file is neither foreign nor corrupt; it is our own export, which only ONNX Runtime runs.
+    root, run_a, _, _ = work
+    need("onnx")
+    onnx_file = tmp_path / "a.onnx"
+    assert fmnist("export", run_a, "--format", "onnx", "-o", onnx_file, cwd=root).returncode == 0
+    for argv in (["eval", onnx_file], ["predict", onnx_file, test_pngs / "test-0000.png"]):
+        proc = fmnist(*argv, cwd=root)
+        assert proc.returncode == 1 and proc.stdout == ""
+        assert proc.stderr.strip() == (
+            f"error: {onnx_file}: an ONNX export is run with ONNX Runtime; give fmnist-mlp "
+            f"the run directory, a .npz checkpoint or a .safetensors export")
+
+
+def test_save_preprocessed_never_writes_through_a_link(work, test_pngs, tmp_path):
+    # A dangling link in the --save-preprocessed folder named like an output ("test-0000.png")
+    # had Pillow write the image wherever it pointed; a taken name gets "-2" instead.
+    root, run_a, _, _ = work
+    seen, victim = tmp_path / "seen", tmp_path / "elsewhere" / "victim.png"
+    seen.mkdir()
+    victim.parent.mkdir()
+    (seen / "test-0000.png").symlink_to(victim)
+    proc = fmnist("predict", run_a, test_pngs / "test-0000.png", "--save-preprocessed", seen,
+                  cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    assert not victim.exists()
+    assert (seen / "test-0000-2.png").is_file() and (seen / "test-0000.png").is_symlink()
+
+
+def test_save_preprocessed_that_cannot_be_created_is_one_plain_line(work, test_pngs, tmp_path):
+    # It printed Python's "[Errno 20] Not a directory: '...'" with exit 1; like export's -o, a
+    # place that cannot be written is a usage error, said in the tool's words.
+    root, run_a, _, _ = work
+    (tmp_path / "a-file").write_text("")
+    target = tmp_path / "a-file" / "seen"
+    proc = fmnist("predict", run_a, test_pngs / "test-0000.png", "--save-preprocessed", target,
+                  cwd=root)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip() == (f"error: --save-preprocessed {target}: cannot create the "
+                                   f"folder (Not a directory)")
+
+
+def test_deeply_nested_safetensors_metadata_is_one_line(work, tmp_path):
+    # json.loads of "[[[[..." 100,000 deep in a .safetensors' metadata raised a RecursionError
+    # traceback from eval and predict.
+    need("safetensors")
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    root, run_a, _, _ = work
+    exported = tmp_path / "a.safetensors"
+    assert fmnist("export", run_a, "--format", "safetensors", "-o", exported,
+                  cwd=root).returncode == 0
+    with safe_open(str(exported), framework="numpy") as f:
+        metadata = dict(f.metadata())
+        arrays = {name: f.get_tensor(name) for name in f.keys()}
+    metadata["config"] = "[" * 100_000 + "]" * 100_000
+    deep = tmp_path / "deep.safetensors"
+    save_file(arrays, str(deep), metadata=metadata)
+    proc = fmnist("eval", deep, cwd=root)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.strip() == f"error: {deep}: metadata entry 'config' missing or not JSON"

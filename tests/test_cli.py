@@ -68,6 +68,36 @@ def test_help_documents_exit_codes(args, capsys):
     assert "Exit codes" in out and "130" in out and "diverged" in out
 
 
+def _all_commands(group, prefix=()):
+    import click
+
+    for name, command in group.commands.items():
+        yield (*prefix, name), command
+        if isinstance(command, click.Group):
+            yield from _all_commands(command, (*prefix, name))
+
+
+def test_every_option_of_every_command_says_what_it_does():
+    # `gradcheck --help` listed "--set KEY.PATH=VALUE" and `runs --help` "--runs-dir" with no
+    # word about them; every option a user can type must say what it does.
+    import click
+
+    from fmnist_mlp.cli import cli
+
+    bare = [f"{' '.join(path)} {param.opts[0]}" for path, command in _all_commands(cli)
+            for param in command.params
+            if isinstance(param, click.Option) and not (param.help or "").strip()]
+    assert bare == []
+
+
+def test_runs_json_help_says_what_it_prints(tmp_path, capsys):
+    # `runs --json` prints an array of rows; its help said "one JSON object".
+    code, out, _ = run_main(["runs", "--help"], capsys)
+    assert code == 0 and "JSON array" in " ".join(out.split())
+    code, out, _ = run_main(["runs", "--runs-dir", str(tmp_path), "--json"], capsys)
+    assert code == 0 and json.loads(out) == []
+
+
 # ------------------------------------------------------------------------- end to end
 
 
@@ -439,6 +469,39 @@ def test_ctrl_c_between_checkpoints_still_saves_the_last_completed_epoch(data_di
                      callback=_InterruptAt(epoch=3, batch=1))
     (run_dir,) = tmp_path.iterdir()
     assert runs.load_checkpoint(run_dir / "checkpoints" / "last.npz").meta["epoch"] == 2
+
+
+@pytest.mark.realdata
+def test_ctrl_c_while_an_epoch_is_being_recorded_finishes_recording_it(data_dir, tmp_path,
+                                                                       monkeypatch):
+    # A sweep's Ctrl-C landed between an epoch's checkpoint write and its summary/log lines:
+    # summary.json kept the previous epoch's best val acc beside the new epoch count, train.log
+    # lost the epoch's line, and the message said "interrupted during epoch 3" of a 2-epoch run.
+    # The real SIGINT is sent right after the first checkpoint is written.
+    from fmnist_mlp.config import load_config
+    from fmnist_mlp.experiment import run_training
+    from fmnist_mlp.errors import TrainingInterrupted
+
+    real_save = runs.save_checkpoint
+    sent = []
+
+    def save_then_ctrl_c(*args, **kwargs):
+        real_save(*args, **kwargs)
+        if not sent:
+            sent.append(True)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(runs, "save_checkpoint", save_then_ctrl_c)
+    cfg = load_config(None, SMALL[1::2] + ["train.epochs=1"])
+    with pytest.raises(TrainingInterrupted) as stopped:
+        run_training(cfg, name="mid", runs_dir=tmp_path, data_dir=data_dir)
+    (run_dir,) = tmp_path.iterdir()
+    (epoch1,) = runs.read_metrics(run_dir)
+    summary = runs.read_summary(run_dir)
+    assert summary["status"] == "interrupted" and summary["epochs_completed"] == 1
+    assert summary["best_val_acc"] == epoch1["val_acc"]
+    assert "epoch 1/1" in (run_dir / "train.log").read_text()
+    assert "during epoch 2" not in str(stopped.value) and "saved epoch 1" in str(stopped.value)
 
 
 @pytest.mark.realdata

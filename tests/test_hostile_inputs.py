@@ -114,6 +114,24 @@ def test_runs_table_marks_each_odd_run_and_prints_the_rest(tmp_path):
     assert rows["20260101-000004-odd-eeeeee"]["wall_time"] is None
 
 
+def test_an_unreadable_run_does_not_make_every_config_key_a_column(tmp_path):
+    # Two readable runs that differ only in optimizer.lr, and one alias bomb: the table shows
+    # optimizer.lr only; the unreadable run has no config to differ in.
+    runs = tmp_path / "runs"
+    _fake_run(runs, "20260101-000000-good-aaaaaa", "seed: 1\noptimizer: {lr: 0.01}\n", GOOD_SUMMARY)
+    _fake_run(runs, "20260101-000001-also-bbbbbb", "seed: 1\noptimizer: {lr: 0.1}\n", GOOD_SUMMARY)
+    _fake_run(runs, "20260101-000002-bomb-cccccc", BOMB, GOOD_SUMMARY)
+    proc = fmnist("runs", "--runs-dir", runs, "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["run"]: r for r in json.loads(proc.stdout)}
+    assert rows["20260101-000002-bomb-cccccc"]["status"] == "unreadable"
+    assert "optimizer.lr" in rows["20260101-000000-good-aaaaaa"]
+    assert not any(k == "seed" for row in rows.values() for k in row)
+    header = fmnist("runs", "--runs-dir", runs).stdout.splitlines()[0].split()
+    assert header == ["run", "name", "optimizer.lr", "best_val_acc", "test_acc", "epochs",
+                      "wall_time", "status"]
+
+
 def test_terminal_escapes_in_run_names_never_reach_the_terminal(tmp_path):
     runs = tmp_path / "runs"
     _fake_run(runs, "20260101-000000-x\x1b]0;pwned\x07-aaaaaa", "seed: 1\n",

@@ -56,6 +56,19 @@ def test_a_grey_background_becomes_black():
     assert not is_background_light(photo) and is_background_light(255 - photo)
 
 
+@pytest.mark.parametrize("table", [235.0, 255.0])     # 255: the noise clipped by a white table
+def test_a_noisy_photo_is_still_cropped_to_its_object(table):
+    # A phone photo's sensor noise: a few background pixels are far above the table's median.
+    # The crop must follow the object, not the noise's most extreme pixels.
+    rng = np.random.default_rng(0)
+    photo = np.full((800, 600), table)
+    photo[300:500, 200:400] = 30                          # a dark 200 x 200 object, centred
+    photo = np.clip(photo + rng.normal(0, 8, photo.shape), 0, 255).astype(np.uint8)
+    out = to_fashion_mnist(photo)
+    rows, cols = np.nonzero(out > 128)
+    assert (rows.min(), rows.max()) == (0, 27) and (cols.min(), cols.max()) == (0, 27)
+
+
 def test_an_empty_picture_stays_black():
     assert to_fashion_mnist(np.full((50, 70), 255, np.uint8)).max() == 0
 

@@ -160,6 +160,77 @@ def test_dry_run_prints_quoted_worker_lines_and_creates_nothing(tmp_path):
     assert not hostile.exists() and not (REPO / "pwned").exists()
 
 
+def test_a_base_config_not_found_says_where_it_was_looked_for(tmp_path):
+    # The shipped sweeps/example.yaml names configs/default.yaml, found from the repository's
+    # root only; run from elsewhere it said "config file not found" without saying where from.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "fmnist_mlp", "sweep", "run",
+                           str(REPO / "sweeps" / "example.yaml"), "--dir", "sw", "--dry-run"],
+                          cwd=elsewhere, env=cli_env(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        f"error: {REPO / 'sweeps' / 'example.yaml'}: base: configs/default.yaml: config file not "
+        f"found in the current directory ({elsewhere}) nor beside the spec ({REPO / 'sweeps'})")
+    assert not (elsewhere / "sw").exists()
+
+
+ALIAS_BOMB_SPACE = """
+  model.hidden:
+    choice: &h
+      - &a [[1, 1, 1, 1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]]
+      - &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]
+      - &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]
+      - &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]
+      - &e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]
+      - &f [*e, *e, *e, *e, *e, *e, *e, *e, *e, *e]
+      - &g [*f, *f, *f, *f, *f, *f, *f, *f, *f, *f]
+      - &i [*g, *g, *g, *g, *g, *g, *g, *g, *g, *g]
+"""
+
+
+def _spec_ending_in_space(tmp_path: Path, extra: str) -> Path:
+    """A small spec whose ``space`` comes last, so that ``extra`` lines add to it."""
+    text = (f"base: {REPO / 'configs' / 'default.yaml'}\nset: {{train.epochs: 2}}\ntrials: 2\n"
+            f"space:\n  optimizer.lr: {{log_uniform: [1.0e-4, 1.0e-2]}}\n") + extra
+    (tmp_path / "spec.yaml").write_text(text)
+    return tmp_path / "spec.yaml"
+
+
+@pytest.mark.parametrize("extra, problem", [
+    (ALIAS_BOMB_SPACE, "anchor &h refused"),
+    ("  model.activation: {choice: " + "[" * 40 + "]" * 40 + "}\n", "nested more than"),
+])
+def test_a_hostile_spec_is_refused_like_a_hostile_config(tmp_path, extra, problem):
+    # The spec was read with yaml.safe_load: an alias bomb in a choice list (under 800 bytes)
+    # ran for minutes and grew without bound (each level 10x: one fewer took 6 s and 170 MB),
+    # where a config with the same text is refused at once.
+    spec = _spec_ending_in_space(tmp_path, extra)
+    proc = run_cli("sweep", "run", spec, "--dir", tmp_path / "sw", "--dry-run", timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and problem in proc.stderr
+    assert proc.stderr.startswith(f"error: {spec}: invalid YAML at line ")
+    assert not (tmp_path / "sw").exists()
+
+
+def test_a_huge_spec_is_refused_before_it_is_read(tmp_path):
+    spec = _spec_ending_in_space(tmp_path, "#" * (2 << 20) + "\n")
+    proc = run_cli("sweep", "run", spec, "--dir", tmp_path / "sw", "--dry-run", timeout=60)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "too large" in proc.stderr
+    assert not (tmp_path / "sw").exists()
+
+
+def test_workers_without_slurm_is_refused_not_ignored(tmp_path):
+    # --workers sizes a Slurm array; here --jobs counts the workers (and the --dry-run lines).
+    # Given alone it used to be ignored silently: "--dry-run --workers 3" printed one line.
+    spec = write_spec(tmp_path / "spec.yaml")
+    proc = run_cli("sweep", "run", spec, "--dir", tmp_path / "sw", "--dry-run", "--workers", 3)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "Error: --workers goes with --slurm (on this machine, --jobs sets how many workers)")
+    assert not (tmp_path / "sw").exists()
+
+
 @pytest.mark.slow
 def test_sigkilled_worker_trial_is_resumed_from_its_checkpoint(tmp_path, real_data_dir):
     spec = write_spec(tmp_path / "spec.yaml", trials=1,
@@ -324,3 +395,14 @@ def test_a_diverging_trial_is_recorded_failed_and_the_sweep_goes_on(tmp_path, re
     for t in st["trials"]:
         assert json.loads((Path(t["run_dir"]) / "summary.json").read_text())["status"] == "failed"
     assert "diverged" in proc.stderr
+
+
+def test_a_spec_that_is_a_fifo_is_refused_without_waiting(tmp_path):
+    # It said "sweep spec not found" for a FIFO that is there; a config says what it is.
+    fifo = tmp_path / "spec.yaml"
+    os.mkfifo(fifo)
+    proc = run_cli("sweep", "run", fifo, "--dir", tmp_path / "sw", "--dry-run", timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (f"error: {fifo}: not a regular file (a device, FIFO or "
+                                   f"socket); give the sweep spec as a file")
+    assert not (tmp_path / "sw").exists()

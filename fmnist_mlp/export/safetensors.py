@@ -62,6 +62,6 @@ def read_safetensors(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str,
     for key in _JSON_KEYS:
         try:
             meta[key] = json.loads(metadata[key])
-        except (KeyError, TypeError, json.JSONDecodeError):
+        except (KeyError, TypeError, json.JSONDecodeError, RecursionError):  # (too deep)
             raise CheckpointError(f"{path}: metadata entry {key!r} missing or not JSON") from None
     return arrays, meta

@@ -8,6 +8,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from fmnist_mlp.errors import ConfigError
 from fmnist_mlp.predict.images import ImageReadError, expand_paths, read_grayscale, require_pillow
 from fmnist_mlp.predict.preprocess import to_fashion_mnist
 
@@ -59,14 +60,24 @@ def save_preprocessed(files: Sequence[Path], images: np.ndarray, save_dir: Path)
     taken (two inputs with one stem, or a file that was there before) gets ``-2``, ``-3`` …"""
     from PIL import Image
 
-    save_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        save_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--save-preprocessed {save_dir}: cannot create the folder "
+                          f"({exc.strerror or exc})") from None
     written = []
     for path, image in zip(files, images):
-        target, n = save_dir / f"{path.stem}.png", 1
-        while target.exists():
-            n += 1
-            target = save_dir / f"{path.stem}-{n}.png"
-        Image.fromarray(image).save(target)
+        n = 1
+        while True:
+            target = save_dir / (f"{path.stem}.png" if n == 1 else f"{path.stem}-{n}.png")
+            try:
+                # Exclusive creation: a name already taken -- also by a link, dangling or not --
+                # is never written through.
+                with open(target, "xb") as out:
+                    Image.fromarray(image).save(out, format="PNG")
+                break
+            except FileExistsError:
+                n += 1
         written.append(target)
     return written
 

@@ -14,7 +14,6 @@ import math
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
 
 from fmnist_mlp.config import Config, all_key_paths, config_to_dict, load_config
 from fmnist_mlp.config_validate import _suggest, type_name
@@ -81,15 +80,20 @@ class SweepSpec:
 
 def load_spec(path: str | Path) -> SweepSpec:
     """Read and check a spec file; every problem is one ConfigError line (exit 2)."""
+    from fmnist_mlp.safe_io import read_regular_file
+    from fmnist_mlp.safe_yaml import MAX_CONFIG_BYTES, load_yaml
+
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ConfigError(f"{path}: sweep spec not found")
+    # Read as a config is: a bounded regular file, no anchors or aliases (an alias bomb in a
+    # choice list otherwise expands for minutes), bounded nesting.
+    data = read_regular_file(path, MAX_CONFIG_BYTES, "sweep spec", ConfigError)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: cannot read sweep spec ({exc})") from None
-    except (yaml.YAMLError, RecursionError) as exc:
-        raise ConfigError(f"{path}: invalid YAML ({type(exc).__name__})") from None
+    raw = load_yaml(text, str(path))
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping (base, set, space, ...), got {type_name(raw)}")
     return spec_from_dict(raw, source=str(path), root=path.parent)
@@ -210,7 +214,9 @@ def _base_path(value: Any, source: str, root: Path) -> Path | None:
     if not path.is_absolute() and not path.is_file() and (root / path).is_file():
         path = root / path
     if not path.is_file():
-        raise ConfigError(f"{source}: base: {value}: config file not found")
+        where = "" if path.is_absolute() else (
+            f" in the current directory ({Path.cwd()}) nor beside the spec ({root.resolve()})")
+        raise ConfigError(f"{source}: base: {value}: config file not found{where}")
     return path.resolve()
 
 
