@@ -155,3 +155,14 @@ def test_cache_load_probe_times_a_fresh_process(real_data_dir):
     for key in ("fresh_process_seconds", "same_process_second_call_seconds", "first_ever_call_seconds",
                 "peak_rss_mb"):
         assert _positive(result[key])
+
+
+@pytest.mark.slow
+def test_before_after_compares_every_row_of_two_checkouts():
+    # The same checkout on both sides: every row is timed on each round, and the ratios are
+    # finite and positive (how close to 1 they are is load, not something a test can assert).
+    from benchmarks import ab
+
+    ratios = ab.compare(REPO, REPO, rounds=2)
+    assert len(ratios) == 2 * (len(ab.OPTIMIZERS) + 1)
+    assert all(len(r) == 2 and all(_positive(v) for v in r) for r in ratios.values())

@@ -1,0 +1,113 @@
+"""Before/after speed of the engine: two checkouts timed in alternating bursts, in one run.
+
+    python -m benchmarks.ab --before ../old-checkout --after . [--rounds 16]
+
+Why not two runs of the full benchmark: on a shared or noisy machine the numpy/torch ratio of the
+same code swings by several times between runs, which hides a 5 % change. Here one long-lived
+worker process per checkout (``PYTHONPATH`` set to it) runs the same short burst — 10 training
+steps at batch 128, or one evaluation pass over 2,000 rows — alternately, the order swapped each
+round, so both see the same load. Prints after/before time per row (below 1: after is faster),
+the median and quartiles over the rounds. Random inputs: only time is compared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HIDDEN = ((256, 128), (1024, 512))
+OPTIMIZERS = {"momentum": ({"lr": 0.01, "momentum": 0.9}, 0.0), "adam": ({"lr": 1e-3}, 0.2)}
+STEPS_PER_BURST, BATCH = 10, 128
+
+
+def _cases():
+    """name -> callable running one burst, built with the public API only (both sides have it)."""
+    import numpy as np
+
+    from fmnist_mlp.nn import MLP
+    from fmnist_mlp.optim import make_optimizer
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((20 * BATCH, 784)).astype(np.float32)
+    y = rng.integers(0, 10, len(x))
+    x_eval = rng.standard_normal((2000, 784)).astype(np.float32)
+    cases = {}
+    for hidden in HIDDEN:
+        net = "-".join(map(str, hidden))
+        for name, (settings, dropout) in OPTIMIZERS.items():
+            model = MLP(hidden=hidden, dropout=dropout, seed=0)
+            opt = make_optimizer(name, model.params, **settings)
+            drop_rng = np.random.default_rng(1)
+
+            def train(model=model, opt=opt, drop_rng=drop_rng):
+                for k in range(STEPS_PER_BURST):
+                    s = (k % 20) * BATCH
+                    model.loss_and_grad(x[s:s + BATCH], y[s:s + BATCH], rng=drop_rng)
+                    opt.step(model.params, model.grads)
+            cases[f"{net} b{BATCH} {name} dropout {dropout}"] = train
+        model = MLP(hidden=hidden, seed=0)
+        cases[f"{net} inference"] = lambda model=model: model.forward(x_eval)
+    return cases
+
+
+def worker() -> None:
+    """Read case names on stdin, answer each with the seconds one burst took."""
+    cases = _cases()
+    for burst in cases.values():         # warm-up: work arrays, BLAS threads, caches
+        burst()
+    print(json.dumps(list(cases)), flush=True)
+    for line in sys.stdin:
+        start = time.perf_counter()
+        cases[line.strip()]()
+        print(time.perf_counter() - start, flush=True)
+
+
+def compare(before: Path, after: Path, rounds: int) -> dict[str, list[float]]:
+    procs = {side: subprocess.Popen([sys.executable, "-m", "benchmarks.ab", "--worker"],
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                    env={**os.environ, "PYTHONPATH": str(path.resolve())},
+                                    cwd=Path(__file__).resolve().parent.parent)
+             for side, path in (("before", before), ("after", after))}
+    names = [json.loads(p.stdout.readline()) for p in procs.values()][0]
+    ratios: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        order = ("before", "after") if r % 2 == 0 else ("after", "before")
+        for name in names:
+            seconds = {}
+            for side in order:
+                procs[side].stdin.write(name + "\n")
+                procs[side].stdin.flush()
+                seconds[side] = float(procs[side].stdout.readline())
+            ratios[name].append(seconds["after"] / seconds["before"])
+    for p in procs.values():
+        p.stdin.close()
+        p.wait()
+    return ratios
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--before", type=Path, help="checkout of the old code")
+    parser.add_argument("--after", type=Path, default=Path("."), help="checkout of the new code")
+    parser.add_argument("--rounds", type=int, default=16)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return worker()
+    if args.before is None:
+        parser.error("--before is required")
+    ratios = compare(args.before, args.after, args.rounds)
+    print(f"{'row':36} after/before time: median (quartiles) over {args.rounds} rounds")
+    for name, r in ratios.items():
+        q = statistics.quantiles(r, n=4, method="inclusive")
+        print(f"{name:36} {statistics.median(r):.3f} ({q[0]:.3f}-{q[2]:.3f})")
+
+
+if __name__ == "__main__":
+    main()
