@@ -204,11 +204,13 @@ class MLP:
 
     # ------------------------------------------------------------------ training
     def loss_and_grad(self, x: np.ndarray, y: np.ndarray, rng: np.random.Generator | None = None,
-                      backward: bool = True) -> tuple[float, int]:
+                      backward: bool = True, targets: np.ndarray | None = None) -> tuple[float, int]:
         """One training step's forward and backward pass on a batch.
 
         x: (N, D), y: (N,) labels. Fills ``self.grads`` (unless ``backward`` is False: the
-        training-mode loss alone); returns (mean data loss, #correct).
+        training-mode loss alone); returns (mean data loss, #correct). ``targets`` (N, K), rows
+        summing to one (e.g. distillation's soft targets), replace the (smoothed) one-hot labels
+        in the loss; ``y`` still counts the correct predictions.
         Dropout masks come from ``rng`` (the model's own stream when None). With batchnorm the
         running statistics are updated too; they do not affect this step's loss or gradients.
         """
@@ -238,7 +240,12 @@ class MLP:
         logits = a @ self.params[f"layer{last}.W"]
         logits += self.params[f"layer{last}.b"]
 
-        target = one_hot_targets(y, self.num_classes, self.label_smoothing, self.dtype)
+        if targets is None:
+            target = one_hot_targets(y, self.num_classes, self.label_smoothing, self.dtype)
+        elif targets.shape != logits.shape:
+            raise ValueError(f"targets: shape {targets.shape} does not match the logits' {logits.shape}")
+        else:
+            target = targets
         loss, dz = loss_and_dlogits(self.loss, self.output, logits, target)
         n_correct = int(np.count_nonzero(logits.argmax(axis=1) == y))
         if not backward:                        # the training-mode loss alone (gradient checks)
