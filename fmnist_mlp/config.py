@@ -120,6 +120,13 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class DistillConfig:
+    teachers: tuple[str, ...] = _opt(())        # run directories; [] = no distillation
+    weight: float = _opt(0.5, lo=0.0, hi=1.0)  # target = (1 − weight)·labels + weight·teachers
+    temperature: float = _opt(1.0, lo=0.0, lo_open=True)   # softens the teachers' probabilities
+
+
+@dataclass(frozen=True)
 class Config:
     seed: int = _opt(0, lo=0)
     data: DataConfig = _opt(DataConfig())
@@ -128,6 +135,7 @@ class Config:
     optimizer: OptimizerConfig = _opt(OptimizerConfig())
     schedule: ScheduleConfig = _opt(ScheduleConfig())
     train: TrainConfig = _opt(TrainConfig())
+    distill: DistillConfig = _opt(DistillConfig())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,6 +235,9 @@ def _check_cross_fields(cfg: Config, source: str) -> None:
                           f"(got {cfg.model.output!r}); use squared_error for other outputs")
     if cfg.loss.label_smoothing and cfg.loss.name != "cross_entropy":
         raise ConfigError(f"{source}: loss.label_smoothing: only used with cross_entropy")
+    if cfg.distill.teachers and cfg.loss.name != "cross_entropy":
+        raise ConfigError(f"{source}: distill.teachers: distillation needs loss.name "
+                          f"cross_entropy (got {cfg.loss.name!r})")
     if cfg.schedule.warmup_epochs >= cfg.train.epochs and cfg.schedule.warmup_epochs:
         raise ConfigError(f"{source}: schedule.warmup_epochs: must be < train.epochs "
                           f"({cfg.train.epochs}), got {cfg.schedule.warmup_epochs}")

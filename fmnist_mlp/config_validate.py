@@ -1,6 +1,7 @@
 """Generic validation of a frozen dataclass tree against a plain dict (as YAML gives it).
 
-Driven by the type hints (bool, int, float, str, ``X | None``, ``tuple[int, ...]``, nested
+Driven by the type hints (bool, int, float, str, ``X | None``, ``tuple[int, ...]``,
+``tuple[str, ...]``, nested
 dataclasses) and each field's metadata (``choices``, ``lo``/``hi`` bounds). Every problem is one
 :class:`ConfigError` line naming the dotted key path; unknown keys get a did-you-mean.
 """
@@ -58,6 +59,8 @@ def _coerce(hint: Any, value: Any, path: str, source: str, meta: Mapping[str, An
             return None
         (hint,) = [a for a in args if a is not type(None)]
         origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is tuple and args[0] is str:
+        return _coerce_str_list(value, where)
     if origin is tuple:
         return _coerce_int_list(value, where, meta)
     if hint is bool:
@@ -105,6 +108,18 @@ def _coerce_int_list(value: Any, where: str, meta: Mapping[str, Any]) -> tuple[i
         if isinstance(item, bool) or not isinstance(item, int):
             raise ConfigError(f"{where}[{i}]: expected an integer, got {_show(item)}")
         _check_range(item, f"{where}[{i}]", meta)
+    return tuple(value)
+
+
+def _coerce_str_list(value: Any, where: str) -> tuple[str, ...]:
+    """A list of non-empty strings (e.g. run directories); one string is a list of one."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{where}: expected a list of strings, got {_show(value)}")
+    for i, item in enumerate(value):
+        if not isinstance(item, str) or not item:
+            raise ConfigError(f"{where}[{i}]: expected a non-empty string, got {_show(item)}")
     return tuple(value)
 
 

@@ -96,6 +96,34 @@ def evaluate_checkpoint(run_dir_or_checkpoint: str | Path, split: str = "test",
             **classification_report(data.y, outputs, model.spec()["output"])}
 
 
+def distill_targets(cfg: Config, splits, data_dir: str | Path | None = None) -> np.ndarray:
+    """(N_train, K) soft targets for the student's training split: its (smoothed) one-hot labels
+    mixed with the teachers' averaged, temperature-softened probabilities (``cfg.distill``).
+
+    Each teacher scores the student's training images as ``eval`` would (its best checkpoint, its
+    flip averaging), after they are re-normalised with the teacher's own mean and std.
+    """
+    from fmnist_mlp.distill import mean_softened, mix_targets
+    from fmnist_mlp.nn.losses import one_hot_targets
+
+    d = cfg.distill
+    probs = []
+    for run in d.teachers:
+        scorer, config = load_model(run)
+        own = load_splits_for(config, data_dir)
+        # x·std + mean is x/255 again; the teacher normalises that with its own mean and std.
+        scale, shift = splits.std / own.std, (splits.mean - own.mean) / own.std
+        x = (splits.train.x * scale + shift).astype(own.train.x.dtype, copy=False)
+        try:
+            probs.append(scorer.forward(x))
+        except ValueError as exc:
+            raise CheckpointError(f"distill.teachers: {run}: cannot score the student's images "
+                                  f"({exc})") from None
+    labels = one_hot_targets(splits.train.y, probs[0].shape[1], cfg.loss.label_smoothing,
+                             np.float64)
+    return mix_targets(labels, mean_softened(probs, d.temperature), d.weight, splits.train.x.dtype)
+
+
 # ---------------------------------------------------------------------------------------------
 # One training run
 
@@ -157,6 +185,7 @@ def _train(cfg, name, runs_dir, data_dir, run_dir, ckpt, locks, callback, on_run
 
         require_tensorboardx()
     splits = load_splits_for(cfg, data_dir, progress=callback is not None)  # before any mkdir
+    targets = distill_targets(cfg, splits, data_dir) if cfg.distill.teachers else None
     streams = make_streams(cfg.seed)
     y_train = splits.train.y
     steps = steps_per_epoch(cfg, len(y_train))
@@ -179,7 +208,7 @@ def _train(cfg, name, runs_dir, data_dir, run_dir, ckpt, locks, callback, on_run
                            normalization={"mean": splits.mean, "std": splits.std})
     try:
         fit(model, optimizer, engine.lr_at, x_train, y_train, splits.val.x, splits.val.y,
-            loop_settings(cfg), streams, build_augmenter(cfg), state, recorder)
+            loop_settings(cfg), streams, build_augmenter(cfg), state, recorder, targets)
         scores = _test_scores(run_dir, splits.test, cfg)
     except (TrainingInterrupted, KeyboardInterrupt) as exc:
         raise _interrupted(recorder, run_dir, str(exc) or "interrupted") from None

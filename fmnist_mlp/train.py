@@ -67,10 +67,12 @@ def fit(model: Any, optimizer: Any, lr_at: Callable[[int], float],
         x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
         settings: LoopSettings, rngs: Mapping[str, np.random.Generator],
         augment: Callable[[np.ndarray, np.random.Generator], None] | None = None,
-        state: TrainState | None = None, callback: Callback | None = None) -> TrainState:
+        state: TrainState | None = None, callback: Callback | None = None,
+        targets: np.ndarray | None = None) -> TrainState:
     """Train from ``state`` (a fresh one by default) until ``settings.epochs`` are done.
 
-    x_train: (N, 784) C-contiguous, the model's dtype; y_train: (N,) int. ``rngs`` holds the
+    x_train: (N, 784) C-contiguous, the model's dtype; y_train: (N,) int; ``targets``: optional
+    (N, K) rows that replace the one-hot labels in the loss (distillation). ``rngs`` holds the
     ``shuffle``, ``dropout`` and ``augment`` generators. Raises :class:`TrainingInterrupted` on
     Ctrl-C (the callback's last ``on_epoch_end`` describes the state to save) and
     :class:`TrainingDivergedError` when a loss becomes NaN or infinite. Validation scores the
@@ -83,7 +85,7 @@ def fit(model: Any, optimizer: Any, lr_at: Callable[[int], float],
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             # Overflow warnings only precede the NaN/inf loss _check_finite reports in one line.
             _run_epochs(model, optimizer, lr_at, x_train, y_train, x_val, y_val, settings,
-                        rngs, augment, state, callback)
+                        rngs, augment, state, callback, targets)
     except KeyboardInterrupt:
         when = (f"during epoch {state.epoch + 1}" if state.epoch < settings.epochs
                 and not state.early_stopped else f"after epoch {state.epoch}")
@@ -92,10 +94,10 @@ def fit(model: Any, optimizer: Any, lr_at: Callable[[int], float],
 
 
 def _run_epochs(model, optimizer, lr_at, x_train, y_train, x_val, y_val, settings, rngs,
-                augment, state, callback) -> None:
+                augment, state, callback, targets=None) -> None:
     while state.epoch < settings.epochs and not state.early_stopped:
         train_metrics = _train_one_epoch(model, optimizer, lr_at, x_train, y_train, settings,
-                                         rngs, augment, state, callback)
+                                         rngs, augment, state, callback, targets)
         t0 = time.perf_counter()
         val_loss, val_acc = model.evaluate(x_val, y_val, batch_size=settings.eval_batch_size)
         _check_finite(val_loss, f"validation loss after epoch {state.epoch + 1}",
@@ -109,7 +111,8 @@ def _run_epochs(model, optimizer, lr_at, x_train, y_train, x_val, y_val, setting
         callback.on_epoch_end(metrics, state, is_best)
 
 
-def _train_one_epoch(model, optimizer, lr_at, x, y, settings, rngs, augment, state, callback):
+def _train_one_epoch(model, optimizer, lr_at, x, y, settings, rngs, augment, state, callback,
+                     targets=None):
     n = x.shape[0]
     batch_size = min(settings.batch_size, n)
     num_batches = -(-n // batch_size)
@@ -118,6 +121,7 @@ def _train_one_epoch(model, optimizer, lr_at, x, y, settings, rngs, augment, sta
     # One batch buffer per epoch, reused: np.take(out=) gathers without allocating per step.
     xb_full = np.empty((batch_size, x.shape[1]), dtype=x.dtype)
     yb_full = np.empty(batch_size, dtype=y.dtype)
+    tb_full = None if targets is None else np.empty((batch_size, targets.shape[1]), targets.dtype)
     dropout_rng, augment_rng = rngs["dropout"], rngs["augment"]
     total_loss, total_correct, seen = 0.0, 0, 0
     lr = lr_at(state.step)
@@ -128,9 +132,16 @@ def _train_one_epoch(model, optimizer, lr_at, x, y, settings, rngs, augment, sta
         xb, yb = xb_full[:m], yb_full[:m]
         np.take(x, idx, axis=0, out=xb)
         np.take(y, idx, axis=0, out=yb)
+        tb = None
+        if tb_full is not None:
+            tb = tb_full[:m]
+            np.take(targets, idx, axis=0, out=tb)
         if augment is not None:
             augment(xb, augment_rng)
-        loss, correct = model.loss_and_grad(xb, yb, rng=dropout_rng)
+        if tb is None:
+            loss, correct = model.loss_and_grad(xb, yb, rng=dropout_rng)
+        else:
+            loss, correct = model.loss_and_grad(xb, yb, rng=dropout_rng, targets=tb)
         loss = float(loss)
         if not math.isfinite(loss):
             _check_finite(loss, f"training loss at epoch {state.epoch + 1}, batch {b + 1}", lr)

@@ -29,6 +29,10 @@ NOT_REACHING_ENGINE = {
     "train.plots": "the CLI draws the PNGs after training has finished (cli._plots_if_asked)",
     "train.checkpoint_every": "how often the run recorder writes checkpoints/last.npz "
                               "(recorder.RunRecorder; tested in test_cli's resume tests)",
+    "distill.teachers": "trained runs whose probabilities become the loss targets "
+                        "(experiment.distill_targets; tests/test_distill.py trains a student)",
+    "distill.weight": "the labels' and teachers' mix in those targets (tests/test_distill.py)",
+    "distill.temperature": "how the teachers' probabilities are softened (tests/test_distill.py)",
     "train.tensorboard": "the run recorder writes event files beside the run "
                          "(tensorboard.TensorBoardLogger; tested in test_after_training)",
 }

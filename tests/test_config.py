@@ -14,7 +14,7 @@ from fmnist_mlp.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 REQUIRED = ["default", "logistic", "lecture", "sgd", "momentum", "nesterov", "adagrad",
-            "rmsprop", "adam", "best"]
+            "rmsprop", "adam", "best", "fast", "distilled"]
 
 
 @pytest.mark.parametrize("name", REQUIRED)

@@ -1,0 +1,148 @@
+"""Distillation: softened teacher targets, the model's ``targets=`` loss, the config keys and a
+student trained from a real teacher run through the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fmnist_mlp.config import load_config
+from fmnist_mlp.distill import mean_softened, mix_targets, soften
+from fmnist_mlp.errors import ConfigError
+from fmnist_mlp.nn import MLP
+from fmnist_mlp.nn.losses import one_hot_targets, softmax
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+SMALL = ["--set", "data.subset=1000", "--set", "data.val_size=500", "--set", "model.hidden=[32]",
+         "--set", "train.epochs=2", "--set", "train.batch_size=100"]
+
+
+def test_softening_probabilities_equals_softening_logits():
+    logits = np.random.default_rng(0).normal(size=(5, 10)) * 4.0
+    for t in (0.5, 1.0, 3.0):
+        np.testing.assert_allclose(soften(softmax(logits), t), softmax(logits / t), rtol=1e-10)
+
+
+def test_high_temperature_flattens_and_rows_sum_to_one():
+    probs = softmax(np.random.default_rng(1).normal(size=(4, 10)) * 5.0)
+    hot = soften(probs, 100.0)
+    assert np.abs(hot - 0.1).max() < 0.02
+    np.testing.assert_allclose(hot.sum(axis=1), 1.0)
+
+
+def test_teachers_are_averaged_and_mixed_with_the_labels():
+    a = np.eye(10)[[0, 1]]
+    b = np.eye(10)[[2, 1]]
+    teachers = mean_softened([a, b], 1.0)
+    np.testing.assert_allclose(teachers[0, [0, 2]], [0.5, 0.5])
+    labels = np.eye(10)[[0, 1]]
+    mixed = mix_targets(labels, teachers, 0.25, np.float32)
+    assert mixed.dtype == np.float32
+    np.testing.assert_allclose(mixed[0, [0, 2]], [0.875, 0.125])
+    np.testing.assert_allclose(mixed.sum(axis=1), 1.0, rtol=1e-6)
+
+
+def _tiny(**kw):
+    return MLP(input_size=6, hidden=[5], num_classes=4, dtype="float64", seed=3, **kw)
+
+
+def test_one_hot_targets_give_the_labels_path_exactly():
+    rng = np.random.default_rng(2)
+    x, y = rng.normal(size=(7, 6)), rng.integers(0, 4, 7)
+    model = _tiny(label_smoothing=0.1)
+    loss, correct = model.loss_and_grad(x, y)
+    grads = {k: v.copy() for k, v in model.grads.items()}
+    target = one_hot_targets(y, 4, 0.1, np.float64)
+    loss2, correct2 = model.loss_and_grad(x, y, targets=target)
+    assert (loss, correct) == (loss2, correct2)
+    for name, grad in grads.items():
+        np.testing.assert_array_equal(grad, model.grads[name])
+
+
+@pytest.mark.parametrize("batchnorm", [False, True])
+def test_soft_target_gradient_matches_finite_differences(batchnorm):
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(size=(6, 6)), rng.integers(0, 4, 6)
+    target = softmax(rng.normal(size=(6, 4)))
+    model = _tiny(batchnorm=batchnorm)
+    model.loss_and_grad(x, y, targets=target)
+    for name, param in model.params.items():
+        analytic = model.grads[name].copy()
+        numeric = np.zeros_like(param)
+        for j in range(param.size):
+            old = param.flat[j]
+            param.flat[j] = old + 1e-6
+            plus, _ = model.loss_and_grad(x, y, targets=target, backward=False)
+            param.flat[j] = old - 1e-6
+            minus, _ = model.loss_and_grad(x, y, targets=target, backward=False)
+            param.flat[j] = old
+            numeric.flat[j] = (plus - minus) / 2e-6
+        scale = np.abs(analytic).max() + np.abs(numeric).max()
+        assert np.abs(analytic - numeric).max() / max(1e-8, scale) < 1e-6, name
+
+
+def test_targets_of_the_wrong_shape_are_refused():
+    model = _tiny()
+    with pytest.raises(ValueError, match="targets"):
+        model.loss_and_grad(np.zeros((3, 6)), np.zeros(3, int), targets=np.full((3, 5), 0.2))
+
+
+def test_distill_config_keys():
+    cfg = load_config(None, ["distill.teachers=[runs/a, runs/b]", "distill.weight=0.7",
+                             "distill.temperature=2"])
+    assert cfg.distill.teachers == ("runs/a", "runs/b")
+    assert (cfg.distill.weight, cfg.distill.temperature) == (0.7, 2.0)
+    assert load_config(None).distill.teachers == ()
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("distill.teachers=[1]", "distill.teachers[0]"),
+    ("distill.teachers={a: 1}", "distill.teachers: expected a list of strings"),
+    ("distill.weight=1.5", "distill.weight"),
+    ("distill.temperature=0", "distill.temperature"),
+])
+def test_bad_distill_values_name_the_key(override, fragment):
+    with pytest.raises(ConfigError, match=fragment.replace("[", r"\[").replace("]", r"\]")):
+        load_config(None, [override])
+
+
+def test_distillation_needs_cross_entropy():
+    with pytest.raises(ConfigError, match="distill.teachers"):
+        load_config(None, ["distill.teachers=[x]", "loss.name=squared_error",
+                           "model.output=sigmoid"])
+
+
+def _fmnist(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "fmnist_mlp", *map(str, args)], cwd=cwd, env=ENV,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.slow
+def test_student_trains_from_a_real_teacher_and_a_missing_teacher_is_one_line(
+        real_data_dir, tmp_path):
+    teacher = _fmnist("train", *SMALL, "--name", "teacher", "--set", "data.augment.test_flip=true",
+                      "--data-dir", real_data_dir, cwd=tmp_path)
+    assert teacher.returncode == 0, teacher.stderr
+    teacher_dir = teacher.stdout.strip().splitlines()[-1]
+    # A different seed: the student's split and normalisation differ from the teacher's.
+    student = _fmnist("train", *SMALL, "--name", "student", "--set", "seed=1",
+                      "--set", f"distill.teachers=[{teacher_dir}]", "--set", "distill.weight=0.5",
+                      "--set", "distill.temperature=2", "--data-dir", real_data_dir, "--json",
+                      cwd=tmp_path)
+    assert student.returncode == 0, student.stderr
+    summary = json.loads(student.stdout)
+    assert summary["status"] == "finished" and summary["test_acc"] > 0.5
+
+    before = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    missing = _fmnist("train", *SMALL, "--name", "orphan", "--set",
+                      f"distill.teachers=[{tmp_path / 'no-such-run'}]",
+                      "--data-dir", real_data_dir, cwd=tmp_path)
+    assert missing.returncode == 1
+    assert "no-such-run" in missing.stderr and "Traceback" not in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == before
