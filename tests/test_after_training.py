@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import require_or_skip
+from training_helpers import InterruptAt
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]   # trains three small runs
 
@@ -302,23 +303,6 @@ def test_missing_extras_are_one_line_with_the_install_command(work, test_pngs, t
     assert not (tmp_path / "runs").exists()                       # nothing created
 
 
-class _InterruptAt:
-    """Progress callback that presses Ctrl-C at a given epoch and batch."""
-
-    def __init__(self, epoch: int, batch: int):
-        self.epoch, self.batch, self.current = epoch, batch, 0
-
-    def on_epoch_start(self, epoch, num_batches):
-        self.current = epoch
-
-    def on_batch(self, batch, loss, acc):
-        if (self.current, batch) == (self.epoch, self.batch):
-            raise KeyboardInterrupt
-
-    def on_epoch_end(self, metrics, state, is_best):
-        pass
-
-
 def test_a_resumed_run_continues_its_tensorboard_curves(work, tmp_path):
     need("tensorboardX", "tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -333,7 +317,7 @@ def test_a_resumed_run_continues_its_tensorboard_curves(work, tmp_path):
                              "train.epochs=4", "train.batch_size=100", "train.tensorboard=true"])
     with pytest.raises(TrainingInterrupted):
         run_training(cfg, name="tb", runs_dir=tmp_path, data_dir=data_dir,
-                     callback=_InterruptAt(epoch=3, batch=2))
+                     callback=InterruptAt(epoch=3, batch=2))
     (run_dir,) = tmp_path.glob("*-tb-*")
     run_training(None, resume=run_dir, data_dir=data_dir)
     events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})

@@ -17,6 +17,7 @@ import pytest
 
 from fmnist_mlp import runs
 from fmnist_mlp.cli import main
+from training_helpers import InterruptAt
 
 REAL_DATA = Path("/usr/share/datasets/fashion-mnist")
 SMALL = ["--set", "data.subset=1000", "--set", "data.val_size=500", "--set", "model.hidden=[32]",
@@ -378,23 +379,6 @@ def test_four_trainings_at_once_get_their_own_directories(data_dir, tmp_path):
 # ------------------------------------------------------------------------- exact resume
 
 
-class _InterruptAt:
-    """Progress callback that presses Ctrl-C in the middle of a given epoch."""
-
-    def __init__(self, epoch: int, batch: int):
-        self.epoch, self.batch, self.current = epoch, batch, 0
-
-    def on_epoch_start(self, epoch, num_batches):
-        self.current = epoch
-
-    def on_batch(self, batch, loss, acc):
-        if self.current == self.epoch and batch == self.batch:
-            raise KeyboardInterrupt
-
-    def on_epoch_end(self, metrics, state, is_best):
-        pass
-
-
 @pytest.mark.realdata
 @pytest.mark.parametrize("batchnorm", [False, True])
 def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(batchnorm, data_dir, tmp_path):
@@ -412,7 +396,7 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(batchnorm, data
 
     with pytest.raises(TrainingInterrupted, match="--resume"):
         run_training(cfg, name="stopped", runs_dir=tmp_path, data_dir=data_dir,
-                     callback=_InterruptAt(epoch=3, batch=4))
+                     callback=InterruptAt(epoch=3, batch=4))
     (stopped,) = tmp_path.glob("*-stopped-*")
     assert runs.read_summary(stopped)["status"] == "interrupted"
     assert runs.load_checkpoint(stopped / "checkpoints" / "last.npz").meta["epoch"] == 2
@@ -446,7 +430,7 @@ def test_resume_through_the_cli_finishes_the_run_in_its_directory(data_dir, tmp_
     cfg = load_config(None, SMALL[1::2] + ["train.epochs=3"])
     with pytest.raises(TrainingInterrupted):
         run_training(cfg, name="cli", runs_dir=tmp_path / "runs", data_dir=data_dir,
-                     callback=_InterruptAt(epoch=2, batch=2))
+                     callback=InterruptAt(epoch=2, batch=2))
     (run_dir,) = (tmp_path / "runs").iterdir()
     proc = fmnist("train", "--resume", run_dir, "--data-dir", data_dir, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -466,7 +450,7 @@ def test_ctrl_c_between_checkpoints_still_saves_the_last_completed_epoch(data_di
     cfg = load_config(None, SMALL[1::2] + ["train.epochs=5", "train.checkpoint_every=5"])
     with pytest.raises(TrainingInterrupted):
         run_training(cfg, name="sparse", runs_dir=tmp_path, data_dir=data_dir,
-                     callback=_InterruptAt(epoch=3, batch=1))
+                     callback=InterruptAt(epoch=3, batch=1))
     (run_dir,) = tmp_path.iterdir()
     assert runs.load_checkpoint(run_dir / "checkpoints" / "last.npz").meta["epoch"] == 2
 
@@ -513,7 +497,7 @@ def test_ctrl_c_in_the_first_epoch_says_there_is_nothing_to_resume(data_dir, tmp
     cfg = load_config(None, SMALL[1::2])
     with pytest.raises(TrainingInterrupted, match="nothing to resume"):
         run_training(cfg, name="early", runs_dir=tmp_path, data_dir=data_dir,
-                     callback=_InterruptAt(epoch=1, batch=2))
+                     callback=InterruptAt(epoch=1, batch=2))
     (run_dir,) = tmp_path.iterdir()
     assert runs.read_summary(run_dir)["status"] == "interrupted"
     assert not (run_dir / "checkpoints" / "last.npz").exists()

@@ -1,0 +1,18 @@
+"""Shared by the tests that stop a training in process: a progress callback that presses Ctrl-C."""
+
+
+class InterruptAt:
+    """Progress callback that presses Ctrl-C in the middle of a given epoch, at a given batch."""
+
+    def __init__(self, epoch: int, batch: int):
+        self.epoch, self.batch, self.current = epoch, batch, 0
+
+    def on_epoch_start(self, epoch, num_batches):
+        self.current = epoch
+
+    def on_batch(self, batch, loss, acc):
+        if (self.current, batch) == (self.epoch, self.batch):
+            raise KeyboardInterrupt
+
+    def on_epoch_end(self, metrics, state, is_best):
+        pass
