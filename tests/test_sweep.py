@@ -236,12 +236,7 @@ def test_sigkilled_worker_trial_is_resumed_from_its_checkpoint(tmp_path, real_da
     spec = write_spec(tmp_path / "spec.yaml", trials=1,
                       set={"train.epochs": 5, "data.subset": 6000, "model.hidden": [64]})
     sweep_dir = tmp_path / "sw"
-    cmd = [sys.executable, "-m", "fmnist_mlp", "sweep", "run", str(spec), "--dir", str(sweep_dir),
-           "--data-dir", str(real_data_dir)]
-    worker = subprocess.Popen(cmd, cwd=REPO, env=cli_env(), stderr=subprocess.DEVNULL)
-    run_dir = _wait_for_epoch(sweep_dir, 2, worker)
-    worker.send_signal(signal.SIGKILL)
-    worker.wait()
+    run_dir = _sigkill_worker_at_epoch(spec, sweep_dir, real_data_dir, 2)
     st = status(sweep_dir)
     assert [t["state"] for t in st["trials"]] == ["interrupted"]
     saved = json.loads((run_dir / "summary.json").read_text())["epochs_completed"]
@@ -291,18 +286,26 @@ def test_trial_killed_before_its_first_epoch_starts_over_as_one_run(tmp_path, re
     spec = write_spec(tmp_path / "spec.yaml", trials=1,
                       set={"train.epochs": 1, "data.subset": 20000, "model.hidden": [128]})
     sweep_dir = tmp_path / "sw"
-    cmd = [sys.executable, "-m", "fmnist_mlp", "sweep", "run", str(spec), "--dir", str(sweep_dir),
-           "--data-dir", str(real_data_dir)]
-    worker = subprocess.Popen(cmd, cwd=REPO, env=cli_env(), stderr=subprocess.DEVNULL)
-    stub = _wait_for_epoch(sweep_dir, 0, worker)
-    worker.send_signal(signal.SIGKILL)
-    worker.wait()
+    stub = _sigkill_worker_at_epoch(spec, sweep_dir, real_data_dir, 0)
     assert not (stub / "checkpoints" / "last.npz").exists(), "epoch 1 ended first: make it longer"
     proc = run_cli("sweep", "run", spec, "--dir", sweep_dir, "--data-dir", real_data_dir)
     assert proc.returncode == 0, proc.stderr
     (run_dir,) = run_dirs(sweep_dir)
     assert run_dir != stub and not stub.exists()
     assert [t["state"] for t in status(sweep_dir)["trials"]] == ["finished"]
+
+
+def _sigkill_worker_at_epoch(spec: Path, sweep_dir: Path, data_dir: Path, epoch: int) -> Path:
+    """Start one sweep worker, SIGKILL it once its trial has ``epoch`` epochs saved (0: once its
+    run directory exists); returns that run directory."""
+    cmd = [sys.executable, "-m", "fmnist_mlp", "sweep", "run", str(spec), "--dir", str(sweep_dir),
+           "--data-dir", str(data_dir)]
+    worker = subprocess.Popen(cmd, cwd=REPO, env=cli_env(), stderr=subprocess.DEVNULL)
+    try:
+        return _wait_for_epoch(sweep_dir, epoch, worker)
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
 
 
 def _wait_for_epoch(sweep_dir: Path, epoch: int, proc, timeout: float = 120, runs: int = 1) -> Path:
