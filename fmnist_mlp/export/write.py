@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from fmnist_mlp import runs
 from fmnist_mlp.errors import ConfigError
+from fmnist_mlp.safe_io import atomic_write
 
 SUFFIXES = {"onnx": ".onnx", "safetensors": ".safetensors"}
 
@@ -51,15 +51,6 @@ def export_models(targets: Sequence[Path], fmt: str, output: Path | None = None,
             {"model_spec": member.model.spec(), "config": member.config,
              "normalization": {"mean": member.mean, "std": member.std},
              "class_names": list(CLASS_NAMES)})
-    runs.atomic_write_bytes(output, data)
-    _readable_by_default(output)
+    # An export is meant to be shared: created 0666 less the umask, as any new file would be.
+    atomic_write(output, data, mode=0o666)
     return output
-
-
-def _readable_by_default(path: Path) -> None:
-    """An export is meant to be shared: the umask's usual permissions, not a temp file's 0600."""
-    import os
-
-    umask = os.umask(0)
-    os.umask(umask)
-    path.chmod(0o666 & ~umask)
