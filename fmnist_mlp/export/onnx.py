@@ -24,6 +24,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from fmnist_mlp.augment import mirror
 from fmnist_mlp.errors import ConfigError
 from fmnist_mlp.export import MISSING_EXPORT
 
@@ -67,8 +68,9 @@ class _GraphBuilder:
 
 
 def _mirrored_columns(side: int = 28) -> np.ndarray:
-    """Column order that mirrors each row of a flattened side×side image left–right."""
-    return np.arange(side * side).reshape(side, side)[:, ::-1].reshape(-1).astype(np.int64)
+    """Column order that mirrors each row of a flattened side×side image left–right: augment's
+    own mirror (what eval's test-time flips use) applied to the column indices."""
+    return mirror(np.arange(side * side, dtype=np.int64)[None, :], side)[0]
 
 
 def _network(g: _GraphBuilder, x: str, model: Any, tag: str) -> str:
