@@ -10,7 +10,7 @@ import numpy as np
 
 from fmnist_mlp.errors import ConfigError
 from fmnist_mlp.predict.images import ImageReadError, expand_paths, read_grayscale, require_pillow
-from fmnist_mlp.predict.preprocess import to_fashion_mnist
+from fmnist_mlp.predict.preprocess import SIDE, to_fashion_mnist
 
 
 @dataclass
@@ -38,7 +38,7 @@ def load_pixels(arguments: Sequence[str | Path]) -> tuple[list[Path], np.ndarray
             failures.append((path, str(exc).removeprefix(f"{path}: ")))
             continue
         used.append(path)
-    stack = np.stack(images) if images else np.zeros((0, 28, 28), np.uint8)
+    stack = np.stack(images) if images else np.zeros((0, SIDE, SIDE), np.uint8)
     return used, stack, failures
 
 
