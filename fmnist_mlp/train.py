@@ -138,10 +138,7 @@ def _train_one_epoch(model, optimizer, lr_at, x, y, settings, rngs, augment, sta
             np.take(targets, idx, axis=0, out=tb)
         if augment is not None:
             augment(xb, augment_rng)
-        if tb is None:
-            loss, correct = model.loss_and_grad(xb, yb, rng=dropout_rng)
-        else:
-            loss, correct = model.loss_and_grad(xb, yb, rng=dropout_rng, targets=tb)
+        loss, correct = model.loss_and_grad(xb, yb, rng=dropout_rng, targets=tb)
         loss = float(loss)
         if not math.isfinite(loss):
             _check_finite(loss, f"training loss at epoch {state.epoch + 1}, batch {b + 1}", lr)
