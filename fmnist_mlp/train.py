@@ -30,10 +30,6 @@ class TrainState:
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "TrainState":
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
-
 
 class Callback(Protocol):
     def on_epoch_start(self, epoch: int, num_batches: int) -> None: ...
