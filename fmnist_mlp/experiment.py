@@ -101,21 +101,23 @@ def distill_targets(cfg: Config, splits, data_dir: str | Path | None = None) -> 
     mixed with the teachers' averaged, temperature-softened probabilities (``cfg.distill``).
 
     Each teacher scores the student's training images as ``eval`` would (its best checkpoint, its
-    flip averaging), after they are re-normalised with the teacher's own mean and std.
+    flip averaging), after they are re-normalised with the teacher's own mean and std (from its
+    checkpoint's metadata; :func:`fmnist_mlp.trained.load_trained` recomputes it only for
+    checkpoints older than that metadata).
     """
     from fmnist_mlp.distill import mean_softened, mix_targets
     from fmnist_mlp.nn.losses import one_hot_targets
+    from fmnist_mlp.trained import load_trained
 
     d = cfg.distill
     probs = []
     for run in d.teachers:
-        scorer, config = load_model(run)
-        own = load_splits_for(config, data_dir)
+        teacher = load_trained(run, data_dir)
         # x·std + mean is x/255 again; the teacher normalises that with its own mean and std.
-        scale, shift = splits.std / own.std, (splits.mean - own.mean) / own.std
-        x = (splits.train.x * scale + shift).astype(own.train.x.dtype, copy=False)
+        scale, shift = splits.std / teacher.std, (splits.mean - teacher.mean) / teacher.std
+        x = (splits.train.x * scale + shift).astype(teacher.model.spec()["dtype"], copy=False)
         try:
-            probs.append(scorer.forward(x))
+            probs.append(teacher.scorer.forward(x))
         except ValueError as exc:
             raise CheckpointError(f"distill.teachers: {run}: cannot score the student's images "
                                   f"({exc})") from None

@@ -30,10 +30,6 @@ class TrainState:
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "TrainState":
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
-
 
 class Callback(Protocol):
     def on_epoch_start(self, epoch: int, num_batches: int) -> None: ...
@@ -138,10 +134,7 @@ def _train_one_epoch(model, optimizer, lr_at, x, y, settings, rngs, augment, sta
             np.take(targets, idx, axis=0, out=tb)
         if augment is not None:
             augment(xb, augment_rng)
-        if tb is None:
-            loss, correct = model.loss_and_grad(xb, yb, rng=dropout_rng)
-        else:
-            loss, correct = model.loss_and_grad(xb, yb, rng=dropout_rng, targets=tb)
+        loss, correct = model.loss_and_grad(xb, yb, rng=dropout_rng, targets=tb)
         loss = float(loss)
         if not math.isfinite(loss):
             _check_finite(loss, f"training loss at epoch {state.epoch + 1}, batch {b + 1}", lr)

@@ -68,11 +68,14 @@ class ParameterSet(dict):
             offset += part.size
         return views
 
+    @classmethod
+    def from_layout(cls, layout, dtype) -> "ParameterSet":
+        """A zeroed set with the names, shapes and memory orders of another set's ``layout``."""
+        return cls({n: s for n, s, _ in layout}, dtype, [n for n, _, c in layout if c])
+
     def like(self) -> "ParameterSet":
         """A zeroed set with the same layout (the gradients of these parameters)."""
-        dtype = self.flat.dtype
-        return ParameterSet({n: s for n, s, _ in self.layout}, dtype,
-                            [n for n, _, c in self.layout if c])
+        return ParameterSet.from_layout(self.layout, self.flat.dtype)
 
     def __reduce__(self):
         """Copies and pickles are parameter sets too, over a copy of the flat array."""
@@ -89,7 +92,7 @@ class ParameterSet(dict):
 
 
 def _parameter_set_from(layout, flat: np.ndarray) -> ParameterSet:
-    params = ParameterSet({n: s for n, s, _ in layout}, flat.dtype, [n for n, _, c in layout if c])
+    params = ParameterSet.from_layout(layout, flat.dtype)
     params.flat[...] = flat
     return params
 
