@@ -103,7 +103,7 @@ def atomic_write_bytes(path: str | Path, data: bytes, base: str | Path | None = 
 
 
 def atomic_write_text(path: str | Path, text: str, base: str | Path | None = None) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"), base=base)
+    safe_io.atomic_write_text(path, text, base=base)
 
 
 def atomic_write_json(path: str | Path, obj: Any, base: str | Path | None = None) -> None:
