@@ -196,13 +196,7 @@ def is_stale(summary: Mapping[str, Any]) -> bool:
     pid = summary.get("pid")
     if not isinstance(pid, int) or pid <= 0:
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    return not safe_io.pid_alive(pid)
 
 
 class RunLog:
