@@ -64,10 +64,7 @@ def _status(summary: dict[str, Any]) -> str:
     status = summary.get("status", "unknown")
     if not isinstance(status, str):
         return "unknown"
-    try:
-        return "stale" if runs.is_stale(summary) else printable(status)
-    except (TypeError, ValueError, OverflowError):
-        return printable(status)
+    return "stale" if runs.is_stale(summary) else printable(status)
 
 
 def _number(value: Any) -> float | int | None:
