@@ -267,7 +267,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         # Names, shapes, dtypes and sizes from the headers, against the stored model spec,
         # before any array is read: a hostile header cannot make us allocate.
         with zipfile.ZipFile(path) as zf:
-            check_members(path, zf)
+            meta = check_members(path, zf)      # the parsed metadata, already checked
         with np.load(path, allow_pickle=False) as npz:
             arrays = {key: npz[key] for key in npz.files}   # read all now, inside the guard
     except ValueError as exc:
@@ -280,7 +280,6 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
                               f"{exc})") from None
     if not isinstance(arrays, dict) or "meta" not in arrays:
         raise CheckpointError(f"{path}: not a fmnist-mlp checkpoint (no 'meta' entry)")
-    meta = _json_entry(arrays["meta"], path, "meta")
     if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not a fmnist-mlp checkpoint")
     if meta.get("version") != CHECKPOINT_VERSION:
