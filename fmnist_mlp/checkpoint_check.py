@@ -63,7 +63,8 @@ def expected_layer_widths(spec: Any, path: Path) -> list[int]:
     """[input, hidden..., classes] from a stored model spec, checked to be sane integers."""
     if not isinstance(spec, dict):
         raise CheckpointError(f"{path}: checkpoint lacks its model spec")
-    widths = [spec.get("input_size", 784), *(spec.get("hidden") or []), spec.get("num_classes", 10)] \
+    widths = [spec.get("input_size", memory.INPUT_SIZE), *(spec.get("hidden") or []),
+              spec.get("num_classes", memory.NUM_CLASSES)] \
         if isinstance(spec.get("hidden", []), list) else None
     if widths is None or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):
         raise CheckpointError(f"{path}: damaged model spec (layer sizes {spec.get('hidden')!r})")

@@ -164,15 +164,9 @@ def _source_label(path: str | Path | None, overrides: list[str]) -> str:
 
 def _read_yaml(path: Path) -> dict:
     """A config file: a regular file of at most 1 MB (not /dev/zero, not a FIFO), strict YAML."""
-    from fmnist_mlp.safe_io import read_regular_file
-    from fmnist_mlp.safe_yaml import MAX_CONFIG_BYTES, load_yaml
+    from fmnist_mlp.safe_yaml import load_yaml_file
 
-    raw = read_regular_file(path, MAX_CONFIG_BYTES, "config file", error=ConfigError)
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: cannot read config file ({exc})") from None
-    data = load_yaml(text, str(path))
+    data = load_yaml_file(path, "config file")
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -103,7 +103,7 @@ def atomic_write_bytes(path: str | Path, data: bytes, base: str | Path | None = 
 
 
 def atomic_write_text(path: str | Path, text: str, base: str | Path | None = None) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"), base=base)
+    safe_io.atomic_write_text(path, text, base=base)
 
 
 def atomic_write_json(path: str | Path, obj: Any, base: str | Path | None = None) -> None:
@@ -196,13 +196,7 @@ def is_stale(summary: Mapping[str, Any]) -> bool:
     pid = summary.get("pid")
     if not isinstance(pid, int) or pid <= 0:
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    return not safe_io.pid_alive(pid)
 
 
 class RunLog:
@@ -273,7 +267,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         # Names, shapes, dtypes and sizes from the headers, against the stored model spec,
         # before any array is read: a hostile header cannot make us allocate.
         with zipfile.ZipFile(path) as zf:
-            check_members(path, zf)
+            meta = check_members(path, zf)      # the parsed metadata, already checked
         with np.load(path, allow_pickle=False) as npz:
             arrays = {key: npz[key] for key in npz.files}   # read all now, inside the guard
     except ValueError as exc:
@@ -286,7 +280,6 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
                               f"{exc})") from None
     if not isinstance(arrays, dict) or "meta" not in arrays:
         raise CheckpointError(f"{path}: not a fmnist-mlp checkpoint (no 'meta' entry)")
-    meta = _json_entry(arrays["meta"], path, "meta")
     if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not a fmnist-mlp checkpoint")
     if meta.get("version") != CHECKPOINT_VERSION:

@@ -46,14 +46,12 @@ def collect_runs(runs_dir: str | Path) -> tuple[list[dict[str, Any]], list[str]]
 def _read_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """(summary, flattened config) of one run; whatever is wrong with it (unreadable, an alias
     bomb, a date, a nested list, a link) makes it one row marked "unreadable", not an error."""
-    from fmnist_mlp.safe_io import read_regular_file
-    from fmnist_mlp.safe_yaml import MAX_CONFIG_BYTES, load_yaml
+    from fmnist_mlp.safe_yaml import load_yaml_file
 
     try:
         summary = runs.read_summary(run_dir)
         run_guard.refuse_links_inside(run_dir, "config.yaml")
-        text = read_regular_file(run_dir / "config.yaml", MAX_CONFIG_BYTES, "run config")
-        config = load_yaml(text.decode("utf-8"), str(run_dir / "config.yaml"))
+        config = load_yaml_file(run_dir / "config.yaml", "run config", FmnistMlpError)
         if not isinstance(config, dict):
             raise ConfigError("not a mapping")
         flat = {str(k): _cell_value(v) for k, v in flatten(config).items()}
@@ -66,10 +64,7 @@ def _status(summary: dict[str, Any]) -> str:
     status = summary.get("status", "unknown")
     if not isinstance(status, str):
         return "unknown"
-    try:
-        return "stale" if runs.is_stale(summary) else printable(status)
-    except (TypeError, ValueError, OverflowError):
-        return printable(status)
+    return "stale" if runs.is_stale(summary) else printable(status)
 
 
 def _number(value: Any) -> float | int | None:

@@ -209,7 +209,8 @@ def atomic_write_text(path: str | os.PathLike, text: str, **kwargs) -> Path:
 # Stale temporaries
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` may exist on this host (unsure, e.g. another user's: yes)."""
     if pid == os.getpid():
         return True
     try:
@@ -227,7 +228,7 @@ def _stale_names(names: Iterator[str], legacy: bool, only_target: str | None) ->
         match = _TMP_RE.match(name)
         if match:
             if (only_target is None or match["target"] == only_target) \
-                    and not _pid_alive(int(match["pid"])):
+                    and not pid_alive(int(match["pid"])):
                 stale.append(name)
         elif legacy and _LEGACY_TMP_RE.match(name) and (
                 only_target is None or _LEGACY_TMP_RE.match(name)["target"] == only_target):

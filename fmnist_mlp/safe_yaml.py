@@ -9,11 +9,12 @@ larger than the text it read.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import yaml
 
-from fmnist_mlp.errors import ConfigError
+from fmnist_mlp.errors import ConfigError, FmnistMlpError
 
 MAX_DEPTH = 32                  # the schema is 3 deep; lists of lists add a level or two
 MAX_CONFIG_BYTES = 1 << 20      # a config is a few hundred bytes
@@ -65,3 +66,16 @@ def load_yaml(text: str, label: str) -> Any:
         raise ConfigError(f"{label}: invalid YAML{line}: {problem}") from None
     except RecursionError:      # belt and braces: the depth limit should make this unreachable
         raise ConfigError(f"{label}: invalid YAML: nested too deeply") from None
+
+
+def load_yaml_file(path: str | Path, what: str, error: type[FmnistMlpError] = ConfigError) -> Any:
+    """``path`` read as a bounded regular file (:func:`fmnist_mlp.safe_io.read_regular_file`),
+    decoded as UTF-8 and parsed with :func:`load_yaml`: how every YAML file a user names is read."""
+    from fmnist_mlp.safe_io import read_regular_file
+
+    raw = read_regular_file(path, MAX_CONFIG_BYTES, what, error=error)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: cannot read {what} ({exc})") from None
+    return load_yaml(text, str(path))
