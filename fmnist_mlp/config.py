@@ -162,17 +162,22 @@ def _source_label(path: str | Path | None, overrides: list[str]) -> str:
     return " + ".join(parts) or "config"
 
 
-def _read_yaml(path: Path) -> dict:
-    """A config file: a regular file of at most 1 MB (not /dev/zero, not a FIFO), strict YAML."""
+def read_yaml_file(path: Path, what: str = "config file") -> Any:
+    """A config-like file (``what`` names it in errors): a regular file of at most 1 MB (not
+    /dev/zero, not a FIFO), strict YAML (no anchors or aliases, bounded nesting)."""
     from fmnist_mlp.safe_io import read_regular_file
     from fmnist_mlp.safe_yaml import MAX_CONFIG_BYTES, load_yaml
 
-    raw = read_regular_file(path, MAX_CONFIG_BYTES, "config file", error=ConfigError)
+    raw = read_regular_file(path, MAX_CONFIG_BYTES, what, error=ConfigError)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: cannot read config file ({exc})") from None
-    data = load_yaml(text, str(path))
+        raise ConfigError(f"{path}: cannot read {what} ({exc})") from None
+    return load_yaml(text, str(path))
+
+
+def _read_yaml(path: Path) -> dict:
+    data = read_yaml_file(path)
     if data is None:
         return {}
     if not isinstance(data, dict):
