@@ -45,6 +45,11 @@ class Param:
         return value
 
 
+def decode_params(stored: Mapping[str, Any], space: tuple[Param, ...]) -> dict[str, Any]:
+    """A trial's parameters as Optuna stored them, back as config values."""
+    return {p.key: p.decode(stored[p.key]) for p in space if p.key in stored}
+
+
 @dataclasses.dataclass(frozen=True)
 class SweepSpec:
     source: str
