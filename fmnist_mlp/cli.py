@@ -399,7 +399,7 @@ def sweep_status(sweep_dir, as_json):
     from fmnist_mlp.sweep.study import open_sweep
 
     status = status_of(open_sweep(sweep_dir))
-    click.echo(json.dumps(status) if as_json else format_status(status))
+    click.echo(_json_dumps(status) if as_json else format_status(status))
 
 
 @sweep.command("report")

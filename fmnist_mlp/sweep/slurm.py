@@ -11,6 +11,7 @@ from pathlib import Path
 
 from fmnist_mlp.errors import ConfigError, FmnistMlpError
 from fmnist_mlp.runs import atomic_write_text
+from fmnist_mlp.sweep.launch import BLAS_VARS
 
 
 class SlurmError(FmnistMlpError):
@@ -30,7 +31,7 @@ def batch_script(args: list[str], workers: int, log_dir: Path) -> str:
         "#SBATCH --open-mode=append",
         f"#SBATCH --output={log_dir}/%A_%a.out",
         'threads=${SLURM_CPUS_PER_TASK:-1}',
-        'export OMP_NUM_THREADS=$threads OPENBLAS_NUM_THREADS=$threads MKL_NUM_THREADS=$threads',
+        "export " + " ".join(f"{v}=$threads" for v in BLAS_VARS),
         f"exec {command}", ""])
 
 

@@ -16,6 +16,7 @@ from typing import Any, Mapping
 
 
 from fmnist_mlp.config import Config, all_key_paths, config_to_dict, load_config
+from fmnist_mlp.safe_yaml import load_yaml_file
 from fmnist_mlp.config_validate import _suggest, type_name
 from fmnist_mlp.errors import ConfigError
 
@@ -43,6 +44,11 @@ class Param:
         if self.kind == "choice":
             return self.values[self.encoded_choices().index(value)]
         return value
+
+
+def decode_params(stored: Mapping[str, Any], space: tuple[Param, ...]) -> dict[str, Any]:
+    """A trial's parameters as Optuna stored them, back as config values."""
+    return {p.key: p.decode(stored[p.key]) for p in space if p.key in stored}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,20 +86,12 @@ class SweepSpec:
 
 def load_spec(path: str | Path) -> SweepSpec:
     """Read and check a spec file; every problem is one ConfigError line (exit 2)."""
-    from fmnist_mlp.safe_io import read_regular_file
-    from fmnist_mlp.safe_yaml import MAX_CONFIG_BYTES, load_yaml
-
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: sweep spec not found")
     # Read as a config is: a bounded regular file, no anchors or aliases (an alias bomb in a
     # choice list otherwise expands for minutes), bounded nesting.
-    data = read_regular_file(path, MAX_CONFIG_BYTES, "sweep spec", ConfigError)
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: cannot read sweep spec ({exc})") from None
-    raw = load_yaml(text, str(path))
+    raw = load_yaml_file(path, "sweep spec")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping (base, set, space, ...), got {type_name(raw)}")
     return spec_from_dict(raw, source=str(path), root=path.parent)

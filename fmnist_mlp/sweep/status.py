@@ -9,7 +9,7 @@ from typing import Any
 
 from fmnist_mlp import runs
 from fmnist_mlp.errors import FmnistMlpError
-from fmnist_mlp.sweep.spec import Param
+from fmnist_mlp.sweep.spec import Param, decode_params
 from fmnist_mlp.sweep.study import Sweep, claim_lock, import_optuna, is_trial_held
 
 STATES = {"COMPLETE": "finished", "PRUNED": "pruned", "FAIL": "failed", "WAITING": "waiting"}
@@ -40,8 +40,7 @@ def trial_rows(sweep: Sweep) -> list[dict[str, Any]]:
         summary = _summary(run_dir)
         best = t.value if t.value is not None else summary.get("best_val_acc")
         rows.append({"number": t.number, "state": state,
-                     "params": {p.key: p.decode(t.params[p.key]) for p in space
-                                if p.key in t.params},
+                     "params": decode_params(t.params, space),
                      "best_val_acc": best if _finite(best) else None,
                      "epochs": summary.get("epochs_completed"), "run_dir": run_dir,
                      "worker": t.user_attrs.get("worker")})

@@ -18,7 +18,7 @@ from typing import Any, Callable
 from fmnist_mlp import runs
 from fmnist_mlp.errors import TrainingDivergedError, TrainingInterrupted, TrainingPruned
 from fmnist_mlp.run_guard import RunLock
-from fmnist_mlp.sweep.spec import Param
+from fmnist_mlp.sweep.spec import decode_params
 from fmnist_mlp.sweep.study import (Sweep, claim_lock, import_optuna, make_pruner, make_sampler,
                                     suggest, try_lock_trial)
 
@@ -66,10 +66,6 @@ def claim_next(sweep: Sweep) -> Claim | None:
         assert fd is not None, "a new trial's lock is free"      # we hold the claim lock
         params = suggest(trial, spec)
         return Claim(trial.number, trial._trial_id, params, None, fd)
-
-
-def decode_params(stored: dict[str, Any], space: tuple[Param, ...]) -> dict[str, Any]:
-    return {p.key: p.decode(stored[p.key]) for p in space if p.key in stored}
 
 
 class _ReportToTrial:
