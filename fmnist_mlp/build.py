@@ -117,11 +117,11 @@ def split_kwargs(config: Config | Mapping[str, Any]) -> dict[str, Any]:
 
 
 def build_augmenter(config: Config | Mapping[str, Any]):
-    """``augment(batch, rng)`` applying the configured training augmentations, or None."""
+    """``augment(batch, rng, rows, epoch)`` applying the configured training augmentations, or None."""
     from fmnist_mlp.augment import make_augmenter
 
     a = as_config(config).data.augment
-    return make_augmenter(a.flip, a.shift, a.cutout)
+    return make_augmenter(a.flip, a.shift, a.cutout, a.alternate_flip)
 
 
 def loop_settings(config: Config | Mapping[str, Any]):

@@ -52,6 +52,7 @@ def _opt(default: Any, *, choices: tuple | _Names = (), lo: float | None = None,
 @dataclass(frozen=True)
 class AugmentConfig:
     flip: bool = _opt(False)                 # random horizontal flips, p = 0.5 per image
+    alternate_flip: bool = _opt(False)       # with flip: each image mirrored every other epoch
     shift: int = _opt(0, lo=0, hi=27)         # random shifts of up to N pixels in x and y
     cutout: int = _opt(0, lo=0, hi=28)        # blank a random N×N square of each training image
     test_flip: bool = _opt(False)            # test/eval: mean of each image and its mirror
@@ -229,6 +230,8 @@ def _check_cross_fields(cfg: Config, source: str) -> None:
                           f"(got {cfg.model.output!r}); use squared_error for other outputs")
     if cfg.loss.label_smoothing and cfg.loss.name != "cross_entropy":
         raise ConfigError(f"{source}: loss.label_smoothing: only used with cross_entropy")
+    if cfg.data.augment.alternate_flip and not cfg.data.augment.flip:
+        raise ConfigError(f"{source}: data.augment.alternate_flip: needs data.augment.flip: true")
     if cfg.distill.teachers and cfg.loss.name != "cross_entropy":
         raise ConfigError(f"{source}: distill.teachers: distillation needs loss.name "
                           f"cross_entropy (got {cfg.loss.name!r})")

@@ -62,7 +62,7 @@ class LoopSettings:
 def fit(model: Any, optimizer: Any, lr_at: Callable[[int], float],
         x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
         settings: LoopSettings, rngs: Mapping[str, np.random.Generator],
-        augment: Callable[[np.ndarray, np.random.Generator], None] | None = None,
+        augment: Callable[[np.ndarray, np.random.Generator, np.ndarray, int], None] | None = None,
         state: TrainState | None = None, callback: Callback | None = None,
         targets: np.ndarray | None = None) -> TrainState:
     """Train from ``state`` (a fresh one by default) until ``settings.epochs`` are done.
@@ -133,7 +133,7 @@ def _train_one_epoch(model, optimizer, lr_at, x, y, settings, rngs, augment, sta
             tb = tb_full[:m]
             np.take(targets, idx, axis=0, out=tb)
         if augment is not None:
-            augment(xb, augment_rng)
+            augment(xb, augment_rng, idx, state.epoch)
         loss, correct = model.loss_and_grad(xb, yb, rng=dropout_rng, targets=tb)
         loss = float(loss)
         if not math.isfinite(loss):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fmnist_mlp.augment import make_augmenter, random_flip, random_shift
+from fmnist_mlp.augment import alternating_flip, make_augmenter, random_flip, random_shift
 
 
 def _images(n, seed=0):
@@ -24,6 +24,30 @@ def test_flip_mirrors_about_half_of_the_images():
     assert 70 < sum(flipped) < 130
 
 
+def test_alternating_flip_mirrors_each_image_in_exactly_one_of_two_consecutive_epochs():
+    original = _images(64).reshape(-1, 28, 28)
+    rows = np.random.default_rng(3).permutation(1000)[:64]     # a shuffled batch's row numbers
+    mirrored = []
+    for epoch in range(4):
+        x = original.copy().reshape(64, 784)
+        alternating_flip(x, rows, epoch)
+        imgs = x.reshape(-1, 28, 28)
+        flipped = np.array([np.array_equal(a, b[:, ::-1]) for a, b in zip(imgs, original)])
+        kept = np.array([np.array_equal(a, b) for a, b in zip(imgs, original)])
+        assert np.all(flipped != kept)
+        mirrored.append(flipped)
+    for a, b in zip(mirrored, mirrored[1:]):
+        np.testing.assert_array_equal(a, ~b)                     # every image, every other epoch
+    np.testing.assert_array_equal(mirrored[0], rows % 2 == 0)
+    aug = make_augmenter(flip=True, alternate_flip=True)
+    x = original.copy().reshape(64, 784)
+    aug(x, np.random.default_rng(0), rows, 1)
+    np.testing.assert_array_equal(x.reshape(-1, 28, 28)[rows % 2 == 1],
+                                  original[rows % 2 == 1][:, :, ::-1])
+    with pytest.raises(ValueError, match="alternate_flip"):
+        make_augmenter(flip=False, alternate_flip=True)
+
+
 def test_shift_translates_and_fills_with_background():
     x = _images(50)
     original = x.copy().reshape(-1, 28, 28)
@@ -41,8 +65,8 @@ def test_make_augmenter_none_and_determinism():
     assert make_augmenter(False, 0) is None
     aug = make_augmenter(True, 2)
     a, b = _images(16), _images(16)
-    aug(a, np.random.default_rng(7))
-    aug(b, np.random.default_rng(7))
+    aug(a, np.random.default_rng(7), np.arange(16), 0)
+    aug(b, np.random.default_rng(7), np.arange(16), 0)
     np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="shift"):
         make_augmenter(False, -1)

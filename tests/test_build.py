@@ -46,6 +46,7 @@ WALK = {
     "data.normalize": ("scale", {}, "splits"),
     "data.subset": (50, {}, "splits"),
     "data.augment.flip": (True, {}, "augment"),
+    "data.augment.alternate_flip": (True, {"data.augment.flip": True}, "augment"),
     "data.augment.shift": (2, {}, "augment"),
     "data.augment.cutout": (5, {}, "augment"),
     "data.augment.test_flip": (True, {}, "scores"),
@@ -121,7 +122,7 @@ def what_a_run_builds(flat: dict) -> dict[str, object]:
     batch = np.linspace(-1.0, 1.0, 4 * 784).reshape(4, 784)
     augment = build_augmenter(cfg)
     if augment is not None:
-        augment(batch, np.random.default_rng(0))
+        augment(batch, np.random.default_rng(0), np.arange(4), 1)
     scorer = build_scorer(model, cfg)
     return {
         "splits": _digest(*(array for split in splits[:3] for array in split)),
