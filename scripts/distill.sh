@@ -1,26 +1,56 @@
 #!/usr/bin/env bash
-# Knowledge distillation end to end: train the teachers (configs/best.yaml, seeds 0 1 2), then the
-# student (configs/distilled.yaml) with their run directories as distill.teachers.
+# Knowledge distillation end to end: train the teachers (the sweep SPEC, sweeps/frontier.yaml by
+# default: four variants of the best recipe), then the student (configs/distilled.yaml) with every
+# finished trial's run directory as distill.teachers.
 #
-# Usage: scripts/distill.sh [-r RUNS_DIR] [TEACHER_RUN ...]
-#   with TEACHER_RUNs given, no teachers are trained: those runs teach (e.g. an earlier call's).
-# Prints the teachers' and the student's run directories; `fmnist-mlp runs --runs-dir RUNS_DIR`
-# then shows their accuracies and wall times (the teachers' time is the student's real cost too).
+# Usage: scripts/distill.sh [-r RUNS_DIR] [-s SPEC] [-j JOBS] [TEACHER_RUN ...] [-- STUDENT_ARGS]
+#   RUNS_DIR  where the teachers' sweep (RUNS_DIR/teachers) and the student go
+#             (default: runs/distill-YYYYmmdd-HHMMSS)
+#   SPEC      the sweep that trains the teachers; run again to continue an interrupted one
+#   JOBS      sweep workers on this machine (default 2)
+#   TEACHER_RUN ...  skip the sweep: these runs teach (e.g. an earlier call's)
+#   STUDENT_ARGS     extra `fmnist-mlp train` arguments for the student, e.g. --set seed=0
+# The teachers and the student share the config's seed, hence its train/validation split: no
+# teacher has trained on an image the student validates on. Prints the student's run directory;
+# `fmnist-mlp runs --runs-dir RUNS_DIR/teachers/runs` shows the teachers' accuracies and wall
+# times (their training is the student's real cost too).
 set -euo pipefail
 
 runs_dir="runs/distill-$(date +%Y%m%d-%H%M%S)"
-if [[ ${1:-} == -r ]]; then runs_dir=$2; shift 2; fi
+spec=sweeps/frontier.yaml
+jobs=2
+teachers=()
+student_args=()
+while [[ $# -gt 0 ]]; do
+    case $1 in
+        -r) runs_dir=$2; shift 2 ;;
+        -s) spec=$2; shift 2 ;;
+        -j) jobs=$2; shift 2 ;;
+        --) shift; student_args=("$@"); break ;;
+        -*) echo "distill.sh: unknown option $1 (see the usage at the top of the script)" >&2; exit 2 ;;
+        *) teachers+=("$(realpath -m -- "$1")"); shift ;;
+    esac
+done
+# Paths given relative to the caller's directory, resolved before the cd below.
+runs_dir=$(realpath -m -- "$runs_dir")
+spec=$(realpath -m -- "$spec")
 cd "$(dirname "$0")/.."
-teachers=("$@")
+
 if [[ ${#teachers[@]} -eq 0 ]]; then
-    for seed in 0 1 2; do
-        echo "== teacher: configs/best.yaml seed $seed" >&2
-        teachers+=("$(fmnist-mlp train --config configs/best.yaml --set seed=$seed \
-                      --name "teacher-seed$seed" --runs-dir "$runs_dir" --quiet)")
-    done
+    echo "== teachers: fmnist-mlp sweep run $spec --dir $runs_dir/teachers --jobs $jobs" >&2
+    fmnist-mlp sweep run "$spec" --dir "$runs_dir/teachers" --jobs "$jobs" >&2
+    mapfile -t teachers < <(fmnist-mlp sweep status "$runs_dir/teachers" --json | python -c '
+import json, sys
+for trial in json.load(sys.stdin)["trials"]:
+    if trial["state"] == "finished":
+        print(trial["run_dir"])')
+    if [[ ${#teachers[@]} -eq 0 ]]; then
+        echo "distill.sh: the sweep in $runs_dir/teachers has no finished trial to teach" >&2
+        exit 1
+    fi
 fi
 list=$(IFS=,; echo "${teachers[*]}")
 echo "teachers: ${teachers[*]}" >&2
 echo "== student: configs/distilled.yaml" >&2
 fmnist-mlp train --config configs/distilled.yaml --set "distill.teachers=[$list]" \
-    --runs-dir "$runs_dir" --quiet
+    --runs-dir "$runs_dir" --name student --quiet ${student_args[@]+"${student_args[@]}"}

@@ -16,6 +16,7 @@ from fmnist_mlp.distill import mean_softened, mix_targets, soften
 from fmnist_mlp.errors import ConfigError
 from fmnist_mlp.nn import MLP
 from fmnist_mlp.nn.losses import one_hot_targets, softmax
+from sweep_helpers import REPO, write_spec
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 SMALL = ["--set", "data.subset=1000", "--set", "data.val_size=500", "--set", "model.hidden=[32]",
@@ -146,3 +147,28 @@ def test_student_trains_from_a_real_teacher_and_a_missing_teacher_is_one_line(
     assert "no-such-run" in missing.stderr and "Traceback" not in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == before
+
+
+@pytest.mark.slow
+def test_distill_script_trains_teachers_by_sweep_then_the_student(real_data_dir, tmp_path):
+    """scripts/distill.sh end to end on a tiny sweep: every finished trial teaches the student,
+    and a relative -r is resolved against the caller's directory, not the repository."""
+    spec = write_spec(tmp_path / "teachers.yaml", method="grid", trials=2,
+                      space={"model.dropout": {"choice": [0.0, 0.2]}})
+    env = {**ENV, "PYTHONPATH": str(REPO), "FMNIST_MLP_DATA_DIR": real_data_dir,
+           "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "distill.sh"), "-r", "out", "-s", spec.name,
+                           "-j", "1", "--", *SMALL, "--set", "distill.weight=0.6"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    student = proc.stdout.strip().splitlines()[-1]
+    assert student.startswith(str(tmp_path / "out"))
+    summary = json.loads(open(os.path.join(student, "summary.json")).read())
+    assert summary["status"] == "finished"
+    teachers = load_config(os.path.join(student, "config.yaml")).distill.teachers
+    trials = sorted(str(p) for p in (tmp_path / "out" / "teachers" / "runs").iterdir())
+    assert sorted(teachers) == trials and len(trials) == 2
+
+    bad = subprocess.run(["bash", str(REPO / "scripts" / "distill.sh"), "--bogus"], cwd=tmp_path,
+                         env=env, capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "--bogus" in bad.stderr
