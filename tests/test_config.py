@@ -192,3 +192,12 @@ def test_loading_the_config_module_does_not_import_numpy():
     code = "import sys, fmnist_mlp.config; print('numpy' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_distilled_yaml_is_best_yaml_plus_the_distillation_block():
+    """The student's recipe is written twice (a config cannot include another): keep them equal."""
+    import dataclasses
+
+    best, distilled = load_config(CONFIGS / "best.yaml"), load_config(CONFIGS / "distilled.yaml")
+    assert dataclasses.replace(distilled, distill=best.distill) == best
+    assert distilled.distill.weight > 0 and not distilled.distill.teachers
