@@ -3,15 +3,21 @@
 # the README's results table comes from this.
 #
 # Usage: scripts/results-table.sh [-r RUNS_DIR] [CONFIG.yaml ...]
-#   default: all of configs/*.yaml except best.yaml (which takes minutes; name it to include it)
+#   default: all of configs/*.yaml except best.yaml and distilled.yaml (a quarter of an hour
+#   each; name them to include them)
 set -uo pipefail
 
 runs_dir="runs/results-$(date +%Y%m%d-%H%M%S)"
 if [[ ${1:-} == -r ]]; then runs_dir=$2; shift 2; fi
+# Paths given relative to the caller's directory, resolved before the cd below.
+runs_dir=$(realpath -m -- "$runs_dir")
+configs=()
+for c in "$@"; do configs+=("$(realpath -m -- "$c")"); done
 cd "$(dirname "$0")/.."
-configs=("$@")
 if [[ ${#configs[@]} -eq 0 ]]; then
-    for c in configs/*.yaml; do [[ $c == configs/best.yaml ]] || configs+=("$c"); done
+    for c in configs/*.yaml; do
+        [[ $c == configs/best.yaml || $c == configs/distilled.yaml ]] || configs+=("$c")
+    done
 fi
 
 failed=0
