@@ -13,6 +13,7 @@ from typing import Any, Callable, Mapping, Protocol
 
 import numpy as np
 
+from fmnist_mlp.augment import Augmenter
 from fmnist_mlp.errors import TrainingDivergedError, TrainingInterrupted
 
 
@@ -62,7 +63,7 @@ class LoopSettings:
 def fit(model: Any, optimizer: Any, lr_at: Callable[[int], float],
         x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
         settings: LoopSettings, rngs: Mapping[str, np.random.Generator],
-        augment: Callable[[np.ndarray, np.random.Generator, np.ndarray, int], None] | None = None,
+        augment: Augmenter | None = None,
         state: TrainState | None = None, callback: Callback | None = None,
         targets: np.ndarray | None = None) -> TrainState:
     """Train from ``state`` (a fresh one by default) until ``settings.epochs`` are done.
