@@ -68,6 +68,19 @@ def random_cutout(batch: np.ndarray, rng: np.random.Generator, size: int, side: 
     images[rows[:, :, None] & cols[:, None, :]] = batch.min()
 
 
+def mixup(batch: np.ndarray, targets: np.ndarray, rng: np.random.Generator, alpha: float) -> None:
+    """Mixup (Zhang et al. 2018): each image and its target row become λ·own + (1 − λ)·partner's,
+    the partner a random permutation of the batch, λ ~ Beta(α, α) once per batch. In place:
+    batch (B, D) and targets (B, K), rows of ``targets`` summing to one stay so."""
+    lam = rng.beta(alpha, alpha)
+    partner = rng.permutation(batch.shape[0])
+    for array in (batch, targets):
+        mixed = array[partner]                      # a copy: the partners before any mixing
+        array *= lam
+        mixed *= 1.0 - lam
+        array += mixed
+
+
 def make_augmenter(flip: bool = False, shift: int = 0, cutout: int = 0,
                    alternate_flip: bool = False) -> Augmenter | None:
     """A function ``(batch, rng, rows, epoch) -> None`` applying the chosen augmentations, or None

@@ -125,11 +125,13 @@ def build_augmenter(config: Config | Mapping[str, Any]):
 
 
 def loop_settings(config: Config | Mapping[str, Any]):
-    """The training loop's settings: epochs, batch sizes, early stopping."""
+    """The training loop's settings: epochs, batch sizes, early stopping, mixup."""
     from fmnist_mlp.train import LoopSettings
 
-    t = as_config(config).train
-    return LoopSettings(t.epochs, t.batch_size, t.eval_batch_size, t.early_stopping_patience)
+    cfg = as_config(config)
+    t = cfg.train
+    return LoopSettings(t.epochs, t.batch_size, t.eval_batch_size, t.early_stopping_patience,
+                        cfg.data.augment.mixup)
 
 
 def build_scorer(model, config: Config | Mapping[str, Any]):

@@ -55,6 +55,7 @@ class AugmentConfig:
     alternate_flip: bool = _opt(False)       # with flip: each image mirrored every other epoch
     shift: int = _opt(0, lo=0, hi=27)         # random shifts of up to N pixels in x and y
     cutout: int = _opt(0, lo=0, hi=28)        # blank a random N×N square of each training image
+    mixup: float = _opt(0.0, lo=0.0)          # α of mixup's Beta(α, α) pair weights; 0 = off
     test_flip: bool = _opt(False)            # test/eval: mean of each image and its mirror
 
 
@@ -125,6 +126,7 @@ class DistillConfig:
     teachers: tuple[str, ...] = _opt(())        # run directories; [] = no distillation
     weight: float = _opt(0.5, lo=0.0, hi=1.0)  # target = (1 − weight)·labels + weight·teachers
     temperature: float = _opt(1.0, lo=0.0, lo_open=True)   # softens the teachers' probabilities
+    consistent: bool = _opt(False)   # teachers score each batch as the student sees it, not once
 
 
 @dataclass(frozen=True)
@@ -235,6 +237,8 @@ def _check_cross_fields(cfg: Config, source: str) -> None:
     if cfg.distill.teachers and cfg.loss.name != "cross_entropy":
         raise ConfigError(f"{source}: distill.teachers: distillation needs loss.name "
                           f"cross_entropy (got {cfg.loss.name!r})")
+    if cfg.distill.consistent and not cfg.distill.teachers:
+        raise ConfigError(f"{source}: distill.consistent: needs distill.teachers")
     if cfg.schedule.warmup_epochs >= cfg.train.epochs and cfg.schedule.warmup_epochs:
         raise ConfigError(f"{source}: schedule.warmup_epochs: must be < train.epochs "
                           f"({cfg.train.epochs}), got {cfg.schedule.warmup_epochs}")

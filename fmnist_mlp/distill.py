@@ -4,9 +4,18 @@ A student learns from ``target = (1 − w)·labels + w·teachers``: ``labels`` t
 rows, ``teachers`` the mean over teachers of each one's probabilities softened by a temperature
 T. Softening p with T is softmax(log p / T), which for a single network equals softmax(logits / T);
 working from probabilities lets a flip-averaged teacher be softened the same way.
+
+The teachers score the student's training images either once, before training, on the images as
+stored (:func:`mix_targets` of the fixed probabilities), or on every batch as the student sees it,
+after its flips, shifts and mixup (:class:`ConsistentTeachers`: "function matching", Beyer et al.,
+"Knowledge distillation: A good teacher is patient and consistent", CVPR 2022). Teachers that
+memorised their training images give near-one-hot probabilities on them; on a shifted, mirrored
+or mixed view they have to say what they think, which is what a student can learn from.
 """
 
 from __future__ import annotations
+
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -36,3 +45,31 @@ def mix_targets(labels: np.ndarray, teachers: np.ndarray, weight: float, dtype) 
     if labels.shape != teachers.shape:
         raise ValueError(f"labels {labels.shape} and teacher targets {teachers.shape} differ in shape")
     return ((1.0 - weight) * labels + weight * teachers).astype(dtype)
+
+
+class ConsistentTeachers:
+    """Soft targets for a batch the student is about to learn from, scored on that very batch.
+
+    ``teachers`` are models with ``forward(x) -> (N, K)`` probabilities in evaluation mode;
+    ``input_maps`` gives each one's (scale, shift) from the student's normalised inputs to its own
+    (x·scale + shift: both standardise the same raw pixels, perhaps with other means and stds).
+    Calling it with the batch x (B, D) and its label targets (B, K) returns
+    ``(1 − weight)·labels + weight·mean_softened(teachers(x), temperature)`` in x's dtype.
+    Each call costs one forward pass per teacher.
+    """
+
+    def __init__(self, teachers: Sequence[Any], input_maps: Sequence[tuple[float, float]],
+                 weight: float, temperature: float) -> None:
+        if not teachers:
+            raise ValueError("distillation needs at least one teacher")
+        if len(input_maps) != len(teachers):
+            raise ValueError("one (scale, shift) input map per teacher")
+        self.teachers, self.input_maps = list(teachers), list(input_maps)
+        self.weight, self.temperature = weight, temperature
+
+    def __call__(self, x: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        probs = []
+        for teacher, (scale, shift) in zip(self.teachers, self.input_maps):
+            seen = x if (scale, shift) == (1.0, 0.0) else x * scale + shift
+            probs.append(teacher.forward(seen.astype(teacher.dtype, copy=False)))
+        return mix_targets(labels, mean_softened(probs, self.temperature), self.weight, x.dtype)

@@ -96,34 +96,55 @@ def evaluate_checkpoint(run_dir_or_checkpoint: str | Path, split: str = "test",
             **classification_report(data.y, outputs, model.spec()["output"])}
 
 
-def distill_targets(cfg: Config, splits, data_dir: str | Path | None = None) -> np.ndarray:
-    """(N_train, K) soft targets for the student's training split: its (smoothed) one-hot labels
-    mixed with the teachers' averaged, temperature-softened probabilities (``cfg.distill``).
+def distill_targets(cfg: Config, splits, data_dir: str | Path | None = None):
+    """What the student learns from, as ``(targets, teacher)`` for :func:`fmnist_mlp.train.fit`.
 
-    Each teacher scores the student's training images as ``eval`` would (its best checkpoint, its
-    flip averaging), after they are re-normalised with the teacher's own mean and std (from its
-    checkpoint's metadata; :func:`fmnist_mlp.trained.load_trained` recomputes it only for
-    checkpoints older than that metadata).
+    Teachers scored once (the default): ``targets`` (N_train, K), the (smoothed) one-hot labels
+    mixed with the teachers' averaged, temperature-softened probabilities (``cfg.distill``), each
+    teacher scoring the images as ``eval`` would (its flip averaging too); ``teacher`` None.
+    ``distill.consistent``: ``targets`` None and ``teacher`` a
+    :class:`~fmnist_mlp.distill.ConsistentTeachers` that scores every batch as the student sees it.
+
+    Each teacher is its best checkpoint. Its inputs are the student's, re-normalised with the
+    teacher's own mean and std (from its checkpoint's metadata; :func:`fmnist_mlp.trained.load_trained`
+    recomputes them only for checkpoints older than that metadata).
     """
-    from fmnist_mlp.distill import mean_softened, mix_targets
+    from fmnist_mlp.distill import ConsistentTeachers, mean_softened, mix_targets
     from fmnist_mlp.nn.losses import one_hot_targets
     from fmnist_mlp.trained import load_trained
 
     d = cfg.distill
+    teachers = [load_trained(run, data_dir) for run in d.teachers]
+    # x·std + mean is x/255 again; a teacher normalises that with its own mean and std.
+    input_maps = [(splits.std / t.std, (splits.mean - t.mean) / t.std) for t in teachers]
+    if d.consistent:
+        _check_teachers_fit(d.teachers, [t.model for t in teachers], splits.train.x[:1])
+        return None, ConsistentTeachers([t.model for t in teachers], input_maps, d.weight,
+                                        d.temperature)
     probs = []
-    for run in d.teachers:
-        teacher = load_trained(run, data_dir)
-        # x·std + mean is x/255 again; the teacher normalises that with its own mean and std.
-        scale, shift = splits.std / teacher.std, (splits.mean - teacher.mean) / teacher.std
+    for run, teacher, (scale, shift) in zip(d.teachers, teachers, input_maps):
         x = (splits.train.x * scale + shift).astype(teacher.model.spec()["dtype"], copy=False)
+        _check_teachers_fit([run], [teacher.model], x[:1])
+        probs.append(teacher.scorer.forward(x))
+    labels = one_hot_targets(splits.train.y, probs[0].shape[1], cfg.loss.label_smoothing,
+                             np.float64)
+    return mix_targets(labels, mean_softened(probs, d.temperature), d.weight,
+                       splits.train.x.dtype), None
+
+
+def _check_teachers_fit(runs_given, models, x: np.ndarray) -> None:
+    """Each teacher must take the student's images and score its classes: one line if not."""
+    from fmnist_mlp.data.idx import NUM_CLASSES
+
+    for run, model in zip(runs_given, models):
         try:
-            probs.append(teacher.scorer.forward(x))
+            out = model.forward(x.astype(model.dtype))
         except ValueError as exc:
             raise CheckpointError(f"distill.teachers: {run}: cannot score the student's images "
                                   f"({exc})") from None
-    labels = one_hot_targets(splits.train.y, probs[0].shape[1], cfg.loss.label_smoothing,
-                             np.float64)
-    return mix_targets(labels, mean_softened(probs, d.temperature), d.weight, splits.train.x.dtype)
+        if out.shape[1] != NUM_CLASSES:
+            raise CheckpointError(f"distill.teachers: {run}: scores {out.shape[1]} classes, "
+                                  f"not the dataset's {NUM_CLASSES}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,7 +208,8 @@ def _train(cfg, name, runs_dir, data_dir, run_dir, ckpt, locks, callback, on_run
 
         require_tensorboardx()
     splits = load_splits_for(cfg, data_dir, progress=callback is not None)  # before any mkdir
-    targets = distill_targets(cfg, splits, data_dir) if cfg.distill.teachers else None
+    targets, teacher = (distill_targets(cfg, splits, data_dir) if cfg.distill.teachers
+                        else (None, None))
     streams = make_streams(cfg.seed)
     y_train = splits.train.y
     steps = steps_per_epoch(cfg, len(y_train))
@@ -210,7 +232,7 @@ def _train(cfg, name, runs_dir, data_dir, run_dir, ckpt, locks, callback, on_run
                            normalization={"mean": splits.mean, "std": splits.std})
     try:
         fit(model, optimizer, engine.lr_at, x_train, y_train, splits.val.x, splits.val.y,
-            loop_settings(cfg), streams, build_augmenter(cfg), state, recorder, targets)
+            loop_settings(cfg), streams, build_augmenter(cfg), state, recorder, targets, teacher)
         scores = _test_scores(run_dir, splits.test, cfg)
     except (TrainingInterrupted, KeyboardInterrupt) as exc:
         raise _interrupted(recorder, run_dir, str(exc) or "interrupted") from None

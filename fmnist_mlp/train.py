@@ -13,8 +13,9 @@ from typing import Any, Callable, Mapping, Protocol
 
 import numpy as np
 
-from fmnist_mlp.augment import Augmenter
+from fmnist_mlp.augment import Augmenter, mixup
 from fmnist_mlp.errors import TrainingDivergedError, TrainingInterrupted
+from fmnist_mlp.nn.losses import one_hot_targets
 
 
 @dataclass
@@ -58,6 +59,11 @@ class LoopSettings:
     batch_size: int
     eval_batch_size: int = 2000
     patience: int | None = None     # early stopping: epochs without val-accuracy improvement
+    mixup: float = 0.0              # mixup's α; 0 = off
+
+
+# A teacher for the batch at hand: (augmented batch (B, D), its label targets (B, K)) -> targets.
+Teacher = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 def fit(model: Any, optimizer: Any, lr_at: Callable[[int], float],
@@ -65,11 +71,13 @@ def fit(model: Any, optimizer: Any, lr_at: Callable[[int], float],
         settings: LoopSettings, rngs: Mapping[str, np.random.Generator],
         augment: Augmenter | None = None,
         state: TrainState | None = None, callback: Callback | None = None,
-        targets: np.ndarray | None = None) -> TrainState:
+        targets: np.ndarray | None = None, teacher: Teacher | None = None) -> TrainState:
     """Train from ``state`` (a fresh one by default) until ``settings.epochs`` are done.
 
     x_train: (N, 784) C-contiguous, the model's dtype; y_train: (N,) int; ``targets``: optional
-    (N, K) rows that replace the one-hot labels in the loss (distillation). ``rngs`` holds the
+    (N, K) rows that replace the one-hot labels in the loss (distillation from teachers scored
+    once); ``teacher`` instead makes each batch's targets from the batch itself, after
+    augmentation and mixup (:class:`fmnist_mlp.distill.ConsistentTeachers`). ``rngs`` holds the
     ``shuffle``, ``dropout`` and ``augment`` generators. Raises :class:`TrainingInterrupted` on
     Ctrl-C (the callback's last ``on_epoch_end`` describes the state to save) and
     :class:`TrainingDivergedError` when a loss becomes NaN or infinite. Validation scores the
@@ -82,7 +90,7 @@ def fit(model: Any, optimizer: Any, lr_at: Callable[[int], float],
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             # Overflow warnings only precede the NaN/inf loss _check_finite reports in one line.
             _run_epochs(model, optimizer, lr_at, x_train, y_train, x_val, y_val, settings,
-                        rngs, augment, state, callback, targets)
+                        rngs, augment, state, callback, targets, teacher)
     except KeyboardInterrupt:
         when = (f"during epoch {state.epoch + 1}" if state.epoch < settings.epochs
                 and not state.early_stopped else f"after epoch {state.epoch}")
@@ -91,10 +99,10 @@ def fit(model: Any, optimizer: Any, lr_at: Callable[[int], float],
 
 
 def _run_epochs(model, optimizer, lr_at, x_train, y_train, x_val, y_val, settings, rngs,
-                augment, state, callback, targets=None) -> None:
+                augment, state, callback, targets=None, teacher=None) -> None:
     while state.epoch < settings.epochs and not state.early_stopped:
         train_metrics = _train_one_epoch(model, optimizer, lr_at, x_train, y_train, settings,
-                                         rngs, augment, state, callback, targets)
+                                         rngs, augment, state, callback, targets, teacher)
         t0 = time.perf_counter()
         val_loss, val_acc = model.evaluate(x_val, y_val, batch_size=settings.eval_batch_size)
         _check_finite(val_loss, f"validation loss after epoch {state.epoch + 1}",
@@ -109,7 +117,7 @@ def _run_epochs(model, optimizer, lr_at, x_train, y_train, x_val, y_val, setting
 
 
 def _train_one_epoch(model, optimizer, lr_at, x, y, settings, rngs, augment, state, callback,
-                     targets=None):
+                     targets=None, teacher=None):
     n = x.shape[0]
     batch_size = min(settings.batch_size, n)
     num_batches = -(-n // batch_size)
@@ -135,6 +143,13 @@ def _train_one_epoch(model, optimizer, lr_at, x, y, settings, rngs, augment, sta
             np.take(targets, idx, axis=0, out=tb)
         if augment is not None:
             augment(xb, augment_rng, idx, state.epoch)
+        if settings.mixup or teacher is not None:
+            if tb is None:
+                tb = one_hot_targets(yb, model.num_classes, model.label_smoothing, xb.dtype)
+            if settings.mixup:
+                mixup(xb, tb, augment_rng, settings.mixup)
+            if teacher is not None:
+                tb = teacher(xb, tb)
         loss, correct = model.loss_and_grad(xb, yb, rng=dropout_rng, targets=tb)
         loss = float(loss)
         if not math.isfinite(loss):

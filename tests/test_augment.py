@@ -1,9 +1,10 @@
-"""Batch augmentation: flips mirror, shifts translate and fill with the background."""
+"""Batch augmentation: flips mirror, shifts translate and fill with the background, mixup mixes."""
 
 import numpy as np
 import pytest
 
-from fmnist_mlp.augment import alternating_flip, make_augmenter, random_flip, random_shift
+from fmnist_mlp.augment import (alternating_flip, make_augmenter, mixup, random_flip,
+                                random_shift)
 
 
 def _images(n, seed=0):
@@ -107,3 +108,21 @@ def test_cutout_blanks_one_clipped_square_per_image_with_the_background():
         assert np.all(np.diff(rows) == 1) and np.all(np.diff(cols) == 1)
     blanked = (x != original).reshape(-1, 784)[1:].sum(axis=1)
     assert blanked.mean() > 40 and np.any(blanked == 64)
+
+
+def test_mixup_mixes_images_and_targets_with_one_weight_and_one_partner():
+    rng = np.random.default_rng(7)
+    batch, labels = rng.normal(size=(6, 5)), rng.integers(0, 3, 6)
+    targets = np.eye(3)[labels]
+    mixed_x, mixed_t = batch.copy(), targets.copy()
+    mixup(mixed_x, mixed_t, np.random.default_rng(3), 0.4)
+    # The same draws by hand: λ ~ Beta(0.4, 0.4), then the partners.
+    draws = np.random.default_rng(3)
+    lam, partner = draws.beta(0.4, 0.4), draws.permutation(6)
+    assert 0.0 < lam < 1.0 and not np.array_equal(partner, np.arange(6))
+    np.testing.assert_allclose(mixed_x, lam * batch + (1 - lam) * batch[partner])
+    np.testing.assert_allclose(mixed_t, lam * targets + (1 - lam) * targets[partner])
+    np.testing.assert_allclose(mixed_t.sum(axis=1), 1.0)
+    # Each row's own label keeps weight λ (plus 1 − λ when its partner shares the label).
+    own = mixed_t[np.arange(6), labels]
+    np.testing.assert_allclose(own, lam + (1 - lam) * (labels[partner] == labels))

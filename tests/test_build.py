@@ -33,6 +33,8 @@ NOT_REACHING_ENGINE = {
                         "(experiment.distill_targets; tests/test_distill.py trains a student)",
     "distill.weight": "the labels' and teachers' mix in those targets (tests/test_distill.py)",
     "distill.temperature": "how the teachers' probabilities are softened (tests/test_distill.py)",
+    "distill.consistent": "teachers score each batch as the student sees it "
+                          "(experiment.distill_targets; tests/test_distill.py)",
     "train.tensorboard": "the run recorder writes event files beside the run "
                          "(tensorboard.TensorBoardLogger; tested in test_after_training)",
 }
@@ -50,6 +52,7 @@ WALK = {
     "data.augment.shift": (2, {}, "augment"),
     "data.augment.cutout": (5, {}, "augment"),
     "data.augment.test_flip": (True, {}, "scores"),
+    "data.augment.mixup": (0.4, {}, "loop"),
     "model.hidden": ([16], {}, "spec"),
     "model.activation": ("tanh", {}, "spec"),
     "model.output": ("sigmoid", {"loss.name": "squared_error"}, "spec"),

@@ -11,11 +11,15 @@ import sys
 import numpy as np
 import pytest
 
+from fmnist_mlp.augment import make_augmenter, mirror
+from fmnist_mlp.build import make_streams
 from fmnist_mlp.config import load_config
-from fmnist_mlp.distill import mean_softened, mix_targets, soften
+from fmnist_mlp.distill import ConsistentTeachers, mean_softened, mix_targets, soften
 from fmnist_mlp.errors import ConfigError
 from fmnist_mlp.nn import MLP
 from fmnist_mlp.nn.losses import one_hot_targets, softmax
+from fmnist_mlp.optim import make_optimizer
+from fmnist_mlp.train import LoopSettings, fit
 from sweep_helpers import REPO, write_spec
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -93,6 +97,43 @@ def test_targets_of_the_wrong_shape_are_refused():
         model.loss_and_grad(np.zeros((3, 6)), np.zeros(3, int), targets=np.full((3, 5), 0.2))
 
 
+def test_consistent_teachers_mix_the_labels_with_each_teachers_view_of_the_batch():
+    rng = np.random.default_rng(8)
+    x, labels = rng.normal(size=(5, 6)), one_hot_targets(rng.integers(0, 4, 5), 4, 0.1, np.float64)
+    a, b = _tiny(), MLP(input_size=6, hidden=[3], num_classes=4, dtype="float64", seed=9)
+    teachers = ConsistentTeachers([a, b], [(1.0, 0.0), (2.0, -0.5)], weight=0.6, temperature=2.0)
+    expected = 0.4 * labels + 0.6 * 0.5 * (soften(a.forward(x), 2.0)
+                                           + soften(b.forward(2.0 * x - 0.5), 2.0))
+    np.testing.assert_allclose(teachers(x, labels), expected, rtol=1e-12)
+
+
+def test_consistent_teachers_score_the_augmented_batch_the_student_learns_from():
+    """fit hands the teacher each batch after augmentation: with alternating flips the views are
+    known exactly (epoch 0 mirrors the even rows), and the teacher must have seen just those."""
+    rng = np.random.default_rng(5)
+    x, y = rng.normal(size=(8, 784)), rng.integers(0, 10, 8)
+    teacher = MLP(input_size=784, hidden=[5], num_classes=10, dtype="float64", seed=1)
+    consistent = ConsistentTeachers([teacher], [(1.0, 0.0)], weight=0.5, temperature=1.0)
+    seen = []
+
+    def watched(batch, labels):
+        seen.append(batch.copy())
+        return consistent(batch, labels)
+
+    student = MLP(input_size=784, hidden=[4], num_classes=10, dtype="float64", seed=2)
+    fit(student, make_optimizer("sgd", student.params, lr=0.01), lambda step: 0.01, x, y, x[:2], y[:2],
+        LoopSettings(epochs=1, batch_size=8), make_streams(0),
+        make_augmenter(flip=True, alternate_flip=True), teacher=watched)
+    views = np.where((np.arange(8) % 2 == 0)[:, None], mirror(x), x)
+    assert len(seen) == 1
+    assert sorted(r.tobytes() for r in seen[0]) == sorted(r.tobytes() for r in views)
+
+
+def test_consistent_needs_teachers():
+    with pytest.raises(ConfigError, match="distill.consistent: needs distill.teachers"):
+        load_config(None, ["distill.consistent=true"])
+
+
 def test_distill_config_keys():
     cfg = load_config(None, ["distill.teachers=[runs/a, runs/b]", "distill.weight=0.7",
                              "distill.temperature=2"])
@@ -138,6 +179,17 @@ def test_student_trains_from_a_real_teacher_and_a_missing_teacher_is_one_line(
     assert student.returncode == 0, student.stderr
     summary = json.loads(student.stdout)
     assert summary["status"] == "finished" and summary["test_acc"] > 0.5
+    # Function matching: the teacher scores every flipped, mixed batch as the student sees it.
+    matched = _fmnist("train", *SMALL, "--name", "matched", "--set", "seed=1",
+                      "--set", f"distill.teachers=[{teacher_dir}]", "--set", "distill.consistent=true",
+                      "--set", "data.augment.flip=true", "--set", "data.augment.mixup=0.4",
+                      "--data-dir", real_data_dir, "--json", cwd=tmp_path)
+    assert matched.returncode == 0, matched.stderr
+    matched_summary = json.loads(matched.stdout)
+    assert matched_summary["status"] == "finished" and matched_summary["test_acc"] > 0.5
+    [matched_dir] = (tmp_path / "runs").glob("*-matched-*")
+    matched_cfg = load_config(matched_dir / "config.yaml")
+    assert matched_cfg.distill.consistent and matched_cfg.data.augment.mixup == 0.4
 
     before = sorted(p.name for p in (tmp_path / "runs").iterdir())
     missing = _fmnist("train", *SMALL, "--name", "orphan", "--set",
