@@ -17,8 +17,8 @@ import numpy as np
 from fmnist_mlp.errors import ConfigError
 from fmnist_mlp.trained import TrainedModel, load_trained
 
-# The config keys that decide which images are a run's train and validation rows.
-SPLIT_KEYS = ("seed", "data.val_size", "data.split", "data.subset")
+# What decides which images are a run's train and validation rows (besides build.split_seed).
+SPLIT_KEYS = ("data.val_size", "data.split", "data.subset")
 
 
 def load_members(targets: Sequence[str | Path], data_dir: str | Path | None = None
@@ -38,17 +38,22 @@ def output_kind(members: Sequence[TrainedModel]) -> str:
 
 
 def check_same_rows(members: Sequence[TrainedModel], split: str) -> None:
-    """Validation and training rows depend on SPLIT_KEYS: the members must agree on them."""
+    """Validation and training rows depend on the split seed and SPLIT_KEYS: the members must
+    agree on them."""
+    from fmnist_mlp.build import split_seed
+
     if split == "test" or len(members) < 2:
         return
     first = members[0]
-    for key in SPLIT_KEYS:
-        value = _dotted(first.config, key)
+    for key, value_of in (("the split seed (data.split_seed, else seed)", split_seed),
+                          *((key, lambda config, key=key: _dotted(config, key))
+                            for key in SPLIT_KEYS)):
+        value = value_of(first.config)
         for other in members[1:]:
-            if _dotted(other.config, key) != value:
+            if value_of(other.config) != value:
                 raise ConfigError(
                     f"--split {split}: the runs disagree on {key} ({first.path}: {value!r}, "
-                    f"{other.path}: {_dotted(other.config, key)!r}), so their {split} rows "
+                    f"{other.path}: {value_of(other.config)!r}), so their {split} rows "
                     f"differ; score an ensemble of such runs on the test split")
 
 

@@ -44,6 +44,7 @@ NOT_REACHING_ENGINE = {
 WALK = {
     "seed": (7, {}, "init"),
     "data.val_size": (30, {}, "splits"),
+    "data.split_seed": (3, {}, "splits"),
     "data.split": ("shuffled", {}, "splits"),
     "data.normalize": ("scale", {}, "splits"),
     "data.subset": (50, {}, "splits"),
@@ -219,3 +220,25 @@ def test_run_streams_are_independent_and_reproducible():
     draws = {name: gen.integers(2**62, size=3).tolist() for name, gen in a.items()}
     assert draws == {name: gen.integers(2**62, size=3).tolist() for name, gen in b.items()}
     assert len({tuple(d) for d in draws.values()}) == len(STREAMS)
+
+
+def test_split_seed_shares_the_rows_across_seeds_and_ensembles_accept_it():
+    """Students of other seeds can validate on their teachers' rows (data.split_seed)."""
+    from fmnist_mlp.ensemble import check_same_rows
+    from fmnist_mlp.trained import TrainedModel
+
+    def splits_of(overrides):
+        return make_splits(RAW, **split_kwargs(load_config(None, ["data.val_size=20", *overrides])))
+
+    own, shared = splits_of(["seed=0"]), splits_of(["seed=1", "data.split_seed=0"])
+    other = splits_of(["seed=1"])
+    np.testing.assert_array_equal(own.val.y, shared.val.y)
+    np.testing.assert_array_equal(own.val.x, shared.val.x)
+    assert not np.array_equal(own.val.x, other.val.x)
+    members = [TrainedModel(f"run{i}", None, config_to_dict(load_config(None, o)), 0.0, 1.0)
+               for i, o in enumerate((["seed=0"], ["seed=1", "data.split_seed=0"]))]
+    check_same_rows(members, "val")                    # the same rows: accepted
+    members.append(TrainedModel("run2", None, config_to_dict(load_config(None, ["seed=1"])),
+                                0.0, 1.0))
+    with pytest.raises(ConfigError, match="split seed"):
+        check_same_rows(members, "val")
