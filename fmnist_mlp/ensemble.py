@@ -89,7 +89,7 @@ def evaluate_ensemble(targets: Sequence[str | Path], split: str = "test",
                       data_dir: str | Path | None = None) -> dict[str, Any]:
     """What ``eval`` reports for one run, for the mean of several runs' outputs."""
     from fmnist_mlp.experiment import load_splits_for
-    from fmnist_mlp.metrics import classification_report, confusion_matrix, per_class_accuracy
+    from fmnist_mlp.metrics import evaluation_report
     from fmnist_mlp.nn.losses import loss_of_outputs, one_hot_targets
 
     if split not in ("train", "val", "test"):
@@ -105,13 +105,9 @@ def evaluate_ensemble(targets: Sequence[str | Path], split: str = "test",
     first = members[0].model.spec()   # the averaged outputs' loss: the first run's settings
     target = one_hot_targets(y, first["num_classes"], first["label_smoothing"], averaged.dtype)
     loss = float(loss_of_outputs(first["loss"], averaged, target).mean())
-    pred = averaged.argmax(axis=1)
-    cm = confusion_matrix(y, pred, num_classes=averaged.shape[1])
-    return {"checkpoints": [str(m.path) for m in members], "split": split, "loss": loss,
-            "accuracy": float(np.mean(pred == y)), "num_samples": int(len(y)),
-            "per_class_accuracy": [float(a) for a in per_class_accuracy(cm)],
-            "confusion_matrix": cm.tolist(),
-            **classification_report(y, averaged, output_kind(members))}
+    accuracy = float(np.mean(averaged.argmax(axis=1) == y))
+    return {"checkpoints": [str(m.path) for m in members], "split": split,
+            **evaluation_report(y, averaged, output_kind(members), loss, accuracy)}
 
 
 def _dotted(config: dict, key: str) -> Any:

@@ -174,6 +174,17 @@ def classification_report(y_true: np.ndarray, outputs: np.ndarray, output: str =
     return report
 
 
+def evaluation_report(y_true: np.ndarray, outputs: np.ndarray, output: str, loss: float,
+                      accuracy: float) -> dict:
+    """What ``eval`` reports of one split, from the scored outputs (N, C) and the loss and
+    accuracy computed beside them: those two plus per-class accuracy, the confusion matrix and
+    :func:`classification_report`."""
+    cm = confusion_matrix(y_true, np.asarray(outputs).argmax(axis=1), num_classes=outputs.shape[1])
+    return {"loss": float(loss), "accuracy": float(accuracy), "num_samples": int(len(y_true)),
+            "per_class_accuracy": [float(a) for a in per_class_accuracy(cm)],
+            "confusion_matrix": cm.tolist(), **classification_report(y_true, outputs, output)}
+
+
 def format_classification_report(report: dict, class_names: Sequence[str]) -> str:
     """Per-class precision, recall and F1 as an aligned text table, macro averages last."""
     width = max(len("macro avg"), *(len(n) for n in class_names))

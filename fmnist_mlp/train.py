@@ -1,4 +1,4 @@
-"""The training loop: :func:`fit` runs epochs of minibatch steps; :func:`evaluate` scores a split.
+"""The training loop: :func:`fit` runs epochs of minibatch steps, each scored on validation.
 
 No I/O and no printing here: everything observable goes through a :class:`Callback`, so the same
 loop serves the CLI (progress bars, run directories) and the tests.
@@ -184,16 +184,3 @@ def _advance(state: TrainState, metrics: Mapping[str, float], patience: int | No
         if patience is not None and state.stale_epochs >= patience:
             state.early_stopped = True
     return is_best
-
-
-def evaluate(model: Any, x: np.ndarray, y: np.ndarray, batch_size: int = 2000,
-             num_classes: int = 10) -> dict[str, Any]:
-    """Loss, accuracy, per-class accuracy and the confusion matrix ``[true, pred]`` on one split."""
-    from fmnist_mlp.metrics import confusion_matrix, per_class_accuracy
-
-    loss, acc = model.evaluate(x, y, batch_size=batch_size)
-    pred = model.predict(x, batch_size=batch_size)
-    cm = confusion_matrix(y, pred, num_classes=num_classes)
-    return {"loss": float(loss), "accuracy": float(acc), "num_samples": int(len(y)),
-            "per_class_accuracy": [float(a) for a in per_class_accuracy(cm)],
-            "confusion_matrix": cm.tolist()}
