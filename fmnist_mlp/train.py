@@ -124,6 +124,8 @@ def _train_one_epoch(model, optimizer, lr_at, x, y, settings, rngs, augment, sta
     callback.on_epoch_start(state.epoch + 1, num_batches)
     order = rngs["shuffle"].permutation(n)
     # One batch buffer per epoch, reused: np.take(out=) gathers without allocating per step.
+    # mode="clip" because the default ("raise") gathers into a hidden temporary and copies that
+    # into out (NumPy's documented behaviour); the indices are a permutation, always in range.
     xb_full = np.empty((batch_size, x.shape[1]), dtype=x.dtype)
     yb_full = np.empty(batch_size, dtype=y.dtype)
     tb_full = None if targets is None else np.empty((batch_size, targets.shape[1]), targets.dtype)
@@ -135,12 +137,12 @@ def _train_one_epoch(model, optimizer, lr_at, x, y, settings, rngs, augment, sta
         idx = order[b * batch_size:(b + 1) * batch_size]
         m = idx.shape[0]
         xb, yb = xb_full[:m], yb_full[:m]
-        np.take(x, idx, axis=0, out=xb)
-        np.take(y, idx, axis=0, out=yb)
+        np.take(x, idx, axis=0, out=xb, mode="clip")
+        np.take(y, idx, axis=0, out=yb, mode="clip")
         tb = None
         if tb_full is not None:
             tb = tb_full[:m]
-            np.take(targets, idx, axis=0, out=tb)
+            np.take(targets, idx, axis=0, out=tb, mode="clip")
         if augment is not None:
             augment(xb, augment_rng, idx, state.epoch)
         if settings.mixup or teacher is not None:
