@@ -409,3 +409,28 @@ def test_a_spec_that_is_a_fifo_is_refused_without_waiting(tmp_path):
     assert proc.stderr.strip() == (f"error: {fifo}: not a regular file (a device, FIFO or "
                                    f"socket); give the sweep spec as a file")
     assert not (tmp_path / "sw").exists()
+
+
+def test_a_claim_lock_held_by_a_stopped_worker_is_one_error_not_a_hang(tmp_path):
+    """Another process holds DIR/.claim.lock (as a worker stopped with Ctrl-Z would): the wait
+    ends with one line naming the lock; once the holder is gone, the lock is taken at once."""
+    from fmnist_mlp.errors import FmnistMlpError
+    from fmnist_mlp.sweep.study import claim_lock
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys, time\n"
+         f"fd = os.open({str(tmp_path / '.claim.lock')!r}, os.O_RDWR | os.O_CREAT)\n"
+         "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        started = time.monotonic()
+        with pytest.raises(FmnistMlpError, match=r"\.claim\.lock: waited 0\.5 s for it; another worker"):
+            with claim_lock(tmp_path, wait=0.5):
+                pass
+        assert 0.5 <= time.monotonic() - started < 10
+    finally:
+        holder.kill()
+        holder.wait()
+    with claim_lock(tmp_path, wait=5):
+        pass

@@ -190,12 +190,35 @@ def suggest(trial, spec: SweepSpec) -> dict[str, Any]:
     return params
 
 
+# A holder keeps the claim lock for one Optuna ask: well under a second, seconds on a slow shared
+# file system, so even a large job array starting at once is through in minutes. A wait this
+# long means a holder that is stopped (Ctrl-Z) or stuck.
+CLAIM_WAIT_SECONDS = 600.0
+
+
 @contextmanager
-def claim_lock(directory: Path) -> Iterator[None]:
-    """Serialises picking trials (and study creation) among all workers of the sweep."""
-    fd = os.open(directory / ".claim.lock", os.O_RDWR | os.O_CREAT, 0o644)
+def claim_lock(directory: Path, wait: float = CLAIM_WAIT_SECONDS) -> Iterator[None]:
+    """Serialises picking trials (and study creation) among all workers of the sweep.
+
+    A dead holder's lock is released by the kernel; a live one that keeps it past ``wait``
+    seconds is reported in one line rather than waited for forever."""
+    import time
+
+    path = directory / ".claim.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise FmnistMlpError(
+                        f"{path}: waited {wait:g} s for it; another worker of this sweep holds "
+                        f"it and may be stopped (Ctrl-Z) or stuck: resume or end it, then run again"
+                    ) from None
+                time.sleep(0.05)
         yield
     finally:
         os.close(fd)
