@@ -10,8 +10,9 @@
 #   JOBS      sweep workers on this machine (default 2)
 #   TEACHER_RUN ...  skip the sweep: these runs teach (e.g. an earlier call's)
 #   STUDENT_ARGS     extra `fmnist-mlp train` arguments for the student, e.g. --set seed=0
-# The teachers and the student share the config's seed, hence its train/validation split: no
-# teacher has trained on an image the student validates on. Prints the student's run directory;
+# The teachers (seed 0, as configs/best.yaml) and the student share the train/validation split:
+# distilled.yaml draws it with data.split_seed 0, so a student of another seed (-- --set seed=1)
+# still validates on images no teacher trained on. Prints the student's run directory;
 # `fmnist-mlp runs --runs-dir RUNS_DIR/teachers/runs` shows the teachers' accuracies and wall
 # times (their training is the student's real cost too).
 set -euo pipefail
