@@ -88,7 +88,8 @@ def logits_of_outputs(kind: str, outputs: np.ndarray) -> np.ndarray:
 def evaluate_ensemble(targets: Sequence[str | Path], split: str = "test",
                       data_dir: str | Path | None = None) -> dict[str, Any]:
     """What ``eval`` reports for one run, for the mean of several runs' outputs."""
-    from fmnist_mlp.experiment import load_splits_for
+    from fmnist_mlp.build import split_kwargs
+    from fmnist_mlp.data import load_raw, make_splits
     from fmnist_mlp.metrics import evaluation_report
     from fmnist_mlp.nn.losses import loss_of_outputs, one_hot_targets
 
@@ -96,11 +97,16 @@ def evaluate_ensemble(targets: Sequence[str | Path], split: str = "test",
         raise ConfigError(f"--split {split!r}: expected train, val or test")
     members = load_members(targets, data_dir)
     check_same_rows(members, split)
-    outputs, y = [], None
+    raw = load_raw(data_dir)                    # once: the members differ in their rows' scaling
+    outputs = []
     for member in members:
-        data = getattr(load_splits_for(member.config, data_dir), split)
-        outputs.append(member.scorer.forward(data.x, member.config["train"]["eval_batch_size"]))
-        y = data.y
+        if split == "test":                     # all 10,000 rows, in order: no split to draw
+            y = raw.test_labels.astype(np.int64)
+            x = member.inputs(raw.test_images.reshape(y.shape[0], -1))
+        else:
+            data = getattr(make_splits(raw, **split_kwargs(member.config)), split)
+            x, y = data.x, data.y
+        outputs.append(member.scorer.forward(x, member.config["train"]["eval_batch_size"]))
     averaged = mean_outputs(outputs)
     first = members[0].model.spec()   # the averaged outputs' loss: the first run's settings
     target = one_hot_targets(y, first["num_classes"], first["label_smoothing"], averaged.dtype)
