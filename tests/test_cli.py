@@ -386,11 +386,12 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(batchnorm, data
     from fmnist_mlp.experiment import run_training
     from fmnist_mlp.errors import TrainingInterrupted
 
-    # Every random stream matters here: dropout masks, flips and shifts, shuffling, one-cycle lr.
+    # Every random stream matters here: dropout masks, flips, shifts and mixup, shuffling,
+    # one-cycle lr.
     # With batchnorm the running statistics must be restored too: validation uses them.
     cfg = load_config(None, ["data.subset=1000", "data.val_size=500", "model.hidden=[32, 16]",
                              "model.dropout=0.2", "data.augment.flip=true", "data.augment.shift=1",
-                             "schedule.name=onecycle", "train.epochs=4", "train.batch_size=100",
+                             "data.augment.mixup=0.4", "schedule.name=onecycle", "train.epochs=4", "train.batch_size=100",
                              f"model.batchnorm={str(batchnorm).lower()}"])
     straight = run_training(cfg, name="straight", runs_dir=tmp_path, data_dir=data_dir)
 
