@@ -118,14 +118,13 @@ def distill_targets(cfg: Config, splits, data_dir: str | Path | None = None):
     teachers = [load_trained(run, data_dir) for run in d.teachers]
     # x·std + mean is x/255 again; a teacher normalises that with its own mean and std.
     input_maps = [(splits.std / t.std, (splits.mean - t.mean) / t.std) for t in teachers]
+    _check_teachers_fit(d.teachers, [t.model for t in teachers], splits.train.x[:1])
     if d.consistent:
-        _check_teachers_fit(d.teachers, [t.model for t in teachers], splits.train.x[:1])
         return None, ConsistentTeachers([t.model for t in teachers], input_maps, d.weight,
                                         d.temperature)
     probs = []
-    for run, teacher, (scale, shift) in zip(d.teachers, teachers, input_maps):
-        x = (splits.train.x * scale + shift).astype(teacher.model.spec()["dtype"], copy=False)
-        _check_teachers_fit([run], [teacher.model], x[:1])
+    for teacher, (scale, shift) in zip(teachers, input_maps):
+        x = (splits.train.x * scale + shift).astype(teacher.model.dtype, copy=False)
         probs.append(teacher.scorer.forward(x))
     labels = one_hot_targets(splits.train.y, probs[0].shape[1], cfg.loss.label_smoothing,
                              np.float64)
