@@ -204,3 +204,18 @@ def test_distilled_yaml_is_best_yaml_plus_the_distillation_block():
     same_split = dataclasses.replace(distilled.data, split_seed=best.data.split_seed)
     assert dataclasses.replace(distilled, distill=best.distill, data=same_split) == best
     assert distilled.distill.weight > 0 and not distilled.distill.teachers
+
+
+def test_the_readme_lists_every_config_key_with_its_default():
+    """The README's configuration reference is the schema users read: no key missing or stale,
+    every value the default."""
+    import re
+
+    from fmnist_mlp.config import flatten
+
+    readme = (CONFIGS.parent / "README.md").read_text(encoding="utf-8")
+    [reference] = [b for b in re.findall(r"```yaml\n(.*?)```", readme, re.S) if b.startswith("seed:")]
+    listed = flatten(yaml.safe_load(reference))
+    assert sorted(listed) == sorted(all_key_paths())
+    defaults = flatten(config_to_dict(Config()))
+    assert {k: v for k, v in listed.items() if v != defaults[k]} == {}
