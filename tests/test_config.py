@@ -211,8 +211,6 @@ def test_the_readme_lists_every_config_key_with_its_default():
     every value the default."""
     import re
 
-    from fmnist_mlp.config import flatten
-
     readme = (CONFIGS.parent / "README.md").read_text(encoding="utf-8")
     [reference] = [b for b in re.findall(r"```yaml\n(.*?)```", readme, re.S) if b.startswith("seed:")]
     listed = flatten(yaml.safe_load(reference))
