@@ -56,8 +56,10 @@ def slurm_cluster(tmp_path_factory):
 def test_slurm_array_sweep_survives_a_requeued_task(slurm_cluster, real_data_dir, tmp_path):
     """--slurm --wait runs 4 trials on a job array of 2 workers; one task, requeued mid-trial
     (as pre-emption does), saves its trial, which is resumed from its checkpoint: still 4 trials."""
+    # 60 short epochs (about 0.2 s each): the requeue, sent at epoch 2 or 3, must land while the
+    # trial still trains; with 6 epochs of 0.4 s the trial once finished before the signal came.
     spec = write_spec(tmp_path / "spec.yaml", trials=4,
-                      set={"train.epochs": 6, "data.subset": 20000, "model.hidden": [128]})
+                      set={"train.epochs": 60, "data.subset": 10000, "model.hidden": [128]})
     sweep_dir = tmp_path / "sw"
     env = cli_env(SLURM_CONF=str(slurm_cluster))
     os.environ["SLURM_CONF"] = str(slurm_cluster)        # for status() and scontrol below
@@ -83,7 +85,7 @@ def test_slurm_array_sweep_survives_a_requeued_task(slurm_cluster, real_data_dir
     log = (run_dir / "train.log").read_text()
     assert "interrupted" in log and "resumed at epoch" in log, log
     epochs = [json.loads(line)["epoch"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert epochs == list(range(1, 7))
+    assert epochs == list(range(1, 61))
     outputs = list((sweep_dir / "slurm").glob(f"{job_id}_*.out"))
     assert len(outputs) == 2
 
