@@ -40,21 +40,24 @@ def output_kind(members: Sequence[TrainedModel]) -> str:
 def check_same_rows(members: Sequence[TrainedModel], split: str) -> None:
     """Validation and training rows depend on the split seed and SPLIT_KEYS: the members must
     agree on them."""
-    from fmnist_mlp.build import split_seed
-
     if split == "test" or len(members) < 2:
         return
-    first = members[0]
-    for key, value_of in (("the split seed (data.split_seed, else seed)", split_seed),
-                          *((key, lambda config, key=key: _dotted(config, key))
-                            for key in SPLIT_KEYS)):
-        value = value_of(first.config)
-        for other in members[1:]:
-            if value_of(other.config) != value:
+    first = _row_settings(members[0].config)
+    for other in members[1:]:
+        theirs = _row_settings(other.config)
+        for key, value in first.items():
+            if theirs[key] != value:
                 raise ConfigError(
-                    f"--split {split}: the runs disagree on {key} ({first.path}: {value!r}, "
-                    f"{other.path}: {value_of(other.config)!r}), so their {split} rows "
-                    f"differ; score an ensemble of such runs on the test split")
+                    f"--split {split}: the runs disagree on {key} ({members[0].path}: {value!r}, "
+                    f"{other.path}: {theirs[key]!r}), so their {split} rows differ; score an "
+                    f"ensemble of such runs on the test split")
+
+
+def _row_settings(config: dict) -> dict[str, Any]:
+    from fmnist_mlp.build import split_seed
+
+    return {"the split seed (data.split_seed, else seed)": split_seed(config),
+            **{key: _dotted(config, key) for key in SPLIT_KEYS}}
 
 
 def mean_outputs(outputs: Sequence[np.ndarray]) -> np.ndarray:
