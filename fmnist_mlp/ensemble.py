@@ -103,13 +103,14 @@ def evaluate_ensemble(targets: Sequence[str | Path], split: str = "test",
     raw = load_raw(data_dir)                    # once: the members differ in their rows' scaling
     outputs = []
     for member in members:
+        batch_size = member.config["train"]["eval_batch_size"]
         if split == "test":                     # all 10,000 rows, in order: no split to draw
             y = raw.test_labels.astype(np.int64)
-            x = member.inputs(raw.test_images.reshape(y.shape[0], -1))
+            outputs.append(member.outputs(raw.test_images.reshape(y.shape[0], -1), batch_size))
         else:
             data = getattr(make_splits(raw, **split_kwargs(member.config)), split)
-            x, y = data.x, data.y
-        outputs.append(member.scorer.forward(x, member.config["train"]["eval_batch_size"]))
+            y = data.y
+            outputs.append(member.scorer.forward(data.x, batch_size))
     averaged = mean_outputs(outputs)
     first = members[0].model.spec()   # the averaged outputs' loss: the first run's settings
     target = one_hot_targets(y, first["num_classes"], first["label_smoothing"], averaged.dtype)

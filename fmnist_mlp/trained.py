@@ -43,9 +43,9 @@ class TrainedModel:
 
         return pixels_to_inputs(pixels, self.mean, self.std, self.model.spec()["dtype"])
 
-    def outputs(self, pixels: np.ndarray) -> np.ndarray:
+    def outputs(self, pixels: np.ndarray, batch_size: int = 4096) -> np.ndarray:
         """(N, 10) outputs (class probabilities for softmax) of raw pixel rows, as ``eval``."""
-        return self.scorer.forward(self.inputs(pixels))
+        return self.scorer.forward(self.inputs(pixels), batch_size)
 
 
 def load_trained(target: str | Path, data_dir: str | Path | None = None) -> TrainedModel:

@@ -23,6 +23,7 @@ import fcntl
 import json
 import os
 import secrets
+import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -118,8 +119,6 @@ def _create_or_check(directory: Path, spec: SweepSpec, storage: str | None) -> N
 
 
 def _read_info(path: Path) -> dict:
-    import time
-
     for _ in range(50):        # another worker may be writing it this very moment
         try:
             info = json.loads(path.read_text(encoding="utf-8"))
@@ -202,8 +201,6 @@ def claim_lock(directory: Path, wait: float = CLAIM_WAIT_SECONDS) -> Iterator[No
 
     A dead holder's lock is released by the kernel; a live one that keeps it past ``wait``
     seconds is reported in one line rather than waited for forever."""
-    import time
-
     path = directory / ".claim.lock"
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
