@@ -68,10 +68,12 @@ def random_cutout(batch: np.ndarray, rng: np.random.Generator, size: int, side: 
     images[rows[:, :, None] & cols[:, None, :]] = batch.min()
 
 
-def mixup(batch: np.ndarray, targets: np.ndarray, rng: np.random.Generator, alpha: float) -> None:
+def mixup(batch: np.ndarray, targets: np.ndarray, rng: np.random.Generator,
+          alpha: float) -> tuple[float, np.ndarray]:
     """Mixup (Zhang et al. 2018): each image and its target row become λ·own + (1 − λ)·partner's,
     the partner a random permutation of the batch, λ ~ Beta(α, α) once per batch. In place:
-    batch (B, D) and targets (B, K), rows of ``targets`` summing to one stay so."""
+    batch (B, D) and targets (B, K), rows of ``targets`` summing to one stay so. Returns
+    (λ, partner indices), so a caller can tell which of the two labels dominates each image."""
     lam = rng.beta(alpha, alpha)
     partner = rng.permutation(batch.shape[0])
     for array in (batch, targets):
@@ -79,6 +81,7 @@ def mixup(batch: np.ndarray, targets: np.ndarray, rng: np.random.Generator, alph
         array *= lam
         mixed *= 1.0 - lam
         array += mixed
+    return float(lam), partner
 
 
 def make_augmenter(flip: bool = False, shift: int = 0, cutout: int = 0,

@@ -126,3 +126,45 @@ def test_mixup_mixes_images_and_targets_with_one_weight_and_one_partner():
     # Each row's own label keeps weight λ (plus 1 − λ when its partner shares the label).
     own = mixed_t[np.arange(6), labels]
     np.testing.assert_allclose(own, lam + (1 - lam) * (labels[partner] == labels))
+
+
+def test_mixup_returns_its_weight_and_partners():
+    batch, targets = np.ones((4, 3)), np.eye(4)
+    lam, partner = mixup(batch, targets, np.random.default_rng(3), 0.4)
+    draws = np.random.default_rng(3)
+    assert lam == draws.beta(0.4, 0.4)
+    np.testing.assert_array_equal(partner, draws.permutation(4))
+
+
+def test_training_accuracy_under_mixup_counts_the_dominant_label():
+    # A fixed net (the schedule gives learning rate 0; no dropout or batch norm, so training mode scores as
+    # evaluation does) and one batch of the whole set: the loop's count is rebuilt by hand.
+    from fmnist_mlp.build import make_streams
+    from fmnist_mlp.nn import MLP
+    from fmnist_mlp.nn.losses import one_hot_targets
+    from fmnist_mlp.optim import make_optimizer
+    from fmnist_mlp.train import LoopSettings, fit
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 12)).astype(np.float32)
+    y = rng.integers(0, 3, 64)
+    model = MLP(input_size=12, hidden=[16], num_classes=3, seed=0)
+    y = model.predict(x)        # labels the net gets right, so the count tells which label is used
+    seen = []
+
+    class Record:
+        def on_epoch_start(self, epoch, num_batches): pass
+        def on_batch(self, batch, loss, acc): pass
+        def on_epoch_end(self, metrics, state, is_best): seen.append(metrics["train_acc"])
+
+    seed, alpha = 1, 0.4
+    fit(model, make_optimizer("sgd", model.params, lr=0.1), lambda step: 0.0, x, y, x, y,
+        LoopSettings(epochs=1, batch_size=64, mixup=alpha), make_streams(seed), callback=Record())
+    streams = make_streams(seed)
+    order = streams["shuffle"].permutation(64)
+    xb, yb = x[order], y[order]
+    lam, partner = mixup(xb, one_hot_targets(yb, 3, 0.0, xb.dtype), streams["augment"], alpha)
+    assert lam < 0.5                       # this seed's draw: the partner's label dominates
+    predicted = model.predict(xb)
+    assert seen == [np.mean(predicted == yb[partner])]
+    assert seen[0] != np.mean(predicted == yb)
