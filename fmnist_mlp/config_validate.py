@@ -75,6 +75,8 @@ def _coerce(hint: Any, value: Any, path: str, source: str, meta: Mapping[str, An
     if hint is float:
         number = _as_float(value)
         if number is None:
+            if _is_non_finite(value):
+                raise ConfigError(f"{where}: expected a finite number, got {value!r}")
             raise ConfigError(f"{where}: expected a number, got {_show(value)}")
         _check_range(number, where, meta)
         return number
@@ -121,6 +123,16 @@ def _coerce_str_list(value: Any, where: str) -> tuple[str, ...]:
         if not isinstance(item, str) or not item:
             raise ConfigError(f"{where}[{i}]: expected a non-empty string, got {_show(item)}")
     return tuple(value)
+
+
+def _is_non_finite(value: Any) -> bool:
+    """NaN or ±infinity, as a YAML float (.nan, .inf) or a string float() reads ("nan", "inf")."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return False
+    try:
+        return not math.isfinite(float(value))
+    except (ValueError, OverflowError):
+        return False
 
 
 def _as_float(value: Any) -> float | None:

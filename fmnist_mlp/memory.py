@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
+from fmnist_mlp.data.idx import NUM_CLASSES, NUM_FEATURES
 from fmnist_mlp.errors import ConfigError
 
 # Per parameter: the value, its gradient, one scratch array, and up to two optimiser slots (Adam).
@@ -19,8 +20,6 @@ ARRAYS_PER_PARAMETER = 5
 ARRAYS_PER_ACTIVATION = 4
 DATA_TRAIN_ROWS = 60_000    # Fashion-MNIST's training images (validation is cut from them)
 DATA_ROWS = 70_000          # the training and test images, held as float rows (plus uint8 once)
-INPUT_SIZE = 784
-NUM_CLASSES = 10
 
 
 def parameter_count(input_size: int, hidden: Sequence[int], num_classes: int,
@@ -33,7 +32,7 @@ def parameter_count(input_size: int, hidden: Sequence[int], num_classes: int,
 
 def training_bytes(hidden: Sequence[int], batch_size: int, eval_batch_size: int,
                    itemsize: int, batchnorm: bool = False,
-                   input_size: int = INPUT_SIZE, num_classes: int = NUM_CLASSES) -> int:
+                   input_size: int = NUM_FEATURES, num_classes: int = NUM_CLASSES) -> int:
     """Bytes a training needs: parameters with gradients and optimiser state, the work arrays of a
     training and an evaluation batch, and the data itself. Python ints: never overflows."""
     widths = [int(input_size), *(int(h) for h in hidden), int(num_classes)]

@@ -28,6 +28,7 @@ from fmnist_mlp.errors import DataError
 IMAGES_MAGIC = 2051
 LABELS_MAGIC = 2049
 IMAGE_SHAPE = (28, 28)
+NUM_FEATURES = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]  # 784: an image as one input row
 NUM_CLASSES = 10
 
 GZIP_MAGIC = b"\x1f\x8b"
