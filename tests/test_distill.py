@@ -224,3 +224,28 @@ def test_distill_script_trains_teachers_by_sweep_then_the_student(real_data_dir,
     bad = subprocess.run(["bash", str(REPO / "scripts" / "distill.sh"), "--bogus"], cwd=tmp_path,
                          env=env, capture_output=True, text=True, timeout=30)
     assert bad.returncode == 2 and "--bogus" in bad.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shape, fragment", [
+    ({"input_size": 100, "num_classes": 10}, "cannot score the student's images"),
+    ({"input_size": 784, "num_classes": 5}, "scores 5 classes, not the dataset's 10"),
+])
+def test_a_teacher_of_another_shape_is_refused_in_one_line(real_data_dir, tmp_path, shape,
+                                                            fragment):
+    # No command of this tool makes such a teacher: the checkpoint is written by hand, with a
+    # valid config beside the foreign shape, as another program (or a hand edit) could.
+    from fmnist_mlp.config import config_to_dict
+    from fmnist_mlp.runs import Checkpoint, save_checkpoint
+
+    foreign = MLP(hidden=[8], seed=0, **shape)
+    config = config_to_dict(load_config(None, ["data.normalize=scale", "model.hidden=[8]"]))
+    teacher = tmp_path / "foreign.npz"
+    save_checkpoint(teacher, Checkpoint(foreign.state_dict(), {}, {},
+                                        {"config": config, "model_spec": foreign.spec()}))
+    student = _fmnist("train", *SMALL, "--name", "student", "--set",
+                      f"distill.teachers=[{teacher}]", "--data-dir", real_data_dir, cwd=tmp_path)
+    assert student.returncode != 0
+    assert student.stderr.count("\n") == 1 and "Traceback" not in student.stderr
+    assert str(teacher) in student.stderr and fragment in student.stderr
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
