@@ -92,7 +92,7 @@ def evaluate_ensemble(targets: Sequence[str | Path], split: str = "test",
                       data_dir: str | Path | None = None) -> dict[str, Any]:
     """What ``eval`` reports for one run, for the mean of several runs' outputs."""
     from fmnist_mlp.build import split_kwargs
-    from fmnist_mlp.data import load_raw, make_splits
+    from fmnist_mlp.data import load_raw, split_rows
     from fmnist_mlp.metrics import evaluation_report
     from fmnist_mlp.nn.losses import loss_of_outputs, one_hot_targets
 
@@ -101,16 +101,21 @@ def evaluate_ensemble(targets: Sequence[str | Path], split: str = "test",
     members = load_members(targets, data_dir)
     check_same_rows(members, split)
     raw = load_raw(data_dir)                    # once: the members differ in their rows' scaling
+    images, labels = ((raw.test_images, raw.test_labels) if split == "test"
+                      else (raw.train_images, raw.train_labels))
+    pixels_of_all = images.reshape(labels.shape[0], -1)
     outputs = []
     for member in members:
-        batch_size = member.config["train"]["eval_batch_size"]
         if split == "test":                     # all 10,000 rows, in order: no split to draw
-            y = raw.test_labels.astype(np.int64)
-            outputs.append(member.outputs(raw.test_images.reshape(y.shape[0], -1), batch_size))
-        else:
-            data = getattr(make_splits(raw, **split_kwargs(member.config)), split)
-            y = data.y
-            outputs.append(member.scorer.forward(data.x, batch_size))
+            rows = np.arange(labels.shape[0])
+        else:                                   # the member's own draw (check_same_rows: all equal)
+            kwargs = split_kwargs(member.config)
+            train_rows, val_rows = split_rows(labels, kwargs["val_size"], kwargs["split"],
+                                              kwargs["seed"], kwargs["subset"])
+            rows = train_rows if split == "train" else val_rows
+        outputs.append(member.outputs(pixels_of_all[rows],
+                                      member.config["train"]["eval_batch_size"]))
+    y = labels[rows].astype(np.int64)
     averaged = mean_outputs(outputs)
     first = members[0].model.spec()   # the averaged outputs' loss: the first run's settings
     target = one_hot_targets(y, first["num_classes"], first["label_smoothing"], averaged.dtype)

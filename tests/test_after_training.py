@@ -225,6 +225,16 @@ def test_an_ensemble_scores_the_mean_of_its_runs(work, tmp_path, test_pngs):
     # different seeds mean different validation rows: refused in one line, exit 2
     val = fmnist("eval", run_a, run_b, "--split", "val", "--data-dir", data_dir, cwd=root)
     assert val.returncode == 2 and "seed" in val.stderr and val.stderr.count("\n") == 1
+    # Runs on the same rows are scored on them: a run with itself is the run, on any split.
+    for split in ("val", "train"):
+        alone = fmnist("eval", run_a, "--split", split, "--json", "--data-dir", data_dir, cwd=root)
+        twice = fmnist("eval", run_a, run_a, "--split", split, "--json", "--data-dir", data_dir,
+                       cwd=root)
+        assert alone.returncode == 0 and twice.returncode == 0, alone.stderr + twice.stderr
+        alone, twice = json.loads(alone.stdout), json.loads(twice.stdout)
+        assert twice["confusion_matrix"] == alone["confusion_matrix"], split
+        assert twice["accuracy"] == alone["accuracy"]
+        assert twice["loss"] == pytest.approx(alone["loss"], rel=1e-5)
 
 
 def test_the_onnx_ensemble_equals_the_engine_ensemble(work, tmp_path):

@@ -93,20 +93,10 @@ def make_splits(raw: RawData, val_size: int = 5000, split: str = "stratified",
     mean and std of the training rows actually used). subset: keep only this many training images,
     drawn after the validation split (same ``split`` method). Test rows are all 10,000, in order.
     """
-    n_train = raw.train_labels.shape[0]
-    _check_choice("data.split", split, SPLITS)
     _check_choice("data.normalize", normalize, NORMALIZATIONS)
     _check_choice("model.dtype", dtype, ("float32", "float64"))
-    if isinstance(val_size, bool) or not isinstance(val_size, (int, np.integer)) or not 0 <= val_size < n_train:
-        raise ConfigError(f"data.val_size: {val_size!r} must be an integer in 0..{n_train - 1}")
-    rng = np.random.default_rng(seed)
+    train_idx, val_idx = split_rows(raw.train_labels, val_size, split, seed, subset)
     labels = raw.train_labels.astype(np.int64)
-    val_idx, train_idx = _draw(labels, np.arange(n_train), val_size, split, rng)
-    if subset is not None:
-        if isinstance(subset, bool) or not isinstance(subset, (int, np.integer)) or not 0 < subset <= train_idx.size:
-            raise ConfigError(f"data.subset: {subset!r} must be null or an integer in 1..{train_idx.size}")
-        train_idx, _ = _draw(labels[train_idx], train_idx, subset, split, rng)
-
     mean, std = _pixel_mean_std(raw.train_images[train_idx]) if normalize == "standardize" else (0.0, 1.0)
     splits = []
     for images, idx, y in ((raw.train_images, train_idx, labels[train_idx]),
@@ -116,6 +106,24 @@ def make_splits(raw: RawData, val_size: int = 5000, split: str = "stratified",
         x = pixels_to_inputs(images.reshape(images.shape[0], NUM_FEATURES)[idx], mean, std, dtype)
         splits.append(Split(x, np.ascontiguousarray(y)))
     return Splits(*splits, mean=mean, std=std)
+
+
+def split_rows(train_labels: np.ndarray, val_size: int = 5000, split: str = "stratified",
+               seed: int = 0, subset: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Which of the training images train and which validate: (train rows, validation rows),
+    each sorted, drawn as :func:`make_splits` draws them (same arguments, same rows)."""
+    n_train = train_labels.shape[0]
+    _check_choice("data.split", split, SPLITS)
+    if isinstance(val_size, bool) or not isinstance(val_size, (int, np.integer)) or not 0 <= val_size < n_train:
+        raise ConfigError(f"data.val_size: {val_size!r} must be an integer in 0..{n_train - 1}")
+    rng = np.random.default_rng(seed)
+    labels = train_labels.astype(np.int64)
+    val_idx, train_idx = _draw(labels, np.arange(n_train), val_size, split, rng)
+    if subset is not None:
+        if isinstance(subset, bool) or not isinstance(subset, (int, np.integer)) or not 0 < subset <= train_idx.size:
+            raise ConfigError(f"data.subset: {subset!r} must be null or an integer in 1..{train_idx.size}")
+        train_idx, _ = _draw(labels[train_idx], train_idx, subset, split, rng)
+    return train_idx, val_idx
 
 
 def pixels_to_inputs(pixels: np.ndarray, mean: float, std: float, dtype: str) -> np.ndarray:
