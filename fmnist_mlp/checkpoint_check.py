@@ -21,7 +21,6 @@ import numpy as np
 from numpy.lib import format as npy_format
 
 from fmnist_mlp import memory
-from fmnist_mlp.data.idx import NUM_CLASSES, NUM_FEATURES
 from fmnist_mlp.errors import CheckpointError, ConfigError
 
 MAX_META_CHARS = 1 << 20          # the JSON metadata: config, spec, counters (a few kB)
@@ -64,8 +63,7 @@ def expected_layer_widths(spec: Any, path: Path) -> list[int]:
     """[input, hidden..., classes] from a stored model spec, checked to be sane integers."""
     if not isinstance(spec, dict):
         raise CheckpointError(f"{path}: checkpoint lacks its model spec")
-    widths = [spec.get("input_size", NUM_FEATURES), *(spec.get("hidden") or []),
-              spec.get("num_classes", NUM_CLASSES)] \
+    widths = [spec.get("input_size"), *(spec.get("hidden") or []), spec.get("num_classes")] \
         if isinstance(spec.get("hidden", []), list) else None
     if widths is None or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):
         raise CheckpointError(f"{path}: damaged model spec (layer sizes {spec.get('hidden')!r})")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
-from fmnist_mlp.data.idx import NUM_CLASSES, NUM_FEATURES
 from fmnist_mlp.errors import ConfigError
 
 # Per parameter: the value, its gradient, one scratch array, and up to two optimiser slots (Adam).
@@ -30,9 +29,8 @@ def parameter_count(input_size: int, hidden: Sequence[int], num_classes: int,
     return count + (4 * sum(widths[1:-1]) if batchnorm else 0)
 
 
-def training_bytes(hidden: Sequence[int], batch_size: int, eval_batch_size: int,
-                   itemsize: int, batchnorm: bool = False,
-                   input_size: int = NUM_FEATURES, num_classes: int = NUM_CLASSES) -> int:
+def training_bytes(input_size: int, hidden: Sequence[int], num_classes: int, batch_size: int,
+                   eval_batch_size: int, itemsize: int, batchnorm: bool = False) -> int:
     """Bytes a training needs: parameters with gradients and optimiser state, the work arrays of a
     training and an evaluation batch, and the data itself. Python ints: never overflows."""
     widths = [int(input_size), *(int(h) for h in hidden), int(num_classes)]
