@@ -66,7 +66,8 @@ def expected_layer_widths(spec: Any, path: Path) -> list[int]:
     widths = [spec.get("input_size"), *(spec.get("hidden") or []), spec.get("num_classes")] \
         if isinstance(spec.get("hidden", []), list) else None
     if widths is None or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):
-        raise CheckpointError(f"{path}: damaged model spec (layer sizes {spec.get('hidden')!r})")
+        shown = widths if widths is not None else spec.get("hidden")   # input, hidden, classes
+        raise CheckpointError(f"{path}: damaged model spec (layer sizes {shown!r})")
     return widths
 
 
