@@ -61,7 +61,7 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    val_size: int = _opt(5000, lo=1, hi=59999)   # held out of the 60,000 training images
+    val_size: int = _opt(5000, lo=1, hi=59999)   # held out of data.idx.TRAIN_IMAGES (60,000)
     split_seed: int | None = _opt(None, lo=0)    # draws the held-out rows; None = the run's seed
     split: str = _opt("stratified", choices=_Names("fmnist_mlp.data.dataset", "SPLITS"))
     normalize: str = _opt("standardize",

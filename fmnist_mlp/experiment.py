@@ -187,16 +187,17 @@ def check_before_writing(cfg: Config, what: str = "config") -> None:
     """What can be refused from the config alone is refused before anything is written:
     a subset larger than the training set, a model that does not fit in memory."""
     from fmnist_mlp import memory
-    from fmnist_mlp.data.idx import NUM_CLASSES, NUM_FEATURES
+    from fmnist_mlp.data.idx import NUM_CLASSES, NUM_FEATURES, TEST_IMAGES, TRAIN_IMAGES
 
     d, m, t = cfg.data, cfg.model, cfg.train
-    most = memory.DATA_TRAIN_ROWS - d.val_size
+    most = TRAIN_IMAGES - d.val_size
     if d.subset is not None and d.subset > most:
         raise ConfigError(f"{what}: data.subset: {d.subset} is more than the {most} training "
                           f"images left after data.val_size={d.val_size}")
     itemsize = np.dtype(m.dtype).itemsize
     memory.check_fits(memory.training_bytes(NUM_FEATURES, m.hidden, NUM_CLASSES, t.batch_size,
-                                            t.eval_batch_size, itemsize, batchnorm=m.batchnorm),
+                                            t.eval_batch_size, itemsize, batchnorm=m.batchnorm,
+                                            data_rows=TRAIN_IMAGES + TEST_IMAGES),
                       f"{what}: model.hidden={list(m.hidden)}, train.batch_size={t.batch_size}")
 
 

@@ -17,8 +17,6 @@ from fmnist_mlp.errors import ConfigError
 ARRAYS_PER_PARAMETER = 5
 # Per unit of a layer, per example of a batch: pre-activation, activation, dropout mask, gradient.
 ARRAYS_PER_ACTIVATION = 4
-DATA_TRAIN_ROWS = 60_000    # Fashion-MNIST's training images (validation is cut from them)
-DATA_ROWS = 70_000          # the training and test images, held as float rows (plus uint8 once)
 
 
 def parameter_count(input_size: int, hidden: Sequence[int], num_classes: int,
@@ -30,13 +28,15 @@ def parameter_count(input_size: int, hidden: Sequence[int], num_classes: int,
 
 
 def training_bytes(input_size: int, hidden: Sequence[int], num_classes: int, batch_size: int,
-                   eval_batch_size: int, itemsize: int, batchnorm: bool = False) -> int:
+                   eval_batch_size: int, itemsize: int, batchnorm: bool = False,
+                   data_rows: int = 0) -> int:
     """Bytes a training needs: parameters with gradients and optimiser state, the work arrays of a
-    training and an evaluation batch, and the data itself. Python ints: never overflows."""
+    training and an evaluation batch, and the data itself (``data_rows`` images, held as float rows
+    and once as uint8). Python ints: never overflows."""
     widths = [int(input_size), *(int(h) for h in hidden), int(num_classes)]
     params = parameter_count(input_size, hidden, num_classes, batchnorm)
     work = (int(batch_size) * ARRAYS_PER_ACTIVATION + int(eval_batch_size) * 2) * sum(widths)
-    data = DATA_ROWS * input_size * (itemsize + 1)
+    data = int(data_rows) * input_size * (itemsize + 1)
     return (params * ARRAYS_PER_PARAMETER + work) * itemsize + data
 
 

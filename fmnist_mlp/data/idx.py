@@ -30,6 +30,8 @@ LABELS_MAGIC = 2049
 IMAGE_SHAPE = (28, 28)
 NUM_FEATURES = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]  # 784: an image as one input row
 NUM_CLASSES = 10
+TRAIN_IMAGES = 60_000   # Fashion-MNIST's training images (validation is cut from them)
+TEST_IMAGES = 10_000
 
 GZIP_MAGIC = b"\x1f\x8b"
 _UBYTE_CODE = 0x08
