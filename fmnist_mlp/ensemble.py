@@ -103,18 +103,16 @@ def evaluate_ensemble(targets: Sequence[str | Path], split: str = "test",
     raw = load_raw(data_dir)                    # once: the members differ in their rows' scaling
     images, labels = ((raw.test_images, raw.test_labels) if split == "test"
                       else (raw.train_images, raw.train_labels))
-    pixels_of_all = images.reshape(labels.shape[0], -1)
-    outputs = []
-    for member in members:
-        if split == "test":                     # all 10,000 rows, in order: no split to draw
-            rows = np.arange(labels.shape[0])
-        else:                                   # the member's own draw (check_same_rows: all equal)
-            kwargs = split_kwargs(member.config)
-            train_rows, val_rows = split_rows(labels, kwargs["val_size"], kwargs["split"],
-                                              kwargs["seed"], kwargs["subset"])
-            rows = train_rows if split == "train" else val_rows
-        outputs.append(member.outputs(pixels_of_all[rows],
-                                      member.config["train"]["eval_batch_size"]))
+    if split == "test":                         # all 10,000 rows, in order: no split to draw
+        rows = np.arange(labels.shape[0])
+    else:                                       # one draw serves all: check_same_rows made sure
+        kwargs = split_kwargs(members[0].config)
+        train_rows, val_rows = split_rows(labels, kwargs["val_size"], kwargs["split"],
+                                          kwargs["seed"], kwargs["subset"])
+        rows = train_rows if split == "train" else val_rows
+    pixels = images.reshape(labels.shape[0], -1)[rows]
+    outputs = [member.outputs(pixels, member.config["train"]["eval_batch_size"])
+               for member in members]
     y = labels[rows].astype(np.int64)
     averaged = mean_outputs(outputs)
     first = members[0].model.spec()   # the averaged outputs' loss: the first run's settings

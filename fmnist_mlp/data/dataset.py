@@ -95,8 +95,8 @@ def make_splits(raw: RawData, val_size: int = 5000, split: str = "stratified",
     """
     _check_choice("data.normalize", normalize, NORMALIZATIONS)
     _check_choice("model.dtype", dtype, ("float32", "float64"))
-    train_idx, val_idx = split_rows(raw.train_labels, val_size, split, seed, subset)
     labels = raw.train_labels.astype(np.int64)
+    train_idx, val_idx = split_rows(labels, val_size, split, seed, subset)
     mean, std = _pixel_mean_std(raw.train_images[train_idx]) if normalize == "standardize" else (0.0, 1.0)
     splits = []
     for images, idx, y in ((raw.train_images, train_idx, labels[train_idx]),
@@ -117,7 +117,7 @@ def split_rows(train_labels: np.ndarray, val_size: int = 5000, split: str = "str
     if isinstance(val_size, bool) or not isinstance(val_size, (int, np.integer)) or not 0 <= val_size < n_train:
         raise ConfigError(f"data.val_size: {val_size!r} must be an integer in 0..{n_train - 1}")
     rng = np.random.default_rng(seed)
-    labels = train_labels.astype(np.int64)
+    labels = train_labels.astype(np.int64, copy=False)
     val_idx, train_idx = _draw(labels, np.arange(n_train), val_size, split, rng)
     if subset is not None:
         if isinstance(subset, bool) or not isinstance(subset, (int, np.integer)) or not 0 < subset <= train_idx.size:
