@@ -110,17 +110,23 @@ def steps_per_epoch(config: Config | Mapping[str, Any], num_train: int) -> int:
 
 def split_seed(config: Config | Mapping[str, Any]) -> int:
     """The seed that draws a run's validation rows (and subset): ``data.split_seed``, by default
-    the run's own. Runs that share it (and val_size, split, subset) share their rows."""
+    the run's own. Runs that share it (and val_size, split, subset, folds, fold) share their rows."""
     cfg = as_config(config)
     return cfg.seed if cfg.data.split_seed is None else cfg.data.split_seed
+
+
+def row_kwargs(config: Config | Mapping[str, Any]) -> dict[str, Any]:
+    """``split_rows``'s keyword arguments: which training images train and which validate."""
+    cfg = as_config(config)
+    d = cfg.data
+    return dict(val_size=d.val_size, split=d.split, seed=split_seed(cfg), subset=d.subset,
+                folds=d.folds, fold=d.fold)
 
 
 def split_kwargs(config: Config | Mapping[str, Any]) -> dict[str, Any]:
     """``make_splits``'s keyword arguments: which images train, validate and test, and how scaled."""
     cfg = as_config(config)
-    d = cfg.data
-    return dict(val_size=d.val_size, split=d.split, normalize=d.normalize, seed=split_seed(cfg),
-                dtype=cfg.model.dtype, subset=d.subset)
+    return dict(row_kwargs(cfg), normalize=cfg.data.normalize, dtype=cfg.model.dtype)
 
 
 def build_augmenter(config: Config | Mapping[str, Any]):

@@ -67,6 +67,10 @@ class DataConfig:
     normalize: str = _opt("standardize",
                           choices=_Names("fmnist_mlp.data.dataset", "NORMALIZATIONS"))
     subset: int | None = _opt(None, lo=1)        # only N training images: quick runs and tests
+    # Cross-fitting for distillation: the training rows cut into `folds` parts (drawn by the
+    # split seed, after val and subset) and part `fold` left out, so a teacher scores it unseen.
+    folds: int = _opt(1, lo=1, hi=100)
+    fold: int | None = _opt(None, lo=0)
     augment: AugmentConfig = _opt(AugmentConfig())
 
 
@@ -235,6 +239,9 @@ def _check_cross_fields(cfg: Config, source: str) -> None:
         raise ConfigError(f"{source}: loss.label_smoothing: only used with cross_entropy")
     if cfg.data.augment.alternate_flip and not cfg.data.augment.flip:
         raise ConfigError(f"{source}: data.augment.alternate_flip: needs data.augment.flip: true")
+    if cfg.data.fold is not None and (cfg.data.folds < 2 or cfg.data.fold >= cfg.data.folds):
+        raise ConfigError(f"{source}: data.fold: {cfg.data.fold} needs data.folds of 2 or more "
+                          f"and above it (got {cfg.data.folds}): the parts are 0..folds-1")
     if cfg.distill.teachers and cfg.loss.name != "cross_entropy":
         raise ConfigError(f"{source}: distill.teachers: distillation needs loss.name "
                           f"cross_entropy (got {cfg.loss.name!r})")

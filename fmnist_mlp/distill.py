@@ -10,7 +10,9 @@ stored (:func:`mix_targets` of the fixed probabilities), or on every batch as th
 after its flips, shifts and mixup (:class:`ConsistentTeachers`: "function matching", Beyer et al.,
 "Knowledge distillation: A good teacher is patient and consistent", CVPR 2022). Teachers that
 memorised their training images give near-one-hot probabilities on them; on a shifted, mirrored
-or mixed view they have to say what they think, which is what a student can learn from.
+or mixed view they have to say what they think, which is what a student can learn from. The
+other remedy is cross-fitting: each teacher leaves a part of the training rows out
+(``data.fold``) and only the teachers that never saw an image score it (``unseen`` below).
 """
 
 from __future__ import annotations
@@ -30,14 +32,29 @@ def soften(probs: np.ndarray, temperature: float) -> np.ndarray:
     return out
 
 
-def mean_softened(teacher_probs: list[np.ndarray], temperature: float) -> np.ndarray:
-    """The teachers' softened probabilities averaged: (N, K) from a list of (N, K)."""
+def mean_softened(teacher_probs: list[np.ndarray], temperature: float,
+                  unseen: list[np.ndarray] | None = None) -> np.ndarray:
+    """The teachers' softened probabilities averaged: (N, K) from a list of (N, K).
+
+    ``unseen`` (one (N,) bool mask per teacher: rows it did not train on) makes each row the mean
+    of only the teachers that never saw it, where there is one; rows every teacher trained on take
+    the mean of all. Cross-fitted teachers (``data.fold``) so give each image a judgement of it
+    as a new image, not a memory of its label.
+    """
     if not teacher_probs:
         raise ValueError("distillation needs at least one teacher")
+    n = teacher_probs[0].shape[0]
+    if unseen is None:
+        weights = np.ones((len(teacher_probs), n))
+    else:
+        if len(unseen) != len(teacher_probs):
+            raise ValueError("one unseen-rows mask per teacher")
+        weights = np.array(unseen, dtype=np.float64).reshape(len(teacher_probs), n)
+        weights[:, weights.sum(axis=0) == 0] = 1.0   # seen by all: every teacher counts
     total = np.zeros_like(teacher_probs[0], dtype=np.float64)
-    for probs in teacher_probs:
-        total += soften(probs.astype(np.float64), temperature)
-    return total / len(teacher_probs)
+    for probs, weight in zip(teacher_probs, weights):
+        total += weight[:, None] * soften(probs.astype(np.float64), temperature)
+    return total / weights.sum(axis=0)[:, None]
 
 
 def mix_targets(labels: np.ndarray, teachers: np.ndarray, weight: float, dtype) -> np.ndarray:

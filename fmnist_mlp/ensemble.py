@@ -17,9 +17,6 @@ import numpy as np
 from fmnist_mlp.errors import ConfigError
 from fmnist_mlp.trained import TrainedModel, load_trained
 
-# What decides which images are a run's train and validation rows (besides build.split_seed).
-SPLIT_KEYS = ("data.val_size", "data.split", "data.subset")
-
 
 def load_members(targets: Sequence[str | Path], data_dir: str | Path | None = None
                  ) -> list[TrainedModel]:
@@ -38,8 +35,8 @@ def output_kind(members: Sequence[TrainedModel]) -> str:
 
 
 def check_same_rows(members: Sequence[TrainedModel], split: str) -> None:
-    """Validation and training rows depend on the split seed and SPLIT_KEYS: the members must
-    agree on them."""
+    """Validation and training rows depend on the split seed and the row settings
+    (:func:`fmnist_mlp.build.row_kwargs`): the members must agree on them."""
     if split == "test" or len(members) < 2:
         return
     first = _row_settings(members[0].config)
@@ -54,10 +51,11 @@ def check_same_rows(members: Sequence[TrainedModel], split: str) -> None:
 
 
 def _row_settings(config: dict) -> dict[str, Any]:
-    from fmnist_mlp.build import split_seed
+    from fmnist_mlp.build import row_kwargs
 
-    return {"the split seed (data.split_seed, else seed)": split_seed(config),
-            **{key: _dotted(config, key) for key in SPLIT_KEYS}}
+    kwargs = row_kwargs(config)
+    return {"the split seed (data.split_seed, else seed)": kwargs.pop("seed"),
+            **{f"data.{key}": value for key, value in kwargs.items()}}
 
 
 def mean_outputs(outputs: Sequence[np.ndarray]) -> np.ndarray:
@@ -91,7 +89,7 @@ def logits_of_outputs(kind: str, outputs: np.ndarray) -> np.ndarray:
 def evaluate_ensemble(targets: Sequence[str | Path], split: str = "test",
                       data_dir: str | Path | None = None) -> dict[str, Any]:
     """What ``eval`` reports for one run, for the mean of several runs' outputs."""
-    from fmnist_mlp.build import split_kwargs
+    from fmnist_mlp.build import row_kwargs
     from fmnist_mlp.data import load_raw, split_rows
     from fmnist_mlp.metrics import evaluation_report
     from fmnist_mlp.nn.losses import loss_of_outputs, one_hot_targets
@@ -106,9 +104,7 @@ def evaluate_ensemble(targets: Sequence[str | Path], split: str = "test",
     if split == "test":                         # all 10,000 rows, in order: no split to draw
         rows = np.arange(labels.shape[0])
     else:                                       # one draw serves all: check_same_rows made sure
-        kwargs = split_kwargs(members[0].config)
-        train_rows, val_rows = split_rows(labels, kwargs["val_size"], kwargs["split"],
-                                          kwargs["seed"], kwargs["subset"])
+        train_rows, val_rows = split_rows(labels, **row_kwargs(members[0].config))
         rows = train_rows if split == "train" else val_rows
     pixels = images.reshape(labels.shape[0], -1)[rows]
     outputs = [member.outputs(pixels, member.config["train"]["eval_batch_size"])
@@ -121,10 +117,3 @@ def evaluate_ensemble(targets: Sequence[str | Path], split: str = "test",
     accuracy = float(np.mean(averaged.argmax(axis=1) == y))
     return {"checkpoints": [str(m.path) for m in members], "split": split,
             **evaluation_report(y, averaged, output_kind(members), loss, accuracy)}
-
-
-def _dotted(config: dict, key: str) -> Any:
-    node: Any = config
-    for part in key.split("."):
-        node = node[part]
-    return node

@@ -120,6 +120,11 @@ def distill_targets(cfg: Config, splits, data_dir: str | Path | None = None):
     input_maps = [(splits.std / t.std, (splits.mean - t.mean) / t.std) for t in teachers]
     _check_teachers_fit(d.teachers, [t.model for t in teachers], splits.train.x[:1])
     if d.consistent:
+        folded = [str(run) for run, t in zip(d.teachers, teachers)
+                  if t.config["data"].get("fold") is not None]
+        if folded:
+            raise ConfigError(f"distill.consistent: scores every batch with all teachers, which "
+                              f"cross-fitted ones (data.fold) cannot: {', '.join(folded)}")
         return None, ConsistentTeachers([t.model for t in teachers], input_maps, d.weight,
                                         d.temperature)
     probs = []
@@ -128,8 +133,21 @@ def distill_targets(cfg: Config, splits, data_dir: str | Path | None = None):
         probs.append(teacher.scorer.forward(x))
     labels = one_hot_targets(splits.train.y, probs[0].shape[1], cfg.loss.label_smoothing,
                              np.float64)
-    return mix_targets(labels, mean_softened(probs, d.temperature), d.weight,
+    unseen = _unseen_rows(cfg, [t.config for t in teachers], data_dir)
+    return mix_targets(labels, mean_softened(probs, d.temperature, unseen), d.weight,
                        splits.train.x.dtype), None
+
+
+def _unseen_rows(cfg: Config, teacher_configs, data_dir) -> list[np.ndarray]:
+    """Per teacher, which of the student's training rows it did not train on: (N_train,) bools.
+    Rows are redrawn from each run's config, as ``make_splits`` drew them."""
+    from fmnist_mlp.build import row_kwargs
+    from fmnist_mlp.data import load_raw, split_rows
+
+    labels = load_raw(data_dir, progress=False).train_labels
+    student_rows, _ = split_rows(labels, **row_kwargs(cfg))
+    return [~np.isin(student_rows, split_rows(labels, **row_kwargs(c))[0], assume_unique=True)
+            for c in teacher_configs]
 
 
 def _check_teachers_fit(runs_given, models, x: np.ndarray) -> None:

@@ -48,6 +48,8 @@ WALK = {
     "data.split": ("shuffled", {}, "splits"),
     "data.normalize": ("scale", {}, "splits"),
     "data.subset": (50, {}, "splits"),
+    "data.folds": (4, {"data.folds": 3, "data.fold": 1}, "splits"),
+    "data.fold": (1, {"data.folds": 3}, "splits"),
     "data.augment.flip": (True, {}, "augment"),
     "data.augment.alternate_flip": (True, {"data.augment.flip": True}, "augment"),
     "data.augment.shift": (2, {}, "augment"),

@@ -86,6 +86,8 @@ def test_empty_hidden_list_is_logistic_regression_and_csv_string_is_accepted():
     ("model=3", ["model", "expected a section"]),
     ("seed=-1", ["seed", ">= 0"]),
     ("model.output=sigmoid", ["loss.name", "softmax"]),
+    ("data.fold=0", ["data.fold", "data.folds of 2 or more"]),
+    ("data.folds=0", ["data.folds", ">= 1"]),
 ])
 def test_bad_values_name_the_key(override, fragments):
     with pytest.raises(ConfigError) as info:

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fmnist_mlp.data import CLASS_NAMES, RawData, load_raw, make_splits, verify_file
+from fmnist_mlp.data import CLASS_NAMES, RawData, load_raw, make_splits, split_rows, verify_file
 from fmnist_mlp.data.decoded import decoded_path
 from fmnist_mlp.data.synthetic import synthetic_arrays, write_synthetic_dataset
 from fmnist_mlp.errors import ConfigError, DataError
@@ -73,6 +73,24 @@ def test_stratified_split_keeps_class_proportions(raw):
     assert np.bincount(splits.val.y, minlength=10).tolist() == [20] * 10
     assert np.bincount(splits.train.y, minlength=10).tolist() == [80] * 10
     assert splits.train.y.dtype == np.int64 and splits.train.x.flags.c_contiguous
+
+
+@pytest.mark.parametrize("split", ["stratified", "shuffled"])
+def test_folds_partition_the_training_rows_and_leave_validation_alone(raw, split):
+    train, val = split_rows(raw.train_labels, val_size=100, split=split, seed=2)
+    left_out = []
+    for fold in range(3):
+        kept, same_val = split_rows(raw.train_labels, val_size=100, split=split, seed=2,
+                                    folds=3, fold=fold)
+        assert np.array_equal(same_val, val) and np.isin(kept, train).all()
+        left_out.append(np.setdiff1d(train, kept))
+        if split == "stratified":                   # 90 training images a class: 30 a part
+            assert np.bincount(raw.train_labels[left_out[-1]], minlength=10).tolist() == [30] * 10
+    assert [part.size for part in left_out] == [300, 300, 300]
+    assert np.array_equal(np.sort(np.concatenate(left_out)), train)
+    assert make_splits(raw, val_size=100, seed=2, folds=3, fold=1).train.x.shape == (600, 784)
+    with pytest.raises(ConfigError, match="data.fold"):
+        split_rows(raw.train_labels, val_size=100, seed=2, folds=3, fold=3)
 
 
 def test_validation_and_training_partition_the_training_images(raw):

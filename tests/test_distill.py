@@ -52,6 +52,34 @@ def test_teachers_are_averaged_and_mixed_with_the_labels():
     np.testing.assert_allclose(mixed.sum(axis=1), 1.0, rtol=1e-6)
 
 
+def test_only_the_teachers_that_never_saw_a_row_score_it():
+    a = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
+    b = np.array([[0.5, 0.5], [0.4, 0.6], [0.3, 0.7]])
+    unseen = [np.array([True, False, False]), np.array([False, True, False])]
+    # Row 0: only a left it out; row 1: only b; row 2: both trained on it, so both score it.
+    np.testing.assert_allclose(mean_softened([a, b], 1.0, unseen), [a[0], b[1], (a[2] + b[2]) / 2])
+    # Both left row 0 out: their mean. Rows every teacher saw are the plain mean, bit for bit.
+    both = [np.array([True, False, False])] * 2
+    np.testing.assert_allclose(mean_softened([a, b], 1.0, both)[0], (a[0] + b[0]) / 2)
+    none = [np.zeros(3, dtype=bool)] * 2
+    assert np.array_equal(mean_softened([a, b], 2.0, none), mean_softened([a, b], 2.0))
+
+
+def test_cross_fitted_teachers_each_leave_out_a_different_part(real_data_dir):
+    from fmnist_mlp.experiment import _unseen_rows
+
+    student = load_config(None, ["data.split_seed=0"])
+    teachers = [load_config(None, ["data.split_seed=0", "data.folds=3", f"data.fold={f}", "seed=7"])
+                for f in range(3)]
+    unseen = np.array(_unseen_rows(student, teachers, real_data_dir))
+    assert unseen.shape == (3, 55_000)
+    assert (unseen.sum(axis=0) == 1).all()          # each row left out by exactly one teacher
+    assert unseen.sum(axis=1).tolist() == [18_333, 18_333, 18_334]
+    # A teacher on another split never trained on the student's rows that are its validation.
+    other = load_config(None, ["data.split_seed=1"])
+    assert _unseen_rows(student, [other], real_data_dir)[0].sum() == pytest.approx(5_000 * 55 / 60, abs=50)
+
+
 def _tiny(**kw):
     return MLP(input_size=6, hidden=[5], num_classes=4, dtype="float64", seed=3, **kw)
 
@@ -199,6 +227,26 @@ def test_student_trains_from_a_real_teacher_and_a_missing_teacher_is_one_line(
     assert "no-such-run" in missing.stderr and "Traceback" not in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == before
+
+
+@pytest.mark.slow
+def test_a_student_of_cross_fitted_teachers_trains_and_function_matching_refuses_them(
+        real_data_dir, tmp_path):
+    folds = []
+    for fold in (0, 1):
+        run = _fmnist("train", *SMALL, "--name", f"fold{fold}", "--set", "data.folds=2",
+                      "--set", f"data.fold={fold}", "--data-dir", real_data_dir, cwd=tmp_path)
+        assert run.returncode == 0, run.stderr
+        folds.append(run.stdout.strip().splitlines()[-1])
+    teachers = f"distill.teachers=[{','.join(folds)}]"
+    student = _fmnist("train", *SMALL, "--name", "student", "--set", teachers,
+                      "--data-dir", real_data_dir, "--json", cwd=tmp_path)
+    assert student.returncode == 0, student.stderr
+    assert json.loads(student.stdout)["status"] == "finished"
+    matched = _fmnist("train", *SMALL, "--name", "matched", "--set", teachers,
+                      "--set", "distill.consistent=true", "--data-dir", real_data_dir, cwd=tmp_path)
+    assert matched.returncode != 0 and "Traceback" not in matched.stderr
+    assert "data.fold" in matched.stderr and len(matched.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.slow

@@ -85,18 +85,20 @@ def _as_raw_data(arrays: dict[str, np.ndarray], data_dir: Path) -> RawData:
 
 def make_splits(raw: RawData, val_size: int = 5000, split: str = "stratified",
                 normalize: str = "standardize", seed: int = 0, dtype: str = "float32",
-                subset: int | None = None) -> Splits:
+                subset: int | None = None, folds: int = 1, fold: int | None = None) -> Splits:
     """Hold ``val_size`` training images out for validation and turn pixels into float rows.
 
     split: "stratified" (each class in proportion) or "shuffled" (uniformly at random), seeded.
     normalize: "scale" (x / 255, in [0, 1]) or "standardize" ((x / 255 - mean) / std with the global
     mean and std of the training rows actually used). subset: keep only this many training images,
-    drawn after the validation split (same ``split`` method). Test rows are all 10,000, in order.
+    drawn after the validation split (same ``split`` method). folds, fold: cut the training rows
+    into ``folds`` parts and leave part ``fold`` out (:func:`split_rows`). Test rows are all
+    10,000, in order.
     """
     _check_choice("data.normalize", normalize, NORMALIZATIONS)
     _check_choice("model.dtype", dtype, ("float32", "float64"))
     labels = raw.train_labels.astype(np.int64)
-    train_idx, val_idx = split_rows(labels, val_size, split, seed, subset)
+    train_idx, val_idx = split_rows(labels, val_size, split, seed, subset, folds, fold)
     mean, std = _pixel_mean_std(raw.train_images[train_idx]) if normalize == "standardize" else (0.0, 1.0)
     splits = []
     for images, idx, y in ((raw.train_images, train_idx, labels[train_idx]),
@@ -109,9 +111,15 @@ def make_splits(raw: RawData, val_size: int = 5000, split: str = "stratified",
 
 
 def split_rows(train_labels: np.ndarray, val_size: int = 5000, split: str = "stratified",
-               seed: int = 0, subset: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+               seed: int = 0, subset: int | None = None, folds: int = 1,
+               fold: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Which of the training images train and which validate: (train rows, validation rows),
-    each sorted, drawn as :func:`make_splits` draws them (same arguments, same rows)."""
+    each sorted, drawn as :func:`make_splits` draws them (same arguments, same rows).
+
+    fold: the training rows are cut into ``folds`` near-equal parts (same ``split`` method, drawn
+    after validation and subset, so those rows do not move) and part ``fold`` is left out. Runs
+    that differ only in ``fold`` validate on the same rows and each leaves out different ones:
+    cross-fitted teachers, each of which can score its part as images it never trained on."""
     n_train = train_labels.shape[0]
     _check_choice("data.split", split, SPLITS)
     if isinstance(val_size, bool) or not isinstance(val_size, (int, np.integer)) or not 0 <= val_size < n_train:
@@ -123,6 +131,14 @@ def split_rows(train_labels: np.ndarray, val_size: int = 5000, split: str = "str
         if isinstance(subset, bool) or not isinstance(subset, (int, np.integer)) or not 0 < subset <= train_idx.size:
             raise ConfigError(f"data.subset: {subset!r} must be null or an integer in 1..{train_idx.size}")
         train_idx, _ = _draw(labels[train_idx], train_idx, subset, split, rng)
+    if fold is not None:
+        if not (0 <= fold < folds and 2 <= folds <= train_idx.size):
+            raise ConfigError(f"data.fold: {fold!r} must be in 0..folds-1, with data.folds "
+                              f"({folds!r}) from 2 to the {train_idx.size} training rows")
+        rest = train_idx
+        for part in range(fold + 1):     # parts 0..fold, each a share of what is left
+            left_out, rest = _draw(labels[rest], rest, rest.size // (folds - part), split, rng)
+        train_idx = np.setdiff1d(train_idx, left_out, assume_unique=True)
     return train_idx, val_idx
 
 
