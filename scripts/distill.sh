@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
-# Knowledge distillation end to end: train the teachers (the sweep SPEC, sweeps/frontier.yaml by
-# default: four variants of the best recipe), then the student (configs/distilled.yaml) with every
-# finished trial's run directory as distill.teachers.
+# Knowledge distillation end to end: train the teachers (the sweep SPEC, sweeps/teachers-folds.yaml
+# by default: three cross-fitted runs of the best recipe, each leaving a third of the training rows
+# out), then the student (configs/distilled.yaml) with every finished trial's run directory as
+# distill.teachers.
 #
 # Usage: scripts/distill.sh [-r RUNS_DIR] [-s SPEC] [-j JOBS] [TEACHER_RUN ...] [-- STUDENT_ARGS]
 #   RUNS_DIR  where the teachers' sweep (RUNS_DIR/teachers) and the student go
 #             (default: runs/distill-YYYYmmdd-HHMMSS)
 #   SPEC      the sweep that trains the teachers; run again to continue an interrupted one
-#   JOBS      sweep workers on this machine (default 2)
+#   JOBS      sweep workers on this machine (default 3)
 #   TEACHER_RUN ...  skip the sweep: these runs teach (e.g. an earlier call's)
 #   STUDENT_ARGS     extra `fmnist-mlp train` arguments for the student, e.g. --set seed=0
-# The teachers (seed 0, as configs/best.yaml) and the student share the train/validation split:
+# The teachers (split seed 0) and the student share the train/validation split:
 # distilled.yaml draws it with data.split_seed 0, so a student of another seed (-- --set seed=1)
 # still validates on images no teacher trained on. Prints the student's run directory;
 # `fmnist-mlp runs --runs-dir RUNS_DIR/teachers/runs` shows the teachers' accuracies and wall
@@ -18,8 +19,8 @@
 set -euo pipefail
 
 runs_dir="runs/distill-$(date +%Y%m%d-%H%M%S)"
-spec=sweeps/frontier.yaml
-jobs=2
+spec=sweeps/teachers-folds.yaml
+jobs=3
 teachers=()
 student_args=()
 while [[ $# -gt 0 ]]; do

@@ -200,14 +200,18 @@ def test_loading_the_config_module_does_not_import_numpy():
 
 
 def test_distilled_yaml_is_best_yaml_plus_the_distillation_block():
-    """The student's recipe is written twice (a config cannot include another): keep them equal."""
+    """The student's recipe is written twice (a config cannot include another): keep them equal
+    but for the distillation block, the teachers' split and the length."""
     import dataclasses
 
     best, distilled = load_config(CONFIGS / "best.yaml"), load_config(CONFIGS / "distilled.yaml")
     # data.split_seed pins the teachers' split for students of other seeds; seed 0 draws it anyway.
     assert distilled.data.split_seed == best.seed == distilled.seed == 0
     same_split = dataclasses.replace(distilled.data, split_seed=best.data.split_seed)
-    assert dataclasses.replace(distilled, distill=best.distill, data=same_split) == best
+    same_length = dataclasses.replace(distilled.train, epochs=best.train.epochs)
+    assert distilled.train.epochs > best.train.epochs   # soft targets pay for a longer run
+    assert dataclasses.replace(distilled, distill=best.distill, data=same_split,
+                               train=same_length) == best
     assert distilled.distill.weight > 0 and not distilled.distill.teachers
 
 
