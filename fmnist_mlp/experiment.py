@@ -15,7 +15,8 @@ import numpy as np
 
 from fmnist_mlp import run_guard, runs
 from fmnist_mlp.build import (build, build_augmenter, build_model, build_scorer,
-                              loop_settings, make_streams, split_kwargs, steps_per_epoch)
+                              loop_settings, make_streams, row_kwargs, split_kwargs,
+                              steps_per_epoch)
 from fmnist_mlp.config import Config, config_from_dict, config_to_dict, dump_config
 from fmnist_mlp.errors import (CheckpointError, ConfigError, TrainingDivergedError,
                                TrainingInterrupted, TrainingPruned)
@@ -121,7 +122,7 @@ def distill_targets(cfg: Config, splits, data_dir: str | Path | None = None):
     _check_teachers_fit(d.teachers, [t.model for t in teachers], splits.train.x[:1])
     if d.consistent:
         folded = [str(run) for run, t in zip(d.teachers, teachers)
-                  if t.config["data"].get("fold") is not None]
+                  if row_kwargs(t.config)["fold"] is not None]
         if folded:
             raise ConfigError(f"distill.consistent: scores every batch with all teachers, which "
                               f"cross-fitted ones (data.fold) cannot: {', '.join(folded)}")
@@ -141,7 +142,6 @@ def distill_targets(cfg: Config, splits, data_dir: str | Path | None = None):
 def _unseen_rows(cfg: Config, teacher_configs, data_dir) -> list[np.ndarray]:
     """Per teacher, which of the student's training rows it did not train on: (N_train,) bools.
     Rows are redrawn from each run's config, as ``make_splits`` drew them."""
-    from fmnist_mlp.build import row_kwargs
     from fmnist_mlp.data import load_raw, split_rows
 
     labels = load_raw(data_dir, progress=False).train_labels

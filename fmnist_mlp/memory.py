@@ -28,8 +28,8 @@ def parameter_count(input_size: int, hidden: Sequence[int], num_classes: int,
 
 
 def training_bytes(input_size: int, hidden: Sequence[int], num_classes: int, batch_size: int,
-                   eval_batch_size: int, itemsize: int, batchnorm: bool = False,
-                   data_rows: int = 0) -> int:
+                   eval_batch_size: int, itemsize: int, *, data_rows: int,
+                   batchnorm: bool = False) -> int:
     """Bytes a training needs: parameters with gradients and optimiser state, the work arrays of a
     training and an evaluation batch, and the data itself (``data_rows`` images, held as float rows
     and once as uint8). Python ints: never overflows."""
