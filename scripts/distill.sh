@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
-# Knowledge distillation end to end: train the teachers (the sweep SPEC, sweeps/teachers-folds.yaml
-# by default: three cross-fitted runs of the best recipe, each leaving a third of the training rows
-# out), then the student (configs/distilled.yaml) with every finished trial's run directory as
-# distill.teachers.
+# Knowledge distillation end to end: train the teachers (the sweep SPEC, sweeps/teachers-long.yaml
+# by default: best.yaml's recipe at 200 epochs, seeds 0-2), then the student
+# (configs/distilled.yaml) with every finished trial's run directory as distill.teachers.
 #
 # Usage: scripts/distill.sh [-r RUNS_DIR] [-s SPEC] [-j JOBS] [TEACHER_RUN ...] [-- STUDENT_ARGS]
 #   RUNS_DIR  where the teachers' sweep (RUNS_DIR/teachers) and the student go
@@ -19,7 +18,7 @@
 set -euo pipefail
 
 runs_dir="runs/distill-$(date +%Y%m%d-%H%M%S)"
-spec=sweeps/teachers-folds.yaml
+spec=sweeps/teachers-long.yaml
 jobs=3
 teachers=()
 student_args=()
