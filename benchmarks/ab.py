@@ -31,7 +31,7 @@ def _cases():
     import numpy as np
 
     from fmnist_mlp.nn import MLP
-    from fmnist_mlp.optim import make_optimizer
+    from fmnist_mlp.nn.optim import make_optimizer
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((20 * BATCH, 784)).astype(np.float32)

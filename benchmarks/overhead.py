@@ -1,6 +1,6 @@
 """Bare engine loop vs the real training path, per epoch, on the same config and the same splits.
 
-The real path is :func:`fmnist_mlp.experiment.run_training` (what ``fmnist-mlp train`` calls):
+The real path is :func:`fmnist_mlp.training.session.run_training` (what ``fmnist-mlp train`` calls):
 fit with the schedule, validation after every epoch, metrics.jsonl, checkpoints and summary.json
 in a throw-away run directory. Its epoch is timed from the loop's ``on_epoch_start`` to the end
 of the recorder's ``on_epoch_end`` (after the checkpoint is written). The CLI's progress display
@@ -37,7 +37,7 @@ def _bare_epochs(cfg, splits, epochs: int) -> list[float]:
     """Seconds of each of ``epochs`` bare-loop epochs over ``splits.train``."""
     import numpy as np
 
-    from fmnist_mlp.build import build, make_streams, steps_per_epoch
+    from fmnist_mlp.config.plan import build, make_streams, steps_per_epoch
 
     streams = make_streams(cfg.seed)
     engine = build(cfg, steps_per_epoch(cfg, len(splits.train.y)), init_rng=streams["init"])
@@ -67,8 +67,8 @@ def measure_train_overhead(config_path: str | None, data_dir: str | None, timed_
     Order: bare (1 + ``timed_epochs``), real (1 + ``timed_epochs``), bare again. ``overrides``
     are ``--set`` style ``key.path=value`` strings (tests shrink the data with them).
     """
-    from fmnist_mlp.config import load_config
-    from fmnist_mlp.experiment import load_splits_for, run_training
+    from fmnist_mlp.config.schema import load_config
+    from fmnist_mlp.training.session import load_splits_for, run_training
 
     path = config_path if config_path and Path(config_path).exists() else None
     cfg = load_config(path, [*overrides, f"train.epochs={timed_epochs + 1}"])

@@ -323,8 +323,8 @@ def default_output_path(now: _dt.datetime | None = None) -> Path:
 
 
 def write_results(results: dict, path: Path) -> Path:
-    """Write the results as indented JSON, atomically (fmnist_mlp.safe_io.atomic_write)."""
-    from fmnist_mlp.safe_io import atomic_write_text
+    """Write the results as indented JSON, atomically (fmnist_mlp.io.files.atomic_write)."""
+    from fmnist_mlp.io.files import atomic_write_text
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

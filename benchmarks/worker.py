@@ -94,7 +94,7 @@ def measure_peak(job: dict) -> dict:
 # --------------------------------------------------------------------------------- NumPy engine
 def _numpy_model_and_optimizer(job: dict):
     from fmnist_mlp.nn import MLP
-    from fmnist_mlp.optim import make_optimizer
+    from fmnist_mlp.nn.optim import make_optimizer
 
     model = MLP(input_size=784, hidden=tuple(job["hidden"]), num_classes=10, activation="relu",
                 output="softmax", loss="cross_entropy", dropout=job["dropout"],

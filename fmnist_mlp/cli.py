@@ -74,10 +74,10 @@ def train(config_path, overrides, name, runs_dir, data_dir, resume_dir, quiet, t
     The run directory runs/<timestamp>-<name>-<id>/ gets the resolved config.yaml, metrics.jsonl,
     summary.json, train.log and checkpoints/{last,best}.npz.
     """
-    from fmnist_mlp.config import load_config
-    from fmnist_mlp.experiment import run_training
-    from fmnist_mlp.progress import ProgressReporter
-    from fmnist_mlp.runs import validate_run_name
+    from fmnist_mlp.config.schema import load_config
+    from fmnist_mlp.training.session import run_training
+    from fmnist_mlp.training.progress import ProgressReporter
+    from fmnist_mlp.rundir.files import validate_run_name
 
     if resume_dir is not None and (config_path or overrides or name):
         raise click.UsageError("--resume continues a run with its own config; "
@@ -143,14 +143,14 @@ def eval_command(targets, split, data_dir, as_json):
     data.val_size, data.split and data.subset).
     """
     from fmnist_mlp.data import CLASS_NAMES
-    from fmnist_mlp.metrics import format_evaluation
+    from fmnist_mlp.scoring.metrics import format_evaluation
 
     if len(targets) == 1:
-        from fmnist_mlp.experiment import evaluate_checkpoint
+        from fmnist_mlp.training.session import evaluate_checkpoint
 
         result = evaluate_checkpoint(targets[0], split=split, data_dir=data_dir)
     else:
-        from fmnist_mlp.ensemble import evaluate_ensemble
+        from fmnist_mlp.scoring.ensemble import evaluate_ensemble
 
         result = evaluate_ensemble(targets, split=split, data_dir=data_dir)
     if as_json:
@@ -183,7 +183,7 @@ def predict(model, images, more_models, top_k, save_dir, data_dir, as_json):
     (pip install -e '.[image]').
     """
     from fmnist_mlp.data import CLASS_NAMES
-    from fmnist_mlp.ensemble import load_members
+    from fmnist_mlp.scoring.ensemble import load_members
     from fmnist_mlp.predict.images import require_pillow
     from fmnist_mlp.predict.run import as_json as predictions_json
     from fmnist_mlp.predict.run import as_text, predict_files
@@ -244,7 +244,7 @@ def runs_command(runs_dir, sort_key, reverse, as_json, as_csv):
     pruner); "stale" marks a run still flagged running whose process on this host is gone
     (killed): continue it with train --resume RUN_DIR.
     """
-    from fmnist_mlp.runs_table import collect_runs, format_csv, format_text, sort_rows
+    from fmnist_mlp.rundir.table import collect_runs, format_csv, format_text, sort_rows
 
     if as_json and as_csv:
         raise click.UsageError("choose one of --json and --csv")
@@ -291,7 +291,7 @@ def gradcheck(config_path, overrides, samples, real, data_dir, tolerance, max_en
 
     Prints the max relative error per parameter and exits 1 if any exceeds the tolerance.
     """
-    from fmnist_mlp.experiment import run_gradcheck
+    from fmnist_mlp.training.session import run_gradcheck
 
     errors = run_gradcheck(config_path, overrides, samples=samples, real=real, data_dir=data_dir,
                            max_entries=max_entries)
@@ -429,7 +429,7 @@ def _name_from(config_path: Path | None) -> str:
 def _plots_if_asked(run_dir: Path, data_dir: Path | None, reporter) -> None:
     """``train.plots: true``: write the plots; a missing matplotlib is a warning, not a failure
     (the trained run is fine, and ``fmnist-mlp plot`` can draw them later)."""
-    from fmnist_mlp.config import load_config
+    from fmnist_mlp.config.schema import load_config
     from fmnist_mlp.errors import FmnistMlpError
 
     if not load_config(run_dir / "config.yaml").train.plots:
@@ -445,7 +445,7 @@ def _plots_if_asked(run_dir: Path, data_dir: Path | None, reporter) -> None:
 
 
 def _resume_epochs(run_dir: Path) -> int:
-    from fmnist_mlp.config import load_config
+    from fmnist_mlp.config.schema import load_config
     from fmnist_mlp.errors import CheckpointError
 
     config_file = run_dir / "config.yaml"
@@ -480,7 +480,7 @@ def _raise_keyboard_interrupt(signum, frame):
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: package errors become one line on stderr and their exit code."""
     from fmnist_mlp.errors import FmnistMlpError
-    from fmnist_mlp.terminal import printable
+    from fmnist_mlp.io.printable import printable
 
     try:
         code = cli.main(args=argv, prog_name="fmnist-mlp", standalone_mode=False)

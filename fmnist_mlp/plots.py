@@ -19,10 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import CLASS_NAMES
-from .errors import CheckpointError, FmnistMlpError
-from .metrics import (confusion_matrix, expected_calibration_error, most_confident_mistakes,
-                      per_class_accuracy)
+from fmnist_mlp.data import CLASS_NAMES
+from fmnist_mlp.errors import CheckpointError, FmnistMlpError
+from fmnist_mlp.scoring.metrics import (
+    confusion_matrix,
+    expected_calibration_error,
+    most_confident_mistakes,
+    per_class_accuracy,
+)
 
 MISSING_MATPLOTLIB = "plotting needs matplotlib: pip install 'fmnist-mlp[plot]'"
 DPI = 100
@@ -68,9 +72,9 @@ def _new_figure(figsize: tuple[float, float]):
 
 
 def _save(fig, path: str | os.PathLike) -> Path:
-    """Write fig as PNG atomically (:func:`fmnist_mlp.safe_io.atomic_write`), so a reader never
+    """Write fig as PNG atomically (:func:`fmnist_mlp.io.files.atomic_write`), so a reader never
     sees half a file and a planted link at the PNG's name is replaced, not followed."""
-    from .safe_io import atomic_write
+    from fmnist_mlp.io.files import atomic_write
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -291,13 +295,13 @@ def plot_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
     require_matplotlib()
     # Imported here: they pull in the data and config layers, which a caller of the pure
     # plotting functions above does not need.
-    from .experiment import load_model, load_splits_for
-    from .runs import read_metrics
+    from fmnist_mlp.training.session import load_model, load_splits_for
+    from fmnist_mlp.rundir.files import read_metrics
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():   # a checkpoint file has no plots/ folder to write into
         raise CheckpointError(f"{run_dir}: not a run directory")
-    from .safe_io import dir_inside
+    from fmnist_mlp.io.files import dir_inside
 
     metrics = read_metrics(run_dir)
     model, config = load_model(run_dir)

@@ -58,7 +58,7 @@ def work(real_data_dir, tmp_path_factory):
 
 def engine_outputs(run, rows=slice(None), data_dir=None):
     """What eval scores, straight from the engine: (outputs, labels) on the test split."""
-    from fmnist_mlp.experiment import load_model, load_splits_for
+    from fmnist_mlp.training.session import load_model, load_splits_for
 
     model, config = load_model(run)
     test = load_splits_for(config, data_dir).test
@@ -81,9 +81,9 @@ def test_pngs(work):
 
 
 def test_test_images_saved_as_png_predict_exactly_as_eval_scores_them(work, test_pngs, tmp_path):
-    from fmnist_mlp.experiment import load_model, load_splits_for
+    from fmnist_mlp.training.session import load_model, load_splits_for
     from fmnist_mlp.predict.run import load_pixels
-    from fmnist_mlp.trained import load_trained
+    from fmnist_mlp.rundir.trained import load_trained
 
     root, run_a, _, data_dir = work
     # The network's inputs from the PNG files are bit-identical to eval's test rows...
@@ -100,7 +100,7 @@ def test_test_images_saved_as_png_predict_exactly_as_eval_scores_them(work, test
     rows = json.loads(proc.stdout)["predictions"]
     assert [Path(r["file"]).name for r in rows] == [f"test-{i:04d}.png" for i in range(NUM_PNG)]
     probabilities = np.array([r["probabilities"] for r in rows], dtype=np.float32)
-    script = ("import sys, numpy as np; from fmnist_mlp.experiment import load_model, "
+    script = ("import sys, numpy as np; from fmnist_mlp.training.session import load_model, "
               "load_splits_for; m, c = load_model(sys.argv[1]); "
               "x = load_splits_for(c, sys.argv[2]).test.x[:int(sys.argv[3])]; "
               "np.save(sys.argv[4], m.forward(x))")
@@ -264,7 +264,7 @@ def test_tensorboard_event_files_read_back(work, tmp_path):
     need("tensorboardX", "tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from fmnist_mlp import runs
+    from fmnist_mlp.rundir import files as runs
 
     root, _, _, data_dir = work
     proc = fmnist("train", "--config", Path(__file__).parents[1] / "configs/default.yaml", *SMALL,
@@ -317,10 +317,10 @@ def test_a_resumed_run_continues_its_tensorboard_curves(work, tmp_path):
     need("tensorboardX", "tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from fmnist_mlp import runs
-    from fmnist_mlp.config import load_config
-    from fmnist_mlp.experiment import run_training
-    from fmnist_mlp.train import TrainingInterrupted
+    from fmnist_mlp.rundir import files as runs
+    from fmnist_mlp.config.schema import load_config
+    from fmnist_mlp.training.session import run_training
+    from fmnist_mlp.training.loop import TrainingInterrupted
 
     data_dir = work[3]
     cfg = load_config(None, ["data.subset=600", "data.val_size=300", "model.hidden=[8]",

@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 
-from fmnist_mlp.augment import (alternating_flip, make_augmenter, mixup, random_flip,
-                                random_shift)
+from fmnist_mlp.data.augment import alternating_flip, make_augmenter, mixup, random_flip, random_shift
 
 
 def _images(n, seed=0):
@@ -74,7 +73,7 @@ def test_make_augmenter_none_and_determinism():
 
 
 def test_flip_averaged_model_averages_an_image_and_its_mirror():
-    from fmnist_mlp.augment import FlipAveraged, mirror
+    from fmnist_mlp.data.augment import FlipAveraged, mirror
     from fmnist_mlp.nn import MLP
 
     model = MLP(hidden=[32], seed=0, dtype="float64")
@@ -93,7 +92,7 @@ def test_flip_averaged_model_averages_an_image_and_its_mirror():
 
 
 def test_cutout_blanks_one_clipped_square_per_image_with_the_background():
-    from fmnist_mlp.augment import random_cutout
+    from fmnist_mlp.data.augment import random_cutout
 
     x = np.random.default_rng(0).uniform(0.5, 1.0, size=(300, 784)).astype(np.float32)
     x[0, :] = 0.0                  # one blank image sets the background value (the batch minimum)
@@ -139,11 +138,11 @@ def test_mixup_returns_its_weight_and_partners():
 def test_training_accuracy_under_mixup_counts_the_dominant_label():
     # A fixed net (the schedule gives learning rate 0; no dropout or batch norm, so training mode scores as
     # evaluation does) and one batch of the whole set: the loop's count is rebuilt by hand.
-    from fmnist_mlp.build import make_streams
+    from fmnist_mlp.config.plan import make_streams
     from fmnist_mlp.nn import MLP
     from fmnist_mlp.nn.losses import one_hot_targets
-    from fmnist_mlp.optim import make_optimizer
-    from fmnist_mlp.train import LoopSettings, fit
+    from fmnist_mlp.nn.optim import make_optimizer
+    from fmnist_mlp.training.loop import LoopSettings, fit
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(64, 12)).astype(np.float32)

@@ -14,11 +14,20 @@ import hashlib
 import numpy as np
 import pytest
 
-from fmnist_mlp.build import (STREAMS, Engine, build, build_augmenter, build_model, build_scorer,
-                              loop_settings, make_streams, model_kwargs, split_kwargs,
-                              steps_per_epoch)
-from fmnist_mlp.config import (all_key_paths, config_from_dict, config_to_dict, flatten,
-                               load_config)
+from fmnist_mlp.config.plan import (
+    STREAMS,
+    Engine,
+    build,
+    build_augmenter,
+    build_model,
+    build_scorer,
+    loop_settings,
+    make_streams,
+    model_kwargs,
+    split_kwargs,
+    steps_per_epoch,
+)
+from fmnist_mlp.config.schema import all_key_paths, config_from_dict, config_to_dict, flatten, load_config
 from fmnist_mlp.data import RawData, make_splits
 from fmnist_mlp.data.synthetic import synthetic_arrays
 from fmnist_mlp.errors import ConfigError
@@ -226,8 +235,8 @@ def test_run_streams_are_independent_and_reproducible():
 
 def test_split_seed_shares_the_rows_across_seeds_and_ensembles_accept_it():
     """Students of other seeds can validate on their teachers' rows (data.split_seed)."""
-    from fmnist_mlp.ensemble import check_same_rows
-    from fmnist_mlp.trained import TrainedModel
+    from fmnist_mlp.scoring.ensemble import check_same_rows
+    from fmnist_mlp.rundir.trained import TrainedModel
 
     def splits_of(overrides):
         return make_splits(RAW, **split_kwargs(load_config(None, ["data.val_size=20", *overrides])))

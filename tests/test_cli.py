@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fmnist_mlp import runs
+from fmnist_mlp.rundir import files as runs
 from fmnist_mlp.cli import main
 from training_helpers import InterruptAt
 
@@ -126,7 +126,7 @@ def test_train_json_is_the_only_stdout_and_describes_the_run(trained):
 
 @pytest.mark.realdata
 def test_resolved_config_reproduces_the_run(trained):
-    from fmnist_mlp.config import load_config
+    from fmnist_mlp.config.schema import load_config
 
     work, proc = trained
     cfg = load_config(work / json.loads(proc.stdout)["run_dir"] / "config.yaml")
@@ -158,8 +158,8 @@ def test_test_flip_scores_the_mirror_averaged_model_everywhere(data_dir, tmp_pat
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["accuracy"] == summary["test_acc"]
 
-    from fmnist_mlp.augment import FlipAveraged
-    from fmnist_mlp.experiment import load_model, load_splits_for
+    from fmnist_mlp.data.augment import FlipAveraged
+    from fmnist_mlp.training.session import load_model, load_splits_for
 
     model, config = load_model(tmp_path / summary["run_dir"])
     assert isinstance(model, FlipAveraged)
@@ -382,8 +382,8 @@ def test_four_trainings_at_once_get_their_own_directories(data_dir, tmp_path):
 @pytest.mark.realdata
 @pytest.mark.parametrize("batchnorm", [False, True])
 def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(batchnorm, data_dir, tmp_path):
-    from fmnist_mlp.config import load_config
-    from fmnist_mlp.experiment import run_training
+    from fmnist_mlp.config.schema import load_config
+    from fmnist_mlp.training.session import run_training
     from fmnist_mlp.errors import TrainingInterrupted
 
     # Every random stream matters here: dropout masks, flips, shifts and mixup, shuffling,
@@ -424,8 +424,8 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(batchnorm, data
 
 @pytest.mark.realdata
 def test_resume_through_the_cli_finishes_the_run_in_its_directory(data_dir, tmp_path):
-    from fmnist_mlp.config import load_config
-    from fmnist_mlp.experiment import run_training
+    from fmnist_mlp.config.schema import load_config
+    from fmnist_mlp.training.session import run_training
     from fmnist_mlp.errors import TrainingInterrupted
 
     cfg = load_config(None, SMALL[1::2] + ["train.epochs=3"])
@@ -444,8 +444,8 @@ def test_resume_through_the_cli_finishes_the_run_in_its_directory(data_dir, tmp_
 
 @pytest.mark.realdata
 def test_ctrl_c_between_checkpoints_still_saves_the_last_completed_epoch(data_dir, tmp_path):
-    from fmnist_mlp.config import load_config
-    from fmnist_mlp.experiment import run_training
+    from fmnist_mlp.config.schema import load_config
+    from fmnist_mlp.training.session import run_training
     from fmnist_mlp.errors import TrainingInterrupted
 
     cfg = load_config(None, SMALL[1::2] + ["train.epochs=5", "train.checkpoint_every=5"])
@@ -463,8 +463,8 @@ def test_ctrl_c_while_an_epoch_is_being_recorded_finishes_recording_it(data_dir,
     # summary.json kept the previous epoch's best val acc beside the new epoch count, train.log
     # lost the epoch's line, and the message said "interrupted during epoch 3" of a 2-epoch run.
     # The real SIGINT is sent right after the first checkpoint is written.
-    from fmnist_mlp.config import load_config
-    from fmnist_mlp.experiment import run_training
+    from fmnist_mlp.config.schema import load_config
+    from fmnist_mlp.training.session import run_training
     from fmnist_mlp.errors import TrainingInterrupted
 
     real_save = runs.save_checkpoint
@@ -491,8 +491,8 @@ def test_ctrl_c_while_an_epoch_is_being_recorded_finishes_recording_it(data_dir,
 
 @pytest.mark.realdata
 def test_ctrl_c_in_the_first_epoch_says_there_is_nothing_to_resume(data_dir, tmp_path, capsys):
-    from fmnist_mlp.config import load_config
-    from fmnist_mlp.experiment import run_training
+    from fmnist_mlp.config.schema import load_config
+    from fmnist_mlp.training.session import run_training
     from fmnist_mlp.errors import TrainingInterrupted
 
     cfg = load_config(None, SMALL[1::2])
@@ -508,8 +508,8 @@ def test_ctrl_c_in_the_first_epoch_says_there_is_nothing_to_resume(data_dir, tmp
 
 @pytest.mark.realdata
 def test_early_stopping_ends_the_run_when_validation_stops_improving(data_dir, tmp_path):
-    from fmnist_mlp.config import load_config
-    from fmnist_mlp.experiment import run_training
+    from fmnist_mlp.config.schema import load_config
+    from fmnist_mlp.training.session import run_training
 
     # A learning rate this small leaves the predictions, hence the val accuracy, unchanged.
     cfg = load_config(None, SMALL[1::2] + ["train.epochs=6", "train.early_stopping_patience=2",
@@ -567,7 +567,7 @@ def test_sweep_runs_the_grid_prints_the_table_and_reports_failures(data_dir, tmp
     ("configs/default.yaml", "default"), ("my exp.yaml", "my-exp"), ("..yaml", "run")])
 def test_default_run_name_is_the_config_stem_made_safe(filename, expected):
     from fmnist_mlp.cli import _name_from
-    from fmnist_mlp.runs import validate_run_name
+    from fmnist_mlp.rundir.files import validate_run_name
 
     assert _name_from(Path(filename)) == expected
     assert validate_run_name(expected) == expected

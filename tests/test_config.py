@@ -8,8 +8,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fmnist_mlp.config import (Config, all_key_paths, config_from_dict, config_to_dict,
-                               dump_config, flatten, load_config, parse_override)
+from fmnist_mlp.config.schema import (
+    Config,
+    all_key_paths,
+    config_from_dict,
+    config_to_dict,
+    dump_config,
+    flatten,
+    load_config,
+    parse_override,
+)
 from fmnist_mlp.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -164,7 +172,8 @@ def _schema_field(path: str) -> dataclasses.Field:
 
 
 def test_name_choices_are_the_engines_own_tables():
-    from fmnist_mlp import optim, schedules
+    from fmnist_mlp.nn import optim
+    from fmnist_mlp.nn import schedules
     from fmnist_mlp.data import dataset
     from fmnist_mlp.nn import activations, init, losses, model, workspace
 
@@ -194,7 +203,7 @@ def test_loading_the_config_module_does_not_import_numpy():
     import subprocess
     import sys
 
-    code = "import sys, fmnist_mlp.config; print('numpy' in sys.modules)"
+    code = "import sys, fmnist_mlp.config.schema; print('numpy' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from fmnist_mlp.data import HttpOptions, default_data_dir, ensure_dataset, verify_file
-from fmnist_mlp.data.lock import FileLock
+from fmnist_mlp.io.lock import FileLock
 from fmnist_mlp.data.synthetic import write_synthetic_dataset
 from fmnist_mlp.errors import DataError
 

@@ -11,15 +11,15 @@ import sys
 import numpy as np
 import pytest
 
-from fmnist_mlp.augment import make_augmenter, mirror
-from fmnist_mlp.build import make_streams
-from fmnist_mlp.config import load_config
-from fmnist_mlp.distill import ConsistentTeachers, mean_softened, mix_targets, soften
+from fmnist_mlp.data.augment import make_augmenter, mirror
+from fmnist_mlp.config.plan import make_streams
+from fmnist_mlp.config.schema import load_config
+from fmnist_mlp.training.distill import ConsistentTeachers, mean_softened, mix_targets, soften
 from fmnist_mlp.errors import ConfigError
 from fmnist_mlp.nn import MLP
 from fmnist_mlp.nn.losses import one_hot_targets, softmax
-from fmnist_mlp.optim import make_optimizer
-from fmnist_mlp.train import LoopSettings, fit
+from fmnist_mlp.nn.optim import make_optimizer
+from fmnist_mlp.training.loop import LoopSettings, fit
 from sweep_helpers import REPO, write_spec
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -66,7 +66,7 @@ def test_only_the_teachers_that_never_saw_a_row_score_it():
 
 
 def test_cross_fitted_teachers_each_leave_out_a_different_part(real_data_dir):
-    from fmnist_mlp.experiment import _unseen_rows
+    from fmnist_mlp.training.session import _unseen_rows
 
     student = load_config(None, ["data.split_seed=0"])
     teachers = [load_config(None, ["data.split_seed=0", "data.folds=3", f"data.fold={f}", "seed=7"])
@@ -283,8 +283,8 @@ def test_a_teacher_of_another_shape_is_refused_in_one_line(real_data_dir, tmp_pa
                                                             fragment):
     # No command of this tool makes such a teacher: the checkpoint is written by hand, with a
     # valid config beside the foreign shape, as another program (or a hand edit) could.
-    from fmnist_mlp.config import config_to_dict
-    from fmnist_mlp.runs import Checkpoint, save_checkpoint
+    from fmnist_mlp.config.schema import config_to_dict
+    from fmnist_mlp.rundir.files import Checkpoint, save_checkpoint
 
     foreign = MLP(hidden=[8], seed=0, **shape)
     config = config_to_dict(load_config(None, ["data.normalize=scale", "model.hidden=[8]"]))

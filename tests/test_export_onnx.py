@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fmnist_mlp.config import config_from_dict, config_to_dict
-from fmnist_mlp.ensemble import logits_of_outputs, mean_outputs
+from fmnist_mlp.config.schema import config_from_dict, config_to_dict
+from fmnist_mlp.scoring.ensemble import logits_of_outputs, mean_outputs
 from fmnist_mlp.nn import MLP
-from fmnist_mlp.trained import TrainedModel
+from fmnist_mlp.rundir.trained import TrainedModel
 
 from conftest import require_or_skip
 
@@ -167,7 +167,7 @@ def test_an_ensemble_of_different_output_units_is_refused():
 def test_safetensors_round_trip(tmp_path, pixels):
     pytest.importorskip("safetensors")
     from fmnist_mlp.export.safetensors import read_safetensors, safetensors_bytes
-    from fmnist_mlp.trained import load_trained
+    from fmnist_mlp.rundir.trained import load_trained
 
     trained = make_trained("relu", "softmax", 2, batchnorm=True, test_flip=True, seed=9)
     path = tmp_path / "m.safetensors"
@@ -188,7 +188,7 @@ def test_safetensors_round_trip(tmp_path, pixels):
 def test_a_bad_safetensors_file_is_a_checkpoint_error(tmp_path, content):
     pytest.importorskip("safetensors")
     from fmnist_mlp.errors import CheckpointError
-    from fmnist_mlp.trained import load_trained
+    from fmnist_mlp.rundir.trained import load_trained
 
     path = tmp_path / "bad.safetensors"
     path.write_bytes(content)

@@ -13,7 +13,7 @@ import threading
 import pytest
 
 from fmnist_mlp.data import HttpOptions, ensure_dataset
-from fmnist_mlp.data.lock import FileLock
+from fmnist_mlp.io.lock import FileLock
 from fmnist_mlp.data.synthetic import write_synthetic_dataset
 from fmnist_mlp.errors import DataError
 
@@ -80,7 +80,7 @@ def test_only_silent_sources_end_within_the_download_limit(silent, tmp_path):
 def test_waiting_for_the_cache_lock_says_for_what(tmp_path):
     lock_path = tmp_path / ".lock"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from fmnist_mlp.data.lock import FileLock\n"
+        [sys.executable, "-c", "import sys, time; from fmnist_mlp.io.lock import FileLock\n"
          f"with FileLock({str(lock_path)!r}):\n    print('held', flush=True); time.sleep(60)"],
         stdout=subprocess.PIPE, text=True, env=os.environ)
     try:

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from numpy.lib import format as npy_format
 
-from fmnist_mlp import runs
+from fmnist_mlp.rundir import files as runs
 from fmnist_mlp.errors import CheckpointError
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -99,7 +99,7 @@ def _peak_bytes(fn) -> tuple[int, BaseException | None]:
 ], ids=["header-claims-4TB", "layer-not-in-spec", "unknown-member", "not-npy",
         "deflate-bomb", "spec-edited-huge", "wrong-dtype"])
 def test_checkpoints_that_do_not_belong_are_refused_before_reading_data(tmp_path, make):
-    from fmnist_mlp.experiment import load_model
+    from fmnist_mlp.training.session import load_model
 
     path = tmp_path / "c.npz"
     path.write_bytes(make())

@@ -206,7 +206,7 @@ def test_resume_removes_temporaries_of_killed_writers_and_nothing_else(run, real
 
 
 def test_an_atomic_write_cleans_up_after_a_killed_writer_of_the_same_file(tmp_path):
-    from fmnist_mlp.safe_io import atomic_write
+    from fmnist_mlp.io.files import atomic_write
 
     leftover = tmp_path / ".f.json.999999999-0badf00d.fmnist-mlp.tmp"
     leftover.write_text("{")

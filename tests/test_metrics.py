@@ -1,4 +1,4 @@
-"""Tests for fmnist_mlp.metrics against independent loop-based references."""
+"""Tests for fmnist_mlp.scoring.metrics against independent loop-based references."""
 
 import re
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fmnist_mlp.data import CLASS_NAMES as NAMES
-from fmnist_mlp.metrics import confusion_matrix, format_confusion_table, per_class_accuracy
+from fmnist_mlp.scoring.metrics import confusion_matrix, format_confusion_table, per_class_accuracy
 
 
 def _noisy_labels(n=2000, num_classes=10, seed=0):
@@ -104,7 +104,7 @@ def test_format_confusion_table_rejects_wrong_number_of_names():
 
 
 def test_most_confident_mistakes_orders_wrong_answers_by_confidence():
-    from fmnist_mlp.metrics import most_confident_mistakes
+    from fmnist_mlp.scoring.metrics import most_confident_mistakes
 
     rng = np.random.default_rng(3)
     probs = rng.dirichlet(np.ones(10), size=500)
@@ -119,7 +119,7 @@ def test_most_confident_mistakes_orders_wrong_answers_by_confidence():
 
 
 def test_most_confident_mistakes_with_few_or_no_errors():
-    from fmnist_mlp.metrics import most_confident_mistakes
+    from fmnist_mlp.scoring.metrics import most_confident_mistakes
 
     probs = np.eye(4)[[0, 1, 2, 3]] * 0.7 + 0.075
     assert most_confident_mistakes(np.array([0, 1, 2, 3]), probs, k=5).size == 0

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fmnist_mlp.metrics import (classification_report, expected_calibration_error,
-                                precision_recall_f1)
+from fmnist_mlp.scoring.metrics import classification_report, expected_calibration_error, precision_recall_f1
 
 
 def test_precision_recall_f1_by_hand():

@@ -6,7 +6,7 @@ import pytest
 
 from fmnist_mlp.nn import MLP
 from fmnist_mlp.nn.workspace import FEATURE_LAYOUT_MIN_WIDTH, resolve_layout
-from fmnist_mlp.optim import make_optimizer
+from fmnist_mlp.nn.optim import make_optimizer
 
 
 def test_auto_chooses_feature_for_wide_first_layers_only():

@@ -5,7 +5,7 @@ import pytest
 
 from fmnist_mlp.nn import MLP
 from fmnist_mlp.nn.losses import softmax_cross_entropy, one_hot_targets
-from fmnist_mlp.optim import make_optimizer
+from fmnist_mlp.nn.optim import make_optimizer
 
 XOR_X = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=np.float64)
 XOR_Y = np.array([0, 1, 1, 0])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fmnist_mlp.errors import ConfigError
-from fmnist_mlp.optim import make_optimizer
+from fmnist_mlp.nn.optim import make_optimizer
 
 W0 = np.array([[0.5, -1.0], [2.0, 0.25]])
 B0 = np.array([0.1, -0.2])

@@ -14,10 +14,10 @@ pytest.importorskip("matplotlib")
 import matplotlib  # noqa: E402
 from matplotlib.image import imread  # noqa: E402
 
-from fmnist_mlp import plots  # noqa: E402
-from fmnist_mlp.errors import FmnistMlpError  # noqa: E402
-from fmnist_mlp.metrics import confusion_matrix  # noqa: E402
-from fmnist_mlp.nn import MLP  # noqa: E402
+from fmnist_mlp import plots
+from fmnist_mlp.errors import FmnistMlpError
+from fmnist_mlp.scoring.metrics import confusion_matrix
+from fmnist_mlp.nn import MLP
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from fmnist_mlp.build import build_model
+from fmnist_mlp.config.plan import build_model
 from fmnist_mlp.errors import ConfigError
 from fmnist_mlp.nn import MLP
-from fmnist_mlp.rng import spawn_streams
+from fmnist_mlp.nn.rng import spawn_streams
 
 
 def test_streams_are_named_reproducible_and_independent():

@@ -10,7 +10,7 @@ import re
 import numpy as np
 import pytest
 
-from fmnist_mlp import runs
+from fmnist_mlp.rundir import files as runs
 from fmnist_mlp.errors import CheckpointError, ConfigError
 
 

@@ -5,7 +5,7 @@ import math
 import pytest
 
 from fmnist_mlp.errors import ConfigError
-from fmnist_mlp.schedules import make_schedule
+from fmnist_mlp.nn.schedules import make_schedule
 
 
 def test_constant():

@@ -19,7 +19,7 @@ import numpy as np
 
 from fmnist_mlp.errors import DataError, FmnistMlpError
 from fmnist_mlp.data.manifest import file_entry, load_manifest, save_manifest
-from fmnist_mlp.safe_io import atomic_write
+from fmnist_mlp.io.files import atomic_write
 from fmnist_mlp.data.idx import decode_images, decode_labels, read_idx_bytes
 from fmnist_mlp.data.specs import FileSpec
 

@@ -22,13 +22,12 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from fmnist_mlp.errors import ConfigError, DataError
-from fmnist_mlp.data.http import (HostUnreachableError, HttpOptions, StalledError, download_url,
-                                  make_session)
-from fmnist_mlp.data.lock import FileLock
+from fmnist_mlp.data.http import HostUnreachableError, HttpOptions, StalledError, download_url, make_session
+from fmnist_mlp.io.lock import FileLock
 from fmnist_mlp.data.manifest import file_entry as manifest_entry
 from fmnist_mlp.data.manifest import file_sha256, load_manifest, save_manifest
 from fmnist_mlp.data.manifest import matches as manifest_matches
-from fmnist_mlp.safe_io import clean_stale_tmp, new_temporary
+from fmnist_mlp.io.files import clean_stale_tmp, new_temporary
 from fmnist_mlp.data.specs import FASHION_MNIST_FILES, FileSpec, verify_file
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")

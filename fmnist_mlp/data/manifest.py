@@ -63,7 +63,7 @@ def load_manifest(data_dir: Path) -> dict[str, Any]:
 
 def save_manifest(data_dir: Path, manifest: dict[str, Any]) -> None:
     """Write the manifest; a read-only cache just goes without (it is then verified in full)."""
-    from fmnist_mlp.safe_io import atomic_write
+    from fmnist_mlp.io.files import atomic_write
 
     try:
         atomic_write(data_dir / MANIFEST_NAME,

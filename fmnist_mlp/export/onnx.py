@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from fmnist_mlp.augment import mirror
+from fmnist_mlp.data.augment import mirror
 from fmnist_mlp.errors import ConfigError
 from fmnist_mlp.export import MISSING_EXPORT
 
@@ -145,7 +145,7 @@ def _inverse_output(g: _GraphBuilder, kind: str, p: str) -> str:
 
 def build_onnx(members: Sequence[Any], class_names: Sequence[str]):
     """An ``onnx.ModelProto`` averaging ``members``' outputs (TrainedModel objects)."""
-    from fmnist_mlp.ensemble import output_kind
+    from fmnist_mlp.scoring.ensemble import output_kind
 
     kind = output_kind(members)
     g = _GraphBuilder()

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Sequence
 
 from fmnist_mlp.errors import ConfigError
-from fmnist_mlp.safe_io import atomic_write
+from fmnist_mlp.io.files import atomic_write
 
 SUFFIXES = {"onnx": ".onnx", "safetensors": ".safetensors"}
 
@@ -23,7 +23,7 @@ def export_models(targets: Sequence[Path], fmt: str, output: Path | None = None,
                   data_dir: str | Path | None = None) -> Path:
     """Write one run (or, for ONNX, the average of several) as ``fmt``; returns the path."""
     from fmnist_mlp.data import CLASS_NAMES
-    from fmnist_mlp.ensemble import load_members
+    from fmnist_mlp.scoring.ensemble import load_members
 
     if fmt not in SUFFIXES:
         raise ConfigError(f"--format {fmt!r}: expected onnx or safetensors")

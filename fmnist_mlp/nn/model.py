@@ -26,7 +26,7 @@ from fmnist_mlp.nn.init import INITS, init_weight, resolve_init
 from fmnist_mlp.nn.losses import LOSSES, OUTPUTS, apply_output, loss_and_dlogits
 from fmnist_mlp.nn.losses import one_hot_targets, per_example_loss
 from fmnist_mlp.nn.workspace import BatchWork, LayerWork, ParameterSet, Workspace, resolve_layout
-from fmnist_mlp.rng import spawn_streams
+from fmnist_mlp.nn.rng import spawn_streams
 
 DTYPES = ("float32", "float64")
 
@@ -106,9 +106,9 @@ class MLP:
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "MLP":
         """Build from the dict a YAML experiment config gives, through the one builder the CLI
-        uses (``fmnist_mlp.build.build_model``): the config is validated first, and every key
+        uses (``fmnist_mlp.config.plan.build_model``): the config is validated first, and every key
         reaches the model exactly as it does for ``fmnist-mlp train``."""
-        from fmnist_mlp.build import build_model     # config knowledge lives above nn/
+        from fmnist_mlp.config.plan import build_model
 
         return build_model(config)
 

@@ -45,7 +45,7 @@ def load_pixels(arguments: Sequence[str | Path]) -> tuple[list[Path], np.ndarray
 def predict_files(members: Sequence[Any], arguments: Sequence[str | Path],
                   save_dir: Path | None = None) -> Predictions:
     """Score every readable image with the mean of ``members``' outputs (TrainedModel objects)."""
-    from fmnist_mlp.ensemble import ensemble_outputs
+    from fmnist_mlp.scoring.ensemble import ensemble_outputs
 
     files, images, failures = load_pixels(arguments)
     if save_dir is not None and files:

@@ -12,8 +12,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from fmnist_mlp import runs
-from fmnist_mlp.config import config_from_dict, dump_config
+from fmnist_mlp.rundir import files as runs
+from fmnist_mlp.config.schema import config_from_dict, dump_config
 from fmnist_mlp.errors import ConfigError, FmnistMlpError
 from fmnist_mlp.sweep.status import format_trials, space_of, sweep_status
 from fmnist_mlp.sweep.study import Sweep, import_optuna

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from fmnist_mlp.errors import ConfigError, FmnistMlpError
-from fmnist_mlp.runs import atomic_write_text
+from fmnist_mlp.rundir.files import atomic_write_text
 from fmnist_mlp.sweep.launch import BLAS_VARS
 
 

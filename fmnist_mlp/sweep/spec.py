@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 
-from fmnist_mlp.config import Config, all_key_paths, config_to_dict, load_config
-from fmnist_mlp.safe_yaml import load_yaml_file
-from fmnist_mlp.config_validate import _suggest, type_name
+from fmnist_mlp.config.schema import Config, all_key_paths, config_to_dict, load_config
+from fmnist_mlp.io.yaml_file import load_yaml_file
+from fmnist_mlp.config.validate import _suggest, type_name
 from fmnist_mlp.errors import ConfigError
 
 METHODS = ("tpe", "random", "grid")

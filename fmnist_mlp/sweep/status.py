@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from fmnist_mlp import runs
+from fmnist_mlp.rundir import files as runs
 from fmnist_mlp.errors import FmnistMlpError
 from fmnist_mlp.sweep.spec import Param, decode_params
 from fmnist_mlp.sweep.study import Sweep, claim_lock, import_optuna, is_trial_held

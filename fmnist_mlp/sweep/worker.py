@@ -15,12 +15,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from fmnist_mlp import runs
+from fmnist_mlp.rundir import files as runs
 from fmnist_mlp.errors import TrainingDivergedError, TrainingInterrupted, TrainingPruned
-from fmnist_mlp.run_guard import RunLock
+from fmnist_mlp.rundir.guard import RunLock
 from fmnist_mlp.sweep.spec import decode_params
-from fmnist_mlp.sweep.study import (Sweep, claim_lock, import_optuna, make_pruner, make_sampler,
-                                    suggest, try_lock_trial)
+from fmnist_mlp.sweep.study import (
+    Sweep,
+    claim_lock,
+    import_optuna,
+    make_pruner,
+    make_sampler,
+    suggest,
+    try_lock_trial,
+)
 
 
 @dataclass
@@ -89,7 +96,7 @@ class _ReportToTrial:
 
 
 def train_trial(sweep: Sweep, claim: Claim, data_dir, log) -> None:
-    from fmnist_mlp.experiment import run_training
+    from fmnist_mlp.training.session import run_training
 
     optuna = import_optuna()
     study, n = sweep.study, claim.number

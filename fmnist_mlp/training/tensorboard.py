@@ -104,7 +104,7 @@ class TensorBoardLogger:
 def hparam_values(config: Mapping[str, Any]) -> dict[str, Any]:
     """The config flattened to dotted keys with values HParams can show (lists and None as
     text)."""
-    from fmnist_mlp.config import flatten
+    from fmnist_mlp.config.schema import flatten
 
     return {key: value if isinstance(value, (bool, int, float, str)) else str(value)
             for key, value in flatten(config).items()}

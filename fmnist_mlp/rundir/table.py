@@ -1,6 +1,6 @@
 """The table ``fmnist-mlp runs`` prints: one row per run, with the hyperparameters that differ.
 
-Pure data shaping over what :mod:`fmnist_mlp.runs` reads; formatting as text, CSV or JSON.
+Pure data shaping over what :mod:`fmnist_mlp.rundir.files` reads; formatting as text, CSV or JSON.
 """
 
 from __future__ import annotations
@@ -11,10 +11,11 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-from fmnist_mlp import run_guard, runs
-from fmnist_mlp.config import flatten
+from fmnist_mlp.rundir import guard as run_guard
+from fmnist_mlp.rundir import files as runs
+from fmnist_mlp.config.schema import flatten
 from fmnist_mlp.errors import ConfigError, FmnistMlpError
-from fmnist_mlp.terminal import printable
+from fmnist_mlp.io.printable import printable
 
 BEST_FIRST = ("best_val_acc", "test_acc")     # sorted descending: the best run on top
 
@@ -46,7 +47,7 @@ def collect_runs(runs_dir: str | Path) -> tuple[list[dict[str, Any]], list[str]]
 def _read_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """(summary, flattened config) of one run; whatever is wrong with it (unreadable, an alias
     bomb, a date, a nested list, a link) makes it one row marked "unreadable", not an error."""
-    from fmnist_mlp.safe_yaml import load_yaml_file
+    from fmnist_mlp.io.yaml_file import load_yaml_file
 
     try:
         summary = runs.read_summary(run_dir)

@@ -2,9 +2,9 @@
 
 The only module that knows both the config schema and the engine's constructors, so the
 numerical modules take plain values and every key is passed on in exactly one place (the CLI,
-:func:`fmnist_mlp.experiment.run_training` and ``MLP.from_config`` all come through here).
+:func:`fmnist_mlp.training.session.run_training` and ``MLP.from_config`` all come through here).
 A config is validated before anything is built: a plain dict goes through
-:func:`~fmnist_mlp.config.config_from_dict`, so a bad key is one :class:`ConfigError` line.
+:func:`~fmnist_mlp.config.schema.config_from_dict`, so a bad key is one :class:`ConfigError` line.
 
     engine = build(cfg, steps_per_epoch, streams)   # Engine(model, optimizer, lr_at)
     model = build_model({"model": {"hidden": [256, 128]}, "seed": 0})
@@ -17,8 +17,8 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from fmnist_mlp.config import Config, config_from_dict
-from fmnist_mlp.rng import spawn_streams
+from fmnist_mlp.config.schema import Config, config_from_dict
+from fmnist_mlp.nn.rng import spawn_streams
 
 # The generators a training run draws from, one per kind of randomness (see rng.spawn_streams).
 # Their order is part of every checkpoint's RNG state: append, never reorder.
@@ -70,7 +70,7 @@ def build_model(config: Config | Mapping[str, Any], rng: np.random.Generator | N
 
 def build_optimizer(config: Config | Mapping[str, Any], params: Mapping[str, np.ndarray]):
     """The configured optimiser over ``params`` (hyperparameters it does not use are ignored)."""
-    from fmnist_mlp.optim import make_optimizer
+    from fmnist_mlp.nn.optim import make_optimizer
 
     o = as_config(config).optimizer
     return make_optimizer(o.name, params, lr=o.lr, momentum=o.momentum, beta1=o.beta1,
@@ -79,7 +79,7 @@ def build_optimizer(config: Config | Mapping[str, Any], params: Mapping[str, np.
 
 def build_schedule(config: Config | Mapping[str, Any], steps_per_epoch: int) -> Callable[[int], float]:
     """``lr_at(step)``: the schedule's epoch-denominated settings become step counts."""
-    from fmnist_mlp.schedules import make_schedule
+    from fmnist_mlp.nn.schedules import make_schedule
 
     cfg = as_config(config)
     s = cfg.schedule
@@ -131,7 +131,7 @@ def split_kwargs(config: Config | Mapping[str, Any]) -> dict[str, Any]:
 
 def build_augmenter(config: Config | Mapping[str, Any]):
     """``augment(batch, rng, rows, epoch)`` applying the configured training augmentations, or None."""
-    from fmnist_mlp.augment import make_augmenter
+    from fmnist_mlp.data.augment import make_augmenter
 
     a = as_config(config).data.augment
     return make_augmenter(a.flip, a.shift, a.cutout, a.alternate_flip)
@@ -139,7 +139,7 @@ def build_augmenter(config: Config | Mapping[str, Any]):
 
 def loop_settings(config: Config | Mapping[str, Any]):
     """The training loop's settings: epochs, batch sizes, early stopping, mixup."""
-    from fmnist_mlp.train import LoopSettings
+    from fmnist_mlp.training.loop import LoopSettings
 
     cfg = as_config(config)
     t = cfg.train
@@ -149,6 +149,6 @@ def loop_settings(config: Config | Mapping[str, Any]):
 
 def build_scorer(model, config: Config | Mapping[str, Any]):
     """The model as it is scored: averaged with mirrored images when data.augment.test_flip."""
-    from fmnist_mlp.augment import FlipAveraged
+    from fmnist_mlp.data.augment import FlipAveraged
 
     return FlipAveraged(model) if as_config(config).data.augment.test_flip else model

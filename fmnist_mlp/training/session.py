@@ -1,6 +1,6 @@
 """Runs one training end to end, and loads and scores what a run saved.
 
-Config keys become objects in :mod:`fmnist_mlp.build` (the one path from config to engine); this
+Config keys become objects in :mod:`fmnist_mlp.config.plan` (the one path from config to engine); this
 module wires them to the data, the run directory and the loop. Public helpers used elsewhere:
 :func:`load_model`, :func:`load_splits_for`, :func:`run_training`, :func:`evaluate_checkpoint`.
 """
@@ -13,14 +13,28 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from fmnist_mlp import run_guard, runs
-from fmnist_mlp.build import (build, build_augmenter, build_model, build_scorer,
-                              loop_settings, make_streams, row_kwargs, split_kwargs,
-                              steps_per_epoch)
-from fmnist_mlp.config import Config, config_from_dict, config_to_dict, dump_config
-from fmnist_mlp.errors import (CheckpointError, ConfigError, TrainingDivergedError,
-                               TrainingInterrupted, TrainingPruned)
-from fmnist_mlp.train import TrainState, fit
+from fmnist_mlp.rundir import guard as run_guard
+from fmnist_mlp.rundir import files as runs
+from fmnist_mlp.config.plan import (
+    build,
+    build_augmenter,
+    build_model,
+    build_scorer,
+    loop_settings,
+    make_streams,
+    row_kwargs,
+    split_kwargs,
+    steps_per_epoch,
+)
+from fmnist_mlp.config.schema import Config, config_from_dict, config_to_dict, dump_config
+from fmnist_mlp.errors import (
+    CheckpointError,
+    ConfigError,
+    TrainingDivergedError,
+    TrainingInterrupted,
+    TrainingPruned,
+)
+from fmnist_mlp.training.loop import TrainState, fit
 
 
 def load_splits_for(config: Config | Mapping[str, Any], data_dir: str | Path | None = None,
@@ -82,7 +96,7 @@ def evaluate_checkpoint(run_dir_or_checkpoint: str | Path, split: str = "test",
                         data_dir: str | Path | None = None) -> dict[str, Any]:
     """Loss, accuracy, per-class accuracy, precision, recall, F1, macro-F1, expected calibration
     error and confusion matrix of a saved model on one split."""
-    from fmnist_mlp.metrics import evaluation_report
+    from fmnist_mlp.scoring.metrics import evaluation_report
 
     if split not in ("train", "val", "test"):
         raise ConfigError(f"--split {split!r}: expected train, val or test")
@@ -99,21 +113,21 @@ def evaluate_checkpoint(run_dir_or_checkpoint: str | Path, split: str = "test",
 
 
 def distill_targets(cfg: Config, splits, data_dir: str | Path | None = None):
-    """What the student learns from, as ``(targets, teacher)`` for :func:`fmnist_mlp.train.fit`.
+    """What the student learns from, as ``(targets, teacher)`` for :func:`fmnist_mlp.training.loop.fit`.
 
     Teachers scored once (the default): ``targets`` (N_train, K), the (smoothed) one-hot labels
     mixed with the teachers' averaged, temperature-softened probabilities (``cfg.distill``), each
     teacher scoring the images as ``eval`` would (its flip averaging too); ``teacher`` None.
     ``distill.consistent``: ``targets`` None and ``teacher`` a
-    :class:`~fmnist_mlp.distill.ConsistentTeachers` that scores every batch as the student sees it.
+    :class:`~fmnist_mlp.training.distill.ConsistentTeachers` that scores every batch as the student sees it.
 
     Each teacher is its best checkpoint. Its inputs are the student's, re-normalised with the
-    teacher's own mean and std (from its checkpoint's metadata; :func:`fmnist_mlp.trained.load_trained`
+    teacher's own mean and std (from its checkpoint's metadata; :func:`fmnist_mlp.rundir.trained.load_trained`
     recomputes them only for checkpoints older than that metadata).
     """
-    from fmnist_mlp.distill import ConsistentTeachers, mean_softened, mix_targets
+    from fmnist_mlp.training.distill import ConsistentTeachers, mean_softened, mix_targets
     from fmnist_mlp.nn.losses import one_hot_targets
-    from fmnist_mlp.trained import load_trained
+    from fmnist_mlp.rundir.trained import load_trained
 
     d = cfg.distill
     teachers = [load_trained(run, data_dir) for run in d.teachers]
@@ -204,7 +218,7 @@ def run_training(cfg: Config | None, *, name: str | None = None, runs_dir: str |
 def check_before_writing(cfg: Config, what: str = "config") -> None:
     """What can be refused from the config alone is refused before anything is written:
     a subset larger than the training set, a model that does not fit in memory."""
-    from fmnist_mlp import memory
+    from fmnist_mlp.nn import memory
     from fmnist_mlp.data.idx import NUM_CLASSES, NUM_FEATURES, TEST_IMAGES, TRAIN_IMAGES
 
     d, m, t = cfg.data, cfg.model, cfg.train
@@ -220,11 +234,11 @@ def check_before_writing(cfg: Config, what: str = "config") -> None:
 
 
 def _train(cfg, name, runs_dir, data_dir, run_dir, ckpt, locks, callback, on_run_dir) -> RunResult:
-    from fmnist_mlp.recorder import RunRecorder
+    from fmnist_mlp.rundir.recorder import RunRecorder
 
     check_before_writing(cfg, str(run_dir / "config.yaml") if run_dir else "config")
     if cfg.train.tensorboard:               # a missing extra is a usage error: before any mkdir
-        from fmnist_mlp.tensorboard import require_tensorboardx
+        from fmnist_mlp.training.tensorboard import require_tensorboardx
 
         require_tensorboardx()
     splits = load_splits_for(cfg, data_dir, progress=callback is not None)  # before any mkdir
@@ -302,7 +316,7 @@ def _open_for_resume(run_dir: Path):
 
 
 def _check_resumable(run_dir: Path):
-    from fmnist_mlp import safe_io
+    from fmnist_mlp.io import files as safe_io
 
     run_guard.check_run_entries(run_dir)
     for sub in (".", "checkpoints", "plots"):   # leftovers of a SIGKILL; we hold the lock
@@ -313,7 +327,7 @@ def _check_resumable(run_dir: Path):
     if summary.get("status") == "running" and not runs.is_stale(summary) and "pid" in summary:
         raise CheckpointError(f"--resume {run_dir}: the run is still running (pid "
                               f"{summary['pid']} on {summary.get('host')}); stop it first")
-    from fmnist_mlp.config import load_config
+    from fmnist_mlp.config.schema import load_config
 
     run_guard.refuse_links_inside(run_dir, "config.yaml")
     cfg = load_config(run_dir / "config.yaml")
@@ -389,7 +403,7 @@ def run_gradcheck(config_path: str | Path | None, overrides=(), samples: int = 4
     architecture rebuilt in float64 (dropout kept, with a fixed mask, so it is checked too)."""
     import dataclasses
 
-    from fmnist_mlp.config import load_config
+    from fmnist_mlp.config.schema import load_config
     from fmnist_mlp.nn.gradcheck import gradient_check
 
     cfg = load_config(config_path, overrides)

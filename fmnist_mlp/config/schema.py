@@ -14,7 +14,7 @@ from typing import Any, Iterable, Iterator, Mapping
 
 import yaml
 
-from fmnist_mlp.config_validate import build_checked, leaf_paths, type_name
+from fmnist_mlp.config.validate import build_checked, leaf_paths, type_name
 from fmnist_mlp.errors import ConfigError
 
 
@@ -96,7 +96,7 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class OptimizerConfig:
-    name: str = _opt("adam", choices=_Names("fmnist_mlp.optim", "OPTIMIZERS"))
+    name: str = _opt("adam", choices=_Names("fmnist_mlp.nn.optim", "OPTIMIZERS"))
     lr: float = _opt(0.001, lo=0.0, lo_open=True)
     momentum: float = _opt(0.9, lo=0.0, hi=1.0, hi_open=True)
     beta1: float = _opt(0.9, lo=0.0, hi=1.0, hi_open=True)
@@ -108,7 +108,7 @@ class OptimizerConfig:
 
 @dataclass(frozen=True)
 class ScheduleConfig:
-    name: str = _opt("constant", choices=_Names("fmnist_mlp.schedules", "SCHEDULES"))
+    name: str = _opt("constant", choices=_Names("fmnist_mlp.nn.schedules", "SCHEDULES"))
     warmup_epochs: int = _opt(0, lo=0)
     step_epochs: int = _opt(10, lo=1)
     gamma: float = _opt(0.1, lo=0.0, lo_open=True)
@@ -172,7 +172,7 @@ def _source_label(path: str | Path | None, overrides: list[str]) -> str:
 
 def _read_yaml(path: Path) -> dict:
     """A config file: a regular file of at most 1 MB (not /dev/zero, not a FIFO), strict YAML."""
-    from fmnist_mlp.safe_yaml import load_yaml_file
+    from fmnist_mlp.io.yaml_file import load_yaml_file
 
     data = load_yaml_file(path, "config file")
     if data is None:
@@ -189,7 +189,7 @@ def parse_override(item: str) -> tuple[str, Any]:
     key = key.strip()
     if not sep or not key:
         raise ConfigError(f"--set {item!r}: expected KEY.PATH=VALUE, e.g. optimizer.lr=0.01")
-    from fmnist_mlp.safe_yaml import MAX_VALUE_CHARS, load_yaml
+    from fmnist_mlp.io.yaml_file import MAX_VALUE_CHARS, load_yaml
 
     if len(text) > MAX_VALUE_CHARS:
         raise ConfigError(f"--set {key}: value of {len(text)} characters is too long "

@@ -13,7 +13,7 @@ from typing import Any, Callable, Mapping, Protocol
 
 import numpy as np
 
-from fmnist_mlp.augment import Augmenter, mixup
+from fmnist_mlp.data.augment import Augmenter, mixup
 from fmnist_mlp.errors import TrainingDivergedError, TrainingInterrupted
 from fmnist_mlp.nn.losses import one_hot_targets
 
@@ -77,7 +77,7 @@ def fit(model: Any, optimizer: Any, lr_at: Callable[[int], float],
     x_train: (N, 784) C-contiguous, the model's dtype; y_train: (N,) int; ``targets``: optional
     (N, K) rows that replace the one-hot labels in the loss (distillation from teachers scored
     once); ``teacher`` instead makes each batch's targets from the batch itself, after
-    augmentation and mixup (:class:`fmnist_mlp.distill.ConsistentTeachers`). ``rngs`` holds the
+    augmentation and mixup (:class:`fmnist_mlp.training.distill.ConsistentTeachers`). ``rngs`` holds the
     ``shuffle``, ``dropout`` and ``augment`` generators. Raises :class:`TrainingInterrupted` on
     Ctrl-C (the callback's last ``on_epoch_end`` describes the state to save) and
     :class:`TrainingDivergedError` when a loss becomes NaN or infinite. Validation scores the

@@ -69,9 +69,9 @@ def load_yaml(text: str, label: str) -> Any:
 
 
 def load_yaml_file(path: str | Path, what: str, error: type[FmnistMlpError] = ConfigError) -> Any:
-    """``path`` read as a bounded regular file (:func:`fmnist_mlp.safe_io.read_regular_file`),
+    """``path`` read as a bounded regular file (:func:`fmnist_mlp.io.files.read_regular_file`),
     decoded as UTF-8 and parsed with :func:`load_yaml`: how every YAML file a user names is read."""
-    from fmnist_mlp.safe_io import read_regular_file
+    from fmnist_mlp.io.files import read_regular_file
 
     raw = read_regular_file(path, MAX_CONFIG_BYTES, what, error=error)
     try:

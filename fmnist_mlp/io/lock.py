@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from fmnist_mlp.errors import DataError
-from fmnist_mlp.terminal import printable
+from fmnist_mlp.io.printable import printable
 
 
 def _to_stderr(message: str) -> None:

@@ -13,8 +13,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from fmnist_mlp import runs
-from fmnist_mlp.config import config_from_dict
+from fmnist_mlp.rundir import files as runs
+from fmnist_mlp.config.schema import config_from_dict
 from fmnist_mlp.errors import CheckpointError
 
 
@@ -33,7 +33,7 @@ class TrainedModel:
     @property
     def scorer(self):
         """The model as ``eval`` scores it (flip-averaged when data.augment.test_flip)."""
-        from fmnist_mlp.build import build_scorer
+        from fmnist_mlp.config.plan import build_scorer
 
         return build_scorer(self.model, self.config)
 
@@ -50,7 +50,7 @@ class TrainedModel:
 
 def load_trained(target: str | Path, data_dir: str | Path | None = None) -> TrainedModel:
     """A run directory (best.npz, else last.npz), a .npz checkpoint or a .safetensors export."""
-    from fmnist_mlp.experiment import model_from, read_model_file
+    from fmnist_mlp.training.session import model_from, read_model_file
 
     path = runs.find_checkpoint(target)
     arrays, meta = read_model_file(path)
@@ -62,7 +62,7 @@ def load_trained(target: str | Path, data_dir: str | Path | None = None) -> Trai
 
 def _resolved(config: Mapping[str, Any], path: Path) -> dict[str, Any]:
     """The stored config with every key present (keys added since, at their defaults)."""
-    from fmnist_mlp.config import config_to_dict
+    from fmnist_mlp.config.schema import config_to_dict
     from fmnist_mlp.errors import ConfigError
 
     try:
@@ -84,7 +84,7 @@ def _normalization(stored: Any, config: Mapping[str, Any], path: Path,
             raise CheckpointError(f"{path}: its stored normalization is not valid")
         return mean, std
     # Checkpoints written before the normalisation was stored: recompute it from the dataset.
-    from fmnist_mlp.experiment import load_splits_for
+    from fmnist_mlp.training.session import load_splits_for
 
     splits = load_splits_for(config, data_dir)
     return float(splits.mean), float(splits.std)

@@ -5,7 +5,7 @@ are not ours, compress a small file into gigabytes, or carry a model spec edited
 ``[20000, 20000]``. Here each member's name, dtype and shape is read from its ``.npy`` header
 (``numpy.lib.format``) and compared with what the stored model spec implies, and the spec's size
 is compared with the machine's memory, all before a single array is allocated. Only then does
-:func:`fmnist_mlp.runs.load_checkpoint` read the data.
+:func:`fmnist_mlp.rundir.files.load_checkpoint` read the data.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from numpy.lib import format as npy_format
 
-from fmnist_mlp import memory
+from fmnist_mlp.nn import memory
 from fmnist_mlp.errors import CheckpointError, ConfigError
 
 MAX_META_CHARS = 1 << 20          # the JSON metadata: config, spec, counters (a few kB)

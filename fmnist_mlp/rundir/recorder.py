@@ -18,11 +18,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from fmnist_mlp import runs
-from fmnist_mlp.config import Config, config_to_dict
+from fmnist_mlp.rundir import files as runs
+from fmnist_mlp.config.schema import Config, config_to_dict
 from fmnist_mlp.errors import FmnistMlpError
-from fmnist_mlp.progress import format_epoch
-from fmnist_mlp.train import NullCallback, TrainState
+from fmnist_mlp.training.progress import format_epoch
+from fmnist_mlp.training.loop import NullCallback, TrainState
 
 
 class RunRecorder:
@@ -36,7 +36,7 @@ class RunRecorder:
         self.normalization = dict(normalization) if normalization is not None else None
         self.board = None
         if cfg.train.tensorboard:
-            from fmnist_mlp.tensorboard import TensorBoardLogger
+            from fmnist_mlp.training.tensorboard import TensorBoardLogger
 
             # Resumed: events after the checkpoint's epoch are trained again, so TensorBoard
             # drops the earlier ones (purge_step) instead of drawing those epochs twice.

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from fmnist_mlp.errors import ConfigError
-from fmnist_mlp.trained import TrainedModel, load_trained
+from fmnist_mlp.rundir.trained import TrainedModel, load_trained
 
 
 def load_members(targets: Sequence[str | Path], data_dir: str | Path | None = None
@@ -36,7 +36,7 @@ def output_kind(members: Sequence[TrainedModel]) -> str:
 
 def check_same_rows(members: Sequence[TrainedModel], split: str) -> None:
     """Validation and training rows depend on the split seed and the row settings
-    (:func:`fmnist_mlp.build.row_kwargs`): the members must agree on them."""
+    (:func:`fmnist_mlp.config.plan.row_kwargs`): the members must agree on them."""
     if split == "test" or len(members) < 2:
         return
     first = _row_settings(members[0].config)
@@ -51,7 +51,7 @@ def check_same_rows(members: Sequence[TrainedModel], split: str) -> None:
 
 
 def _row_settings(config: dict) -> dict[str, Any]:
-    from fmnist_mlp.build import row_kwargs
+    from fmnist_mlp.config.plan import row_kwargs
 
     kwargs = row_kwargs(config)
     return {"the split seed (data.split_seed, else seed)": kwargs.pop("seed"),
@@ -89,9 +89,9 @@ def logits_of_outputs(kind: str, outputs: np.ndarray) -> np.ndarray:
 def evaluate_ensemble(targets: Sequence[str | Path], split: str = "test",
                       data_dir: str | Path | None = None) -> dict[str, Any]:
     """What ``eval`` reports for one run, for the mean of several runs' outputs."""
-    from fmnist_mlp.build import row_kwargs
+    from fmnist_mlp.config.plan import row_kwargs
     from fmnist_mlp.data import load_raw, split_rows
-    from fmnist_mlp.metrics import evaluation_report
+    from fmnist_mlp.scoring.metrics import evaluation_report
     from fmnist_mlp.nn.losses import loss_of_outputs, one_hot_targets
 
     if split not in ("train", "val", "test"):

@@ -27,7 +27,8 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from fmnist_mlp import run_guard, safe_io
+from fmnist_mlp.rundir import guard as run_guard
+from fmnist_mlp.io import files as safe_io
 from fmnist_mlp.errors import CheckpointError, ConfigError
 
 CHECKPOINT_FORMAT = "fmnist-mlp-checkpoint"
@@ -91,7 +92,7 @@ def is_run_dir(path: Path) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# Atomic writes (one helper for the whole package: fmnist_mlp.safe_io)
+# Atomic writes (one helper for the whole package: fmnist_mlp.io.files)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes, base: str | Path | None = None) -> None:
@@ -261,7 +262,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError(f"{path}: checkpoint not found")
     if not _is_zip(path):
         raise CheckpointError(f"{path}: not a .npz checkpoint (foreign or corrupt file)")
-    from fmnist_mlp.checkpoint_check import check_members
+    from fmnist_mlp.rundir.checkpoint_check import check_members
 
     try:
         # Names, shapes, dtypes and sizes from the headers, against the stored model spec,

@@ -12,7 +12,7 @@ from typing import Any, Mapping, TextIO
 
 
 class ProgressReporter:
-    """A training-loop callback (see :class:`fmnist_mlp.train.Callback`) that draws progress."""
+    """A training-loop callback (see :class:`fmnist_mlp.training.loop.Callback`) that draws progress."""
 
     def __init__(self, total_epochs: int, quiet: bool = False, stream: TextIO | None = None):
         self.stream = stream or sys.stderr

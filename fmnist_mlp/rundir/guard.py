@@ -3,7 +3,7 @@
 A run directory may be shared, copied or tampered with. Before a process trains in one it takes
 :class:`RunLock`; before a resume touches anything, :func:`check_run_entries` refuses entries that
 were replaced by links, FIFOs or devices (the opens themselves go through
-:mod:`fmnist_mlp.safe_io`, which refuses links too).
+:mod:`fmnist_mlp.io.files`, which refuses links too).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import os
 import stat
 from pathlib import Path
 
-from fmnist_mlp import safe_io
+from fmnist_mlp.io import files as safe_io
 from fmnist_mlp.errors import CheckpointError
 
 
