@@ -72,8 +72,8 @@ def train_torch(config_path: str, seed: int) -> dict:
 
     import torch
 
-    from fmnist_mlp.config.schema import load_config
-    from fmnist_mlp.training.session import load_splits_for
+    from fmnist_mlp.config.load import load_config
+    from fmnist_mlp.config.plan import load_splits as load_splits_for
     from fmnist_mlp.nn.schedules import make_schedule
 
     cfg = load_config(config_path, [f"seed={seed}"])

@@ -67,8 +67,9 @@ def measure_train_overhead(config_path: str | None, data_dir: str | None, timed_
     Order: bare (1 + ``timed_epochs``), real (1 + ``timed_epochs``), bare again. ``overrides``
     are ``--set`` style ``key.path=value`` strings (tests shrink the data with them).
     """
-    from fmnist_mlp.config.schema import load_config
-    from fmnist_mlp.training.session import load_splits_for, run_training
+    from fmnist_mlp.config.load import load_config
+    from fmnist_mlp.config.plan import load_splits as load_splits_for
+    from fmnist_mlp.training.session import run_training
 
     path = config_path if config_path and Path(config_path).exists() else None
     cfg = load_config(path, [*overrides, f"train.epochs={timed_epochs + 1}"])
@@ -76,7 +77,8 @@ def measure_train_overhead(config_path: str | None, data_dir: str | None, timed_
     bare_before = _bare_epochs(cfg, splits, timed_epochs + 1)[1:]
     timer = _EpochTimer()
     with tempfile.TemporaryDirectory(prefix="fmnist-bench-overhead-") as runs_dir:
-        run_training(cfg, name="bench-overhead", runs_dir=runs_dir, data_dir=data_dir, callback=timer)
+        run_training(cfg, name="bench-overhead", runs_dir=runs_dir, data_dir=data_dir,
+                     callbacks=[timer])
     real = timer.epoch_seconds[1:]
     # Bare epochs on both sides of the real ones, so a machine that speeds up or slows down
     # during the probe does not favour either path.
@@ -86,5 +88,5 @@ def measure_train_overhead(config_path: str | None, data_dir: str | None, timed_
     return {"config": path or "built-in defaults (configs/default.yaml missing)",
             "overrides": list(overrides), "timed_epochs": timed_epochs, "bare_epoch_seconds": bare, "real_epoch_seconds": real,
             "ratio": real_mean / bare_mean,
-            "real_path": "experiment.run_training: fit + validation + metrics.jsonl + checkpoints + "
+            "real_path": "training.session.run_training: fit + validation + metrics.jsonl + checkpoints + "
                          "summary.json (no progress display)"}

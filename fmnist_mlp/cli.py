@@ -74,10 +74,10 @@ def train(config_path, overrides, name, runs_dir, data_dir, resume_dir, quiet, t
     The run directory runs/<timestamp>-<name>-<id>/ gets the resolved config.yaml, metrics.jsonl,
     summary.json, train.log and checkpoints/{last,best}.npz.
     """
-    from fmnist_mlp.config.schema import load_config
-    from fmnist_mlp.training.session import run_training
-    from fmnist_mlp.training.progress import ProgressReporter
+    from fmnist_mlp.config.load import load_config
     from fmnist_mlp.rundir.files import validate_run_name
+    from fmnist_mlp.training.progress import ProgressReporter
+    from fmnist_mlp.training.session import run_training
 
     if resume_dir is not None and (config_path or overrides or name):
         raise click.UsageError("--resume continues a run with its own config; "
@@ -89,21 +89,21 @@ def train(config_path, overrides, name, runs_dir, data_dir, resume_dir, quiet, t
         raise click.UsageError("give --config FILE (e.g. configs/default.yaml) or --resume RUN_DIR")
     if tensorboard:
         overrides = (*overrides, "train.tensorboard=true")
-    cfg = None
+    cfg = None                      # read and checked once, here; a resumed run reads its own
     if resume_dir is None:
         cfg = load_config(config_path, overrides)
         name = validate_run_name(name or _name_from(config_path))
-    epochs = cfg.train.epochs if cfg else _resume_epochs(resume_dir)
-    reporter = ProgressReporter(epochs, quiet=quiet)
+    reporter = ProgressReporter(quiet=quiet)      # learns the epochs from the loop's settings
     try:
         with _sigterm_as_interrupt():
             result = run_training(cfg, name=name, runs_dir=runs_dir, data_dir=data_dir,
-                                  resume=resume_dir, callback=reporter,
+                                  resume=resume_dir, callbacks=[reporter],
                                   on_run_dir=lambda d: reporter.message(f"run directory: {d}"))
     finally:
         reporter.close()            # an interrupted epoch's bar must not swallow the error line
     s = result.summary
-    _plots_if_asked(result.run_dir, data_dir, reporter)
+    if result.config.train.plots:
+        _write_plots(result.run_dir, data_dir, reporter)
     reporter.message(f"finished: best val acc {s['best_val_acc']:.4f} (epoch {s['best_epoch']}), "
                      f"test acc {s['test_acc']:.4f}, {s['wall_time']:.1f}s"
                      + (f"; {s['message']}" if s.get("message") else ""))
@@ -142,17 +142,11 @@ def eval_command(targets, split, data_dir, as_json):
     run with its own normalisation and test-time flips (val/train need runs that share seed,
     data.val_size, data.split and data.subset).
     """
-    from fmnist_mlp.data import CLASS_NAMES
+    from fmnist_mlp.data.facts import CLASS_NAMES
+    from fmnist_mlp.scoring.evaluate import evaluate
     from fmnist_mlp.scoring.metrics import format_evaluation
 
-    if len(targets) == 1:
-        from fmnist_mlp.training.session import evaluate_checkpoint
-
-        result = evaluate_checkpoint(targets[0], split=split, data_dir=data_dir)
-    else:
-        from fmnist_mlp.scoring.ensemble import evaluate_ensemble
-
-        result = evaluate_ensemble(targets, split=split, data_dir=data_dir)
+    result = evaluate(targets, split=split, data_dir=data_dir)
     if as_json:
         click.echo(_json_dumps({**result, "class_names": list(CLASS_NAMES)}))
     else:
@@ -186,13 +180,13 @@ def predict(model, images, more_models, top_k, save_dir, data_dir, as_json):
     from fmnist_mlp.scoring.ensemble import load_members
     from fmnist_mlp.predict.images import require_pillow
     from fmnist_mlp.predict.run import as_json as predictions_json
-    from fmnist_mlp.predict.run import as_text, predict_files
+    from fmnist_mlp.predict.run import as_text, error_lines, predict_files
 
     require_pillow()
     members = load_members([model, *more_models], data_dir)
     result = predict_files(members, images, save_dir)
-    for path, message in result.failures:
-        click.echo(f"error: {path}: {message}", err=True)
+    for line in error_lines(result):                 # names made printable
+        click.echo(line, err=True)
     if as_json:
         click.echo(_json_dumps(predictions_json(result, members, top_k, CLASS_NAMES)))
     elif result.files:
@@ -291,10 +285,11 @@ def gradcheck(config_path, overrides, samples, real, data_dir, tolerance, max_en
 
     Prints the max relative error per parameter and exits 1 if any exceeds the tolerance.
     """
-    from fmnist_mlp.training.session import run_gradcheck
+    from fmnist_mlp.config.load import load_config
+    from fmnist_mlp.training.gradcheck import run_gradcheck
 
-    errors = run_gradcheck(config_path, overrides, samples=samples, real=real, data_dir=data_dir,
-                           max_entries=max_entries)
+    errors = run_gradcheck(load_config(config_path, overrides), samples=samples, real=real,
+                           data_dir=data_dir, max_entries=max_entries)
     for name, err in errors.items():
         click.echo(f"{name:<12} {err:.3e}")
     worst = max(errors.values())
@@ -311,7 +306,7 @@ def gradcheck(config_path, overrides, samples, real, data_dir, tolerance, max_en
 def plot(run_dir, data_dir):
     """Learning curves, confusion matrix, first-layer weights, confident mistakes and a
     reliability diagram (softmax outputs) as PNGs in RUN_DIR/plots/ (needs matplotlib:
-    pip install 'fmnist-mlp[plot]')."""
+    pip install -e '.[plot]')."""
     from fmnist_mlp.plots import plot_run
 
     for path in plot_run(run_dir, data_dir=data_dir):
@@ -341,19 +336,18 @@ def sweep() -> None:
 @click.option("--wait", is_flag=True, help="With --slurm: block until the array ends.")
 @click.option("--dry-run", is_flag=True,
               help="Print one worker command per line (for GNU parallel) and exit.")
+@click.option("--trials", type=click.IntRange(1), default=None,
+              help="The budget, overriding the spec's trials: above a sweep's budget, extends it "
+                   "(the rest of the spec must match).")
 @_data_dir_option
 def sweep_run(spec_file, sweep_dir, jobs, storage, slurm, workers, sbatch_args, wait, dry_run,
-              data_dir):
+              trials, data_dir):
     """Run (or continue) the sweep described by SPEC in DIR; see sweeps/example.yaml.
 
     Finished and pruned trials are kept; an interrupted trial resumes from its checkpoint; a
-    sweep whose budget is spent exits 0 at once.
+    sweep whose budget is spent exits 0 at once. Many machines: docs/many-machines.md.
     """
     from fmnist_mlp.sweep import launch
-    from fmnist_mlp.sweep import slurm as slurm_jobs
-    from fmnist_mlp.sweep.spec import load_spec
-    from fmnist_mlp.sweep.study import import_optuna, open_sweep
-    from fmnist_mlp.sweep.worker import run_worker
 
     if (wait or sbatch_args) and not slurm:
         raise click.UsageError("--wait and --sbatch-arg go with --slurm")
@@ -361,31 +355,10 @@ def sweep_run(spec_file, sweep_dir, jobs, storage, slurm, workers, sbatch_args, 
                       is not click.core.ParameterSource.DEFAULT):
         raise click.UsageError("--workers goes with --slurm (on this machine, --jobs sets how "
                                "many workers)")
-    spec = load_spec(spec_file)
-    import_optuna()
-    args = launch.worker_args(spec_file, sweep_dir, storage, data_dir)
-    if dry_run:
-        click.echo("\n".join(launch.dry_run_lines(args, workers if slurm else jobs)))
-        return
-    if slurm:
-        slurm_jobs.require_sbatch()                     # before anything is created
-    study = open_sweep(sweep_dir, spec, storage)
-    code = 0
-    with _sigterm_as_interrupt():      # (run_local passes SIGTERM on to its workers itself)
-        if slurm:
-            job_id = slurm_jobs.submit(study.dir, args, workers, list(sbatch_args))
-            click.echo(job_id)
-            if not wait:
-                return
-            slurm_jobs.wait(job_id)
-        elif jobs > 1:
-            code = launch.run_local(args, jobs) if launch.work_left(study) else 0
-        else:
-            run_worker(study, data_dir)
-    final, line = launch.final_status(study)
-    if not launch.is_child_worker():
-        click.echo(line, err=True)
-    raise SystemExit(code or final)
+    raise SystemExit(launch.run_sweep(
+        spec_file, sweep_dir, jobs=jobs, storage=storage, slurm=slurm, workers=workers,
+        sbatch_args=sbatch_args, wait=wait, dry_run=dry_run, data_dir=data_dir, trials=trials,
+        echo=click.echo, note=lambda m: click.echo(m, err=True)))
 
 
 @sweep.command("status")
@@ -398,7 +371,7 @@ def sweep_status(sweep_dir, as_json):
     from fmnist_mlp.sweep.status import sweep_status as status_of
     from fmnist_mlp.sweep.study import open_sweep
 
-    status = status_of(open_sweep(sweep_dir))
+    status = status_of(open_sweep(sweep_dir, read_only=True))
     click.echo(_json_dumps(status) if as_json else format_status(status))
 
 
@@ -406,13 +379,16 @@ def sweep_status(sweep_dir, as_json):
 @click.argument("sweep_dir", metavar="DIR", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--top", default=10, show_default=True, type=click.IntRange(1),
               help="How many trials the table shows.")
-def sweep_report(sweep_dir, top):
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write best.yaml and the PNGs here instead of DIR (a sweep you may only read).")
+def sweep_report(sweep_dir, top, out):
     """Write DIR/best.yaml (the base config with the best trial's parameters, for train
-    --config) and PNGs in DIR/report/; print the top trials. Needs matplotlib."""
+    --config) and PNGs in DIR/report/; print the top trials. Needs matplotlib. The study is
+    only read."""
     from fmnist_mlp.sweep.report import write_report
     from fmnist_mlp.sweep.study import open_sweep
 
-    table, paths = write_report(open_sweep(sweep_dir), top=top)
+    table, paths = write_report(open_sweep(sweep_dir, read_only=True), top=top, out=out)
     click.echo(table)
     for path in paths:
         click.echo(str(path))
@@ -426,14 +402,11 @@ def _name_from(config_path: Path | None) -> str:
     return stem[:80] or "run"
 
 
-def _plots_if_asked(run_dir: Path, data_dir: Path | None, reporter) -> None:
+def _write_plots(run_dir: Path, data_dir: Path | None, reporter) -> None:
     """``train.plots: true``: write the plots; a missing matplotlib is a warning, not a failure
     (the trained run is fine, and ``fmnist-mlp plot`` can draw them later)."""
-    from fmnist_mlp.config.schema import load_config
     from fmnist_mlp.errors import FmnistMlpError
 
-    if not load_config(run_dir / "config.yaml").train.plots:
-        return
     try:
         from fmnist_mlp.plots import plot_run
 
@@ -442,16 +415,6 @@ def _plots_if_asked(run_dir: Path, data_dir: Path | None, reporter) -> None:
         reporter.message(f"warning: plots skipped: {exc}")
         return
     reporter.message(f"plots: {', '.join(str(p) for p in paths)}")
-
-
-def _resume_epochs(run_dir: Path) -> int:
-    from fmnist_mlp.config.schema import load_config
-    from fmnist_mlp.errors import CheckpointError
-
-    config_file = run_dir / "config.yaml"
-    if not config_file.is_file():
-        raise CheckpointError(f"--resume {run_dir}: not a run directory (no config.yaml)")
-    return load_config(config_file).train.epochs
 
 
 class _sigterm_as_interrupt:
@@ -482,6 +445,9 @@ def main(argv: list[str] | None = None) -> None:
     from fmnist_mlp.errors import FmnistMlpError
     from fmnist_mlp.io.printable import printable
 
+    # SIGTERM is Ctrl-C for every command (exit 130, "interrupted"), as the exit-code table says;
+    # train also saves its run first (_sigterm_as_interrupt keeps this handler in place).
+    sigterm = _sigterm_as_interrupt().__enter__()
     try:
         code = cli.main(args=argv, prog_name="fmnist-mlp", standalone_mode=False)
     except (BrokenPipeError, _StdoutClosed):
@@ -489,12 +455,8 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as exc:          # usage errors: exit 2
         exc.show()
         code = exc.exit_code
-    except click.exceptions.Abort:
-        click.echo("interrupted", err=True)
-        code = 130
-    except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
-        code = 130
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        code = _interrupted()
     except FmnistMlpError as exc:
         # printable: paths and names in messages come from the user's files and must not
         # send escape sequences to the terminal.
@@ -508,7 +470,23 @@ def main(argv: list[str] | None = None) -> None:
         sys.stdout.flush()
     except BrokenPipeError:
         code = _stdout_closed()
+    except KeyboardInterrupt:           # SIGTERM while stdout's reader is not reading
+        code = _interrupted()
+    sigterm.__exit__(None, None, None)  # (main may be called in-process, e.g. by tests)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _interrupted() -> int:
+    """Ctrl-C or SIGTERM: say so and exit 130. Output not yet written is dropped, so that a
+    stdout nobody reads cannot keep an interrupted process alive."""
+    import os
+
+    try:
+        click.echo("interrupted", err=True)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, KeyboardInterrupt):
+        pass
+    return 130
 
 
 def _stdout_closed() -> int:

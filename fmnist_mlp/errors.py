@@ -40,3 +40,25 @@ class TrainingInterrupted(FmnistMlpError):
 class TrainingPruned(FmnistMlpError):
     """Raised by a callback (a sweep's pruner) to stop a run that is clearly behind; the run is
     marked ``pruned`` and keeps its checkpoints."""
+
+
+class MissingExtra(ConfigError):
+    """An optional package a feature needs is not installed (a setup error: exit 2, as usage)."""
+
+
+# import name -> the name pip knows it by, where they differ
+_PACKAGE_NAMES = {"PIL": "pillow"}
+
+
+def require_extra(module: str, extra: str, feature: str | None = None):
+    """Import and return ``module``, or raise :class:`MissingExtra` with one line saying how to
+    install it: "<feature> needs <package>: pip install -e '.[<extra>]'" ("install <package>: ..."
+    when no feature is named)."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        package = _PACKAGE_NAMES.get(module.partition(".")[0], module.partition(".")[0])
+        what = f"{feature} needs {package}" if feature else f"install {package}"
+        raise MissingExtra(f"{what}: pip install -e '.[{extra}]'") from None

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fmnist_mlp.data import CLASS_NAMES
-from fmnist_mlp.errors import CheckpointError, FmnistMlpError
+from fmnist_mlp.data.facts import CLASS_NAMES, IMAGE_SIDE
+from fmnist_mlp.errors import CheckpointError, FmnistMlpError, require_extra
 from fmnist_mlp.scoring.metrics import (
     confusion_matrix,
     expected_calibration_error,
@@ -28,11 +28,9 @@ from fmnist_mlp.scoring.metrics import (
     per_class_accuracy,
 )
 
-MISSING_MATPLOTLIB = "plotting needs matplotlib: pip install 'fmnist-mlp[plot]'"
 DPI = 100
 MAX_WEIGHT_MAPS = 100      # beyond ~100 maps each one gets too small to read
 MAX_MISTAKES = 25          # a 5x5 grid of misclassified test images
-IMAGE_SIDE = 28            # Fashion-MNIST images are 28x28, flattened to 784
 LEARNING_CURVES_SIZE = (12.0, 4.5)   # inches; two panels side by side
 CONFUSION_SIZE = (8.5, 8.0)
 RELIABILITY_SIZE = (6.0, 6.0)
@@ -54,10 +52,7 @@ def require_matplotlib() -> None:
         import tempfile
 
         os.environ["MPLCONFIGDIR"] = tempfile.mkdtemp(prefix="fmnist-mlp-matplotlib-")
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise FmnistMlpError(MISSING_MATPLOTLIB) from None
+    require_extra("matplotlib", "plot", feature="plotting")
 
 
 def _new_figure(figsize: tuple[float, float]):
@@ -295,8 +290,10 @@ def plot_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
     require_matplotlib()
     # Imported here: they pull in the data and config layers, which a caller of the pure
     # plotting functions above does not need.
-    from fmnist_mlp.training.session import load_model, load_splits_for
+    from fmnist_mlp.config.plan import load_splits
+    from fmnist_mlp.rundir import layout
     from fmnist_mlp.rundir.files import read_metrics
+    from fmnist_mlp.rundir.trained import load_trained
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():   # a checkpoint file has no plots/ folder to write into
@@ -304,15 +301,16 @@ def plot_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
     from fmnist_mlp.io.files import dir_inside
 
     metrics = read_metrics(run_dir)
-    model, config = load_model(run_dir)
-    test = load_splits_for(config, data_dir=data_dir).test
-    probs = model.forward(test.x)   # (N, C), batched inside the model
+    trained = load_trained(run_dir, data_dir)
+    model = trained.model
+    test = load_splits(trained.cfg, data_dir=data_dir).test
+    probs = trained.scorer.forward(test.x)   # (N, C), batched inside the model, as eval scores
     # Only softmax outputs are probabilities; sigmoid/linear outputs are labelled as scores.
     score_name = "probability" if model.spec().get("output", "softmax") == "softmax" else "score"
     cm = confusion_matrix(test.y, probs.argmax(axis=1), num_classes=probs.shape[1])
     weights = model.params["layer0.W"]
     single_layer = sum(key.endswith(".W") for key in model.params) == 1
-    plots_dir = dir_inside(run_dir, "plots")     # a planted plots -> elsewhere link is refused
+    plots_dir = dir_inside(run_dir, layout.PLOTS)     # a planted plots -> elsewhere link is refused
     written = []
     if metrics:
         written.append(plot_learning_curves(metrics, plots_dir / "learning_curves.png"))

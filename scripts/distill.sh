@@ -22,11 +22,18 @@ spec=sweeps/teachers-long.yaml
 jobs=3
 teachers=()
 student_args=()
+# An option's value must be there, and must not be another option ("-r --help").
+needs_value() {
+    if [[ $# -lt 2 || -z $2 || $2 == -* ]]; then
+        echo "distill.sh: $1 needs a value (see the usage at the top of the script)" >&2
+        exit 2
+    fi
+}
 while [[ $# -gt 0 ]]; do
     case $1 in
-        -r) runs_dir=$2; shift 2 ;;
-        -s) spec=$2; shift 2 ;;
-        -j) jobs=$2; shift 2 ;;
+        -r) needs_value "$@"; runs_dir=$2; shift 2 ;;
+        -s) needs_value "$@"; spec=$2; shift 2 ;;
+        -j) needs_value "$@"; jobs=$2; shift 2 ;;
         --) shift; student_args=("$@"); break ;;
         -*) echo "distill.sh: unknown option $1 (see the usage at the top of the script)" >&2; exit 2 ;;
         *) teachers+=("$(realpath -m -- "$1")"); shift ;;
@@ -50,8 +57,10 @@ for trial in json.load(sys.stdin)["trials"]:
         exit 1
     fi
 fi
-list=$(IFS=,; echo "${teachers[*]}")
+# A JSON list is a YAML flow list whose every path is one double-quoted string: a ',', ' #',
+# ': ' or quote inside a path stays part of it.
+list=$(python3 -c 'import json, sys; print(json.dumps(sys.argv[1:]))' "${teachers[@]}")
 echo "teachers: ${teachers[*]}" >&2
 echo "== student: configs/distilled.yaml" >&2
-fmnist-mlp train --config configs/distilled.yaml --set "distill.teachers=[$list]" \
+fmnist-mlp train --config configs/distilled.yaml --set "distill.teachers=$list" \
     --runs-dir "$runs_dir" --name student --quiet ${student_args[@]+"${student_args[@]}"}

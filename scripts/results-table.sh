@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Train every shipped config (or the ones named) once, then print the `fmnist-mlp runs` table:
-# the README's results table comes from this.
+# docs/results.md's table of the lecture's configs comes from this.
 #
 # Usage: scripts/results-table.sh [-r RUNS_DIR] [CONFIG.yaml ...]
 #   default: all of configs/*.yaml except best.yaml and distilled.yaml (a quarter of an hour
@@ -8,7 +8,14 @@
 set -uo pipefail
 
 runs_dir="runs/results-$(date +%Y%m%d-%H%M%S)"
-if [[ ${1:-} == -r ]]; then runs_dir=$2; shift 2; fi
+if [[ ${1:-} == -r ]]; then
+    # -r needs a value, and an option is not one: "-r --help" must not become a folder.
+    if [[ $# -lt 2 || -z $2 || $2 == -* ]]; then
+        echo "results-table.sh: -r needs a runs directory (usage: scripts/results-table.sh [-r RUNS_DIR] [CONFIG.yaml ...])" >&2
+        exit 2
+    fi
+    runs_dir=$2; shift 2
+fi
 # Paths given relative to the caller's directory, resolved before the cd below.
 runs_dir=$(realpath -m -- "$runs_dir")
 configs=()

@@ -4,15 +4,21 @@
 #   scripts/slurm-cluster.sh start DIR   start munged (if not running), slurmctld and slurmd with
 #                                        state, spool, logs and pid files under DIR; prints the
 #                                        line to export: SLURM_CONF=DIR/slurm.conf
+#   scripts/slurm-cluster.sh start-two DIR
+#                                        the same with two nodes on this host, nodeA and nodeB:
+#                                        one slurmd each (slurmd -N), with its own port, spool
+#                                        dir, log and pid file; half the CPUs each (at least 1)
 #   scripts/slurm-cluster.sh stop DIR    stop, by their pid files, the daemons this script started
 #
+# Ports: SLURMCTLD_PORT (16817), SLURMD_PORT (16818; nodeB takes SLURMD_PORT_B, default +1).
 # Needs Debian's slurmctld, slurmd, slurm-client and munge packages. Nothing outside DIR is
 # touched except munge's key (/etc/munge/munge.key, created with mungekey when missing) and its
 # run directory (/run/munge), which munged needs.
 set -euo pipefail
 
 cmd=${1:-}; dir=${2:-}
-[[ ($cmd == start || $cmd == stop) && -n $dir ]] || { echo "usage: $0 start|stop DIR" >&2; exit 2; }
+[[ ($cmd == start || $cmd == start-two || $cmd == stop) && -n $dir ]] \
+    || { echo "usage: $0 start|start-two|stop DIR" >&2; exit 2; }
 mkdir -p "$dir"
 dir=$(cd "$dir" && pwd)
 
@@ -28,7 +34,7 @@ stop_pidfile() {  # $1: pid file of a daemon this script started
 }
 
 if [[ $cmd == stop ]]; then
-    stop_pidfile "$dir/slurmd.pid"
+    for pidfile in "$dir"/slurmd*.pid; do stop_pidfile "$pidfile"; done
     stop_pidfile "$dir/slurmctld.pid"
     stop_pidfile "$dir/munged.pid"          # only present when this script started munged
     exit 0
@@ -59,25 +65,42 @@ fi
 
 host=$(hostname -s)
 cpus=$(nproc)
+ctld_port=${SLURMCTLD_PORT:-16817}
+port_a=${SLURMD_PORT:-16818}
+port_b=${SLURMD_PORT_B:-$((port_a + 1))}
+if [[ $cmd == start-two ]]; then
+    nodes=(nodeA nodeB)
+    per_node=$(( cpus / 2 > 0 ? cpus / 2 : 1 ))
+    node_lines="NodeName=nodeA NodeHostname=$host NodeAddr=127.0.0.1 Port=$port_a CPUs=$per_node State=UNKNOWN
+NodeName=nodeB NodeHostname=$host NodeAddr=127.0.0.1 Port=$port_b CPUs=$per_node State=UNKNOWN"
+    node_list=nodeA,nodeB
+    spool="$dir/spool/%n"; slurmd_pid="$dir/slurmd-%n.pid"; slurmd_log="$dir/log/slurmd-%n.log"
+    mkdir -p "$dir/spool/nodeA" "$dir/spool/nodeB"
+else
+    nodes=("$host")
+    node_lines="NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus State=UNKNOWN"
+    node_list=$host
+    spool="$dir/spool"; slurmd_pid="$dir/slurmd.pid"; slurmd_log="$dir/log/slurmd.log"
+fi
 mkdir -p "$dir/state" "$dir/spool" "$dir/log"
 cat > "$dir/slurm.conf" <<CONF
 ClusterName=fmnist-test
 SlurmctldHost=$host(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
-SlurmctldPort=${SLURMCTLD_PORT:-16817}
-SlurmdPort=${SLURMD_PORT:-16818}
+SlurmctldPort=$ctld_port
+SlurmdPort=$port_a
 AuthType=auth/munge
 # Credential lifetime; it is also how long a requeued job waits before it may start again
 # (default 120 s): short here so a requeue test takes seconds, not minutes.
 AuthInfo=cred_expire=${SLURM_CRED_EXPIRE:-10}
 CredType=cred/munge
 StateSaveLocation=$dir/state
-SlurmdSpoolDir=$dir/spool
+SlurmdSpoolDir=$spool
 SlurmctldPidFile=$dir/slurmctld.pid
-SlurmdPidFile=$dir/slurmd.pid
+SlurmdPidFile=$slurmd_pid
 SlurmctldLogFile=$dir/log/slurmctld.log
-SlurmdLogFile=$dir/log/slurmd.log
+SlurmdLogFile=$slurmd_log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
@@ -89,20 +112,24 @@ MpiDefault=none
 ReturnToService=2
 KillWait=30
 MinJobAge=600
-NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus State=UNKNOWN
-PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
+$node_lines
+PartitionName=debug Nodes=$node_list Default=YES MaxTime=INFINITE State=UP
 CONF
 
 export SLURM_CONF=$dir/slurm.conf
 slurmctld -f "$dir/slurm.conf"
-slurmd -f "$dir/slurm.conf"
-for _ in $(seq 100); do
-    state=$(sinfo -h -n "$host" -o %t 2>/dev/null || true)
-    [[ $state == idle* || $state == mix* || $state == alloc* ]] && break
-    sleep 0.2
+for node in "${nodes[@]}"; do
+    if [[ $cmd == start-two ]]; then slurmd -f "$dir/slurm.conf" -N "$node"; else slurmd -f "$dir/slurm.conf"; fi
 done
-[[ ${state:-} == idle* || ${state:-} == mix* || ${state:-} == alloc* ]] || {
-    echo "slurm-cluster.sh: node $host did not come up (state '${state:-none}'); see $dir/log" >&2
-    exit 1
-}
+for node in "${nodes[@]}"; do
+    for _ in $(seq 100); do
+        state=$(sinfo -h -n "$node" -o %t 2>/dev/null || true)
+        [[ $state == idle* || $state == mix* || $state == alloc* ]] && break
+        sleep 0.2
+    done
+    [[ ${state:-} == idle* || ${state:-} == mix* || ${state:-} == alloc* ]] || {
+        echo "slurm-cluster.sh: node $node did not come up (state '${state:-none}'); see $dir/log" >&2
+        exit 1
+    }
+done
 echo "SLURM_CONF=$dir/slurm.conf"

@@ -33,7 +33,7 @@
 #   sbatch --array=1-$(wc -l < trials.txt) --cpus-per-task=1 \
 #       --wrap 'scripts/sweep.sh -i $SLURM_ARRAY_TASK_ID -r runs/grid optimizer.lr=1e-3,3e-3'
 #   fmnist-mlp runs --runs-dir runs/grid --sort best_val_acc
-# For random or Bayesian search, pruning and resumable sweeps: fmnist-mlp sweep run (README).
+# For random or Bayesian search, pruning and resumable sweeps: fmnist-mlp sweep run (docs/sweeps.md).
 #
 # Exit status: 0 if every trial finished, 1 if any failed, 2 on bad arguments, 130 if interrupted.
 set -uo pipefail
@@ -45,6 +45,12 @@ config=configs/default.yaml
 grid_file=""; jobs=2; threads=1; data_dir=""; dry_run=0; only=""
 runs_dir="runs/sweep-$(date +%Y%m%d-%H%M%S)"
 while getopts ":c:f:j:t:r:d:i:nh" opt; do
+    # An option's value that is itself an option ("-d --help", "-r --runs-dir=/x") is a mistake,
+    # not a folder to create: refused before anything is made (a path may be written ./-name).
+    if [[ $opt != [nh:?] && $OPTARG == -* ]]; then
+        echo "sweep.sh: -$opt needs a value, got the option $(printf %q "$OPTARG") (see -h)" >&2
+        exit 2
+    fi
     case $opt in
         c) config=$OPTARG ;;
         f) grid_file=$OPTARG ;;

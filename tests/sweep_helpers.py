@@ -44,3 +44,45 @@ def status(sweep_dir: Path) -> dict:
 
 def run_dirs(sweep_dir: Path) -> list[Path]:
     return sorted(p for p in (sweep_dir / "runs").iterdir() if p.is_dir())
+
+
+def run_cli_read_only(read_only: list[Path], *args, timeout=300) -> subprocess.CompletedProcess:
+    """The CLI in a private mount namespace where each folder of ``read_only`` is mounted
+    read-only (EROFS even for root): what a colleague's group-readable sweep is to its reader."""
+    import shlex
+    import shutil
+
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        from conftest import require_or_skip
+
+        require_or_skip("a read-only mount for the test needs root and unshare (util-linux)")
+    mounts = " && ".join(f"mount --bind {shlex.quote(str(d))} {shlex.quote(str(d))} && "
+                         f"mount -o remount,ro,bind {shlex.quote(str(d))}" for d in read_only)
+    command = " ".join(shlex.quote(str(a)) for a in [sys.executable, "-m", "fmnist_mlp", *args])
+    return subprocess.run(["unshare", "-m", "sh", "-c", f"{mounts} && exec {command}"], cwd=REPO,
+                          env=cli_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def one_line_error(proc: subprocess.CompletedProcess, code: int = 2) -> str:
+    """Assert the CLI failed with ``code`` and exactly one line on stderr, no traceback."""
+    assert proc.returncode == code, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
+    return proc.stderr
+
+
+def tree(directory: Path) -> dict[str, bytes]:
+    """Every file below ``directory`` with its bytes (links as their target text); the holder
+    a lock file records (pid and host) is not content."""
+    out = {}
+    for p in sorted(directory.rglob("*")):
+        if p.name.endswith((".lock", ".flock")) and not p.is_symlink():
+            out[str(p.relative_to(directory))] = b"<lock>"
+            continue
+        if p.is_symlink():
+            out[str(p.relative_to(directory))] = os.readlink(p).encode()
+        elif p.is_file():
+            out[str(p.relative_to(directory))] = p.read_bytes()
+        else:
+            out[str(p.relative_to(directory))] = b"<dir>"
+    return out

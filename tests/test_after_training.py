@@ -58,7 +58,8 @@ def work(real_data_dir, tmp_path_factory):
 
 def engine_outputs(run, rows=slice(None), data_dir=None):
     """What eval scores, straight from the engine: (outputs, labels) on the test split."""
-    from fmnist_mlp.training.session import load_model, load_splits_for
+    from fmnist_mlp.config.plan import load_splits as load_splits_for
+    from fmnist_mlp.rundir.trained import load_model
 
     model, config = load_model(run)
     test = load_splits_for(config, data_dir).test
@@ -81,7 +82,8 @@ def test_pngs(work):
 
 
 def test_test_images_saved_as_png_predict_exactly_as_eval_scores_them(work, test_pngs, tmp_path):
-    from fmnist_mlp.training.session import load_model, load_splits_for
+    from fmnist_mlp.config.plan import load_splits as load_splits_for
+    from fmnist_mlp.rundir.trained import load_model
     from fmnist_mlp.predict.run import load_pixels
     from fmnist_mlp.rundir.trained import load_trained
 
@@ -100,9 +102,9 @@ def test_test_images_saved_as_png_predict_exactly_as_eval_scores_them(work, test
     rows = json.loads(proc.stdout)["predictions"]
     assert [Path(r["file"]).name for r in rows] == [f"test-{i:04d}.png" for i in range(NUM_PNG)]
     probabilities = np.array([r["probabilities"] for r in rows], dtype=np.float32)
-    script = ("import sys, numpy as np; from fmnist_mlp.training.session import load_model, "
-              "load_splits_for; m, c = load_model(sys.argv[1]); "
-              "x = load_splits_for(c, sys.argv[2]).test.x[:int(sys.argv[3])]; "
+    script = ("import sys, numpy as np; from fmnist_mlp.rundir.trained import load_model; "
+              "from fmnist_mlp.config.plan import load_splits; m, c = load_model(sys.argv[1]); "
+              "x = load_splits(c, sys.argv[2]).test.x[:int(sys.argv[3])]; "
               "np.save(sys.argv[4], m.forward(x))")
     subprocess.run([sys.executable, "-c", script, run_a, data_dir, str(NUM_PNG),
                     tmp_path / "engine.npy"], env=ENV, check=True, timeout=60)
@@ -318,7 +320,7 @@ def test_a_resumed_run_continues_its_tensorboard_curves(work, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from fmnist_mlp.rundir import files as runs
-    from fmnist_mlp.config.schema import load_config
+    from fmnist_mlp.config.load import load_config
     from fmnist_mlp.training.session import run_training
     from fmnist_mlp.training.loop import TrainingInterrupted
 
@@ -327,7 +329,7 @@ def test_a_resumed_run_continues_its_tensorboard_curves(work, tmp_path):
                              "train.epochs=4", "train.batch_size=100", "train.tensorboard=true"])
     with pytest.raises(TrainingInterrupted):
         run_training(cfg, name="tb", runs_dir=tmp_path, data_dir=data_dir,
-                     callback=InterruptAt(epoch=3, batch=2))
+                     callbacks=[InterruptAt(epoch=3, batch=2)])
     (run_dir,) = tmp_path.glob("*-tb-*")
     run_training(None, resume=run_dir, data_dir=data_dir)
     events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})

@@ -73,8 +73,9 @@ def test_make_augmenter_none_and_determinism():
 
 
 def test_flip_averaged_model_averages_an_image_and_its_mirror():
-    from fmnist_mlp.data.augment import FlipAveraged, mirror
+    from fmnist_mlp.data.augment import mirror
     from fmnist_mlp.nn import MLP
+    from fmnist_mlp.rundir.flips import FlipAveraged
 
     model = MLP(hidden=[32], seed=0, dtype="float64")
     x = _images(50).astype(np.float64)
@@ -86,7 +87,9 @@ def test_flip_averaged_model_averages_an_image_and_its_mirror():
     loss, acc = tta.evaluate(x, y, batch_size=16)            # chunked like the real scorer
     assert loss == pytest.approx(-np.mean(np.log(expected[np.arange(50), y])), rel=1e-12)
     assert acc == np.mean(expected.argmax(axis=1) == y)
-    assert tta.params is model.params and tta.hidden == [32]  # everything else is the model's
+    # Not an MLP in disguise: the network is .model, and the logits are averaged too.
+    assert tta.model is model and not hasattr(tta, "params") and not hasattr(tta, "hidden")
+    np.testing.assert_allclose(tta.logits(x), np.log(expected), rtol=1e-12)
     symmetric = (x + mirror(x)) / 2                          # a mirror-symmetric image: no change
     np.testing.assert_allclose(tta.forward(symmetric), model.forward(symmetric), rtol=1e-12)
 
@@ -138,11 +141,11 @@ def test_mixup_returns_its_weight_and_partners():
 def test_training_accuracy_under_mixup_counts_the_dominant_label():
     # A fixed net (the schedule gives learning rate 0; no dropout or batch norm, so training mode scores as
     # evaluation does) and one batch of the whole set: the loop's count is rebuilt by hand.
-    from fmnist_mlp.config.plan import make_streams
+    from fmnist_mlp.config.plan import Engine, make_streams
     from fmnist_mlp.nn import MLP
     from fmnist_mlp.nn.losses import one_hot_targets
     from fmnist_mlp.nn.optim import make_optimizer
-    from fmnist_mlp.training.loop import LoopSettings, fit
+    from fmnist_mlp.training.loop import LoopData, LoopSettings, fit
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(64, 12)).astype(np.float32)
@@ -157,8 +160,9 @@ def test_training_accuracy_under_mixup_counts_the_dominant_label():
         def on_epoch_end(self, metrics, state, is_best): seen.append(metrics["train_acc"])
 
     seed, alpha = 1, 0.4
-    fit(model, make_optimizer("sgd", model.params, lr=0.1), lambda step: 0.0, x, y, x, y,
-        LoopSettings(epochs=1, batch_size=64, mixup=alpha), make_streams(seed), callback=Record())
+    fit(Engine(model, make_optimizer("sgd", model.params, lr=0.1), lambda step: 0.0),
+        LoopData(x, y, x, y), LoopSettings(epochs=1, batch_size=64, mixup=alpha), make_streams(seed),
+        callbacks=[Record()])
     streams = make_streams(seed)
     order = streams["shuffle"].permutation(64)
     xb, yb = x[order], y[order]

@@ -1,7 +1,7 @@
-"""The one path from config to engine (fmnist_mlp/build.py), and a walk over every config key.
+"""The one path from config to engine (fmnist_mlp/config/plan.py), and a walk over every config key.
 
 The walk builds what a training run builds from a config — through the same functions
-``experiment.run_training`` calls — and shows that changing any one key changes the part it
+``training.session.run_training`` calls — and shows that changing any one key changes the part it
 configures. A key added to the schema must be added either to ``WALK`` (what it changes) or to
 ``NOT_REACHING_ENGINE`` (why it reaches no built object), or this file fails.
 """
@@ -20,31 +20,32 @@ from fmnist_mlp.config.plan import (
     build,
     build_augmenter,
     build_model,
-    build_scorer,
     loop_settings,
     make_streams,
     model_kwargs,
     split_kwargs,
     steps_per_epoch,
 )
-from fmnist_mlp.config.schema import all_key_paths, config_from_dict, config_to_dict, flatten, load_config
+from fmnist_mlp.config.load import config_to_dict, flatten, load_config
+from fmnist_mlp.config.validate import all_key_paths, config_from_dict
 from fmnist_mlp.data import RawData, make_splits
 from fmnist_mlp.data.synthetic import synthetic_arrays
 from fmnist_mlp.errors import ConfigError
 from fmnist_mlp.nn import MLP
+from fmnist_mlp.rundir.flips import scorer_for
 
 # Keys that configure no built object, each with where it does act.
 NOT_REACHING_ENGINE = {
-    "train.plots": "the CLI draws the PNGs after training has finished (cli._plots_if_asked)",
+    "train.plots": "the CLI draws the PNGs after training has finished (cli._write_plots)",
     "train.checkpoint_every": "how often the run recorder writes checkpoints/last.npz "
                               "(recorder.RunRecorder; tested in test_cli's resume tests)",
     "distill.teachers": "trained runs whose probabilities become the loss targets "
-                        "(experiment.distill_targets; tests/test_distill.py trains a student)",
+                        "(training.distill.distill_targets; tests/test_distill.py trains a student)",
     "distill.weight": "the labels' and teachers' mix in those targets (tests/test_distill.py)",
     "distill.temperature": "how the teachers' probabilities are softened (tests/test_distill.py)",
     "distill.consistent": "teachers score each batch as the student sees it "
-                          "(experiment.distill_targets; tests/test_distill.py)",
-    "train.tensorboard": "the run recorder writes event files beside the run "
+                          "(training.distill.distill_targets; tests/test_distill.py)",
+    "train.tensorboard": "a TensorBoard callback writes event files beside the run "
                          "(tensorboard.TensorBoardLogger; tested in test_after_training)",
 }
 
@@ -121,7 +122,7 @@ def _digest(*arrays) -> str:
 
 def what_a_run_builds(flat: dict) -> dict[str, object]:
     """The parts of a training run built from this config, each reduced to a comparable value,
-    via the calls ``experiment.run_training`` makes."""
+    via the calls ``training.session.run_training`` makes."""
     cfg = config_from_dict(_nested(flat))
     splits = make_splits(RAW, **split_kwargs(cfg))
     streams = make_streams(cfg.seed)
@@ -138,7 +139,7 @@ def what_a_run_builds(flat: dict) -> dict[str, object]:
     augment = build_augmenter(cfg)
     if augment is not None:
         augment(batch, np.random.default_rng(0), np.arange(4), 1)
-    scorer = build_scorer(model, cfg)
+    scorer = scorer_for(model, cfg.data.augment.test_flip)
     return {
         "splits": _digest(*(array for split in splits[:3] for array in split)),
         "init": init,

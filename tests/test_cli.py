@@ -126,7 +126,7 @@ def test_train_json_is_the_only_stdout_and_describes_the_run(trained):
 
 @pytest.mark.realdata
 def test_resolved_config_reproduces_the_run(trained):
-    from fmnist_mlp.config.schema import load_config
+    from fmnist_mlp.config.load import load_config
 
     work, proc = trained
     cfg = load_config(work / json.loads(proc.stdout)["run_dir"] / "config.yaml")
@@ -158,8 +158,9 @@ def test_test_flip_scores_the_mirror_averaged_model_everywhere(data_dir, tmp_pat
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["accuracy"] == summary["test_acc"]
 
-    from fmnist_mlp.data.augment import FlipAveraged
-    from fmnist_mlp.training.session import load_model, load_splits_for
+    from fmnist_mlp.config.plan import load_splits as load_splits_for
+    from fmnist_mlp.rundir.trained import load_model
+    from fmnist_mlp.rundir.flips import FlipAveraged
 
     model, config = load_model(tmp_path / summary["run_dir"])
     assert isinstance(model, FlipAveraged)
@@ -382,7 +383,7 @@ def test_four_trainings_at_once_get_their_own_directories(data_dir, tmp_path):
 @pytest.mark.realdata
 @pytest.mark.parametrize("batchnorm", [False, True])
 def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(batchnorm, data_dir, tmp_path):
-    from fmnist_mlp.config.schema import load_config
+    from fmnist_mlp.config.load import load_config
     from fmnist_mlp.training.session import run_training
     from fmnist_mlp.errors import TrainingInterrupted
 
@@ -397,7 +398,7 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(batchnorm, data
 
     with pytest.raises(TrainingInterrupted, match="--resume"):
         run_training(cfg, name="stopped", runs_dir=tmp_path, data_dir=data_dir,
-                     callback=InterruptAt(epoch=3, batch=4))
+                     callbacks=[InterruptAt(epoch=3, batch=4)])
     (stopped,) = tmp_path.glob("*-stopped-*")
     assert runs.read_summary(stopped)["status"] == "interrupted"
     assert runs.load_checkpoint(stopped / "checkpoints" / "last.npz").meta["epoch"] == 2
@@ -424,14 +425,14 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(batchnorm, data
 
 @pytest.mark.realdata
 def test_resume_through_the_cli_finishes_the_run_in_its_directory(data_dir, tmp_path):
-    from fmnist_mlp.config.schema import load_config
+    from fmnist_mlp.config.load import load_config
     from fmnist_mlp.training.session import run_training
     from fmnist_mlp.errors import TrainingInterrupted
 
     cfg = load_config(None, SMALL[1::2] + ["train.epochs=3"])
     with pytest.raises(TrainingInterrupted):
         run_training(cfg, name="cli", runs_dir=tmp_path / "runs", data_dir=data_dir,
-                     callback=InterruptAt(epoch=2, batch=2))
+                     callbacks=[InterruptAt(epoch=2, batch=2)])
     (run_dir,) = (tmp_path / "runs").iterdir()
     proc = fmnist("train", "--resume", run_dir, "--data-dir", data_dir, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -444,14 +445,14 @@ def test_resume_through_the_cli_finishes_the_run_in_its_directory(data_dir, tmp_
 
 @pytest.mark.realdata
 def test_ctrl_c_between_checkpoints_still_saves_the_last_completed_epoch(data_dir, tmp_path):
-    from fmnist_mlp.config.schema import load_config
+    from fmnist_mlp.config.load import load_config
     from fmnist_mlp.training.session import run_training
     from fmnist_mlp.errors import TrainingInterrupted
 
     cfg = load_config(None, SMALL[1::2] + ["train.epochs=5", "train.checkpoint_every=5"])
     with pytest.raises(TrainingInterrupted):
         run_training(cfg, name="sparse", runs_dir=tmp_path, data_dir=data_dir,
-                     callback=InterruptAt(epoch=3, batch=1))
+                     callbacks=[InterruptAt(epoch=3, batch=1)])
     (run_dir,) = tmp_path.iterdir()
     assert runs.load_checkpoint(run_dir / "checkpoints" / "last.npz").meta["epoch"] == 2
 
@@ -463,7 +464,7 @@ def test_ctrl_c_while_an_epoch_is_being_recorded_finishes_recording_it(data_dir,
     # summary.json kept the previous epoch's best val acc beside the new epoch count, train.log
     # lost the epoch's line, and the message said "interrupted during epoch 3" of a 2-epoch run.
     # The real SIGINT is sent right after the first checkpoint is written.
-    from fmnist_mlp.config.schema import load_config
+    from fmnist_mlp.config.load import load_config
     from fmnist_mlp.training.session import run_training
     from fmnist_mlp.errors import TrainingInterrupted
 
@@ -491,14 +492,14 @@ def test_ctrl_c_while_an_epoch_is_being_recorded_finishes_recording_it(data_dir,
 
 @pytest.mark.realdata
 def test_ctrl_c_in_the_first_epoch_says_there_is_nothing_to_resume(data_dir, tmp_path, capsys):
-    from fmnist_mlp.config.schema import load_config
+    from fmnist_mlp.config.load import load_config
     from fmnist_mlp.training.session import run_training
     from fmnist_mlp.errors import TrainingInterrupted
 
     cfg = load_config(None, SMALL[1::2])
     with pytest.raises(TrainingInterrupted, match="nothing to resume"):
         run_training(cfg, name="early", runs_dir=tmp_path, data_dir=data_dir,
-                     callback=InterruptAt(epoch=1, batch=2))
+                     callbacks=[InterruptAt(epoch=1, batch=2)])
     (run_dir,) = tmp_path.iterdir()
     assert runs.read_summary(run_dir)["status"] == "interrupted"
     assert not (run_dir / "checkpoints" / "last.npz").exists()
@@ -508,7 +509,7 @@ def test_ctrl_c_in_the_first_epoch_says_there_is_nothing_to_resume(data_dir, tmp
 
 @pytest.mark.realdata
 def test_early_stopping_ends_the_run_when_validation_stops_improving(data_dir, tmp_path):
-    from fmnist_mlp.config.schema import load_config
+    from fmnist_mlp.config.load import load_config
     from fmnist_mlp.training.session import run_training
 
     # A learning rate this small leaves the predictions, hence the val accuracy, unchanged.
@@ -517,6 +518,36 @@ def test_early_stopping_ends_the_run_when_validation_stops_improving(data_dir, t
     summary = run_training(cfg, name="patience", runs_dir=tmp_path, data_dir=data_dir).summary
     assert summary["status"] == "finished" and summary["epochs_completed"] == 3
     assert summary["best_epoch"] == 1 and "early stopped" in summary["message"]
+
+
+@pytest.mark.realdata
+def test_each_command_reads_and_validates_its_config_once(data_dir, tmp_path, capsys,
+                                                          monkeypatch):
+    """The real code path, counted: every config check goes through build_checked."""
+    from fmnist_mlp.config import validate
+
+    calls = []
+    checked = validate.build_checked
+
+    def counting(*args, **kwargs):
+        calls.append(args[2])               # the source: file, --set, or the checkpoint
+        return checked(*args, **kwargs)
+
+    monkeypatch.setattr(validate, "build_checked", counting)
+    code, out, err = run_main(["train", *SMALL, "--set", "data.augment.test_flip=true",
+                               "--name", "once", "--runs-dir", tmp_path / "runs",
+                               "--data-dir", data_dir, "--json"], capsys)
+    assert code == 0, err
+    assert calls == ["--set"]
+    calls.clear()
+    run_dir = json.loads(out)["run_dir"]
+    code, _, err = run_main(["eval", run_dir, "--data-dir", data_dir, "--json"], capsys)
+    assert code == 0, err
+    assert len(calls) == 1
+    calls.clear()
+    code, _, err = run_main(["gradcheck", "--set", "model.hidden=[4]", "--samples", "2"], capsys)
+    assert code == 0, err
+    assert calls == ["--set"]
 
 
 @pytest.mark.realdata

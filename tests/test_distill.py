@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 
 from fmnist_mlp.data.augment import make_augmenter, mirror
-from fmnist_mlp.config.plan import make_streams
-from fmnist_mlp.config.schema import load_config
+from fmnist_mlp.config.plan import Engine, make_streams
+from fmnist_mlp.config.load import load_config
 from fmnist_mlp.training.distill import ConsistentTeachers, mean_softened, mix_targets, soften
 from fmnist_mlp.errors import ConfigError
 from fmnist_mlp.nn import MLP
 from fmnist_mlp.nn.losses import one_hot_targets, softmax
 from fmnist_mlp.nn.optim import make_optimizer
-from fmnist_mlp.training.loop import LoopSettings, fit
+from fmnist_mlp.training.loop import LoopData, LoopSettings, fit
 from sweep_helpers import REPO, write_spec
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -66,7 +66,7 @@ def test_only_the_teachers_that_never_saw_a_row_score_it():
 
 
 def test_cross_fitted_teachers_each_leave_out_a_different_part(real_data_dir):
-    from fmnist_mlp.training.session import _unseen_rows
+    from fmnist_mlp.training.distill import unseen_rows as _unseen_rows
 
     student = load_config(None, ["data.split_seed=0"])
     teachers = [load_config(None, ["data.split_seed=0", "data.folds=3", f"data.fold={f}", "seed=7"])
@@ -149,9 +149,10 @@ def test_consistent_teachers_score_the_augmented_batch_the_student_learns_from()
         return consistent(batch, labels)
 
     student = MLP(input_size=784, hidden=[4], num_classes=10, dtype="float64", seed=2)
-    fit(student, make_optimizer("sgd", student.params, lr=0.01), lambda step: 0.01, x, y, x[:2], y[:2],
-        LoopSettings(epochs=1, batch_size=8), make_streams(0),
-        make_augmenter(flip=True, alternate_flip=True), teacher=watched)
+    fit(Engine(student, make_optimizer("sgd", student.params, lr=0.01), lambda step: 0.01),
+        LoopData(x, y, x[:2], y[:2], teacher=watched,
+                 augment=make_augmenter(flip=True, alternate_flip=True)),
+        LoopSettings(epochs=1, batch_size=8), make_streams(0))
     views = np.where((np.arange(8) % 2 == 0)[:, None], mirror(x), x)
     assert len(seen) == 1
     assert sorted(r.tobytes() for r in seen[0]) == sorted(r.tobytes() for r in views)
@@ -283,7 +284,7 @@ def test_a_teacher_of_another_shape_is_refused_in_one_line(real_data_dir, tmp_pa
                                                             fragment):
     # No command of this tool makes such a teacher: the checkpoint is written by hand, with a
     # valid config beside the foreign shape, as another program (or a hand edit) could.
-    from fmnist_mlp.config.schema import config_to_dict
+    from fmnist_mlp.config.load import config_to_dict
     from fmnist_mlp.rundir.files import Checkpoint, save_checkpoint
 
     foreign = MLP(hidden=[8], seed=0, **shape)

@@ -13,8 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fmnist_mlp.config.schema import config_from_dict, config_to_dict
-from fmnist_mlp.scoring.ensemble import logits_of_outputs, mean_outputs
+from fmnist_mlp.config.load import config_to_dict
+from fmnist_mlp.config.validate import config_from_dict
+from fmnist_mlp.scoring.ensemble import mean_outputs
+from fmnist_mlp.rundir.flips import logits_of_outputs
 from fmnist_mlp.nn import MLP
 from fmnist_mlp.rundir.trained import TrainedModel
 

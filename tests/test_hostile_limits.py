@@ -99,7 +99,7 @@ def _peak_bytes(fn) -> tuple[int, BaseException | None]:
 ], ids=["header-claims-4TB", "layer-not-in-spec", "unknown-member", "not-npy",
         "deflate-bomb", "spec-edited-huge", "wrong-dtype"])
 def test_checkpoints_that_do_not_belong_are_refused_before_reading_data(tmp_path, make):
-    from fmnist_mlp.training.session import load_model
+    from fmnist_mlp.rundir.trained import load_model
 
     path = tmp_path / "c.npz"
     path.write_bytes(make())

@@ -106,6 +106,16 @@ def test_batchnorm_evaluation_is_the_running_statistics_affine_map(rng):
     mean, var = rng.normal(size=3), rng.uniform(0.5, 2, 3)
     out = layers.batchnorm_forward_eval(z, gamma, beta, mean, var, 1e-5, out=np.empty_like(z))
     np.testing.assert_allclose(out, gamma * (z - mean) / np.sqrt(var + 1e-5) + beta, rtol=1e-12)
+    scale, shift = layers.batchnorm_eval_affine(gamma, beta, mean, var, 1e-5)   # what ONNX gets
+    np.testing.assert_array_equal(out, z * scale + shift)
+
+
+def test_sigmoid_is_written_once_for_hidden_and_output_units(rng):
+    from fmnist_mlp.nn import activations, losses
+
+    z = rng.normal(scale=5, size=(4, 5))
+    assert losses.sigmoid is activations.sigmoid is activations.ACTIVATIONS["sigmoid"].forward
+    np.testing.assert_allclose(losses.apply_output("sigmoid", z), 1 / (1 + np.exp(-z)), atol=1e-15)
 
 
 def _target_distribution(rng, n, k):

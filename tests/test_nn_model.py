@@ -308,3 +308,59 @@ def test_batchnorm_network_learns():
             model.loss_and_grad(x[start:start + 50], y[start:start + 50])
             opt.step(model.params, model.grads)
     assert model.evaluate(x, y)[1] > 0.8
+
+
+# ---------------------------------------------------------------------------------------------
+# Facts written once: the parameter names and shapes, the config keys and their defaults
+
+
+@pytest.mark.parametrize("batchnorm", [False, True])
+def test_the_model_allocates_what_parameter_shapes_names(batchnorm):
+    from fmnist_mlp.nn.model import is_buffer, parameter_shapes
+
+    model = MLP(input_size=6, hidden=[5, 4], num_classes=3, batchnorm=batchnorm, seed=0)
+    shapes = parameter_shapes([6, 5, 4, 3], batchnorm)
+    assert {k: v.shape for k, v in model.named_arrays().items()} == shapes
+    assert list(model.params) == [k for k in shapes if not is_buffer(k)]
+    assert list(model.buffers) == [k for k in shapes if is_buffer(k)]
+    assert all(is_buffer(k) == k.endswith(("running_mean", "running_var")) for k in shapes)
+    assert ("layer0.b" in shapes) != batchnorm and "layer2.b" in shapes     # the last layer keeps b
+
+
+def test_the_schema_repeats_the_models_defaults_and_names_every_key_it_reads():
+    import dataclasses
+    import inspect
+
+    from fmnist_mlp.config.schema import Config, LossConfig, ModelConfig
+    from fmnist_mlp.nn.config_keys import CONFIG_KEYS
+
+    defaults = {n: p.default for n, p in inspect.signature(MLP).parameters.items()}
+    for section, schema in (("model", ModelConfig), ("loss", LossConfig)):
+        fields = {f.name: getattr(schema(), f.name) for f in dataclasses.fields(schema)}
+        assert set(fields) == set(CONFIG_KEYS[section]), section     # every key reaches the model
+        for key, value in fields.items():
+            default = defaults[CONFIG_KEYS[section][key]]
+            assert (list(value) == list(default) if isinstance(value, tuple) else value == default), \
+                f"{section}.{key}: schema {value!r}, MLP {default!r}"
+    assert Config().seed == defaults["seed"]
+
+
+def test_from_config_names_the_key_of_each_bad_value():
+    from fmnist_mlp.errors import ConfigError
+
+    cases = {"model.hiden: unknown key (did you mean 'model.hidden'?)": {"model": {"hiden": [3]}},
+             "model.hidden: 256 is not valid; expected a list of layer widths": {"model": {"hidden": 256}},
+             "model.batchnorm: 'yes' is not valid": {"model": {"batchnorm": "yes"}},
+             "loss.name: 'hinge' is not valid": {"loss": {"name": "hinge"}},
+             "loss.name: 'cross_entropy' is not valid": {"model": {"output": "linear"}},
+             "modle: unknown key (did you mean 'model'?)": {"modle": {"hidden": [3]}},
+             "seed: -1 is not valid": {"seed": -1},
+             "model: expected a mapping": {"model": [3]}}
+    for message, config in cases.items():
+        with pytest.raises(ConfigError) as excinfo:
+            MLP.from_config(config)
+        assert str(excinfo.value).startswith(message), (config, str(excinfo.value))
+    # Sections that configure a run rather than a network are the plan's, not the engine's.
+    model = MLP.from_config({"seed": 5, "optimizer": {"name": "sgd"}, "data": {"subset": 10},
+                             "model": {"hidden": [7]}})
+    assert model.hidden == [7] and model.spec()["seed"] == 5

@@ -217,3 +217,57 @@ def test_an_optimizer_on_a_parameter_set_updates_it_by_the_formula():
     np.testing.assert_allclose(params["layer0.W"], want["W"], rtol=0, atol=1e-12)
     np.testing.assert_allclose(params["layer0.b"], want["b"], rtol=0, atol=1e-12)
     np.testing.assert_allclose(opt.state["velocity"]["layer0.W"], v["W"], rtol=0, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# The registry: a new optimiser is its class and its entry
+
+
+def _toy_class():
+    """A toy optimiser defined only here: more slots than any real one, a hyperparameter of its own."""
+    from fmnist_mlp.nn.optim import Optimizer
+
+    class SignDescent(Optimizer):
+        slots = ("a", "b", "c")
+
+        def __init__(self, params, lr, bound=1.0, weight_decay=0.0):
+            super().__init__(params, lr, weight_decay)
+            self.bound = float(bound)
+
+        def _update(self, param, grad, lr, tmp, a, b, c):
+            np.sign(grad, out=tmp)          # θ ← θ − lr·bound·sign(g)
+            tmp *= lr * self.bound
+            param -= tmp
+
+    return SignDescent
+
+
+def test_an_optimiser_added_to_the_registry_is_usable_everywhere(monkeypatch):
+    from fmnist_mlp.nn import memory, optim
+
+    before = memory.arrays_per_parameter()
+    assert before == 5                      # value, gradient, scratch, Adam's two moments
+    size = memory.training_bytes(784, [16], 10, 32, 100, 4, data_rows=10)
+    monkeypatch.setitem(optim.OPTIMIZERS, "sign", _toy_class())
+    params = {"layer0.W": W0.copy(), "layer0.b": B0.copy()}
+    opt = make_optimizer("sign", params, lr=0.5, bound=2.0, momentum=0.9)   # momentum: not its
+    opt.step(params, {"layer0.W": GRADS[0][0], "layer0.b": GRADS[0][1]})
+    np.testing.assert_allclose(params["layer0.W"], W0 - 1.0 * np.sign(GRADS[0][0]))
+    assert set(opt.state_dict()) == {"t"} | {f"{s}/{k}" for s in "abc" for k in params}
+    assert memory.arrays_per_parameter() == 6 and memory.training_bytes(
+        784, [16], 10, 32, 100, 4, data_rows=10) > size                     # the estimate asks it
+    with pytest.raises(TypeError, match="bund"):
+        make_optimizer("sign", params, lr=0.5, bund=2.0)                      # a typo is not ignored
+
+
+def test_the_registry_is_what_the_schema_offers():
+    import dataclasses
+
+    from fmnist_mlp.config.schema import OptimizerConfig
+    from fmnist_mlp.nn.optim import OPTIMIZERS, hyperparameters
+
+    field = {f.name: f for f in dataclasses.fields(OptimizerConfig)}
+    assert tuple(field["name"].metadata["choices"]) == tuple(OPTIMIZERS)
+    # Every hyperparameter a registered class takes is a field of the schema's optimizer section.
+    taken = set().union(*(hyperparameters(cls) for cls in OPTIMIZERS.values()))
+    assert taken <= set(field), taken - set(field)

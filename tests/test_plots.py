@@ -208,10 +208,10 @@ def test_missing_matplotlib_gives_the_one_line_install_hint(tmp_path, monkeypatc
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now fails
     with pytest.raises(FmnistMlpError) as excinfo:
         plots.plot_learning_curves(synthetic_metrics(2), tmp_path / "curves.png")
-    assert str(excinfo.value) == "plotting needs matplotlib: pip install 'fmnist-mlp[plot]'"
+    assert str(excinfo.value) == "plotting needs matplotlib: pip install -e '.[plot]'"
     assert "\n" not in str(excinfo.value)
     # plot_run says the same before it reads anything, even for a run that does not exist.
-    with pytest.raises(FmnistMlpError, match=r"pip install 'fmnist-mlp\[plot\]'"):
+    with pytest.raises(FmnistMlpError, match=r"pip install -e '\.\[plot\]'"):
         plots.plot_run(tmp_path / "no-such-run")
     assert list(tmp_path.iterdir()) == []
 
@@ -281,9 +281,9 @@ def test_plot_command_without_matplotlib_says_how_to_install_it(tmp_path, monkey
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(SystemExit) as excinfo:
         main(["plot", str(tmp_path)])
-    assert excinfo.value.code == 1
+    assert excinfo.value.code == 2           # a missing extra is a setup error, as everywhere
     captured = capsys.readouterr()
-    assert captured.err == "error: plotting needs matplotlib: pip install 'fmnist-mlp[plot]'\n"
+    assert captured.err == "error: plotting needs matplotlib: pip install -e '.[plot]'\n"
     assert captured.out == ""
 
 

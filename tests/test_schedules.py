@@ -57,3 +57,11 @@ def test_invalid_schedules_are_config_errors(kwargs):
     args = {"name": "step", "base_lr": 0.1, "total_steps": 10, **kwargs}
     with pytest.raises(ConfigError):
         make_schedule(**args)
+
+
+def test_a_schedule_added_to_the_registry_is_usable(monkeypatch):
+    from fmnist_mlp.nn import schedules
+
+    monkeypatch.setitem(schedules.SCHEDULES, "halving", lambda s, d: d.base_lr / 2 ** s)
+    lr_at = make_schedule("halving", 1.0, total_steps=10, warmup_steps=2)
+    assert [lr_at(s) for s in range(5)] == [0.5, 1.0, 1.0, 0.5, 0.25]

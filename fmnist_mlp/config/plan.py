@@ -1,23 +1,28 @@
-"""One path from a config to the engine: the model, its optimiser and its learning-rate schedule.
+"""The one step from a checked config to objects: the model, its optimiser and schedule, the run's
+data splits, augmentation and loop settings.
 
-The only module that knows both the config schema and the engine's constructors, so the
-numerical modules take plain values and every key is passed on in exactly one place (the CLI,
-:func:`fmnist_mlp.training.session.run_training` and ``MLP.from_config`` all come through here).
-A config is validated before anything is built: a plain dict goes through
-:func:`~fmnist_mlp.config.schema.config_from_dict`, so a bad key is one :class:`ConfigError` line.
+The only module that knows both the config schema and the engine's constructors, so the numerical
+modules take plain values and every key is passed on in exactly one place. Everything here takes
+a validated :class:`Config` (a command reads and checks its config once, in
+:mod:`fmnist_mlp.config.load`); the Python API's entry points :func:`build` and
+:func:`build_model` also take a plain dict, checked once at that boundary by :func:`as_config`.
 
-    engine = build(cfg, steps_per_epoch, streams)   # Engine(model, optimizer, lr_at)
+    engine = build(cfg, steps_per_epoch)          # Engine(model, optimizer, lr_at)
     model = build_model({"model": {"hidden": [256, 128]}, "seed": 0})
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from fmnist_mlp.config.schema import Config, config_from_dict
+from fmnist_mlp.config.schema import Config
+from fmnist_mlp.config.validate import config_from_dict
+from fmnist_mlp.data.facts import NUM_CLASSES, NUM_FEATURES, TEST_IMAGES, TRAIN_IMAGES
+from fmnist_mlp.errors import ConfigError
 from fmnist_mlp.nn.rng import spawn_streams
 
 # The generators a training run draws from, one per kind of randomness (see rng.spawn_streams).
@@ -36,7 +41,8 @@ class Engine:
 
 
 def as_config(config: Config | Mapping[str, Any]) -> Config:
-    """A validated :class:`Config` from a Config or a plain (possibly partial) dict."""
+    """A validated :class:`Config` from a Config or a plain (possibly partial) dict: the Python
+    API's boundary (a Config was checked when it was made, so it is passed through)."""
     return config if isinstance(config, Config) else config_from_dict(config)
 
 
@@ -45,18 +51,17 @@ def make_streams(seed: int) -> dict[str, np.random.Generator]:
     return spawn_streams(seed, STREAMS)
 
 
-def model_kwargs(config: Config | Mapping[str, Any]) -> dict[str, Any]:
-    """The MLP constructor's keyword arguments for this config (without ``seed``)."""
-    from fmnist_mlp.data.dataset import NUM_FEATURES
-    from fmnist_mlp.data.idx import NUM_CLASSES
+def model_kwargs(cfg: Config) -> dict[str, Any]:
+    """The MLP constructor's keyword arguments for this config (without ``seed``): each key the
+    engine's table (``nn.config_keys.CONFIG_KEYS``, what ``MLP.from_config`` reads) names."""
+    from fmnist_mlp.nn.config_keys import CONFIG_KEYS
 
-    cfg = as_config(config)
-    m, loss = cfg.model, cfg.loss
-    return dict(input_size=NUM_FEATURES, hidden=list(m.hidden), num_classes=NUM_CLASSES,
-                activation=m.activation, output=m.output, loss=loss.name, dropout=m.dropout,
-                input_dropout=m.input_dropout, batchnorm=m.batchnorm,
-                label_smoothing=loss.label_smoothing, l2=loss.l2, init=m.init, dtype=m.dtype,
-                layout=m.layout)
+    kwargs: dict[str, Any] = dict(input_size=NUM_FEATURES, num_classes=NUM_CLASSES)
+    for section, keys in CONFIG_KEYS.items():
+        for key, argument in keys.items():
+            value = getattr(getattr(cfg, section), key)
+            kwargs[argument] = list(value) if isinstance(value, tuple) else value
+    return kwargs
 
 
 def build_model(config: Config | Mapping[str, Any], rng: np.random.Generator | None = None):
@@ -68,20 +73,21 @@ def build_model(config: Config | Mapping[str, Any], rng: np.random.Generator | N
     return MLP(**model_kwargs(cfg), seed=cfg.seed if rng is None else rng)
 
 
-def build_optimizer(config: Config | Mapping[str, Any], params: Mapping[str, np.ndarray]):
-    """The configured optimiser over ``params`` (hyperparameters it does not use are ignored)."""
+def build_optimizer(cfg: Config, params: Mapping[str, np.ndarray]):
+    """The configured optimiser over ``params``: every field of the optimizer section is offered,
+    and the class registered under its name takes those its constructor names."""
+    from dataclasses import asdict
+
     from fmnist_mlp.nn.optim import make_optimizer
 
-    o = as_config(config).optimizer
-    return make_optimizer(o.name, params, lr=o.lr, momentum=o.momentum, beta1=o.beta1,
-                          beta2=o.beta2, eps=o.eps, rho=o.rho, weight_decay=o.weight_decay)
+    settings = asdict(cfg.optimizer)
+    return make_optimizer(settings.pop("name"), params, **settings)
 
 
-def build_schedule(config: Config | Mapping[str, Any], steps_per_epoch: int) -> Callable[[int], float]:
+def build_schedule(cfg: Config, steps_per_epoch: int) -> Callable[[int], float]:
     """``lr_at(step)``: the schedule's epoch-denominated settings become step counts."""
     from fmnist_mlp.nn.schedules import make_schedule
 
-    cfg = as_config(config)
     s = cfg.schedule
     return make_schedule(s.name, base_lr=cfg.optimizer.lr,
                          total_steps=cfg.train.epochs * steps_per_epoch,
@@ -98,9 +104,9 @@ def build(config: Config | Mapping[str, Any], steps_per_epoch: int,
     return Engine(model, build_optimizer(cfg, model.params), build_schedule(cfg, steps_per_epoch))
 
 
-def steps_per_epoch(config: Config | Mapping[str, Any], num_train: int) -> int:
+def steps_per_epoch(cfg: Config, num_train: int) -> int:
     """Minibatches per epoch: the last one may be short; a batch never exceeds the data."""
-    batch_size = min(as_config(config).train.batch_size, num_train)
+    batch_size = min(cfg.train.batch_size, num_train)
     return -(-num_train // batch_size)
 
 
@@ -108,47 +114,70 @@ def steps_per_epoch(config: Config | Mapping[str, Any], num_train: int) -> int:
 # What a run does around the engine: its data, augmentation, loop and scoring settings
 
 
-def split_seed(config: Config | Mapping[str, Any]) -> int:
+def split_seed(cfg: Config) -> int:
     """The seed that draws a run's validation rows (and subset): ``data.split_seed``, by default
     the run's own. Runs that share it (and val_size, split, subset, folds, fold) share their rows."""
-    cfg = as_config(config)
     return cfg.seed if cfg.data.split_seed is None else cfg.data.split_seed
 
 
-def row_kwargs(config: Config | Mapping[str, Any]) -> dict[str, Any]:
+def row_kwargs(cfg: Config) -> dict[str, Any]:
     """``split_rows``'s keyword arguments: which training images train and which validate."""
-    cfg = as_config(config)
     d = cfg.data
     return dict(val_size=d.val_size, split=d.split, seed=split_seed(cfg), subset=d.subset,
                 folds=d.folds, fold=d.fold)
 
 
-def split_kwargs(config: Config | Mapping[str, Any]) -> dict[str, Any]:
+def split_kwargs(cfg: Config) -> dict[str, Any]:
     """``make_splits``'s keyword arguments: which images train, validate and test, and how scaled."""
-    cfg = as_config(config)
     return dict(row_kwargs(cfg), normalize=cfg.data.normalize, dtype=cfg.model.dtype)
 
 
-def build_augmenter(config: Config | Mapping[str, Any]):
+def load_splits(cfg: Config, data_dir: str | Path | None = None, progress: bool = False):
+    """The exact train/val/test splits a run with this config uses (as ``Splits``)."""
+    from fmnist_mlp.data import load_raw, make_splits
+
+    return make_splits(load_raw(data_dir, progress=progress), **split_kwargs(cfg))
+
+
+def check_fits(cfg: Config, what: str = "config") -> None:
+    """What can be refused from the config alone is refused before anything is written or read:
+    a subset larger than the training set, a model that does not fit in memory."""
+    from fmnist_mlp.io import memory as machine
+    from fmnist_mlp.nn import memory
+
+    d, m, t = cfg.data, cfg.model, cfg.train
+    most = TRAIN_IMAGES - d.val_size
+    if d.subset is not None and d.subset > most:
+        raise ConfigError(f"{what}: data.subset: {d.subset} is more than the {most} training "
+                          f"images left after data.val_size={d.val_size}")
+    itemsize = np.dtype(m.dtype).itemsize
+    machine.check_fits(memory.training_bytes(NUM_FEATURES, m.hidden, NUM_CLASSES, t.batch_size,
+                                             t.eval_batch_size, itemsize, batchnorm=m.batchnorm,
+                                             data_rows=TRAIN_IMAGES + TEST_IMAGES),
+                       f"{what}: model.hidden={list(m.hidden)}, train.batch_size={t.batch_size}")
+
+
+def build_augmenter(cfg: Config):
     """``augment(batch, rng, rows, epoch)`` applying the configured training augmentations, or None."""
     from fmnist_mlp.data.augment import make_augmenter
 
-    a = as_config(config).data.augment
+    a = cfg.data.augment
     return make_augmenter(a.flip, a.shift, a.cutout, a.alternate_flip)
 
 
-def loop_settings(config: Config | Mapping[str, Any]):
-    """The training loop's settings: epochs, batch sizes, early stopping, mixup."""
-    from fmnist_mlp.training.loop import LoopSettings
+@dataclass(frozen=True)
+class LoopSettings:
+    """The training loop's plain settings (:func:`fmnist_mlp.training.loop.fit` takes them)."""
 
-    cfg = as_config(config)
+    epochs: int
+    batch_size: int
+    eval_batch_size: int = 2000
+    patience: int | None = None     # early stopping: epochs without val-accuracy improvement
+    mixup: float = 0.0              # mixup's α; 0 = off
+
+
+def loop_settings(cfg: Config) -> LoopSettings:
+    """The training loop's settings: epochs, batch sizes, early stopping, mixup."""
     t = cfg.train
     return LoopSettings(t.epochs, t.batch_size, t.eval_batch_size, t.early_stopping_patience,
                         cfg.data.augment.mixup)
-
-
-def build_scorer(model, config: Config | Mapping[str, Any]):
-    """The model as it is scored: averaged with mirrored images when data.augment.test_flip."""
-    from fmnist_mlp.data.augment import FlipAveraged
-
-    return FlipAveraged(model) if as_config(config).data.augment.test_flip else model

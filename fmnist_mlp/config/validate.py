@@ -1,9 +1,10 @@
-"""Generic validation of a frozen dataclass tree against a plain dict (as YAML gives it).
+"""Checking a plain dict (as YAML gives it) against the schema: :func:`config_from_dict`.
 
-Driven by the type hints (bool, int, float, str, ``X | None``, ``tuple[int, ...]``,
+The generic walk over a frozen dataclass tree is driven by the type hints (bool, int, float, str, ``X | None``, ``tuple[int, ...]``,
 ``tuple[str, ...]``, nested
-dataclasses) and each field's metadata (``choices``, ``lo``/``hi`` bounds). Every problem is one
-:class:`ConfigError` line naming the dotted key path; unknown keys get a did-you-mean.
+dataclasses) and each field's metadata (``choices``, ``lo``/``hi`` bounds); the rules that
+relate two fields follow it. Every problem is one :class:`ConfigError` line naming the dotted key
+path; unknown keys get a did-you-mean.
 """
 
 from __future__ import annotations
@@ -17,7 +18,43 @@ from typing import Any, Mapping
 
 import yaml
 
+from fmnist_mlp.config.schema import Config
 from fmnist_mlp.errors import ConfigError
+
+
+def config_from_dict(raw: Mapping[str, Any], source: str = "config") -> Config:
+    """Build and validate a :class:`Config` from a plain (possibly partial) dict."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{source}: expected a mapping, got {type_name(raw)}")
+    cfg = build_checked(Config, raw, source)
+    _check_cross_fields(cfg, source)
+    return cfg
+
+
+def _check_cross_fields(cfg: Config, source: str) -> None:
+    if cfg.loss.name == "cross_entropy" and cfg.model.output != "softmax":
+        raise ConfigError(f"{source}: loss.name: cross_entropy needs model.output softmax "
+                          f"(got {cfg.model.output!r}); use squared_error for other outputs")
+    if cfg.loss.label_smoothing and cfg.loss.name != "cross_entropy":
+        raise ConfigError(f"{source}: loss.label_smoothing: only used with cross_entropy")
+    if cfg.data.augment.alternate_flip and not cfg.data.augment.flip:
+        raise ConfigError(f"{source}: data.augment.alternate_flip: needs data.augment.flip: true")
+    if cfg.data.fold is not None and (cfg.data.folds < 2 or cfg.data.fold >= cfg.data.folds):
+        raise ConfigError(f"{source}: data.fold: {cfg.data.fold} needs data.folds of 2 or more "
+                          f"and above it (got {cfg.data.folds}): the parts are 0..folds-1")
+    if cfg.distill.teachers and cfg.loss.name != "cross_entropy":
+        raise ConfigError(f"{source}: distill.teachers: distillation needs loss.name "
+                          f"cross_entropy (got {cfg.loss.name!r})")
+    if cfg.distill.consistent and not cfg.distill.teachers:
+        raise ConfigError(f"{source}: distill.consistent: needs distill.teachers")
+    if cfg.schedule.warmup_epochs >= cfg.train.epochs and cfg.schedule.warmup_epochs:
+        raise ConfigError(f"{source}: schedule.warmup_epochs: must be < train.epochs "
+                          f"({cfg.train.epochs}), got {cfg.schedule.warmup_epochs}")
+
+
+def all_key_paths() -> list[str]:
+    """Every leaf key of the schema as a dotted path, e.g. ``"optimizer.lr"``."""
+    return leaf_paths(Config)
 
 
 def build_checked(root: type, raw: Mapping[str, Any], source: str) -> Any:

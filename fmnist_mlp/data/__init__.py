@@ -8,26 +8,40 @@ Public API::
                 dtype="float32", subset=None) -> Splits
     split_rows(train_labels, val_size=5000, split="stratified", seed=0, subset=None)
         -> (train rows, validation rows)
-    CLASS_NAMES, default_data_dir()
+    CLASS_NAMES, NUM_FEATURES, ... (the dataset's facts: :mod:`fmnist_mlp.data.facts`),
+    default_data_dir()
+
+Each name is imported from its module on first use (PEP 562), so reading a fact such as
+``CLASS_NAMES`` loads neither NumPy nor the HTTP stack (requests, tqdm).
 """
 
-from fmnist_mlp.data.dataset import (
-    CLASS_NAMES,
-    NUM_FEATURES,
-    RawData,
-    Split,
-    Splits,
-    load_raw,
-    make_splits,
-    split_rows,
-)
-from fmnist_mlp.data.download import DEBIAN_DIR, MIRRORS, default_data_dir, ensure_dataset, resolve_data_dir
-from fmnist_mlp.data.http import HttpOptions
-from fmnist_mlp.data.idx import read_images, read_labels, write_idx
-from fmnist_mlp.data.specs import FASHION_MNIST_FILES, FileSpec, verify_file
+from __future__ import annotations
 
-__all__ = [
-    "CLASS_NAMES", "DEBIAN_DIR", "FASHION_MNIST_FILES", "MIRRORS", "NUM_FEATURES", "FileSpec",
-    "HttpOptions", "RawData", "Split", "Splits", "default_data_dir", "ensure_dataset", "load_raw",
-    "make_splits", "read_images", "read_labels", "resolve_data_dir", "split_rows", "verify_file", "write_idx",
-]
+import importlib
+
+# public name -> the module that defines it
+_HOMES = {
+    "facts": ("CLASS_NAMES", "IMAGE_SHAPE", "IMAGE_SIDE", "NUM_CLASSES", "NUM_FEATURES",
+              "TEST_IMAGES", "TRAIN_IMAGES"),
+    "dataset": ("RawData", "Split", "Splits", "load_raw", "make_splits", "split_rows"),
+    "download": ("DEBIAN_DIR", "MIRRORS", "default_data_dir", "ensure_dataset", "resolve_data_dir"),
+    "http": ("HttpOptions",),
+    "idx": ("read_images", "read_labels", "write_idx"),
+    "specs": ("FASHION_MNIST_FILES", "FileSpec", "verify_file"),
+}
+_HOME_OF = {name: module for module, names in _HOMES.items() for name in names}
+
+__all__ = sorted(_HOME_OF)
+
+
+def __getattr__(name: str):
+    module = _HOME_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value                 # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

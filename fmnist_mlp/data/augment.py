@@ -14,15 +14,18 @@ from typing import Callable
 
 import numpy as np
 
+from fmnist_mlp.data.facts import IMAGE_SIDE
+
 Augmenter = Callable[[np.ndarray, np.random.Generator, np.ndarray, int], None]
 
 
-def random_flip(batch: np.ndarray, rng: np.random.Generator, side: int = 28) -> None:
+def random_flip(batch: np.ndarray, rng: np.random.Generator, side: int = IMAGE_SIDE) -> None:
     """Mirror each image left–right with probability ½. batch: (B, side²), modified in place."""
     _mirror_where(batch, rng.random(batch.shape[0]) < 0.5, side)
 
 
-def alternating_flip(batch: np.ndarray, rows: np.ndarray, epoch: int, side: int = 28) -> None:
+def alternating_flip(batch: np.ndarray, rows: np.ndarray, epoch: int,
+                     side: int = IMAGE_SIDE) -> None:
     """Mirror the images whose training-split row number has the epoch's parity, in place.
 
     Each image is then seen mirrored in every other epoch, half of them in each epoch. Coin tosses
@@ -39,7 +42,7 @@ def _mirror_where(batch: np.ndarray, which: np.ndarray, side: int) -> None:
 
 
 def random_shift(batch: np.ndarray, rng: np.random.Generator, max_shift: int,
-                 side: int = 28) -> None:
+                 side: int = IMAGE_SIDE) -> None:
     """Translate each image by (dy, dx) ∈ [−max_shift, max_shift]², in place."""
     if max_shift <= 0:
         return
@@ -53,7 +56,8 @@ def random_shift(batch: np.ndarray, rng: np.random.Generator, max_shift: int,
     images[...] = padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
 
 
-def random_cutout(batch: np.ndarray, rng: np.random.Generator, size: int, side: int = 28) -> None:
+def random_cutout(batch: np.ndarray, rng: np.random.Generator, size: int,
+                  side: int = IMAGE_SIDE) -> None:
     """Cutout: blank a size×size square (background value) centred at a random pixel of each
     image; near the border the square is clipped, as in DeVries & Taylor (2017). In place."""
     if size <= 0:
@@ -111,48 +115,6 @@ def make_augmenter(flip: bool = False, shift: int = 0, cutout: int = 0,
     return augment
 
 
-def mirror(x: np.ndarray, side: int = 28) -> np.ndarray:
+def mirror(x: np.ndarray, side: int = IMAGE_SIDE) -> np.ndarray:
     """(N, side²) images mirrored left–right, as a new C-contiguous array."""
     return np.ascontiguousarray(x.reshape(-1, side, side)[:, :, ::-1]).reshape(x.shape)
-
-
-class FlipAveraged:
-    """Test-time augmentation: a model whose predictions average each image and its mirror.
-
-    Wraps a trained :class:`~fmnist_mlp.nn.MLP`; ``forward``, ``predict`` and ``evaluate`` use
-    the mean of the network's outputs (class probabilities for softmax) on x and mirror(x), and
-    every other attribute (``params``, ``hidden``, …) is the wrapped model's.
-    """
-
-    def __init__(self, model) -> None:
-        side = int(round(np.sqrt(model.input_size)))
-        if side * side != model.input_size:
-            raise ValueError(f"flip averaging needs square images, not {model.input_size} inputs")
-        self.model, self.side = model, side
-
-    def __getattr__(self, name: str):
-        return getattr(self.model, name)
-
-    def forward(self, x: np.ndarray, batch_size: int = 4096) -> np.ndarray:
-        out = self.model.forward(x, batch_size)
-        out += self.model.forward(mirror(x, self.side), batch_size)
-        out *= 0.5
-        return out
-
-    def predict(self, x: np.ndarray, batch_size: int = 4096) -> np.ndarray:
-        return self.forward(x, batch_size).argmax(axis=1)
-
-    def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int = 2000) -> tuple[float, float]:
-        """(mean loss of the averaged outputs, accuracy)."""
-        from fmnist_mlp.nn.losses import loss_of_outputs, one_hot_targets
-
-        total_loss, correct = 0.0, 0
-        for start in range(0, x.shape[0], batch_size):
-            xb, yb = x[start:start + batch_size], y[start:start + batch_size]
-            out = self.forward(xb, batch_size)
-            target = one_hot_targets(yb, self.model.num_classes, self.model.label_smoothing,
-                                     out.dtype)
-            total_loss += float(loss_of_outputs(self.model.loss, out, target).sum())
-            correct += int(np.count_nonzero(out.argmax(axis=1) == yb))
-        n = max(1, x.shape[0])
-        return total_loss / n, correct / n

@@ -15,14 +15,10 @@ from fmnist_mlp.errors import ConfigError, DataError
 from fmnist_mlp.data.decoded import decode_and_store, load_decoded
 from fmnist_mlp.data.download import LOCK_NAME, ensure_dataset, resolve_data_dir
 from fmnist_mlp.data.http import HttpOptions
-from fmnist_mlp.data.idx import NUM_FEATURES
+from fmnist_mlp.data.facts import NUM_FEATURES
 from fmnist_mlp.io.lock import FileLock
 from fmnist_mlp.data.specs import FASHION_MNIST_FILES, FileSpec
 
-CLASS_NAMES: tuple[str, ...] = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-)
 SPLITS = ("stratified", "shuffled")           # how validation (and subset) images are drawn
 NORMALIZATIONS = ("scale", "standardize")     # how pixels become inputs
 

@@ -23,15 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
+from fmnist_mlp.data.facts import IMAGE_SHAPE, NUM_CLASSES
 from fmnist_mlp.errors import DataError
 
 IMAGES_MAGIC = 2051
 LABELS_MAGIC = 2049
-IMAGE_SHAPE = (28, 28)
-NUM_FEATURES = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]  # 784: an image as one input row
-NUM_CLASSES = 10
-TRAIN_IMAGES = 60_000   # Fashion-MNIST's training images (validation is cut from them)
-TEST_IMAGES = 10_000
 
 GZIP_MAGIC = b"\x1f\x8b"
 _UBYTE_CODE = 0x08
@@ -100,7 +96,7 @@ def decode_images(data: bytes, name: str | Path) -> np.ndarray:
     """Decode decompressed IDX image bytes: returns (N, 28, 28) uint8. ``name`` labels errors."""
     array = _decode_kind(data, name, IMAGES_MAGIC, "images")
     if array.shape[1:] != IMAGE_SHAPE:
-        raise DataError(f"{name}: expected images of 28 x 28 pixels, the header says {' x '.join(map(str, array.shape[1:]))}")
+        raise DataError(f"{name}: expected images of {' x '.join(map(str, IMAGE_SHAPE))} pixels, the header says {' x '.join(map(str, array.shape[1:]))}")
     return array
 
 

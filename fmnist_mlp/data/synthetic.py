@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fmnist_mlp.data.idx import NUM_CLASSES, encode_idx
+from fmnist_mlp.data.facts import IMAGE_SHAPE, NUM_CLASSES
+from fmnist_mlp.data.idx import encode_idx
 from fmnist_mlp.data.specs import FASHION_MNIST_FILES, FileSpec
 
 
@@ -23,7 +24,7 @@ def synthetic_arrays(n_train: int = 200, n_test: int = 50, seed: int = 0) -> dic
     arrays = {}
     for part, n in (("train", n_train), ("test", n_test)):
         labels = rng.permutation(np.arange(n) % NUM_CLASSES).astype(np.uint8)
-        images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+        images = rng.integers(0, 256, size=(n, *IMAGE_SHAPE), dtype=np.uint8)
         images[:, 0, 0] = labels * 25  # a pixel that depends on the class, so the task is learnable
         arrays[f"{part}_images"], arrays[f"{part}_labels"] = images, labels
     return arrays

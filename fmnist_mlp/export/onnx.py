@@ -25,8 +25,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from fmnist_mlp.data.augment import mirror
-from fmnist_mlp.errors import ConfigError
-from fmnist_mlp.export import MISSING_EXPORT
+from fmnist_mlp.data.facts import IMAGE_SIDE, NUM_FEATURES
+from fmnist_mlp.errors import require_extra
+from fmnist_mlp.nn.layers import batchnorm_eval_affine
 
 OPSET = 17
 IR_VERSION = 8
@@ -36,11 +37,7 @@ _OUTPUT_OPS = {"softmax": "Softmax", "sigmoid": "Sigmoid", "linear": "Identity"}
 
 
 def _onnx():
-    try:
-        import onnx
-    except ImportError:
-        raise ConfigError(MISSING_EXPORT.format(package="onnx")) from None
-    return onnx
+    return require_extra("onnx", "export")
 
 
 class _GraphBuilder:
@@ -67,7 +64,7 @@ class _GraphBuilder:
         return output
 
 
-def _mirrored_columns(side: int = 28) -> np.ndarray:
+def _mirrored_columns(side: int = IMAGE_SIDE) -> np.ndarray:
     """Column order that mirrors each row of a flattened side×side image left–right: augment's
     own mirror (what eval's test-time flips use) applied to the column indices."""
     return mirror(np.arange(side * side, dtype=np.int64)[None, :], side)[0]
@@ -82,9 +79,9 @@ def _network(g: _GraphBuilder, x: str, model: Any, tag: str) -> str:
         h = g.op("MatMul", [a, _shared(g, f"{tag}layer{i}.W", params[f"layer{i}.W"])])
         if spec["batchnorm"]:
             # Running statistics make batch norm a fixed affine map: z·scale + shift per unit.
-            scale = params[f"layer{i}.gamma"] / np.sqrt(
-                buffers[f"layer{i}.running_var"] + dtype.type(spec["bn_eps"]))
-            shift = params[f"layer{i}.beta"] - buffers[f"layer{i}.running_mean"] * scale
+            scale, shift = batchnorm_eval_affine(
+                params[f"layer{i}.gamma"], params[f"layer{i}.beta"],
+                buffers[f"layer{i}.running_mean"], buffers[f"layer{i}.running_var"], spec["bn_eps"])
             h = g.op("Mul", [h, _shared(g, f"{tag}layer{i}.bn_scale", scale.astype(dtype))])
             h = g.op("Add", [h, _shared(g, f"{tag}layer{i}.bn_shift", shift.astype(dtype))])
         else:
@@ -164,7 +161,7 @@ def build_onnx(members: Sequence[Any], class_names: Sequence[str]):
     classes = members[0].model.spec()["num_classes"]
     graph = helper.make_graph(
         g.nodes, "fmnist_mlp",
-        [helper.make_tensor_value_info(INPUT, onnx.TensorProto.FLOAT, ["N", 784])],
+        [helper.make_tensor_value_info(INPUT, onnx.TensorProto.FLOAT, ["N", NUM_FEATURES])],
         [helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, ["N", classes])
          for name in (LOGITS, PROBABILITIES)],
         g.initializers)

@@ -14,20 +14,17 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from fmnist_mlp.errors import CheckpointError, ConfigError
-from fmnist_mlp.export import MISSING_EXPORT
+from fmnist_mlp.errors import require_extra
+from fmnist_mlp.io.model_file import (SAFETENSORS_FORMAT, SAFETENSORS_JSON_KEYS,
+                                      SAFETENSORS_VERSION)
 
-FORMAT = "fmnist-mlp-safetensors"
-VERSION = 1
-_JSON_KEYS = ("model_spec", "config", "normalization", "class_names")
+FORMAT, VERSION, _JSON_KEYS = SAFETENSORS_FORMAT, SAFETENSORS_VERSION, SAFETENSORS_JSON_KEYS
 
 
 def _library():
-    try:
-        import safetensors
-        import safetensors.numpy
-    except ImportError:
-        raise ConfigError(MISSING_EXPORT.format(package="safetensors")) from None
+    require_extra("safetensors.numpy", "export")
+    import safetensors
+
     return safetensors
 
 
@@ -41,27 +38,9 @@ def safetensors_bytes(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any])
 
 
 def read_safetensors(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """(named arrays, metadata) of a file written by :func:`safetensors_bytes`; anything else,
+    """(named arrays, metadata) of a file written by :func:`safetensors_bytes`, read by the one
+    checked model-file reader (names, dtypes, shapes and memory before any data); anything else,
     truncated or foreign, is a :class:`CheckpointError` naming the file."""
-    st = _library()
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such model file")
-    try:
-        with st.safe_open(str(path), framework="numpy") as f:
-            metadata = f.metadata()
-            arrays = {name: f.get_tensor(name) for name in f.keys()}
-    except Exception as exc:  # SafetensorError, OSError, ValueError: all mean "not readable"
-        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
-    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a fmnist-mlp safetensors file (no fmnist-mlp metadata)")
-    if metadata.get("version") != str(VERSION):
-        raise CheckpointError(f"{path}: safetensors format version {metadata.get('version')} "
-                              f"not supported (expected {VERSION})")
-    meta: dict[str, Any] = {}
-    for key in _JSON_KEYS:
-        try:
-            meta[key] = json.loads(metadata[key])
-        except (KeyError, TypeError, json.JSONDecodeError, RecursionError):  # (too deep)
-            raise CheckpointError(f"{path}: metadata entry {key!r} missing or not JSON") from None
-    return arrays, meta
+    from fmnist_mlp.rundir.trained import read_safetensors_model
+
+    return read_safetensors_model(path)

@@ -45,6 +45,11 @@ class FileWriteError(FmnistMlpError):
     """Writing a file failed (disk full, read-only, permissions): the message names the file."""
 
 
+class TargetExists(FileWriteError):
+    """``atomic_write(..., replace=False)``: the name was taken (by a file, a folder or a link,
+    dangling or not) when the new file was put in place; nothing was replaced."""
+
+
 # ---------------------------------------------------------------------------------------------
 # Opening below a trusted directory without following links
 
@@ -140,11 +145,15 @@ def open_inside(base: str | os.PathLike, relative: str | os.PathLike, mode: str 
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | Callable[[object], None], *,
-                 base: str | os.PathLike | None = None, mode: int = 0o644, fsync: bool = True) -> Path:
+                 base: str | os.PathLike | None = None, mode: int = 0o644, fsync: bool = True,
+                 replace: bool = True) -> Path:
     """Write ``data`` (bytes, or a function writing to a binary file object) to ``path`` atomically.
 
     base: a trusted directory ``path`` lies in; every component between them must be a real
     directory, not a link. Stale temporaries of ``path`` left by killed processes are removed.
+    replace=False: a file of the user's is never replaced: the finished temporary is *linked* to
+    ``path`` (``link(2)`` fails on any existing name, a dangling link included, at that very
+    moment), else :class:`TargetExists`. Two writers of one new name: one wins, one is told.
     """
     path = Path(path)
     if base is not None:
@@ -157,7 +166,7 @@ def atomic_write(path: str | os.PathLike, data: bytes | Callable[[object], None]
             raise FileWriteError(f"{path}: cannot open its folder ({exc.strerror or exc})") from None
     try:
         _remove_stale(dir_fd, path.parent, only_target=path.name)
-        tmp_name = f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}{TMP_SUFFIX}"
+        tmp_name = f".{_tmp_target(path.name)}.{os.getpid()}-{secrets.token_hex(4)}{TMP_SUFFIX}"
         try:
             fd = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, mode,
                          dir_fd=dir_fd)
@@ -172,7 +181,10 @@ def atomic_write(path: str | os.PathLike, data: bytes | Callable[[object], None]
                 out.flush()
                 if fsync:
                     os.fsync(out.fileno())
-            os.replace(tmp_name, path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            if replace:
+                os.replace(tmp_name, path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            else:
+                _link_new(tmp_name, path, dir_fd)
         except BaseException as exc:
             # Includes KeyboardInterrupt and a full disk: never leave the temporary behind.
             try:
@@ -187,6 +199,37 @@ def atomic_write(path: str | os.PathLike, data: bytes | Callable[[object], None]
     finally:
         os.close(dir_fd)
     return path
+
+
+def _link_new(tmp_name: str, path: Path, dir_fd: int) -> None:
+    """Put the finished temporary at ``path`` only if that name is free; then drop the
+    temporary's own name."""
+    try:
+        os.link(tmp_name, path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+    except FileExistsError:
+        raise TargetExists(f"{path}: already exists; remove it or choose another path") from None
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK):
+            raise
+        # No hard links here (some FUSE and FAT mounts): claim the name with O_EXCL, then
+        # rename onto the empty file we just made.
+        try:
+            os.close(os.open(path.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o600,
+                             dir_fd=dir_fd))
+        except FileExistsError:
+            raise TargetExists(f"{path}: already exists; remove it or choose another "
+                               f"path") from None
+        os.replace(tmp_name, path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        return
+    os.unlink(tmp_name, dir_fd=dir_fd)
+
+
+def _tmp_target(name: str) -> str:
+    """``name`` as it appears in its temporaries' names: cut (by bytes) so that the temporary's
+    name fits in 255 bytes even when ``name`` itself takes all of them."""
+    room = 255 - len(f"..{'9' * 10}-00000000{TMP_SUFFIX}")      # room for a 10-digit pid
+    raw = os.fsencode(name)
+    return name if len(raw) <= room else os.fsdecode(raw[:room])
 
 
 def new_temporary(directory: str | os.PathLike, target: str) -> Path:
@@ -227,7 +270,7 @@ def _stale_names(names: Iterator[str], legacy: bool, only_target: str | None) ->
     for name in names:
         match = _TMP_RE.match(name)
         if match:
-            if (only_target is None or match["target"] == only_target) \
+            if (only_target is None or match["target"] == _tmp_target(only_target)) \
                     and not pid_alive(int(match["pid"])):
                 stale.append(name)
         elif legacy and _LEGACY_TMP_RE.match(name) and (

@@ -19,6 +19,14 @@ from fmnist_mlp.errors import DataError
 from fmnist_mlp.io.printable import printable
 
 
+class LockHeld(DataError):
+    """The lock was still held by another process when the wait ended."""
+
+    def __init__(self, message: str, holder: str) -> None:
+        super().__init__(message)
+        self.holder = holder
+
+
 def _to_stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -35,13 +43,17 @@ def _record_holder(fd: int) -> None:
 class FileLock:
     """Exclusive lock on ``path`` (created if missing), used as a context manager.
 
-    ``timeout`` seconds (None = wait for ever) bounds the wait; the holder may be downloading
-    ~30 MB, so the default is generous.
+    ``timeout`` seconds (None = wait for ever, 0 = try once) bounds the wait; the holder may be
+    downloading ~30 MB, so the default is generous. A wait that ends raises :class:`LockHeld`,
+    naming the holder. ``opener`` returns a file descriptor of the lock file opened for writing
+    (e.g. without following links inside a run directory); by default ``path`` is created.
     """
 
     def __init__(self, path: str | Path, timeout: float | None = 1800.0, poll_interval: float = 0.1,
-                 notify: Callable[[str], None] | None = None, notify_every: float = 10.0):
+                 notify: Callable[[str], None] | None = None, notify_every: float = 10.0,
+                 opener: Callable[[], int] | None = None):
         self.path = Path(path)
+        self.opener = opener
         self.timeout = timeout
         self.poll_interval = poll_interval
         # Waiting is said out loud (stderr by default): after 1 s, then every notify_every s.
@@ -51,8 +63,11 @@ class FileLock:
 
     def acquire(self) -> None:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            if self.opener is not None:
+                fd = self.opener()
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
             raise DataError(f"{self.path}: cannot create the lock file: {exc.strerror or exc}") from None
         started = time.monotonic()
@@ -68,9 +83,9 @@ class FileLock:
                 now = time.monotonic()
                 if deadline is not None and now >= deadline:
                     os.close(fd)
-                    raise DataError(
-                        f"{self.path}: still locked by {self.holder()} after {self.timeout:g} s"
-                    ) from None
+                    holder = self.holder()
+                    raise LockHeld(f"{self.path}: still locked by {holder} after "
+                                   f"{self.timeout:g} s", holder) from None
                 if now >= next_notice:
                     self.notify(f"waiting for the data cache lock {self.path}, held by "
                                 f"{self.holder()} (waited {now - started:.0f} s"

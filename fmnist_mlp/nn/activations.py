@@ -26,12 +26,14 @@ def _linear_backward(dout: np.ndarray, a: np.ndarray) -> None:
     pass  # f'(z) = 1
 
 
-def _sigmoid_forward(z: np.ndarray, out: np.ndarray) -> None:
+def sigmoid(z: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``out = σ(z)`` elementwise (``out`` may be ``z``): hidden units and sigmoid output units."""
     # σ(z) = ½(1 + tanh(z/2)): one transcendental call, and no overflow in exp(−z) for z ≪ 0.
     np.multiply(z, 0.5, out=out)
     np.tanh(out, out=out)
     out += 1.0
     out *= 0.5
+    return out
 
 
 def _sigmoid_backward(dout: np.ndarray, a: np.ndarray) -> None:
@@ -60,7 +62,7 @@ def _relu_backward(dout: np.ndarray, a: np.ndarray) -> None:
 
 ACTIVATIONS: dict[str, Activation] = {
     "linear": Activation(_linear_forward, _linear_backward),
-    "sigmoid": Activation(_sigmoid_forward, _sigmoid_backward),
+    "sigmoid": Activation(sigmoid, _sigmoid_backward),
     "tanh": Activation(_tanh_forward, _tanh_backward),
     "relu": Activation(_relu_forward, _relu_backward),
 }

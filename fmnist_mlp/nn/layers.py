@@ -145,12 +145,21 @@ def batchnorm_update_running(running_mean: np.ndarray, running_var: np.ndarray,
     running_var += (momentum * n / (n - 1)) * var
 
 
+def batchnorm_eval_affine(gamma: np.ndarray, beta: np.ndarray, running_mean: np.ndarray,
+                          running_var: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """Evaluation mode's batch norm as a per-unit affine map, (scale, shift), each (D,):
+    γ (z − μ) / √(σ² + eps) + β = z·scale + shift with scale = γ / √(σ² + eps), shift = β − μ·scale.
+    The ONNX export writes the same two arrays."""
+    scale = gamma / np.sqrt(running_var + eps)
+    return scale, beta - running_mean * scale
+
+
 def batchnorm_forward_eval(z: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
                            running_mean: np.ndarray, running_var: np.ndarray, eps: float,
                            out: np.ndarray) -> np.ndarray:
     """Evaluation mode: ``out = γ (z − μ) / √(σ² + eps) + β`` with the running μ, σ², computed as
     the per-unit affine map ``z·scale + shift`` (one pass less); ``out`` may be ``z``."""
-    scale = gamma / np.sqrt(running_var + eps)
+    scale, shift = batchnorm_eval_affine(gamma, beta, running_mean, running_var, eps)
     np.multiply(z, scale, out=out)
-    out += beta - running_mean * scale
+    out += shift
     return out

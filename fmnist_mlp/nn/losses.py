@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from fmnist_mlp.nn.activations import sigmoid
+
 OUTPUTS = ("softmax", "sigmoid", "linear")
 LOSSES = ("cross_entropy", "squared_error")
 
@@ -34,10 +36,7 @@ def apply_output(kind: str, logits: np.ndarray, out: np.ndarray | None = None) -
         return softmax(logits, out)
     out = np.empty_like(logits) if out is None else out
     if kind == "sigmoid":
-        np.multiply(logits, 0.5, out=out)
-        np.tanh(out, out=out)
-        out += 1.0
-        out *= 0.5
+        sigmoid(logits, out)
     else:
         np.copyto(out, logits)
     return out

@@ -20,8 +20,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from fmnist_mlp.data.facts import NUM_CLASSES, NUM_FEATURES
 from fmnist_mlp.nn import layers
 from fmnist_mlp.nn.activations import ACTIVATIONS
+from fmnist_mlp.nn.config_keys import build_from_config
 from fmnist_mlp.nn.init import INITS, init_weight, resolve_init
 from fmnist_mlp.nn.losses import LOSSES, OUTPUTS, apply_output, loss_and_dlogits
 from fmnist_mlp.nn.losses import one_hot_targets, per_example_loss
@@ -29,6 +31,35 @@ from fmnist_mlp.nn.workspace import BatchWork, LayerWork, ParameterSet, Workspac
 from fmnist_mlp.nn.rng import spawn_streams
 
 DTYPES = ("float32", "float64")
+# Running statistics: state the evaluation path uses, not trained parameters (no gradient, no
+# optimiser state). The last part of a name says which it is; each starts at its value here.
+BUFFERS = {"running_mean": 0.0, "running_var": 1.0}
+
+
+def parameter_shapes(layer_widths: Sequence[int],
+                     batchnorm: bool = False) -> dict[str, tuple[int, ...]]:
+    """Every array a model of these widths holds, by name, in the model's order.
+
+    ``layer_widths`` = [input, *hidden, classes]. Layer i has ``layer{i}.W`` (D_in, D_out) and
+    ``layer{i}.b`` (D_out,); with batch norm a hidden layer has ``gamma`` and ``beta`` (D_out,)
+    instead of ``b`` (β is its bias), and the buffers ``running_mean``, ``running_var`` (D_out,):
+    :func:`is_buffer` tells them from parameters. The checkpoint checker asks this function too.
+    """
+    widths = [int(w) for w in layer_widths]
+    shapes: dict[str, tuple[int, ...]] = {}
+    for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
+        shapes[f"layer{i}.W"] = (fan_in, fan_out)
+        if batchnorm and i < len(widths) - 2:
+            for name in ("gamma", "beta", *BUFFERS):
+                shapes[f"layer{i}.{name}"] = (fan_out,)
+        else:
+            shapes[f"layer{i}.b"] = (fan_out,)
+    return shapes
+
+
+def is_buffer(name: str) -> bool:
+    """True for running statistics (``layer0.running_mean``), False for trained parameters."""
+    return name.rpartition(".")[2] in BUFFERS
 
 
 class MLP:
@@ -48,8 +79,8 @@ class MLP:
     user-facing validation of configs happens before the model is built.
     """
 
-    def __init__(self, input_size: int = 784, hidden: Sequence[int] = (256, 128),
-                 num_classes: int = 10, activation: str = "relu", output: str = "softmax",
+    def __init__(self, input_size: int = NUM_FEATURES, hidden: Sequence[int] = (256, 128),
+                 num_classes: int = NUM_CLASSES, activation: str = "relu", output: str = "softmax",
                  loss: str = "cross_entropy", dropout: float = 0.0, label_smoothing: float = 0.0,
                  l2: float = 0.0, init: str = "auto", dtype: str = "float32",
                  seed: int | np.random.Generator = 0, input_dropout: float = 0.0,
@@ -73,44 +104,37 @@ class MLP:
         init_rng, self._default_dropout_rng = _streams(seed)
         self._keep = layers.keep_threshold(self.dropout)
         self._input_keep = layers.keep_threshold(self.input_dropout)
-
-        sizes = [self.input_size, *hidden, self.num_classes]
-        shapes = {}
-        for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-            shapes[f"layer{i}.W"] = (fan_in, fan_out)
-            if self.batchnorm and i < len(hidden):
-                shapes[f"layer{i}.gamma"], shapes[f"layer{i}.beta"] = (fan_out,), (fan_out,)
-            else:
-                shapes[f"layer{i}.b"] = (fan_out,)
-        column_major = ["layer0.W"] if self.layout == "feature" and hidden else []
-        self.params = ParameterSet(shapes, self.dtype, column_major)
-        self.grads = self.params.like()
-        scheme = resolve_init(init, activation)
-        for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-            self.params[f"layer{i}.W"] = init_weight(init_rng, fan_in, fan_out, scheme, self.dtype)
-        for name, value in self.params.items():
-            if name.endswith(".gamma"):
-                value[...] = 1.0                # b and β start at 0 (the flat array is zeroed)
-        # Running statistics: state the evaluation path uses, but not trained parameters.
-        self.buffers: dict[str, np.ndarray] = {}
-        if self.batchnorm:
-            for i, width in enumerate(hidden):
-                self.buffers[f"layer{i}.running_mean"] = np.zeros(width, self.dtype)
-                self.buffers[f"layer{i}.running_var"] = np.ones(width, self.dtype)
+        self._allocate(init_rng)
         self._workspace = Workspace(self.input_size, hidden, self.dtype, self.layout,
                                     dropout=self.dropout > 0.0,
                                     input_dropout=self.input_dropout > 0.0,
                                     batchnorm=self.batchnorm)
 
+    def _allocate(self, init_rng: np.random.Generator) -> None:
+        """``params``, ``grads`` and ``buffers`` as :func:`parameter_shapes` names them; weights
+        drawn from ``init_rng`` layer by layer, γ = 1, b = β = 0, running statistics at BUFFERS."""
+        shapes = parameter_shapes([self.input_size, *self.hidden, self.num_classes], self.batchnorm)
+        column_major = ["layer0.W"] if self.layout == "feature" and self.hidden else []
+        self.params = ParameterSet({k: v for k, v in shapes.items() if not is_buffer(k)},
+                                   self.dtype, column_major)
+        self.grads = self.params.like()
+        scheme = resolve_init(self.init, self.activation)
+        for name, (fan_in, fan_out) in ((k, v) for k, v in shapes.items() if k.endswith(".W")):
+            self.params[name] = init_weight(init_rng, fan_in, fan_out, scheme, self.dtype)
+        for name, value in self.params.items():
+            if name.endswith(".gamma"):
+                value[...] = 1.0                # b and β start at 0 (the flat array is zeroed)
+        self.buffers: dict[str, np.ndarray] = {
+            k: np.full(shape, BUFFERS[k.rpartition(".")[2]], self.dtype)
+            for k, shape in shapes.items() if is_buffer(k)}
+
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "MLP":
-        """Build from the dict a YAML experiment config gives, through the one builder the CLI
-        uses (``fmnist_mlp.config.plan.build_model``): the config is validated first, and every key
-        reaches the model exactly as it does for ``fmnist-mlp train``."""
-        from fmnist_mlp.config.plan import build_model
-
-        return build_model(config)
+        """Build from the dict a YAML experiment config gives: its ``model`` and ``loss`` sections
+        and ``seed`` (:mod:`fmnist_mlp.nn.config_keys` maps each key to its argument; a key left
+        out takes this constructor's default). A bad key or value raises ConfigError naming it."""
+        return build_from_config(cls, config)
 
     def spec(self) -> dict[str, Any]:
         """Constructor arguments as plain values: ``MLP(**model.spec())`` rebuilds the architecture."""

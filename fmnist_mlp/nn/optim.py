@@ -20,15 +20,17 @@ Decoupled weight decay (``weight_decay`` = λ, as in AdamW) shrinks weights befo
 
 from __future__ import annotations
 
+import inspect
 import math
-import os
-import weakref
-from concurrent.futures import ThreadPoolExecutor
 from typing import Mapping
 
 import numpy as np
 
 from fmnist_mlp.errors import ConfigError
+from fmnist_mlp.nn.workspace import elementwise_runner
+
+__all__ = ["OPTIMIZERS", "Optimizer", "SGD", "Momentum", "Nesterov", "Adagrad", "RMSProp", "Adam",
+           "hyperparameters", "make_optimizer"]
 
 Arrays = Mapping[str, np.ndarray]
 
@@ -61,7 +63,7 @@ class Optimizer:
             self.state = {slot: {k: np.zeros_like(v) for k, v in params.items()}
                           for slot in self.slots}
             self._tmp = {k: np.empty_like(v) for k, v in params.items()}
-        self._parallel = _ParallelUpdate.for_size(
+        self._parallel = elementwise_runner(
             self._flat_tmp.size if self._layout is not None else 0, owner=self)
 
     def step(self, params: Arrays, grads: Arrays, lr: float | None = None) -> None:
@@ -110,54 +112,6 @@ class Optimizer:
                 np.copyto(arr, state[f"{slot}/{k}"], casting="same_kind")
 
 
-class _ParallelUpdate:
-    """Runs an elementwise update over flat arrays, split across threads when they are large.
-
-    The parts are independent, so the result is identical whatever the split; NumPy releases the
-    GIL inside ufuncs, so the parts run in parallel while the BLAS threads are idle between matrix
-    products. Each optimiser owns its pool (shut down when the optimiser is collected).
-    """
-
-    MIN_SIZE = 1 << 19          # below this many entries a thread hand-off costs more than it saves
-
-    def __init__(self, size: int, threads: int, owner: object) -> None:
-        bounds = np.linspace(0, size, threads + 1).astype(int)
-        self.parts = [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]
-        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="optim")
-        weakref.finalize(owner, self.pool.shutdown, wait=False)
-
-    @classmethod
-    def for_size(cls, size: int, owner: object) -> "_ParallelUpdate | _SerialUpdate":
-        threads = _thread_count()
-        if size < cls.MIN_SIZE or threads < 2:
-            return _SerialUpdate()
-        return cls(size, threads, owner)
-
-    def run(self, update, flat: tuple[np.ndarray, ...], lr: float) -> None:
-        param, grad, tmp, *slots = flat
-        futures = [self.pool.submit(update, param[part], grad[part], lr, tmp[part],
-                                    *(s[part] for s in slots)) for part in self.parts]
-        for future in futures:
-            future.result()
-
-
-class _SerialUpdate:
-    @staticmethod
-    def run(update, flat: tuple[np.ndarray, ...], lr: float) -> None:
-        param, grad, tmp, *slots = flat
-        update(param, grad, lr, tmp, *slots)
-
-
-def _thread_count() -> int:
-    """Threads for elementwise updates: the BLAS thread limit when one is set, else the cores."""
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        value = os.environ.get(var, "")
-        if value.isdigit() and int(value) > 0:
-            return min(int(value), 8)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, min(cores or 1, 8))
-
-
 class SGD(Optimizer):
     def _update(self, param, grad, lr, tmp):
         np.multiply(grad, lr, out=tmp)
@@ -166,11 +120,12 @@ class SGD(Optimizer):
 
 class Momentum(Optimizer):
     slots = ("velocity",)
+    nesterov = False
 
     def __init__(self, params: Arrays, lr: float, momentum: float = 0.9,
-                 weight_decay: float = 0.0, nesterov: bool = False) -> None:
+                 weight_decay: float = 0.0) -> None:
         super().__init__(params, lr, weight_decay)
-        self.momentum, self.nesterov = float(momentum), nesterov
+        self.momentum = float(momentum)
 
     def _update(self, param, grad, lr, tmp, v):
         v *= self.momentum
@@ -182,6 +137,12 @@ class Momentum(Optimizer):
         else:
             np.multiply(v, lr, out=tmp)
         param -= tmp
+
+
+class Nesterov(Momentum):
+    """Momentum with the look-ahead step (see the formula table above)."""
+
+    nesterov = True
 
 
 class Adagrad(Optimizer):
@@ -253,23 +214,37 @@ class Adam(Optimizer):
         param -= tmp
 
 
-OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw")
+# The registry: a new optimiser is its class (its formula and state ``slots``), its entry here,
+# and its hyperparameters' fields in the config schema (config/schema.py's OptimizerConfig).
+OPTIMIZERS: dict[str, type[Optimizer]] = {
+    "sgd": SGD,
+    "momentum": Momentum,
+    "nesterov": Nesterov,
+    "adagrad": Adagrad,
+    "rmsprop": RMSProp,
+    "adam": Adam,
+    "adamw": Adam,          # adam under its usual name: the weight decay is always decoupled
+}
 
 
-def make_optimizer(name: str, params: Arrays, lr: float, momentum: float = 0.9,
-                   beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
-                   rho: float = 0.9, weight_decay: float = 0.0) -> Optimizer:
-    """Build an optimiser by name; unused hyperparameters are ignored."""
+def hyperparameters(cls: type[Optimizer]) -> tuple[str, ...]:
+    """The keyword arguments an optimiser class takes besides ``params`` and ``lr``."""
+    names = inspect.signature(cls.__init__).parameters
+    return tuple(n for n in names if n not in ("self", "params", "lr"))
+
+
+def make_optimizer(name: str, params: Arrays, lr: float, **settings: float) -> Optimizer:
+    """Build the optimiser registered under ``name``. ``settings`` are the config's optimiser
+    hyperparameters (momentum, beta1, beta2, eps, rho, weight_decay, ...): each class takes the
+    ones its constructor names and ignores the rest, so one config section serves them all."""
     if lr <= 0:
         raise ConfigError(f"optimizer.lr: {lr!r} is not valid; expected a positive number")
-    if name == "sgd":
-        return SGD(params, lr, weight_decay)
-    if name in ("momentum", "nesterov"):
-        return Momentum(params, lr, momentum, weight_decay, nesterov=name == "nesterov")
-    if name == "adagrad":
-        return Adagrad(params, lr, eps, weight_decay)
-    if name == "rmsprop":
-        return RMSProp(params, lr, rho, eps, weight_decay)
-    if name in ("adam", "adamw"):
-        return Adam(params, lr, beta1, beta2, eps, weight_decay)
-    raise ConfigError(f"optimizer.name: {name!r} is not valid; expected one of {', '.join(OPTIMIZERS)}")
+    cls = OPTIMIZERS.get(name)
+    if cls is None:
+        raise ConfigError(f"optimizer.name: {name!r} is not valid; expected one of "
+                          f"{', '.join(OPTIMIZERS)}")
+    unknown = set(settings).difference(*(hyperparameters(c) for c in OPTIMIZERS.values()))
+    if unknown:                         # a misspelt keyword would otherwise do nothing
+        raise TypeError(f"make_optimizer() got unexpected keyword arguments {sorted(unknown)}")
+    taken = hyperparameters(cls)
+    return cls(params, lr, **{k: v for k, v in settings.items() if k in taken})

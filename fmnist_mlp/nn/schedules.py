@@ -14,11 +14,49 @@ where s counts steps after warm-up and S is the number of steps after warm-up.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from fmnist_mlp.errors import ConfigError
 
-SCHEDULES = ("constant", "step", "exponential", "cosine", "onecycle")
+
+class Decay(NamedTuple):
+    """A schedule's settings in steps; ``total`` counts the steps after warm-up (at least 1)."""
+
+    base_lr: float
+    total: int
+    step_size: int
+    gamma: float
+    min_lr: float
+    decay_steps: int
+
+
+def _constant(s: int, d: Decay) -> float:
+    return d.base_lr
+
+
+def _step(s: int, d: Decay) -> float:
+    return d.base_lr * d.gamma ** (s // d.step_size)
+
+
+def _exponential(s: int, d: Decay) -> float:
+    return d.base_lr * d.gamma ** (s / d.decay_steps)
+
+
+def _cosine(s: int, d: Decay) -> float:
+    progress = min(1.0, s / d.total)
+    return d.min_lr + (d.base_lr - d.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+# The registry: a new schedule is its function of (steps after warm-up, settings) and its entry.
+SCHEDULES: dict[str, Callable[[int, Decay], float]] = {
+    "constant": _constant,
+    "step": _step,
+    "exponential": _exponential,
+    "cosine": _cosine,
+    "onecycle": _cosine,
+}
+# The warm-up a schedule takes when none is given, as a fraction of all steps.
+DEFAULT_WARMUP_FRACTION = {"onecycle": 0.3}
 
 
 def make_schedule(name: str, base_lr: float, total_steps: int, warmup_steps: int = 0,
@@ -33,23 +71,15 @@ def make_schedule(name: str, base_lr: float, total_steps: int, warmup_steps: int
         raise ConfigError("schedule: warm-up, step size and step counts must be positive")
     if gamma <= 0:
         raise ConfigError(f"schedule.gamma: {gamma!r} is not valid; expected a positive number")
-    if name == "onecycle" and warmup_steps == 0:
-        warmup_steps = int(round(0.3 * total_steps))
-    decay_total = max(1, total_steps - warmup_steps)
-
-    def decayed(s: int) -> float:
-        if name == "step":
-            return base_lr * gamma ** (s // step_size)
-        if name == "exponential":
-            return base_lr * gamma ** (s / decay_steps)
-        if name in ("cosine", "onecycle"):
-            progress = min(1.0, s / decay_total)
-            return min_lr + (base_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
-        return base_lr
+    if warmup_steps == 0 and name in DEFAULT_WARMUP_FRACTION:
+        warmup_steps = int(round(DEFAULT_WARMUP_FRACTION[name] * total_steps))
+    decayed = SCHEDULES[name]
+    settings = Decay(base_lr, max(1, total_steps - warmup_steps), step_size, gamma, min_lr,
+                     decay_steps)
 
     def lr_at(step: int) -> float:
         if step < warmup_steps:
             return base_lr * (step + 1) / warmup_steps
-        return decayed(step - warmup_steps)
+        return decayed(step - warmup_steps, settings)
 
     return lr_at

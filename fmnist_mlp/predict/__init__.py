@@ -3,5 +3,3 @@
 :mod:`.images` reads files with Pillow (orientation, transparency, size limits), :mod:`.preprocess`
 turns a grayscale picture into a Fashion-MNIST-like 28×28 image, :mod:`.run` ties them to models.
 """
-
-MISSING_PILLOW = "install pillow: pip install -e '.[image]'"

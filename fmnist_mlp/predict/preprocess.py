@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import numpy as np
 
-SIDE = 28
+from fmnist_mlp.data.facts import IMAGE_SIDE
+
+SIDE = IMAGE_SIDE           # Fashion-MNIST's image side (fmnist_mlp.data.facts)
 OBJECT_THRESHOLD = 24       # a pixel is part of the object when this far above the background
 NOISE_SIGMAS = 8            # ...and this many of the border's noise standard deviations above it
 
@@ -62,9 +64,11 @@ def to_fashion_mnist(gray: np.ndarray) -> np.ndarray:
     image = 255 - gray if light else gray
     threshold = _object_threshold(image)
     image = _background_to_black(image)
-    rows, cols = np.nonzero(image > threshold)
+    # The bounding box from per-row and per-column flags: no index arrays of every pixel.
+    mask = image > threshold
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     if rows.size:                           # an empty picture stays whole (and black)
-        image = image[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+        image = image[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
     return _centred(_resized(image))
 
 
@@ -73,8 +77,10 @@ def _background_to_black(image: np.ndarray) -> np.ndarray:
     level, top = float(np.median(_border(image))), float(image.max())
     if top <= level:
         return np.zeros_like(image)
-    stretched = (image.astype(np.float64) - level) * (255.0 / (top - level))
-    return np.clip(np.rint(stretched), 0, 255).astype(np.uint8)
+    # A uint8 picture has 256 levels: stretch the levels (in float64, as ever), then look every
+    # pixel up, rather than making float copies of the whole picture.
+    levels = (np.arange(256, dtype=np.float64) - level) * (255.0 / (top - level))
+    return np.clip(np.rint(levels), 0, 255).astype(np.uint8)[image]
 
 
 def _resized(image: np.ndarray) -> np.ndarray:

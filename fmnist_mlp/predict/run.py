@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from fmnist_mlp.data.facts import NUM_CLASSES
 from fmnist_mlp.errors import ConfigError
+from fmnist_mlp.io.files import FileWriteError, TargetExists, atomic_write
+from fmnist_mlp.io.printable import printable, valid_text
 from fmnist_mlp.predict.images import ImageReadError, expand_paths, read_grayscale, require_pillow
 from fmnist_mlp.predict.preprocess import SIDE, to_fashion_mnist
 
@@ -37,6 +41,9 @@ def load_pixels(arguments: Sequence[str | Path]) -> tuple[list[Path], np.ndarray
         except ImageReadError as exc:
             failures.append((path, str(exc).removeprefix(f"{path}: ")))
             continue
+        except ValueError as exc:           # e.g. a picture of zero pixels
+            failures.append((path, f"not a usable image ({exc})"))
+            continue
         used.append(path)
     stack = np.stack(images) if images else np.zeros((0, SIDE, SIDE), np.uint8)
     return used, stack, failures
@@ -49,15 +56,27 @@ def predict_files(members: Sequence[Any], arguments: Sequence[str | Path],
 
     files, images, failures = load_pixels(arguments)
     if save_dir is not None and files:
-        save_preprocessed(files, images, save_dir)
+        try:
+            save_preprocessed(files, images, save_dir)
+        except FileWriteError as exc:        # a full disk: said, and the predictions still made
+            target = exc.path if isinstance(getattr(exc, "path", None), Path) else save_dir
+            failures.append((target, str(exc).removeprefix(f"{target}: ")))
     outputs = (ensemble_outputs(members, images.reshape(len(files), -1)) if files
-               else np.zeros((0, 10), np.float32))
+               else np.zeros((0, NUM_CLASSES), np.float32))
     return Predictions(files, outputs, failures)
 
 
 def save_preprocessed(files: Sequence[Path], images: np.ndarray, save_dir: Path) -> list[Path]:
     """Write each 28×28 image the network saw as ``<save_dir>/<file stem>.png``; a name already
-    taken (two inputs with one stem, or a file that was there before) gets ``-2``, ``-3`` …"""
+    taken (two inputs with one stem, or a file that was there before) gets ``-2``, ``-3`` …
+
+    Each file is written by the one safe writer (:func:`fmnist_mlp.io.files.atomic_write`):
+    complete or absent, never through a link, never over a name already taken; a stem too long
+    for its suffix is shortened. A write that fails (a full disk) is a ``FileWriteError`` naming
+    the file, its ``path`` attribute set.
+    """
+    import io
+
     from PIL import Image
 
     try:
@@ -67,35 +86,56 @@ def save_preprocessed(files: Sequence[Path], images: np.ndarray, save_dir: Path)
                           f"({exc.strerror or exc})") from None
     written = []
     for path, image in zip(files, images):
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="PNG")
         n = 1
         while True:
-            target = save_dir / (f"{path.stem}.png" if n == 1 else f"{path.stem}-{n}.png")
+            target = save_dir / _fitted(path.stem, ".png" if n == 1 else f"-{n}.png")
             try:
-                # Exclusive creation: a name already taken -- also by a link, dangling or not --
-                # is never written through.
-                with open(target, "xb") as out:
-                    Image.fromarray(image).save(out, format="PNG")
+                atomic_write(target, buffer.getvalue(), mode=0o666, replace=False)
                 break
-            except FileExistsError:
+            except TargetExists:
                 n += 1
+            except FileWriteError as exc:
+                exc.path = target
+                raise
         written.append(target)
     return written
 
 
+def _fitted(stem: str, suffix: str, limit: int = 255) -> str:
+    """``stem + suffix`` with the stem cut (by bytes) so that the name fits in ``limit`` bytes."""
+    raw, tail = os.fsencode(stem), os.fsencode(suffix)
+    if len(raw) + len(tail) <= limit:
+        return stem + suffix
+    return os.fsdecode(raw[:limit - len(tail)]) + suffix
+
+
 def as_json(predictions: Predictions, members: Sequence[Any], k: int,
             class_names: Sequence[str]) -> dict[str, Any]:
+    """One JSON document. Names are valid Unicode: the bytes of a name that is not UTF-8 appear
+    as the four characters ``\\xNN`` (:func:`fmnist_mlp.io.printable.valid_text`)."""
     rows = []
     for path, out, top in zip(predictions.files, predictions.outputs, predictions.top(k)):
-        rows.append({"file": str(path), "label": top[0], "class_name": class_names[top[0]],
+        rows.append({"file": valid_text(str(path)), "label": top[0],
+                     "class_name": class_names[top[0]],
                      "top": [{"label": c, "class_name": class_names[c],
                               "probability": float(out[c])} for c in top],
                      "probabilities": [float(p) for p in out]})
-    return {"models": [str(m.path) for m in members], "predictions": rows,
-            "errors": [{"file": str(p), "error": msg} for p, msg in predictions.failures]}
+    return {"models": [valid_text(str(m.path)) for m in members], "predictions": rows,
+            "errors": [{"file": valid_text(str(p)), "error": valid_text(msg)}
+                       for p, msg in predictions.failures]}
 
 
 def as_text(predictions: Predictions, k: int, class_names: Sequence[str]) -> str:
     lines = []
     for path, out, top in zip(predictions.files, predictions.outputs, predictions.top(k)):
-        lines.append(f"{path}: " + ", ".join(f"{class_names[c]} {out[c]:.3f}" for c in top))
+        lines.append(f"{printable(path)}: "
+                     + ", ".join(f"{class_names[c]} {out[c]:.3f}" for c in top))
     return "\n".join(lines)
+
+
+def error_lines(predictions: Predictions) -> list[str]:
+    """One ``error: FILE: reason`` line per file that could not be used, safe for a terminal."""
+    return [f"error: {printable(path)}: {printable(message)}"
+            for path, message in predictions.failures]

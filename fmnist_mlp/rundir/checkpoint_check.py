@@ -11,8 +11,6 @@ is compared with the machine's memory, all before a single array is allocated. O
 from __future__ import annotations
 
 import json
-import math
-import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -20,43 +18,15 @@ from typing import Any
 import numpy as np
 from numpy.lib import format as npy_format
 
+from fmnist_mlp.io.memory import check_fits
+from fmnist_mlp.io.model_file import check_arrays, npz_headers
 from fmnist_mlp.nn import memory
+from fmnist_mlp.nn.model import is_buffer, parameter_shapes
 from fmnist_mlp.errors import CheckpointError, ConfigError
 
 MAX_META_CHARS = 1 << 20          # the JSON metadata: config, spec, counters (a few kB)
 MAX_RNG_CHARS = 1 << 14           # one generator's state as JSON (~300 chars for PCG64)
-_PARAM = re.compile(r"^layer(\d{1,4})\.(W|b|gamma|beta|running_mean|running_var)$")
 _FLOATS = ("float32", "float64")
-
-
-def _headers(zf: zipfile.ZipFile, path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-    """``{member key: (shape, dtype)}`` from the .npy headers; the sizes must add up."""
-    out = {}
-    for info in zf.infolist():
-        if not info.filename.endswith(".npy") or info.filename[:-4] in out:
-            raise CheckpointError(f"{path}: unexpected member {info.filename!r}: not a "
-                                  f"fmnist-mlp checkpoint")
-        try:
-            with zf.open(info) as f:
-                version = npy_format.read_magic(f)
-                if version == (1, 0):
-                    shape, _, dtype = npy_format.read_array_header_1_0(f)
-                elif version == (2, 0):
-                    shape, _, dtype = npy_format.read_array_header_2_0(f)
-                else:
-                    raise ValueError(f"npy format version {version}")
-                offset = f.tell()
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile, RuntimeError) as exc:
-            raise CheckpointError(f"{path}: member {info.filename!r} has no valid array header "
-                                  f"({exc})") from None
-        if dtype.hasobject:
-            raise CheckpointError(f"{path}: refused: holds pickled Python objects, which a "
-                                  f"checkpoint never needs")
-        if info.file_size != offset + math.prod(shape) * dtype.itemsize:
-            raise CheckpointError(f"{path}: member {info.filename!r}: its header says "
-                                  f"{shape} x {dtype}, its size says otherwise (damaged)")
-        out[info.filename[:-4]] = (tuple(shape), dtype)
-    return out
 
 
 def expected_layer_widths(spec: Any, path: Path) -> list[int]:
@@ -71,22 +41,39 @@ def expected_layer_widths(spec: Any, path: Path) -> list[int]:
     return widths
 
 
+def expected_model_arrays(spec: Any, path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """``{name: (shape, dtype)}`` of every array a model file with this stored spec must hold
+    (parameters and batch-norm statistics, named by the model itself), once the spec is sane and
+    its memory estimate fits; said before any array of the file is read."""
+    widths = expected_layer_widths(spec, path)
+    if spec.get("dtype", "float32") not in _FLOATS:
+        raise CheckpointError(f"{path}: damaged model spec (dtype {spec.get('dtype')!r})")
+    dtype = np.dtype(spec.get("dtype", "float32"))
+    try:
+        check_fits(memory.parameter_count(widths[0], widths[1:-1], widths[-1]) * dtype.itemsize
+                   * memory.arrays_per_parameter(), f"{path}: model spec {widths}")
+    except ConfigError as exc:
+        raise CheckpointError(str(exc)) from None
+    return {name: (shape, dtype)
+            for name, shape in parameter_shapes(widths, spec.get("batchnorm") is True).items()}
+
+
 def check_members(path: Path, zf: zipfile.ZipFile) -> dict:
     """Check every member against the metadata's model spec; return the parsed metadata."""
-    headers = _headers(zf, path)
+    headers = npz_headers(zf, path)
     if "meta" not in headers:
         raise CheckpointError(f"{path}: not a fmnist-mlp checkpoint (no 'meta' entry)")
     meta = _json_member(zf, headers, "meta", MAX_META_CHARS, path)
     if not isinstance(meta, dict):
         raise CheckpointError(f"{path}: not a fmnist-mlp checkpoint")
     spec = meta.get("model_spec")
+    expected = expected_model_arrays(spec, path)
+    shapes = {name: shape for name, (shape, _) in expected.items()}
     widths = expected_layer_widths(spec, path)
-    itemsize = np.dtype(spec.get("dtype", "float32")).itemsize if spec.get("dtype") in _FLOATS else 8
-    try:
-        memory.check_fits(memory.parameter_count(widths[0], widths[1:-1], widths[-1]) * itemsize
-                          * memory.ARRAYS_PER_PARAMETER, f"{path}: model spec {widths}")
-    except ConfigError as exc:
-        raise CheckpointError(str(exc)) from None
+    # The model's arrays: exactly the spec's names, shapes and dtype (the one check, as for
+    # .safetensors); optimiser state and generator states are a checkpoint's own, checked below.
+    check_arrays(path, {key[len("param/"):]: value for key, value in headers.items()
+                        if key.startswith("param/")}, expected, what="parameter")
     for key, (shape, dtype) in headers.items():
         kind, _, name = key.partition("/")
         if key == "meta":
@@ -99,21 +86,14 @@ def check_members(path: Path, zf: zipfile.ZipFile) -> dict:
                 raise CheckpointError(f"{path}: entry {key!r} is not a step count")
         elif kind in ("param", "optim"):
             param = name.rpartition("/")[2] if kind == "optim" else name
-            want = _param_shape(param, widths)
+            # optimiser state exists for trained parameters only, not running statistics
+            want = None if kind == "optim" and is_buffer(param) else shapes.get(param)
             if want is None or shape != want or dtype.name not in _FLOATS:
                 raise CheckpointError(f"{path}: entry {key!r} ({shape}, {dtype}) does not belong "
                                       f"to the stored model {widths}")
         else:
             raise CheckpointError(f"{path}: unexpected entry {key!r}: not a fmnist-mlp checkpoint")
     return meta
-
-
-def _param_shape(name: str, widths: list[int]) -> tuple[int, ...] | None:
-    match = _PARAM.match(name)
-    if not match or int(match[1]) >= len(widths) - 1:
-        return None
-    i = int(match[1])
-    return (widths[i], widths[i + 1]) if match[2] == "W" else (widths[i + 1],)
 
 
 def _json_member(zf, headers, key: str, max_chars: int, path: Path) -> Any:

@@ -1,10 +1,6 @@
 """Run directories: creation, atomic writes, metrics.jsonl, summary.json and .npz checkpoints.
 
-Layout of one run::
-
-    <runs_dir>/<YYYYmmdd-HHMMSS>-<name>-<6 hex>/
-        config.yaml  metrics.jsonl  summary.json  train.log  checkpoints/{last,best}.npz
-
+The names of a run's files and of the run directory itself are :mod:`fmnist_mlp.rundir.layout`'s.
 Checkpoints are plain ``np.savez`` archives read back with ``allow_pickle=False``, so loading one
 can never execute code. Every file except the append-only log and metrics is written atomically
 (temporary file in the same directory, then ``os.replace``): a crash mid-write leaves the previous
@@ -16,7 +12,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import re
 import secrets
 import socket
 import time
@@ -28,12 +23,12 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from fmnist_mlp.rundir import guard as run_guard
+from fmnist_mlp.rundir import layout
 from fmnist_mlp.io import files as safe_io
 from fmnist_mlp.errors import CheckpointError, ConfigError
 
 CHECKPOINT_FORMAT = "fmnist-mlp-checkpoint"
 CHECKPOINT_VERSION = 1
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]{0,79}$")
 _MAX_SUMMARY_BYTES = 1 << 20
 
 
@@ -43,7 +38,7 @@ _MAX_SUMMARY_BYTES = 1 << 20
 
 def validate_run_name(name: str) -> str:
     """A run name is one path component of safe characters; ``../x`` or ``/etc`` are refused."""
-    if not _NAME_RE.match(name or "") or ".." in name:
+    if not layout.NAME_RE.match(name or "") or ".." in name:
         raise ConfigError(f"--name {name!r}: use 1-80 letters, digits, '.', '_', '-', '+' or '=' "
                           f"(no '/', no '..', not starting with '.')")
     return name
@@ -61,9 +56,9 @@ def create_run_dir(runs_dir: str | Path, name: str) -> Path:
         runs_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"--runs-dir {runs_dir}: cannot create directory ({exc.strerror})") from None
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+    stamp = time.strftime(layout.STAMP_FORMAT)
     for _ in range(100):
-        run_dir = runs_dir / f"{stamp}-{name}-{secrets.token_hex(3)}"
+        run_dir = runs_dir / layout.run_dir_name(stamp, name, secrets.token_hex(3))
         try:
             os.mkdir(run_dir)
         except FileExistsError:
@@ -71,7 +66,7 @@ def create_run_dir(runs_dir: str | Path, name: str) -> Path:
         except OSError as exc:
             raise ConfigError(f"--runs-dir {runs_dir}: cannot create a run directory "
                               f"({exc.strerror or exc})") from None
-        safe_io.dir_inside(run_dir, "checkpoints")
+        safe_io.dir_inside(run_dir, layout.CHECKPOINTS)
         return run_dir
     raise CheckpointError(f"{runs_dir}: could not create a unique run directory")
 
@@ -88,7 +83,7 @@ def check_runs_dir_writable(runs_dir: str | Path) -> None:
 
 
 def is_run_dir(path: Path) -> bool:
-    return (path / "config.yaml").is_file() and (path / "summary.json").is_file()
+    return (path / layout.CONFIG).is_file() and (path / layout.SUMMARY).is_file()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -119,13 +114,13 @@ class MetricsWriter:
     """Appends one JSON line per epoch to ``metrics.jsonl`` and flushes it straight away."""
 
     def __init__(self, run_dir: Path, keep_epochs_upto: int | None = None):
-        self.path = Path(run_dir) / "metrics.jsonl"
+        self.path = Path(run_dir) / layout.METRICS
         if keep_epochs_upto is not None:
             # On resume, drop epochs newer than the checkpoint: they will be trained again.
             kept = [m for m in read_metrics(run_dir)
                     if not isinstance(m.get("epoch"), (int, float)) or m["epoch"] <= keep_epochs_upto]
             atomic_write_text(self.path, "".join(json.dumps(m) + "\n" for m in kept), base=run_dir)
-        self._file = safe_io.open_inside(run_dir, "metrics.jsonl", "a")
+        self._file = safe_io.open_inside(run_dir, layout.METRICS, "a")
 
     def write(self, metrics: Mapping[str, Any]) -> None:
         self._file.write(json.dumps(dict(metrics)) + "\n")
@@ -138,12 +133,12 @@ class MetricsWriter:
 def read_metrics(run_dir: str | Path) -> list[dict]:
     """The per-epoch metrics of a run; a truncated last line (crash mid-write) is skipped."""
     try:
-        with safe_io.open_inside(run_dir, "metrics.jsonl", "r") as f:
+        with safe_io.open_inside(run_dir, layout.METRICS, "r") as f:
             text = f.read()
     except FileNotFoundError:
         return []
     except (OSError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{Path(run_dir) / 'metrics.jsonl'}: unreadable ({exc})") from None
+        raise CheckpointError(f"{Path(run_dir) / layout.METRICS}: unreadable ({exc})") from None
     rows = []
     for line in text.splitlines():
         try:
@@ -156,14 +151,14 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
 
 
 def write_summary(run_dir: str | Path, summary: Mapping[str, Any]) -> None:
-    atomic_write_json(Path(run_dir) / "summary.json", dict(summary), base=run_dir)
+    atomic_write_json(Path(run_dir) / layout.SUMMARY, dict(summary), base=run_dir)
 
 
 def overwrite_summary_in_place(run_dir: str | Path, summary: Mapping[str, Any]) -> bool:
     """Last resort when the atomic write fails (no room for a temporary on a full disk):
     rewrite summary.json in place, which reuses its own blocks. Returns whether it worked."""
     try:
-        with safe_io.open_inside(run_dir, "summary.json", "r+b") as f:
+        with safe_io.open_inside(run_dir, layout.SUMMARY, "r+b") as f:
             f.truncate(0)
             f.write((json.dumps(dict(summary), indent=2) + "\n").encode("utf-8"))
         return True
@@ -172,9 +167,9 @@ def overwrite_summary_in_place(run_dir: str | Path, summary: Mapping[str, Any]) 
 
 
 def read_summary(run_dir: str | Path) -> dict:
-    path = Path(run_dir) / "summary.json"
+    path = Path(run_dir) / layout.SUMMARY
     try:
-        with safe_io.open_inside(run_dir, "summary.json", "r") as f:
+        with safe_io.open_inside(run_dir, layout.SUMMARY, "r") as f:
             data = json.loads(f.read(_MAX_SUMMARY_BYTES + 1)[:_MAX_SUMMARY_BYTES])
     except FileNotFoundError:
         raise CheckpointError(f"{run_dir}: not a run directory (no summary.json)") from None
@@ -204,7 +199,7 @@ class RunLog:
     """``train.log``: timestamped human-readable lines, appended and flushed."""
 
     def __init__(self, run_dir: Path):
-        self._file = safe_io.open_inside(run_dir, "train.log", "a")
+        self._file = safe_io.open_inside(run_dir, layout.LOG, "a")
 
     def write(self, message: str) -> None:
         self._file.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
@@ -212,6 +207,17 @@ class RunLog:
 
     def close(self) -> None:
         self._file.close()
+
+
+def format_epoch(m: Mapping[str, float], total_epochs: int, is_best: bool = False) -> str:
+    """The one per-epoch line, printed on stderr and written to the run's train.log; ``*`` marks
+    the best epoch so far by validation accuracy."""
+    width = len(str(total_epochs))
+    return (f"epoch {m['epoch']:>{width}}/{total_epochs}  "
+            f"train loss {m['train_loss']:.4f} acc {m['train_acc']:.4f}  "
+            f"val loss {m['val_loss']:.4f} acc {m['val_acc']:.4f}  "
+            f"lr {m['lr']:.3g}  {m['epoch_time']:.1f}s  {m['samples_per_sec']:,.0f}/s"
+            + ("  *" if is_best else ""))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -322,13 +328,13 @@ def find_checkpoint(path: str | Path) -> Path:
     returned as is."""
     path = Path(path)
     if path.is_dir():
-        for name in ("best.npz", "last.npz"):
-            candidate = path / "checkpoints" / name
+        for name in layout.MODEL_FILES:
+            candidate = path / name
             if os.path.lexists(candidate):
-                run_guard.refuse_links_inside(path, Path("checkpoints") / name)
+                run_guard.refuse_links_inside(path, name)
             if candidate.is_file():
                 return candidate
-        raise CheckpointError(f"{path}: no checkpoints/best.npz or checkpoints/last.npz "
+        raise CheckpointError(f"{path}: no {layout.BEST} or {layout.LAST} "
                               f"(not a run directory, or it never finished an epoch)")
     if not path.exists():
         raise CheckpointError(f"{path}: no such run directory or checkpoint")

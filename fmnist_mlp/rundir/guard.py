@@ -13,40 +13,41 @@ import stat
 from pathlib import Path
 
 from fmnist_mlp.io import files as safe_io
+from fmnist_mlp.io.lock import FileLock, LockHeld
+from fmnist_mlp.rundir import layout
 from fmnist_mlp.errors import CheckpointError
 
 
 class RunLock:
-    """An exclusive ``flock`` on ``<run>/.lock``, held while one process trains the run.
+    """The one lock helper (:class:`fmnist_mlp.io.lock.FileLock`) on ``<run>/.lock``, tried once,
+    held while one process trains the run.
 
     The kernel drops it when the process dies, so a killed run never stays locked; a second
-    ``--resume`` of the same run finds it held and stops with one line.
+    ``--resume`` of the same run finds it held and stops with one line naming the holder. The
+    lock file is opened without following links (it lies inside a run directory).
     """
 
-    NAME = ".lock"
+    NAME = layout.LOCK
 
     def __init__(self, run_dir: str | Path):
         self.run_dir = Path(run_dir)
-        self._fd: int | None = None
+        self._lock = FileLock(self.run_dir / self.NAME, timeout=0, opener=self._open)
+
+    def _open(self) -> int:
+        with safe_io.open_inside(self.run_dir, self.NAME, "ab") as f:
+            return os.dup(f.fileno())
 
     def acquire(self) -> "RunLock":
-        import fcntl
-
-        with safe_io.open_inside(self.run_dir, self.NAME, "ab") as f:
-            fd = os.dup(f.fileno())
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise CheckpointError(f"{self.run_dir}: already running (another process holds "
-                                  f"{self.run_dir / self.NAME}); wait for it or stop it first") from None
-        self._fd = fd
+            self._lock.acquire()
+        except LockHeld as held:
+            raise CheckpointError(f"{self.run_dir}: already running ({held.holder} holds "
+                                  f"{self.run_dir / self.NAME}); wait for it or stop it "
+                                  f"first") from None
         return self
 
     def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)          # closing the last descriptor releases the flock
-            self._fd = None
+        self._lock.release()
 
 
 def refuse_links_inside(run_dir: str | Path, relative: str | Path) -> None:
@@ -59,20 +60,16 @@ def refuse_links_inside(run_dir: str | Path, relative: str | Path) -> None:
                                           f"inside a run directory (remove it)")
 
 
-_RUN_FILES = ("config.yaml", "summary.json", "metrics.jsonl", "train.log")
-_RUN_DIRS = ("checkpoints", "plots")
-
-
 def check_run_entries(run_dir: str | Path) -> None:
     """Refuse a run directory whose own entries were replaced by links, FIFOs or devices, before
     anything in it is opened or rewritten (so a refused resume changes nothing)."""
-    for name in _RUN_FILES + _RUN_DIRS:
+    for name in layout.RUN_FILES + layout.RUN_DIRS:
         path = Path(run_dir) / name
         try:
             mode = os.lstat(path).st_mode
         except FileNotFoundError:
             continue
-        expected = stat.S_ISDIR(mode) if name in _RUN_DIRS else stat.S_ISREG(mode)
+        expected = stat.S_ISDIR(mode) if name in layout.RUN_DIRS else stat.S_ISREG(mode)
         if not expected:
             kind = "a symbolic link" if stat.S_ISLNK(mode) else "not a regular entry"
             raise safe_io.UnsafePathError(f"{path}: is {kind}; refusing to follow it inside a "

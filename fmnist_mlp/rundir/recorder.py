@@ -1,5 +1,8 @@
 """RunRecorder: the training-loop callback that keeps a run directory up to date.
 
+One callback among others (:mod:`fmnist_mlp.training.callbacks`): it hears the loop's events
+itself and passes none on; the progress display and TensorBoard are callbacks of their own.
+
 At each epoch end it serialises a checkpoint to memory (cheap: one copy of the parameters and
 optimiser state), appends the metrics line, writes ``last``/``best`` when due and refreshes
 ``summary.json``. The in-memory snapshot is what Ctrl-C saves, so ``last`` always describes a
@@ -18,32 +21,28 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from fmnist_mlp.rundir import files as runs
-from fmnist_mlp.config.schema import Config, config_to_dict
+from fmnist_mlp.config.load import config_to_dict
+from fmnist_mlp.config.schema import Config
 from fmnist_mlp.errors import FmnistMlpError
-from fmnist_mlp.training.progress import format_epoch
-from fmnist_mlp.training.loop import NullCallback, TrainState
+from fmnist_mlp.rundir import files as runs
+from fmnist_mlp.rundir import layout
+from fmnist_mlp.rundir.files import format_epoch
 
 
 class RunRecorder:
-    def __init__(self, run_dir: Path, cfg: Config, model: Any, optimizer: Any,
-                 streams: Mapping[str, np.random.Generator], state: TrainState,
-                 forward: Any = None, resumed: bool = False,
+    """Writes a run's files as it trains: ``engine`` holds the model and optimiser whose state the
+    checkpoints keep, ``state`` the loop's progress counters (a ``TrainState``)."""
+
+    def __init__(self, run_dir: Path, cfg: Config, engine: Any,
+                 streams: Mapping[str, np.random.Generator], state: Any, resumed: bool = False,
                  normalization: Mapping[str, float] | None = None):
-        self.run_dir, self.cfg, self.model, self.optimizer = run_dir, cfg, model, optimizer
+        self.run_dir, self.model, self.optimizer = run_dir, engine.model, engine.optimizer
+        self.config = config_to_dict(cfg)            # stored in every checkpoint
+        self.epochs, self.checkpoint_every = cfg.train.epochs, cfg.train.checkpoint_every
         # The input normalisation (pixel mean and std of the training rows), kept in every
         # checkpoint so predict and export need not reload the dataset to know it.
         self.normalization = dict(normalization) if normalization is not None else None
-        self.board = None
-        if cfg.train.tensorboard:
-            from fmnist_mlp.training.tensorboard import TensorBoardLogger
-
-            # Resumed: events after the checkpoint's epoch are trained again, so TensorBoard
-            # drops the earlier ones (purge_step) instead of drawing those epochs twice.
-            self.board = TensorBoardLogger(run_dir, model, config_to_dict(cfg), cfg.train.epochs,
-                                           purge_step=state.epoch + 1 if resumed else None)
-        self.streams, self.forward = streams, forward or NullCallback()
-        self.ckpt_dir = run_dir / "checkpoints"
+        self.streams = streams
         self.metrics = runs.MetricsWriter(run_dir, keep_epochs_upto=state.epoch if resumed else None)
         self.log = runs.RunLog(run_dir)
         self.started = time.time()
@@ -56,12 +55,12 @@ class RunRecorder:
         self.saved_epoch = state.epoch           # the epoch last.npz holds
         self.state = state
         self.summary: dict[str, Any] = {
-            "status": "running", "name": _run_name(run_dir),
+            "status": "running", "name": layout.run_name_of(run_dir),
             "run_dir": str(run_dir), "best_epoch": state.best_epoch or None,
             "best_val_acc": state.best_val_acc if state.best_epoch else None,
             "final": previous.get("final"), "test_loss": None, "test_acc": None,
             "epochs_completed": state.epoch, "wall_time": self.prior_wall_time,
-            "num_parameters": model.num_parameters(),
+            "num_parameters": self.model.num_parameters(),
             "versions": _versions(), "message": "", **runs.process_owner(),
         }
         runs.write_summary(run_dir, self.summary)
@@ -69,24 +68,14 @@ class RunRecorder:
         self.log.write(f"run {verb}: {run_dir}")
 
     # --------------------------------------------------------------- callback protocol
-    def on_epoch_start(self, epoch: int, num_batches: int) -> None:
-        self.forward.on_epoch_start(epoch, num_batches)
-        if self.board is not None:
-            self.board.on_epoch_start(epoch, num_batches)
-
-    def on_batch(self, batch: int, loss: float, acc: float) -> None:
-        self.forward.on_batch(batch, loss, acc)
-        if self.board is not None:
-            self.board.on_batch(batch, loss, acc)
-
-    def on_epoch_end(self, metrics: dict[str, float], state: TrainState, is_best: bool) -> None:
+    def on_epoch_end(self, metrics: dict[str, float], state: Any, is_best: bool) -> None:
         with _signals_held():   # Ctrl-C here would leave the epoch half recorded; it waits
             self.snapshot = (state.epoch, runs.checkpoint_bytes(self._checkpoint(state)))
             self.metrics.write(metrics)
-            due = (state.epoch % self.cfg.train.checkpoint_every == 0
-                   or state.epoch >= self.cfg.train.epochs or state.early_stopped)
-            paths = ([self.ckpt_dir / "last.npz"] if due else []) + (
-                [self.ckpt_dir / "best.npz"] if is_best else [])
+            due = (state.epoch % self.checkpoint_every == 0
+                   or state.epoch >= self.epochs or state.early_stopped)
+            paths = ([layout.last_checkpoint(self.run_dir)] if due else []) + (
+                [layout.best_checkpoint(self.run_dir)] if is_best else [])
             runs.save_checkpoint(paths, self.snapshot[1], base=self.run_dir)
             if due:
                 self.saved_epoch = state.epoch
@@ -94,10 +83,7 @@ class RunRecorder:
                                 final=dict(metrics), epochs_completed=state.epoch,
                                 wall_time=self._wall_time())
             runs.write_summary(self.run_dir, self.summary)
-            self.log.write(format_epoch(metrics, self.cfg.train.epochs, is_best))
-        if self.board is not None:
-            self.board.on_epoch_end(metrics, state, is_best)
-        self.forward.on_epoch_end(metrics, state, is_best)
+            self.log.write(format_epoch(metrics, self.epochs, is_best))
 
     # --------------------------------------------------------------- endings
     def stop(self, status: str, message: str) -> None:
@@ -130,19 +116,17 @@ class RunRecorder:
                             **test_scores)
         runs.write_summary(self.run_dir, self.summary)
         self.log.write(f"finished: test_acc={test_scores.get('test_acc', float('nan')):.4f}")
-        if self.board is not None:
-            self.board.finish(self.summary)
-            self.board = None
         self._close()
         return dict(self.summary)
 
     def _save_pending_last(self) -> None:
         if self.snapshot is not None and self.snapshot[0] > self.saved_epoch:
-            runs.save_checkpoint(self.ckpt_dir / "last.npz", self.snapshot[1], base=self.run_dir)
+            runs.save_checkpoint(layout.last_checkpoint(self.run_dir), self.snapshot[1],
+                                 base=self.run_dir)
             self.saved_epoch = self.snapshot[0]
 
-    def _checkpoint(self, state: TrainState) -> runs.Checkpoint:
-        meta = {"config": config_to_dict(self.cfg), "model_spec": self.model.spec(),
+    def _checkpoint(self, state: Any) -> runs.Checkpoint:
+        meta = {"config": self.config, "model_spec": self.model.spec(),
                 "epoch": state.epoch, "state": state.to_dict(),
                 "best": {"epoch": state.best_epoch, "val_acc": state.best_val_acc}}
         if self.normalization is not None:
@@ -163,8 +147,6 @@ class RunRecorder:
                 f.close()
             except OSError:        # a full disk fails the final flush too
                 pass
-        if self.board is not None:
-            self.board.close()
 
 
 @contextlib.contextmanager
@@ -195,12 +177,6 @@ def _signals_held():
                 handler(caught[0], None)
             elif handler == signal.SIG_DFL:
                 os.kill(os.getpid(), caught[0])     # the default action, now that it is due
-
-
-def _run_name(run_dir: Path) -> str:
-    # <YYYYmmdd>-<HHMMSS>-<name>-<hex>: the name may itself contain dashes.
-    parts = run_dir.name.split("-")
-    return "-".join(parts[2:-1]) if len(parts) >= 4 else run_dir.name
 
 
 def _versions() -> dict[str, str]:

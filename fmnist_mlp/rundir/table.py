@@ -13,7 +13,8 @@ from typing import Any, Sequence
 
 from fmnist_mlp.rundir import guard as run_guard
 from fmnist_mlp.rundir import files as runs
-from fmnist_mlp.config.schema import flatten
+from fmnist_mlp.rundir import layout
+from fmnist_mlp.config.load import flatten
 from fmnist_mlp.errors import ConfigError, FmnistMlpError
 from fmnist_mlp.io.printable import printable
 
@@ -51,8 +52,8 @@ def _read_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 
     try:
         summary = runs.read_summary(run_dir)
-        run_guard.refuse_links_inside(run_dir, "config.yaml")
-        config = load_yaml_file(run_dir / "config.yaml", "run config", FmnistMlpError)
+        run_guard.refuse_links_inside(run_dir, layout.CONFIG)
+        config = load_yaml_file(run_dir / layout.CONFIG, "run config", FmnistMlpError)
         if not isinstance(config, dict):
             raise ConfigError("not a mapping")
         flat = {str(k): _cell_value(v) for k, v in flatten(config).items()}

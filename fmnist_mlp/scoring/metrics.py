@@ -9,8 +9,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from fmnist_mlp.data.facts import NUM_CLASSES
 
-def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int = 10) -> np.ndarray:
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray,
+                     num_classes: int = NUM_CLASSES) -> np.ndarray:
     """Count (true, predicted) label pairs.
 
     y_true, y_pred: (N,) integer labels in [0, num_classes).
@@ -197,7 +200,7 @@ def format_classification_report(report: dict, class_names: Sequence[str]) -> st
 
 
 def format_evaluation(result: dict, class_names: Sequence[str]) -> str:
-    """``eval``'s text report of the dict :func:`experiment.evaluate_checkpoint` (or an
+    """``eval``'s text report of the dict :func:`fmnist_mlp.scoring.evaluate.evaluate` (one run or an
     ensemble's evaluation, which names ``checkpoints``) returns."""
     if "checkpoints" in result:
         lines = [f"ensemble of {len(result['checkpoints'])}: " + ", ".join(result["checkpoints"])]

@@ -10,10 +10,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
+from fmnist_mlp.errors import FmnistMlpError, TrainingInterrupted
+from fmnist_mlp.sweep.slurm import BLAS_VARS
 from fmnist_mlp.sweep.study import Sweep
 
-BLAS_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 GRACE_SECONDS = 5.0
 CHILD_VAR = "FMNIST_MLP_SWEEP_CHILD"     # set for workers started by run_local: no summary line
 
@@ -22,24 +24,100 @@ def is_child_worker() -> bool:
     return os.environ.get(CHILD_VAR) == "1"
 
 
-def work_left(sweep: Sweep) -> bool:
-    """Whether a worker would find anything to do: budget left, or a trial not ended."""
+def work_count(sweep: Sweep) -> int:
+    """How many workers would find something to do: budget left plus trials not ended (more
+    than that would start, find nothing and end, each loading NumPy and the study for nothing)."""
     from fmnist_mlp.sweep.status import trial_rows
 
     rows = trial_rows(sweep)
-    return len(rows) < sweep.budget or any(r["state"] == "interrupted" for r in rows)
+    # With a database, a trial shown running may be a dead worker's not yet gone silent long
+    # enough: a worker here waits for it and takes it over.
+    open_states = ("interrupted", "running") if sweep.coordinated_by_database else ("interrupted",)
+    return max(0, sweep.budget - len(rows)) + sum(r["state"] in open_states for r in rows)
+
+
+def work_left(sweep: Sweep) -> bool:
+    return work_count(sweep) > 0
 
 
 def worker_args(spec_file: str | Path, directory: str | Path, storage: str | None,
-                data_dir: str | Path | None) -> list[str]:
+                data_dir: str | Path | None, trials: int | None = None) -> list[str]:
     """Arguments after the program name for one worker (``sweep run ... --jobs 1``)."""
     args = ["sweep", "run", str(Path(spec_file).resolve()), "--dir", str(Path(directory).resolve()),
             "--jobs", "1"]
     if storage:
         args += ["--storage", storage]
+    if trials is not None:
+        args += ["--trials", str(trials)]
     if data_dir:
         args += ["--data-dir", str(Path(data_dir).resolve())]
     return args
+
+
+def rerun_command(spec_file: str | Path, directory: str | Path) -> str:
+    """The command that continues this sweep (its storage and budget are in DIR/sweep.json)."""
+    return "fmnist-mlp sweep run " + " ".join(shlex.quote(str(a)) for a in
+                                              (spec_file, "--dir", directory))
+
+
+class SweepInterrupted(FmnistMlpError):
+    exit_code = 130
+
+
+def run_sweep(spec_file: Path, sweep_dir: Path, *, jobs: int = 1, storage: str | None = None,
+              slurm: bool = False, workers: int = 4, sbatch_args: tuple = (), wait: bool = False,
+              dry_run: bool = False, data_dir: Path | None = None, trials: int | None = None,
+              echo: Callable[[str], None] = print,
+              note: Callable[[str], None] = print) -> int:
+    """``sweep run``: check everything, create or open DIR, run the workers (here, or a Slurm
+    array), and return the exit code: 0 when the budget is spent and every trial ended, whatever
+    the workers went through on the way."""
+    from fmnist_mlp.sweep import slurm as slurm_jobs
+    from fmnist_mlp.sweep.spec import load_spec
+    from fmnist_mlp.sweep.storage import parse_storage
+    from fmnist_mlp.sweep.study import import_optuna, open_sweep
+    from fmnist_mlp.sweep.worker import run_worker
+
+    spec = load_spec(spec_file)
+    import_optuna()
+    parse_storage(storage)
+    args = worker_args(spec_file, sweep_dir, storage, data_dir, trials)
+    if dry_run:         # more workers than trials would find nothing to do
+        for line in dry_run_lines(args, min(workers if slurm else jobs, trials or spec.trials)):
+            echo(line)
+        return 0
+    if slurm:
+        slurm_jobs.require_sbatch()                     # before anything is created
+    sweep = open_sweep(sweep_dir, spec, storage, trials=trials)
+    rerun = rerun_command(spec_file, sweep.dir)
+    code = 0
+    try:
+        with slurm_jobs.signals_as_interrupt():   # (run_local passes SIGTERM on itself)
+            if slurm:
+                job_id = slurm_jobs.submit(sweep.dir, args, workers, list(sbatch_args))
+                echo(job_id)
+                if not wait:
+                    return 0
+                slurm_jobs.wait(job_id)
+            elif jobs > 1:
+                left = work_count(sweep)
+                code = run_local(args, min(jobs, left)) if left else 0
+            else:
+                run_worker(sweep, data_dir)
+    except (TrainingInterrupted, KeyboardInterrupt):
+        if slurm_jobs.requeue_if_time_is_up():
+            return 0
+        if is_child_worker():
+            return 130
+        raise SweepInterrupted(f"interrupted; every trial is saved; continue with: {rerun}") from None
+    final, line = final_status(sweep)
+    if final == 0 and code not in (0, 130):
+        line += "; every trial ended (a worker exited abnormally: its trials were taken over)"
+    elif final or code:
+        line += f"; continue with: {rerun}"
+    if not is_child_worker():
+        note(line)
+    return 0 if final == 0 and code != 130 else (code or final)
 
 
 def threads_per_worker(jobs: int) -> int:

@@ -15,11 +15,14 @@ from pathlib import Path
 from typing import Any, Mapping
 
 
-from fmnist_mlp.config.schema import Config, all_key_paths, config_to_dict, load_config
+from fmnist_mlp.config.load import config_to_dict, load_config
+from fmnist_mlp.config.schema import Config
+from fmnist_mlp.config.validate import all_key_paths
 from fmnist_mlp.io.yaml_file import load_yaml_file
 from fmnist_mlp.config.validate import _suggest, type_name
 from fmnist_mlp.errors import ConfigError
 
+MAX_SEED = 2**32 - 1    # what NumPy's and Optuna's seeded generators take
 METHODS = ("tpe", "random", "grid")
 PRUNERS = ("none", "median", "hyperband")
 METRICS = ("best_val_acc",)
@@ -48,7 +51,13 @@ class Param:
 
 def decode_params(stored: Mapping[str, Any], space: tuple[Param, ...]) -> dict[str, Any]:
     """A trial's parameters as Optuna stored them, back as config values."""
-    return {p.key: p.decode(stored[p.key]) for p in space if p.key in stored}
+    out = {}
+    for p in space:
+        try:
+            out[p.key] = p.decode(stored[p.key])
+        except (KeyError, ValueError, TypeError):   # not drawn yet, or a damaged record
+            continue
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,7 +117,7 @@ def spec_from_dict(raw: Mapping[str, Any], source: str, root: Path) -> SweepSpec
     metric = _one_of(raw.get("metric", "best_val_acc"), METRICS, f"{source}: metric")
     method = _one_of(raw.get("method", "tpe"), METHODS, f"{source}: method")
     pruner, pruner_args = _pruner(raw.get("pruner", "none"), f"{source}: pruner")
-    seed = _int(raw.get("seed", 0), f"{source}: seed", lo=0)
+    seed = _int(raw.get("seed", 0), f"{source}: seed", lo=0, hi=MAX_SEED)
     space_raw = _mapping(raw.get("space"), f"{source}: space")
     if not space_raw:
         raise ConfigError(f"{source}: space: give at least one parameter to search")
@@ -132,10 +141,15 @@ def spec_from_dict(raw: Mapping[str, Any], source: str, root: Path) -> SweepSpec
 def _check_configs(spec: SweepSpec) -> None:
     """Each end of every range (and each choice) must give a valid config, so no trial can fail
     on its config after hours of sweeping."""
-    spec.trial_config({})
+    from fmnist_mlp.config.plan import check_fits
+
+    # check_fits: the memory estimate too, so a model that cannot fit is refused now,
+    # not left interrupted by every trial and retried by every rerun.
+    check_fits(spec.trial_config({}), f"{spec.source}: set")
     for p in spec.space:
         for value in p.values:
-            spec.trial_config({p.key: value})
+            check_fits(spec.trial_config({p.key: value}),
+                                 f"{spec.source}: space.{p.key}={json.dumps(value)}")
 
 
 def _param(key: str, value: Any, where: str) -> Param:
@@ -169,6 +183,14 @@ def _param(key: str, value: Any, where: str) -> Param:
     if log and lo <= 0:
         raise ConfigError(f"{where}: {kind}: a log scale needs low > 0, got {lo}")
     return Param(key, kind, (lo, hi), log)
+
+
+def param_from_record(key: Any, entry: Any) -> Param:
+    """A searched parameter as sweep.json records it (``{"uniform": [lo, hi], "log": false}``),
+    checked as the spec's was: an edited sweep.json is one line, not a traceback later."""
+    if not isinstance(entry, Mapping):
+        raise ConfigError(f"{key}: expected a mapping")
+    return _param(key, dict(entry), f"sweep.json: space.{key}")
 
 
 def _pruner(value: Any, where: str) -> tuple[str, dict[str, Any]]:
@@ -231,11 +253,13 @@ def _one_of(value: Any, options: tuple, where: str) -> str:
     return value
 
 
-def _int(value: Any, where: str, lo: int | None = None) -> int:
+def _int(value: Any, where: str, lo: int | None = None, hi: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(f"{where}: expected an integer, got {type_name(value)}")
     if lo is not None and value < lo:
         raise ConfigError(f"{where}: must be >= {lo}, got {value}")
+    if hi is not None and value > hi:
+        raise ConfigError(f"{where}: must be <= {hi}, got {value}")
     return value
 
 

@@ -9,7 +9,8 @@ from typing import Any
 
 from fmnist_mlp.rundir import files as runs
 from fmnist_mlp.errors import FmnistMlpError
-from fmnist_mlp.sweep.spec import Param, decode_params
+from fmnist_mlp.io.printable import printable
+from fmnist_mlp.sweep.spec import Param, decode_params, param_from_record
 from fmnist_mlp.sweep.study import Sweep, claim_lock, import_optuna, is_trial_held
 
 STATES = {"COMPLETE": "finished", "PRUNED": "pruned", "FAIL": "failed", "WAITING": "waiting"}
@@ -17,34 +18,48 @@ STATES = {"COMPLETE": "finished", "PRUNED": "pruned", "FAIL": "failed", "WAITING
 
 def space_of(sweep: Sweep) -> tuple[Param, ...]:
     """The searched parameters as recorded in sweep.json (no spec file needed)."""
-    out = []
-    for key, entry in sweep.info["spec"]["space"].items():
-        kind = next(k for k in entry if k != "log")
-        out.append(Param(key, kind, tuple(entry[kind]), bool(entry.get("log"))))
-    return tuple(out)
+    return tuple(param_from_record(k, e) for k, e in sweep.info["spec"]["space"].items())
 
 
 def trial_rows(sweep: Sweep) -> list[dict[str, Any]]:
     import_optuna()
     space = space_of(sweep)
-    with claim_lock(sweep.dir):       # no worker is between asking and locking a trial now
-        trials = sweep.study.get_trials(deepcopy=False)
-        held = {t.number for t in trials
-                if t.state.name == "RUNNING" and is_trial_held(sweep.dir, t.number)}
+    trials = sweep.study.get_trials(deepcopy=False)
+    held = _running(sweep, [t for t in trials if t.state.name == "RUNNING"])
     rows = []
     for t in trials:
         state = STATES.get(t.state.name)
         if state is None:
             state = "running" if t.number in held else "interrupted"
-        run_dir = t.user_attrs.get("run_dir")
+        run_dir = sweep.run_dir_of(t.user_attrs.get("run_dir"))
         summary = _summary(run_dir)
         best = t.value if t.value is not None else summary.get("best_val_acc")
+        epochs = summary.get("epochs_completed")
         rows.append({"number": t.number, "state": state,
                      "params": decode_params(t.params, space),
                      "best_val_acc": best if _finite(best) else None,
-                     "epochs": summary.get("epochs_completed"), "run_dir": run_dir,
-                     "worker": t.user_attrs.get("worker")})
+                     "epochs": epochs if isinstance(epochs, int) and not isinstance(epochs, bool)
+                     else None,
+                     "run_dir": str(run_dir) if run_dir else None,
+                     "worker": printable(str(t.user_attrs.get("worker") or "")) or None})
     return rows
+
+
+def _running(sweep: Sweep, running: list) -> set[int]:
+    """Numbers of the RUNNING trials whose worker is alive: its heartbeat is fresh (database),
+    or it holds the trial's lock (journal). Read only: nothing is created or locked for long."""
+    if not running:
+        return set()
+    if sweep.coordinated_by_database:
+        from fmnist_mlp.sweep import ownership
+
+        stale = ownership.stale_trial_ids(sweep.rdb, sweep.study._study_id)
+        beating = ownership.beating_trial_ids(sweep.rdb, sweep.study._study_id)
+        return {t.number for t in running if t._trial_id in beating and t._trial_id not in stale}
+    if sweep.read_only or sweep.ref is None or sweep.ref.kind != "journal":
+        return {t.number for t in running if is_trial_held(sweep.dir, t.number, create=False)}
+    with claim_lock(sweep.dir):       # no worker is between asking and locking a trial now
+        return {t.number for t in running if is_trial_held(sweep.dir, t.number)}
 
 
 def sweep_status(sweep: Sweep) -> dict[str, Any]:

@@ -3,26 +3,27 @@
 Layout of a sweep directory::
 
     DIR/sweep.json       the spec as resolved (checked against on every later run), the study's
-                         name and storage
+                         name, storage and budget
     DIR/study.journal    Optuna's journal (file) storage, unless --storage names another
-    DIR/runs/            one ordinary run directory per trial
-    DIR/locks/           trial-N.lock, held (flock) by the worker training trial N
-    DIR/.claim.lock      held while a worker picks its next trial
+    DIR/runs/            one ordinary run directory per trial (the study stores its name only)
+    DIR/locks/           journal only: trial-N.lock, held (flock) by the worker training trial N
+    DIR/.claim.lock      journal only: held while a worker picks its next trial
 
-Why flock, not Optuna's heartbeat: the kernel releases a flock the moment its holder dies, however
-it dies (SIGKILL, OOM, pre-emption), so a dead worker's trial can be taken over at once and
-exactly once, with no grace period to tune; heartbeat-failed trials are marked FAIL and retried as
-*new* trials, which would restart them from scratch and count them twice. flock works between the
-processes of one machine and on shared filesystems that support it (NFSv4, Lustre and GPFS with
-their lock options); a Slurm array on one node, or on nodes sharing such a filesystem, is covered.
+Two coordinators, by storage. With the journal file (one machine), flock: the kernel releases it
+the moment its holder dies, however it dies, so a dead worker's trial is taken over at once and
+exactly once. With a database (many machines), the database alone (ownership.py): a claim lock
+held in the database and Optuna's trial heartbeat, because many cluster filesystems keep flock
+per node (BeeGFS without global locks, Lustre with localflock, NFS mounted local_lock). Either way
+a taken-over trial is the same trial, resumed from its run's checkpoint, counted once.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
+import hashlib
 import json
 import os
-import secrets
 import time
 import warnings
 from contextlib import contextmanager
@@ -30,25 +31,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from fmnist_mlp.errors import ConfigError, FmnistMlpError
+from fmnist_mlp.errors import ConfigError, FmnistMlpError, require_extra
+from fmnist_mlp.io.files import atomic_write
+from fmnist_mlp.io.printable import printable
+from fmnist_mlp.sweep.ownership import heartbeat_settings
 from fmnist_mlp.sweep.spec import SweepSpec
-
-INSTALL_HINT = "install optuna: pip install -e '.[sweep]'"
-
-
-class OptunaMissing(FmnistMlpError):
-    exit_code = 2
-
+from fmnist_mlp.sweep.storage import (StorageRef, check_reachable, make_storage, parse_storage,
+                                      refuse_for_workers)
 
 def import_optuna():
-    try:
-        import optuna
-    except ImportError:
-        raise OptunaMissing(INSTALL_HINT) from None
+    optuna = require_extra("optuna", "sweep")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # A resumed trial re-reports the epochs after its checkpoint; Optuna keeps the first value.
     warnings.filterwarnings("ignore", message=".*is already reported.*")
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    # Trial heartbeats are recorded by our own thread (ownership.Heartbeat), not study.optimize's.
+    warnings.filterwarnings("ignore", message=".*Heartbeat of storage is supposed to be used.*")
     return optuna
 
 
@@ -58,6 +56,9 @@ class Sweep:
     spec: SweepSpec | None
     info: dict[str, Any]        # sweep.json
     study: Any                  # optuna.Study
+    ref: StorageRef | None = None
+    rdb: Any = None             # the RDBStorage when the study is in a database
+    read_only: bool = False
 
     @property
     def runs_dir(self) -> Path:
@@ -67,83 +68,228 @@ class Sweep:
     def budget(self) -> int:
         return int(self.info["trials"])
 
+    @property
+    def coordinated_by_database(self) -> bool:
+        return self.rdb is not None
+
+    def run_dir_of(self, stored: str | None) -> Path | None:
+        """A trial's run directory from its stored name: relative to DIR (a moved sweep still
+        finds its runs); only ever a folder of DIR/runs, whatever the study says."""
+        if not stored or not isinstance(stored, str):
+            return None
+        name = Path(stored).name
+        if name in ("", ".", ".."):
+            return None
+        return self.runs_dir / name
+
 
 def open_sweep(directory: str | Path, spec: SweepSpec | None = None,
-               storage: str | None = None) -> Sweep:
+               storage: str | None = None, *, read_only: bool = False,
+               trials: int | None = None) -> Sweep:
     """Create the sweep directory for ``spec``, or open an existing one (``spec`` None: must
-    exist). A different spec for an existing directory is refused."""
+    exist). A different spec for an existing directory is refused; ``trials`` above the recorded
+    budget extends it. ``read_only``: write nothing, to DIR or to the study (status, report).
+
+    The storage is checked (its server reached) before DIR is created, so a bad URL leaves
+    nothing behind."""
     optuna = import_optuna()
-    directory = Path(directory)
+    directory = Path(directory).absolute()
     info_path = directory / "sweep.json"
-    if spec is None and not info_path.is_file():
-        raise ConfigError(f"{directory}: not a sweep directory (no sweep.json)")
+    if spec is None or info_path.exists() or info_path.is_symlink():
+        if spec is None and not info_path.exists():
+            raise ConfigError(f"{directory}: not a sweep directory (no sweep.json)")
+        info = read_info(info_path)
+        ref = parse_storage(info["storage"])
+        if spec is not None:
+            _check_same_sweep(directory, info, spec, storage, ref)
+            info = _extend_budget(directory, info, spec, trials)
+    else:
+        ref = parse_storage(storage)
+        refuse_for_workers(ref)
+        check_reachable(ref)
+        info = _create(directory, spec, ref, trials)
     if spec is not None:
-        _create_or_check(directory, spec, storage)
+        refuse_for_workers(ref)
+        if ref.kind == "journal":
+            _check_locks_dir(directory)
+    heartbeat = heartbeat_settings() if ref.is_database else None
+    backend = make_storage(ref, directory, read_only=read_only, heartbeat=heartbeat)
+    study = _load_study(optuna, backend, info, ref, directory, create=not read_only)
+    return Sweep(directory, spec, info, study, ref,
+                 backend if ref.is_database else None, read_only)
+
+
+def _load_study(optuna, backend, info, ref: StorageRef, directory: Path, create: bool):
+    name = info["study_name"]
     try:
-        info = json.loads(info_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{info_path}: unreadable ({exc})") from None
-    with claim_lock(directory):
-        study = optuna.create_study(storage=make_storage(directory, info.get("storage")),
-                                    study_name=info["study_name"], direction="maximize",
-                                    load_if_exists=True)
-    return Sweep(directory, spec, info, study)
+        if not create:
+            study = optuna.load_study(study_name=name, storage=backend)
+        elif ref.kind == "journal":
+            with claim_lock(directory):
+                study = optuna.create_study(storage=backend, study_name=name,
+                                            direction="maximize", load_if_exists=True)
+        else:
+            study = optuna.create_study(storage=backend, study_name=name, direction="maximize",
+                                        load_if_exists=True)
+        study.get_trials(deepcopy=False)        # damage in the records shows here, as one line
+    except KeyError:
+        raise ConfigError(f"{ref.shown}: holds no study {name!r} (sweep.json names it); "
+                          f"wrong --storage, or the study was deleted") from None
+    except FmnistMlpError:
+        raise
+    except Exception as exc:    # a damaged journal record: any of Optuna's replay errors
+        raise ConfigError(f"{ref.shown}: the study's records are damaged "
+                          f"({type(exc).__name__}: {printable(exc)[:160]})") from None
+    return study
 
 
-def _create_or_check(directory: Path, spec: SweepSpec, storage: str | None) -> None:
+def study_name_for(directory: Path, spec: SweepSpec) -> str:
+    """The same directory name and spec give the same study: two machines that each name the
+    sweep's folder (on a shared filesystem, or each its own copy) and one database URL meet in
+    one study instead of making two."""
+    text = json.dumps(_without_budget(spec.identity()), sort_keys=True)
+    return f"fmnist-mlp-{directory.name}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+
+
+def _without_budget(identity: dict) -> dict:
+    return {k: v for k, v in identity.items() if k != "trials"}
+
+
+def _create(directory: Path, spec: SweepSpec, ref: StorageRef, trials: int | None) -> dict:
     identity = spec.identity()
-    info = {"fingerprint": spec.fingerprint(), "spec_file": spec.source, "trials": spec.trials,
-            "study_name": f"fmnist-mlp-{directory.resolve().name}-{secrets.token_hex(3)}",
-            "storage": storage, "spec": identity}
+    budget = _budget(spec, trials)
+    info = {"fingerprint": spec.fingerprint(), "spec_file": spec.source, "trials": budget,
+            "study_name": study_name_for(directory, spec), "storage": ref.url, "spec": identity}
     try:
-        (directory / "runs").mkdir(parents=True, exist_ok=True)
-        (directory / "locks").mkdir(exist_ok=True)
+        directory.mkdir(parents=True, exist_ok=True)
+        if not directory.is_dir():
+            raise FileExistsError(errno.EEXIST, "exists and is not a folder")
+        (directory / "runs").mkdir(exist_ok=True)
+        if ref.kind == "journal":
+            (directory / "locks").mkdir(exist_ok=True)
+    except FileExistsError as exc:
+        where = exc.filename or directory
+        raise ConfigError(f"{where}: exists and is not a folder") from None
     except OSError as exc:
         raise ConfigError(f"--dir {directory}: cannot create ({exc.strerror})") from None
     path = directory / "sweep.json"
     try:
         # O_EXCL: of several workers starting together, exactly one writes sweep.json.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
     except FileExistsError:
-        existing = _read_info(path)
-        if existing.get("fingerprint") != info["fingerprint"]:
-            changed = [k for k in identity if identity[k] != existing.get("spec", {}).get(k)]
-            raise ConfigError(f"{directory}: this sweep was started with a different spec "
-                              f"(changed: {', '.join(changed) or 'spec'}); use a new --dir")
-        if storage is not None and storage != existing.get("storage"):
-            raise ConfigError(f"{directory}: this sweep's study is in "
-                              f"{existing.get('storage') or 'its journal file'}, not {storage}")
-        return
+        existing = read_info(path)
+        _check_same_sweep(directory, existing, spec, ref.url, parse_storage(existing["storage"]))
+        return _extend_budget(directory, existing, spec, trials)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot create ({exc.strerror})") from None
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(json.dumps(info, indent=2) + "\n")
+    return info
 
 
-def _read_info(path: Path) -> dict:
-    for _ in range(50):        # another worker may be writing it this very moment
+def _budget(spec: SweepSpec, trials: int | None) -> int:
+    if trials is None:
+        return spec.trials
+    if spec.method == "grid":
+        raise ConfigError(f"--trials: a grid's budget is its size ({spec.trials})")
+    return trials
+
+
+def _check_same_sweep(directory: Path, info: dict, spec: SweepSpec, storage: str | None,
+                      ref: StorageRef) -> None:
+    identity = _without_budget(spec.identity())
+    recorded = _without_budget(info["spec"])
+    if identity != recorded:
+        changed = [k for k in identity if identity[k] != recorded.get(k)]
+        raise ConfigError(f"{directory}: this sweep was started with a different spec "
+                          f"(changed: {', '.join(changed) or 'spec'}); use a new --dir")
+    if storage is not None and parse_storage(storage).url != ref.url:
+        raise ConfigError(f"{directory}: this sweep's study is in {ref.shown}, not "
+                          f"{parse_storage(storage).shown}")
+
+
+def _extend_budget(directory: Path, info: dict, spec: SweepSpec, trials: int | None) -> dict:
+    """A larger budget (``--trials N``, or the spec's ``trials`` raised) extends the sweep; a
+    smaller one is refused, as trials already run cannot be unrun."""
+    wanted = _budget(spec, trials)
+    if trials is None and wanted < info["trials"]:
+        return info             # the spec file's budget, since extended by --trials
+    if wanted == info["trials"]:
+        return info
+    if wanted < info["trials"]:
+        raise ConfigError(f"{directory}: this sweep's budget is {info['trials']} trials; "
+                          f"it can be extended (--trials N above it), not reduced to {wanted}")
+    info = {**info, "trials": wanted}
+    atomic_write(directory / "sweep.json", (json.dumps(info, indent=2) + "\n").encode(),
+                 base=directory)
+    return info
+
+
+def _check_locks_dir(directory: Path) -> None:
+    """The journal's flock scheme needs DIR/locks as a folder it may write in: said at once,
+    not as a raw errno after a wait."""
+    locks = directory / "locks"
+    if locks.is_symlink() or not locks.is_dir():
+        raise ConfigError(f"{locks}: is not a folder (the sweep keeps its trial locks there); "
+                          f"move it away")
+    if not os.access(locks, os.W_OK | os.X_OK) or not os.access(directory, os.W_OK | os.X_OK):
+        raise ConfigError(f"{locks}: not writable (workers lock their trials there); a "
+                          f"read-only sweep can be read with `sweep status` and `sweep report --out`")
+
+
+def read_info(path: Path) -> dict:
+    """sweep.json, checked: any damage (not a mapping, a missing or edited field) is one line."""
+    for attempt in range(50):       # another worker may be writing it this very moment
         try:
-            info = json.loads(path.read_text(encoding="utf-8"))
-            if isinstance(info, dict):
-                return info
-        except (OSError, json.JSONDecodeError):
-            pass
-        time.sleep(0.1)
-    raise ConfigError(f"{path}: unreadable sweep file")
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            with os.fdopen(fd, "rb") as f:
+                raw = json.loads(f.read(1 << 20).decode("utf-8"))
+            break
+        except FileNotFoundError:
+            raise ConfigError(f"{path.parent}: not a sweep directory (no sweep.json)") from None
+        except OSError as exc:
+            raise ConfigError(f"{path}: unreadable ({exc.strerror})") from None
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            if attempt == 49:
+                raise ConfigError(f"{path}: unreadable sweep file ({exc})") from None
+            time.sleep(0.1)
+    problem = _info_problem(raw)
+    if problem:
+        raise ConfigError(f"{path}: damaged sweep file ({problem}); it is not safe to continue it")
+    return raw
 
 
-def make_storage(directory: Path, url: str | None):
-    if url:
-        return url
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
+def _info_problem(raw: Any) -> str | None:
+    from fmnist_mlp.sweep.spec import param_from_record
 
-    return JournalStorage(JournalFileBackend(str(directory / "study.journal")))
+    if not isinstance(raw, dict):
+        return f"expected a mapping, got {type(raw).__name__}"
+    name = raw.get("study_name")
+    if not isinstance(name, str) or not name or len(name) > 512:
+        return "no study_name"
+    trials = raw.get("trials")
+    if isinstance(trials, bool) or not isinstance(trials, int) or not 1 <= trials <= 10**6:
+        return "trials is not a whole number from 1 to 1000000"
+    if raw.get("storage") is not None and not isinstance(raw.get("storage"), str):
+        return "storage is not a URL"
+    spec = raw.get("spec")
+    if not isinstance(spec, dict) or not isinstance(spec.get("space"), dict) or not spec["space"]:
+        return "no search space"
+    if not isinstance(spec.get("base_config"), dict) or spec.get("metric") != "best_val_acc":
+        return "no base config or metric"
+    for key, entry in spec["space"].items():
+        try:
+            param_from_record(key, entry)
+        except ConfigError as exc:
+            return f"space: {exc}"
+    return None
 
 
 def make_sampler(spec: SweepSpec, salt: int):
     """A sampler seeded by the spec's seed and the trial count: reproducible, and workers that
     start together do not all draw the same first parameters."""
     optuna = import_optuna()
-    seed = spec.seed * 1_000_003 + salt
+    seed = (spec.seed * 1_000_003 + salt) % 2**32       # what the samplers' generators take
     if spec.method == "grid":
         grid = {p.key: p.encoded_choices() for p in spec.space}
         return _grid_sampler_class()(grid, seed=spec.seed)
@@ -202,7 +348,10 @@ def claim_lock(directory: Path, wait: float = CLAIM_WAIT_SECONDS) -> Iterator[No
     A dead holder's lock is released by the kernel; a live one that keeps it past ``wait``
     seconds is reported in one line rather than waited for forever."""
     path = directory / ".claim.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as exc:
+        raise FmnistMlpError(f"{path}: cannot open ({exc.strerror})") from None
     try:
         deadline = time.monotonic() + wait
         while True:
@@ -224,7 +373,11 @@ def claim_lock(directory: Path, wait: float = CLAIM_WAIT_SECONDS) -> Iterator[No
 def try_lock_trial(directory: Path, number: int) -> int | None:
     """An open, exclusively locked fd for trial ``number``'s lock file, or None if a live
     worker holds it. Closing the fd (or the process dying) releases it."""
-    fd = os.open(directory / "locks" / f"trial-{number}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    path = directory / "locks" / f"trial-{number}.lock"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as exc:
+        raise FmnistMlpError(f"{path}: cannot open ({exc.strerror})") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -233,7 +386,21 @@ def try_lock_trial(directory: Path, number: int) -> int | None:
     return fd
 
 
-def is_trial_held(directory: Path, number: int) -> bool:
+def is_trial_held(directory: Path, number: int, create: bool = True) -> bool:
+    """Whether a live worker holds trial ``number``. ``create`` False: read only (a missing lock
+    file was never held; a lock file opened read-only still takes a flock)."""
+    if not create:
+        try:
+            fd = os.open(directory / "locks" / f"trial-{number}.lock", os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
     fd = try_lock_trial(directory, number)
     if fd is None:
         return True

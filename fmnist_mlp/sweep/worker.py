@@ -1,8 +1,9 @@
 """A sweep worker: claims trials from the study one at a time and trains each as a run directory.
 
-A trial is claimed under the sweep's claim lock: first any RUNNING trial whose worker is gone
-(its trial lock is free: interrupted, killed, pre-empted), which is resumed from its last
-checkpoint; else a new trial while the budget lasts. The trial lock is held until the trial ends.
+A trial is claimed under the sweep's claim lock: first any RUNNING trial whose worker is gone,
+which is resumed from its last checkpoint as the same trial; else a new trial while the budget
+lasts. Whose worker is gone is told by the trial lock in DIR/locks (journal file, one machine)
+or by the trial's heartbeat in the database (ownership.py), which is then the only coordinator.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from typing import Any, Callable
 
 from fmnist_mlp.rundir import files as runs
 from fmnist_mlp.errors import TrainingDivergedError, TrainingInterrupted, TrainingPruned
-from fmnist_mlp.rundir.guard import RunLock
-from fmnist_mlp.sweep.spec import decode_params
+from fmnist_mlp.rundir import layout
+from fmnist_mlp.sweep import ownership
 from fmnist_mlp.sweep.study import (
     Sweep,
     claim_lock,
@@ -36,54 +37,145 @@ class Claim:
     trial_id: int
     params: dict[str, Any]
     run_dir: Path | None        # set when the trial is being resumed and had started a run
-    lock_fd: int
+    lock_fd: int | None         # journal: the trial's flock; database: None
+    owner: str | None = None    # database: this worker's token, recorded as the trial's owner
+
+
+WAIT = object()      # claim_next: nothing free now, but a running trial may yet be
+
+
+class TrialTakenOver(TrainingInterrupted):
+    """Another worker took this trial over (this one had stopped beating): stop, train nothing
+    more of it, tell the study nothing."""
+
+
+def timestamped(message: str) -> str:
+    """A log line as the Slurm logs of many nodes need it: time, host and process first."""
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')} {node_name()}[{os.getpid()}] {message}"
+
+
+def node_name() -> str:
+    """The Slurm node this runs on (several nodes may share one host), else the host name."""
+    return os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+
+
+def stderr_log(message: str) -> None:
+    print(timestamped(message), file=sys.stderr, flush=True)
 
 
 def run_worker(sweep: Sweep, data_dir: str | Path | None = None,
-               log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)) -> int:
+               log: Callable[[str], None] = stderr_log) -> int:
     """Train trials until the budget is spent; returns how many this worker trained."""
     sweep.study.pruner = make_pruner(sweep.spec)
-    done = 0
-    while (claim := claim_next(sweep)) is not None:
+    owner = ownership.new_owner_token()
+    done, waiting_said = 0, False
+    while (claim := claim_next(sweep, owner)) is not None:
+        if claim is WAIT:
+            if not waiting_said:
+                log("budget spent; waiting for the trials other workers train (one whose "
+                    "worker dies is taken over here)")
+                waiting_said = True
+            time.sleep(min(1.0, ownership.heartbeat_settings()[0]))
+            continue
         try:
-            train_trial(sweep, claim, data_dir, log)
+            if sweep.coordinated_by_database:
+                interval, _ = ownership.heartbeat_settings()
+                with ownership.Heartbeat(sweep.rdb, claim.trial_id, owner, interval) as beat:
+                    try:
+                        train_trial(sweep, claim, data_dir, log, beat)
+                    except TrainingInterrupted as exc:
+                        if not isinstance(exc, TrialTakenOver):
+                            ownership.release(sweep.rdb, claim.trial_id, owner)
+                        raise
+            else:
+                train_trial(sweep, claim, data_dir, log)
+        except TrialTakenOver as exc:
+            log(f"trial {claim.number}: {exc}")
+            continue
         finally:
-            os.close(claim.lock_fd)
+            if claim.lock_fd is not None:
+                os.close(claim.lock_fd)
         done += 1
     return done
 
 
-def claim_next(sweep: Sweep) -> Claim | None:
+def claim_next(sweep: Sweep, owner: str) -> Claim | object | None:
+    if sweep.coordinated_by_database:
+        return _claim_in_database(sweep, owner)
     optuna = import_optuna()
-    study, spec = sweep.study, sweep.spec
+    study = sweep.study
     with claim_lock(sweep.dir):
         trials = study.get_trials(deepcopy=False)
         for t in trials:
             if t.state == optuna.trial.TrialState.RUNNING:
                 fd = try_lock_trial(sweep.dir, t.number)
                 if fd is not None:          # its worker is gone: take it over
-                    run_dir = t.user_attrs.get("run_dir")
-                    return Claim(t.number, t._trial_id, decode_params(t.params, spec.space),
-                                 Path(run_dir) if run_dir else None, fd)
+                    return _resume_claim(sweep, t, fd, None)
         if len(trials) >= sweep.budget:
             return None
-        study.sampler = make_sampler(spec, len(trials))
-        trial = study.ask()
+        return _new_claim(sweep, len(trials), None)
+
+
+def _claim_in_database(sweep: Sweep, owner: str) -> Claim | object | None:
+    """Under the database's claim lock: a trial whose worker stopped beating (or died between
+    asking it and its first beat), else a new one while the budget lasts."""
+    optuna = import_optuna()
+    study, rdb = sweep.study, sweep.rdb
+    with ownership.claim_lock(rdb, study.study_name):
+        trials = study.get_trials(deepcopy=False)
+        running = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+        if running:
+            stale = ownership.stale_trial_ids(rdb, study._study_id)
+            beating = ownership.beating_trial_ids(rdb, study._study_id)
+            for t in running:
+                if ownership.is_free(t, stale, beating):
+                    ownership.take(rdb, t._trial_id, owner)
+                    return _resume_claim(sweep, t, None, owner)
+        if len(trials) < sweep.budget:
+            return _new_claim(sweep, len(trials), owner)
+        # Budget spent, but trials still run elsewhere: one of them may belong to a worker that
+        # just died, which only its silence will tell. Wait, then look again.
+        return WAIT if running else None
+
+
+def _new_claim(sweep: Sweep, count: int, owner: str | None) -> Claim:
+    study = sweep.study
+    study.sampler = make_sampler(sweep.spec, count)
+    trial = study.ask()
+    fd = None
+    if owner is None:
         fd = try_lock_trial(sweep.dir, trial.number)
         assert fd is not None, "a new trial's lock is free"      # we hold the claim lock
-        params = suggest(trial, spec)
-        return Claim(trial.number, trial._trial_id, params, None, fd)
+    else:
+        ownership.take(sweep.rdb, trial._trial_id, owner)
+    trial.set_user_attr("worker", _worker_id())
+    return Claim(trial.number, trial._trial_id, suggest(trial, sweep.spec), None, fd, owner)
+
+
+def _resume_claim(sweep: Sweep, frozen, fd: int | None, owner: str | None) -> Claim:
+    """A gone worker's trial, taken over: its parameters as stored (any it had not drawn yet,
+    drawn now), its run directory found under DIR/runs."""
+    optuna = import_optuna()
+    trial = optuna.trial.Trial(sweep.study, frozen._trial_id)
+    trial.set_user_attr("worker", _worker_id())
+    return Claim(frozen.number, frozen._trial_id, suggest(trial, sweep.spec),
+                 sweep.run_dir_of(frozen.user_attrs.get("run_dir")), fd, owner)
 
 
 class _ReportToTrial:
     """Training-loop callback: each epoch's validation accuracy goes to the study; when the
     pruner says so, the run stops as pruned."""
 
-    def __init__(self, trial):
+    def __init__(self, trial, beat: "ownership.Heartbeat | None" = None):
         self.trial = trial
+        self.beat = beat
 
     def on_epoch_start(self, epoch: int, num_batches: int) -> None:
-        pass
+        # Database: one read per epoch, so a worker that was stopped past the grace period
+        # (and lost its trial) trains no epoch of it after it wakes.
+        if self.beat is not None and not self.beat.check():
+            raise TrialTakenOver(f"taken over by another worker (this one stopped beating "
+                                 f"for longer than the grace period); left to it")
 
     def on_batch(self, batch: int, loss: float, acc: float) -> None:
         pass
@@ -95,13 +187,12 @@ class _ReportToTrial:
                                  f"(val acc {metrics['val_acc']:.4f} behind other trials)")
 
 
-def train_trial(sweep: Sweep, claim: Claim, data_dir, log) -> None:
+def train_trial(sweep: Sweep, claim: Claim, data_dir, log, beat=None) -> None:
     from fmnist_mlp.training.session import run_training
 
     optuna = import_optuna()
     study, n = sweep.study, claim.number
     trial = optuna.trial.Trial(study, claim.trial_id)
-    trial.set_user_attr("worker", _worker_id())
     ended = _already_ended(claim.run_dir)
     if ended is not None:            # its worker died between the run's end and telling the study
         _tell(study, n, ended, runs.read_summary(claim.run_dir), log)
@@ -114,22 +205,37 @@ def train_trial(sweep: Sweep, claim: Claim, data_dir, log) -> None:
     cfg = None if resume else sweep.spec.trial_config(claim.params)
     try:
         result = run_training(cfg, name=f"trial-{n:04d}", runs_dir=sweep.runs_dir,
-                              data_dir=data_dir, resume=resume, callback=_ReportToTrial(trial),
-                              on_run_dir=lambda d: trial.set_user_attr("run_dir", str(d)))
+                              data_dir=data_dir, resume=resume,
+                              callbacks=[_ReportToTrial(trial, beat)],
+                              # its name only: the sweep directory may be moved or mounted
+                              # elsewhere, and the run is always DIR/runs/<name>
+                              on_run_dir=lambda d: trial.set_user_attr("run_dir", Path(d).name))
+    except TrialTakenOver:
+        raise
     except TrainingPruned as exc:
-        _tell(study, n, "pruned", {"message": str(exc)}, log)
+        _tell(study, n, "pruned", {"message": str(exc)}, log, beat)
     except TrainingDivergedError as exc:
-        _tell(study, n, "failed", {"message": str(exc)}, log)
+        _tell(study, n, "failed", {"message": str(exc)}, log, beat)
     except TrainingInterrupted:
         log(f"trial {n}: interrupted; the same `sweep run` (or another worker) resumes it")
         raise
     else:
-        _tell(study, n, "finished", result.summary, log)
+        _tell(study, n, "finished", result.summary, log, beat)
 
 
-def _tell(study, number: int, status: str, summary: dict, log) -> None:
+def _tell(study, number: int, status: str, summary: dict, log, beat=None) -> None:
     optuna = import_optuna()
     TrialState = optuna.trial.TrialState
+    if beat is not None and not beat.check():
+        log(f"trial {number}: {status}, but another worker has taken it over; left to it")
+        return
+    try:
+        _tell_state(study, number, status, summary, log, TrialState)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        log(f"trial {number}: already ended in the study (another worker told it first)")
+
+
+def _tell_state(study, number, status, summary, log, TrialState) -> None:
     if status == "finished":
         study.tell(number, float(summary["best_val_acc"]))
         log(f"trial {number}: finished, best val acc {summary['best_val_acc']:.4f}")
@@ -149,7 +255,7 @@ def _already_ended(run_dir: Path | None) -> str | None:
 def _resumable(run_dir: Path | None) -> bool:
     """A run with a saved epoch. A run still marked running belongs to a worker that is gone
     (we hold its trial lock), so it is marked interrupted first, as it would have marked itself."""
-    if run_dir is None or not (run_dir / "checkpoints" / "last.npz").is_file():
+    if run_dir is None or not layout.last_checkpoint(run_dir).is_file():
         return False
     summary = runs.read_summary(run_dir)
     if summary.get("status") == "running":
@@ -158,8 +264,8 @@ def _resumable(run_dir: Path | None) -> bool:
     return True
 
 
-# A run's bookkeeping before its first checkpoint, its lock file (run_guard.RunLock) included.
-_UNSTARTED_FILES = {"config.yaml", "summary.json", "train.log", "metrics.jsonl", RunLock.NAME}
+# A run's bookkeeping before its first checkpoint, its lock file included.
+_UNSTARTED_FILES = layout.BOOKKEEPING
 
 
 def _discard_unstarted_run(run_dir: Path, runs_dir: Path, log) -> None:
@@ -169,15 +275,16 @@ def _discard_unstarted_run(run_dir: Path, runs_dir: Path, log) -> None:
     and an empty checkpoints folder), so each trial stays one run."""
     if run_dir.is_symlink() or not run_dir.is_dir() or run_dir.parent.resolve() != runs_dir.resolve():
         return
-    ckpt = run_dir / "checkpoints"
+    ckpt = run_dir / layout.CHECKPOINTS
     names = {p.name for p in run_dir.iterdir()}
-    if not names <= _UNSTARTED_FILES | {"checkpoints"}:
+    if not names <= _UNSTARTED_FILES | {layout.CHECKPOINTS}:
         return
-    if "checkpoints" in names and (ckpt.is_symlink() or not ckpt.is_dir() or any(ckpt.iterdir())):
+    if layout.CHECKPOINTS in names and (ckpt.is_symlink() or not ckpt.is_dir()
+                                        or any(ckpt.iterdir())):
         return
-    for name in names - {"checkpoints"}:
+    for name in names - {layout.CHECKPOINTS}:
         (run_dir / name).unlink()
-    if "checkpoints" in names:
+    if layout.CHECKPOINTS in names:
         ckpt.rmdir()
     run_dir.rmdir()
     log(f"removed {run_dir}: its trial stopped before its first epoch and starts over")
@@ -185,7 +292,7 @@ def _discard_unstarted_run(run_dir: Path, runs_dir: Path, log) -> None:
 
 def _worker_id() -> str:
     slurm = os.environ.get("SLURM_ARRAY_JOB_ID")
-    where = f"{socket.gethostname()}:{os.getpid()}"
+    where = f"{node_name()}:{os.getpid()}"
     if slurm:
         where += f" slurm {slurm}_{os.environ.get('SLURM_ARRAY_TASK_ID', '')}"
     return where

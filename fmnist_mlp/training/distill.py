@@ -1,4 +1,7 @@
-"""Knowledge distillation's soft targets (Hinton, Vinyals & Dean 2015), as pure functions.
+"""Knowledge distillation's soft targets (Hinton, Vinyals & Dean 2015): what a student learns from.
+
+:func:`distill_targets` loads the teachers and makes a run's targets; the arithmetic under it is
+pure functions (:func:`soften`, :func:`mean_softened`, :func:`mix_targets`).
 
 A student learns from ``target = (1 − w)·labels + w·teachers``: ``labels`` the (smoothed) one-hot
 rows, ``teachers`` the mean over teachers of each one's probabilities softened by a temperature
@@ -17,9 +20,14 @@ other remedy is cross-fitting: each teacher leaves a part of the training rows o
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+
+from fmnist_mlp.config.plan import row_kwargs
+from fmnist_mlp.config.schema import Config
+from fmnist_mlp.errors import CheckpointError, ConfigError
 
 
 def soften(probs: np.ndarray, temperature: float) -> np.ndarray:
@@ -90,3 +98,82 @@ class ConsistentTeachers:
             seen = x if (scale, shift) == (1.0, 0.0) else x * scale + shift
             probs.append(teacher.forward(seen.astype(teacher.dtype, copy=False)))
         return mix_targets(labels, mean_softened(probs, self.temperature), self.weight, x.dtype)
+
+
+def distill_targets(cfg: Config, splits, data_dir: str | Path | None = None):
+    """What the student learns from, as ``(targets, teacher)`` for the loop's ``LoopData``.
+
+    Teachers scored once (the default): ``targets`` (N_train, K), the (smoothed) one-hot labels
+    mixed with the teachers' averaged, temperature-softened probabilities (``cfg.distill``), each
+    teacher scoring the images as ``eval`` would (its flip averaging too); ``teacher`` None.
+    ``distill.consistent``: ``targets`` None and ``teacher`` a :class:`ConsistentTeachers` that
+    scores every batch as the student sees it.
+
+    Each teacher is its best checkpoint. Its inputs are the student's, re-normalised with the
+    teacher's own mean and std (from its checkpoint's metadata;
+    :func:`fmnist_mlp.rundir.trained.load_trained` recomputes them only for checkpoints older
+    than that metadata).
+    """
+    from fmnist_mlp.nn.losses import one_hot_targets
+    from fmnist_mlp.rundir.trained import load_trained
+
+    d = cfg.distill
+    teachers = [load_trained(run, data_dir) for run in d.teachers]
+    # x·std + mean is x/255 again; a teacher normalises that with its own mean and std.
+    input_maps = [(splits.std / t.std, (splits.mean - t.mean) / t.std) for t in teachers]
+    check_teachers_fit(d.teachers, [t.model for t in teachers], splits.train.x[:1])
+    check_teacher_outputs(d.teachers, [t.model for t in teachers], cfg.model.output)
+    if d.consistent:
+        folded = [str(run) for run, t in zip(d.teachers, teachers) if t.cfg.data.fold is not None]
+        if folded:
+            raise ConfigError(f"distill.consistent: scores every batch with all teachers, which "
+                              f"cross-fitted ones (data.fold) cannot: {', '.join(folded)}")
+        return None, ConsistentTeachers([t.model for t in teachers], input_maps, d.weight,
+                                        d.temperature)
+    probs = []
+    for teacher, (scale, shift) in zip(teachers, input_maps):
+        x = (splits.train.x * scale + shift).astype(teacher.model.dtype, copy=False)
+        probs.append(teacher.scorer.forward(x))
+    labels = one_hot_targets(splits.train.y, probs[0].shape[1], cfg.loss.label_smoothing,
+                             np.float64)
+    unseen = unseen_rows(cfg, [t.cfg for t in teachers], data_dir)
+    return mix_targets(labels, mean_softened(probs, d.temperature, unseen), d.weight,
+                       splits.train.x.dtype), None
+
+
+def unseen_rows(cfg: Config, teacher_configs: Sequence[Config], data_dir) -> list[np.ndarray]:
+    """Per teacher, which of the student's training rows it did not train on: (N_train,) bools.
+    Rows are redrawn from each run's config, as ``make_splits`` drew them."""
+    from fmnist_mlp.data import load_raw, split_rows
+
+    labels = load_raw(data_dir, progress=False).train_labels
+    student_rows, _ = split_rows(labels, **row_kwargs(cfg))
+    return [~np.isin(student_rows, split_rows(labels, **row_kwargs(c))[0], assume_unique=True)
+            for c in teacher_configs]
+
+
+def check_teachers_fit(runs_given, models, x: np.ndarray) -> None:
+    """Each teacher must take the student's images and score its classes: one line if not."""
+    from fmnist_mlp.data.facts import NUM_CLASSES
+
+    for run, model in zip(runs_given, models):
+        try:
+            out = model.forward(x.astype(model.dtype))
+        except ValueError as exc:
+            raise CheckpointError(f"distill.teachers: {run}: cannot score the student's images "
+                                  f"({exc})") from None
+        if out.shape[1] != NUM_CLASSES:
+            raise CheckpointError(f"distill.teachers: {run}: scores {out.shape[1]} classes, "
+                                  f"not the dataset's {NUM_CLASSES}")
+
+
+def check_teacher_outputs(runs_given, models, student_output: str) -> None:
+    """Teachers' outputs are mixed into the student's targets as probabilities of its own output
+    units, so they must share them (as an ensemble's runs must): a sigmoid teacher's scores are
+    not a softmax student's distribution. ConfigError (exit 2) naming the teacher if not."""
+    for run, model in zip(runs_given, models):
+        output = model.spec()["output"]
+        if output != student_output:
+            raise ConfigError(f"distill.teachers: {run}: model.output is {output}, the student's "
+                              f"is {student_output}; a teacher must share the student's output "
+                              f"units (as an ensemble's runs must)")

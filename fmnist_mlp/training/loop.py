@@ -1,7 +1,9 @@
 """The training loop: :func:`fit` runs epochs of minibatch steps, each scored on validation.
 
-No I/O and no printing here: everything observable goes through a :class:`Callback`, so the same
-loop serves the CLI (progress bars, run directories) and the tests.
+It takes a few objects: the engine (model, optimiser, learning rate per step), the data, the
+settings, the random streams and a list of callbacks. No I/O and no printing here: everything
+observable goes to the callbacks (:mod:`fmnist_mlp.training.callbacks`), so the same loop serves
+the CLI (progress bars, run directories), sweeps and the tests.
 """
 
 from __future__ import annotations
@@ -9,13 +11,15 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
+from fmnist_mlp.config.plan import LoopSettings
 from fmnist_mlp.data.augment import Augmenter, mixup
 from fmnist_mlp.errors import TrainingDivergedError, TrainingInterrupted
 from fmnist_mlp.nn.losses import one_hot_targets
+from fmnist_mlp.training.callbacks import CallbackList, EarlyStopping
 
 
 @dataclass
@@ -33,64 +37,52 @@ class TrainState:
         return dict(self.__dict__)
 
 
-class Callback(Protocol):
-    def on_epoch_start(self, epoch: int, num_batches: int) -> None: ...
-
-    def on_batch(self, batch: int, loss: float, acc: float) -> None:
-        """After batch ``batch`` (1-based) with the running mean loss and accuracy so far."""
-
-    def on_epoch_end(self, metrics: dict[str, float], state: TrainState, is_best: bool) -> None: ...
-
-
-class NullCallback:
-    def on_epoch_start(self, epoch: int, num_batches: int) -> None:
-        pass
-
-    def on_batch(self, batch: int, loss: float, acc: float) -> None:
-        pass
-
-    def on_epoch_end(self, metrics: dict[str, float], state: TrainState, is_best: bool) -> None:
-        pass
-
-
-@dataclass
-class LoopSettings:
-    epochs: int
-    batch_size: int
-    eval_batch_size: int = 2000
-    patience: int | None = None     # early stopping: epochs without val-accuracy improvement
-    mixup: float = 0.0              # mixup's α; 0 = off
-
-
 # A teacher for the batch at hand: (augmented batch (B, D), its label targets (B, K)) -> targets.
 Teacher = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
-def fit(model: Any, optimizer: Any, lr_at: Callable[[int], float],
-        x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
-        settings: LoopSettings, rngs: Mapping[str, np.random.Generator],
-        augment: Augmenter | None = None,
-        state: TrainState | None = None, callback: Callback | None = None,
-        targets: np.ndarray | None = None, teacher: Teacher | None = None) -> TrainState:
+@dataclass
+class LoopData:
+    """What the loop learns from and is validated on.
+
+    x_train: (N, 784) C-contiguous, the model's dtype; y_train: (N,) int; x_val, y_val likewise.
+    ``targets``: optional (N, K) rows that replace the one-hot labels in the loss (distillation
+    from teachers scored once); ``teacher`` instead makes each batch's targets from the batch
+    itself, after augmentation and mixup (:class:`fmnist_mlp.training.distill.ConsistentTeachers`);
+    ``augment`` changes each training batch in place (:mod:`fmnist_mlp.data.augment`).
+    """
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    targets: np.ndarray | None = None
+    teacher: Teacher | None = None
+    augment: Augmenter | None = None
+
+
+def fit(engine: Any, data: LoopData, settings: LoopSettings,
+        rngs: Mapping[str, np.random.Generator], state: TrainState | None = None,
+        callbacks: Iterable[Any] = ()) -> TrainState:
     """Train from ``state`` (a fresh one by default) until ``settings.epochs`` are done.
 
-    x_train: (N, 784) C-contiguous, the model's dtype; y_train: (N,) int; ``targets``: optional
-    (N, K) rows that replace the one-hot labels in the loss (distillation from teachers scored
-    once); ``teacher`` instead makes each batch's targets from the batch itself, after
-    augmentation and mixup (:class:`fmnist_mlp.training.distill.ConsistentTeachers`). ``rngs`` holds the
-    ``shuffle``, ``dropout`` and ``augment`` generators. Raises :class:`TrainingInterrupted` on
-    Ctrl-C (the callback's last ``on_epoch_end`` describes the state to save) and
-    :class:`TrainingDivergedError` when a loss becomes NaN or infinite. Validation scores the
-    model on single images (``model.evaluate``): test-time flips, where configured, apply to the
-    final test score, not to choosing the best epoch.
+    ``engine`` has ``model``, ``optimizer`` and ``lr_at(step)`` (:func:`fmnist_mlp.config.plan.build`
+    makes one); ``rngs`` holds the ``shuffle``, ``dropout`` and ``augment`` generators;
+    ``callbacks`` hear every event, after early stopping (``settings.patience``), which is one
+    of them. Raises :class:`TrainingInterrupted` on Ctrl-C (the callbacks' last ``on_epoch_end``
+    describes the state to save) and :class:`TrainingDivergedError` when a loss becomes NaN or
+    infinite. Validation scores the model on single images (``model.evaluate``): test-time
+    flips, where configured, apply to the final test score, not to choosing the best epoch.
     """
     state = state or TrainState()
-    callback = callback or NullCallback()
+    stopping = [EarlyStopping(settings.patience)] if settings.patience is not None else []
+    listeners = CallbackList([*stopping, *callbacks])
+    listeners.on_train_start(settings, state)
     try:
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             # Overflow warnings only precede the NaN/inf loss _check_finite reports in one line.
-            _run_epochs(model, optimizer, lr_at, x_train, y_train, x_val, y_val, settings,
-                        rngs, augment, state, callback, targets, teacher)
+            while state.epoch < settings.epochs and not state.early_stopped:
+                _one_epoch(engine, data, settings, rngs, state, listeners)
     except KeyboardInterrupt:
         when = (f"during epoch {state.epoch + 1}" if state.epoch < settings.epochs
                 and not state.early_stopped else f"after epoch {state.epoch}")
@@ -98,26 +90,28 @@ def fit(model: Any, optimizer: Any, lr_at: Callable[[int], float],
     return state
 
 
-def _run_epochs(model, optimizer, lr_at, x_train, y_train, x_val, y_val, settings, rngs,
-                augment, state, callback, targets=None, teacher=None) -> None:
-    while state.epoch < settings.epochs and not state.early_stopped:
-        train_metrics = _train_one_epoch(model, optimizer, lr_at, x_train, y_train, settings,
-                                         rngs, augment, state, callback, targets, teacher)
-        t0 = time.perf_counter()
-        val_loss, val_acc = model.evaluate(x_val, y_val, batch_size=settings.eval_batch_size)
-        _check_finite(val_loss, f"validation loss after epoch {state.epoch + 1}",
-                      train_metrics["lr"])
-        metrics = {"epoch": train_metrics["epoch"], "train_loss": train_metrics["train_loss"],
-                   "train_acc": train_metrics["train_acc"], "val_loss": float(val_loss),
-                   "val_acc": float(val_acc), "lr": train_metrics["lr"],
-                   "epoch_time": train_metrics["train_time"] + time.perf_counter() - t0,
-                   "samples_per_sec": train_metrics["samples_per_sec"]}
-        is_best = _advance(state, metrics, settings.patience)
-        callback.on_epoch_end(metrics, state, is_best)
+def _one_epoch(engine, data: LoopData, settings: LoopSettings, rngs, state: TrainState,
+               listeners: CallbackList) -> None:
+    """Train one epoch, score it on validation, count it and tell the callbacks."""
+    train_metrics = _train_one_epoch(engine, data, settings, rngs, state, listeners)
+    t0 = time.perf_counter()
+    val_loss, val_acc = engine.model.evaluate(data.x_val, data.y_val,
+                                              batch_size=settings.eval_batch_size)
+    _check_finite(val_loss, f"validation loss after epoch {state.epoch + 1}", train_metrics["lr"])
+    metrics = {"epoch": train_metrics["epoch"], "train_loss": train_metrics["train_loss"],
+               "train_acc": train_metrics["train_acc"], "val_loss": float(val_loss),
+               "val_acc": float(val_acc), "lr": train_metrics["lr"],
+               "epoch_time": train_metrics["train_time"] + time.perf_counter() - t0,
+               "samples_per_sec": train_metrics["samples_per_sec"]}
+    is_best = _advance(state, metrics)
+    listeners.on_epoch_end(metrics, state, is_best)
 
 
-def _train_one_epoch(model, optimizer, lr_at, x, y, settings, rngs, augment, state, callback,
-                     targets=None, teacher=None):
+def _train_one_epoch(engine, data: LoopData, settings: LoopSettings, rngs, state: TrainState,
+                     callback: CallbackList) -> dict[str, float]:
+    model, optimizer, lr_at = engine.model, engine.optimizer, engine.lr_at
+    x, y, targets = data.x_train, data.y_train, data.targets
+    augment, teacher = data.augment, data.teacher
     n = x.shape[0]
     batch_size = min(settings.batch_size, n)
     num_batches = -(-n // batch_size)
@@ -179,7 +173,7 @@ def _check_finite(value: float, what: str, lr: float) -> None:
                                     f"learning rate (optimizer.lr, last used {lr:g})")
 
 
-def _advance(state: TrainState, metrics: Mapping[str, float], patience: int | None) -> bool:
+def _advance(state: TrainState, metrics: Mapping[str, float]) -> bool:
     """Count the finished epoch; return whether it is the best so far by validation accuracy."""
     state.epoch += 1
     is_best = metrics["val_acc"] > state.best_val_acc
@@ -187,6 +181,4 @@ def _advance(state: TrainState, metrics: Mapping[str, float], patience: int | No
         state.best_val_acc, state.best_epoch, state.stale_epochs = metrics["val_acc"], state.epoch, 0
     else:
         state.stale_epochs += 1
-        if patience is not None and state.stale_epochs >= patience:
-            state.early_stopped = True
     return is_best

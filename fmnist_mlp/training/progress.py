@@ -10,16 +10,22 @@ import sys
 import time
 from typing import Any, Mapping, TextIO
 
+from fmnist_mlp.rundir.files import format_epoch
+
 
 class ProgressReporter:
-    """A training-loop callback (see :class:`fmnist_mlp.training.loop.Callback`) that draws progress."""
+    """A training-loop callback (:mod:`fmnist_mlp.training.callbacks`) that draws progress."""
 
-    def __init__(self, total_epochs: int, quiet: bool = False, stream: TextIO | None = None):
+    def __init__(self, total_epochs: int | None = None, quiet: bool = False,
+                 stream: TextIO | None = None):
         self.stream = stream or sys.stderr
-        self.total_epochs = total_epochs
+        self.total_epochs = total_epochs      # None: learnt from the loop's settings at the start
         self.use_bars = not quiet and _isatty(self.stream)
         self._bar: Any = None
         self._next_postfix = 0.0
+
+    def on_train_start(self, settings: Any, state: Any) -> None:
+        self.total_epochs = settings.epochs
 
     def on_epoch_start(self, epoch: int, num_batches: int) -> None:
         if self.use_bars:
@@ -49,17 +55,6 @@ class ProgressReporter:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
-
-
-def format_epoch(m: Mapping[str, float], total_epochs: int, is_best: bool = False) -> str:
-    """The one per-epoch line, printed on stderr and written to the run's train.log; ``*`` marks
-    the best epoch so far by validation accuracy."""
-    width = len(str(total_epochs))
-    return (f"epoch {m['epoch']:>{width}}/{total_epochs}  "
-            f"train loss {m['train_loss']:.4f} acc {m['train_acc']:.4f}  "
-            f"val loss {m['val_loss']:.4f} acc {m['val_acc']:.4f}  "
-            f"lr {m['lr']:.3g}  {m['epoch_time']:.1f}s  {m['samples_per_sec']:,.0f}/s"
-            + ("  *" if is_best else ""))
 
 
 def _isatty(stream: TextIO) -> bool:

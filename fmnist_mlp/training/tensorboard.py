@@ -15,9 +15,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from fmnist_mlp.errors import ConfigError
+from fmnist_mlp.data.facts import IMAGE_SIDE
+from fmnist_mlp.errors import require_extra
 
-MISSING_TENSORBOARDX = "install tensorboardX: pip install -e '.[tensorboard]'"
 HISTOGRAM_EVERY = 5             # histograms cost a norm per batch: not every epoch
 MAX_WEIGHT_MAPS = 64            # an 8×8 grid of first-layer units
 SCALARS = {"loss/train": "train_loss", "loss/val": "val_loss", "accuracy/train": "train_acc",
@@ -26,19 +26,12 @@ SCALARS = {"loss/train": "train_loss", "loss/val": "val_loss", "accuracy/train":
 FINAL_METRICS = ("best_val_acc", "test_acc", "test_loss")
 
 
-def require_tensorboardx() -> None:
-    try:
-        import tensorboardX  # noqa: F401
-    except ImportError:
-        raise ConfigError(MISSING_TENSORBOARDX) from None
-
-
 class TensorBoardLogger:
-    """A training callback (on_epoch_start / on_batch / on_epoch_end) plus :meth:`finish`."""
+    """A training callback (on_epoch_start / on_batch / on_epoch_end / on_train_end)."""
 
     def __init__(self, run_dir: Path, model: Any, config: Mapping[str, Any], epochs: int,
                  purge_step: int | None = None) -> None:
-        require_tensorboardx()
+        require_extra("tensorboardX", "tensorboard")
         from tensorboardX import SummaryWriter
 
         # Event files are named by the second they were opened in; a resumed run can open its
@@ -76,6 +69,13 @@ class TensorBoardLogger:
             self.grad_norms = None
         self.writer.flush()
 
+    def on_train_end(self, summary: Mapping[str, Any] | None) -> None:
+        """The run ended: finished (``summary``) writes the final pictures; else just close."""
+        if summary is None:
+            self.close()
+        else:
+            self.finish(summary)
+
     def finish(self, summary: Mapping[str, Any]) -> None:
         """First-layer weight maps, hyperparameters and final metrics; closes the files."""
         step = int(summary.get("epochs_completed") or 0)
@@ -104,13 +104,13 @@ class TensorBoardLogger:
 def hparam_values(config: Mapping[str, Any]) -> dict[str, Any]:
     """The config flattened to dotted keys with values HParams can show (lists and None as
     text)."""
-    from fmnist_mlp.config.schema import flatten
+    from fmnist_mlp.config.load import flatten
 
     return {key: value if isinstance(value, (bool, int, float, str)) else str(value)
             for key, value in flatten(config).items()}
 
 
-def weight_maps(W: np.ndarray, side: int = 28) -> np.ndarray:
+def weight_maps(W: np.ndarray, side: int = IMAGE_SIDE) -> np.ndarray:
     """(side², H) first-layer weights -> one (rows·(side+1)−1, cols·(side+1)−1) image in [0, 1]:
     up to MAX_WEIGHT_MAPS units as side×side maps, each scaled to its own range."""
     count = min(W.shape[1], MAX_WEIGHT_MAPS)

@@ -1,0 +1,127 @@
+"""Reading a config: a YAML file plus ``--set`` overrides, checked once into a :class:`Config`;
+and writing one back (the resolved YAML every run directory keeps).
+
+A command reads its config here once and passes the :class:`Config` down; everything after that
+takes the checked object, never the file or a dict again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+from fmnist_mlp.config.schema import Config
+from fmnist_mlp.config.validate import config_from_dict, type_name
+from fmnist_mlp.errors import ConfigError
+
+
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:
+    """Read a YAML file (or start from the defaults when ``path`` is None), apply ``--set``
+    overrides (``"optimizer.lr=0.01"``, values parsed as YAML) and validate the result."""
+    raw: dict = {}
+    if path is not None:
+        raw = _read_yaml(Path(path))
+    overrides = list(overrides)
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_dotted(raw, key, value)
+    return config_from_dict(raw, source=_source_label(path, overrides))
+
+
+def _source_label(path: str | Path | None, overrides: list[str]) -> str:
+    parts = [str(path)] if path is not None else []
+    if overrides:
+        parts.append("--set")
+    return " + ".join(parts) or "config"
+
+
+def _read_yaml(path: Path) -> dict:
+    """A config file: a regular file of at most 1 MB (not /dev/zero, not a FIFO), strict YAML."""
+    from fmnist_mlp.io.yaml_file import load_yaml_file
+
+    data = load_yaml_file(path, "config file")
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level, "
+                          f"got {type_name(data)}")
+    return data
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"model.hidden=[512,256]"`` -> ``("model.hidden", [512, 256])`` (value parsed as YAML)."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set {item!r}: expected KEY.PATH=VALUE, e.g. optimizer.lr=0.01")
+    from fmnist_mlp.io.yaml_file import MAX_VALUE_CHARS, load_yaml
+
+    if len(text) > MAX_VALUE_CHARS:
+        raise ConfigError(f"--set {key}: value of {len(text)} characters is too long "
+                          f"(limit {MAX_VALUE_CHARS})")
+    try:
+        value = load_yaml(text, f"--set {key}") if text.strip() else ""
+    except ConfigError as exc:
+        why = str(exc).split(": ", 1)[-1]
+        raise ConfigError(f"--set {key}: cannot parse value {text[:80]!r} as YAML ({why})") from None
+    return key, value
+
+
+def _set_dotted(raw: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    if any(not p for p in parts):
+        raise ConfigError(f"--set {key}: empty component in key path")
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"{'.'.join(parts[:i + 1])}: is a value, not a section "
+                              f"(cannot set {key})")
+        node = child
+    node[parts[-1]] = value
+
+
+# ---------------------------------------------------------------------------------------------
+# Output
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """Plain nested dict (tuples become lists) — what YAML, JSON and ``MLP.from_config`` take."""
+
+    def plain(value: Any) -> Any:
+        if dataclasses.is_dataclass(value):
+            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, tuple):
+            return [plain(v) for v in value]
+        return value
+
+    return plain(cfg)
+
+
+def dump_config(cfg: Config) -> str:
+    """The resolved config as YAML text, every key present, in schema order."""
+    return yaml.dump(config_to_dict(cfg), Dumper=_FlowListDumper, sort_keys=False)
+
+
+class _FlowListDumper(yaml.SafeDumper):
+    """Block-style sections with flow-style lists: ``hidden: [256, 128]`` reads best."""
+
+
+_FlowListDumper.add_representer(
+    list, lambda dumper, data: dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=True))
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"optimizer": {"lr": 0.1}}`` -> ``{"optimizer.lr": 0.1}`` (lists kept as values)."""
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        if isinstance(value, Mapping):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out

@@ -1,0 +1,377 @@
+"""Where a sweep's study lives: the ``--storage`` URL checked (and its server reached) before
+anything is created, and the storage objects for workers and for read-only readers.
+
+Kinds, and what coordinates the workers with each (see docs/many-machines.md):
+
+- ``journal``: Optuna's journal file, DIR/study.journal by default (or a path given as
+  ``--storage``). One machine: trials are claimed and held with ``flock`` in DIR (study.py).
+- ``database``: ``postgresql://``, ``mysql://`` (with a driver installed), ``sqlite:///``. The
+  database is the only coordinator: a claim lock in the database, a heartbeat per trial
+  (ownership.py). DIR needs ordinary reads and writes only.
+- ``grpc``: Optuna's gRPC storage proxy (``grpc://host:port``) and ``redis``: Optuna's Redis
+  journal: recognised and refused in one line, since they offer neither a lock nor trial
+  heartbeats to claim trials by; workers are pointed at the database itself.
+
+Every problem is one :class:`ConfigError` line naming the URL (its password hidden), the host
+and port, or the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fmnist_mlp.errors import ConfigError, FmnistMlpError
+from fmnist_mlp.io.lock import FileLock
+from fmnist_mlp.io.printable import printable
+
+DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "grpc": 13000, "redis": 6379}
+DRIVER_HINTS = {"postgresql": "pip install -e '.[sweep]' (installs psycopg)",
+                "mysql": "pip install mysqlclient, or PyMySQL with a mysql+pymysql:// URL"}
+CONNECT_TIMEOUT = 5         # seconds: a server that does not answer is one line, not a hang
+JOURNAL_LOCK_WAIT = 600.0   # a journal append takes milliseconds; this long means a stuck holder
+MAX_JOURNAL_LINE = 1 << 20
+
+
+@dataclass(frozen=True)
+class StorageRef:
+    url: str | None         # as recorded in sweep.json (None: DIR/study.journal)
+    kind: str               # journal | database | grpc | redis
+    shown: str              # for messages: the URL with its password hidden, or the file
+
+    @property
+    def is_database(self) -> bool:
+        return self.kind == "database"
+
+
+def parse_storage(url: str | None) -> StorageRef:
+    """Classify ``--storage``; a malformed URL or a missing driver is one line."""
+    if url is None:
+        return StorageRef(None, "journal", "DIR/study.journal")
+    if not isinstance(url, str) or not url.strip() or any(ord(c) < 32 for c in url):
+        raise ConfigError(f"--storage {printable(repr(url))}: expected a URL or a journal file path")
+    if "://" not in url:
+        path = Path(url).expanduser().absolute()
+        return StorageRef(str(path), "journal", str(path))
+    scheme = url.split("://", 1)[0].lower()
+    if scheme == "grpc":
+        host, port = _host_port(url, "grpc")
+        return StorageRef(url, "grpc", f"grpc://{host}:{port}")
+    if scheme in ("redis", "rediss"):
+        return StorageRef(url, "redis", _hide_password(url))
+    import sqlalchemy
+
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except (sqlalchemy.exc.ArgumentError, ValueError) as exc:
+        raise ConfigError(f"--storage {printable(_hide_password(url))}: not a storage URL "
+                          f"({printable(exc)})") from None
+    backend = parsed.get_backend_name()
+    shown = parsed.render_as_string(hide_password=True)
+    if backend not in ("postgresql", "mysql", "sqlite"):
+        raise ConfigError(f"--storage {printable(shown)}: unknown kind {backend!r}; expected "
+                          f"postgresql://, mysql://, sqlite:///, grpc://, redis:// or a journal "
+                          f"file path")
+    if backend == "sqlite":
+        database = parsed.database
+        if not database or database == ":memory:":
+            raise ConfigError(f"--storage {printable(shown)}: an in-memory database is not shared "
+                              f"by workers; name a file (sqlite:///path/study.db)")
+        path = Path(database).expanduser().absolute()
+        url = str(parsed.set(database=str(path)).render_as_string(hide_password=False))
+        shown = f"sqlite:///{path}"
+    return StorageRef(url, "database", printable(shown))
+
+
+def _hide_password(url: str) -> str:
+    scheme, _, rest = url.partition("://")
+    auth, at, host = rest.rpartition("@")
+    if at and ":" in auth:
+        auth = auth.split(":", 1)[0] + ":***"
+    return f"{scheme}://{auth}{at}{host}"
+
+
+def _host_port(url: str, scheme: str) -> tuple[str, int]:
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port or DEFAULT_PORTS[scheme]
+    except ValueError as exc:
+        raise ConfigError(f"--storage {printable(url)}: {printable(exc)}") from None
+    if not host:
+        raise ConfigError(f"--storage {printable(url)}: expected {scheme}://host:port")
+    return host, port
+
+
+def where_of(ref: StorageRef) -> str:
+    """``host:port`` of a server (for messages), or the file."""
+    if ref.kind == "database" and not ref.url.startswith("sqlite"):
+        import sqlalchemy
+
+        u = sqlalchemy.engine.make_url(ref.url)
+        return f"{u.host or 'localhost'}:{u.port or DEFAULT_PORTS[u.get_backend_name()]}"
+    if ref.kind in ("grpc", "redis"):
+        return "%s:%d" % _host_port(ref.url.replace("rediss://", "redis://"), "grpc"
+                                    if ref.kind == "grpc" else "redis")
+    return ref.shown
+
+
+def check_reachable(ref: StorageRef) -> None:
+    """Connect once (before DIR is created): a refused connection, a missing database or driver,
+    a sqlite file whose folder is missing, each is one line naming host and port."""
+    if ref.kind == "journal":
+        if ref.url is not None and not Path(ref.url).parent.is_dir():
+            raise ConfigError(f"--storage {ref.shown}: folder {Path(ref.url).parent} not found")
+        return
+    if ref.kind == "grpc":
+        _grpc_proxy(ref)
+        return
+    if ref.kind == "redis":
+        _redis_backend(ref)
+        return
+    engine = _engine(ref)
+    try:
+        with engine.connect():
+            pass
+    except Exception as exc:    # the DBAPI's own error classes differ per driver
+        raise _connect_error(ref, exc) from None
+    finally:
+        engine.dispose()
+
+
+def _engine(ref: StorageRef):
+    import sqlalchemy
+
+    if ref.url.startswith("sqlite"):
+        folder = Path(sqlalchemy.engine.make_url(ref.url).database).parent
+        if not folder.is_dir():
+            raise ConfigError(f"--storage {ref.shown}: folder {folder} not found")
+    try:
+        return sqlalchemy.create_engine(ref.url, **engine_kwargs(ref))
+    except ImportError as exc:
+        backend = ref.url.split(":", 1)[0].split("+")[0]
+        raise ConfigError(f"--storage {ref.shown}: no database driver ({printable(exc)}); "
+                          f"{DRIVER_HINTS.get(backend, 'install its driver')}") from None
+    except Exception as exc:
+        raise ConfigError(f"--storage {ref.shown}: {printable(exc)}") from None
+
+
+def engine_kwargs(ref: StorageRef) -> dict[str, Any]:
+    if ref.url.startswith("sqlite"):
+        return {"connect_args": {"timeout": 30}}
+    return {"connect_args": {"connect_timeout": CONNECT_TIMEOUT}, "pool_pre_ping": True}
+
+
+def _connect_error(ref: StorageRef, exc: Exception) -> ConfigError:
+    orig = getattr(exc, "orig", None) or exc
+    lines = [ln.strip() for ln in str(orig).splitlines() if ln.strip()]
+    reason = lines[0] if lines else type(orig).__name__
+    if ref.url.startswith("sqlite"):
+        return ConfigError(f"--storage {ref.shown}: cannot open ({printable(reason)[:200]})")
+    return ConfigError(f"--storage {ref.shown}: cannot connect to the database server at "
+                       f"{where_of(ref)} ({printable(reason)[:200]})")
+
+
+def _grpc_proxy(ref: StorageRef):
+    from optuna.storages import GrpcStorageProxy
+
+    host, port = _host_port(ref.url, "grpc")
+    proxy = GrpcStorageProxy(host=host, port=port)
+    try:
+        proxy.wait_server_ready(timeout=CONNECT_TIMEOUT)
+    except ConnectionError:
+        raise ConfigError(f"--storage {ref.shown}: no Optuna gRPC storage proxy answers at "
+                          f"{host}:{port} (waited {CONNECT_TIMEOUT} s)") from None
+    return proxy
+
+
+def _redis_backend(ref: StorageRef):
+    try:
+        import redis  # noqa: F401
+    except ImportError:
+        raise ConfigError(f"--storage {ref.shown}: Optuna's Redis journal needs the redis "
+                          f"package (pip install redis)") from None
+    from optuna.storages.journal import JournalRedisBackend
+
+    try:
+        backend = JournalRedisBackend(ref.url)
+        backend._redis.ping()
+    except Exception as exc:
+        raise ConfigError(f"--storage {ref.shown}: cannot connect to Redis at {where_of(ref)} "
+                          f"({printable(exc)[:200]})") from None
+    return backend
+
+
+def refuse_for_workers(ref: StorageRef) -> None:
+    """Workers need a claim lock and trial heartbeats: a journal file (one machine) or a
+    database (many). The proxies have neither."""
+    if ref.kind in ("grpc", "redis"):
+        raise ConfigError(f"--storage {ref.shown}: sweep workers need the database itself "
+                          f"(postgresql://, mysql://, sqlite:///) or a journal file: this "
+                          f"storage offers no lock or heartbeat to claim trials by")
+
+
+def make_storage(ref: StorageRef, directory: Path, *, read_only: bool,
+                 heartbeat: tuple[int, int] | None = None):
+    """The Optuna storage object. ``heartbeat``: (interval, grace) seconds, databases only."""
+    if ref.kind == "grpc":
+        return _grpc_proxy(ref)
+    if ref.kind == "redis":
+        from optuna.storages import JournalStorage
+
+        return JournalStorage(_redis_backend(ref))
+    if ref.kind == "database":
+        return _rdb(ref, read_only, heartbeat)
+    return _journal(journal_path(ref, directory), read_only)
+
+
+def journal_path(ref: StorageRef, directory: Path) -> Path:
+    return Path(ref.url) if ref.url else directory / "study.journal"
+
+
+def _rdb(ref: StorageRef, read_only: bool, heartbeat):
+    from optuna.storages import RDBStorage
+
+    interval, grace = heartbeat or (None, None)
+    try:
+        for attempt in range(4):
+            try:
+                return RDBStorage(ref.url, engine_kwargs=engine_kwargs(ref),
+                                  heartbeat_interval=interval, grace_period=grace,
+                                  skip_table_creation=read_only)
+            except (ImportError, RuntimeError):
+                raise
+            except Exception:
+                # Workers starting together on a fresh database all create Optuna's tables;
+                # PostgreSQL lets one win and fails the others (a duplicate key): look again.
+                if attempt == 3:
+                    raise
+                time.sleep(0.5 + attempt)
+    except ImportError as exc:
+        raise ConfigError(f"--storage {ref.shown}: no database driver ({printable(exc)})") from None
+    except RuntimeError as exc:         # a schema of another Optuna version
+        raise ConfigError(f"--storage {ref.shown}: {printable(exc).splitlines()[0]}") from None
+    except Exception as exc:
+        raise _connect_error(ref, exc) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# The journal file: never through a link, a partial last line repaired, a flock for appends
+
+
+def _journal(path: Path, read_only: bool):
+    from optuna.storages import JournalStorage
+
+    _refuse_link(path)
+    if read_only:
+        return JournalStorage(ReadOnlyJournal(path))
+    from optuna.storages.journal import JournalFileBackend
+
+    lock = _JournalLock(path.with_name(path.name + ".flock"))
+    with lock.held():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644)
+        os.close(fd)
+        _repair(path)
+        for _ in ReadOnlyJournal(path).read_logs(0):     # damage elsewhere: one line, now
+            pass
+    return JournalStorage(JournalFileBackend(str(path), lock_obj=lock))
+
+
+def _refuse_link(path: Path) -> None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISREG(st.st_mode):
+        raise ConfigError(f"{path}: is a symbolic link or not a regular file; refusing to use it "
+                          f"as the study's journal")
+
+
+class _JournalLock:
+    """Optuna's journal-lock interface over the house lock (flock): a dead holder's lock is
+    released by the kernel at once, where Optuna's own lock files wait out a 30 s grace."""
+
+    def __init__(self, path: Path):
+        self.lock = FileLock(path, timeout=JOURNAL_LOCK_WAIT, notify=lambda m: None)
+
+    def acquire(self) -> bool:
+        try:
+            self.lock.acquire()
+        except FmnistMlpError as exc:
+            raise FmnistMlpError(f"journal lock: {exc}") from None
+        return True
+
+    def release(self) -> None:
+        self.lock.release()
+
+    def held(self):
+        return self.lock
+
+
+def _repair(path: Path) -> int:
+    """Remove a partial last line (a full disk, a killed writer): it never was a record.
+    Returns the bytes removed. Damage elsewhere is refused by the reader, not cut."""
+    size = path.stat().st_size
+    if size == 0:
+        return 0
+    with open(path, "rb+") as f:
+        f.seek(max(0, size - MAX_JOURNAL_LINE))
+        tail = f.read()
+        if tail.endswith(b"\n"):
+            return 0
+        cut = tail.rfind(b"\n")
+        keep = size - len(tail) + cut + 1 if cut >= 0 else 0
+        f.truncate(keep)
+    return size - keep
+
+
+def validate_record(record: Any, line: int, path: Path) -> dict:
+    from optuna.storages.journal._storage import JournalOperation
+
+    if not isinstance(record, dict) or record.get("op_code") not in {int(o) for o in JournalOperation}:
+        raise ConfigError(f"{path}: line {line}: not an Optuna journal record; the study's journal "
+                          f"is damaged")
+    return record
+
+
+try:
+    from optuna.storages.journal import BaseJournalBackend as _Backend
+except ImportError:                 # optuna missing: import_optuna() says so first
+    _Backend = object
+
+
+class ReadOnlyJournal(_Backend):
+    """Reads a journal without writing, locking or creating anything: for status and report on
+    a sweep directory the reader may not write to. A partial last line is skipped."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def read_logs(self, log_number_from: int):
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise ConfigError(f"{self.path}: cannot read ({exc.strerror})") from None
+        with os.fdopen(fd, "rb") as f:
+            for number, line in enumerate(f):
+                if not line.endswith(b"\n"):
+                    return              # a partial last line: never a record
+                if number < log_number_from:
+                    continue
+                try:
+                    record = json.loads(line)
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    raise ConfigError(f"{self.path}: line {number + 1}: not JSON; the study's "
+                                      f"journal is damaged") from None
+                yield validate_record(record, number + 1, self.path)
+
+    def append_logs(self, logs) -> None:
+        raise ConfigError(f"{self.path}: opened read-only (status and report write nothing)")
