@@ -16,16 +16,42 @@ import sys
 import tempfile
 
 
+LAYERS = (("fmnist_mlp.cli", "fmnist_mlp.__main__"),
+          ("fmnist_mlp.sweep", "fmnist_mlp.export", "fmnist_mlp.predict", "fmnist_mlp.plots"),
+          ("fmnist_mlp.scoring",), ("fmnist_mlp.training", "fmnist_mlp.rundir"), ("fmnist_mlp.config",),
+          ("fmnist_mlp.nn", "fmnist_mlp.data", "fmnist_mlp.optim"), ("fmnist_mlp.io",), ("fmnist_mlp.errors",))
+MOVED = {"augment": "data.augment", "build": "config.plan", "checkpoint_check": "rundir.checkpoint_check",
+         "config": "config.schema", "config_validate": "config.validate", "distill": "training.distill",
+         "ensemble": "scoring.ensemble", "experiment": "training.session", "memory": "nn.memory",
+         "metrics": "scoring.metrics", "optim": "nn.optim", "progress": "training.progress",
+         "recorder": "rundir.recorder", "rng": "nn.rng", "run_guard": "rundir.guard", "runs": "rundir.files",
+         "runs_table": "rundir.table", "safe_io": "io.files", "safe_yaml": "io.yaml_file",
+         "schedules": "nn.schedules", "tensorboard": "training.tensorboard", "terminal": "io.printable",
+         "train": "training.loop", "trained": "rundir.trained", "data.lock": "io.lock"}
+
+
+def layer(module: str, flat: bool) -> int:
+    """0 for the CLI, growing downwards; ``flat``: a module name from before the move."""
+    if flat:
+        short = module.removeprefix("fmnist_mlp.")
+        module = "fmnist_mlp." + MOVED.get(short, short)
+    for rank, prefixes in enumerate(LAYERS):
+        if any(module == p or module.startswith(p + ".") for p in prefixes):
+            return rank
+    return len(LAYERS)
+
+
 def trace(argv: list[str], loop_module: str) -> tuple[list[str], int]:
+    """The modules entered before ``loop_module.fit``, and the calls that climb a layer."""
     from fmnist_mlp.cli import main
 
+    flat = loop_module == "fmnist_mlp.train"
     entered: list[str] = []
-    returns = 0
+    climbs = 0
     done = False
-    last = None
 
     def hook(frame, event, arg):
-        nonlocal returns, done, last
+        nonlocal climbs, done
         if done or event != "call":
             return
         module = frame.f_globals.get("__name__", "")
@@ -33,12 +59,13 @@ def trace(argv: list[str], loop_module: str) -> tuple[list[str], int]:
             return
         if module == loop_module and frame.f_code.co_name == "fit":
             done = True
-        if module != last:
-            if module in entered and module != entered[-1]:
-                returns += 1
-            if module not in entered:
-                entered.append(module)
-            last = module
+        if module not in entered:
+            entered.append(module)
+        caller = frame.f_back.f_globals.get("__name__", "") if frame.f_back else ""
+        if caller.startswith("fmnist_mlp") and layer(module, flat) < layer(caller, flat):
+            climbs += 1
+            if os.environ.get("CALL_PATH_VERBOSE"):
+                print(f"climb: {caller} -> {module}.{frame.f_code.co_name}", file=sys.stderr)
 
     code = 0
     sys.setprofile(hook)
@@ -50,21 +77,22 @@ def trace(argv: list[str], loop_module: str) -> tuple[list[str], int]:
         sys.setprofile(None)
     if code != 0:
         raise SystemExit(f"train exited {code}")
-    return entered, returns
+    return entered, climbs
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="configs/fast.yaml")
-    parser.add_argument("--loop", default="fmnist_mlp.training.loop", help="module of the training loop")
+    parser.add_argument("--loop", default="fmnist_mlp.training.loop",
+                        help="module of the training loop (fmnist_mlp.train before the move)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as runs:
         argv = ["train", "--config", args.config, "--runs-dir", runs, "-q",
                 "--set", "train.epochs=1", "--set", "model.hidden=[8]", "--set", "data.subset=600"]
-        entered, returns = trace(argv, args.loop)
+        entered, climbs = trace(argv, args.loop)
     for name in entered:
         print(name)
-    print(f"{len(entered)} modules entered before the loop; {returns} returns to a module already left")
+    print(f"{len(entered)} modules entered before the loop; {climbs} calls climb back to a higher layer")
 
 
 if __name__ == "__main__":
