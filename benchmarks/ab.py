@@ -31,7 +31,7 @@ def _cases():
     import numpy as np
 
     from fmnist_mlp.nn import MLP
-    from fmnist_mlp.nn.optim import make_optimizer
+    from fmnist_mlp.optim import make_optimizer
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((20 * BATCH, 784)).astype(np.float32)
@@ -58,6 +58,9 @@ def _cases():
 
 def worker() -> None:
     """Read case names on stdin, answer each with the seconds one burst took."""
+    import fmnist_mlp
+
+    print(fmnist_mlp.__file__, flush=True)       # which checkout this worker measures
     cases = _cases()
     for burst in cases.values():         # warm-up: work arrays, BLAS threads, caches
         burst()
@@ -69,11 +72,16 @@ def worker() -> None:
 
 
 def compare(before: Path, after: Path, rounds: int) -> dict[str, list[float]]:
-    procs = {side: subprocess.Popen([sys.executable, "-m", "benchmarks.ab", "--worker"],
+    # Run as a script, not with -m from the repository root: -m puts the current directory first
+    # on sys.path, so both workers would import the checkout they were started in.
+    procs = {side: subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--worker"],
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                    env={**os.environ, "PYTHONPATH": str(path.resolve())},
-                                    cwd=Path(__file__).resolve().parent.parent)
+                                    env={**os.environ, "PYTHONPATH": str(path.resolve())})
              for side, path in (("before", before), ("after", after))}
+    for side, path in (("before", before), ("after", after)):
+        imported = Path(procs[side].stdout.readline().strip())
+        if path.resolve() not in imported.parents:
+            raise SystemExit(f"the {side} worker imported {imported}, not the package in {path}")
     names = [json.loads(p.stdout.readline()) for p in procs.values()][0]
     ratios: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
