@@ -162,7 +162,7 @@ def eval_command(targets, split, data_dir, as_json):
               help="Another run to average with the first (an ensemble). Repeatable.")
 @click.option("--top", "top_k", default=3, show_default=True, type=click.IntRange(1, 10),
               help="How many classes to show per image.")
-@click.option("--save-preprocessed", "save_dir", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--save-preprocessed", "save_dir", type=click.Path(file_okay=False, path_type=str),
               help="Write the 28x28 images the network saw into this directory (as PNG).")
 @_data_dir_option
 @_json_option
@@ -200,7 +200,7 @@ def predict(model, images, more_models, top_k, save_dir, data_dir, as_json):
                 type=click.Path(path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(["onnx", "safetensors"]), required=True,
               help="onnx: a graph from raw pixels to probabilities; safetensors: the weights.")
-@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=str),  # as typed ("out/")
               help="Where to write (default: model.onnx / model.safetensors in the run "
                    "directory, or beside the model file). An existing file is not overwritten.")
 @_data_dir_option
@@ -215,8 +215,9 @@ def export(targets, fmt, output, data_dir):
     export extra (pip install -e '.[export]').
     """
     from fmnist_mlp.export.write import export_models
+    from fmnist_mlp.io.printable import printable
 
-    click.echo(str(export_models(targets, fmt, output, data_dir)))
+    click.echo(printable(export_models(targets, fmt, output, data_dir)))   # names: escapes shown
 
 
 @cli.command("runs")
@@ -465,6 +466,10 @@ def main(argv: list[str] | None = None) -> None:
         code = exc.exit_code
     except OSError as exc:
         click.echo(f"error: {printable(exc)}", err=True)
+        code = 1
+    except MemoryError:                 # anywhere not estimated beforehand: one line, not a traceback
+        click.echo("error: out of memory (use smaller layers or batches, fewer files, or a "
+                   "machine with more memory)", err=True)
         code = 1
     try:
         sys.stdout.flush()

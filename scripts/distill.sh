@@ -47,11 +47,12 @@ cd "$(dirname "$0")/.."
 if [[ ${#teachers[@]} -eq 0 ]]; then
     echo "== teachers: fmnist-mlp sweep run $spec --dir $runs_dir/teachers --jobs $jobs" >&2
     fmnist-mlp sweep run "$spec" --dir "$runs_dir/teachers" --jobs "$jobs" >&2
-    mapfile -t teachers < <(fmnist-mlp sweep status "$runs_dir/teachers" --json | python -c '
+    # NUL-separated: a run directory's path may hold a newline (it is under RUNS_DIR).
+    mapfile -d '' -t teachers < <(fmnist-mlp sweep status "$runs_dir/teachers" --json | python3 -c '
 import json, sys
 for trial in json.load(sys.stdin)["trials"]:
     if trial["state"] == "finished":
-        print(trial["run_dir"])')
+        sys.stdout.write(trial["run_dir"] + "\0")')
     if [[ ${#teachers[@]} -eq 0 ]]; then
         echo "distill.sh: the sweep in $runs_dir/teachers has no finished trial to teach" >&2
         exit 1

@@ -58,7 +58,8 @@ class Postgres:
 
     def stop(self) -> None:
         if self.pid() is not None:
-            self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop", check=False)
+            # immediate: a throwaway server, removed next; no shutdown checkpoint to wait for
+            self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop", check=False)
         shutil.rmtree(self.root, ignore_errors=True)
 
     def _run(self, tool: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -277,7 +277,7 @@ def test_distill_script_trains_teachers_by_sweep_then_the_student(real_data_dir,
 
 @pytest.mark.slow
 @pytest.mark.parametrize("shape, fragment", [
-    ({"input_size": 100, "num_classes": 10}, "cannot score the student's images"),
+    ({"input_size": 100, "num_classes": 10}, "cannot score Fashion-MNIST images"),
     ({"input_size": 784, "num_classes": 5}, "scores 5 classes, not the dataset's 10"),
 ])
 def test_a_teacher_of_another_shape_is_refused_in_one_line(real_data_dir, tmp_path, shape,

@@ -416,7 +416,7 @@ def test_a_claim_lock_held_by_a_stopped_worker_is_one_error_not_a_hang(tmp_path)
     """Another process holds DIR/.claim.lock (as a worker stopped with Ctrl-Z would): the wait
     ends with one line naming the lock; once the holder is gone, the lock is taken at once."""
     from fmnist_mlp.errors import FmnistMlpError
-    from fmnist_mlp.sweep.study import claim_lock
+    from fmnist_mlp.sweep.flocks import claim_lock
 
     holder = subprocess.Popen(
         [sys.executable, "-c", "import fcntl, os, sys, time\n"

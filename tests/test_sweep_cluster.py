@@ -13,6 +13,7 @@ Needs root, PostgreSQL and Slurm: skipped with the reason where absent, required
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import re
@@ -157,7 +158,7 @@ def test_a_nodes_killed_worker_is_taken_over_by_the_other_node(postgres, two_nod
     victim = _trial_mid_way(_Study(sweep_dir, url), proc, node="nodeA")
     pid = int(victim["worker"].split(":")[1].split()[0])
     os.kill(pid, signal.SIGKILL)                    # nodeA's worker, mid-trial, no goodbye
-    killed_at = time.monotonic()
+    killed_at, killed_wall = time.monotonic(), time.time()
     out, err = _finish(proc)
     finished_at = time.monotonic()
     assert proc.returncode == 0, err
@@ -169,6 +170,9 @@ def test_a_nodes_killed_worker_is_taken_over_by_the_other_node(postgres, two_nod
     logs = "".join(p.read_text() for p in (sweep_dir / "slurm").glob("*.out"))
     resumed = [line for line in logs.splitlines() if f"trial {victim['number']}: resuming" in line]
     assert len(resumed) == 1 and " nodeB[" in resumed[0], logs
+    # taken over once its silence passed the grace period (4 s), not minutes later
+    stamp = datetime.datetime.strptime(resumed[0].split()[0], "%Y-%m-%dT%H:%M:%S%z").timestamp()
+    assert stamp - killed_wall < 4 + 1 + 10, resumed[0]
     print(f"\ntwo nodes, 6 trials x {EPOCHS} epochs: killed nodeA's worker at "
           f"{killed_at - started:.1f} s; sweep done at {finished_at - started:.1f} s; "
           f"resumed on nodeB: {resumed[0]}")

@@ -160,6 +160,7 @@ def test_a_partial_last_journal_line_is_repaired_without_losing_a_finished_trial
     proc = run_cli("sweep", "run", spec, "--dir", sweep_dir, "--trials", 4,
                    "--data-dir", real_data_dir)
     assert proc.returncode == 0, proc.stderr
+    assert "removed a partial last line" in proc.stderr
     assert journal.read_bytes().startswith(good)
     assert [t["state"] for t in status(sweep_dir)["trials"]] == ["finished"] * 4
 

@@ -5,7 +5,6 @@ locked in DIR); a sweep directory is movable and readable by someone who may not
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import require_or_skip
-from sweep_helpers import (REPO, cli_env, one_line_error, run_cli, run_cli_read_only, run_dirs,
+from sweep_helpers import (cli_env, one_line_error, run_cli, run_cli_read_only, run_dirs,
                            status, tree, write_spec)
 from sweep_services import free_port, start_postgres
 
@@ -195,3 +194,15 @@ def _wait_for_saved_epoch(sweep_dir: Path, proc, timeout: float = 120) -> Path:
                 return summary.parent
         time.sleep(0.02)
     raise AssertionError("no run saved an epoch in time")
+
+
+@pytest.mark.slow
+def test_a_journal_file_path_as_storage_runs_a_sweep(tmp_path, real_data_dir):
+    spec = write_spec(tmp_path / "spec.yaml", trials=2)
+    journal = tmp_path / "shared" / "study.journal"
+    journal.parent.mkdir()
+    proc = run_cli("sweep", "run", spec, "--dir", tmp_path / "sw", "--storage", journal,
+                   "--data-dir", real_data_dir)
+    assert proc.returncode == 0, proc.stderr
+    assert journal.is_file() and not (tmp_path / "sw" / "study.journal").exists()
+    assert [t["state"] for t in status(tmp_path / "sw")["trials"]] == ["finished"] * 2

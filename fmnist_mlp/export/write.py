@@ -10,6 +10,8 @@ from fmnist_mlp.errors import ConfigError
 from fmnist_mlp.io.files import TargetExists, atomic_write
 
 SUFFIXES = {"onnx": ".onnx", "safetensors": ".safetensors"}
+# suffixes that name a model format (any case): -o may not carry another format's
+_MODEL_SUFFIXES = {".onnx": "onnx", ".safetensors": "safetensors", ".npz": "npz"}
 
 
 def default_output(target: Path, fmt: str) -> Path:
@@ -22,9 +24,40 @@ def default_output(target: Path, fmt: str) -> Path:
     return target.with_suffix(SUFFIXES[fmt])
 
 
-def export_models(targets: Sequence[Path], fmt: str, output: Path | None = None,
+ONNX_MAX_BYTES = (1 << 31) - (1 << 24)   # protobuf's 2 GB, less room for the graph itself
+
+
+def _check_onnx_size(targets: Sequence[Path]) -> None:
+    """An ONNX file is one protobuf message of at most 2 GB: weights past it are refused from the
+    stored specs alone, before a model of gigabytes is loaded and copied into a graph (a 2.4 GB
+    model took 9.2 GB and 37 s, then protobuf's EncodeError)."""
+    from fmnist_mlp.io.memory import format_bytes
+    from fmnist_mlp.nn.memory import parameter_count
+    from fmnist_mlp.rundir.trained import stored_model_spec
+
+    total = 0
+    for target in targets:
+        spec = stored_model_spec(target)
+        try:
+            widths = [spec["input_size"], *spec["hidden"], spec["num_classes"]]
+            itemsize = 8 if spec.get("dtype") == "float64" else 4
+            if not all(type(w) is int and w > 0 for w in widths):
+                continue
+        except (TypeError, KeyError):
+            continue                   # unreadable here: loading the model says why
+        total += parameter_count(widths[0], widths[1:-1], widths[-1]) * itemsize
+    if total > ONNX_MAX_BYTES:
+        raise ConfigError(f"--format onnx: the weights take {format_bytes(total)}; ONNX files "
+                          f"hold at most 2 GB (protobuf's limit); use --format safetensors")
+
+
+def export_models(targets: Sequence[Path], fmt: str, output: str | Path | None = None,
                   data_dir: str | Path | None = None) -> Path:
-    """Write one run (or, for ONNX, the average of several) as ``fmt``; returns the path."""
+    """Write one run (or, for ONNX, the average of several) as ``fmt``; returns the path.
+
+    ``output`` as the user typed it: ``out/`` names a folder (Path() would drop the slash and
+    write a file named ``out``), ``-`` is not stdout here, and an empty name is not ``.``.
+    """
     from fmnist_mlp.data import CLASS_NAMES
     from fmnist_mlp.scoring.ensemble import load_members
 
@@ -35,16 +68,42 @@ def export_models(targets: Sequence[Path], fmt: str, output: Path | None = None,
                           "or several runs as one averaging graph with --format onnx")
     if len(targets) > 1 and output is None:
         raise ConfigError("exporting several runs needs -o PATH (there is no one run to put it in)")
+    if output is not None:
+        text = os.fspath(output)
+        if text == "":
+            raise ConfigError("-o '': an empty name; give the file's name")
+        if text == "-":
+            raise ConfigError("-o -: export writes a file, not stdout; give the file's name")
+        if text.endswith(os.sep) or (os.altsep and text.endswith(os.altsep)):
+            raise ConfigError(f"-o {text}: names a folder; give the file's name, e.g. "
+                              f"{os.path.join(text, 'model' + SUFFIXES.get(fmt, ''))}")
     output = Path(output) if output is not None else default_output(targets[0], fmt)
+    # An ONNX graph named .safetensors (or the reverse) is read by the next tool as the other
+    # format: "its header claims 7597129906443651080 bytes". Other suffixes are the user's.
+    named_for = _MODEL_SUFFIXES.get(output.suffix.lower())
+    if named_for is not None and named_for != fmt:
+        raise ConfigError(f"-o {output}: the name says {named_for}, --format says {fmt}; name it "
+                          f"{output.with_suffix(SUFFIXES[fmt]).name} (or export --format "
+                          f"{named_for})" if named_for in SUFFIXES else
+                          f"-o {output}: a .npz name is a checkpoint's; --format {fmt} writes "
+                          f"{SUFFIXES[fmt]} files")
     if os.path.lexists(output):      # said early; the final step checks again (below)
         raise ConfigError(f"-o {output}: already exists; remove it or choose another path")
     if not output.parent.is_dir():
         raise ConfigError(f"-o {output}: directory {output.parent} does not exist")
+    if fmt == "onnx":
+        _check_onnx_size(targets)
     members = load_members(targets, data_dir)
     if fmt == "onnx":
         from fmnist_mlp.export.onnx import build_onnx
 
-        data = build_onnx(members, CLASS_NAMES).SerializeToString()
+        try:
+            data = build_onnx(members, CLASS_NAMES).SerializeToString()
+        except Exception as exc:       # protobuf's EncodeError: past 2 GB after all
+            if not type(exc).__module__.startswith("google.protobuf"):
+                raise
+            raise ConfigError(f"the ONNX graph cannot be written ({exc}): ONNX files hold at "
+                              f"most 2 GB; use --format safetensors") from None
     else:
         from fmnist_mlp.export.safetensors import safetensors_bytes
 

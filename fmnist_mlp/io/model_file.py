@@ -36,7 +36,9 @@ Expected = Mapping[str, tuple[tuple[int, ...], np.dtype]]
 SAFETENSORS_FORMAT = "fmnist-mlp-safetensors"
 SAFETENSORS_VERSION = 1
 SAFETENSORS_JSON_KEYS = ("model_spec", "config", "normalization", "class_names")
-MAX_HEADER_BYTES = 1 << 24        # ours are a few kB (the config); the library's own cap is 100 MB
+# Ours are a few kB (the config); the library's own cap is 100 MB. 16 MB of "{}," parsed into
+# 5 million dicts took 475 MB; 1 MB stays within a few tens.
+MAX_HEADER_BYTES = 1 << 20
 # safetensors dtype codes -> NumPy (little-endian, as the format stores them)
 _CODES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2",
           "I8": "i1", "U64": "<u8", "U32": "<u4", "U16": "<u2", "U8": "u1", "BOOL": "?"}
@@ -76,6 +78,34 @@ def _listed(names: list[str]) -> str:
 
 def _dtype_name(dtype) -> str:
     return dtype if isinstance(dtype, str) else np.dtype(dtype).name
+
+
+# ---------------------------------------------------------------------------------------------
+# JSON, read one way only
+
+
+class DuplicateKey(ValueError):
+    """A JSON object names a key twice; ``str()`` is the key, quoted."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise DuplicateKey(repr(key))
+        out[key] = value
+    return out
+
+
+def strict_json(text: str | bytes) -> Any:
+    """``json.loads`` that refuses a key named twice in one object.
+
+    JSON readers disagree on a repeated key (Python's keeps the last, others the first, some
+    refuse), so a file holding one could be one model to this tool and another to the next
+    reader: refused as damage (:class:`DuplicateKey`). Other failures are ``ValueError``
+    (including a number too long to convert) or ``RecursionError`` (nesting too deep).
+    """
+    return json.loads(text, object_pairs_hook=_unique_keys)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -124,6 +154,27 @@ def read_safetensors(path: str | Path, expect: Callable[[dict[str, Any]], Expect
         os.close(fd)
 
 
+def file_kind(path: str | Path) -> str | None:
+    """``"npz"`` (a zip archive), ``"safetensors"`` (an 8-byte header length the file can hold,
+    then ``{``) or None, from the first bytes; a FIFO, device or directory is a CheckpointError
+    without being read or waited on."""
+    path = Path(path)
+    fd = _open_regular(path)
+    try:
+        size = os.fstat(fd).st_size
+        head = os.pread(fd, 9, 0)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read the model file "
+                              f"({exc.strerror or exc})") from None
+    finally:
+        os.close(fd)
+    if head[:4] == b"PK\x03\x04":
+        return "npz"
+    if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= size - 8:
+        return "safetensors"
+    return None
+
+
 def _open_regular(path: Path) -> int:
     """An fd of ``path`` if it is a regular file; a FIFO or device is refused without blocking."""
     try:
@@ -154,13 +205,19 @@ def _header(fd: int, path: Path, size: int) -> tuple[int, dict]:
         raise CheckpointError(f"{path}: not a safetensors file ({size} bytes, too short)")
     raw = os.pread(fd, 8, 0)
     header_len = int.from_bytes(raw, "little")
+    if header_len > MAX_HEADER_BYTES and 8 + header_len <= size:
+        raise CheckpointError(f"{path}: not a fmnist-mlp safetensors file (its header claims "
+                              f"{header_len} bytes; a fmnist-mlp header is at most "
+                              f"{MAX_HEADER_BYTES})")
     if header_len > MAX_HEADER_BYTES or 8 + header_len > size:
         raise CheckpointError(f"{path}: not a safetensors file (its header claims {header_len} "
                               f"bytes; the file holds {size})")
     text = os.pread(fd, header_len, 8)
     try:
-        header = json.loads(text.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        header = strict_json(text.decode("utf-8"))
+    except DuplicateKey as exc:
+        raise CheckpointError(f"{path}: damaged: its header names {exc} twice") from None
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise CheckpointError(f"{path}: not a safetensors file (its header is not JSON)") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: not a safetensors file (its header is not a JSON object)")
@@ -207,8 +264,11 @@ def _metadata(metadata: Any, path: Path) -> dict[str, Any]:
     meta: dict[str, Any] = {}
     for key in SAFETENSORS_JSON_KEYS:
         try:
-            meta[key] = json.loads(metadata[key])
-        except (KeyError, TypeError, json.JSONDecodeError, RecursionError):  # (too deep)
+            meta[key] = strict_json(metadata[key])
+        except DuplicateKey as exc:
+            raise CheckpointError(f"{path}: damaged: metadata entry {key!r} names {exc} "
+                                  f"twice") from None
+        except (KeyError, TypeError, ValueError, RecursionError):  # (too deep, too long a number)
             raise CheckpointError(f"{path}: metadata entry {key!r} missing or not JSON") from None
     return meta
 

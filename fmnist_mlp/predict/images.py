@@ -31,6 +31,9 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")
 FORMATS_SHOWN = "PNG, JPEG, BMP, GIF, WebP or TIFF"
 WORK_SIDE = 2048            # larger pictures are shrunk (box average) to this side, band by band
+# Longest side read (JPEG's own limit). Pillow keeps a pointer per row: a 1 x 89,000,000 PNG,
+# under the pixel limit, took 917 MB in row pointers and copies; 65535 rows cost 0.5 MB.
+MAX_SIDE = 65535
 BAND_PIXELS = 1 << 22       # pixels converted at a time (16 MB as RGBA)
 _WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
@@ -106,12 +109,18 @@ def read_grayscale(path: Path) -> np.ndarray:
     path = Path(path)
     try:
         with _open_regular(path) as f, warnings.catch_warnings():
+            # A damaged EXIF block only costs the orientation: Pillow's "Corrupt EXIF data"
+            # (a UserWarning) must not reach stderr.
+            warnings.simplefilter("ignore", UserWarning)
             # Pillow only warns between MAX_IMAGE_PIXELS and twice that; refuse those too.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(f, formats=_available(Image)) as image:
                 limit = Image.MAX_IMAGE_PIXELS
                 if limit and image.width * image.height > limit:
                     raise Image.DecompressionBombError("")
+                if max(image.width, image.height) > MAX_SIDE:
+                    raise ImageReadError(f"{path}: refused: {image.width} x {image.height} "
+                                         f"pixels; sides of at most {MAX_SIDE} are read")
                 image.seek(0)
                 orientation = image.getexif().get(0x0112)
                 gray = _bounded_grayscale(image, path)
@@ -182,7 +191,10 @@ def _bounded_grayscale(image, path: Path) -> np.ndarray:
         return _composited(image, bands, crop, factor)
     if image.mode in _WIDE_MODES:
         return _wide_to_uint8(image, bands, crop, factor, path)
-    out = [_reduced(crop(top, bottom).convert("L"), factor) for top, bottom in bands]
+    # CIELAB (TIFF): its first band is the lightness, which Pillow cannot reach through RGB.
+    gray = ((lambda band: band.getchannel("L")) if image.mode == "LAB"
+            else (lambda band: band.convert("L")))
+    out = [_reduced(gray(crop(top, bottom)), factor) for top, bottom in bands]
     return np.concatenate([np.asarray(band) for band in out])
 
 

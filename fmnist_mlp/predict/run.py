@@ -44,16 +44,28 @@ def load_pixels(arguments: Sequence[str | Path]) -> tuple[list[Path], np.ndarray
         except ValueError as exc:           # e.g. a picture of zero pixels
             failures.append((path, f"not a usable image ({exc})"))
             continue
+        except MemoryError:                 # preprocessing, as decoding: this file alone fails
+            failures.append((path, "not enough memory to preprocess it"))
+            continue
         used.append(path)
     stack = np.stack(images) if images else np.zeros((0, SIDE, SIDE), np.uint8)
     return used, stack, failures
 
 
 def predict_files(members: Sequence[Any], arguments: Sequence[str | Path],
-                  save_dir: Path | None = None) -> Predictions:
-    """Score every readable image with the mean of ``members``' outputs (TrainedModel objects)."""
+                  save_dir: str | Path | None = None) -> Predictions:
+    """Score every readable image with the mean of ``members``' outputs (TrainedModel objects).
+
+    ``save_dir`` as the user typed it: an empty name (an unset shell variable) is refused, not
+    taken for the current directory.
+    """
     from fmnist_mlp.scoring.ensemble import ensemble_outputs
 
+    if save_dir is not None:
+        if os.fspath(save_dir) == "":
+            raise ConfigError("--save-preprocessed '': an empty name; give the folder to write "
+                              "the images into")
+        save_dir = Path(save_dir)
     files, images, failures = load_pixels(arguments)
     if save_dir is not None and files:
         try:
@@ -82,8 +94,13 @@ def save_preprocessed(files: Sequence[Path], images: np.ndarray, save_dir: Path)
     try:
         save_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ConfigError(f"--save-preprocessed {save_dir}: cannot create the folder "
-                          f"({exc.strerror or exc})") from None
+        if os.path.islink(save_dir) and not save_dir.exists():
+            reason = "a symbolic link to a missing folder"
+        elif save_dir.exists() and not save_dir.is_dir():
+            reason = "not a folder (a file or device is there)"
+        else:
+            reason = f"cannot create the folder ({exc.strerror or exc})"
+        raise ConfigError(f"--save-preprocessed {save_dir}: {reason}") from None
     written = []
     for path, image in zip(files, images):
         buffer = io.BytesIO()

@@ -10,7 +10,6 @@ is compared with the machine's memory, all before a single array is allocated. O
 
 from __future__ import annotations
 
-import json
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import numpy as np
 from numpy.lib import format as npy_format
 
 from fmnist_mlp.io.memory import check_fits
-from fmnist_mlp.io.model_file import check_arrays, npz_headers
+from fmnist_mlp.io.model_file import DuplicateKey, check_arrays, npz_headers, strict_json
 from fmnist_mlp.nn import memory
 from fmnist_mlp.nn.model import is_buffer, parameter_shapes
 from fmnist_mlp.errors import CheckpointError, ConfigError
@@ -104,7 +103,9 @@ def _json_member(zf, headers, key: str, max_chars: int, path: Path) -> Any:
     with zf.open(key + ".npy") as f:
         array = npy_format.read_array(f, allow_pickle=False)
     try:
-        return json.loads(str(array))
-    except (json.JSONDecodeError, RecursionError):
+        return strict_json(str(array))
+    except DuplicateKey as exc:
+        raise CheckpointError(f"{path}: damaged: entry {key!r} names {exc} twice") from None
+    except (ValueError, RecursionError):          # also a number too long to convert
         raise CheckpointError(f"{path}: entry {key!r} holds invalid or too deeply nested "
                               f"JSON") from None

@@ -63,8 +63,10 @@ def load_trained(target: str | Path, data_dir: str | Path | None = None) -> Trai
     path = runs.find_checkpoint(target)
     arrays, meta = read_model_file(path)
     model, stored = model_from(arrays, meta, path)
+    check_fashion_mnist_sizes(model, path)
     cfg = checked_config(stored, path)
     mean, std = _normalization(meta.get("normalization"), cfg, path, data_dir)
+    check_outputs_finite(model, mean, std, path)
     return TrainedModel(path, model, config_to_dict(cfg), mean, std, cfg)
 
 
@@ -86,14 +88,59 @@ def read_network(target: str | Path) -> tuple[Any, dict[str, Any], Path]:
 
 
 def read_model_file(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """(named arrays, metadata) of a .npz checkpoint, or of a .safetensors file (by suffix)."""
-    if path.suffix.lower() == ".onnx":
+    """(named arrays, metadata) of a .npz checkpoint or a .safetensors file, told apart by their
+    first bytes (a zip archive, or a safetensors header), not by the name's suffix: a
+    ``MODEL.SAFETENSORS`` or a checkpoint copied to ``best.safetensors`` is read for what it is.
+    A FIFO, device or directory is refused without being read (or waited on)."""
+    from fmnist_mlp.io.model_file import file_kind
+
+    kind = file_kind(path)
+    if kind is None and path.suffix.lower() == ".onnx":
         raise CheckpointError(f"{path}: an ONNX export is run with ONNX Runtime; give fmnist-mlp "
                               f"the run directory, a .npz checkpoint or a .safetensors export")
-    if path.suffix == ".safetensors":
-        return read_safetensors_model(path)
-    ckpt = runs.load_checkpoint(path)
-    return ckpt.params, ckpt.meta
+    if kind == "npz" or (kind is None and path.suffix.lower() == ".npz"):
+        ckpt = runs.load_checkpoint(path)
+        return ckpt.params, ckpt.meta
+    return read_safetensors_model(path)
+
+
+def stored_model_spec(target: str | Path) -> dict[str, Any] | None:
+    """The model spec a run directory or model file stores, from its headers alone (no array
+    is read; a spec too large for memory is refused as loading would refuse it): for checks
+    that the size alone settles, such as ONNX's 2 GB. None when the headers cannot be read that
+    way; reading the model then says why."""
+    import zipfile
+
+    from fmnist_mlp.io.model_file import file_kind, read_safetensors
+    from fmnist_mlp.rundir.checkpoint_check import check_members
+
+    class _Spec(Exception):
+        pass
+
+    def stop(meta: dict[str, Any]):
+        raise _Spec(meta.get("model_spec"))
+
+    from fmnist_mlp.rundir.checkpoint_check import expected_model_arrays
+
+    try:
+        path = runs.find_checkpoint(target)
+        kind = file_kind(path)
+        if kind == "npz":
+            with zipfile.ZipFile(path) as zf:
+                spec = check_members(path, zf).get("model_spec")
+        elif kind == "safetensors":
+            read_safetensors(path, stop)
+            return None
+        else:
+            return None
+    except _Spec as found:
+        spec = found.args[0]
+    except (CheckpointError, ConfigError, OSError, ValueError, zipfile.BadZipFile, KeyError):
+        return None
+    if not isinstance(spec, dict):
+        return None
+    expected_model_arrays(spec, path)      # the memory estimate speaks first, as on loading
+    return spec
 
 
 def read_safetensors_model(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -128,6 +175,72 @@ def model_from(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], path: 
     return model, config
 
 
+def check_fashion_mnist_sizes(model: Any, path: Path) -> None:
+    """The model must score Fashion-MNIST's classes from its pixels: a 5-class model would be
+    shown with the first five class names, and averaged with 10-class runs it cannot be."""
+    from fmnist_mlp.data.facts import NUM_CLASSES, NUM_FEATURES
+
+    spec = model.spec()
+    if spec["input_size"] != NUM_FEATURES:
+        raise CheckpointError(f"{path}: takes {spec['input_size']} inputs, not the dataset's "
+                              f"{NUM_FEATURES} pixels: it cannot score Fashion-MNIST images")
+    if spec["num_classes"] != NUM_CLASSES:
+        raise CheckpointError(f"{path}: scores {spec['num_classes']} classes, not the dataset's "
+                              f"{NUM_CLASSES}")
+
+
+OVERFLOW_MARGIN = 2.0 ** 10   # outputs stay this far below the dtype's largest number
+
+
+def check_outputs_finite(model: Any, mean: float, std: float, path: Path) -> None:
+    """Refuse a model whose outputs can overflow for some image, before it scores any.
+
+    Finite weights are not enough: weights of 3e38 make every float32 output inf, then NaN
+    (``predict`` printed "nan", ``eval`` a loss of nan and an accuracy, exit 0). A bound on every
+    unit by interval arithmetic -- inputs of pixels 0..255 standardised with (mean, std), then
+    per layer |x W + b| <= sum|W|·max|x| + |b|, batch norm as its affine map, tanh and sigmoid
+    at most 1 -- must stay far below the dtype's largest number (for linear outputs, below its
+    square root: ``eval``'s squared error squares them). Trained models stay many orders of
+    magnitude below it; it costs one pass over the weights. A running variance below -eps (the
+    square root of a negative number) is named as such.
+    """
+    from fmnist_mlp.nn.layers import batchnorm_eval_affine
+
+    spec = model.spec()
+    dtype = np.dtype(spec["dtype"])
+    largest = float(np.finfo(dtype).max)
+    hidden = len(spec["hidden"])
+    bound = max(abs(mean), abs(1.0 - mean)) / std          # |input| for any pixel 0..255
+    params, buffers = model.params, model.buffers
+    with np.errstate(all="ignore"):
+        for i in range(hidden + 1):
+            W = params[f"layer{i}.W"]
+            worst_z = np.abs(W).sum(axis=0, dtype=np.float64) * bound
+            if i < hidden and spec["batchnorm"]:
+                var = buffers[f"layer{i}.running_var"].astype(np.float64)
+                if not (var + spec["bn_eps"] > 0).all():
+                    raise CheckpointError(f"{path}: layer{i}.running_var holds values below "
+                                          f"-bn_eps (a variance is never negative): a damaged "
+                                          f"model; use another checkpoint")
+                scale, shift = batchnorm_eval_affine(
+                    params[f"layer{i}.gamma"].astype(np.float64),
+                    params[f"layer{i}.beta"].astype(np.float64),
+                    buffers[f"layer{i}.running_mean"].astype(np.float64), var, spec["bn_eps"])
+                units = np.maximum(worst_z, worst_z * np.abs(scale) + np.abs(shift))
+            else:
+                units = worst_z + np.abs(params[f"layer{i}.b"].astype(np.float64))
+            worst = float(units.max()) if units.size else 0.0
+            limit = (np.sqrt(largest) if i == hidden and spec["output"] == "linear"
+                     else largest) / OVERFLOW_MARGIN
+            if not worst <= limit:              # (also NaN)
+                raise CheckpointError(
+                    f"{path}: its weights can overflow: layer {i}'s units reach {worst:.3g} on "
+                    f"some image, beyond what {dtype.name} holds (a damaged model, outputs of "
+                    f"inf and nan); use another checkpoint")
+            if i < hidden:
+                bound = min(worst, 1.0) if spec["activation"] in ("tanh", "sigmoid") else worst
+
+
 def checked_config(config: Mapping[str, Any], path: Path) -> Config:
     """The stored config checked, keys added to the schema since filled in at their defaults."""
     try:
@@ -145,13 +258,22 @@ def _normalization(stored: Any, cfg: Config, path: Path,
         return 0.0, 1.0
     if stored is not None:
         try:
-            mean, std = float(stored["mean"]), float(stored["std"])
-        except (KeyError, TypeError, ValueError):
+            mean, std = stored["mean"], stored["std"]
+            # JSON numbers only: a boolean or a string is not a mean (float() would take them)
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                       for v in (mean, std)):
+                raise TypeError
+            mean, std = float(mean), float(std)
+        except (KeyError, TypeError, ValueError, OverflowError):
             raise CheckpointError(f"{path}: its stored normalization is not valid") from None
         # Pixels 0..1 standardised must stay ordinary numbers: a std of 1e-320 passes "> 0" and
         # turns every input into inf, every probability into NaN. A real training set's
-        # standardised pixels stay within a few thousand even for a nearly blank one.
-        if not (np.isfinite(mean) and np.isfinite(std) and std > 0
+        # standardised pixels stay within a few thousand even for a nearly blank one. And it is
+        # the mean and std of pixels in 0..1: the mean lies in 0..1, the std is at most 0.5 (1.0
+        # for an empty set) -- so {mean 1e308, std 1e308}, which float32 turns into inf, is no
+        # training set's.
+        if not (np.isfinite(mean) and np.isfinite(std) and 0.0 <= mean <= 1.0
+                and 0.0 < std <= 1.0
                 and max(abs(mean), abs(1.0 - mean)) / std <= MAX_STANDARDISED):
             raise CheckpointError(f"{path}: its stored normalization (mean {mean:g}, std {std:g}) "
                                   f"is not valid: pixels 0..1 standardised with it would pass "

@@ -74,7 +74,8 @@ def run_sweep(spec_file: Path, sweep_dir: Path, *, jobs: int = 1, storage: str |
     the workers went through on the way."""
     from fmnist_mlp.sweep import slurm as slurm_jobs
     from fmnist_mlp.sweep.spec import load_spec
-    from fmnist_mlp.sweep.storage import parse_storage
+    from fmnist_mlp.io.printable import printable
+    from fmnist_mlp.sweep.storage import database_errors, parse_storage, where_of
     from fmnist_mlp.sweep.study import import_optuna, open_sweep
     from fmnist_mlp.sweep.worker import run_worker
 
@@ -110,6 +111,11 @@ def run_sweep(spec_file: Path, sweep_dir: Path, *, jobs: int = 1, storage: str |
         if is_child_worker():
             return 130
         raise SweepInterrupted(f"interrupted; every trial is saved; continue with: {rerun}") from None
+    except database_errors() as exc:        # the database went away mid-sweep
+        raise FmnistMlpError(f"{sweep.ref.shown}: lost the database at {where_of(sweep.ref)} "
+                             f"({printable(str(exc).splitlines()[0])[:160]}); this worker's "
+                             f"trial is taken over after the grace period, or continue with: "
+                             f"{rerun}") from None
     final, line = final_status(sweep)
     if final == 0 and code not in (0, 130):
         line += "; every trial ended (a worker exited abnormally: its trials were taken over)"

@@ -182,7 +182,7 @@ def _best_so_far(plt, rows, path: Path, base: Path) -> Path:
     ax.set_title("best val acc so far, by trial number")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(plt, fig, path, base, f"pruned trials shown at their last epoch: "
+    return _save(plt, fig, path, base, "pruned trials shown at their last epoch: "
                  + ", ".join(f"{n} (epoch {e})" for n, _, e in pruned))
 
 

@@ -149,7 +149,7 @@ def _check_configs(spec: SweepSpec) -> None:
     for p in spec.space:
         for value in p.values:
             check_fits(spec.trial_config({p.key: value}),
-                                 f"{spec.source}: space.{p.key}={json.dumps(value)}")
+                       f"{spec.source}: space.{p.key}={json.dumps(value)}")
 
 
 def _param(key: str, value: Any, where: str) -> Param:

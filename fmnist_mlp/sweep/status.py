@@ -11,7 +11,8 @@ from fmnist_mlp.rundir import files as runs
 from fmnist_mlp.errors import FmnistMlpError
 from fmnist_mlp.io.printable import printable
 from fmnist_mlp.sweep.spec import Param, decode_params, param_from_record
-from fmnist_mlp.sweep.study import Sweep, claim_lock, import_optuna, is_trial_held
+from fmnist_mlp.sweep.flocks import claim_lock, is_trial_held
+from fmnist_mlp.sweep.study import Sweep, import_optuna
 
 STATES = {"COMPLETE": "finished", "PRUNED": "pruned", "FAIL": "failed", "WAITING": "waiting"}
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ from fmnist_mlp.errors import ConfigError, FmnistMlpError
 from fmnist_mlp.io.lock import FileLock
 from fmnist_mlp.io.printable import printable
 
-DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "grpc": 13000, "redis": 6379}
+DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "grpc": 13000}
 DRIVER_HINTS = {"postgresql": "pip install -e '.[sweep]' (installs psycopg)",
                 "mysql": "pip install mysqlclient, or PyMySQL with a mysql+pymysql:// URL"}
 CONNECT_TIMEOUT = 5         # seconds: a server that does not answer is one line, not a hang
@@ -63,7 +64,7 @@ def parse_storage(url: str | None) -> StorageRef:
         host, port = _host_port(url, "grpc")
         return StorageRef(url, "grpc", f"grpc://{host}:{port}")
     if scheme in ("redis", "rediss"):
-        return StorageRef(url, "redis", _hide_password(url))
+        return StorageRef(url, "redis", printable(_hide_password(url)))
     import sqlalchemy
 
     try:
@@ -116,9 +117,6 @@ def where_of(ref: StorageRef) -> str:
 
         u = sqlalchemy.engine.make_url(ref.url)
         return f"{u.host or 'localhost'}:{u.port or DEFAULT_PORTS[u.get_backend_name()]}"
-    if ref.kind in ("grpc", "redis"):
-        return "%s:%d" % _host_port(ref.url.replace("rediss://", "redis://"), "grpc"
-                                    if ref.kind == "grpc" else "redis")
     return ref.shown
 
 
@@ -129,12 +127,7 @@ def check_reachable(ref: StorageRef) -> None:
         if ref.url is not None and not Path(ref.url).parent.is_dir():
             raise ConfigError(f"--storage {ref.shown}: folder {Path(ref.url).parent} not found")
         return
-    if ref.kind == "grpc":
-        _grpc_proxy(ref)
-        return
-    if ref.kind == "redis":
-        _redis_backend(ref)
-        return
+    refuse_for_workers(ref)
     engine = _engine(ref)
     try:
         with engine.connect():
@@ -162,6 +155,15 @@ def _engine(ref: StorageRef):
         raise ConfigError(f"--storage {ref.shown}: {printable(exc)}") from None
 
 
+def database_errors() -> tuple[type[BaseException], ...]:
+    """SQLAlchemy's errors (a database gone mid-sweep), for one line instead of a traceback."""
+    try:
+        import sqlalchemy
+    except ImportError:
+        return ()
+    return (sqlalchemy.exc.SQLAlchemyError,)
+
+
 def engine_kwargs(ref: StorageRef) -> dict[str, Any]:
     if ref.url.startswith("sqlite"):
         return {"connect_args": {"timeout": 30}}
@@ -178,39 +180,9 @@ def _connect_error(ref: StorageRef, exc: Exception) -> ConfigError:
                        f"{where_of(ref)} ({printable(reason)[:200]})")
 
 
-def _grpc_proxy(ref: StorageRef):
-    from optuna.storages import GrpcStorageProxy
-
-    host, port = _host_port(ref.url, "grpc")
-    proxy = GrpcStorageProxy(host=host, port=port)
-    try:
-        proxy.wait_server_ready(timeout=CONNECT_TIMEOUT)
-    except ConnectionError:
-        raise ConfigError(f"--storage {ref.shown}: no Optuna gRPC storage proxy answers at "
-                          f"{host}:{port} (waited {CONNECT_TIMEOUT} s)") from None
-    return proxy
-
-
-def _redis_backend(ref: StorageRef):
-    try:
-        import redis  # noqa: F401
-    except ImportError:
-        raise ConfigError(f"--storage {ref.shown}: Optuna's Redis journal needs the redis "
-                          f"package (pip install redis)") from None
-    from optuna.storages.journal import JournalRedisBackend
-
-    try:
-        backend = JournalRedisBackend(ref.url)
-        backend._redis.ping()
-    except Exception as exc:
-        raise ConfigError(f"--storage {ref.shown}: cannot connect to Redis at {where_of(ref)} "
-                          f"({printable(exc)[:200]})") from None
-    return backend
-
-
 def refuse_for_workers(ref: StorageRef) -> None:
     """Workers need a claim lock and trial heartbeats: a journal file (one machine) or a
-    database (many). The proxies have neither."""
+    database (many). Optuna's gRPC proxy and Redis journal have neither."""
     if ref.kind in ("grpc", "redis"):
         raise ConfigError(f"--storage {ref.shown}: sweep workers need the database itself "
                           f"(postgresql://, mysql://, sqlite:///) or a journal file: this "
@@ -220,12 +192,7 @@ def refuse_for_workers(ref: StorageRef) -> None:
 def make_storage(ref: StorageRef, directory: Path, *, read_only: bool,
                  heartbeat: tuple[int, int] | None = None):
     """The Optuna storage object. ``heartbeat``: (interval, grace) seconds, databases only."""
-    if ref.kind == "grpc":
-        return _grpc_proxy(ref)
-    if ref.kind == "redis":
-        from optuna.storages import JournalStorage
-
-        return JournalStorage(_redis_backend(ref))
+    refuse_for_workers(ref)
     if ref.kind == "database":
         return _rdb(ref, read_only, heartbeat)
     return _journal(journal_path(ref, directory), read_only)
@@ -277,7 +244,10 @@ def _journal(path: Path, read_only: bool):
     with lock.held():
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644)
         os.close(fd)
-        _repair(path)
+        cut = _repair(path)
+        if cut:
+            print(f"{path}: removed a partial last line ({cut} bytes: a writer was stopped "
+                  f"mid-record; every whole record is kept)", file=sys.stderr, flush=True)
         for _ in ReadOnlyJournal(path).read_logs(0):     # damage elsewhere: one line, now
             pass
     return JournalStorage(JournalFileBackend(str(path), lock_obj=lock))

@@ -1,4 +1,4 @@
-"""The sweep directory and its Optuna study: creation, the spec check, and claiming trials.
+"""The sweep directory and its Optuna study: creation, the spec check, sweep.json read back.
 
 Layout of a sweep directory::
 
@@ -9,9 +9,9 @@ Layout of a sweep directory::
     DIR/locks/           journal only: trial-N.lock, held (flock) by the worker training trial N
     DIR/.claim.lock      journal only: held while a worker picks its next trial
 
-Two coordinators, by storage. With the journal file (one machine), flock: the kernel releases it
-the moment its holder dies, however it dies, so a dead worker's trial is taken over at once and
-exactly once. With a database (many machines), the database alone (ownership.py): a claim lock
+Two coordinators, by storage. With the journal file (one machine), flock (flocks.py): the kernel
+releases it the moment its holder dies, however it dies, so a dead worker's trial is taken over at
+once and exactly once. With a database (many machines), the database alone (ownership.py): a claim lock
 held in the database and Optuna's trial heartbeat, because many cluster filesystems keep flock
 per node (BeeGFS without global locks, Lustre with localflock, NFS mounted local_lock). Either way
 a taken-over trial is the same trial, resumed from its run's checkpoint, counted once.
@@ -20,20 +20,19 @@ a taken-over trial is the same trial, resumed from its run's checkpoint, counted
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
 import json
 import os
 import time
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from fmnist_mlp.errors import ConfigError, FmnistMlpError, require_extra
 from fmnist_mlp.io.files import atomic_write
 from fmnist_mlp.io.printable import printable
+from fmnist_mlp.sweep.flocks import claim_lock
 from fmnist_mlp.sweep.ownership import heartbeat_settings
 from fmnist_mlp.sweep.spec import SweepSpec
 from fmnist_mlp.sweep.storage import (StorageRef, check_reachable, make_storage, parse_storage,
@@ -93,6 +92,7 @@ def open_sweep(directory: str | Path, spec: SweepSpec | None = None,
     The storage is checked (its server reached) before DIR is created, so a bad URL leaves
     nothing behind."""
     optuna = import_optuna()
+    beat = heartbeat_settings()         # a bad FMNIST_MLP_SWEEP_* value: one line, before DIR
     directory = Path(directory).absolute()
     info_path = directory / "sweep.json"
     if spec is None or info_path.exists() or info_path.is_symlink():
@@ -112,8 +112,8 @@ def open_sweep(directory: str | Path, spec: SweepSpec | None = None,
         refuse_for_workers(ref)
         if ref.kind == "journal":
             _check_locks_dir(directory)
-    heartbeat = heartbeat_settings() if ref.is_database else None
-    backend = make_storage(ref, directory, read_only=read_only, heartbeat=heartbeat)
+    backend = make_storage(ref, directory, read_only=read_only,
+                           heartbeat=beat if ref.is_database else None)
     study = _load_study(optuna, backend, info, ref, directory, create=not read_only)
     return Sweep(directory, spec, info, study, ref,
                  backend if ref.is_database else None, read_only)
@@ -333,76 +333,3 @@ def suggest(trial, spec: SweepSpec) -> dict[str, Any]:
             value = trial.suggest_float(p.key, p.values[0], p.values[1], log=p.log)
         params[p.key] = p.decode(value)
     return params
-
-
-# A holder keeps the claim lock for one Optuna ask: well under a second, seconds on a slow shared
-# file system, so even a large job array starting at once is through in minutes. A wait this
-# long means a holder that is stopped (Ctrl-Z) or stuck.
-CLAIM_WAIT_SECONDS = 600.0
-
-
-@contextmanager
-def claim_lock(directory: Path, wait: float = CLAIM_WAIT_SECONDS) -> Iterator[None]:
-    """Serialises picking trials (and study creation) among all workers of the sweep.
-
-    A dead holder's lock is released by the kernel; a live one that keeps it past ``wait``
-    seconds is reported in one line rather than waited for forever."""
-    path = directory / ".claim.lock"
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-    except OSError as exc:
-        raise FmnistMlpError(f"{path}: cannot open ({exc.strerror})") from None
-    try:
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise FmnistMlpError(
-                        f"{path}: waited {wait:g} s for it; another worker of this sweep holds "
-                        f"it and may be stopped (Ctrl-Z) or stuck: resume or end it, then run again"
-                    ) from None
-                time.sleep(0.05)
-        yield
-    finally:
-        os.close(fd)
-
-
-def try_lock_trial(directory: Path, number: int) -> int | None:
-    """An open, exclusively locked fd for trial ``number``'s lock file, or None if a live
-    worker holds it. Closing the fd (or the process dying) releases it."""
-    path = directory / "locks" / f"trial-{number}.lock"
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-    except OSError as exc:
-        raise FmnistMlpError(f"{path}: cannot open ({exc.strerror})") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    return fd
-
-
-def is_trial_held(directory: Path, number: int, create: bool = True) -> bool:
-    """Whether a live worker holds trial ``number``. ``create`` False: read only (a missing lock
-    file was never held; a lock file opened read-only still takes a flock)."""
-    if not create:
-        try:
-            fd = os.open(directory / "locks" / f"trial-{number}.lock", os.O_RDONLY | os.O_NOFOLLOW)
-        except OSError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            return False
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)
-    fd = try_lock_trial(directory, number)
-    if fd is None:
-        return True
-    os.close(fd)
-    return False

@@ -20,15 +20,8 @@ from fmnist_mlp.rundir import files as runs
 from fmnist_mlp.errors import TrainingDivergedError, TrainingInterrupted, TrainingPruned
 from fmnist_mlp.rundir import layout
 from fmnist_mlp.sweep import ownership
-from fmnist_mlp.sweep.study import (
-    Sweep,
-    claim_lock,
-    import_optuna,
-    make_pruner,
-    make_sampler,
-    suggest,
-    try_lock_trial,
-)
+from fmnist_mlp.sweep.flocks import claim_lock, try_lock_trial
+from fmnist_mlp.sweep.study import Sweep, import_optuna, make_pruner, make_sampler, suggest
 
 
 @dataclass
@@ -174,8 +167,8 @@ class _ReportToTrial:
         # Database: one read per epoch, so a worker that was stopped past the grace period
         # (and lost its trial) trains no epoch of it after it wakes.
         if self.beat is not None and not self.beat.check():
-            raise TrialTakenOver(f"taken over by another worker (this one stopped beating "
-                                 f"for longer than the grace period); left to it")
+            raise TrialTakenOver("taken over by another worker (this one stopped beating "
+                                 "for longer than the grace period); left to it")
 
     def on_batch(self, batch: int, loss: float, acc: float) -> None:
         pass
