@@ -36,7 +36,7 @@ from fmnist_mlp.rundir.flips import scorer_for
 
 # Keys that configure no built object, each with where it does act.
 NOT_REACHING_ENGINE = {
-    "train.plots": "the CLI draws the PNGs after training has finished (cli._write_plots)",
+    "train.plots": "the CLI draws the PNGs after training has finished (cli/training_commands.py: _write_plots)",
     "train.checkpoint_every": "how often the run recorder writes checkpoints/last.npz "
                               "(recorder.RunRecorder; tested in test_cli's resume tests)",
     "distill.teachers": "trained runs whose probabilities become the loss targets "

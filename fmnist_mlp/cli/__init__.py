@@ -1,0 +1,13 @@
+"""The ``fmnist-mlp`` command line: thin click glue over the package.
+
+Each command parses its options, calls one function and prints; package errors become one line on
+stderr and an exit code in :func:`main` (``app.py``), and only there. Heavy modules (numpy, tqdm,
+requests) are imported inside the commands so that ``fmnist-mlp --help`` stays fast. One module
+per kind of command: ``training_commands`` (train, gradcheck, download), ``model_commands`` (eval,
+predict, export, runs, plot), ``sweep_commands`` (sweep run, status, report); ``common`` holds
+what they share.
+"""
+
+from fmnist_mlp.cli.app import cli, main
+
+__all__ = ["cli", "main"]

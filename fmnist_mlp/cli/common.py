@@ -1,0 +1,79 @@
+"""What the commands share: the exit-code table, the common options, strict JSON, SIGTERM as
+Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+EXIT_CODES_HELP = """\b
+Exit codes:
+  0    success
+  1    other errors (data, checkpoint, I/O)
+  2    usage or config error (nothing is created on disk)
+  3    training diverged (NaN/inf loss): the run is marked failed
+  130  interrupted (Ctrl-C / SIGTERM): the run is saved and can be resumed
+  141  stdout was closed early (e.g. piped into head): nothing more is printed
+"""
+
+data_dir_option = click.option(
+    "--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help="Dataset cache directory (default: $FMNIST_MLP_DATA_DIR, else "
+         "$XDG_CACHE_HOME/fmnist-mlp, else ~/.cache/fmnist-mlp).")
+json_option = click.option("--json", "as_json", is_flag=True,
+                            help="Print one JSON object on stdout and nothing else there.")
+
+
+class StdoutClosed(Exception):
+    """Raised instead of BrokenPipeError, which click would turn into a silent exit 1."""
+
+
+class Group(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            raise StdoutClosed from None
+
+
+def json_dumps(obj) -> str:
+    """Strict JSON: NaN and infinities (a diverged loss, an empty class) become null."""
+    import math
+
+    def clean(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        return value
+
+    return json.dumps(clean(obj), allow_nan=False)
+
+
+class sigterm_as_interrupt:
+    """SIGTERM (Slurm pre-emption, ``kill``) is handled like Ctrl-C: save, mark, exit 130."""
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
+        return self
+
+    def __exit__(self, *exc_info):
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
