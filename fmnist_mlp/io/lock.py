@@ -67,7 +67,7 @@ class FileLock:
                 fd = self.opener()
             else:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+                fd = self.open_lock_file(self.path)
         except OSError as exc:
             raise DataError(f"{self.path}: cannot create the lock file: {exc.strerror or exc}") from None
         started = time.monotonic()
@@ -87,11 +87,27 @@ class FileLock:
                     raise LockHeld(f"{self.path}: still locked by {holder} after "
                                    f"{self.timeout:g} s", holder) from None
                 if now >= next_notice:
-                    self.notify(f"waiting for the data cache lock {self.path}, held by "
+                    self.notify(f"waiting for the lock {self.path}, held by "
                                 f"{self.holder()} (waited {now - started:.0f} s"
                                 + (f" of at most {self.timeout:g} s)" if self.timeout else ")"))
                     next_notice = now + self.notify_every
                 time.sleep(self.poll_interval)
+
+    @staticmethod
+    def open_lock_file(path: str | Path) -> int:
+        """The lock file opened for writing, created if missing, never through a link."""
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+
+    def try_acquire(self) -> bool:
+        """Take the lock if it is free now: True if taken, False if another process holds it."""
+        timeout, self.timeout = self.timeout, 0
+        try:
+            self.acquire()
+            return True
+        except LockHeld:
+            return False
+        finally:
+            self.timeout = timeout
 
     def holder(self) -> str:
         """Who holds the lock, as its holder recorded it: "process 123 on host-a"."""
@@ -116,3 +132,19 @@ class FileLock:
 
     def __exit__(self, *exc_info) -> None:
         self.release()
+
+
+def is_held(path: str | Path) -> bool:
+    """Whether a live process holds the lock at ``path``, asked read-only (nothing is created or
+    written: a missing lock file was never held)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)

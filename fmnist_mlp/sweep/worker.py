@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 from fmnist_mlp.rundir import files as runs
 from fmnist_mlp.errors import TrainingDivergedError, TrainingInterrupted, TrainingPruned
+from fmnist_mlp.io.lock import FileLock
 from fmnist_mlp.rundir import layout
 from fmnist_mlp.sweep import ownership
 from fmnist_mlp.sweep.flocks import claim_lock, try_lock_trial
@@ -30,7 +31,7 @@ class Claim:
     trial_id: int
     params: dict[str, Any]
     run_dir: Path | None        # set when the trial is being resumed and had started a run
-    lock_fd: int | None         # journal: the trial's flock; database: None
+    lock: FileLock | None       # journal: the trial's lock, held; database: None
     owner: str | None = None    # database: this worker's token, recorded as the trial's owner
 
 
@@ -86,8 +87,8 @@ def run_worker(sweep: Sweep, data_dir: str | Path | None = None,
             log(f"trial {claim.number}: {exc}")
             continue
         finally:
-            if claim.lock_fd is not None:
-                os.close(claim.lock_fd)
+            if claim.lock is not None:
+                claim.lock.release()
         done += 1
     return done
 
@@ -101,9 +102,9 @@ def claim_next(sweep: Sweep, owner: str) -> Claim | object | None:
         trials = study.get_trials(deepcopy=False)
         for t in trials:
             if t.state == optuna.trial.TrialState.RUNNING:
-                fd = try_lock_trial(sweep.dir, t.number)
-                if fd is not None:          # its worker is gone: take it over
-                    return _resume_claim(sweep, t, fd, None)
+                lock = try_lock_trial(sweep.dir, t.number)
+                if lock is not None:        # its worker is gone: take it over
+                    return _resume_claim(sweep, t, lock, None)
         if len(trials) >= sweep.budget:
             return None
         return _new_claim(sweep, len(trials), None)
@@ -135,24 +136,24 @@ def _new_claim(sweep: Sweep, count: int, owner: str | None) -> Claim:
     study = sweep.study
     study.sampler = make_sampler(sweep.spec, count)
     trial = study.ask()
-    fd = None
+    lock = None
     if owner is None:
-        fd = try_lock_trial(sweep.dir, trial.number)
-        assert fd is not None, "a new trial's lock is free"      # we hold the claim lock
+        lock = try_lock_trial(sweep.dir, trial.number)
+        assert lock is not None, "a new trial's lock is free"      # we hold the claim lock
     else:
         ownership.take(sweep.rdb, trial._trial_id, owner)
     trial.set_user_attr("worker", _worker_id())
-    return Claim(trial.number, trial._trial_id, suggest(trial, sweep.spec), None, fd, owner)
+    return Claim(trial.number, trial._trial_id, suggest(trial, sweep.spec), None, lock, owner)
 
 
-def _resume_claim(sweep: Sweep, frozen, fd: int | None, owner: str | None) -> Claim:
+def _resume_claim(sweep: Sweep, frozen, lock: FileLock | None, owner: str | None) -> Claim:
     """A gone worker's trial, taken over: its parameters as stored (any it had not drawn yet,
     drawn now), its run directory found under DIR/runs."""
     optuna = import_optuna()
     trial = optuna.trial.Trial(sweep.study, frozen._trial_id)
     trial.set_user_attr("worker", _worker_id())
     return Claim(frozen.number, frozen._trial_id, suggest(trial, sweep.spec),
-                 sweep.run_dir_of(frozen.user_attrs.get("run_dir")), fd, owner)
+                 sweep.run_dir_of(frozen.user_attrs.get("run_dir")), lock, owner)
 
 
 class _ReportToTrial:
