@@ -235,26 +235,35 @@ def trained(real_data_dir, tmp_path_factory) -> Path:
     return Path(proc.stdout.strip().splitlines()[-1])
 
 
+def test_json_output_never_holds_nan_or_infinity():
+    # Every --json printer goes through this: non-finite numbers (a diverged run's loss in its
+    # summary) become null, never the NaN that strict JSON readers refuse.
+    from fmnist_mlp.cli.common import json_dumps
+
+    def refuse(constant):
+        raise ValueError(f"invalid JSON constant {constant}")
+
+    text = json_dumps({"loss": float("nan"), "curve": [1.0, float("inf"), (float("-inf"),)],
+                       "nested": {"acc": 0.5}})
+    assert json.loads(text, parse_constant=refuse) == {"loss": None, "curve": [1.0, None, [None]],
+                                                       "nested": {"acc": 0.5}}
+
+
 @pytest.mark.realdata
-def test_eval_json_never_prints_nan(trained, real_data_dir, tmp_path):
+def test_finite_weights_whose_outputs_overflow_are_refused_not_scored(trained, real_data_dir, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(trained, run)
     path = run / "checkpoints" / "best.npz"
     with np.load(path) as npz:
         arrays = {k: npz[k] for k in npz.files}
-    # Finite weights whose products overflow: the loss is NaN. (NaN weights themselves are
-    # refused as a damaged model before anything is scored.)
+    # Finite weights whose products overflow float32 would score a NaN loss: a damaged model.
     arrays["param/layer0.W"] = np.full_like(arrays["param/layer0.W"], 3e38)
     with open(path, "wb") as f:
         np.savez(f, **arrays)
     proc = fmnist("eval", run, "--json", "--data-dir", real_data_dir)
-    assert proc.returncode == 0, proc.stderr
-
-    def refuse(constant):
-        raise ValueError(f"invalid JSON constant {constant}")
-
-    result = json.loads(proc.stdout, parse_constant=refuse)
-    assert result["loss"] is None
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.startswith(f"error: {path}: ") and "overflow" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.realdata

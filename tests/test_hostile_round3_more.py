@@ -20,10 +20,40 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from round3_helpers import (ENV, REPO, TINY, fmnist, model_spec, need, one_line, shirt, st_parts,
-                            st_write, with_meta, work)
+from round3_helpers import (ENV, GiB, REPO, TINY, fmnist, model_spec, need, one_line, shirt,
+                            st_parts, st_write, with_meta, work)
 
 pytestmark = pytest.mark.realdata
+
+
+# Runs the CLI from a small launcher process, under an address-space limit, and reports the
+# CLI's own peak resident memory. (A child forked from pytest itself carries pytest's resident
+# pages into its ru_maxrss -- 150 MB and more once onnx is imported -- which would hide the
+# tens of MB these tests are about.)
+_LAUNCHER = """
+import json, os, resource, sys
+report, limit, argv = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+pid = os.fork()
+if pid == 0:
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    os.execv(sys.executable, [sys.executable, "-m", "fmnist_mlp", *argv])
+_, status, usage = os.wait4(pid, 0)
+with open(report, "w") as f:
+    json.dump([os.waitstatus_to_exitcode(status), usage.ru_maxrss * 1024], f)
+"""
+
+
+def _peak_rss(argv, limit_bytes: int, timeout: float = 120) -> tuple[int, str, str, int]:
+    """(exit code, stdout, stderr, peak resident bytes of the CLI process alone)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as scratch:
+        report = Path(scratch) / "report.json"
+        proc = subprocess.run([sys.executable, "-c", _LAUNCHER, str(report), str(limit_bytes),
+                               *map(os.fspath, argv)], env=ENV, capture_output=True, text=True,
+                              timeout=timeout)
+        code, peak = json.loads(report.read_text())
+    return code, proc.stdout, proc.stderr, peak
 
 
 def _raw_header_file(path: Path, text: str, body: bytes) -> Path:
@@ -182,12 +212,12 @@ def _five_class_file(work, tmp_path) -> Path:
     header, body = st_parts(work["st"])
     spec = {**model_spec(header), "num_classes": 5}
     header = with_meta(header, "model_spec", spec)
-    (w0, _), (w1_begin, w1_end), (b1_begin, b1_end) = (
-        header["layer0.b"]["data_offsets"], header["layer1.W"]["data_offsets"],
-        header["layer1.b"]["data_offsets"])
+    (w1_begin, w1_end), (b1_begin, b1_end) = (header["layer1.W"]["data_offsets"],
+                                              header["layer1.b"]["data_offsets"])
     w1 = np.frombuffer(body[w1_begin:w1_end], "<f4").reshape(8, 10)[:, :5].copy()
     b1 = np.frombuffer(body[b1_begin:b1_end], "<f4")[:5].copy()
-    header["layer1.W"] = {"dtype": "F32", "shape": [8, 5], "data_offsets": [w1_begin, w1_begin + 160]}
+    header["layer1.W"] = {"dtype": "F32", "shape": [8, 5],
+                          "data_offsets": [w1_begin, w1_begin + 160]}
     header["layer1.b"] = {"dtype": "F32", "shape": [5],
                           "data_offsets": [w1_begin + 160, w1_begin + 180]}
     return st_write(tmp_path / "five.safetensors", header,
@@ -430,14 +460,13 @@ def test_save_preprocessed_onto_something_that_is_not_a_folder_says_so(work, shi
 def test_a_safetensors_header_of_megabytes_is_refused_before_it_is_parsed(work, shirt, tmp_path):
     # A header of 16 MB of "{}," (the old cap) parsed into 5 million dicts: 475 MB resident for
     # a file fmnist-mlp never writes (its headers are a few kB).
-    from round3_helpers import GiB, peak_rss
 
     header, body = st_parts(work["st"])
     text = json.dumps(header)
     room = (1 << 24) - len(text) - 64
     bomb = text[:-1] + ', "x": [' + ",".join(["{}"] * (room // 3)) + "]}"
     path = _raw_header_file(tmp_path / "bomb.safetensors", bomb, body)
-    code, out, err, peak = peak_rss(["predict", path, shirt], limit_bytes=GiB)
+    code, out, err, peak = _peak_rss(["predict", path, shirt], limit_bytes=GiB)
     assert code == 1 and out == "", err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {path}: ") and "header" in lines[0]
@@ -531,10 +560,9 @@ def test_a_one_pixel_wide_picture_of_89_million_rows_is_refused_from_its_header(
                                                                                tmp_path):
     # Under Pillow's pixel limit, but Pillow keeps a pointer per row: a 1 x 89,000,000 PNG of
     # 170 KB took 917 MB resident (more than 1 GB as RGBA) for a picture no camera makes.
-    from round3_helpers import GiB, peak_rss
 
     tall = _tall_png(tmp_path / "tall.png", 1, 89_000_000)
-    code, out, err, peak = peak_rss(["predict", work["run"], tall, shirt], limit_bytes=2 * GiB)
+    code, out, err, peak = _peak_rss(["predict", work["run"], tall, shirt], limit_bytes=2 * GiB)
     assert code == 1, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {tall}: ") and "65535" in lines[0]
@@ -558,12 +586,11 @@ def test_an_onnx_export_past_protobufs_2_gb_is_refused_before_loading(work, tmp_
         out[name] = {"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + size]}
         offset += size
     big = st_write(tmp_path / "big.safetensors", out, total_data=offset)
-    from round3_helpers import peak_rss
 
     target = tmp_path / "big.onnx"
     # Address space for the memory estimate (5 arrays per parameter, 11 GiB) to pass where the
     # machine has that much available; elsewhere the estimate refuses first, also in one line.
-    code, stdout, err, peak = peak_rss(["export", big, "--format", "onnx", "-o", target],
+    code, stdout, err, peak = _peak_rss(["export", big, "--format", "onnx", "-o", target],
                                        limit_bytes=16 << 30, timeout=60)
     lines = err.strip().splitlines()
     assert len(lines) == 1 and stdout == "", err
@@ -573,3 +600,254 @@ def test_an_onnx_export_past_protobufs_2_gb_is_refused_before_loading(work, tmp_
         assert code == 2 and "2 GB" in lines[0] and "safetensors" in lines[0], err
     assert peak < 300 * (1 << 20), f"peak resident memory {peak / (1 << 20):.0f} MiB"
     assert not target.exists()
+
+
+def test_a_large_float_tiff_of_extreme_finite_values_is_scaled_without_overflow(work, tmp_path):
+    # Finite values of +-3e38 passed the NaN check, but the shrinking (a box average in float32)
+    # overflowed to inf: three NumPy warnings and a blank picture predicted, exit 0.
+    need("PIL")
+    from PIL import Image
+
+    obj = np.zeros((3000, 3000), bool)
+    obj[500:2500, 800:2200] = True
+    floats = tmp_path / "extreme.tif"
+    Image.fromarray(np.where(obj, -3e38, 3e38).astype(np.float32), "F").save(
+        floats, compression="tiff_deflate")
+    same = tmp_path / "same.png"                      # the same picture as 8-bit grayscale
+    Image.fromarray(np.where(obj, 0, 255).astype(np.uint8)).save(same)
+    proc = fmnist("predict", work["run"], floats, same, "--json")
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    got, want = json.loads(proc.stdout)["predictions"]
+    np.testing.assert_allclose(got["probabilities"], want["probabilities"], atol=1e-3)
+
+
+def _repeated_scans_jpeg(path: Path, side: int, repeats: int, mpo: bool = False) -> Path:
+    """A progressive JPEG of a uniform side x side picture whose first AC scan is repeated
+    ``repeats`` times: libjpeg warns of the bogus progression and decodes every one of them,
+    each over the whole picture, while each costs ~100 bytes of file. ``mpo``: as the first
+    picture of a multi-picture file (which Pillow names "MPO", not "JPEG")."""
+    import io
+    import struct
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    if mpo:
+        Image.new("RGB", (side, side), (128,) * 3).save(
+            buffer, "MPO", save_all=True, append_images=[Image.new("RGB", (8, 8))],
+            progressive=True, quality=50)
+    else:
+        Image.new("L", (side, side), 128).save(buffer, "JPEG", progressive=True, quality=50)
+    data = buffer.getvalue()
+    out, i, repeated = [data[:2]], 2, False
+    while i < len(data):
+        marker = data[i + 1]
+        if marker == 0xD9:
+            out.append(data[i:])
+            break
+        length = struct.unpack(">H", data[i + 2:i + 4])[0]
+        end = i + 2 + length
+        if marker == 0xDA:                     # the entropy-coded data runs to the next marker
+            while not (data[end] == 0xFF and data[end + 1] not in (0x00, *range(0xD0, 0xD8))):
+                end += 1
+        segment = data[i:end]
+        out.append(segment)
+        if marker == 0xDA and not repeated and segment[5 + 2 * segment[4]] > 0:   # Ss > 0
+            out.append(segment * repeats)
+            repeated = True
+        i = end
+    path.write_bytes(b"".join(out))
+    return path
+
+
+def test_a_jpeg_of_thousands_of_scans_is_refused_before_decoding(work, shirt, tmp_path):
+    # A 2 MB progressive JPEG (8000 x 8000) repeating one scan 20,000 times took 94 s to
+    # predict: every scan is decoded over the whole picture. The scans are counted first.
+    need("PIL")
+    import time
+
+    bomb = _repeated_scans_jpeg(tmp_path / "scans.jpg", 8000, 2000)
+    mpo = _repeated_scans_jpeg(tmp_path / "scans-mpo.jpg", 8000, 2000, mpo=True)
+    plain = _repeated_scans_jpeg(tmp_path / "plain.jpg", 8000, 0)
+    started = time.monotonic()
+    proc = fmnist("predict", work["run"], bomb, mpo, plain, shirt, timeout=120)
+    assert time.monotonic() - started < 15
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr and "Warning" not in proc.stderr, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 2, proc.stderr
+    for path, line in zip((bomb, mpo), lines):
+        assert line.startswith(f"error: {path}: ") and "scans" in line
+    assert [row.split(": ")[0] for row in proc.stdout.splitlines()] == [str(plain), str(shirt)]
+
+
+def _structure_bomb(kind: str, shirt: Path, path: Path, steps: int = 2_000_000) -> Path:
+    """The shirt with ``steps`` empty structure items Pillow parses one by one in Python:
+    empty private PNG chunks after IHDR, empty APP15 markers after a JPEG's SOI, or a GIF
+    comment of 1-byte sub-blocks before the first picture."""
+    import io
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    picture = Image.open(shirt)
+    buffer = io.BytesIO()
+    if kind == "png":
+        picture.save(buffer, "PNG")
+        data = buffer.getvalue()
+        empty = b"\x00\x00\x00\x00abCd" + struct.pack(">I", zlib.crc32(b"abCd") & 0xFFFFFFFF)
+        path.write_bytes(data[:33] + empty * steps + data[33:])
+    elif kind == "jpeg":
+        picture.save(buffer, "JPEG")
+        data = buffer.getvalue()
+        path.write_bytes(data[:2] + b"\xff\xef\x00\x02" * steps + data[2:])
+    else:
+        picture.convert("P").save(buffer, "GIF")
+        data = buffer.getvalue()
+        table = 3 << ((data[10] & 7) + 1) if data[10] & 0x80 else 0
+        start = 13 + table
+        path.write_bytes(data[:start] + b"\x21\xfe" + b"\x01a" * steps + b"\x00" + data[start:])
+    return path
+
+
+@pytest.mark.parametrize("kind", ["png", "jpeg", "gif"])
+def test_a_file_of_millions_of_empty_structure_items_is_refused_before_pillow_parses_it(
+        work, shirt, tmp_path, kind):
+    # Pillow parses these in Python, keeping ~100-200 bytes per item: 2 million empty JPEG
+    # markers (8 MB) took 330 MB, a GIF comment of 4 million 1-byte sub-blocks (8 MB) 409 MB,
+    # 2 million empty PNG chunks (24 MB) 297 MB and 6 s (8 million: 1.0 GB, 24 s).
+    need("PIL")
+
+    bomb = _structure_bomb(kind, shirt, tmp_path / f"bomb.{kind}")
+    code, out, err, peak = _peak_rss(["predict", work["run"], bomb, shirt], limit_bytes=GiB)
+    assert code == 1, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {bomb}: ") and "100000" in lines[0]
+    assert out.startswith(f"{shirt}: ")
+    assert peak < 150 * (1 << 20), f"peak resident memory {peak / (1 << 20):.0f} MiB"
+
+
+def test_files_with_ordinary_structure_are_still_read(work, shirt, tmp_path):
+    # The walk must not refuse what Pillow reads: progressive JPEG, APNG, animated GIF, EXIF.
+    need("PIL")
+    from PIL import Image
+
+    picture = Image.open(shirt)
+    files = []
+    for name, kwargs in (("p.jpg", {"progressive": True}), ("e.jpg", {"exif": b"Exif\x00\x00"}),
+                         ("a.png", {"save_all": True, "append_images": [picture] * 50}),
+                         ("a.gif", {"save_all": True, "append_images": [picture] * 50,
+                                    "comment": b"x" * 1000}),
+                         ("i.png", {"pnginfo": None})):
+        kwargs = {k: v for k, v in kwargs.items() if v is not None}
+        picture.save(tmp_path / name, **kwargs)
+        files.append(tmp_path / name)
+    proc = fmnist("predict", work["run"], *files)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert len(proc.stdout.splitlines()) == len(files)
+
+
+def _strips_tiff(path: Path, strips: int, big_endian: bool = False) -> Path:
+    """An 8 x 8 grayscale TIFF whose first directory declares ``strips`` one-byte strips, all
+    pointing at the same 64 pixels (Pillow reads both arrays into tuples, then decodes every
+    strip)."""
+    import struct
+
+    e = ">" if big_endian else "<"
+    tags = [(256, 3, 1, 8), (257, 3, 1, 8), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1),
+            (273, 4, strips, None), (277, 3, 1, 1), (278, 3, 1, 1), (279, 4, strips, None)]
+    pixels_at = 8 + 2 + 12 * len(tags) + 4
+    offsets_at = pixels_at + 64
+    counts_at = offsets_at + 4 * strips
+    directory = struct.pack(e + "H", len(tags))
+    for tag, kind, count, value in tags:
+        if value is None:
+            directory += struct.pack(e + "HHII", tag, kind, count,
+                                     offsets_at if tag == 273 else counts_at)
+        else:
+            directory += struct.pack(e + "HHIHH", tag, kind, count, value, 0)
+    head = (b"MM\x00*" if big_endian else b"II*\x00") + struct.pack(e + "I", 8)
+    path.write_bytes(head + directory + struct.pack(e + "I", 0) + b"\xc8" * 64
+                     + struct.pack(e + "I", pixels_at) * strips + struct.pack(e + "I", 1) * strips)
+    return path
+
+
+def test_a_tiff_declaring_millions_of_strips_is_refused_before_pillow_reads_them(work, shirt,
+                                                                                 tmp_path):
+    # An 80 MB TIFF of an 8 x 8 picture declaring 10 million one-byte strips took 2.65 GB and
+    # 79 s (Pillow keeps the offsets as Python ints, then decodes each strip); 2 million (16 MB):
+    # over 500 MB and 16 s. And 100,000 strips cannot fit in 8 rows at all.
+    need("PIL")
+    import time
+
+
+    many = _strips_tiff(tmp_path / "many.tif", 2_000_000)
+    started = time.monotonic()
+    code, out, err, peak = _peak_rss(["predict", work["run"], many, shirt], limit_bytes=2 * GiB)
+    assert time.monotonic() - started < 10
+    assert code == 1, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {many}: ") and "TIFF" in lines[0]
+    assert out.startswith(f"{shirt}: ")
+    assert peak < 150 * (1 << 20), f"peak resident memory {peak / (1 << 20):.0f} MiB"
+    for name, big_endian in (("room.tif", False), ("room-mm.tif", True)):
+        room = _strips_tiff(tmp_path / name, 100_000, big_endian)
+        proc = fmnist("predict", work["run"], room, shirt)
+        assert proc.returncode == 1
+        assert one_line(proc).startswith(f"error: {room}: ") and "strips" in proc.stderr
+
+
+def _zip_directory_bomb(path: Path, entries: int) -> Path:
+    """A zip64 archive of one empty local file whose central directory lists ``entries``
+    members (all pointing at it): ~57 bytes of directory per member, ~500 bytes of ZipInfo in
+    Python's zipfile."""
+    import struct
+
+    local = struct.pack("<4sHHHHHIIIHH", b"PK\x03\x04", 20, 0, 0, 0, 0, 0, 0, 0, 5, 0) + b"a.npy"
+    directory = bytearray()
+    for i in range(entries):
+        name = b"%07d.npy" % i
+        directory += struct.pack("<4sHHHHHHIIIHHHHHII", b"PK\x01\x02", 20, 20, 0, 0, 0, 0, 0, 0,
+                                 0, len(name), 0, 0, 0, 0, 0, 0) + name
+    end64 = struct.pack("<4sQHHIIQQQQ", b"PK\x06\x06", 44, 45, 45, 0, 0, entries, entries,
+                        len(directory), len(local))
+    locator = struct.pack("<4sIQI", b"PK\x06\x07", 0, len(local) + len(directory), 1)
+    end = struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, 0xFFFF, 0xFFFF, len(directory),
+                      len(local), 0)
+    path.write_bytes(local + bytes(directory) + end64 + locator + end)
+    return path
+
+
+def test_a_checkpoint_listing_a_million_members_is_refused_from_its_end_record(work, shirt,
+                                                                             tmp_path):
+    # Python's zipfile builds a ZipInfo per listed member before anything can be checked: a
+    # 57 MB archive listing a million members took 517 MB and 5.6 s to be refused.
+
+    bomb = _zip_directory_bomb(tmp_path / "bomb.npz", 1_000_000)
+    code, out, err, peak = _peak_rss(["predict", bomb, shirt], limit_bytes=2 * GiB)
+    assert peak < 150 * (1 << 20), f"peak resident memory {peak / (1 << 20):.0f} MiB"
+    assert code == 1 and out == "", err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {bomb}: ") and "members" in lines[0]
+
+
+def test_an_empty_image_argument_is_a_usage_error_not_the_current_folder(tmp_path):
+    # Path("") is ".": `predict RUN ""` used to predict every image in the current folder.
+    (tmp_path / "here.png").write_bytes(b"")
+    proc = subprocess.run([sys.executable, "-m", "fmnist_mlp", "predict", str(tmp_path / "no-run"), ""],
+                          cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert "image argument is empty" in proc.stderr and "here.png" not in proc.stderr
+
+
+def test_a_fifo_in_place_of_best_npz_is_named_not_skipped(tmp_path):
+    from fmnist_mlp.errors import CheckpointError
+    from fmnist_mlp.rundir.files import find_checkpoint
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    os.mkfifo(run / "checkpoints" / "best.npz")
+    (run / "checkpoints" / "last.npz").write_bytes(b"PK")
+    with pytest.raises(CheckpointError, match=r"best\.npz: not a regular file"):
+        find_checkpoint(run)

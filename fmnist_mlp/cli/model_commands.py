@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from fmnist_mlp.io.printable import printable
 from fmnist_mlp.cli.common import EXIT_CODES_HELP, data_dir_option, json_dumps, json_option
 
 
@@ -39,7 +40,7 @@ def eval_command(targets, split, data_dir, as_json):
 @click.command(epilog=EXIT_CODES_HELP)
 @click.argument("model", metavar="RUN_DIR_OR_MODEL", type=click.Path(path_type=Path))
 @click.argument("images", metavar="IMAGE_OR_DIR...", nargs=-1, required=True,
-                type=click.Path(path_type=Path))
+                type=click.Path(path_type=str))   # as typed: Path("") would be the current folder
 @click.option("--model", "-m", "more_models", multiple=True, type=click.Path(path_type=Path),
               metavar="RUN_DIR_OR_MODEL",
               help="Another run to average with the first (an ensemble). Repeatable.")
@@ -65,9 +66,11 @@ def predict(model, images, more_models, top_k, save_dir, data_dir, as_json):
     from fmnist_mlp.predict.run import as_json as predictions_json
     from fmnist_mlp.predict.run import as_text, error_lines, predict_files
 
+    if "" in images:
+        raise click.UsageError("an image argument is empty: give a file or a folder")
     require_pillow()
     members = load_members([model, *more_models], data_dir)
-    result = predict_files(members, images, save_dir)
+    result = predict_files(members, [Path(image) for image in images], save_dir)
     for line in error_lines(result):                 # names made printable
         click.echo(line, err=True)
     if as_json:
@@ -98,7 +101,6 @@ def export(targets, fmt, output, data_dir):
     export extra (pip install -e '.[export]').
     """
     from fmnist_mlp.export.write import export_models
-    from fmnist_mlp.io.printable import printable
 
     click.echo(printable(export_models(targets, fmt, output, data_dir)))   # names: escapes shown
 
@@ -146,4 +148,4 @@ def plot(run_dir, data_dir):
     from fmnist_mlp.plots import plot_run
 
     for path in plot_run(run_dir, data_dir=data_dir):
-        click.echo(str(path))
+        click.echo(printable(path))

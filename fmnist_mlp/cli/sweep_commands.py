@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from fmnist_mlp.io.printable import printable
 from fmnist_mlp.cli.common import EXIT_CODES_HELP, data_dir_option, json_dumps, json_option
 
 
@@ -87,4 +88,4 @@ def sweep_report(sweep_dir, top, out):
     table, paths = write_report(open_sweep(sweep_dir, read_only=True), top=top, out=out)
     click.echo(table)
     for path in paths:
-        click.echo(str(path))
+        click.echo(printable(path))

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from fmnist_mlp.io.printable import printable
 from fmnist_mlp.cli.common import (
     EXIT_CODES_HELP,
     data_dir_option,
@@ -72,7 +73,7 @@ def train(config_path, overrides, name, runs_dir, data_dir, resume_dir, quiet, t
     reporter.message(f"finished: best val acc {s['best_val_acc']:.4f} (epoch {s['best_epoch']}), "
                      f"test acc {s['test_acc']:.4f}, {s['wall_time']:.1f}s"
                      + (f"; {s['message']}" if s.get("message") else ""))
-    click.echo(json_dumps(s) if as_json else str(result.run_dir))
+    click.echo(json_dumps(s) if as_json else printable(result.run_dir))
 
 
 @click.command()
@@ -87,7 +88,7 @@ def download(data_dir, sources, force, quiet):
     from fmnist_mlp.data import ensure_dataset
 
     path = ensure_dataset(data_dir, sources=list(sources) or None, force=force, progress=not quiet)
-    click.echo(str(path))
+    click.echo(printable(path))
 
 
 @click.command()

@@ -277,6 +277,44 @@ def _metadata(metadata: Any, path: Path) -> dict[str, Any]:
 # .npz
 
 
+# A checkpoint lists a few members per layer (parameters, optimiser slots) and a few more; the
+# zip's central directory is read whole, one ZipInfo (~500 bytes) per member, by zipfile.
+MAX_NPZ_MEMBERS = 10_000
+MAX_NPZ_DIRECTORY_BYTES = 4 << 20
+
+
+def check_zip_directory(path: str | Path) -> None:
+    """Refuse an archive whose end record lists more than MAX_NPZ_MEMBERS members or a central
+    directory over MAX_NPZ_DIRECTORY_BYTES, from that record alone: before ``zipfile`` reads the
+    directory (a 57 MB file listing a million members took 517 MB). An archive whose end record
+    is not found is left to ``zipfile``, which says why it cannot read it."""
+    path = Path(path)
+    fd = _open_regular(path)
+    try:
+        size = os.fstat(fd).st_size
+        tail_at = max(0, size - (22 + 65535))
+        tail = os.pread(fd, size - tail_at, tail_at)
+        at = tail.rfind(b"PK\x05\x06")
+        if at < 0 or len(tail) < at + 22:
+            return
+        members = int.from_bytes(tail[at + 10:at + 12], "little")
+        directory = int.from_bytes(tail[at + 12:at + 16], "little")
+        locator = tail[at - 20:at] if at >= 20 else b""
+        if locator[:4] == b"PK\x06\x07":           # zip64: the real counts are in its record
+            record = os.pread(fd, 56, int.from_bytes(locator[8:16], "little"))
+            if record[:4] == b"PK\x06\x06" and len(record) == 56:
+                members = int.from_bytes(record[32:40], "little")
+                directory = int.from_bytes(record[40:48], "little")
+    except (OSError, OverflowError):
+        return
+    finally:
+        os.close(fd)
+    if members > MAX_NPZ_MEMBERS or directory > MAX_NPZ_DIRECTORY_BYTES:
+        raise CheckpointError(f"{path}: not a fmnist-mlp checkpoint: its zip directory lists "
+                              f"{members} members in {directory} bytes (a checkpoint has tens; "
+                              f"at most {MAX_NPZ_MEMBERS} are read)")
+
+
 def npz_headers(zf: zipfile.ZipFile, path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """``{member key: (shape, dtype)}`` from an ``.npz``'s ``.npy`` headers, each member's size
     checked against its header; nothing but the headers is read."""

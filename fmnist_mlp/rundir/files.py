@@ -332,7 +332,8 @@ def find_checkpoint(path: str | Path) -> Path:
             candidate = path / name
             if os.path.lexists(candidate):
                 run_guard.refuse_links_inside(path, name)
-            if candidate.is_file():
+                if not candidate.is_file():     # a FIFO or folder under best.npz: said, not skipped
+                    raise CheckpointError(f"{candidate}: not a regular file")
                 return candidate
         raise CheckpointError(f"{path}: no {layout.BEST} or {layout.LAST} "
                               f"(not a run directory, or it never finished an epoch)")

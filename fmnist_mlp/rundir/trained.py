@@ -92,9 +92,11 @@ def read_model_file(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     first bytes (a zip archive, or a safetensors header), not by the name's suffix: a
     ``MODEL.SAFETENSORS`` or a checkpoint copied to ``best.safetensors`` is read for what it is.
     A FIFO, device or directory is refused without being read (or waited on)."""
-    from fmnist_mlp.io.model_file import file_kind
+    from fmnist_mlp.io.model_file import check_zip_directory, file_kind
 
     kind = file_kind(path)
+    if kind == "npz":
+        check_zip_directory(path)        # before zipfile reads a directory of a million members
     if kind is None and path.suffix.lower() == ".onnx":
         raise CheckpointError(f"{path}: an ONNX export is run with ONNX Runtime; give fmnist-mlp "
                               f"the run directory, a .npz checkpoint or a .safetensors export")
@@ -111,21 +113,20 @@ def stored_model_spec(target: str | Path) -> dict[str, Any] | None:
     way; reading the model then says why."""
     import zipfile
 
-    from fmnist_mlp.io.model_file import file_kind, read_safetensors
-    from fmnist_mlp.rundir.checkpoint_check import check_members
+    from fmnist_mlp.io.model_file import check_zip_directory, file_kind, read_safetensors
+    from fmnist_mlp.rundir.checkpoint_check import check_members, expected_model_arrays
 
     class _Spec(Exception):
         pass
 
-    def stop(meta: dict[str, Any]):
+    def stop(meta: dict[str, Any]):          # called with the metadata, before any tensor
         raise _Spec(meta.get("model_spec"))
-
-    from fmnist_mlp.rundir.checkpoint_check import expected_model_arrays
 
     try:
         path = runs.find_checkpoint(target)
         kind = file_kind(path)
         if kind == "npz":
+            check_zip_directory(path)
             with zipfile.ZipFile(path) as zf:
                 spec = check_members(path, zf).get("model_spec")
         elif kind == "safetensors":
@@ -199,10 +200,11 @@ def check_outputs_finite(model: Any, mean: float, std: float, path: Path) -> Non
     (``predict`` printed "nan", ``eval`` a loss of nan and an accuracy, exit 0). A bound on every
     unit by interval arithmetic -- inputs of pixels 0..255 standardised with (mean, std), then
     per layer |x W + b| <= sum|W|·max|x| + |b|, batch norm as its affine map, tanh and sigmoid
-    at most 1 -- must stay far below the dtype's largest number (for linear outputs, below its
-    square root: ``eval``'s squared error squares them). Trained models stay many orders of
-    magnitude below it; it costs one pass over the weights. A running variance below -eps (the
-    square root of a negative number) is named as such.
+    at most 1 -- must stay far below the dtype's largest number (then the softmax's shift by the
+    row maximum cannot overflow either). Trained models stay many orders of magnitude below it
+    (a bound of ~1e19 would take ten layers each multiplying by 70); it costs one pass over the
+    weights. A running variance below -eps (the square root of a negative number) is named as
+    such.
     """
     from fmnist_mlp.nn.layers import batchnorm_eval_affine
 
@@ -214,8 +216,7 @@ def check_outputs_finite(model: Any, mean: float, std: float, path: Path) -> Non
     params, buffers = model.params, model.buffers
     with np.errstate(all="ignore"):
         for i in range(hidden + 1):
-            W = params[f"layer{i}.W"]
-            worst_z = np.abs(W).sum(axis=0, dtype=np.float64) * bound
+            worst_z = _column_abs_sums(params[f"layer{i}.W"]) * bound
             if i < hidden and spec["batchnorm"]:
                 var = buffers[f"layer{i}.running_var"].astype(np.float64)
                 if not (var + spec["bn_eps"] > 0).all():
@@ -230,15 +231,22 @@ def check_outputs_finite(model: Any, mean: float, std: float, path: Path) -> Non
             else:
                 units = worst_z + np.abs(params[f"layer{i}.b"].astype(np.float64))
             worst = float(units.max()) if units.size else 0.0
-            limit = (np.sqrt(largest) if i == hidden and spec["output"] == "linear"
-                     else largest) / OVERFLOW_MARGIN
-            if not worst <= limit:              # (also NaN)
+            if not worst <= largest / OVERFLOW_MARGIN:      # (also NaN)
                 raise CheckpointError(
-                    f"{path}: its weights can overflow: layer {i}'s units reach {worst:.3g} on "
-                    f"some image, beyond what {dtype.name} holds (a damaged model, outputs of "
+                    f"{path}: its weights can overflow: layer {i}'s units can reach {worst:.3g} "
+                    f"on some image, beyond what {dtype.name} holds (a damaged model, outputs of "
                     f"inf and nan); use another checkpoint")
             if i < hidden:
                 bound = min(worst, 1.0) if spec["activation"] in ("tanh", "sigmoid") else worst
+
+
+def _column_abs_sums(W: np.ndarray, block: int = 1 << 22) -> np.ndarray:
+    """sum_i |W[i, j]| in float64, a few rows at a time: no copy of a large layer."""
+    rows = max(1, block // max(1, W.shape[1]))
+    total = np.zeros(W.shape[1], np.float64)
+    for start in range(0, W.shape[0], rows):
+        total += np.abs(W[start:start + rows]).sum(axis=0, dtype=np.float64)
+    return total
 
 
 def checked_config(config: Mapping[str, Any], path: Path) -> Config:
