@@ -73,7 +73,7 @@ def train(config_path, overrides, name, runs_dir, data_dir, resume_dir, quiet, t
     reporter.message(f"finished: best val acc {s['best_val_acc']:.4f} (epoch {s['best_epoch']}), "
                      f"test acc {s['test_acc']:.4f}, {s['wall_time']:.1f}s"
                      + (f"; {s['message']}" if s.get("message") else ""))
-    click.echo(json_dumps(s) if as_json else printable(result.run_dir))
+    click.echo(json_dumps(s) if as_json else str(result.run_dir))   # exact: scripts read it
 
 
 @click.command()
