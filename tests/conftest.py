@@ -17,6 +17,15 @@ def require_or_skip(reason: str) -> None:
     pytest.skip(reason)
 
 
+@pytest.fixture
+def needs_optuna():
+    """For the sweep tests (``pytestmark = pytest.mark.usefixtures("needs_optuna")``)."""
+    try:
+        import optuna  # noqa: F401
+    except ImportError:
+        require_or_skip("optuna is not installed (pip install -e '.[sweep]')")
+
+
 @pytest.fixture(scope="session")
 def real_data_dir(tmp_path_factory) -> Path:
     """A data directory holding the verified real dataset.

@@ -86,3 +86,25 @@ def tree(directory: Path) -> dict[str, bytes]:
         else:
             out[str(p.relative_to(directory))] = b"<dir>"
     return out
+
+
+def run_tiny_sweep(directory: Path, data_dir, trials: int = 3) -> tuple[Path, Path]:
+    """A finished sweep of ``trials`` tiny trials in ``directory``/sw: (its spec, its folder)."""
+    spec = write_spec(directory / "spec.yaml", trials=trials)
+    proc = run_cli("sweep", "run", spec, "--dir", directory / "sw", "--data-dir", data_dir)
+    assert proc.returncode == 0, proc.stderr
+    return spec, directory / "sw"
+
+
+def run_pruned_sweep(directory: Path, data_dir) -> Path:
+    """A grid of two 3-epoch trials where lr 1e-7 cannot learn: once the trial with a working lr
+    (grid seed 1 puts lr 0.01 first) has finished, the median pruner (one start-up trial) stops
+    the hopeless one after its first epoch. Returns the sweep folder."""
+    spec = write_spec(directory / "spec.yaml", method="grid", seed=1,
+                      pruner={"median": {"n_startup_trials": 1}},
+                      set={"train.epochs": 3, "data.subset": 1000, "data.val_size": 500,
+                           "model.hidden": [16]},
+                      space={"optimizer.lr": {"choice": [0.01, 1e-7]}})
+    proc = run_cli("sweep", "run", spec, "--dir", directory / "sw", "--data-dir", data_dir)
+    assert proc.returncode == 0, proc.stderr
+    return directory / "sw"

@@ -14,19 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sweep_helpers import REPO, cli_env, run_cli, run_dirs, status, write_spec
+from sweep_helpers import REPO, cli_env, run_cli, run_dirs, run_pruned_sweep, status, write_spec
 
 pytest.importorskip("yaml")
+pytestmark = pytest.mark.usefixtures("needs_optuna")
 
 
-@pytest.fixture(autouse=True)
-def _needs_optuna():
-    try:
-        import optuna  # noqa: F401
-    except ImportError:
-        from conftest import require_or_skip
-
-        require_or_skip("optuna is not installed (pip install -e '.[sweep]')")
 
 
 @pytest.fixture(scope="module")
@@ -256,17 +249,7 @@ def test_sigkilled_worker_trial_is_resumed_from_its_checkpoint(tmp_path, real_da
 
 @pytest.mark.slow
 def test_pruned_trial_is_marked_in_study_and_runs_table(tmp_path, real_data_dir):
-    # lr 1e-7 cannot learn in 3 epochs: once the trial with a working lr has finished, the median
-    # pruner (one start-up trial) stops the hopeless one after its first epoch. Grid seed 1 puts
-    # lr 0.01 first.
-    spec = write_spec(tmp_path / "spec.yaml", method="grid", seed=1,
-                      pruner={"median": {"n_startup_trials": 1}},
-                      set={"train.epochs": 3, "data.subset": 1000, "data.val_size": 500,
-                           "model.hidden": [16]},
-                      space={"optimizer.lr": {"choice": [0.01, 1e-7]}})
-    sweep_dir = tmp_path / "sw"
-    proc = run_cli("sweep", "run", spec, "--dir", sweep_dir, "--data-dir", real_data_dir)
-    assert proc.returncode == 0, proc.stderr
+    sweep_dir = run_pruned_sweep(tmp_path, real_data_dir)
     st = status(sweep_dir)
     assert st["trials"][0]["params"]["optimizer.lr"] == 0.01, "grid order changed: pick a seed"
     assert [t["state"] for t in st["trials"]] == ["finished", "pruned"]

@@ -14,28 +14,19 @@ from pathlib import Path
 
 import pytest
 
-from conftest import require_or_skip
 from sweep_helpers import (REPO, cli_env, one_line_error, run_cli, run_cli_read_only, run_dirs,
-                           status, tree, write_spec)
+                           run_tiny_sweep, status, tree, write_spec)
 
 pytest.importorskip("yaml")
+pytestmark = pytest.mark.usefixtures("needs_optuna")
 
 
-@pytest.fixture(autouse=True)
-def _needs_optuna():
-    try:
-        import optuna  # noqa: F401
-    except ImportError:
-        require_or_skip("optuna is not installed (pip install -e '.[sweep]')")
 
 
 @pytest.fixture
 def done_sweep(tmp_path, real_data_dir):
     """A finished 3-trial sweep of tiny trials, one per test (each test damages its own)."""
-    spec = write_spec(tmp_path / "spec.yaml", trials=3)
-    proc = run_cli("sweep", "run", spec, "--dir", tmp_path / "sw", "--data-dir", real_data_dir)
-    assert proc.returncode == 0, proc.stderr
-    return spec, tmp_path / "sw"
+    return run_tiny_sweep(tmp_path, real_data_dir)
 
 
 # --------------------------------------------------------------------------------------------

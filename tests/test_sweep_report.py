@@ -6,16 +6,14 @@ from __future__ import annotations
 
 import pytest
 
-from sweep_helpers import run_cli, status, write_spec
+from sweep_helpers import run_cli, run_pruned_sweep, status, write_spec
 
 pytest.importorskip("yaml")
+pytestmark = pytest.mark.usefixtures("needs_optuna")
 pytest.importorskip("matplotlib")
 Image = pytest.importorskip("PIL.Image")
 
 
-@pytest.fixture(autouse=True)
-def _needs_optuna():
-    pytest.importorskip("optuna")
 
 
 def _text(png) -> dict:
@@ -26,15 +24,7 @@ def _text(png) -> dict:
 
 @pytest.mark.slow
 def test_pruned_trials_are_in_best_so_far_and_every_plot_is_titled(tmp_path, real_data_dir):
-    # as in test_sweep.py: lr 1e-7 cannot learn; the median pruner stops it after epoch 1
-    spec = write_spec(tmp_path / "spec.yaml", method="grid", seed=1,
-                      pruner={"median": {"n_startup_trials": 1}},
-                      set={"train.epochs": 3, "data.subset": 1000, "data.val_size": 500,
-                           "model.hidden": [16]},
-                      space={"optimizer.lr": {"choice": [0.01, 1e-7]}})
-    sweep_dir = tmp_path / "sw"
-    proc = run_cli("sweep", "run", spec, "--dir", sweep_dir, "--data-dir", real_data_dir)
-    assert proc.returncode == 0, proc.stderr
+    sweep_dir = run_pruned_sweep(tmp_path, real_data_dir)
     pruned = [t for t in status(sweep_dir)["trials"] if t["state"] == "pruned"]
     assert len(pruned) == 1
     proc = run_cli("sweep", "report", sweep_dir)

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -15,42 +13,19 @@ from pathlib import Path
 
 import pytest
 
-from conftest import require_or_skip
 from sweep_helpers import REPO, cli_env, run_dirs, status, write_spec
+from sweep_services import start_slurm, stop_slurm
 
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def slurm_cluster(tmp_path_factory):
-    """SLURM_CONF of a private cluster; its daemons are stopped by pid at the end."""
-    try:
-        import optuna  # noqa: F401
-    except ImportError:
-        require_or_skip("optuna is not installed (pip install -e '.[sweep]')")
-    if os.geteuid() != 0:
-        require_or_skip("starting a private Slurm cluster needs root")
-    missing = [t for t in ("sbatch", "squeue", "scontrol", "slurmctld", "slurmd", "munged")
-               if shutil.which(t, path=os.environ.get("PATH", "") + ":/usr/sbin") is None]
-    if missing:
-        require_or_skip(f"Slurm is not installed (missing {', '.join(missing)}; "
-                        f"apt-get install slurmctld slurmd slurm-client munge)")
+    """SLURM_CONF of a private one-node cluster; its daemons are stopped by pid at the end."""
     state = tmp_path_factory.mktemp("slurm")
-    script = REPO / "scripts" / "slurm-cluster.sh"
-    env = dict(os.environ, SLURMCTLD_PORT=str(_free_port()), SLURMD_PORT=str(_free_port()))
-    proc = subprocess.run(["bash", str(script), "start", str(state)], capture_output=True,
-                          text=True, env=env, timeout=120)
-    if proc.returncode != 0:
-        subprocess.run(["bash", str(script), "stop", str(state)], capture_output=True)
-        require_or_skip(f"could not start a Slurm cluster: {proc.stderr.strip()[-300:]}")
-    yield state / "slurm.conf"
-    subprocess.run(["bash", str(script), "stop", str(state)], capture_output=True, timeout=60)
+    conf = start_slurm(state, two_nodes=False)
+    yield conf
+    stop_slurm(state)
 
 
 def test_slurm_array_sweep_survives_a_requeued_task(slurm_cluster, real_data_dir, tmp_path):

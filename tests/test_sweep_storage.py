@@ -14,20 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import require_or_skip
 from sweep_helpers import (cli_env, one_line_error, run_cli, run_cli_read_only, run_dirs,
-                           status, tree, write_spec)
+                           run_tiny_sweep, status, tree, write_spec)
 from sweep_services import free_port, start_postgres
 
 pytest.importorskip("yaml")
+pytestmark = pytest.mark.usefixtures("needs_optuna")
 
 
-@pytest.fixture(autouse=True)
-def _needs_optuna():
-    try:
-        import optuna  # noqa: F401
-    except ImportError:
-        require_or_skip("optuna is not installed (pip install -e '.[sweep]')")
 
 
 @pytest.fixture(scope="module")
@@ -118,11 +112,7 @@ def test_a_sqlite_url_runs_a_sweep(tmp_path, real_data_dir):
 
 @pytest.fixture(scope="module")
 def done_sweep(tmp_path_factory, real_data_dir):
-    tmp = tmp_path_factory.mktemp("done")
-    spec = write_spec(tmp / "spec.yaml", trials=3)
-    proc = run_cli("sweep", "run", spec, "--dir", tmp / "sw", "--data-dir", real_data_dir)
-    assert proc.returncode == 0, proc.stderr
-    return spec, tmp / "sw"
+    return run_tiny_sweep(tmp_path_factory.mktemp("done"), real_data_dir)
 
 
 @pytest.mark.slow
