@@ -58,61 +58,15 @@ def export_models(targets: Sequence[Path], fmt: str, output: str | Path | None =
     ``output`` as the user typed it: ``out/`` names a folder (Path() would drop the slash and
     write a file named ``out``), ``-`` is not stdout here, and an empty name is not ``.``.
     """
-    from fmnist_mlp.data import CLASS_NAMES
     from fmnist_mlp.scoring.ensemble import load_members
 
-    if fmt not in SUFFIXES:
-        raise ConfigError(f"--format {fmt!r}: expected onnx or safetensors")
-    if len(targets) > 1 and fmt != "onnx":
-        raise ConfigError("--format safetensors holds one model: export each run on its own, "
-                          "or several runs as one averaging graph with --format onnx")
-    if len(targets) > 1 and output is None:
-        raise ConfigError("exporting several runs needs -o PATH (there is no one run to put it in)")
-    if output is not None:
-        text = os.fspath(output)
-        if text == "":
-            raise ConfigError("-o '': an empty name; give the file's name")
-        if text == "-":
-            raise ConfigError("-o -: export writes a file, not stdout; give the file's name")
-        if text.endswith(os.sep) or (os.altsep and text.endswith(os.altsep)):
-            raise ConfigError(f"-o {text}: names a folder; give the file's name, e.g. "
-                              f"{os.path.join(text, 'model' + SUFFIXES.get(fmt, ''))}")
+    _check_request(targets, fmt, output)
     output = Path(output) if output is not None else default_output(targets[0], fmt)
-    # An ONNX graph named .safetensors (or the reverse) is read by the next tool as the other
-    # format: "its header claims 7597129906443651080 bytes". Other suffixes are the user's.
-    named_for = _MODEL_SUFFIXES.get(output.suffix.lower())
-    if named_for is not None and named_for != fmt:
-        raise ConfigError(f"-o {output}: the name says {named_for}, --format says {fmt}; name it "
-                          f"{output.with_suffix(SUFFIXES[fmt]).name} (or export --format "
-                          f"{named_for})" if named_for in SUFFIXES else
-                          f"-o {output}: a .npz name is a checkpoint's; --format {fmt} writes "
-                          f"{SUFFIXES[fmt]} files")
-    if os.path.lexists(output):      # said early; the final step checks again (below)
-        raise ConfigError(f"-o {output}: already exists; remove it or choose another path")
-    if not output.parent.is_dir():
-        raise ConfigError(f"-o {output}: directory {output.parent} does not exist")
+    _check_output(output, fmt)
     if fmt == "onnx":
         _check_onnx_size(targets)
     members = load_members(targets, data_dir)
-    if fmt == "onnx":
-        from fmnist_mlp.export.onnx import build_onnx
-
-        try:
-            data = build_onnx(members, CLASS_NAMES).SerializeToString()
-        except Exception as exc:       # protobuf's EncodeError: past 2 GB after all
-            if not type(exc).__module__.startswith("google.protobuf"):
-                raise
-            raise ConfigError(f"the ONNX graph cannot be written ({exc}): ONNX files hold at "
-                              f"most 2 GB; use --format safetensors") from None
-    else:
-        from fmnist_mlp.export.safetensors import safetensors_bytes
-
-        member = members[0]
-        data = safetensors_bytes(
-            {**member.model.params, **member.model.buffers},
-            {"model_spec": member.model.spec(), "config": member.config,
-             "normalization": {"mean": member.mean, "std": member.std},
-             "class_names": list(CLASS_NAMES)})
+    data = _onnx_bytes(members) if fmt == "onnx" else _safetensors_bytes(members[0])
     # An export is meant to be shared: created 0666 less the umask, as any new file would be.
     # replace=False: the name is taken at the last step with link(2), so a file (or a link) that
     # appeared at -o meanwhile -- another export, say -- is never replaced.
@@ -122,3 +76,66 @@ def export_models(targets: Sequence[Path], fmt: str, output: str | Path | None =
         raise ConfigError(f"-o {output}: already exists; remove it or choose another "
                           f"path") from None
     return output
+
+
+def _check_request(targets: Sequence[Path], fmt: str, output: str | Path | None) -> None:
+    """The format, the number of runs and ``-o`` as typed, before anything is read."""
+    if fmt not in SUFFIXES:
+        raise ConfigError(f"--format {fmt!r}: expected onnx or safetensors")
+    if len(targets) > 1 and fmt != "onnx":
+        raise ConfigError("--format safetensors holds one model: export each run on its own, "
+                          "or several runs as one averaging graph with --format onnx")
+    if len(targets) > 1 and output is None:
+        raise ConfigError("exporting several runs needs -o PATH (there is no one run to put it in)")
+    if output is None:
+        return
+    text = os.fspath(output)
+    if text == "":
+        raise ConfigError("-o '': an empty name; give the file's name")
+    if text == "-":
+        raise ConfigError("-o -: export writes a file, not stdout; give the file's name")
+    if text.endswith(os.sep) or (os.altsep and text.endswith(os.altsep)):
+        raise ConfigError(f"-o {text}: names a folder; give the file's name, e.g. "
+                          f"{os.path.join(text, 'model' + SUFFIXES.get(fmt, ''))}")
+
+
+def _check_output(output: Path, fmt: str) -> None:
+    """A new file of its format's name in an existing folder (said early; the write checks
+    again at its last step)."""
+    # An ONNX graph named .safetensors (or the reverse) is read by the next tool as the other
+    # format: "its header claims 7597129906443651080 bytes". Other suffixes are the user's.
+    named_for = _MODEL_SUFFIXES.get(output.suffix.lower())
+    if named_for is not None and named_for != fmt:
+        raise ConfigError(f"-o {output}: the name says {named_for}, --format says {fmt}; name it "
+                          f"{output.with_suffix(SUFFIXES[fmt]).name} (or export --format "
+                          f"{named_for})" if named_for in SUFFIXES else
+                          f"-o {output}: a .npz name is a checkpoint's; --format {fmt} writes "
+                          f"{SUFFIXES[fmt]} files")
+    if os.path.lexists(output):
+        raise ConfigError(f"-o {output}: already exists; remove it or choose another path")
+    if not output.parent.is_dir():
+        raise ConfigError(f"-o {output}: directory {output.parent} does not exist")
+
+
+def _onnx_bytes(members) -> bytes:
+    from fmnist_mlp.data import CLASS_NAMES
+    from fmnist_mlp.export.onnx import build_onnx
+
+    try:
+        return build_onnx(members, CLASS_NAMES).SerializeToString()
+    except Exception as exc:       # protobuf's EncodeError: past 2 GB after all
+        if not type(exc).__module__.startswith("google.protobuf"):
+            raise
+        raise ConfigError(f"the ONNX graph cannot be written ({exc}): ONNX files hold at "
+                          f"most 2 GB; use --format safetensors") from None
+
+
+def _safetensors_bytes(member) -> bytes:
+    from fmnist_mlp.data import CLASS_NAMES
+    from fmnist_mlp.export.safetensors import safetensors_bytes
+
+    return safetensors_bytes(
+        {**member.model.params, **member.model.buffers},
+        {"model_spec": member.model.spec(), "config": member.config,
+         "normalization": {"mean": member.mean, "std": member.std},
+         "class_names": list(CLASS_NAMES)})
