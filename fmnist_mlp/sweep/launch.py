@@ -77,7 +77,6 @@ def run_sweep(spec_file: Path, sweep_dir: Path, *, jobs: int = 1, storage: str |
     from fmnist_mlp.io.printable import printable
     from fmnist_mlp.sweep.storage import database_errors, parse_storage, where_of
     from fmnist_mlp.sweep.study import import_optuna, open_sweep
-    from fmnist_mlp.sweep.worker import run_worker
 
     spec = load_spec(spec_file)
     import_optuna()
@@ -91,20 +90,10 @@ def run_sweep(spec_file: Path, sweep_dir: Path, *, jobs: int = 1, storage: str |
         slurm_jobs.require_sbatch()                     # before anything is created
     sweep = open_sweep(sweep_dir, spec, storage, trials=trials)
     rerun = rerun_command(spec_file, sweep.dir)
-    code = 0
     try:
         with slurm_jobs.signals_as_interrupt():   # (run_local passes SIGTERM on itself)
-            if slurm:
-                job_id = slurm_jobs.submit(sweep.dir, args, workers, list(sbatch_args))
-                echo(job_id)
-                if not wait:
-                    return 0
-                slurm_jobs.wait(job_id)
-            elif jobs > 1:
-                left = work_count(sweep)
-                code = run_local(args, min(jobs, left)) if left else 0
-            else:
-                run_worker(sweep, data_dir)
+            code = _run_workers(sweep, args, jobs, slurm, workers, sbatch_args, wait, data_dir,
+                                echo)
     except (TrainingInterrupted, KeyboardInterrupt):
         if slurm_jobs.requeue_if_time_is_up():
             return 0
@@ -116,6 +105,33 @@ def run_sweep(spec_file: Path, sweep_dir: Path, *, jobs: int = 1, storage: str |
                              f"({printable(str(exc).splitlines()[0])[:160]}); this worker's "
                              f"trial is taken over after the grace period, or continue with: "
                              f"{rerun}") from None
+    return 0 if code is None else _exit_code(sweep, code, rerun, note)
+
+
+def _run_workers(sweep, args: list[str], jobs: int, slurm: bool, workers: int, sbatch_args: tuple,
+                 wait: bool, data_dir: Path | None, echo: Callable[[str], None]) -> int | None:
+    """The workers: a Slurm array (None once submitted, without --wait), ``jobs`` processes
+    here, or this process. Returns the local workers' exit code."""
+    from fmnist_mlp.sweep import slurm as slurm_jobs
+    from fmnist_mlp.sweep.worker import run_worker
+
+    if slurm:
+        job_id = slurm_jobs.submit(sweep.dir, args, workers, list(sbatch_args))
+        echo(job_id)
+        if not wait:
+            return None
+        slurm_jobs.wait(job_id)
+        return 0
+    if jobs > 1:
+        left = work_count(sweep)
+        return run_local(args, min(jobs, left)) if left else 0
+    run_worker(sweep, data_dir)
+    return 0
+
+
+def _exit_code(sweep, code: int, rerun: str, note: Callable[[str], None]) -> int:
+    """0 when the budget is spent and every trial ended, whatever the workers went through;
+    else the workers' code or the study's, with the command that continues the sweep."""
     final, line = final_status(sweep)
     if final == 0 and code not in (0, 130):
         line += "; every trial ended (a worker exited abnormally: its trials were taken over)"
