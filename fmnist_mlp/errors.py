@@ -42,6 +42,10 @@ class TrainingPruned(FmnistMlpError):
     marked ``pruned`` and keeps its checkpoints."""
 
 
+class ImageReadError(FmnistMlpError):
+    """One input file of ``predict`` could not be used; the others are still predicted."""
+
+
 class MissingExtra(ConfigError):
     """An optional package a feature needs is not installed (a setup error: exit 2, as usage)."""
 
