@@ -1,6 +1,6 @@
 """Before/after speed of the engine: two checkouts timed in alternating bursts, in one run.
 
-    python -m benchmarks.ab --before ../old-checkout --after . [--rounds 16]
+    python benchmarks/ab.py --before ../old-checkout --after . [--rounds 16] [--steps 10]
 
 Why not two runs of the full benchmark: on a shared or noisy machine the numpy/torch ratio of the
 same code swings by several times between runs, which hides a 5 % change. Here one long-lived
@@ -8,6 +8,9 @@ worker process per checkout (``PYTHONPATH`` set to it) runs the same short burst
 steps at batch 128, or one evaluation pass over 2,000 rows — alternately, the order swapped each
 round, so both see the same load. Prints after/before time per row (below 1: after is faster),
 the median and quartiles over the rounds. Random inputs: only time is compared.
+
+With several BLAS threads, the waiting worker's threads spin while the other one runs: short
+bursts then scatter by tens of per cent. Compare with OMP_NUM_THREADS=1, or with --steps 300.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ OPTIMIZERS = {"momentum": ({"lr": 0.01, "momentum": 0.9}, 0.0), "adam": ({"lr": 
 STEPS_PER_BURST, BATCH = 10, 128
 
 
-def _cases():
+def _cases(steps: int = STEPS_PER_BURST):
     """name -> callable running one burst, built with the public API only (both sides have it)."""
     import numpy as np
 
@@ -46,7 +49,7 @@ def _cases():
             drop_rng = np.random.default_rng(1)
 
             def train(model=model, opt=opt, drop_rng=drop_rng):
-                for k in range(STEPS_PER_BURST):
+                for k in range(steps):
                     s = (k % 20) * BATCH
                     model.loss_and_grad(x[s:s + BATCH], y[s:s + BATCH], rng=drop_rng)
                     opt.step(model.params, model.grads)
@@ -56,12 +59,12 @@ def _cases():
     return cases
 
 
-def worker() -> None:
+def worker(steps: int = STEPS_PER_BURST) -> None:
     """Read case names on stdin, answer each with the seconds one burst took."""
     import fmnist_mlp
 
     print(fmnist_mlp.__file__, flush=True)       # which checkout this worker measures
-    cases = _cases()
+    cases = _cases(steps)
     for burst in cases.values():         # warm-up: work arrays, BLAS threads, caches
         burst()
     print(json.dumps(list(cases)), flush=True)
@@ -71,10 +74,12 @@ def worker() -> None:
         print(time.perf_counter() - start, flush=True)
 
 
-def compare(before: Path, after: Path, rounds: int) -> dict[str, list[float]]:
+def compare(before: Path, after: Path, rounds: int,
+            steps: int = STEPS_PER_BURST) -> dict[str, list[float]]:
     # Run as a script, not with -m from the repository root: -m puts the current directory first
     # on sys.path, so both workers would import the checkout they were started in.
-    procs = {side: subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--worker"],
+    procs = {side: subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--worker",
+                                     "--steps", str(steps)],
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                     env={**os.environ, "PYTHONPATH": str(path.resolve())})
              for side, path in (("before", before), ("after", after))}
@@ -104,14 +109,18 @@ def main() -> None:
     parser.add_argument("--before", type=Path, help="checkout of the old code")
     parser.add_argument("--after", type=Path, default=Path("."), help="checkout of the new code")
     parser.add_argument("--rounds", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=STEPS_PER_BURST,
+                        help="training steps a burst (longer bursts average out BLAS threads "
+                             "waking; 300 for a 2-thread check)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        return worker()
+        return worker(args.steps)
     if args.before is None:
         parser.error("--before is required")
-    ratios = compare(args.before, args.after, args.rounds)
-    print(f"{'row':36} after/before time: median (quartiles) over {args.rounds} rounds")
+    ratios = compare(args.before, args.after, args.rounds, args.steps)
+    print(f"{'row':36} after/before time: median (quartiles) over {args.rounds} rounds "
+          f"of {args.steps}-step bursts")
     for name, r in ratios.items():
         q = statistics.quantiles(r, n=4, method="inclusive")
         print(f"{name:36} {statistics.median(r):.3f} ({q[0]:.3f}-{q[2]:.3f})")
