@@ -23,6 +23,7 @@ FENCE = re.compile(r"^```.*?^```", re.S | re.M)
 # A path into the repository, as pages write it (`configs/best.yaml`, `fmnist_mlp/nn/layers.py`).
 REPO_PATH = re.compile(r"(?<![\w/.-])((?:fmnist_mlp|configs|sweeps|scripts|benchmarks|tests|docs)/[\w./-]*\w)")
 PLACEHOLDER = re.compile(r"[A-Z]{3,}")        # configs/NAME.yaml
+FILE_NAME = re.compile(r"\.(?:ya?ml|jsonl?|npz|png|md|log|onnx|safetensors|txt|sh|lock)$")   # config.yaml
 IDENTIFIER = re.compile(r"^[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*(?:\(\))?$")
 
 
@@ -85,18 +86,34 @@ def test_every_repository_path_named_exists(page):
     assert missing == []
 
 
+def _blocks(text: str) -> list[str]:
+    """A page's table rows, list items and paragraphs, each as one string."""
+    blocks, current = [], []
+    for line in text.splitlines():
+        starts_one = line.startswith("|") or re.match(r"\s*(?:\d+\.|[-*]) ", line)
+        if not line.strip() or starts_one:
+            blocks.append(" ".join(current))
+            current = []
+        if line.strip():
+            current.append(line)
+        if line.startswith("|"):
+            blocks.append(line)
+            current = []
+    blocks.append(" ".join(current))
+    return [b for b in blocks if b]
+
+
 def _named_definitions(page: Path):
     """(module path, name) for each "`path.py`: `name`, `name`" a page writes, in prose or tables."""
-    for line in _prose(page.read_text(encoding="utf-8")).splitlines():
-        for segment in re.split(r"[;|]", line):
-            tokens = re.findall(r"`([^`]+)`", segment)
-            if not tokens or not tokens[0].endswith(".py"):
-                continue
-            module = tokens[0] if (REPO / tokens[0]).exists() else f"fmnist_mlp/{tokens[0]}"
-            if module.startswith(("tests/", "benchmarks/")):
-                continue
-            for token in tokens[1:]:
-                if IDENTIFIER.match(token) and not token.endswith(".py"):
+    for block in _blocks(_prose(page.read_text(encoding="utf-8"))):
+        for segment in re.split(r"[;|]", block):
+            module = None               # names after a `path.py` in a segment belong to it
+            for token in re.findall(r"`([^`]+)`", segment):
+                if token.endswith(".py"):
+                    module = token if (REPO / token).exists() else f"fmnist_mlp/{token}"
+                    if module.startswith(("tests/", "benchmarks/")):
+                        module = None
+                elif module and IDENTIFIER.match(token) and not FILE_NAME.search(token):
                     yield module, token.removesuffix("()").rsplit(".", 1)[-1]
 
 
