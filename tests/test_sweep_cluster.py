@@ -186,7 +186,7 @@ def test_workers_without_working_flock_never_train_a_trial_twice(postgres, two_n
     lasts longer than the grace period (2 s here), and the worker left without a trial at the
     end watches the last one: a live worker's trial is never taken."""
     url = postgres.createdb("noflock")
-    epochs = 70
+    epochs = 300        # about 18 ms an epoch on a quiet host here: 5 s a trial, 2.5x the grace
     spec = write_spec(tmp_path / "spec.yaml", trials=4, set={**TINY, "train.epochs": epochs})
     sweep_dir = tmp_path / "sw"
     proc = _start(spec, sweep_dir, url, two_nodes, real_data_dir, LD_PRELOAD=str(no_flock),
