@@ -32,7 +32,7 @@ from sweep_services import start_postgres, start_slurm, stop_slurm
 
 pytestmark = pytest.mark.slow
 
-EPOCHS = 40
+EPOCHS = 100                 # about 2 s a trial on a quiet host: room to act mid-trial
 TINY = {"train.epochs": EPOCHS, "data.subset": 3000, "data.val_size": 500, "model.hidden": [16]}
 BEAT = {"FMNIST_MLP_SWEEP_HEARTBEAT": "1", "FMNIST_MLP_SWEEP_GRACE": "4"}
 
@@ -111,7 +111,7 @@ class _Study:
 def _trial_mid_way(study: _Study, proc, node: str | None = None, not_task: str | None = None,
                    timeout: float = 120) -> dict:
     """A running trial (on ``node``; not of task ``not_task``) whose run has saved at least one
-    epoch and fewer than EPOCHS - 10: its number, run_dir and worker."""
+    epoch and at most half of them: its number, run_dir and worker."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()
@@ -127,7 +127,7 @@ def _trial_mid_way(study: _Study, proc, node: str | None = None, not_task: str |
                 done = json.loads((run_dir / "summary.json").read_text()).get("epochs_completed", 0)
             except (OSError, json.JSONDecodeError):
                 continue
-            if 1 <= done <= EPOCHS - 10:
+            if 1 <= done <= EPOCHS // 2:
                 return {"number": t.number, "run_dir": str(run_dir), "worker": worker}
         time.sleep(0.02)
     raise AssertionError(f"no trial {'on ' + node if node else ''} reached epoch 1 in time")
