@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from fmnist_mlp.errors import ConfigError, FmnistMlpError, require_extra
-from fmnist_mlp.io.files import atomic_write
+from fmnist_mlp.io.files import FileWriteError, TargetExists, atomic_write
 from fmnist_mlp.io.printable import printable
 from fmnist_mlp.sweep.flocks import claim_lock
 from fmnist_mlp.sweep.ownership import heartbeat_settings
@@ -174,16 +174,16 @@ def _create(directory: Path, spec: SweepSpec, ref: StorageRef, trials: int | Non
         raise ConfigError(f"--dir {directory}: cannot create ({exc.strerror})") from None
     path = directory / "sweep.json"
     try:
-        # O_EXCL: of several workers starting together, exactly one writes sweep.json.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-    except FileExistsError:
+        # replace=False: the whole file takes its name with link(2), so of several workers
+        # starting together exactly one writes sweep.json, and none reads it half-written.
+        atomic_write(path, (json.dumps(info, indent=2) + "\n").encode("utf-8"), base=directory,
+                     replace=False)
+    except TargetExists:
         existing = read_info(path)
         _check_same_sweep(directory, existing, spec, ref.url, parse_storage(existing["storage"]))
         return _extend_budget(directory, existing, spec, trials)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot create ({exc.strerror})") from None
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(json.dumps(info, indent=2) + "\n")
+    except FileWriteError as exc:
+        raise ConfigError(str(exc)) from None
     return info
 
 
