@@ -1,74 +1,145 @@
-"""Follow `fmnist-mlp train --config X` from the CLI to the training loop: which modules it enters.
+"""Follow one piece of data from the command line down the package: where it goes, how often it
+climbs back up and how often it returns to a module it had left.
 
-    python -m benchmarks.call_path [--config configs/fast.yaml] [--loop fmnist_mlp.training.loop]
+    python -m benchmarks.call_path train        # train's config, from the CLI to the loop's fit
+    python -m benchmarks.call_path sweep-run    # sweep run's directory, the whole command
 
-Runs the command in-process on synthetic data (one epoch of a tiny net) with a profile hook and
-prints, in order, each fmnist_mlp module the calls enter before the loop's `fit` is
-called, and how often the path returns to a module it had already left (a reader going back to a
-file they had closed). Run from a checkout's root; works on older checkouts with --loop.
+Runs the command in-process (one epoch of a tiny net on a 600-image subset of the cached data;
+the sweep: one such trial, up to its loop) under a profile hook that follows data, not calls. The data starts as
+the command's argument (the config file's path, the sweep directory's path); a call that takes
+a followed object as an argument is on the walk, and what it returns is followed from then on
+(with the fields of a returned dataclass, the items of a returned tuple). Numbers, strings and
+None are not followed (their identities are shared), and neither are arrays.
+
+A *stay* is a run of consecutive calls on the walk in one module; a stay in a module ranked
+higher than the one before *climbs back up* (ranks: the package map, cli at the top); a stay in a
+module the walk had stayed in before is a *return*. ``--verbose`` prints each stay.
+
+Run from a checkout's root; ``--stop`` names the function that ends the walk (module:function).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import tempfile
-
+from pathlib import Path, PurePath
+from types import FrameType
+from typing import Any
 
 LAYERS = (("fmnist_mlp.cli", "fmnist_mlp.__main__"),
+          ("fmnist_mlp.api",),
           ("fmnist_mlp.sweep", "fmnist_mlp.export", "fmnist_mlp.predict", "fmnist_mlp.plots"),
           ("fmnist_mlp.scoring",), ("fmnist_mlp.training", "fmnist_mlp.rundir"), ("fmnist_mlp.config",),
-          ("fmnist_mlp.nn", "fmnist_mlp.data", "fmnist_mlp.optim"), ("fmnist_mlp.io",), ("fmnist_mlp.errors",))
-MOVED = {"augment": "data.augment", "build": "config.plan", "checkpoint_check": "rundir.checkpoint_check",
-         "config": "config.schema", "config_validate": "config.validate", "distill": "training.distill",
-         "ensemble": "scoring.ensemble", "experiment": "training.session", "memory": "nn.memory",
-         "metrics": "scoring.metrics", "optim": "nn.optim", "progress": "training.progress",
-         "recorder": "rundir.recorder", "rng": "nn.rng", "run_guard": "rundir.guard", "runs": "rundir.files",
-         "runs_table": "rundir.table", "safe_io": "io.files", "safe_yaml": "io.yaml_file",
-         "schedules": "nn.schedules", "tensorboard": "training.tensorboard", "terminal": "io.printable",
-         "train": "training.loop", "trained": "rundir.trained", "data.lock": "io.lock"}
+          ("fmnist_mlp.nn", "fmnist_mlp.data", "fmnist_mlp.optim"), ("fmnist_mlp.io",),
+          ("fmnist_mlp.errors", "fmnist_mlp"))
+SCALARS = (int, float, complex, str, bytes, bool, type(None))
 
 
-def layer(module: str, flat: bool) -> int:
-    """0 for the CLI, growing downwards; ``flat``: a module name from before the move."""
-    if flat:
-        short = module.removeprefix("fmnist_mlp.")
-        module = "fmnist_mlp." + MOVED.get(short, short)
+def layer(module: str) -> int:
+    """0 for the CLI, growing downwards (the package map's order)."""
     for rank, prefixes in enumerate(LAYERS):
         if any(module == p or module.startswith(p + ".") for p in prefixes):
             return rank
     return len(LAYERS)
 
 
-def trace(argv: list[str], loop_module: str) -> tuple[list[str], int]:
-    """The modules entered before ``loop_module.fit``, and the calls that climb a layer."""
-    from fmnist_mlp.cli import main
+class Walk:
+    """The profile hook: which calls the data reaches, grouped into stays."""
 
-    flat = loop_module == "fmnist_mlp.train"
-    entered: list[str] = []
-    climbs = 0
-    done = False
+    def __init__(self, seeds: list[Any], stop: tuple[str, str] | None) -> None:
+        self.followed: dict[int, Any] = {}      # id -> object (kept alive, so ids stay unique)
+        self.paths: set[str] = set()            # paths are followed by value, and what is in them
+        for seed in seeds:
+            self.follow(seed)
+        self.stop, self.done = stop, False
+        self.stack: list[FrameType] = []        # frames of calls on the walk (their returns follow)
+        self.stays: list[str] = []
 
-    def hook(frame, event, arg):
-        nonlocal climbs, done
-        if done or event != "call":
+    def stay(self, module: str) -> None:
+        if not self.stays or self.stays[-1] != module:
+            self.stays.append(module)
+
+    def follow(self, value: Any, depth: int = 0) -> None:
+        if isinstance(value, PurePath):
+            self.paths.add(str(value))
+        if isinstance(value, SCALARS) or depth > 2 or type(value).__module__ == "numpy":
+            return
+        if id(value) in self.followed:
+            return
+        self.followed[id(value)] = value
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            for f in dataclasses.fields(value):
+                self.follow(getattr(value, f.name, None), depth + 1)
+        elif isinstance(value, (tuple, list)):
+            for item in value:
+                self.follow(item, depth + 1)
+        elif isinstance(value, dict):
+            for item in value.values():
+                self.follow(item, depth + 1)
+
+    def is_followed(self, value: Any) -> bool:
+        if isinstance(value, PurePath):
+            return any(str(value) == p or str(value).startswith(p.rstrip("/") + "/")
+                       for p in self.paths)
+        return id(value) in self.followed and not isinstance(value, SCALARS)
+
+    def takes_followed(self, frame: FrameType) -> bool:
+        code = frame.f_code
+        names = code.co_varnames[:code.co_argcount + code.co_kwonlyargcount
+                                 + bool(code.co_flags & 0x04) + bool(code.co_flags & 0x08)]
+        for name in names:
+            value = frame.f_locals.get(name)
+            if self.is_followed(value):
+                return True
+            if isinstance(value, (tuple, list)) and any(map(self.is_followed, value)):
+                return True
+            if isinstance(value, dict) and name in ("kwargs", "kw") and any(
+                    map(self.is_followed, value.values())):
+                return True
+        return False
+
+    def __call__(self, frame: FrameType, event: str, arg: Any) -> None:
+        if self.done:
             return
         module = frame.f_globals.get("__name__", "")
-        if not module.startswith("fmnist_mlp"):
+        if event == "return":
+            if self.stack and self.stack[-1] is frame:
+                self.stack.pop()
+                self.follow(arg)
             return
-        if module == loop_module and frame.f_code.co_name == "fit":
-            done = True
-        if module not in entered:
-            entered.append(module)
-        caller = frame.f_back.f_globals.get("__name__", "") if frame.f_back else ""
-        if caller.startswith("fmnist_mlp") and layer(module, flat) < layer(caller, flat):
-            climbs += 1
-            if os.environ.get("CALL_PATH_VERBOSE"):
-                print(f"climb: {caller} -> {module}.{frame.f_code.co_name}", file=sys.stderr)
+        if event != "call" or not module.startswith("fmnist_mlp"):
+            return
+        if not self.takes_followed(frame):
+            return
+        if self.stack:              # back in the caller first (a return is a stay of its own)
+            self.stay(self.stack[-1].f_globals["__name__"])
+        self.stack.append(frame)
+        self.stay(module)
+        if self.stop and (module, frame.f_code.co_name) == self.stop:
+            self.done = True
 
+
+def summarise(stays: list[str]) -> dict[str, Any]:
+    climbs = sum(layer(b) < layer(a) for a, b in zip(stays, stays[1:]))
+    seen: set[str] = set()
+    returns = 0
+    for module in stays:
+        returns += module in seen
+        seen.add(module)
+    entries = {m: stays.count(m) for m in dict.fromkeys(stays)}
+    return {"stays": len(stays), "modules": len(seen), "climbs": climbs, "returns": returns,
+            "entries": entries}
+
+
+def run(argv: list[str], seeds: list[Any], stop: tuple[str, str] | None) -> list[str]:
+    from fmnist_mlp.cli import main
+
+    walk = Walk(seeds, stop)
     code = 0
-    sys.setprofile(hook)
+    sys.setprofile(walk)
     try:
         main(argv)
     except SystemExit as exit_:
@@ -76,23 +147,50 @@ def trace(argv: list[str], loop_module: str) -> tuple[list[str], int]:
     finally:
         sys.setprofile(None)
     if code != 0:
-        raise SystemExit(f"train exited {code}")
-    return entered, climbs
+        raise SystemExit(f"{' '.join(argv[:2])} exited {code}")
+    return walk.stays
+
+
+TINY = ["--set", "train.epochs=1", "--set", "model.hidden=[8]", "--set", "data.subset=600"]
+
+
+def walk_train(config: str, tmp: Path) -> list[str]:
+    config_path = Path(config)
+    argv = ["train", "--config", config_path, "--runs-dir", str(tmp), "-q", *TINY]
+    return run(argv, [config_path], ("fmnist_mlp.training.loop", "fit"))
+
+
+def walk_sweep_run(config: str, tmp: Path) -> list[str]:
+    spec = tmp / "spec.yaml"
+    spec.write_text(f"base: {Path(config).resolve()}\n"
+                    "set: {train.epochs: 1, model.hidden: [8], data.subset: 600}\n"
+                    "metric: best_val_acc\nmethod: grid\n"
+                    "space:\n  optimizer.lr: {choice: [0.002]}\n", encoding="utf-8")
+    sweep_dir = tmp / "sweep"
+    return run(["sweep", "run", str(spec), "--dir", sweep_dir], [sweep_dir],
+               ("fmnist_mlp.training.loop", "fit"))
+
+
+WALKS = {"train": walk_train, "sweep-run": walk_sweep_run}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("walk", choices=sorted(WALKS), nargs="?", default="train")
     parser.add_argument("--config", default="configs/fast.yaml")
-    parser.add_argument("--loop", default="fmnist_mlp.training.loop",
-                        help="module of the training loop (fmnist_mlp.train before the move)")
+    parser.add_argument("--verbose", "-v", action="store_true", help="print each stay")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as runs:
-        argv = ["train", "--config", args.config, "--runs-dir", runs, "-q",
-                "--set", "train.epochs=1", "--set", "model.hidden=[8]", "--set", "data.subset=600"]
-        entered, climbs = trace(argv, args.loop)
-    for name in entered:
-        print(name)
-    print(f"{len(entered)} modules entered before the loop; {climbs} calls climb back to a higher layer")
+    with tempfile.TemporaryDirectory() as tmp:
+        stays = WALKS[args.walk](args.config, Path(tmp))
+    s = summarise(stays)
+    if args.verbose:
+        for module in stays:
+            print(f"{layer(module)}  {module}")
+    busiest = ", ".join(f"{m.removeprefix('fmnist_mlp.')} {n}" for m, n in
+                        sorted(s["entries"].items(), key=lambda kv: -kv[1])[:3])
+    print(f"{args.walk}: {s['stays']} stays in {s['modules']} modules, climbs back up "
+          f"{s['climbs']} times, returns to a module it had left {s['returns']} times "
+          f"(most entered: {busiest})")
 
 
 if __name__ == "__main__":
