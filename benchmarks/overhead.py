@@ -23,13 +23,10 @@ class _EpochTimer:
         self.epoch_seconds: list[float] = []
         self._start = 0.0
 
-    def on_epoch_start(self, epoch: int, num_batches: int) -> None:
+    def on_epoch_start(self, event) -> None:
         self._start = time.perf_counter()
 
-    def on_batch(self, batch: int, loss: float, acc: float) -> None:
-        pass
-
-    def on_epoch_end(self, metrics, state, is_best: bool) -> None:
+    def on_epoch_end(self, event) -> None:
         self.epoch_seconds.append(time.perf_counter() - self._start)
 
 

@@ -155,9 +155,7 @@ def test_training_accuracy_under_mixup_counts_the_dominant_label():
     seen = []
 
     class Record:
-        def on_epoch_start(self, epoch, num_batches): pass
-        def on_batch(self, batch, loss, acc): pass
-        def on_epoch_end(self, metrics, state, is_best): seen.append(metrics["train_acc"])
+        def on_epoch_end(self, event): seen.append(event.metrics["train_acc"])
 
     seed, alpha = 1, 0.4
     fit(Engine(model, make_optimizer("sgd", model.params, lr=0.1), lambda step: 0.0),

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from fmnist_mlp.rundir import layout
-from fmnist_mlp.training.callbacks import Callback, CallbackList, EarlyStopping
+from fmnist_mlp.training.callbacks import Callback, CallbackList, EarlyStopping, LoopEvent
 
 PACKAGE = Path(__file__).resolve().parents[1] / "fmnist_mlp"
 
@@ -19,26 +19,29 @@ class Log(Callback):
     def __init__(self, name, heard):
         self.name, self.heard = name, heard
 
-    def on_epoch_end(self, metrics, state, is_best):
-        self.heard.append((self.name, metrics["epoch"]))
+    def on_epoch_end(self, event):
+        self.heard.append((self.name, event.metrics["epoch"]))
 
 
 class OnlyBatches:                      # a callback need not implement every event
     def __init__(self, heard):
         self.heard = heard
 
-    def on_batch(self, batch, loss, acc):
-        self.heard.append(("batches", batch))
+    def on_batch(self, event):
+        self.heard.append(("batches", event.batch))
 
 
 def test_each_event_reaches_every_callback_that_listens_in_list_order():
     heard = []
     callbacks = CallbackList([Log("a", heard), None, OnlyBatches(heard), Log("b", heard)])
-    callbacks.on_train_start(SimpleNamespace(epochs=1), None)
-    callbacks.on_epoch_start(1, 2)
-    callbacks.on_batch(1, 0.5, 0.5)
-    callbacks.on_epoch_end({"epoch": 1}, None, True)
-    callbacks.on_train_end(None)
+    event = LoopEvent(SimpleNamespace(epochs=1), None)
+    callbacks.on_train_start(event)
+    callbacks.on_epoch_start(event)
+    event.batch = 1
+    callbacks.on_batch(event)
+    event.metrics = {"epoch": 1}
+    callbacks.on_epoch_end(event)
+    callbacks.on_train_end(event)
     assert heard == [("batches", 1), ("a", 1), ("b", 1)]
 
 
@@ -46,25 +49,26 @@ def test_train_end_reaches_every_callback_even_when_one_fails():
     closed = []
 
     class Fails(Callback):
-        def on_train_end(self, summary):
+        def on_train_end(self, event):
             raise OSError("disk full")
 
     class Closes(Callback):
-        def on_train_end(self, summary):
-            closed.append(summary)
+        def on_train_end(self, event):
+            closed.append(event.status)
 
+    event = LoopEvent(None, None, status="finished")
     with pytest.raises(OSError, match="disk full"):
-        CallbackList([Fails(), Closes()]).on_train_end({"status": "finished"})
-    assert closed == [{"status": "finished"}]
+        CallbackList([Fails(), Closes()]).on_train_end(event)
+    assert closed == ["finished"]
 
 
 def test_early_stopping_is_a_callback_that_sets_the_flag():
     state = SimpleNamespace(stale_epochs=1, early_stopped=False)
     stopping = EarlyStopping(patience=2)
-    stopping.on_epoch_end({}, state, False)
+    stopping.on_epoch_end(LoopEvent(None, state))
     assert not state.early_stopped
     state.stale_epochs = 2
-    stopping.on_epoch_end({}, state, False)
+    stopping.on_epoch_end(LoopEvent(None, state))
     assert state.early_stopped
 
 

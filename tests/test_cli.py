@@ -62,11 +62,22 @@ def test_cli_module_does_not_import_heavy_packages():
     assert out.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("args", [["--help"], ["train", "--help"], ["eval", "--help"]])
+@pytest.mark.parametrize("args", [["--help"], ["train", "--help"]])
 def test_help_documents_exit_codes(args, capsys):
     code, out, _ = run_main(args, capsys)
     assert code == 0
-    assert "Exit codes" in out and "130" in out and "diverged" in out
+    assert "Exit codes" in out and "130" in out and "diverged" in out and "resumed" in out
+
+
+@pytest.mark.parametrize("command", ["eval", "predict", "export", "runs", "plot", "download",
+                                     "gradcheck"])
+def test_help_shows_only_the_exit_codes_the_command_can_give(command, capsys):
+    code, out, _ = run_main([command, "--help"], capsys)
+    assert code == 0
+    codes = out.split("Exit codes:")[1]
+    assert "diverged" not in codes and "resumed" not in codes     # only training diverges
+    for listed in ("0 ", "1 ", "2 ", "130", "141"):
+        assert f"  {listed}" in codes
 
 
 def _all_commands(group, prefix=()):
@@ -121,6 +132,9 @@ def test_train_json_is_the_only_stdout_and_describes_the_run(trained):
     # The per-epoch line is formatted once: train.log holds the lines printed on stderr.
     printed = [line for line in proc.stderr.splitlines() if line.startswith("epoch ")]
     logged = (run_dir / "train.log").read_text().splitlines()
+    # ... followed on stderr, before the last epoch, by the whole run's time left.
+    assert "  eta " in printed[0] and "eta" not in printed[1]
+    printed = [line.split("  eta ")[0] for line in printed]
     assert len(printed) == 2 and all(any(log.endswith(line) for log in logged) for line in printed)
 
 

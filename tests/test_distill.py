@@ -66,17 +66,19 @@ def test_only_the_teachers_that_never_saw_a_row_score_it():
 
 
 def test_cross_fitted_teachers_each_leave_out_a_different_part(real_data_dir):
+    from fmnist_mlp.config.plan import row_kwargs
     from fmnist_mlp.training.distill import unseen_rows as _unseen_rows
 
-    student = load_config(None, ["data.split_seed=0"])
-    teachers = [load_config(None, ["data.split_seed=0", "data.folds=3", f"data.fold={f}", "seed=7"])
+    student = row_kwargs(load_config(None, ["data.split_seed=0"]))
+    teachers = [row_kwargs(load_config(None, ["data.split_seed=0", "data.folds=3",
+                                              f"data.fold={f}", "seed=7"]))
                 for f in range(3)]
     unseen = np.array(_unseen_rows(student, teachers, real_data_dir))
     assert unseen.shape == (3, 55_000)
     assert (unseen.sum(axis=0) == 1).all()          # each row left out by exactly one teacher
     assert unseen.sum(axis=1).tolist() == [18_333, 18_333, 18_334]
     # A teacher on another split never trained on the student's rows that are its validation.
-    other = load_config(None, ["data.split_seed=1"])
+    other = row_kwargs(load_config(None, ["data.split_seed=1"]))
     assert _unseen_rows(student, [other], real_data_dir)[0].sum() == pytest.approx(5_000 * 55 / 60, abs=50)
 
 

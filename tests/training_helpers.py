@@ -7,12 +7,6 @@ class InterruptAt:
     def __init__(self, epoch: int, batch: int):
         self.epoch, self.batch, self.current = epoch, batch, 0
 
-    def on_epoch_start(self, epoch, num_batches):
-        self.current = epoch
-
-    def on_batch(self, batch, loss, acc):
-        if (self.current, batch) == (self.epoch, self.batch):
+    def on_batch(self, event):
+        if (event.epoch, event.batch) == (self.epoch, self.batch):
             raise KeyboardInterrupt
-
-    def on_epoch_end(self, metrics, state, is_best):
-        pass

@@ -8,15 +8,30 @@ from pathlib import Path
 
 import click
 
-EXIT_CODES_HELP = """\b
-Exit codes:
-  0    success
-  1    other errors (data, checkpoint, I/O)
-  2    usage or config error (nothing is created on disk)
-  3    training diverged (NaN/inf loss): the run is marked failed
-  130  interrupted (Ctrl-C / SIGTERM): the run is saved and can be resumed
-  141  stdout was closed early (e.g. piped into head): nothing more is printed
-"""
+# Every exit code a command can give, and what it means: each command's --help lists its own.
+EXIT_CODES = {
+    0: "success",
+    1: "other errors (data, checkpoint, I/O)",
+    2: "usage or config error (nothing is created on disk)",
+    3: "training diverged (NaN/inf loss): the run is marked failed",
+    130: "interrupted (Ctrl-C / SIGTERM): the run is saved and can be resumed",
+    141: "stdout was closed early (e.g. piped into head): nothing more is printed",
+}
+# What any command can give: training's codes (3, and 130's "resumed") are train's and sweeps'.
+COMMON_CODES = (0, 1, 2, 130, 141)
+
+
+def exit_codes_help(*codes: int, interrupted: str = "interrupted (Ctrl-C / SIGTERM)") -> str:
+    """The "Exit codes:" epilog of a command that can exit with ``codes`` (click keeps the
+    block's lines as written: the \\b line). ``interrupted`` says what 130 means there."""
+    lines = [f"  {code:<4} {interrupted if code == 130 else EXIT_CODES[code]}"
+             for code in codes]
+    return "\b\nExit codes:\n" + "\n".join(lines) + "\n"
+
+
+EXIT_CODES_HELP = exit_codes_help(*EXIT_CODES, interrupted=EXIT_CODES[130])   # every code: train
+MODEL_EXIT_CODES_HELP = exit_codes_help(*COMMON_CODES)      # commands that train nothing
+
 
 data_dir_option = click.option(
     "--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,

@@ -7,10 +7,10 @@ from pathlib import Path
 import click
 
 from fmnist_mlp.io.printable import printable
-from fmnist_mlp.cli.common import EXIT_CODES_HELP, data_dir_option, json_dumps, json_option
+from fmnist_mlp.cli.common import MODEL_EXIT_CODES_HELP, data_dir_option, json_dumps, json_option
 
 
-@click.command("eval", epilog=EXIT_CODES_HELP)
+@click.command("eval", epilog=MODEL_EXIT_CODES_HELP)
 @click.argument("targets", metavar="RUN_DIR_OR_MODEL...", nargs=-1, required=True,
                 type=click.Path(path_type=Path))
 @click.option("--split", type=click.Choice(["test", "val", "train"]), default="test",
@@ -37,7 +37,7 @@ def eval_command(targets, split, data_dir, as_json):
         click.echo(format_evaluation(result, CLASS_NAMES))
 
 
-@click.command(epilog=EXIT_CODES_HELP)
+@click.command(epilog=MODEL_EXIT_CODES_HELP)
 @click.argument("model", metavar="RUN_DIR_OR_MODEL", type=click.Path(path_type=Path))
 @click.argument("images", metavar="IMAGE_OR_DIR...", nargs=-1, required=True,
                 type=click.Path(path_type=str))   # as typed: Path("") would be the current folder
@@ -81,7 +81,7 @@ def predict(model, images, more_models, top_k, save_dir, data_dir, as_json):
         raise SystemExit(1)
 
 
-@click.command(epilog=EXIT_CODES_HELP)
+@click.command(epilog=MODEL_EXIT_CODES_HELP)
 @click.argument("targets", metavar="RUN_DIR_OR_MODEL...", nargs=-1, required=True,
                 type=click.Path(path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(["onnx", "safetensors"]), required=True,
@@ -105,7 +105,7 @@ def export(targets, fmt, output, data_dir):
     click.echo(printable(export_models(targets, fmt, output, data_dir)))   # names: escapes shown
 
 
-@click.command("runs")
+@click.command("runs", epilog=MODEL_EXIT_CODES_HELP)
 @click.option("--runs-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
               show_default=True, help="The directory whose runs are listed.")
 @click.option("--sort", "sort_key", metavar="KEY",
@@ -138,7 +138,7 @@ def runs_command(runs_dir, sort_key, reverse, as_json, as_csv):
         click.echo(format_text(rows) if rows else f"no runs in {runs_dir}")
 
 
-@click.command()
+@click.command(epilog=MODEL_EXIT_CODES_HELP)
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @data_dir_option
 def plot(run_dir, data_dir):

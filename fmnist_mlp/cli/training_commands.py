@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import click
@@ -9,6 +10,7 @@ import click
 from fmnist_mlp.io.printable import printable
 from fmnist_mlp.cli.common import (
     EXIT_CODES_HELP,
+    MODEL_EXIT_CODES_HELP,
     data_dir_option,
     json_dumps,
     json_option,
@@ -32,51 +34,125 @@ from fmnist_mlp.cli.common import (
 @click.option("--tensorboard", is_flag=True,
               help="Write TensorBoard event files into the run directory (same as "
                    "--set train.tensorboard=true; needs pip install -e '.[tensorboard]').")
+@click.option("--dry-run", is_flag=True,
+              help="Print the resolved config (YAML and --set), the model's size, the memory "
+                   "estimate and the steps it would take; train nothing, write nothing.")
+@click.option("--seeds", metavar="N,N,...",
+              help="Train one run per seed (e.g. --seeds 0,1,2; each run named NAME-seedN) and "
+                   "print each test accuracy and their mean ± std.")
 @json_option
 def train(config_path, overrides, name, runs_dir, data_dir, resume_dir, quiet, tensorboard,
-          as_json):
+          dry_run, seeds, as_json):
     """Train one model; prints the run directory (or, with --json, the summary) on stdout.
 
     The run directory runs/<timestamp>-<name>-<id>/ gets the resolved config.yaml, metrics.jsonl,
-    summary.json, train.log and checkpoints/{last,best}.npz.
+    summary.json, train.log and checkpoints/{last,best}.npz. With --seeds, one run directory per
+    line (with --json, one object: the runs' summaries and the test accuracies' mean and std).
     """
     from fmnist_mlp.config.load import load_config
+    from fmnist_mlp.config.plan import make_plan
     from fmnist_mlp.rundir.files import validate_run_name
+
+    if resume_dir is not None and (config_path or overrides or name or seeds):
+        raise click.UsageError("--resume continues a run with its own config; "
+                               "do not combine it with --config, --set, --name or --seeds")
+    if resume_dir is not None and (tensorboard or dry_run):
+        raise click.UsageError("--resume uses the run's own config: --tensorboard and --dry-run "
+                               "apply to new runs")
+    if resume_dir is None and config_path is None and not overrides:
+        raise click.UsageError("give --config FILE (e.g. configs/default.yaml) or --resume RUN_DIR")
+    if resume_dir is not None:
+        _train_runs([None], [None], runs_dir, data_dir, resume_dir, quiet, as_json)
+        return
+    if tensorboard:
+        overrides = (*overrides, "train.tensorboard=true")
+    cfg = load_config(config_path, overrides)            # read and checked once, here
+    name = validate_run_name(name or _name_from(config_path))
+    seed_list = _parse_seeds(seeds) if seeds else [cfg.seed]
+    plans = [make_plan(dataclasses.replace(cfg, seed=seed), str(config_path or "config"))
+             for seed in seed_list]
+    names = [f"{name}-seed{seed}" for seed in seed_list] if seeds else [name]
+    if dry_run:
+        click.echo(_dry_run_text(plans, names))
+        return
+    _train_runs(plans, names, runs_dir, data_dir, None, quiet, as_json, seeds=bool(seeds))
+
+
+def _train_runs(plans, names, runs_dir, data_dir, resume_dir, quiet, as_json, seeds=False):
+    """Train each plan (or resume one run) in turn; stdout gets each run directory (or JSON)."""
     from fmnist_mlp.training.progress import ProgressReporter
     from fmnist_mlp.training.session import run_training
 
-    if resume_dir is not None and (config_path or overrides or name):
-        raise click.UsageError("--resume continues a run with its own config; "
-                               "do not combine it with --config, --set or --name")
-    if resume_dir is not None and tensorboard:
-        raise click.UsageError("--resume uses the run's own config: --tensorboard applies to new "
-                               "runs (train.tensorboard in the config)")
-    if resume_dir is None and config_path is None and not overrides:
-        raise click.UsageError("give --config FILE (e.g. configs/default.yaml) or --resume RUN_DIR")
-    if tensorboard:
-        overrides = (*overrides, "train.tensorboard=true")
-    cfg = None                      # read and checked once, here; a resumed run reads its own
-    if resume_dir is None:
-        cfg = load_config(config_path, overrides)
-        name = validate_run_name(name or _name_from(config_path))
-    reporter = ProgressReporter(quiet=quiet)      # learns the epochs from the loop's settings
-    try:
-        with sigterm_as_interrupt():
-            result = run_training(cfg, name=name, runs_dir=runs_dir, data_dir=data_dir,
-                                  resume=resume_dir, callbacks=[reporter],
-                                  on_run_dir=lambda d: reporter.message(f"run directory: {d}"))
-    finally:
-        reporter.close()            # an interrupted epoch's bar must not swallow the error line
-    s = result.summary
-    if result.config.train.plots:
-        _write_plots(result.run_dir, data_dir, reporter)
-    reporter.message(f"finished: best val acc {s['best_val_acc']:.4f} (epoch {s['best_epoch']}), "
-                     f"test acc {s['test_acc']:.4f}, {s['wall_time']:.1f}s"
-                     + (f"; {s['message']}" if s.get("message") else ""))
-    click.echo(json_dumps(s) if as_json else str(result.run_dir))   # exact: scripts read it
+    results = []
+    for i, (plan, name) in enumerate(zip(plans, names)):
+        reporter = ProgressReporter(quiet=quiet)      # learns the epochs from the loop's settings
+        if seeds:
+            reporter.message(f"seed {plan.seed} ({i + 1} of {len(plans)})")
+        try:
+            with sigterm_as_interrupt():
+                result = run_training(plan, name=name, runs_dir=runs_dir, data_dir=data_dir,
+                                      resume=resume_dir, callbacks=[reporter],
+                                      on_run_dir=lambda d: reporter.message(f"run directory: {d}"))
+        finally:
+            reporter.close()        # an interrupted epoch's bar must not swallow the error line
+        s = result.summary
+        if result.plan.plots:
+            _write_plots(result.run_dir, data_dir, reporter)
+        reporter.message(f"finished: best val acc {s['best_val_acc']:.4f} (epoch "
+                         f"{s['best_epoch']}), test acc {s['test_acc']:.4f}, {s['wall_time']:.1f}s"
+                         + (f"; {s['message']}" if s.get("message") else ""))
+        results.append(result)
+        if not seeds:
+            click.echo(json_dumps(s) if as_json else str(result.run_dir))  # exact: scripts read it
+        elif not as_json:
+            click.echo(str(result.run_dir))
+    if seeds:
+        _seeds_report(results, as_json, reporter)
 
 
-@click.command()
+def _seeds_report(results, as_json: bool, reporter) -> None:
+    """Each seed's test accuracy and their mean ± sample std (stderr; --json: stdout)."""
+    import statistics
+
+    accs = [r.summary["test_acc"] for r in results]
+    mean = statistics.fmean(accs)
+    std = statistics.stdev(accs) if len(accs) > 1 else 0.0
+    for r, acc in zip(results, accs):
+        reporter.message(f"seed {r.plan.seed}: test acc {acc:.4f}  {r.run_dir}")
+    reporter.message(f"test acc over {len(accs)} seeds: {mean:.4f} ± {std:.4f} (mean ± sample "
+                     f"std; {' / '.join(f'{100 * a:.2f}' for a in accs)} %)")
+    if as_json:
+        click.echo(json_dumps({"runs": [r.summary for r in results],
+                               "seeds": [r.plan.seed for r in results],
+                               "test_acc": {"mean": mean, "std": std, "values": accs}}))
+
+
+def _parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"`` -> [0, 1, 2]: distinct non-negative integers, else a usage error."""
+    seeds = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part.isdigit() or not part.isascii():
+            raise click.BadParameter(f"{printable(part)!r} is not a non-negative integer "
+                                     f"(e.g. --seeds 0,1,2)", param_hint="--seeds")
+        seeds.append(int(part))
+    if len(set(seeds)) != len(seeds):
+        raise click.BadParameter("a seed is given twice", param_hint="--seeds")
+    return seeds
+
+
+def _dry_run_text(plans, names) -> str:
+    """The resolved config of the first plan, then each run's size, memory and steps."""
+    first = plans[0]
+    lines = ["# the resolved config (every key; --set applied)", first.record.yaml.rstrip(), ""]
+    if len(plans) > 1:
+        lines.append(f"runs: {len(plans)} ({', '.join(names)}), each as below with its own "
+                     f"seed: {', '.join(str(p.seed) for p in plans)}")
+    lines += [first.describe(), "dry run: nothing trained, nothing written"]
+    return "\n".join(lines)
+
+
+@click.command(epilog=MODEL_EXIT_CODES_HELP)
 @data_dir_option
 @click.option("--source", "sources", multiple=True, metavar="URL_OR_DIR",
               help="Where to fetch the four files from (repeatable; default: Debian's "
@@ -91,7 +167,7 @@ def download(data_dir, sources, force, quiet):
     click.echo(printable(path))
 
 
-@click.command()
+@click.command(epilog=MODEL_EXIT_CODES_HELP)
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Experiment YAML whose architecture is checked (default: the defaults).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",

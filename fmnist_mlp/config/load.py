@@ -105,7 +105,7 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
 
 def dump_config(cfg: Config) -> str:
     """The resolved config as YAML text, every key present, in schema order."""
-    return yaml.dump(config_to_dict(cfg), Dumper=_FlowListDumper, sort_keys=False)
+    return config_record(cfg)[1]
 
 
 class _FlowListDumper(yaml.SafeDumper):
@@ -114,6 +114,17 @@ class _FlowListDumper(yaml.SafeDumper):
 
 _FlowListDumper.add_representer(
     list, lambda dumper, data: dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=True))
+
+
+def config_record(cfg: Config) -> tuple[dict[str, Any], str, dict[str, Any]]:
+    """The run's config serialised once for everything that keeps it: the plain dict (every
+    checkpoint's metadata), the YAML text (``config.yaml``) and the dotted keys with values
+    TensorBoard's HParams view can show (lists and None as text)."""
+    plain = config_to_dict(cfg)
+    text = yaml.dump(plain, Dumper=_FlowListDumper, sort_keys=False)
+    hparams = {key: value if isinstance(value, (bool, int, float, str)) else str(value)
+               for key, value in flatten(plain).items()}
+    return plain, text, hparams
 
 
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

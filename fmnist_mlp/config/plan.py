@@ -1,19 +1,24 @@
-"""The one step from a checked config to objects: the model, its optimiser and schedule, the run's
-data splits, augmentation and loop settings.
+"""The one step from a checked config to a run's plan: plain values that flow down.
 
-The only module that knows both the config schema and the engine's constructors, so the numerical
-modules take plain values and every key is passed on in exactly one place. Everything here takes
-a validated :class:`Config` (a command reads and checks its config once, in
-:mod:`fmnist_mlp.config.load`); the Python API's entry points :func:`build` and
-:func:`build_model` also take a plain dict, checked once at that boundary by :func:`as_config`.
+The only module that knows both the config schema and the engine's constructors. A command reads
+and checks its config once (:mod:`fmnist_mlp.config.load`) and :func:`make_plan` turns it, once,
+into a :class:`Plan`: the split, the engine's arguments, the streams' seed, the loop's settings
+(step counts computed here, from the dataset's facts), the distillation spec and the run's
+record (what ``config.yaml``, the checkpoints and TensorBoard keep). The session, the loop and
+the recorder take those values; nothing below the session reads a :class:`Config`.
 
-    engine = build(cfg, steps_per_epoch)          # Engine(model, optimizer, lr_at)
+The Python API's entry points :func:`build` and :func:`build_model` also take a plain dict,
+checked once at that boundary by :func:`as_config`:
+
+    plan = make_plan(cfg)                         # Plan(data, engine, loop, distill, record, ...)
+    engine = build_engine(plan.engine, init_rng)  # Engine(model, optimizer, lr_at)
+    engine = build(cfg, steps_per_epoch)          # the same from a config, as the README shows
     model = build_model({"model": {"hidden": [256, 128]}, "seed": 0})
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -40,6 +45,158 @@ class Engine:
     lr_at: Callable[[int], float]
 
 
+@dataclass(frozen=True)
+class EngineSpec:
+    """The engine's arguments, as plain values: :func:`build_engine` makes the objects.
+
+    An engine-wide setting (say, which kernels compute the steps) is one more field here, read
+    from its config key in :func:`engine_spec` and handed on in :func:`build_engine`."""
+
+    seed: int                       # the network's initial weights, when no init stream is given
+    model: Mapping[str, Any]        # MLP's keyword arguments (without seed)
+    optimizer: Mapping[str, Any]    # make_optimizer's: name and every hyperparameter
+    schedule: Mapping[str, Any]     # make_schedule's, in steps
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Which images train, validate and test, how they are scaled and augmented."""
+
+    rows: Mapping[str, Any]         # split_rows' keyword arguments (val_size, split, seed, ...)
+    normalize: str
+    dtype: str                      # the model's: the splits are made in it
+    train_rows: int                 # how many rows train: from the dataset's facts, not the data
+    augment: Mapping[str, Any]      # make_augmenter's keyword arguments
+    test_flip: bool                 # the final test score averages each image and its mirror
+
+    @property
+    def split_kwargs(self) -> dict[str, Any]:
+        """``make_splits``' keyword arguments."""
+        return dict(self.rows, normalize=self.normalize, dtype=self.dtype)
+
+
+@dataclass(frozen=True)
+class DistillSpec:
+    """What a student learns from: its teachers and how their outputs are mixed in."""
+
+    teachers: tuple[str, ...]
+    weight: float
+    temperature: float
+    consistent: bool
+    label_smoothing: float          # the student's: its label rows are smoothed as in training
+    output: str                     # the student's output units; a teacher must share them
+    rows: Mapping[str, Any]         # the student's split_rows arguments (cross-fitting)
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """The training loop's plain settings (:func:`fmnist_mlp.training.loop.fit` takes them)."""
+
+    epochs: int
+    batch_size: int
+    eval_batch_size: int = 2000
+    patience: int | None = None     # early stopping: epochs without val-accuracy improvement
+    mixup: float = 0.0              # mixup's α; 0 = off
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """The run's resolved config, serialised once: ``config.yaml``'s text, the dict every
+    checkpoint keeps, and the dotted keys TensorBoard's HParams view shows."""
+
+    config: Mapping[str, Any]
+    yaml: str
+    hparams: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A training run, planned once from its checked config: plain values only."""
+
+    seed: int                       # the run's random streams (STREAMS) all come from it
+    data: DataSpec
+    engine: EngineSpec
+    loop: LoopSettings
+    steps_per_epoch: int            # minibatches per epoch: the schedule's and resume's unit
+    distill: DistillSpec | None     # None: no teachers
+    checkpoint_every: int
+    tensorboard: bool
+    plots: bool
+    memory_bytes: int               # the estimate the run was checked against
+    record: RunRecord
+
+    @property
+    def total_steps(self) -> int:
+        return self.loop.epochs * self.steps_per_epoch
+
+    @property
+    def num_parameters(self) -> int:
+        """Trained parameters of the network (weights, biases, batch norm's γ and β)."""
+        from fmnist_mlp.nn.model import is_buffer, parameter_shapes
+
+        widths = [self.engine.model["input_size"], *self.engine.model["hidden"],
+                  self.engine.model["num_classes"]]
+        shapes = parameter_shapes(widths, self.engine.model["batchnorm"])
+        return sum(int(np.prod(shape)) for name, shape in shapes.items() if not is_buffer(name))
+
+    def describe(self) -> str:
+        """What ``train --dry-run`` prints after the resolved config: size, memory, steps."""
+        from fmnist_mlp.io.memory import format_bytes
+
+        widths = " -> ".join(str(w) for w in (self.engine.model["input_size"],
+                                               *self.engine.model["hidden"],
+                                               self.engine.model["num_classes"]))
+        loop = self.loop
+        return "\n".join([
+            f"model: {widths} ({self.num_parameters:,} parameters, {self.engine.model['dtype']})",
+            f"memory: about {format_bytes(self.memory_bytes)} (estimated; checked against this "
+            f"machine's available memory)",
+            f"data: {self.data.train_rows:,} training rows, {self.data.rows['val_size']:,} "
+            f"validation rows, the test split scored once at the end",
+            f"steps: {self.steps_per_epoch:,} per epoch (batch {loop.batch_size}) x {loop.epochs} "
+            f"epochs = {self.total_steps:,}"
+            + (f" at most (early stopping after {loop.patience} epochs without a better "
+               f"val acc)" if loop.patience else ""),
+        ])
+
+
+def make_plan(cfg: Config, what: str = "config") -> Plan:
+    """The run a checked config describes, refused here if it cannot fit (``what`` names the
+    config in that error: a file, a run's config.yaml)."""
+    from fmnist_mlp.config.load import config_record
+    from fmnist_mlp.data.dataset import batches_per_epoch
+
+    memory_bytes = check_fits(cfg, what)
+    rows = row_kwargs(cfg)
+    train_rows = train_row_count(cfg)
+    steps = batches_per_epoch(train_rows, cfg.train.batch_size)
+    d, a = cfg.distill, cfg.data.augment
+    data = DataSpec(rows, cfg.data.normalize, cfg.model.dtype, train_rows,
+                    dict(flip=a.flip, shift=a.shift, cutout=a.cutout,
+                         alternate_flip=a.alternate_flip), a.test_flip)
+    distill = (DistillSpec(tuple(d.teachers), d.weight, d.temperature, d.consistent,
+                           cfg.loss.label_smoothing, cfg.model.output, rows)
+               if d.teachers else None)
+    config, text, hparams = config_record(cfg)
+    return Plan(cfg.seed, data, engine_spec(cfg, steps), loop_settings(cfg), steps, distill,
+                cfg.train.checkpoint_every, cfg.train.tensorboard, cfg.train.plots, memory_bytes,
+                RunRecord(config, text, hparams))
+
+
+def train_row_count(cfg: Config) -> int:
+    """How many rows a run trains on, from the dataset's facts and the row settings: what
+    ``split_rows`` draws (each draw takes exactly its count)."""
+    d = cfg.data
+    count = d.subset if d.subset is not None else TRAIN_IMAGES - d.val_size
+    if d.fold is not None:
+        rest = count
+        for part in range(d.fold + 1):        # as split_rows cuts the parts, in turn
+            left_out = rest // (d.folds - part)
+            rest -= left_out
+        count -= left_out
+    return count
+
+
 def as_config(config: Config | Mapping[str, Any]) -> Config:
     """A validated :class:`Config` from a Config or a plain (possibly partial) dict: the Python
     API's boundary (a Config was checked when it was made, so it is passed through)."""
@@ -64,6 +221,30 @@ def model_kwargs(cfg: Config) -> dict[str, Any]:
     return kwargs
 
 
+def engine_spec(cfg: Config, steps_per_epoch: int) -> EngineSpec:
+    """The engine's arguments: the schedule's epoch-denominated settings become step counts."""
+    s = cfg.schedule
+    schedule = dict(name=s.name, base_lr=cfg.optimizer.lr,
+                    total_steps=cfg.train.epochs * steps_per_epoch,
+                    warmup_steps=s.warmup_epochs * steps_per_epoch,
+                    step_size=s.step_epochs * steps_per_epoch, gamma=s.gamma,
+                    min_lr=s.min_lr, decay_steps=steps_per_epoch)
+    return EngineSpec(cfg.seed, model_kwargs(cfg), asdict(cfg.optimizer), schedule)
+
+
+def build_engine(spec: EngineSpec, init_rng: np.random.Generator | None = None) -> Engine:
+    """Model, optimiser and schedule from their arguments; the weights are drawn from
+    ``init_rng`` (a training run's ``init`` stream), else seeded by ``spec.seed``."""
+    from fmnist_mlp.nn import MLP
+    from fmnist_mlp.nn.optim import make_optimizer
+    from fmnist_mlp.nn.schedules import make_schedule
+
+    model = MLP(**spec.model, seed=spec.seed if init_rng is None else init_rng)
+    settings = dict(spec.optimizer)
+    optimizer = make_optimizer(settings.pop("name"), model.params, **settings)
+    return Engine(model, optimizer, make_schedule(**spec.schedule))
+
+
 def build_model(config: Config | Mapping[str, Any], rng: np.random.Generator | None = None):
     """The MLP a config describes. Without ``rng`` it is seeded by ``config.seed`` (what
     ``MLP.from_config`` gives); a training run passes its ``init`` stream instead."""
@@ -73,41 +254,17 @@ def build_model(config: Config | Mapping[str, Any], rng: np.random.Generator | N
     return MLP(**model_kwargs(cfg), seed=cfg.seed if rng is None else rng)
 
 
-def build_optimizer(cfg: Config, params: Mapping[str, np.ndarray]):
-    """The configured optimiser over ``params``: every field of the optimizer section is offered,
-    and the class registered under its name takes those its constructor names."""
-    from dataclasses import asdict
-
-    from fmnist_mlp.nn.optim import make_optimizer
-
-    settings = asdict(cfg.optimizer)
-    return make_optimizer(settings.pop("name"), params, **settings)
-
-
-def build_schedule(cfg: Config, steps_per_epoch: int) -> Callable[[int], float]:
-    """``lr_at(step)``: the schedule's epoch-denominated settings become step counts."""
-    from fmnist_mlp.nn.schedules import make_schedule
-
-    s = cfg.schedule
-    return make_schedule(s.name, base_lr=cfg.optimizer.lr,
-                         total_steps=cfg.train.epochs * steps_per_epoch,
-                         warmup_steps=s.warmup_epochs * steps_per_epoch,
-                         step_size=s.step_epochs * steps_per_epoch, gamma=s.gamma,
-                         min_lr=s.min_lr, decay_steps=steps_per_epoch)
-
-
 def build(config: Config | Mapping[str, Any], steps_per_epoch: int,
           init_rng: np.random.Generator | None = None) -> Engine:
-    """Model, optimiser and schedule for one run (``init_rng``: see :func:`build_model`)."""
-    cfg = as_config(config)
-    model = build_model(cfg, init_rng)
-    return Engine(model, build_optimizer(cfg, model.params), build_schedule(cfg, steps_per_epoch))
+    """Model, optimiser and schedule for one run (``init_rng``: see :func:`build_engine`)."""
+    return build_engine(engine_spec(as_config(config), steps_per_epoch), init_rng)
 
 
 def steps_per_epoch(cfg: Config, num_train: int) -> int:
-    """Minibatches per epoch: the last one may be short; a batch never exceeds the data."""
-    batch_size = min(cfg.train.batch_size, num_train)
-    return -(-num_train // batch_size)
+    """Minibatches per epoch of ``num_train`` rows (:func:`~fmnist_mlp.data.dataset.batches_per_epoch`)."""
+    from fmnist_mlp.data.dataset import batches_per_epoch
+
+    return batches_per_epoch(num_train, cfg.train.batch_size)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -139,9 +296,10 @@ def load_splits(cfg: Config, data_dir: str | Path | None = None, progress: bool 
     return make_splits(load_raw(data_dir, progress=progress), **split_kwargs(cfg))
 
 
-def check_fits(cfg: Config, what: str = "config") -> None:
+def check_fits(cfg: Config, what: str = "config") -> int:
     """What can be refused from the config alone is refused before anything is written or read:
-    a subset larger than the training set, a model that does not fit in memory."""
+    a subset larger than the training set, a model that does not fit in memory. Returns the
+    memory estimate (bytes)."""
     from fmnist_mlp.io import memory as machine
     from fmnist_mlp.nn import memory
 
@@ -151,10 +309,12 @@ def check_fits(cfg: Config, what: str = "config") -> None:
         raise ConfigError(f"{what}: data.subset: {d.subset} is more than the {most} training "
                           f"images left after data.val_size={d.val_size}")
     itemsize = np.dtype(m.dtype).itemsize
-    machine.check_fits(memory.training_bytes(NUM_FEATURES, m.hidden, NUM_CLASSES, t.batch_size,
-                                             t.eval_batch_size, itemsize, batchnorm=m.batchnorm,
-                                             data_rows=TRAIN_IMAGES + TEST_IMAGES),
-                       f"{what}: model.hidden={list(m.hidden)}, train.batch_size={t.batch_size}")
+    needed = memory.training_bytes(NUM_FEATURES, m.hidden, NUM_CLASSES, t.batch_size,
+                                   t.eval_batch_size, itemsize, batchnorm=m.batchnorm,
+                                   data_rows=TRAIN_IMAGES + TEST_IMAGES)
+    machine.check_fits(needed, f"{what}: model.hidden={list(m.hidden)}, "
+                               f"train.batch_size={t.batch_size}")
+    return int(needed)
 
 
 def build_augmenter(cfg: Config):
@@ -163,17 +323,6 @@ def build_augmenter(cfg: Config):
 
     a = cfg.data.augment
     return make_augmenter(a.flip, a.shift, a.cutout, a.alternate_flip)
-
-
-@dataclass(frozen=True)
-class LoopSettings:
-    """The training loop's plain settings (:func:`fmnist_mlp.training.loop.fit` takes them)."""
-
-    epochs: int
-    batch_size: int
-    eval_batch_size: int = 2000
-    patience: int | None = None     # early stopping: epochs without val-accuracy improvement
-    mixup: float = 0.0              # mixup's α; 0 = off
 
 
 def loop_settings(cfg: Config) -> LoopSettings:

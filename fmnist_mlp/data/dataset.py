@@ -138,6 +138,13 @@ def split_rows(train_labels: np.ndarray, val_size: int = 5000, split: str = "str
     return train_idx, val_idx
 
 
+def batches_per_epoch(num_rows: int, batch_size: int) -> int:
+    """Minibatches in one pass over ``num_rows`` rows: the last one may be short, and a batch
+    never exceeds the data. Written once: the plan counts the steps with it, the loop cuts them."""
+    batch_size = min(batch_size, num_rows)
+    return -(-num_rows // batch_size)
+
+
 def pixels_to_inputs(pixels: np.ndarray, mean: float, std: float, dtype: str) -> np.ndarray:
     """(N, 784) raw pixel values 0..255 -> the network's input rows: ``(x / 255 − mean) / std``.
 

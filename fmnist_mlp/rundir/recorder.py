@@ -21,8 +21,6 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from fmnist_mlp.config.load import config_to_dict
-from fmnist_mlp.config.schema import Config
 from fmnist_mlp.errors import FmnistMlpError
 from fmnist_mlp.rundir import files as runs
 from fmnist_mlp.rundir import layout
@@ -30,15 +28,17 @@ from fmnist_mlp.rundir.files import format_epoch
 
 
 class RunRecorder:
-    """Writes a run's files as it trains: ``engine`` holds the model and optimiser whose state the
-    checkpoints keep, ``state`` the loop's progress counters (a ``TrainState``)."""
+    """Writes a run's files as it trains: ``config`` is the run's resolved config as a plain dict
+    (the plan's record, kept in every checkpoint), ``engine`` holds the model and optimiser whose
+    state the checkpoints keep, ``state`` the loop's progress counters (a ``TrainState``)."""
 
-    def __init__(self, run_dir: Path, cfg: Config, engine: Any,
-                 streams: Mapping[str, np.random.Generator], state: Any, resumed: bool = False,
+    def __init__(self, run_dir: Path, config: Mapping[str, Any], epochs: int,
+                 checkpoint_every: int, engine: Any, streams: Mapping[str, np.random.Generator],
+                 state: Any, resumed: bool = False,
                  normalization: Mapping[str, float] | None = None):
         self.run_dir, self.model, self.optimizer = run_dir, engine.model, engine.optimizer
-        self.config = config_to_dict(cfg)            # stored in every checkpoint
-        self.epochs, self.checkpoint_every = cfg.train.epochs, cfg.train.checkpoint_every
+        self.config = config
+        self.epochs, self.checkpoint_every = epochs, checkpoint_every
         # The input normalisation (pixel mean and std of the training rows), kept in every
         # checkpoint so predict and export need not reload the dataset to know it.
         self.normalization = dict(normalization) if normalization is not None else None
@@ -68,7 +68,8 @@ class RunRecorder:
         self.log.write(f"run {verb}: {run_dir}")
 
     # --------------------------------------------------------------- callback protocol
-    def on_epoch_end(self, metrics: dict[str, float], state: Any, is_best: bool) -> None:
+    def on_epoch_end(self, event: Any) -> None:
+        metrics, state, is_best = event.metrics, event.state, event.is_best
         with _signals_held():   # Ctrl-C here would leave the epoch half recorded; it waits
             self.snapshot = (state.epoch, runs.checkpoint_bytes(self._checkpoint(state)))
             self.metrics.write(metrics)
@@ -85,7 +86,28 @@ class RunRecorder:
             runs.write_summary(self.run_dir, self.summary)
             self.log.write(format_epoch(metrics, self.epochs, is_best))
 
+    def on_train_end(self, event: Any) -> None:
+        """The loop ended the run: finished (with its test scores) or stopped, and why."""
+        if event.status == "finished":
+            self.finish(event.scores)
+        elif event.status == "interrupted":
+            self.interrupted()
+        else:
+            self.stop(event.status, event.message)
+
     # --------------------------------------------------------------- endings
+    def interrupted(self) -> None:
+        """Ctrl-C, SIGTERM or a sweep's take-over: save the last completed epoch, and say how
+        to continue (the session's error repeats it: :meth:`resume_hint`)."""
+        if self.saved_epoch == 0 and self.snapshot is None:
+            self.stop("interrupted", "interrupted before the first epoch ended")
+        else:
+            self.stop("interrupted", f"interrupted; resume with: {self.resume_command}")
+
+    @property
+    def resume_command(self) -> str:
+        return f"fmnist-mlp train --resume {self.run_dir}"
+
     def stop(self, status: str, message: str) -> None:
         """Interrupted or failed: save the last completed epoch as ``last`` and mark the run.
 

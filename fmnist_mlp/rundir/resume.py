@@ -86,12 +86,12 @@ def _with_defaults(stored: Any, defaults: dict) -> Any:
 
 
 def restore(point: ResumePoint, engine: Any, streams: Mapping[str, np.random.Generator],
-            steps_per_epoch: int) -> dict[str, Any]:
+            epochs: int, steps_per_epoch: int) -> dict[str, Any]:
     """Load the checkpoint into the engine (parameters, optimiser state) and the random streams;
-    returns its progress counters (the loop's ``TrainState`` fields), each checked."""
+    returns its progress counters (the loop's ``TrainState`` fields), each checked against the
+    run's ``epochs`` and ``steps_per_epoch`` (its plan's)."""
     ckpt, where = point.checkpoint, layout.last_checkpoint(point.run_dir)
-    counters = checked_counters(ckpt.meta.get("state"), point.cfg.train.epochs, steps_per_epoch,
-                                where)
+    counters = checked_counters(ckpt.meta.get("state"), epochs, steps_per_epoch, where)
     try:
         engine.model.load_state_dict(ckpt.params)
         engine.optimizer.load_state_dict(ckpt.optim_state)

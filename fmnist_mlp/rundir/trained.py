@@ -43,6 +43,13 @@ class TrainedModel:
         return self.cfg.data.augment.test_flip
 
     @property
+    def rows(self) -> dict[str, Any]:
+        """Which training images trained it and which validated it: ``split_rows``' arguments."""
+        from fmnist_mlp.config.plan import row_kwargs
+
+        return row_kwargs(self.cfg)
+
+    @property
     def scorer(self) -> Scorer:
         """The model as ``eval`` scores it (flip-averaged when data.augment.test_flip)."""
         return scorer_for(self.model, self.test_flip)

@@ -164,17 +164,15 @@ class _ReportToTrial:
         self.trial = trial
         self.beat = beat
 
-    def on_epoch_start(self, epoch: int, num_batches: int) -> None:
+    def on_epoch_start(self, event) -> None:
         # Database: one read per epoch, so a worker that was stopped past the grace period
         # (and lost its trial) trains no epoch of it after it wakes.
         if self.beat is not None and not self.beat.check():
             raise TrialTakenOver("taken over by another worker (this one stopped beating "
                                  "for longer than the grace period); left to it")
 
-    def on_batch(self, batch: int, loss: float, acc: float) -> None:
-        pass
-
-    def on_epoch_end(self, metrics, state, is_best) -> None:
+    def on_epoch_end(self, event) -> None:
+        metrics = event.metrics
         self.trial.report(float(metrics["val_acc"]), int(metrics["epoch"]))
         if self.trial.should_prune():
             raise TrainingPruned(f"pruned after epoch {metrics['epoch']} "

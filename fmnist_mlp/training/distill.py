@@ -21,12 +21,10 @@ other remedy is cross-fitting: each teacher leaves a part of the training rows o
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from fmnist_mlp.config.plan import row_kwargs
-from fmnist_mlp.config.schema import Config
 from fmnist_mlp.errors import CheckpointError, ConfigError
 
 
@@ -100,11 +98,13 @@ class ConsistentTeachers:
         return mix_targets(labels, mean_softened(probs, self.temperature), self.weight, x.dtype)
 
 
-def distill_targets(cfg: Config, splits, data_dir: str | Path | None = None):
+def distill_targets(spec: Any, splits, data_dir: str | Path | None = None):
     """What the student learns from, as ``(targets, teacher)`` for the loop's ``LoopData``.
 
-    Teachers scored once (the default): ``targets`` (N_train, K), the (smoothed) one-hot labels
-    mixed with the teachers' averaged, temperature-softened probabilities (``cfg.distill``), each
+    ``spec`` is the plan's distillation spec (:class:`fmnist_mlp.config.plan.DistillSpec`: the
+    teachers, weight, temperature, consistent, the student's label smoothing, output units and
+    rows). Teachers scored once (the default): ``targets`` (N_train, K), the (smoothed) one-hot
+    labels mixed with the teachers' averaged, temperature-softened probabilities, each
     teacher scoring the images as ``eval`` would (its flip averaging too); ``teacher`` None.
     ``distill.consistent``: ``targets`` None and ``teacher`` a :class:`ConsistentTeachers` that
     scores every batch as the student sees it.
@@ -117,12 +117,12 @@ def distill_targets(cfg: Config, splits, data_dir: str | Path | None = None):
     from fmnist_mlp.nn.losses import one_hot_targets
     from fmnist_mlp.rundir.trained import load_trained
 
-    d = cfg.distill
+    d = spec
     teachers = [load_trained(run, data_dir) for run in d.teachers]
     # x·std + mean is x/255 again; a teacher normalises that with its own mean and std.
     input_maps = [(splits.std / t.std, (splits.mean - t.mean) / t.std) for t in teachers]
     check_teachers_fit(d.teachers, [t.model for t in teachers], splits.train.x[:1])
-    check_teacher_outputs(d.teachers, [t.model for t in teachers], cfg.model.output)
+    check_teacher_outputs(d.teachers, [t.model for t in teachers], d.output)
     if d.consistent:
         folded = [str(run) for run, t in zip(d.teachers, teachers) if t.cfg.data.fold is not None]
         if folded:
@@ -134,22 +134,23 @@ def distill_targets(cfg: Config, splits, data_dir: str | Path | None = None):
     for teacher, (scale, shift) in zip(teachers, input_maps):
         x = (splits.train.x * scale + shift).astype(teacher.model.dtype, copy=False)
         probs.append(teacher.scorer.forward(x))
-    labels = one_hot_targets(splits.train.y, probs[0].shape[1], cfg.loss.label_smoothing,
-                             np.float64)
-    unseen = unseen_rows(cfg, [t.cfg for t in teachers], data_dir)
+    labels = one_hot_targets(splits.train.y, probs[0].shape[1], d.label_smoothing, np.float64)
+    unseen = unseen_rows(d.rows, [t.rows for t in teachers], data_dir)
     return mix_targets(labels, mean_softened(probs, d.temperature, unseen), d.weight,
                        splits.train.x.dtype), None
 
 
-def unseen_rows(cfg: Config, teacher_configs: Sequence[Config], data_dir) -> list[np.ndarray]:
+def unseen_rows(student_rows: Mapping[str, Any], teacher_rows: Sequence[Mapping[str, Any]],
+                data_dir) -> list[np.ndarray]:
     """Per teacher, which of the student's training rows it did not train on: (N_train,) bools.
-    Rows are redrawn from each run's config, as ``make_splits`` drew them."""
+    Rows are redrawn from each run's row settings (``split_rows``' arguments), as
+    ``make_splits`` drew them."""
     from fmnist_mlp.data import load_raw, split_rows
 
     labels = load_raw(data_dir, progress=False).train_labels
-    student_rows, _ = split_rows(labels, **row_kwargs(cfg))
-    return [~np.isin(student_rows, split_rows(labels, **row_kwargs(c))[0], assume_unique=True)
-            for c in teacher_configs]
+    student, _ = split_rows(labels, **student_rows)
+    return [~np.isin(student, split_rows(labels, **rows)[0], assume_unique=True)
+            for rows in teacher_rows]
 
 
 def check_teachers_fit(runs_given, models, x: np.ndarray) -> None:

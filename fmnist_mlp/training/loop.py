@@ -17,9 +17,10 @@ import numpy as np
 
 from fmnist_mlp.config.plan import LoopSettings
 from fmnist_mlp.data.augment import Augmenter, mixup
-from fmnist_mlp.errors import TrainingDivergedError, TrainingInterrupted
+from fmnist_mlp.data.dataset import batches_per_epoch
+from fmnist_mlp.errors import TrainingDivergedError, TrainingInterrupted, TrainingPruned
 from fmnist_mlp.nn.losses import one_hot_targets
-from fmnist_mlp.training.callbacks import CallbackList, EarlyStopping
+from fmnist_mlp.training.callbacks import CallbackList, EarlyStopping, LoopEvent
 
 
 @dataclass
@@ -63,37 +64,63 @@ class LoopData:
 
 def fit(engine: Any, data: LoopData, settings: LoopSettings,
         rngs: Mapping[str, np.random.Generator], state: TrainState | None = None,
-        callbacks: Iterable[Any] = ()) -> TrainState:
+        callbacks: Iterable[Any] = (),
+        score: Callable[[], Mapping[str, float]] | None = None) -> TrainState:
     """Train from ``state`` (a fresh one by default) until ``settings.epochs`` are done.
 
     ``engine`` has ``model``, ``optimizer`` and ``lr_at(step)`` (:func:`fmnist_mlp.config.plan.build`
     makes one); ``rngs`` holds the ``shuffle``, ``dropout`` and ``augment`` generators;
-    ``callbacks`` hear every event, after early stopping (``settings.patience``), which is one
-    of them. Raises :class:`TrainingInterrupted` on Ctrl-C (the callbacks' last ``on_epoch_end``
-    describes the state to save) and :class:`TrainingDivergedError` when a loss becomes NaN or
-    infinite. Validation scores the model on single images (``model.evaluate``): test-time
-    flips, where configured, apply to the final test score, not to choosing the best epoch.
+    ``callbacks`` hear every event (:mod:`fmnist_mlp.training.callbacks`), after early stopping
+    (``settings.patience``), which is one of them. ``score``, when given, is called once the
+    epochs are done; its scores reach ``on_train_end`` (a run's test score). The loop starts and
+    ends the callbacks: ``on_train_end`` comes however the run stops. Raises
+    :class:`TrainingInterrupted` on Ctrl-C (the callbacks' last ``on_epoch_end`` describes the
+    state to save) and :class:`TrainingDivergedError` when a loss becomes NaN or infinite.
+    Validation scores the model on single images (``model.evaluate``): test-time flips, where
+    configured, apply to the final test score, not to choosing the best epoch.
     """
     state = state or TrainState()
     stopping = [EarlyStopping(settings.patience)] if settings.patience is not None else []
     listeners = CallbackList([*stopping, *callbacks])
-    listeners.on_train_start(settings, state)
+    event = LoopEvent(settings, state)
+    listeners.on_train_start(event)
     try:
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             # Overflow warnings only precede the NaN/inf loss _check_finite reports in one line.
             while state.epoch < settings.epochs and not state.early_stopped:
-                _one_epoch(engine, data, settings, rngs, state, listeners)
+                _one_epoch(engine, data, settings, rngs, state, listeners, event)
+        if score is not None:
+            event.scores = dict(score())
+        event.status = "finished"
     except KeyboardInterrupt:
         when = (f"during epoch {state.epoch + 1}" if state.epoch < settings.epochs
                 and not state.early_stopped else f"after epoch {state.epoch}")
+        _end(listeners, event, "interrupted", f"interrupted {when}")
         raise TrainingInterrupted(f"interrupted {when}") from None
+    except BaseException as exc:
+        status = ("interrupted" if isinstance(exc, TrainingInterrupted)
+                  else "pruned" if isinstance(exc, TrainingPruned) else "failed")
+        message = str(exc) if status != "failed" or isinstance(exc, TrainingDivergedError) \
+            else f"{type(exc).__name__}: {exc}"
+        _end(listeners, event, status, message or status)
+        raise
+    listeners.on_train_end(event)
     return state
 
 
+def _end(listeners: CallbackList, event: LoopEvent, status: str, message: str) -> None:
+    """A run that did not finish: every callback hears it; the run's own error wins over theirs."""
+    event.status, event.message = status, message
+    try:
+        listeners.on_train_end(event)
+    except Exception:           # noqa: BLE001 - the training error is the one to report
+        pass
+
+
 def _one_epoch(engine, data: LoopData, settings: LoopSettings, rngs, state: TrainState,
-               listeners: CallbackList) -> None:
+               listeners: CallbackList, event: LoopEvent) -> None:
     """Train one epoch, score it on validation, count it and tell the callbacks."""
-    train_metrics = _train_one_epoch(engine, data, settings, rngs, state, listeners)
+    train_metrics = _train_one_epoch(engine, data, settings, rngs, state, listeners, event)
     t0 = time.perf_counter()
     val_loss, val_acc = engine.model.evaluate(data.x_val, data.y_val,
                                               batch_size=settings.eval_batch_size)
@@ -103,19 +130,22 @@ def _one_epoch(engine, data: LoopData, settings: LoopSettings, rngs, state: Trai
                "val_acc": float(val_acc), "lr": train_metrics["lr"],
                "epoch_time": train_metrics["train_time"] + time.perf_counter() - t0,
                "samples_per_sec": train_metrics["samples_per_sec"]}
-    is_best = _advance(state, metrics)
-    listeners.on_epoch_end(metrics, state, is_best)
+    event.is_best = _advance(state, metrics)
+    event.metrics = metrics
+    listeners.on_epoch_end(event)
 
 
 def _train_one_epoch(engine, data: LoopData, settings: LoopSettings, rngs, state: TrainState,
-                     callback: CallbackList) -> dict[str, float]:
+                     callback: CallbackList, event: LoopEvent) -> dict[str, float]:
     model, optimizer, lr_at = engine.model, engine.optimizer, engine.lr_at
     x, y, targets = data.x_train, data.y_train, data.targets
     augment, teacher = data.augment, data.teacher
     n = x.shape[0]
     batch_size = min(settings.batch_size, n)
-    num_batches = -(-n // batch_size)
-    callback.on_epoch_start(state.epoch + 1, num_batches)
+    num_batches = batches_per_epoch(n, batch_size)
+    event.epoch, event.num_batches, event.batch = state.epoch + 1, num_batches, 0
+    event.loss = event.acc = math.nan
+    callback.on_epoch_start(event)
     order = rngs["shuffle"].permutation(n)
     # One batch buffer per epoch, reused: np.take(out=) gathers without allocating per step.
     # mode="clip" because the default ("raise") gathers into a hidden temporary and copies that
@@ -160,7 +190,8 @@ def _train_one_epoch(engine, data: LoopData, settings: LoopSettings, rngs, state
         total_loss += loss * m
         total_correct += int(correct)
         seen += m
-        callback.on_batch(b + 1, total_loss / seen, total_correct / seen)
+        event.batch, event.loss, event.acc = b + 1, total_loss / seen, total_correct / seen
+        callback.on_batch(event)
     train_time = time.perf_counter() - t0
     return {"epoch": state.epoch + 1, "train_loss": total_loss / seen,
             "train_acc": total_correct / seen, "lr": float(lr), "train_time": train_time,

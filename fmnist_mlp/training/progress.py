@@ -1,4 +1,5 @@
-"""Progress reporting on stderr: a tqdm bar per epoch on a terminal, else one plain line per epoch.
+"""Progress reporting on stderr: a tqdm bar per epoch on a terminal, else one plain line per epoch;
+either way the whole run's estimated time left (ETA) after each epoch.
 
 Stdout is kept for data (run paths, JSON), so nothing here ever writes to it. No colour is used,
 so NO_COLOR is trivially honoured.
@@ -8,8 +9,9 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, Mapping, TextIO
+from typing import Any, TextIO
 
+from fmnist_mlp.io.printable import printable
 from fmnist_mlp.rundir.files import format_epoch
 
 
@@ -23,38 +25,79 @@ class ProgressReporter:
         self.use_bars = not quiet and _isatty(self.stream)
         self._bar: Any = None
         self._next_postfix = 0.0
+        self._clock = RunClock()
 
-    def on_train_start(self, settings: Any, state: Any) -> None:
-        self.total_epochs = settings.epochs
+    def on_train_start(self, event: Any) -> None:
+        self.total_epochs = event.settings.epochs
+        self._clock.start(event.state.epoch, event.settings.epochs)
 
-    def on_epoch_start(self, epoch: int, num_batches: int) -> None:
+    def on_epoch_start(self, event: Any) -> None:
         if self.use_bars:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=num_batches, desc=f"epoch {epoch}/{self.total_epochs}",
-                             unit="batch", file=self.stream, leave=False, dynamic_ncols=True)
+            self._bar = tqdm(total=event.num_batches,
+                             desc=f"epoch {event.epoch}/{self.total_epochs}", unit="batch",
+                             file=self.stream, leave=False, dynamic_ncols=True)
 
-    def on_batch(self, batch: int, loss: float, acc: float) -> None:
+    def on_batch(self, event: Any) -> None:
         if self._bar is None:
             return
         self._bar.update(1)
         now = time.monotonic()
         if now >= self._next_postfix:      # formatting the postfix every batch would cost time
-            self._bar.set_postfix(loss=f"{loss:.4f}", acc=f"{acc:.4f}", refresh=False)
+            self._bar.set_postfix(loss=f"{event.loss:.4f}", acc=f"{event.acc:.4f}",
+                                  run_eta=self._clock.left(event.epoch - 1 + event.batch
+                                                           / max(event.num_batches, 1)),
+                                  refresh=False)
             self._next_postfix = now + 0.25
 
-    def on_epoch_end(self, metrics: Mapping[str, float], state: Any, is_best: bool) -> None:
+    def on_epoch_end(self, event: Any) -> None:
         self.close()
-        print(format_epoch(metrics, self.total_epochs, is_best), file=self.stream, flush=True)
+        line = format_epoch(event.metrics, self.total_epochs, event.is_best)
+        if event.state.epoch < self.total_epochs and not event.state.early_stopped:
+            line += f"  eta {self._clock.left(event.state.epoch)}"
+        print(line, file=self.stream, flush=True)
+
+    def on_train_end(self, event: Any) -> None:
+        self.close()
 
     def message(self, text: str) -> None:
         self.close()
-        print(text, file=self.stream, flush=True)
+        print(printable(text, keep_newlines=True), file=self.stream, flush=True)
 
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+
+class RunClock:
+    """The whole run's time left, from the epochs this process has trained so far: (time so
+    far) / (epochs done here) × (epochs left). A resumed run counts from where it resumed."""
+
+    def __init__(self) -> None:
+        self.t0, self.first, self.epochs = time.monotonic(), 0, 0
+
+    def start(self, first_epoch: int, epochs: int) -> None:
+        self.t0, self.first, self.epochs = time.monotonic(), first_epoch, epochs
+
+    def left(self, epochs_done: float) -> str:
+        """The estimate as text (``1m05s``), or ``?`` before anything is done."""
+        done = epochs_done - self.first
+        if done <= 0:
+            return "?"
+        seconds = (time.monotonic() - self.t0) / done * max(self.epochs - epochs_done, 0.0)
+        return format_duration(seconds)
+
+
+def format_duration(seconds: float) -> str:
+    """``7s``, ``1m05s``, ``2h03m``: short enough for a progress line."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
 def _isatty(stream: TextIO) -> bool:

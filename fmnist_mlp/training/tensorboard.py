@@ -27,9 +27,10 @@ FINAL_METRICS = ("best_val_acc", "test_acc", "test_loss")
 
 
 class TensorBoardLogger:
-    """A training callback (on_epoch_start / on_batch / on_epoch_end / on_train_end)."""
+    """A training callback (on_epoch_start / on_batch / on_epoch_end / on_train_end);
+    ``hparams`` are the run's config as dotted keys (the plan's record)."""
 
-    def __init__(self, run_dir: Path, model: Any, config: Mapping[str, Any], epochs: int,
+    def __init__(self, run_dir: Path, model: Any, hparams: Mapping[str, Any], epochs: int,
                  purge_step: int | None = None) -> None:
         require_extra("tensorboardX", "tensorboard")
         from tensorboardX import SummaryWriter
@@ -38,24 +39,25 @@ class TensorBoardLogger:
         # second within the same second. The nanosecond suffix keeps the names apart and in order.
         self.writer = SummaryWriter(logdir=str(run_dir), purge_step=purge_step,
                                     filename_suffix=f".{time.time_ns()}")
-        self.model, self.config, self.epochs = model, config, epochs
+        self.model, self.hparams, self.epochs = model, dict(hparams), epochs
         self.grad_norms: dict[str, list[float]] | None = None
 
     def _histogram_epoch(self, epoch: int) -> bool:
         return epoch == 1 or epoch % HISTOGRAM_EVERY == 0 or epoch == self.epochs
 
-    def on_epoch_start(self, epoch: int, num_batches: int) -> None:
+    def on_epoch_start(self, event: Any) -> None:
         self.grad_norms = ({name: [] for name in self.model.params if name.endswith(".W")}
-                           if self._histogram_epoch(epoch) else None)
+                           if self._histogram_epoch(event.epoch) else None)
 
-    def on_batch(self, batch: int, loss: float, acc: float) -> None:
+    def on_batch(self, event: Any) -> None:
         if self.grad_norms is None:
             return
         for name, norms in self.grad_norms.items():
             grad = self.model.grads[name].ravel(order="K")     # no copy, whatever the layout
             norms.append(float(np.sqrt(np.vdot(grad, grad))))
 
-    def on_epoch_end(self, metrics: Mapping[str, float], state: Any, is_best: bool) -> None:
+    def on_epoch_end(self, event: Any) -> None:
+        metrics = event.metrics
         epoch = int(metrics["epoch"])
         for tag, key in SCALARS.items():
             if key in metrics:
@@ -69,12 +71,14 @@ class TensorBoardLogger:
             self.grad_norms = None
         self.writer.flush()
 
-    def on_train_end(self, summary: Mapping[str, Any] | None) -> None:
-        """The run ended: finished (``summary``) writes the final pictures; else just close."""
-        if summary is None:
+    def on_train_end(self, event: Any) -> None:
+        """The run ended: finished writes the final pictures and HParams; else just close."""
+        if event.status != "finished":
             self.close()
-        else:
-            self.finish(summary)
+            return
+        state = event.state
+        self.finish({"epochs_completed": state.epoch, **dict(event.scores),
+                     "best_val_acc": state.best_val_acc if state.best_epoch else None})
 
     def finish(self, summary: Mapping[str, Any]) -> None:
         """First-layer weight maps, hyperparameters and final metrics; closes the files."""
@@ -83,7 +87,7 @@ class TensorBoardLogger:
                               dataformats="HW")
         metrics = {f"hparams/{k}": float(summary[k]) for k in FINAL_METRICS
                    if isinstance(summary.get(k), (int, float))}
-        self._write_hparams(hparam_values(self.config), metrics, step)
+        self._write_hparams(self.hparams, metrics, step)
         self.close()
 
     def _write_hparams(self, hparams: dict[str, Any], metrics: dict[str, float], step: int) -> None:
@@ -99,15 +103,6 @@ class TensorBoardLogger:
 
     def close(self) -> None:
         self.writer.close()
-
-
-def hparam_values(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The config flattened to dotted keys with values HParams can show (lists and None as
-    text)."""
-    from fmnist_mlp.config.load import flatten
-
-    return {key: value if isinstance(value, (bool, int, float, str)) else str(value)
-            for key, value in flatten(config).items()}
 
 
 def weight_maps(W: np.ndarray, side: int = IMAGE_SIDE) -> np.ndarray:
