@@ -118,6 +118,8 @@ class Walk:
             self.stay(self.stack[-1].f_globals["__name__"])
         self.stack.append(frame)
         self.stay(module)
+        if frame.f_code.co_name == "__init__" and frame.f_code.co_argcount:
+            self.follow(frame.f_locals.get(frame.f_code.co_varnames[0]))   # what it makes
         if self.stop and (module, frame.f_code.co_name) == self.stop:
             self.done = True
 

@@ -68,10 +68,10 @@ def train(config_path, overrides, name, runs_dir, data_dir, resume_dir, quiet, t
         overrides = (*overrides, "train.tensorboard=true")
     cfg = load_config(config_path, overrides)            # read and checked once, here
     name = validate_run_name(name or _name_from(config_path))
-    seed_list = _parse_seeds(seeds) if seeds else [cfg.seed]
-    plans = [make_plan(dataclasses.replace(cfg, seed=seed), str(config_path or "config"))
-             for seed in seed_list]
-    names = [f"{name}-seed{seed}" for seed in seed_list] if seeds else [name]
+    configs = [dataclasses.replace(cfg, seed=seed) for seed in _parse_seeds(seeds)] if seeds \
+        else [cfg]
+    plans = [make_plan(c, str(config_path or "config")) for c in configs]
+    names = [f"{name}-seed{c.seed}" for c in configs] if seeds else [name]
     if dry_run:
         click.echo(_dry_run_text(plans, names))
         return

@@ -63,16 +63,10 @@ class DataSpec:
     """Which images train, validate and test, how they are scaled and augmented."""
 
     rows: Mapping[str, Any]         # split_rows' keyword arguments (val_size, split, seed, ...)
-    normalize: str
-    dtype: str                      # the model's: the splits are made in it
+    splits: Mapping[str, Any]       # make_splits': the rows', normalize and the model's dtype
     train_rows: int                 # how many rows train: from the dataset's facts, not the data
     augment: Mapping[str, Any]      # make_augmenter's keyword arguments
     test_flip: bool                 # the final test score averages each image and its mirror
-
-    @property
-    def split_kwargs(self) -> dict[str, Any]:
-        """``make_splits``' keyword arguments."""
-        return dict(self.rows, normalize=self.normalize, dtype=self.dtype)
 
 
 @dataclass(frozen=True)
@@ -171,7 +165,7 @@ def make_plan(cfg: Config, what: str = "config") -> Plan:
     train_rows = train_row_count(cfg)
     steps = batches_per_epoch(train_rows, cfg.train.batch_size)
     d, a = cfg.distill, cfg.data.augment
-    data = DataSpec(rows, cfg.data.normalize, cfg.model.dtype, train_rows,
+    data = DataSpec(rows, split_kwargs(cfg), train_rows,
                     dict(flip=a.flip, shift=a.shift, cutout=a.cutout,
                          alternate_flip=a.alternate_flip), a.test_flip)
     distill = (DistillSpec(tuple(d.teachers), d.weight, d.temperature, d.consistent,

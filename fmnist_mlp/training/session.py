@@ -92,7 +92,7 @@ def prepare(plan: Plan, data_dir: str | Path | None, point: ResumePoint | None,
 
     if plan.tensorboard:                    # a missing extra is a usage error: before any mkdir
         require_extra("tensorboardX", "tensorboard")
-    splits = make_splits(load_raw(data_dir, progress=progress), **plan.data.split_kwargs)
+    splits = make_splits(load_raw(data_dir, progress=progress), **plan.data.splits)
     if len(splits.train.y) != plan.data.train_rows:
         raise DataError(f"the training split has {len(splits.train.y)} rows, the plan counted "
                         f"{plan.data.train_rows} from the dataset's facts")
