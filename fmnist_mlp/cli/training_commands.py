@@ -51,7 +51,7 @@ def train(config_path, overrides, name, runs_dir, data_dir, resume_dir, quiet, t
     """
     from fmnist_mlp.config.load import load_config
     from fmnist_mlp.config.plan import make_plan
-    from fmnist_mlp.rundir.files import validate_run_name
+    from fmnist_mlp.rundir.files import run_name_from, validate_run_name
 
     if resume_dir is not None and (config_path or overrides or name or seeds):
         raise click.UsageError("--resume continues a run with its own config; "
@@ -67,7 +67,7 @@ def train(config_path, overrides, name, runs_dir, data_dir, resume_dir, quiet, t
     if tensorboard:
         overrides = (*overrides, "train.tensorboard=true")
     cfg = load_config(config_path, overrides)            # read and checked once, here
-    name = validate_run_name(name or _name_from(config_path))
+    name = validate_run_name(name or run_name_from(config_path))
     configs = [dataclasses.replace(cfg, seed=seed) for seed in _parse_seeds(seeds)] if seeds \
         else [cfg]
     plans = [make_plan(c, str(config_path or "config")) for c in configs]
@@ -198,14 +198,6 @@ def gradcheck(config_path, overrides, samples, real, data_dir, tolerance, max_en
     click.echo(f"max relative error {worst:.3e} ({verdict}, tolerance {tolerance:g})")
     if not passed:
         raise SystemExit(1)
-
-
-def _name_from(config_path: Path | None) -> str:
-    """The config file's stem, made safe for a directory name ("my exp.yaml" -> "my-exp")."""
-    import re
-
-    stem = re.sub(r"[^A-Za-z0-9._+=-]+", "-", config_path.stem).strip("-.") if config_path else ""
-    return stem[:80] or "run"
 
 
 def _write_plots(run_dir: Path, data_dir: Path | None, reporter) -> None:

@@ -31,6 +31,39 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
     return config_from_dict(raw, source=_source_label(path, overrides))
 
 
+def config_from(source: str | Path | Mapping[str, Any] | None,
+                overrides: Iterable[str] | Mapping[str, Any] = ()) -> Config:
+    """The Python API's reading of a config: a YAML file's path (as :func:`load_config`) or a
+    mapping (a nested dict as YAML gives it), with overrides as ``--set`` strings
+    (``"optimizer.lr=0.01"``) or a mapping of dotted keys to values (``{"optimizer.lr": 0.01}``).
+    Checked as the command line checks it; the same errors."""
+    if isinstance(overrides, (str, bytes)):
+        raise ConfigError("set: expected a mapping of dotted keys to values, or a list of "
+                          "KEY.PATH=VALUE strings, not one string")
+    if source is None or isinstance(source, (str, Path)):
+        if isinstance(overrides, Mapping):
+            raw = _read_yaml(Path(source)) if source is not None else {}
+            return _with_overrides(raw, overrides, _source_label(source, ["set"]))
+        return load_config(source, overrides)
+    if not isinstance(source, Mapping):
+        raise ConfigError(f"config: expected a YAML file's path or a mapping of keys, got "
+                          f"{type_name(source)}")
+    import copy
+
+    raw = copy.deepcopy(dict(source))
+    if not isinstance(overrides, Mapping):
+        overrides = dict(parse_override(item) for item in overrides)
+    return _with_overrides(raw, overrides, "config" + (" + set" if overrides else ""))
+
+
+def _with_overrides(raw: dict, overrides: Mapping[str, Any], source: str) -> Config:
+    for key, value in overrides.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"set: key {key!r} is not a dotted name like 'optimizer.lr'")
+        _set_dotted(raw, key, value)
+    return config_from_dict(raw, source=source)
+
+
 def _source_label(path: str | Path | None, overrides: list[str]) -> str:
     parts = [str(path)] if path is not None else []
     if overrides:
