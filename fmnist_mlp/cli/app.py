@@ -10,7 +10,7 @@ import click
 from fmnist_mlp.cli.common import EXIT_CODES_HELP, Group, StdoutClosed, sigterm_as_interrupt
 from fmnist_mlp.cli.model_commands import eval_command, export, plot, predict, runs_command
 from fmnist_mlp.cli.sweep_commands import sweep
-from fmnist_mlp.cli.training_commands import download, gradcheck, train
+from fmnist_mlp.cli.training_commands import download, gradcheck, test_images, train
 
 
 @click.group(cls=Group, epilog=EXIT_CODES_HELP,
@@ -20,7 +20,8 @@ def cli() -> None:
     """Train multi-layer perceptrons on Fashion-MNIST with hand-written NumPy backprop."""
 
 
-for command in (train, eval_command, predict, export, runs_command, download, gradcheck, plot, sweep):
+for command in (train, eval_command, predict, export, runs_command, download, gradcheck, plot,
+                test_images, sweep):
     cli.add_command(command)
 
 

@@ -1,4 +1,5 @@
-"""Commands that make a model or check the engine: ``train``, ``gradcheck``, ``download``."""
+"""Commands that make a model or check the engine: ``train``, ``gradcheck``, ``download``,
+and ``test-images`` (a few test images as PNG, to try ``predict`` on)."""
 
 from __future__ import annotations
 
@@ -165,6 +166,23 @@ def download(data_dir, sources, force, quiet):
 
     path = ensure_dataset(data_dir, sources=list(sources) or None, force=force, progress=not quiet)
     click.echo(printable(path))
+
+
+@click.command("test-images", epilog=MODEL_EXIT_CODES_HELP)
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--index", "indices", multiple=True, type=click.IntRange(0),
+              help="Which test image (0..9999; repeatable). Default: 0, 4 and 18, an ankle boot, "
+                   "a shirt and a bag.")
+@data_dir_option
+def test_images(folder, indices, data_dir):
+    """Write a few Fashion-MNIST test images into FOLDER as PNG (<class>-<index>.png), to try
+    predict on; prints each file. Needs Pillow (pip install -e '.[image]')."""
+    from fmnist_mlp.predict.images import require_pillow
+    from fmnist_mlp.predict.samples import TOUR_IMAGES, write_test_images
+
+    require_pillow()
+    for path in write_test_images(folder, indices or TOUR_IMAGES, data_dir):
+        click.echo(printable(path))
 
 
 @click.command(epilog=MODEL_EXIT_CODES_HELP)
