@@ -96,7 +96,12 @@ if [[ -z $data_dir && -z ${FMNIST_MLP_DATA_DIR:-} && -z ${XDG_CACHE_HOME:-} ]] \
     exit 2
 fi
 [[ -r $config ]] || { echo "sweep.sh: -c $config: config file not found" >&2; exit 2; }
-command -v fmnist-mlp >/dev/null || { echo "sweep.sh: fmnist-mlp not on PATH (pip install -e .)" >&2; exit 2; }
+# Not on PATH (a fresh shell after `make train`): the checkout's own virtual env, if it has one.
+venv_bin=$(cd "$(dirname "$0")/.." && pwd)/.venv/bin
+if ! command -v fmnist-mlp >/dev/null && [[ -x $venv_bin/fmnist-mlp ]]; then
+    PATH=$venv_bin:$PATH
+fi
+command -v fmnist-mlp >/dev/null || { echo "sweep.sh: fmnist-mlp not on PATH: activate the virtual env (. .venv/bin/activate, made by make train) or pip install -e ." >&2; exit 2; }
 
 # Expand the grid into one line per trial: its `--set` values separated by the unit separator
 # (\x1f), which no value can hold (control characters are refused above). The values are read
