@@ -179,6 +179,16 @@ def test_onnx_runtime_scores_like_eval(work, tmp_path):
     assert np.mean(probabilities.argmax(1) == labels) == np.mean(expected.argmax(1) == labels)
     again = fmnist("export", run_a, "--format", "onnx", "-o", tmp_path / "a.onnx", cwd=root)
     assert again.returncode == 2 and "already exists" in again.stderr
+    # Without -o the default file is refused by its name, and -o is only offered, not blamed.
+    first = fmnist("export", run_a, "--format", "onnx", cwd=root)
+    default = Path(first.stdout.strip())
+    try:
+        second = fmnist("export", run_a, "--format", "onnx", cwd=root)
+        assert second.returncode == 2 and second.stderr.count("\n") == 1
+        assert second.stderr.startswith(f"error: {default}: already exists")
+        assert "-o PATH" in second.stderr and f"-o {default}" not in second.stderr
+    finally:
+        default.unlink()
 
 
 def test_safetensors_is_a_model_for_eval_predict_and_export(work, test_pngs, tmp_path):

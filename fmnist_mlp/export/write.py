@@ -61,8 +61,9 @@ def export_models(targets: Sequence[Path], fmt: str, output: str | Path | None =
     from fmnist_mlp.scoring.ensemble import load_members
 
     _check_request(targets, fmt, output)
-    output = Path(output) if output is not None else default_output(targets[0], fmt)
-    _check_output(output, fmt)
+    given = output is not None
+    output = Path(output) if given else default_output(targets[0], fmt)
+    _check_output(output, fmt, given)
     if fmt == "onnx":
         _check_onnx_size(targets)
     members = load_members(targets, data_dir)
@@ -73,9 +74,16 @@ def export_models(targets: Sequence[Path], fmt: str, output: str | Path | None =
     try:
         atomic_write(output, data, mode=0o666, replace=False)
     except TargetExists:
-        raise ConfigError(f"-o {output}: already exists; remove it or choose another "
-                          f"path") from None
+        raise ConfigError(_exists(output, given)) from None
     return output
+
+
+def _exists(output: Path, given: bool) -> str:
+    """The one-line refusal of a name already taken, naming -o only when it was given."""
+    if given:
+        return f"-o {output}: already exists; remove it or choose another path"
+    return (f"{output}: already exists (exported before: the default file); remove it, or "
+            f"give another with -o PATH")
 
 
 def _check_request(targets: Sequence[Path], fmt: str, output: str | Path | None) -> None:
@@ -99,7 +107,7 @@ def _check_request(targets: Sequence[Path], fmt: str, output: str | Path | None)
                           f"{os.path.join(text, 'model' + SUFFIXES.get(fmt, ''))}")
 
 
-def _check_output(output: Path, fmt: str) -> None:
+def _check_output(output: Path, fmt: str, given: bool = True) -> None:
     """A new file of its format's name in an existing folder (said early; the write checks
     again at its last step)."""
     # An ONNX graph named .safetensors (or the reverse) is read by the next tool as the other
@@ -112,7 +120,7 @@ def _check_output(output: Path, fmt: str) -> None:
                           f"-o {output}: a .npz name is a checkpoint's; --format {fmt} writes "
                           f"{SUFFIXES[fmt]} files")
     if os.path.lexists(output):
-        raise ConfigError(f"-o {output}: already exists; remove it or choose another path")
+        raise ConfigError(_exists(output, given))
     if not output.parent.is_dir():
         raise ConfigError(f"-o {output}: directory {output.parent} does not exist")
 
