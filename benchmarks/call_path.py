@@ -2,20 +2,21 @@
 climbs back up and how often it returns to a module it had left.
 
     python -m benchmarks.call_path train        # train's config, from the CLI to the loop's fit
-    python -m benchmarks.call_path sweep-run    # sweep run's directory, the whole command
+    python -m benchmarks.call_path sweep-run    # sweep run's directory, to its trial's loop
 
 Runs the command in-process (one epoch of a tiny net on a 600-image subset of the cached data;
-the sweep: one such trial, up to its loop) under a profile hook that follows data, not calls. The data starts as
-the command's argument (the config file's path, the sweep directory's path); a call that takes
-a followed object as an argument is on the walk, and what it returns is followed from then on
-(with the fields of a returned dataclass, the items of a returned tuple). Numbers, strings and
-None are not followed (their identities are shared), and neither are arrays.
+the sweep: a grid of one such trial) under a profile hook that follows data, not calls. The data
+starts as the command's argument (the config file's path; the sweep directory's path, and every
+path inside it); a call that takes a followed object as an argument (or inside a list, tuple or
+``**kwargs``) is on the walk, and what such calls return is followed from then on, with its
+fields, items and values two levels deep (what ``__init__`` makes, too). Numbers, strings, None
+and arrays are not followed (their identities are shared or say nothing).
 
-A *stay* is a run of consecutive calls on the walk in one module; a stay in a module ranked
-higher than the one before *climbs back up* (ranks: the package map, cli at the top); a stay in a
-module the walk had stayed in before is a *return*. ``--verbose`` prints each stay.
-
-Run from a checkout's root; ``--stop`` names the function that ends the walk (module:function).
+A *stay* is a run of consecutive calls on the walk in one module (a call on the walk made after
+its caller got back control from another module is a stay of the caller first); a stay in a
+module ranked higher than the one before *climbs back up* (ranks: the package map, cli at the
+top); a stay in a module the walk had stayed in before is a *return*. ``-v`` prints each stay.
+Run from a checkout's root.
 """
 
 from __future__ import annotations

@@ -53,16 +53,16 @@ def train(config: PathLike | Mapping[str, Any], *,
     """
     from fmnist_mlp.config.load import config_from
     from fmnist_mlp.config.plan import make_plan
-    from fmnist_mlp.rundir.files import run_name_from, validate_run_name
+    from fmnist_mlp.rundir.files import validate_run_name
     from fmnist_mlp.training.progress import ProgressReporter
     from fmnist_mlp.training.session import run_training
 
     path = config if isinstance(config, (str, Path)) else None
-    cfg = config_from(config, set if set is not None else ())
-    name = validate_run_name(name or run_name_from(path))
+    plan = make_plan(config_from(config, set if set is not None else ()), path)
+    name = validate_run_name(name or plan.name)
     reporter = [ProgressReporter(quiet=True)] if progress else []
-    result = run_training(make_plan(cfg, str(path or "config")), name=name, runs_dir=runs_dir,
-                          data_dir=data_dir, callbacks=reporter)
+    result = run_training(plan, name=name, runs_dir=runs_dir, data_dir=data_dir,
+                          callbacks=reporter)
     return Run(result.run_dir, result.summary)
 
 

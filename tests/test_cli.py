@@ -611,7 +611,8 @@ def test_sweep_runs_the_grid_prints_the_table_and_reports_failures(data_dir, tmp
 @pytest.mark.parametrize("filename, expected", [
     ("configs/default.yaml", "default"), ("my exp.yaml", "my-exp"), ("..yaml", "run")])
 def test_default_run_name_is_the_config_stem_made_safe(filename, expected):
-    from fmnist_mlp.rundir.files import run_name_from, validate_run_name
+    from fmnist_mlp.config.plan import default_run_name
+    from fmnist_mlp.rundir.files import validate_run_name
 
-    assert run_name_from(Path(filename)) == expected
+    assert default_run_name(Path(filename)) == expected
     assert validate_run_name(expected) == expected

@@ -52,7 +52,7 @@ def train(config_path, overrides, name, runs_dir, data_dir, resume_dir, quiet, t
     """
     from fmnist_mlp.config.load import load_config
     from fmnist_mlp.config.plan import make_plan
-    from fmnist_mlp.rundir.files import run_name_from, validate_run_name
+    from fmnist_mlp.rundir.files import validate_run_name
 
     if resume_dir is not None and (config_path or overrides or name or seeds):
         raise click.UsageError("--resume continues a run with its own config; "
@@ -68,11 +68,11 @@ def train(config_path, overrides, name, runs_dir, data_dir, resume_dir, quiet, t
     if tensorboard:
         overrides = (*overrides, "train.tensorboard=true")
     cfg = load_config(config_path, overrides)            # read and checked once, here
-    name = validate_run_name(name or run_name_from(config_path))
     configs = [dataclasses.replace(cfg, seed=seed) for seed in _parse_seeds(seeds)] if seeds \
         else [cfg]
-    plans = [make_plan(c, str(config_path or "config")) for c in configs]
-    names = [f"{name}-seed{c.seed}" for c in configs] if seeds else [name]
+    plans = [make_plan(c, config_path) for c in configs]
+    name = validate_run_name(name or plans[0].name)
+    names = [validate_run_name(f"{name}-seed{p.seed}") for p in plans] if seeds else [name]
     if dry_run:
         click.echo(_dry_run_text(plans, names))
         return
@@ -92,8 +92,7 @@ def _train_runs(plans, names, runs_dir, data_dir, resume_dir, quiet, as_json, se
         try:
             with sigterm_as_interrupt():
                 result = run_training(plan, name=name, runs_dir=runs_dir, data_dir=data_dir,
-                                      resume=resume_dir, callbacks=[reporter],
-                                      on_run_dir=lambda d: reporter.message(f"run directory: {d}"))
+                                      resume=resume_dir, callbacks=[reporter])
         finally:
             reporter.close()        # an interrupted epoch's bar must not swallow the error line
         s = result.summary

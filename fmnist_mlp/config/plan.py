@@ -107,6 +107,7 @@ class RunRecord:
 class Plan:
     """A training run, planned once from its checked config: plain values only."""
 
+    name: str                       # the run's default name: its config file's stem, else "run"
     seed: int                       # the run's random streams (STREAMS) all come from it
     data: DataSpec
     engine: EngineSpec
@@ -154,13 +155,14 @@ class Plan:
         ])
 
 
-def make_plan(cfg: Config, what: str = "config") -> Plan:
-    """The run a checked config describes, refused here if it cannot fit (``what`` names the
-    config in that error: a file, a run's config.yaml)."""
+def make_plan(cfg: Config, source: str | Path | None = None) -> Plan:
+    """The run a checked config describes, refused here if it cannot fit. ``source`` is where
+    the config came from (a file, a run's config.yaml): it names the config in that error, and
+    its stem is the run's default name."""
     from fmnist_mlp.config.load import config_record
     from fmnist_mlp.data.dataset import batches_per_epoch
 
-    memory_bytes = check_fits(cfg, what)
+    memory_bytes = check_fits(cfg, str(source) if source is not None else "config")
     rows = row_kwargs(cfg)
     train_rows = train_row_count(cfg)
     steps = batches_per_epoch(train_rows, cfg.train.batch_size)
@@ -172,9 +174,19 @@ def make_plan(cfg: Config, what: str = "config") -> Plan:
                            cfg.loss.label_smoothing, cfg.model.output, rows)
                if d.teachers else None)
     config, text, hparams = config_record(cfg)
-    return Plan(cfg.seed, data, engine_spec(cfg, steps), loop_settings(cfg), steps, distill,
+    return Plan(default_run_name(source), cfg.seed, data, engine_spec(cfg, steps), loop_settings(cfg), steps, distill,
                 cfg.train.checkpoint_every, cfg.train.tensorboard, cfg.train.plots, memory_bytes,
                 RunRecord(config, text, hparams))
+
+
+def default_run_name(source: str | Path | None) -> str:
+    """A run's default name: its config file's stem made safe for a directory name
+    ("my exp.yaml" -> "my-exp"), else "run"."""
+    import re
+
+    stem = Path(source).stem if source else ""
+    stem = re.sub(r"[^A-Za-z0-9._+=-]+", "-", stem).strip("-.")
+    return stem[:80] or "run"
 
 
 def train_row_count(cfg: Config) -> int:

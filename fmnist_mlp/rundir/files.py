@@ -44,16 +44,6 @@ def validate_run_name(name: str) -> str:
     return name
 
 
-def run_name_from(config_path: str | Path | None) -> str:
-    """A run's default name: its config file's stem made safe for a directory name
-    ("my exp.yaml" -> "my-exp"), else "run"."""
-    import re
-
-    stem = Path(config_path).stem if config_path else ""
-    stem = re.sub(r"[^A-Za-z0-9._+=-]+", "-", stem).strip("-.")
-    return stem[:80] or "run"
-
-
 def create_run_dir(runs_dir: str | Path, name: str) -> Path:
     """Make ``<runs_dir>/<timestamp>-<name>-<6 hex>`` with an exclusive mkdir (never reused).
 

@@ -4,7 +4,7 @@ One calling convention: every event is a method taking one argument, the loop's
 :class:`LoopEvent`, the same object throughout a run (read it during the call; it changes as the
 loop goes on). The loop calls, in order::
 
-    on_train_start(event)                    event.settings, event.state
+    on_train_start(event)                    event.settings, event.state, event.run_dir
     per epoch: on_epoch_start(event)         event.epoch (1-based), event.num_batches
                on_batch(event)               event.batch, event.loss, event.acc (running means)
                on_epoch_end(event)           event.metrics, event.is_best, event.state
@@ -34,6 +34,7 @@ class LoopEvent:
 
     settings: Any                   # LoopSettings: epochs, batch sizes, patience, mixup
     state: Any                      # TrainState: epochs and steps done, the best epoch so far
+    run_dir: Any = None             # where the run is kept (a Path), when it is kept
     epoch: int = 0                  # the epoch under way or just ended (1-based)
     num_batches: int = 0            # minibatches in this epoch
     batch: int = 0                  # minibatches done in this epoch

@@ -65,14 +65,15 @@ class LoopData:
 def fit(engine: Any, data: LoopData, settings: LoopSettings,
         rngs: Mapping[str, np.random.Generator], state: TrainState | None = None,
         callbacks: Iterable[Any] = (),
-        score: Callable[[], Mapping[str, float]] | None = None) -> TrainState:
+        score: Callable[[], Mapping[str, float]] | None = None, run_dir: Any = None) -> TrainState:
     """Train from ``state`` (a fresh one by default) until ``settings.epochs`` are done.
 
     ``engine`` has ``model``, ``optimizer`` and ``lr_at(step)`` (:func:`fmnist_mlp.config.plan.build`
     makes one); ``rngs`` holds the ``shuffle``, ``dropout`` and ``augment`` generators;
     ``callbacks`` hear every event (:mod:`fmnist_mlp.training.callbacks`), after early stopping
     (``settings.patience``), which is one of them. ``score``, when given, is called once the
-    epochs are done; its scores reach ``on_train_end`` (a run's test score). The loop starts and
+    epochs are done; its scores reach ``on_train_end`` (a run's test score); ``run_dir``, where
+    the run is kept, reaches the callbacks on the event. The loop starts and
     ends the callbacks: ``on_train_end`` comes however the run stops. Raises
     :class:`TrainingInterrupted` on Ctrl-C (the callbacks' last ``on_epoch_end`` describes the
     state to save) and :class:`TrainingDivergedError` when a loss becomes NaN or infinite.
@@ -82,7 +83,7 @@ def fit(engine: Any, data: LoopData, settings: LoopSettings,
     state = state or TrainState()
     stopping = [EarlyStopping(settings.patience)] if settings.patience is not None else []
     listeners = CallbackList([*stopping, *callbacks])
-    event = LoopEvent(settings, state)
+    event = LoopEvent(settings, state, run_dir)
     listeners.on_train_start(event)
     try:
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):

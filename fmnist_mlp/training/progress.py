@@ -29,6 +29,8 @@ class ProgressReporter:
 
     def on_train_start(self, event: Any) -> None:
         self.total_epochs = event.settings.epochs
+        if event.run_dir is not None:
+            self.message(f"run directory: {event.run_dir}")
         self._clock.start(event.state.epoch, event.settings.epochs)
 
     def on_epoch_start(self, event: Any) -> None:

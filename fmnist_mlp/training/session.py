@@ -69,14 +69,16 @@ def run_training(plan: Plan | Config | None, *, name: str | None = None,
         point = None
         if resume is not None:
             point = held.enter_context(open_for_resume(Path(resume)))
-            plan = make_plan(point.cfg, str(point.run_dir / layout.CONFIG))
+            plan = make_plan(point.cfg, point.run_dir / layout.CONFIG)
         else:
             assert plan is not None and name is not None
             plan = make_plan(plan) if isinstance(plan, Config) else plan
             runs.validate_run_name(name)
             runs.check_runs_dir_writable(runs_dir)
         prepared = prepare(plan, data_dir, point, progress=bool(callbacks))
-        run_dir = point.run_dir if point else _new_run_dir(runs_dir, name, plan, held)
+        run_dir = point.run_dir if point else _new_run_dir(runs_dir, name, held)
+        if point is None:                   # the run's record: its resolved config
+            runs.atomic_write_text(run_dir / layout.CONFIG, plan.record.yaml, base=run_dir)
         if on_run_dir is not None:
             on_run_dir(run_dir)
         return _train(prepared, run_dir, callbacks)
@@ -109,12 +111,11 @@ def prepare(plan: Plan, data_dir: str | Path | None, point: ResumePoint | None,
     return Prepared(plan, engine, data, streams, state, splits, resumed=point is not None)
 
 
-def _new_run_dir(runs_dir: str | Path, name: str, plan: Plan, held: contextlib.ExitStack) -> Path:
-    """Make the run directory, lock it (released by ``held``) and write its config.yaml."""
+def _new_run_dir(runs_dir: str | Path, name: str, held: contextlib.ExitStack) -> Path:
+    """Make the run directory and lock it (released by ``held``)."""
     run_dir = runs.create_run_dir(runs_dir, name)
     lock = guard.RunLock(run_dir).acquire()
     held.callback(lock.release)
-    runs.atomic_write_text(run_dir / layout.CONFIG, plan.record.yaml, base=run_dir)
     return run_dir
 
 
@@ -134,7 +135,7 @@ def _train(p: Prepared, run_dir: Path, callbacks: list) -> RunResult:
         raise
     try:
         fit(p.engine, p.data, plan.loop, p.streams, p.state, listeners,
-            score=lambda: _test_scores(run_dir, p.splits.test, plan))
+            score=lambda: _test_scores(run_dir, p.splits.test, plan), run_dir=run_dir)
     except TrainingDivergedError as exc:
         raise TrainingDivergedError(f"{exc} (run {run_dir} marked failed)") from None
     except (TrainingInterrupted, KeyboardInterrupt) as exc:
