@@ -116,7 +116,10 @@ def export(targets, fmt, output, data_dir):
               help="Print the rows as one JSON array (one object per run) on stdout and nothing "
                    "else there.")
 @click.option("--csv", "as_csv", is_flag=True, help="Print CSV instead of a table.")
-def runs_command(runs_dir, sort_key, reverse, as_json, as_csv):
+@click.option("--group-seeds", is_flag=True,
+              help="One row per recipe: finished runs that differ only in their seed (e.g. "
+                   "train --seeds), with their count and the mean and std of their accuracies.")
+def runs_command(runs_dir, sort_key, reverse, as_json, as_csv, group_seeds):
     """One row per run: name, the hyperparameters that differ between runs, best validation
     accuracy, test accuracy, epochs, wall time and status.
 
@@ -125,10 +128,13 @@ def runs_command(runs_dir, sort_key, reverse, as_json, as_csv):
     (killed): continue it with train --resume RUN_DIR.
     """
     from fmnist_mlp.rundir.table import collect_runs, format_csv, format_text, sort_rows
+    from fmnist_mlp.rundir.table import group_seeds as grouped
 
     if as_json and as_csv:
         raise click.UsageError("choose one of --json and --csv")
-    rows, _ = collect_runs(runs_dir)
+    rows, differing = collect_runs(runs_dir)
+    if group_seeds:
+        rows = grouped(rows, differing)
     rows = sort_rows(rows, sort_key, reverse)
     if as_json:
         click.echo(json_dumps(rows))

@@ -45,6 +45,37 @@ def collect_runs(runs_dir: str | Path) -> tuple[list[dict[str, Any]], list[str]]
     return rows, differing
 
 
+SEED_KEYS = ("seed", "data.split_seed")      # what differs between the runs of one recipe
+
+
+def group_seeds(rows: list[dict[str, Any]], differing: Sequence[str]) -> list[dict[str, Any]]:
+    """One row per recipe: the runs that differ only in their seed (``train --seeds`` names them
+    NAME-seedN), with how many, which seeds, and the mean and sample standard deviation of
+    their accuracies (finished runs only)."""
+    import re
+    import statistics
+
+    shared = [k for k in differing if k not in SEED_KEYS]
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        if row["status"] != "finished":
+            continue
+        name = re.sub(r"-seed\d+$", "", row["name"])
+        key = (name, *(_hashable(row.get(k)) for k in shared))
+        groups.setdefault(key, []).append(row)
+    out = []
+    for (name, *_), members in groups.items():
+        group: dict[str, Any] = {"name": name, **{k: members[0].get(k) for k in shared},
+                                 "runs": len(members),
+                                 "seeds": ",".join(str(m.get("seed", "-")) for m in members)}
+        for column in BEST_FIRST:
+            values = [m[column] for m in members if m.get(column) is not None]
+            group[column] = statistics.fmean(values) if values else None
+            group[f"{column}_std"] = statistics.stdev(values) if len(values) > 1 else None
+        out.append(group)
+    return out
+
+
 def _read_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """(summary, flattened config) of one run; whatever is wrong with it (unreadable, an alias
     bomb, a date, a nested list, a link) makes it one row marked "unreadable", not an error."""
@@ -131,7 +162,7 @@ def _cell(column: str, value: Any) -> str:
     if column == "wall_time":
         return _duration(float(value))
     if isinstance(value, float):
-        return f"{value:.4f}" if column in BEST_FIRST else f"{value:g}"
+        return f"{value:.4f}" if column.removesuffix("_std") in BEST_FIRST else f"{value:g}"
     if isinstance(value, list):
         return "[" + ",".join(str(v) for v in value) + "]"
     return str(value)
