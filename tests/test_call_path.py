@@ -1,0 +1,34 @@
+"""train's config flows down the package map as a plan made once: the walk that follows it from
+the command line to the loop (benchmarks/call_path.py) climbs back up at most 8 times and returns
+to a module it had left at most 12 times (on main before the plan: 16 and 35)."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks import call_path
+
+
+def test_stays_climbs_and_returns_are_counted_as_defined():
+    stays = ["fmnist_mlp.cli.app", "fmnist_mlp.training.session", "fmnist_mlp.config.plan",
+             "fmnist_mlp.training.session", "fmnist_mlp.nn.model", "fmnist_mlp.config.plan"]
+    s = call_path.summarise(stays)
+    assert (s["stays"], s["modules"]) == (6, 4)
+    assert s["climbs"] == 2                     # plan -> session, nn.model -> plan
+    assert call_path.layer("fmnist_mlp.nn.model") > call_path.layer("fmnist_mlp.config.plan")
+    assert s["returns"] == 2 and s["entries"]["fmnist_mlp.config.plan"] == 2
+
+
+@pytest.mark.realdata
+def test_trains_config_walks_down_once(real_data_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("FMNIST_MLP_DATA_DIR", str(real_data_dir))
+    stays = call_path.walk_train(str(call_path.Path(__file__).parents[1] / "configs/fast.yaml"),
+                                 tmp_path)
+    s = call_path.summarise(stays)
+    assert stays[-1] == "fmnist_mlp.training.loop"
+    assert s["climbs"] <= 8 and s["returns"] <= 12, stays
+    # nothing below the session calls back up into config/: after the session's last use of
+    # the plan's engine spec, the walk stays below config/
+    below = stays[stays.index("fmnist_mlp.training.session"):]
+    assert [m for m in below[below.index("fmnist_mlp.rundir.recorder"):]
+            if m.startswith("fmnist_mlp.config")] == []
