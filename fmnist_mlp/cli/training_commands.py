@@ -74,7 +74,7 @@ def train(config_path, overrides, name, runs_dir, data_dir, resume_dir, quiet, t
     name = validate_run_name(name or plans[0].name)
     names = [validate_run_name(f"{name}-seed{p.seed}") for p in plans] if seeds else [name]
     if dry_run:
-        click.echo(_dry_run_text(plans, names))
+        click.echo(printable(_dry_run_text(plans, names), keep_newlines=True))  # names: escapes shown
         return
     _train_runs(plans, names, runs_dir, data_dir, None, quiet, as_json, seeds=bool(seeds))
 
