@@ -137,3 +137,22 @@ def test_the_readme_tour_runs_as_written_in_a_fresh_shell(real_data_dir, tmp_pat
         assert run.returncode == 0, (block[:200], run.stderr[-2000:])
         if "onnxruntime" in block:
             assert run.stdout.strip() == "[8]"         # the bag is a bag
+
+
+def test_sweep_sh_finds_the_checkouts_venv_when_fmnist_mlp_is_not_on_path(tmp_path):
+    venv = Path(sys.prefix)
+    if not (venv / "bin" / "fmnist-mlp").is_file():
+        require_or_skip(f"the tests do not run in a virtual env with fmnist-mlp ({venv})")
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(REPO / "scripts" / "sweep.sh", tmp_path / "scripts" / "sweep.sh")
+    (tmp_path / "configs").symlink_to(REPO / "configs")
+    path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep)
+                           if not (Path(p) / "fmnist-mlp").exists())
+    env = {"PATH": path, "HOME": str(tmp_path), "LANG": "C.UTF-8"}
+    args = ["bash", "scripts/sweep.sh", "-n", "-c", "configs/fast.yaml", "optimizer.lr=1e-3,3e-3"]
+    missing = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert missing.returncode == 2 and ". .venv/bin/activate" in missing.stderr
+    (tmp_path / ".venv").symlink_to(venv)
+    found = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert found.returncode == 0, found.stderr
+    assert len(found.stdout.splitlines()) == 2 and "fmnist-mlp train" in found.stdout
