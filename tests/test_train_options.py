@@ -88,3 +88,16 @@ def test_seeds_train_one_run_each_and_report_the_mean_and_std(real_data_dir, tmp
     text = fmnist("runs", "--runs-dir", runs_dir, "--group-seeds", cwd=tmp_path).stdout
     assert text.splitlines()[0].split() == ["name", "runs", "seeds", "best_val_acc",
                                             "best_val_acc_std", "test_acc", "test_acc_std"]
+
+
+@pytest.mark.realdata
+def test_seeds_with_json_print_one_object_and_nothing_else_on_stdout(real_data_dir, tmp_path):
+    proc = fmnist("train", "--config", REPO / "configs/fast.yaml", *TINY, "--seeds", "3",
+                  "--json", "--runs-dir", tmp_path / "runs", cwd=tmp_path, data_dir=real_data_dir)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    (summary,) = report["runs"]
+    assert report["seeds"] == [3] and summary["status"] == "finished"
+    assert report["test_acc"] == {"mean": summary["test_acc"], "std": 0.0,
+                                  "values": [summary["test_acc"]]}
+    assert Path(summary["run_dir"]).name.split("-", 2)[2].startswith("fast-seed3-")
