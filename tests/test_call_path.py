@@ -32,3 +32,27 @@ def test_trains_config_walks_down_once(real_data_dir, tmp_path, monkeypatch):
     below = stays[stays.index("fmnist_mlp.training.session"):]
     assert [m for m in below[below.index("fmnist_mlp.rundir.recorder"):]
             if m.startswith("fmnist_mlp.config")] == []
+
+
+BELOW_THE_SESSION = ("training/loop.py", "training/callbacks.py", "training/progress.py",
+                     "training/tensorboard.py", "training/distill.py", "rundir/recorder.py")
+
+
+@pytest.mark.parametrize("module", BELOW_THE_SESSION)
+def test_nothing_below_the_session_reads_the_config(module):
+    """They take the plan's plain values: no Config, no reading or checking of one, no builder.
+    (The loop names LoopSettings, one of the plan's value types, for its signature.)"""
+    import ast
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "fmnist_mlp" / module
+    imported = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("fmnist_mlp.config"):
+            imported |= {f"{node.module}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.Import):
+            imported |= {a.name for a in node.names if a.name.startswith("fmnist_mlp.config")}
+    assert imported <= {"fmnist_mlp.config.plan.LoopSettings"}, imported
+    import re
+
+    assert not re.search(r"\bConfig\b", path.read_text(encoding="utf-8"))
