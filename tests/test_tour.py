@@ -6,7 +6,8 @@ checkout after ``make train``: ``configs/``, ``sweeps/`` and ``scripts/`` of thi
 ``.venv`` (the environment running the tests). Then the tour's Python blocks. On small settings:
 every ``train`` gets ``--set train.epochs=2`` and ``sweeps/tour.yaml`` trains 1 epoch per trial;
 nothing else is changed. Each command must exit 0, and the first output line the README shows
-for it must appear, up to its first measured number (run names, times and pids aside).
+for it must appear, up to its first measured number (run names, times and pids aside). A step
+written with a trailing ``&`` runs in the background and is stopped when the tour ends.
 """
 
 from __future__ import annotations
@@ -107,9 +108,10 @@ def test_the_readme_tour_runs_as_written_in_a_fresh_shell(real_data_dir, tmp_pat
 
     section = tour_section()
     steps = tour_commands(section)
-    script = ["set -e", "exec 2>&1"]
+    script = ["set -e", "exec 2>&1", "trap 'kill $(jobs -p) 2>/dev/null || true' EXIT"]
     for i, (command, _) in enumerate(steps):
         script += [f"echo '{MARK} {i}'", smaller(command)]
+    # A step the tour starts in the background (`… &`, a server, say) is stopped at the end.
     path = [p for p in os.environ.get("PATH", "").split(os.pathsep)
             if not (Path(p) / "fmnist-mlp").exists()]
     env = {"PATH": os.pathsep.join(path), "HOME": str(tmp_path), "LANG": "C.UTF-8",
