@@ -6,8 +6,8 @@ climbs back up and how often it returns to a module it had left.
 
 Runs the command in-process (one epoch of a tiny net on a 600-image subset of the cached data;
 the sweep: a grid of one such trial) under a profile hook that follows data, not calls. The data
-starts as the command's argument (the config file's path; the sweep directory's path, and every
-path inside it); a call that takes a followed object as an argument (or inside a list, tuple or
+starts as the command's argument (the config file's path; the sweep directory's path), paths compared
+by value; a call that takes a followed object as an argument (or inside a list, tuple or
 ``**kwargs``) is on the walk, and what such calls return is followed from then on, with its
 fields, items and values two levels deep (what ``__init__`` makes, too). Numbers, strings, None
 and arrays are not followed (their identities are shared or say nothing).
@@ -52,7 +52,7 @@ class Walk:
 
     def __init__(self, seeds: list[Any], stop: tuple[str, str] | None) -> None:
         self.followed: dict[int, Any] = {}      # id -> object (kept alive, so ids stay unique)
-        self.paths: set[str] = set()            # paths are followed by value, and what is in them
+        self.paths: set[str] = set()            # paths are followed by value
         for seed in seeds:
             self.follow(seed)
         self.stop, self.done = stop, False
@@ -64,7 +64,7 @@ class Walk:
             self.stays.append(module)
 
     def follow(self, value: Any, depth: int = 0) -> None:
-        if isinstance(value, PurePath):
+        if isinstance(value, PurePath):         # by value: Path(p) is the same data as p
             self.paths.add(str(value))
         if isinstance(value, SCALARS) or depth > 2 or type(value).__module__ == "numpy":
             return
@@ -83,8 +83,7 @@ class Walk:
 
     def is_followed(self, value: Any) -> bool:
         if isinstance(value, PurePath):
-            return any(str(value) == p or str(value).startswith(p.rstrip("/") + "/")
-                       for p in self.paths)
+            return str(value) in self.paths
         return id(value) in self.followed and not isinstance(value, SCALARS)
 
     def takes_followed(self, frame: FrameType) -> bool:
