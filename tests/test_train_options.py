@@ -101,3 +101,15 @@ def test_seeds_with_json_print_one_object_and_nothing_else_on_stdout(real_data_d
     assert report["test_acc"] == {"mean": summary["test_acc"], "std": 0.0,
                                   "values": [summary["test_acc"]]}
     assert Path(summary["run_dir"]).name.split("-", 2)[2].startswith("fast-seed3-")
+
+
+def test_the_whole_runs_time_left_reads_short():
+    from fmnist_mlp.training.progress import RunClock, format_duration
+
+    assert [format_duration(s) for s in (7.4, 65, 3599.6, 7380)] == ["7s", "1m05s", "1h00m",
+                                                                      "2h03m"]
+    clock = RunClock()
+    clock.start(first_epoch=4, epochs=10)       # a run resumed after epoch 4
+    assert clock.left(4) == "?"                 # nothing trained here yet: no estimate
+    clock.t0 -= 30.0                            # 30 s for the 2 epochs trained here
+    assert clock.left(6) == "1m00s"             # 4 epochs left at 15 s each
