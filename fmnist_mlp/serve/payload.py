@@ -123,7 +123,7 @@ def _numbers(value: Any, where: str, max_rows: int) -> np.ndarray:
     refused (not converted)."""
     if not isinstance(value, list):
         raise BadRequest(f"{where} must be an array of numbers")
-    if len(value) > max_rows:
+    if len(value) > max_rows and isinstance(value[0], list):      # (a flat list is one image)
         raise _too_many(len(value), max_rows)
     try:
         array = np.asarray(value)
@@ -201,5 +201,7 @@ def _scaled(pixels: np.ndarray, scale: Any) -> Rows:
     unit = str(scale) == "1" or (scale == "auto" and hi <= 1.0)
     top = 1.0 if unit else 255.0
     if lo < 0.0 or hi > top:
-        raise BadRequest(f"pixel values from {lo:g} to {hi:g}: expected 0..{top:g}")
+        expected = {"auto": "0..255 (raw) or 0..1 (scaled)", "1": "0..1 (params.scale 1)"}.get(
+            str(scale), "0..255 (params.scale 255)")
+        raise BadRequest(f"pixel values from {lo:g} to {hi:g}: expected {expected}")
     return Rows(pixels * 255.0 if unit else pixels, unit)

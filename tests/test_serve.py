@@ -1,0 +1,289 @@
+"""``fmnist-mlp serve`` over real HTTP: the server is a subprocess on a free port of 127.0.0.1,
+trained on a small slice of the real data; answers are held to ``predict``'s and to the Python
+scoring path, in every input format of MLflow's scoring protocol."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+
+import numpy as np
+import pytest
+
+from serve_helpers import ENV, NUM_PNG, TOKEN, Served, fmnist, make_work, need, read_response
+
+pytestmark = [pytest.mark.realdata]
+CLOSE = dict(rtol=1e-5, atol=1e-6)     # float32 rounding: batches of other sizes sum in other orders
+
+
+@pytest.fixture(scope="module")
+def work(real_data_dir, tmp_path_factory):
+    need("uvicorn", "PIL", "requests")
+    return make_work(real_data_dir, tmp_path_factory.mktemp("serve"))
+
+
+@pytest.fixture(scope="module")
+def server(work):
+    served = Served(work["run"], "--max-rows", 100, "--max-body-mb", 2, cwd=work["root"])
+    yield served
+    assert served.stop() == 0, served.stderr
+
+
+def post_json(server, doc, path="/invocations", **kwargs):
+    import requests
+
+    return requests.post(server.url + path, data=json.dumps(doc),
+                         headers={"Content-Type": "application/json", **kwargs.pop("headers", {})},
+                         timeout=30, **kwargs)
+
+
+def probabilities(response) -> np.ndarray:
+    assert response.status_code == 200, response.text
+    rows = response.json()["predictions"]
+    for row in rows:
+        assert row["class_name"] == ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                                     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"][row["label"]]
+        assert row["label"] == int(np.argmax(row["probabilities"]))
+    return np.array([r["probabilities"] for r in rows])
+
+
+def test_every_mlflow_input_format_answers_what_predict_answers(work, server):
+    pixels, expected = work["pixels"], work["predict"]
+    kaggle = ["label"] + [f"pixel{i}" for i in range(1, 785)]         # Kaggle's CSV columns
+    with_labels = np.column_stack([work["labels"], pixels]).tolist()
+    shuffled = np.random.default_rng(0).permutation(784)                  # named: any order
+    requests_made = {
+        "inputs N×784": {"inputs": pixels.tolist()},
+        "instances N×28×28": {"instances": pixels.reshape(-1, 28, 28).tolist()},
+        "inputs as a named tensor": {"inputs": {"pixels": pixels.tolist()}},
+        "dataframe_split, Kaggle's columns": {"dataframe_split": {"columns": kaggle,
+                                                                  "data": with_labels}},
+        "dataframe_split, shuffled named columns": {"dataframe_split": {
+            "columns": [f"pixel{i}" for i in shuffled], "data": pixels[:, shuffled].tolist()}},
+        "dataframe_records": {"dataframe_records": [
+            {f"pixel{i}": int(v) for i, v in enumerate(row)} for row in pixels]},
+        "scaled to 0..1": {"inputs": (pixels / 255.0).tolist()},
+        "scaled, said so": {"inputs": (pixels / 255.0).tolist(), "params": {"scale": "1"}},
+    }
+    for name, doc in requests_made.items():
+        got = probabilities(post_json(server, doc))
+        assert got.shape == (NUM_PNG, 10), name
+        np.testing.assert_allclose(got, expected, **CLOSE, err_msg=name)
+        assert got.argmax(axis=1).tolist() == work["predict_labels"], name
+    # CSV (MLflow's text/csv): with Kaggle's header, and without a header.
+    import requests
+
+    for text in ("label," + ",".join(kaggle[1:]) + "\n"
+                 + "\n".join(",".join(map(str, r)) for r in with_labels) + "\n",
+                 "\n".join(",".join(map(str, r)) for r in pixels.tolist())):
+        response = requests.post(server.url + "/invocations", data=text.encode(),
+                                 headers={"Content-Type": "text/csv"}, timeout=30)
+        np.testing.assert_allclose(probabilities(response), expected, **CLOSE)
+    # One image alone, as 784 numbers.
+    one = probabilities(post_json(server, {"inputs": pixels[3].tolist()}))
+    np.testing.assert_allclose(one[0], expected[3], **CLOSE)
+
+
+def test_answers_equal_the_python_scoring_path_in_process(work, server):
+    from fmnist_mlp.scoring.ensemble import ensemble_outputs, load_members
+
+    members = load_members([work["run"]])
+    in_process = ensemble_outputs(members, work["pixels"].reshape(NUM_PNG, -1))
+    served = probabilities(post_json(server, {"inputs": work["pixels"].tolist()}))
+    np.testing.assert_allclose(served, in_process, **CLOSE)
+
+
+def test_predict_route_decodes_files_as_predict_does(work, server):
+    import requests
+
+    files = [("file", (p.name, p.read_bytes(), "image/png")) for p in work["pngs"]]
+    files.append(("file", ("notes.png", b"not an image", "image/png")))
+    response = requests.post(server.url + "/predict?top=2", files=files, timeout=60)
+    assert response.status_code == 200, response.text
+    doc = response.json()
+    assert [r["file"] for r in doc["predictions"]] == [p.name for p in work["pngs"]]
+    got = np.array([r["probabilities"] for r in doc["predictions"]])
+    np.testing.assert_allclose(got, work["predict"], **CLOSE)
+    assert [r["label"] for r in doc["predictions"]] == work["predict_labels"]
+    assert all(len(r["top"]) == 2 for r in doc["predictions"])
+    # the 28×28 image the model saw: the test image itself (a dark 28×28 PNG is used as is)
+    assert np.array_equal(np.array(doc["predictions"][5]["image"]), work["pixels"][5].reshape(28, 28))
+    # predict's own refusal, word for word
+    notes = work["root"] / "notes.png"
+    notes.write_bytes(b"not an image")
+    proc = fmnist("predict", work["run"], notes, cwd=work["root"])
+    assert proc.returncode == 1
+    reason = proc.stderr.strip().split(": ", 2)[-1]
+    assert doc["errors"] == [{"file": "notes.png", "error": reason}]
+    # nothing readable: 422 with the reasons
+    response = requests.post(server.url + "/predict", timeout=30,
+                             files=[("file", ("notes.png", b"not an image", "image/png"))])
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["error"] == reason
+
+
+def test_ping_health_version_and_metrics(work, server):
+    import requests
+
+    assert requests.get(server.url + "/ping", timeout=10).json() == {"status": "ok"}
+    assert requests.get(server.url + "/health", timeout=10).json()["status"] == "ready"
+    version = requests.get(server.url + "/version", timeout=10).json()
+    member = version["models"][0]
+    summary = json.loads((work["run"] / "summary.json").read_text())
+    from fmnist_mlp.scoring.ensemble import load_members
+
+    config = load_members([work["run"]])[0].config
+    assert member["run"] == str(work["run"])
+    assert member["test_acc"] == summary["test_acc"] and member["run_name"] == "served"
+    assert member["config_sha256"] == hashlib.sha256(
+        json.dumps(config, sort_keys=True).encode()).hexdigest()
+    assert member["test_flip"] is True and version["output"] == "softmax"
+    assert version["limits"]["max_rows"] == 100
+    metrics = requests.get(server.url + "/metrics", timeout=10).text
+    assert 'fmnist_mlp_requests_total{path="/ping",status="200"}' in metrics
+    assert "fmnist_mlp_forward_passes_total" in metrics
+
+
+@pytest.mark.parametrize("body, content_type, status, words", [
+    (b'{"inputs": [[1, 2', "application/json", 400, "malformed JSON"),
+    (b'[1, 2, 3]', "application/json", 400, "expected a JSON object"),
+    (b'{"inputs": [[1, 2]]}', "application/json", 400, "shape [1, 2]"),
+    (b'{"inputs": [[1, 2], [3]]}', "application/json", 400, "different lengths"),
+    (json.dumps({"inputs": [["a"] * 784]}).encode(), "application/json", 400, "numbers only"),
+    (json.dumps({"inputs": [[-1] * 784]}).encode(), "application/json", 400, "expected 0..255 (raw) or 0..1"),
+    (json.dumps({"inputs": [[300] * 784]}).encode(), "application/json", 400, "expected 0..255 (raw) or 0..1"),
+    (b'{"inputs": [' + b",".join([b"NaN"] * 784) + b"]}", "application/json", 400, "finite"),
+    (b'{"inputs": [], "instances": []}', "application/json", 400, "exactly one of"),
+    (json.dumps({"inputs": [[0] * 784] * 101}).encode(), "application/json", 413, "at most 100"),
+    (b"1,2,3\n4,5,6", "text/csv", 400, "shape [2, 3]"),
+    (b"a,b\nx,y", "text/csv", 400, "CSV"),
+    (b'{"inputs": []}', "text/plain", 415, "application/json"),
+    (b"x" * (2 * 1024 * 1024 + 1), "application/json", 413, "body over"),
+])
+def test_bad_requests_get_a_json_error_with_their_status(server, body, content_type, status, words):
+    import requests
+
+    response = requests.post(server.url + "/invocations", data=body,
+                             headers={"Content-Type": content_type}, timeout=30)
+    assert response.status_code == status, response.text
+    doc = response.json()
+    assert words in doc["message"] and doc["error_code"]
+    assert requests.get(server.url + "/ping", timeout=10).status_code == 200
+
+
+def test_unknown_routes_and_methods_are_json_too(server):
+    import requests
+
+    response = requests.get(server.url + "/nowhere", timeout=10)
+    assert response.status_code == 404 and "no route /nowhere" in response.json()["message"]
+    response = requests.delete(server.url + "/invocations", timeout=10)
+    assert response.status_code == 405 and response.headers["allow"] == "POST"
+    assert requests.post(server.url + "/predict", data=b"x", timeout=10).status_code == 415
+
+
+def test_non_loopback_address_needs_a_token_or_no_auth(work):
+    for args, words in ((["--host", "0.0.0.0"], "give a token"),
+                        (["--host", "0.0.0.0", "--token", "short"], "at least 16"),
+                        (["--token", TOKEN, "--no-auth"], "contradict")):
+        proc = fmnist("serve", work["run"], *args, "--port", "0", cwd=work["root"], timeout=60)
+        assert proc.returncode == 2, proc.stderr
+        assert words in proc.stderr and proc.stderr.count("\n") == 1 and proc.stdout == ""
+
+
+def test_a_token_is_checked_on_every_route_but_ping_and_the_page(work):
+    import requests
+
+    server = Served(work["run"], cwd=work["root"], env={**ENV, "FMNIST_MLP_SERVE_TOKEN": TOKEN})
+    try:
+        good = {"Authorization": f"Bearer {TOKEN}"}
+        assert requests.get(server.url + "/ping", timeout=10).status_code == 200
+        assert requests.get(server.url + "/", timeout=10).status_code == 200
+        for path in ("/health", "/version", "/metrics"):
+            bare = requests.get(server.url + path, timeout=10)
+            assert bare.status_code == 401 and bare.headers["www-authenticate"] == "Bearer"
+            wrong = requests.get(server.url + path, timeout=10,
+                                 headers={"Authorization": f"Bearer {TOKEN}x"})
+            assert wrong.status_code == 401
+            assert requests.get(server.url + path, headers=good, timeout=10).status_code == 200
+        doc = {"inputs": work["pixels"][:2].tolist()}
+        assert post_json(server, doc).status_code == 401
+        assert post_json(server, doc, headers=good).status_code == 200
+    finally:
+        assert server.stop() == 0
+
+
+def test_sigterm_drains_the_request_in_flight_then_exits_0(work):
+    import requests
+
+    server = Served(work["run"], cwd=work["root"])
+    body = json.dumps({"inputs": work["pixels"][:4].tolist()}).encode()
+    sock = server.raw()
+    sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n" % len(body) + body[:50])
+    assert requests.get(server.url + "/ping", timeout=10).status_code == 200
+    server.proc.send_signal(__import__("signal").SIGTERM)
+    time.sleep(0.5)                                   # the server is draining now...
+    sock.sendall(body[50:])                           # ...and the request in flight completes
+    status, _, answer = read_response(sock)
+    assert status == 200 and len(json.loads(answer)["predictions"]) == 4
+    assert server.stop() == 0
+    log = server.stderr.splitlines()
+    assert sum('"POST /invocations" 200' in line and "4 images" in line for line in log) == 1
+    assert sum('"GET /ping" 200' in line for line in log) == 1
+    assert log[-1].startswith("stopped")
+    with pytest.raises(OSError):                      # and nothing listens any more
+        __import__("socket").create_connection((server.host, server.port), timeout=2)
+
+
+def test_past_the_concurrency_limit_a_503_with_retry_after(work):
+    import requests
+
+    server = Served(work["run"], "--max-concurrency", "1", cwd=work["root"])
+    try:
+        sock = server.raw()                           # holds the one slot: its body is not all in
+        sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: t\r\nContent-Type: application/json"
+                     b"\r\nContent-Length: 100\r\n\r\n{")
+        time.sleep(0.3)
+        response = post_json(server, {"inputs": [[0] * 784]})
+        assert response.status_code == 503 and response.headers["retry-after"] == "1"
+        assert "max-concurrency" in response.json()["message"]
+        assert requests.get(server.url + "/health", timeout=10).status_code == 200
+        sock.close()
+        time.sleep(0.3)
+        assert post_json(server, {"inputs": [[0] * 784]}).status_code == 200
+    finally:
+        assert server.stop() == 0
+
+
+def test_batcher_joins_the_requests_that_arrive_during_a_pass():
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Event
+
+    from fmnist_mlp.serve.batcher import Batcher
+
+    release, passes = Event(), []
+
+    def score(rows):
+        release.wait(10)
+        passes.append(len(rows))
+        return rows * 2.0
+
+    async def scenario():
+        with ThreadPoolExecutor(1) as pool:
+            batcher = Batcher(score, pool, max_rows=8)
+            first = asyncio.ensure_future(batcher.submit(np.full((1, 3), 1.0)))
+            await asyncio.sleep(0.05)                  # the first pass is running (waiting)
+            later = [asyncio.ensure_future(batcher.submit(np.full((n, 3), float(n))))
+                     for n in (1, 2, 3, 4)]
+            await asyncio.sleep(0.05)
+            release.set()
+            return await first, await asyncio.gather(*later)
+
+    first, later = asyncio.run(scenario())
+    # 1 alone; then 1+2+3 rows together (8 rows at most per pass), then 4 alone
+    assert passes == [1, 6, 4]
+    assert first.tolist() == [[2.0] * 3]
+    assert [out.shape[0] for out in later] == [1, 2, 3, 4]
+    assert all((out == 2.0 * n).all() for out, n in zip(later, (1, 2, 3, 4)))
