@@ -81,6 +81,15 @@ def test_every_mlflow_input_format_answers_what_predict_answers(work, server):
         response = requests.post(server.url + "/invocations", data=text.encode(),
                                  headers={"Content-Type": "text/csv"}, timeout=30)
         np.testing.assert_allclose(probabilities(response), expected, **CLOSE)
+    # A .npy file (application/x-npy): uint8 images, and float32 scaled rows.
+    import io
+
+    for array in (pixels.reshape(-1, 28, 28).astype(np.uint8), (pixels / 255.0).astype(np.float32)):
+        buffer = io.BytesIO()
+        np.save(buffer, array)
+        response = requests.post(server.url + "/invocations", data=buffer.getvalue(),
+                                 headers={"Content-Type": "application/x-npy"}, timeout=30)
+        np.testing.assert_allclose(probabilities(response), expected, **CLOSE)
     # One image alone, as 784 numbers.
     one = probabilities(post_json(server, {"inputs": pixels[3].tolist()}))
     np.testing.assert_allclose(one[0], expected[3], **CLOSE)
@@ -146,6 +155,14 @@ def test_ping_health_version_and_metrics(work, server):
     assert "fmnist_mlp_forward_passes_total" in metrics
 
 
+def _npy(array: np.ndarray) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
 @pytest.mark.parametrize("body, content_type, status, words", [
     (b'{"inputs": [[1, 2', "application/json", 400, "malformed JSON"),
     (b'[1, 2, 3]', "application/json", 400, "expected a JSON object"),
@@ -160,6 +177,10 @@ def test_ping_health_version_and_metrics(work, server):
     (b"1,2,3\n4,5,6", "text/csv", 400, "shape [2, 3]"),
     (b"a,b\nx,y", "text/csv", 400, "CSV"),
     (b'{"inputs": []}', "text/plain", 415, "application/json"),
+    (b"\x93NUMPY\x01\x00", "application/x-npy", 400, "not a .npy file"),
+    (_npy(np.zeros((101, 784), np.uint8)), "application/x-npy", 413, "at most 100"),
+    (_npy(np.array([["a"] * 784])), "application/x-npy", 400, "numbers only"),
+    (_npy(np.zeros((2, 784), np.uint8))[:-10], "application/x-npy", 400, "damaged .npy"),
     (b"x" * (2 * 1024 * 1024 + 1), "application/json", 413, "body over"),
 ])
 def test_bad_requests_get_a_json_error_with_their_status(server, body, content_type, status, words):

@@ -7,7 +7,7 @@ request. A plain ASGI callable (no web framework): seven routes and a page need 
 | ``GET /health`` | 200 when the model is loaded and the server is not draining, else 503 |
 | ``GET /version`` | the tool and the model's identity (run, config digest, test accuracy) |
 | ``GET /metrics`` | Prometheus text: requests by route and status, forward passes, rows |
-| ``POST /invocations`` | MLflow's scoring protocol (JSON or CSV) -> ``{"predictions": [...]}`` |
+| ``POST /invocations`` | MLflow's scoring protocol (JSON or CSV; or .npy) -> ``{"predictions": [...]}`` |
 | ``POST /predict`` | image files (multipart) -> top classes and the 28×28 image the model saw |
 | ``GET /`` | the page: drop a photo or draw, see the top classes (static: no token needed) |
 
@@ -33,10 +33,12 @@ from fmnist_mlp.data.facts import CLASS_NAMES
 from fmnist_mlp.io.printable import printable
 from fmnist_mlp.serve.batcher import Batcher
 from fmnist_mlp.serve.model import ServedModel
-from fmnist_mlp.serve.payload import BadRequest, rows_from_csv, rows_from_json
+from fmnist_mlp.serve.payload import BadRequest, rows_from_csv, rows_from_json, rows_from_npy
 from fmnist_mlp.serve.upload import decode_images, split_multipart
 
 MiB = 1 << 20
+PARSERS = {"application/json": rows_from_json, "text/csv": rows_from_csv,
+           "application/x-npy": rows_from_npy}      # /invocations' bodies, by Content-Type
 
 
 @dataclass(frozen=True)
@@ -200,12 +202,12 @@ class ServeApp:
 
     async def invocations(self, request: Request) -> Response:
         kind = request.content_type()
-        if kind not in ("application/json", "text/csv"):
+        parse = PARSERS.get(kind)
+        if parse is None:
             raise HttpError(415, "UNSUPPORTED_MEDIA_TYPE", f"Content-Type {printable(kind) or 'missing'}: "
                             f"send application/json (MLflow's inputs, instances, dataframe_split "
-                            f"or dataframe_records) or text/csv")
+                            f"or dataframe_records), text/csv or application/x-npy")
         body = await request.body()
-        parse = rows_from_json if kind == "application/json" else rows_from_csv
         rows = await self._in_pool(parse, body, self.limits.max_rows)
         outputs = await self.batcher.submit(rows.pixels)
         labels = outputs.argmax(axis=1).tolist()

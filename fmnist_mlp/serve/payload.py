@@ -1,5 +1,6 @@
 """Request bodies -> pixel rows: MLflow's scoring protocol (JSON ``inputs`` / ``instances`` /
-``dataframe_split`` / ``dataframe_records``, or CSV) and multipart image uploads.
+``dataframe_split`` / ``dataframe_records``, or CSV), and a NumPy ``.npy`` file for clients that
+would rather not spend more time writing and parsing text than the model spends scoring.
 
 Pixels arrive as N×784 rows or N×28×28 images (one image alone as 784 or 28×28 numbers), either
 raw 0..255 or already scaled to 0..1: ``params.scale`` says which (``"255"`` or ``"1"``); left
@@ -103,6 +104,29 @@ def rows_from_csv(body: bytes, max_rows: int) -> Rows:
     if len(array) > max_rows:
         raise _too_many(len(array), max_rows)
     return _scaled(_columns(array, names) if names else _as_rows(array, "CSV"), "auto")
+
+
+def rows_from_npy(body: bytes, max_rows: int) -> Rows:
+    """A NumPy ``.npy`` file (``application/x-npy``; not MLflow's, but no text to parse): N×784
+    or N×28×28 numbers, its header checked before any data is read, no pickles."""
+    stream = io.BytesIO(body)
+    try:
+        major, _ = np.lib.format.read_magic(stream)
+        read_header = (np.lib.format.read_array_header_1_0 if major == 1
+                       else np.lib.format.read_array_header_2_0)
+        shape, _, dtype = read_header(stream)
+    except (ValueError, OSError) as exc:
+        raise BadRequest(f"not a .npy file ({exc})", code="MALFORMED_REQUEST") from None
+    if dtype.kind not in "iuf" or dtype.hasobject:
+        raise BadRequest(f".npy of dtype {dtype}: numbers only")
+    if len(shape) > 1 and shape[0] > max_rows:
+        raise _too_many(shape[0], max_rows)
+    stream.seek(0)
+    try:
+        array = np.lib.format.read_array(stream, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise BadRequest(f"damaged .npy file ({exc})", code="MALFORMED_REQUEST") from None
+    return _scaled(_as_rows(array.astype(np.float64), ".npy"), "auto")
 
 
 def _is_number(cell: str) -> bool:
