@@ -5,7 +5,8 @@ scored in process, on this machine.
     python -m benchmarks.serve RUN_DIR_OR_MODEL [--images 1000] [--clients 16] [--requests 1600]
 
 1. Batched: ``--images`` test images in one ``POST /invocations`` as MLflow JSON (``inputs``,
-   integers 0..255), as CSV and as a ``.npy`` file, from a client on a kept-alive connection;
+   integers 0..255), as CSV and as a ``.npy`` file (answered in JSON, and answered as .npy:
+   ``npy->npy``), from a client on a kept-alive connection;
    the body is encoded once before timing, the answer's JSON parsed inside it. Each timed
    request alternates with the same images' raw pixels scored in this process as the server
    scores them (``fmnist_mlp.scoring.ensemble.ensemble_outputs``), so both see the same load
@@ -95,8 +96,12 @@ def _best(run, repeats: int) -> float:
     return min(times)
 
 
-def _post(conn, path: str, body: bytes, content_type: str) -> tuple[int, bytes]:
-    conn.request("POST", path, body=body, headers={"Content-Type": content_type})
+def _post(conn, path: str, body: bytes, content_type: str, binary: bool = False
+          ) -> tuple[int, bytes]:
+    headers = {"Content-Type": content_type}
+    if binary:
+        headers["Accept"] = "application/x-npy"
+    conn.request("POST", path, body=body, headers=headers)
     response = conn.getresponse()
     return response.status, response.read()
 
@@ -107,21 +112,23 @@ def _batched(host, port, pixels, expected, repeats, score) -> dict:
     bodies = {"json": (json.dumps({"inputs": pixels.tolist()}).encode(), "application/json"),
               "csv": ("\n".join(",".join(map(str, row)) for row in pixels.tolist()).encode(),
                       "text/csv"),
-              "npy": (npy.getvalue(), "application/x-npy")}
+              "npy": (npy.getvalue(), "application/x-npy"),
+              "npy->npy": (npy.getvalue(), "application/x-npy")}
     out = {}
     conn = http.client.HTTPConnection(host, port, timeout=120)
     for name, (body, kind) in bodies.items():
         answers, served, local = [], [], []
         for _ in range(repeats + 1):                  # the first of each is a warm-up
             started = time.perf_counter()
-            status, text = _post(conn, "/invocations", body, kind)
+            status, text = _post(conn, "/invocations", body, kind, binary=name == "npy->npy")
             assert status == 200, text[:300]
-            answers.append(json.loads(text)["predictions"])
+            answers.append(np.load(io.BytesIO(text)) if name == "npy->npy"
+                           else [row["probabilities"] for row in json.loads(text)["predictions"]])
             served.append(time.perf_counter() - started)
             started = time.perf_counter()
             score()
             local.append(time.perf_counter() - started)
-        got = np.array([row["probabilities"] for row in answers[-1]])
+        got = np.asarray(answers[-1], dtype=np.float64)
         out[f"batched_{name}_images_per_s"] = len(pixels) / min(served[1:])
         out[f"batched_{name}_in_process_images_per_s"] = len(pixels) / min(local[1:])
         out[f"batched_{name}_share_of_in_process"] = min(local[1:]) / min(served[1:])
@@ -188,9 +195,9 @@ def _table(r: dict) -> str:
     lines = [f"model: {' '.join(r['model'])}   ({r['cpus']} CPUs, load average "
              f"{r['load_average'][0]:.2f} at start)",
              f"in process alone, {r['images']} images: {r['in_process_images_per_s']:,.0f} images/s"]
-    for name in ("json", "csv", "npy"):
+    for name in ("json", "csv", "npy", "npy->npy"):
         lines.append(
-            f"POST /invocations {name.upper():4} {r['images']} images: "
+            f"POST /invocations {name.upper():8} {r['images']} images: "
             f"{r[f'batched_{name}_images_per_s']:8,.0f} images/s, in process between them "
             f"{r[f'batched_{name}_in_process_images_per_s']:8,.0f}: "
             f"{100 * r[f'batched_{name}_share_of_in_process']:3.0f} %  (body "

@@ -37,6 +37,8 @@ from fmnist_mlp.serve.payload import BadRequest, rows_from_csv, rows_from_json, 
 from fmnist_mlp.serve.upload import decode_images, split_multipart
 
 MiB = 1 << 20
+INLINE_BYTES = 64 * 1024   # bodies parsed on the event loop: a thread's hand-over costs more
+INLINE_ROWS = 16           # forward passes run on the event loop, likewise
 PARSERS = {"application/json": rows_from_json, "text/csv": rows_from_csv,
            "application/x-npy": rows_from_npy}      # /invocations' bodies, by Content-Type
 
@@ -76,7 +78,7 @@ class ServeApp:
         self.model, self.limits, self.token = model, limits, token
         self.work_pool, self.page, self.draining = work_pool, page, draining
         self.access_log = access_log
-        self.batcher = Batcher(model.probabilities, score_pool)
+        self.batcher = Batcher(model.probabilities, score_pool, inline_rows=INLINE_ROWS)
         self.in_flight = self.body_bytes = 0
         self.counts: Counter = Counter()
         self.routes = {("GET", "/ping"): self.ping, ("GET", "/livez"): self.ping,
@@ -210,6 +212,8 @@ class ServeApp:
         body = await request.body()
         rows = await self._in_pool(parse, body, self.limits.max_rows)
         outputs = await self.batcher.submit(rows.pixels)
+        if "application/x-npy" in _header(request.scope, b"accept"):
+            return Response(200, _npy_bytes(outputs), "application/x-npy", rows=len(outputs))
         labels = outputs.argmax(axis=1).tolist()
         predictions = [{"label": c, "class_name": CLASS_NAMES[c], "probabilities": p}
                        for c, p in zip(labels, outputs.tolist())]
@@ -225,7 +229,8 @@ class ServeApp:
         uploads = await self._in_pool(split_multipart, body, _header(request.scope, b"content-type"),
                                       self.limits.max_files)
         del body
-        used, images, failures = await self._in_pool(decode_images, uploads)
+        used, images, failures = await asyncio.get_running_loop().run_in_executor(
+            self.work_pool, decode_images, uploads)        # Pillow: always in the pool
         errors = [{"file": uploads[i].name, "error": message} for i, message in failures]
         if not used:
             return _json(422, {"error_code": "UNREADABLE_IMAGES", "message":
@@ -239,8 +244,12 @@ class ServeApp:
                        for i, out, best, image in zip(used, outputs, order, images)]
         return _json(200, {"predictions": predictions, "errors": errors}, rows=len(used))
 
-    async def _in_pool(self, function, *args):
-        return await asyncio.get_running_loop().run_in_executor(self.work_pool, function, *args)
+    async def _in_pool(self, function, body: bytes, *args):
+        """``function(body, *args)`` in the work pool, or here when the body is small."""
+        if len(body) <= INLINE_BYTES:
+            return function(body, *args)
+        return await asyncio.get_running_loop().run_in_executor(self.work_pool, function, body,
+                                                                *args)
 
     # ------------------------------------------------------------------ plumbing
     async def _lifespan(self, receive, send) -> None:
@@ -346,6 +355,16 @@ def _header(scope, name: bytes) -> str:
         if key == name:
             return value.decode("latin-1")
     return ""
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    """(N, 10) outputs as a .npy file (``Accept: application/x-npy``): the probabilities alone,
+    in class order (the class names: /version)."""
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
 
 
 def _json(status: int, doc: Any, headers: tuple = (), rows: int = 0) -> Response:

@@ -1,7 +1,8 @@
 """Requests batched where that pays: the rows of every request that arrives while a forward pass
 runs are scored together in the next one.
 
-One pass at a time, in one worker thread: the network is not thread safe, and a matrix product
+One pass at a time, in one worker thread (a pass of a few rows on the event loop itself, where
+the hand-over would cost more than the arithmetic): the network is not thread safe, and a matrix product
 of many rows costs far less per row than many products of one row (NumPy's BLAS uses the cores
 within a pass). An idle server starts a pass at once, so a lone request never waits for company;
 under load the passes grow by themselves, up to ``max_rows`` rows (a request larger than that
@@ -20,8 +21,9 @@ import numpy as np
 
 class Batcher:
     def __init__(self, score: Callable[[np.ndarray], np.ndarray], executor: Executor,
-                 max_rows: int = 4096):
+                 max_rows: int = 4096, inline_rows: int = 0):
         self.score, self.executor, self.max_rows = score, executor, max_rows
+        self.inline_rows = inline_rows           # passes this small run on the event loop
         self.pending: list[tuple[np.ndarray, asyncio.Future]] = []
         self.running: asyncio.Task | None = None
         self.passes = self.rows = 0              # counters for /metrics
@@ -48,7 +50,9 @@ class Batcher:
                     continue
                 rows = np.concatenate([p for p, _ in batch]) if len(batch) > 1 else batch[0][0]
                 try:
-                    outputs = await loop.run_in_executor(self.executor, self.score, rows)
+                    # A few rows take less time to score than to hand to a thread and back.
+                    outputs = (self.score(rows) if len(rows) <= self.inline_rows else
+                               await loop.run_in_executor(self.executor, self.score, rows))
                 except Exception as exc:  # noqa: BLE001 - handed to every request of the pass
                     for _, future in batch:
                         if not future.done():
