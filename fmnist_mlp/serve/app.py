@@ -274,7 +274,8 @@ class ServeApp:
         query = scope.get("query_string", b"").decode("latin-1")
         target = printable(scope["path"] + (f"?{query}" if query else ""))
         size = len(response.body) if response is not None else 0
-        rows = f" {response.rows} images" if response is not None and response.rows else ""
+        n = response.rows if response is not None else 0
+        rows = f" {n} image{'s' if n != 1 else ''}" if n else ""
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         print(f'{stamp} {client[0]}:{client[1]} "{printable(scope["method"])} {target}" {status} '
               f"{size}B {seconds * 1000:.1f}ms{rows}", file=sys.stderr, flush=True)
