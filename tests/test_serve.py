@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import select
 import time
 
 import numpy as np
@@ -219,6 +220,36 @@ def test_non_loopback_address_needs_a_token_or_no_auth(work):
         proc = fmnist("serve", work["run"], *args, "--port", "0", cwd=work["root"], timeout=60)
         assert proc.returncode == 2, proc.stderr
         assert words in proc.stderr and proc.stderr.count("\n") == 1 and proc.stdout == ""
+
+
+def test_a_bad_model_or_a_taken_port_is_one_line_and_exit_1(work):
+    import socket
+
+    proc = fmnist("serve", work["root"] / "no-such-run", "--port", "0", cwd=work["root"])
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        proc = fmnist("serve", work["run"], "--port", port, cwd=work["root"])
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert f"cannot listen on 127.0.0.1:{port}" in proc.stderr and proc.stderr.count("\n") == 1
+
+
+def test_what_http_cannot_parse_is_a_json_400_too(server):
+    sock = server.raw()
+    sock.sendall(b"NOT-HTTP\x00\r\n\r\n")
+    status, headers, body = read_response(sock)
+    assert status == 400 and json.loads(body)["error_code"] == "MALFORMED_REQUEST"
+    sock = server.raw()                # headers that never end, 4 kB at a time, until answered
+    sock.sendall(b"GET /ping HTTP/1.1\r\nHost: t\r\nX-Big: ")
+    for _ in range(250):                                # 1 MB at most
+        if select.select([sock], [], [], 0.01)[0]:
+            break
+        sock.sendall(b"a" * 4096)
+    status, headers, body = read_response(sock)
+    assert status == 400 and headers["content-type"] == "application/json"
 
 
 def test_a_token_is_checked_on_every_route_but_ping_and_the_page(work):

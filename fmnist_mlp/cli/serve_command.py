@@ -76,4 +76,4 @@ def serve(targets, host, port, token, no_auth, threads, max_body_mb, max_rows, m
         click.echo(url)
 
     run(model, settings, sock, on_ready=ready)
-    click.echo("stopped: every request in flight was answered", err=True)
+    click.echo("stopped", err=True)

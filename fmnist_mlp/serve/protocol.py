@@ -9,8 +9,11 @@ and is closed. Past ``max_connections`` the oldest connection that is not inside
 closed to make room, so idle connections can never lock out a client that has something to ask.
 (Once the head is in, the application's own time limit covers the body and the answer.)
 
+A request HTTP cannot parse gets the JSON error every other error gets, not uvicorn's plain text.
+
 This is the only module that names uvicorn's protocol class (``uvicorn.protocols.http.h11_impl``),
-its ``cycle`` and its server state's ``connections``: present from uvicorn 0.30 to 0.55 at least.
+its ``cycle``, ``send_400_response`` and its server state's ``connections``: present from uvicorn
+0.30 to 0.55 at least.
 """
 
 from __future__ import annotations
@@ -48,6 +51,11 @@ def guarded_protocol(head_timeout: float, max_connections: int) -> type:
             super().on_response_complete()
             if not self.transport.is_closing():
                 self._arm_head_timer()
+
+        def send_400_response(self, msg: str) -> None:
+            """A request HTTP itself cannot parse (a bad request line, headers over 16 kB): the
+            same JSON error as every other, not uvicorn's plain text."""
+            _refuse(self.transport, b"400 Bad Request", "MALFORMED_REQUEST", msg)
 
         def _arm_head_timer(self) -> None:
             self._cancel_head_timer()

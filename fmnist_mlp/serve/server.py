@@ -110,7 +110,7 @@ def serve(model: ServedModel, settings: Settings, sock: socket.socket,
                    access_log=settings.access_log)
     config = uvicorn.Config(
         app, http=guarded_protocol(settings.head_timeout, settings.max_connections),
-        lifespan="on", access_log=False, log_config=None, log_level="warning",
+        ws="none", lifespan="on", access_log=False, log_config=None, log_level="warning",
         server_header=False, timeout_keep_alive=5,
         timeout_graceful_shutdown=int(settings.limits.timeout) + 5,
         h11_max_incomplete_event_size=16 * 1024)
