@@ -31,11 +31,10 @@ class ServedModel:
 def load_served(targets: Sequence[str | Path], data_dir: str | Path | None = None) -> ServedModel:
     """The runs, model files or ensemble ``predict`` would take, with its checks (a bad file is a
     CheckpointError before any socket is opened)."""
+    from fmnist_mlp import __version__
     from fmnist_mlp.scoring.ensemble import load_members, output_kind
 
     members = load_members(list(targets), data_dir)
-    from fmnist_mlp import __version__
-
     identity = {"tool": "fmnist-mlp", "tool_version": __version__,
                 "output": output_kind(members), "class_names": list(CLASS_NAMES),
                 "models": [member_identity(m) for m in members]}

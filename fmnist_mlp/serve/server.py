@@ -104,9 +104,7 @@ def serve(model: ServedModel, settings: Settings, sock: socket.socket,
     page = resources.files("fmnist_mlp.serve").joinpath("page.html").read_bytes()
     score_pool = ThreadPoolExecutor(1, thread_name_prefix="fmnist-forward")
     work_pool = ThreadPoolExecutor(settings.threads, thread_name_prefix="fmnist-parse")
-    server: list = []
     app = ServeApp(model, settings.limits, settings.token, score_pool, work_pool, page,
-                   draining=lambda: bool(server) and server[0].should_exit,
                    access_log=settings.access_log)
     config = uvicorn.Config(
         app, http=guarded_protocol(settings.head_timeout, settings.max_connections),
@@ -114,13 +112,14 @@ def serve(model: ServedModel, settings: Settings, sock: socket.socket,
         server_header=False, timeout_keep_alive=5,
         timeout_graceful_shutdown=int(settings.limits.timeout) + 5,
         h11_max_incomplete_event_size=16 * 1024)
-    server.append(uvicorn.Server(config))
+    server = uvicorn.Server(config)
+    app.draining = lambda: server.should_exit          # /health: 503 once SIGTERM came
     on_ready(url_of(sock))
     # uvicorn re-raises the signal that stopped it once it has drained; ignored here, so a
     # SIGTERM ends the command as a stop (exit 0), not as an interruption.
     previous = {s: signal.signal(s, _stopped) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        server[0].run(sockets=[sock])
+        server.run(sockets=[sock])
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
