@@ -132,3 +132,17 @@ def read_response(sock: socket.socket, timeout: float = 30) -> tuple[int, dict, 
             break
         body += chunk
     return status, headers, body
+
+
+def wait_in_flight(server: Served, n: int, seconds: float = 30) -> None:
+    """Until /metrics counts ``n`` scoring requests in flight (their heads parsed), so a test acts
+    on a request the server holds, not on one still in the kernel's buffers."""
+    import requests
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        text = requests.get(server.url + "/metrics", timeout=10).text
+        if f"fmnist_mlp_requests_in_flight {n}\n" in text:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the server never held {n} request(s) in flight")

@@ -13,7 +13,8 @@ import time
 import numpy as np
 import pytest
 
-from serve_helpers import ENV, NUM_PNG, TOKEN, Served, fmnist, make_work, need, read_response
+from serve_helpers import (ENV, NUM_PNG, TOKEN, Served, fmnist, make_work, need, read_response,
+                           wait_in_flight)
 
 pytestmark = [pytest.mark.realdata]
 CLOSE = dict(rtol=1e-5, atol=1e-6)     # float32 rounding: batches of other sizes sum in other orders
@@ -283,6 +284,7 @@ def test_sigterm_drains_the_request_in_flight_then_exits_0(work):
     sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
                  b"Content-Length: %d\r\n\r\n" % len(body) + body[:50])
     assert requests.get(server.url + "/ping", timeout=10).status_code == 200
+    wait_in_flight(server, 1)
     server.proc.send_signal(__import__("signal").SIGTERM)
     time.sleep(0.5)                                   # the server is draining now...
     sock.sendall(body[50:])                           # ...and the request in flight completes
@@ -304,13 +306,13 @@ def test_past_the_concurrency_limit_a_503_with_retry_after(work):
         sock = server.raw()                           # holds the one slot: its body is not all in
         sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: t\r\nContent-Type: application/json"
                      b"\r\nContent-Length: 100\r\n\r\n{")
-        time.sleep(0.3)
+        wait_in_flight(server, 1)
         response = post_json(server, {"inputs": [[0] * 784]})
         assert response.status_code == 503 and response.headers["retry-after"] == "1"
         assert "max-concurrency" in response.json()["message"]
         assert requests.get(server.url + "/health", timeout=10).status_code == 200
         sock.close()
-        time.sleep(0.3)
+        wait_in_flight(server, 0)
         assert post_json(server, {"inputs": [[0] * 784]}).status_code == 200
     finally:
         assert server.stop() == 0
