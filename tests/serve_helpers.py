@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from conftest import require_or_skip
 
@@ -66,6 +67,13 @@ def make_work(real_data_dir: Path, work: Path) -> dict:
             "labels": raw.test_labels[:NUM_PNG],
             "predict": np.array([r["probabilities"] for r in rows]),
             "predict_labels": [r["label"] for r in rows]}
+
+
+@pytest.fixture(scope="session")
+def serve_work(real_data_dir, tmp_path_factory) -> dict:
+    """One small run and its test PNGs for every serve test module (imported by each)."""
+    need("uvicorn", "PIL", "requests")
+    return make_work(real_data_dir, tmp_path_factory.mktemp("serve"))
 
 
 class Served:

@@ -13,7 +13,8 @@ import time
 import numpy as np
 import pytest
 
-from serve_helpers import (ENV, NUM_PNG, TOKEN, Served, fmnist, make_work, need, read_response,
+from serve_helpers import serve_work  # noqa: F401 - the shared run, a fixture
+from serve_helpers import (ENV, NUM_PNG, TOKEN, Served, fmnist, read_response,
                            wait_in_flight)
 
 pytestmark = [pytest.mark.realdata]
@@ -21,9 +22,8 @@ CLOSE = dict(rtol=1e-5, atol=1e-6)     # float32 rounding: batches of other size
 
 
 @pytest.fixture(scope="module")
-def work(real_data_dir, tmp_path_factory):
-    need("uvicorn", "PIL", "requests")
-    return make_work(real_data_dir, tmp_path_factory.mktemp("serve"))
+def work(serve_work):
+    return serve_work
 
 
 @pytest.fixture(scope="module")

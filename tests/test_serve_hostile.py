@@ -16,16 +16,16 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from serve_helpers import NUM_PNG, Served, make_work, need, read_response
+from serve_helpers import serve_work  # noqa: F401 - the shared run, a fixture
+from serve_helpers import NUM_PNG, Served, read_response
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 CLOSE = dict(rtol=1e-5, atol=1e-6)
 
 
 @pytest.fixture(scope="module")
-def work(real_data_dir, tmp_path_factory):
-    need("uvicorn", "PIL", "requests")
-    return make_work(real_data_dir, tmp_path_factory.mktemp("serve-hostile"))
+def work(serve_work):
+    return serve_work
 
 
 @pytest.fixture(scope="module")

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import base64
 import os
-import shutil
-import time
 
 import numpy as np
 import pytest
 
 from conftest import require_or_skip
-from serve_helpers import Served, make_work, need
+from serve_helpers import Served, need, serve_work  # noqa: F401 - serve_work: a fixture
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -39,9 +37,8 @@ def chromium(profile):
 
 
 @pytest.fixture(scope="module")
-def page(real_data_dir, tmp_path_factory):
-    need("uvicorn", "PIL", "requests")
-    work = make_work(real_data_dir, tmp_path_factory.mktemp("serve-page"))
+def page(serve_work, tmp_path_factory):
+    work = serve_work
     server = Served(work["run"], cwd=work["root"])
     browser = None
     try:
