@@ -72,6 +72,8 @@ def rows_from_json(body: bytes, max_rows: int) -> Rows:
         if not isinstance(value, dict) or "data" not in value:
             raise BadRequest("dataframe_split must be an object with \"data\" (and \"columns\")")
         array = _numbers(value["data"], "dataframe_split.data", max_rows)
+        if array.size == 0:
+            raise BadRequest("dataframe_split: no images")
         if array.ndim != 2:
             raise BadRequest(f"dataframe_split.data must be rows of numbers, got shape "
                              f"{array.shape}")
@@ -216,7 +218,9 @@ def _records(value: Any, max_rows: int) -> np.ndarray:
 
 
 def _scaled(pixels: np.ndarray, scale: Any) -> Rows:
-    if scale not in ("auto", "255", "1", 255, 1):
+    if len(pixels) == 0:
+        raise BadRequest("no images")
+    if isinstance(scale, bool) or scale not in ("auto", "255", "1", 255, 1):
         raise BadRequest(f"params.scale {scale!r}: use \"255\" (raw pixels), \"1\" (scaled to "
                          f"0..1) or \"auto\"")
     if not np.isfinite(pixels).all():
