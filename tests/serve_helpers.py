@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import require_or_skip
+from conftest import need
 
 ROOT = Path(__file__).resolve().parents[1]
 # One BLAS thread per process: the tests share a small machine.
@@ -24,16 +24,6 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_N
 ENV.pop("FMNIST_MLP_SERVE_TOKEN", None)
 NUM_PNG = 24
 TOKEN = "a-test-token-of-enough-characters"
-
-
-def need(*modules: str) -> None:
-    import importlib
-
-    for name in modules:
-        try:
-            importlib.import_module(name)
-        except ImportError:
-            require_or_skip(f"{name} is not installed (pip install -e '.[dev]')")
 
 
 def fmnist(*args, cwd, env=None, timeout=120) -> subprocess.CompletedProcess:
