@@ -33,6 +33,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -64,13 +65,16 @@ def main(argv=None) -> int:
     alone = _best(score, args.repeats)
     expected = score()
 
+    log = tempfile.TemporaryFile("w+")               # the server's stderr: never a full pipe
     server = subprocess.Popen([sys.executable, "-m", "fmnist_mlp", "serve", *args.model,
                                "--port", "0", "--no-access-log", "--max-rows", str(max(10_000, args.images))],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              stdout=subprocess.PIPE, stderr=log, text=True)
     try:
         url = server.stdout.readline().strip()
         if not url:
-            raise SystemExit(f"serve did not start: {server.communicate()[1]}")
+            server.wait()
+            log.seek(0)
+            raise SystemExit(f"serve did not start: {log.read()}")
         host, port = url.removeprefix("http://").rsplit(":", 1)
         result = {"model": args.model, "images": args.images, "cpus": os.cpu_count(),
                   "load_average": os.getloadavg(),

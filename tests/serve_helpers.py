@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -70,9 +71,12 @@ class Served:
     """``fmnist-mlp serve ARGS --port 0`` in a subprocess; ``url`` once it answers."""
 
     def __init__(self, *args, cwd, env=None):
+        # stderr (the access log) into a file: a pipe nobody reads until the end fills and
+        # would stop the server mid-write
+        self.log = tempfile.TemporaryFile("w+")
         self.proc = subprocess.Popen([sys.executable, "-m", "fmnist_mlp", "serve", *map(str, args),
                                       "--port", "0"], cwd=cwd, env=env or ENV, text=True,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                     stdout=subprocess.PIPE, stderr=self.log)
         self.url = self._read_url(timeout=60)
         self.host, port = self.url.removeprefix("http://").rsplit(":", 1)
         self.port = int(port)
@@ -87,19 +91,27 @@ class Served:
         line = self.proc.stdout.readline().strip()
         if not line.startswith("http://"):
             self.proc.kill()
-            raise AssertionError(f"serve did not start: {self.proc.communicate()[1]}")
+            self.proc.wait()
+            raise AssertionError(f"serve did not start: {self._stderr()}")
         return line
+
+    def _stderr(self) -> str:
+        self.log.seek(0)
+        return self.log.read()
 
     def stop(self, timeout: float = 60) -> int:
         """SIGTERM, then the exit code (its stderr in ``self.stderr``)."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
-            _, self.stderr = self.proc.communicate(timeout=timeout)
+            self.proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            _, self.stderr = self.proc.communicate()
+            self.proc.communicate()
             raise AssertionError("serve did not stop within the time allowed after SIGTERM")
+        finally:
+            self.stderr = self._stderr()
+            self.log.close()
         return self.proc.returncode
 
     def raw(self) -> socket.socket:
