@@ -191,3 +191,22 @@ def test_a_thousand_idle_connections_lock_nobody_out(work):
         for sock in idle:
             sock.close()
         assert server.stop() == 0, server.stderr
+
+
+def test_the_serving_benchmark_runs_small_and_finds_the_answers_equal(work, real_data_dir):
+    import subprocess
+    import sys
+
+    from serve_helpers import ENV, ROOT
+
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.serve", str(work["run"]),
+                           "--images", "40", "--clients", "4", "--requests", "24",
+                           "--repeats", "1", "--data-dir", str(real_data_dir), "--json"],
+                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["failed"] == 0 and result["server_exit_code"] == 0
+    for name in ("json", "csv", "npy", "npy->npy"):
+        assert result[f"batched_{name}_max_abs_diff"] < 1e-5
+        assert result[f"batched_{name}_images_per_s"] > 0
+    assert result["single_p50_ms"] <= result["single_p99_ms"] <= result["single_max_ms"]
