@@ -289,6 +289,7 @@ def test_sigterm_drains_the_request_in_flight_then_exits_0(work):
     sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
                  b"Content-Length: %d\r\n\r\n" % len(body) + body[:50])
     assert requests.get(server.url + "/ping", timeout=10).status_code == 200
+    assert requests.get(server.url + "/%1b]0;owned%07x", timeout=10).status_code == 404
     wait_in_flight(server, 1)
     server.proc.send_signal(__import__("signal").SIGTERM)
     time.sleep(0.5)                                   # the server is draining now...
@@ -300,6 +301,8 @@ def test_sigterm_drains_the_request_in_flight_then_exits_0(work):
     log = server.stderr.splitlines()
     assert sum('"POST /invocations" 200' in line and "4 images" in line for line in log) == 1
     assert sum('"GET /ping" 200' in line for line in log) == 1
+    # a path's escape sequences are shown, not sent to the terminal reading the log
+    assert '"GET /\\x1b]0;owned\\x07x" 404' in server.stderr and "\x1b" not in server.stderr
     assert log[-1].startswith("stopped"), server.stderr
 
 
