@@ -136,3 +136,40 @@ def _class(label: int) -> str:
     from fmnist_mlp.data.facts import CLASS_NAMES
 
     return CLASS_NAMES[label]
+
+
+def test_a_file_that_is_no_image_says_why_on_the_page(page):
+    browser, work, _ = page
+    browser.execute_script("""
+        const transfer = new DataTransfer();
+        transfer.items.add(new File(["just text"], "notes.png", {type: "image/png"}));
+        $("drop").dispatchEvent(new DragEvent("drop", {dataTransfer: transfer, bubbles: true,
+                                                       cancelable: true}));
+    """)
+    wait_for(browser, lambda: status(browser).startswith("notes.png"))
+    assert "not a readable image" in status(browser)
+    assert browser.find_element("id", "status").get_attribute("class") == "error"
+    assert browser.find_elements("css selector", "#top li") == []
+
+
+def test_with_a_token_the_page_asks_for_it_and_sends_it(serve_work, tmp_path):
+    from serve_helpers import ENV, TOKEN
+
+    server = Served(serve_work["run"], cwd=serve_work["root"],
+                    env={**ENV, "FMNIST_MLP_SERVE_TOKEN": TOKEN})
+    browser = None
+    try:
+        browser = chromium(tmp_path / "profile")
+        browser.get(server.url + "/")
+        wait_for(browser, lambda: "needs its token" in browser.find_element("id", "identity").text)
+        assert browser.find_element("id", "auth").is_displayed()
+        browser.find_element("id", "token").send_keys(TOKEN)
+        browser.find_element("id", "token-save").click()
+        wait_for(browser, lambda: "served" in browser.find_element("id", "identity").text)
+        browser.find_element("id", "file").send_keys(str(serve_work["pngs"][2]))
+        wait_for(browser, lambda: status(browser).startswith(serve_work["pngs"][2].name))
+        assert browser.find_element("id", "top-class").text == _class(serve_work["predict_labels"][2])
+    finally:
+        if browser is not None:
+            browser.quit()
+        assert server.stop() == 0, server.stderr
