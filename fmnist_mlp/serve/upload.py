@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import os
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from email.message import Message
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
+from fmnist_mlp.data.facts import IMAGE_SHAPE
 from fmnist_mlp.serve.payload import BadRequest
 
 
@@ -92,29 +95,26 @@ def decode_images(uploads: list[Upload]) -> tuple[list[int], np.ndarray, list[tu
         else:
             used.append(index)
             images.append(pixels[0])
-    stack = np.stack(images) if images else np.zeros((0, 28, 28), np.uint8)
+    stack = np.stack(images) if images else np.zeros((0, *IMAGE_SHAPE), np.uint8)
     return used, stack, failures
 
 
-class _file_holding:
-    """A name under which ``data`` can be opened as a regular file, for the time of a ``with``."""
-
-    def __init__(self, data: bytes):
-        self.data = data
-
-    def __enter__(self) -> Path:
-        if hasattr(os, "memfd_create"):
-            self.fd = os.memfd_create("fmnist-mlp-upload", getattr(os, "MFD_CLOEXEC", 0))
-            self.path = Path(f"/proc/self/fd/{self.fd}")
-        else:                                             # pragma: no cover - not Linux
-            self.fd, name = tempfile.mkstemp(prefix="fmnist-mlp-upload-")
-            self.path = Path(name)
-        view = memoryview(self.data)
+@contextmanager
+def _file_holding(data: bytes) -> Iterator[Path]:
+    """A name under which ``data`` can be opened as a regular file, for the time of a ``with``:
+    an anonymous in-memory file (Linux), else a private temporary file."""
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("fmnist-mlp-upload", getattr(os, "MFD_CLOEXEC", 0))
+        path, temporary = Path(f"/proc/self/fd/{fd}"), None
+    else:                                                   # pragma: no cover - not Linux
+        fd, name = tempfile.mkstemp(prefix="fmnist-mlp-upload-")
+        path = temporary = Path(name)
+    try:
+        view = memoryview(data)
         while view:
-            view = view[os.write(self.fd, view):]
-        return self.path
-
-    def __exit__(self, *exc_info) -> None:
-        os.close(self.fd)
-        if not hasattr(os, "memfd_create"):               # pragma: no cover
-            os.unlink(self.path)
+            view = view[os.write(fd, view):]
+        yield path
+    finally:
+        os.close(fd)
+        if temporary is not None:                           # pragma: no cover
+            temporary.unlink()
