@@ -38,7 +38,8 @@ from fmnist_mlp.serve.upload import decode_images, split_multipart
 
 MiB = 1 << 20
 INLINE_BYTES = 64 * 1024   # bodies parsed on the event loop: a thread's hand-over costs more
-INLINE_ROWS = 16           # forward passes run on the event loop, likewise
+INLINE_MACS = 2_000_000    # passes of at most this many multiply-adds run on the event loop,
+                           # likewise (about a millisecond): 8 images of fast.yaml's network
 PARSERS = {"application/json": rows_from_json, "text/csv": rows_from_csv,
            "application/x-npy": rows_from_npy}      # /invocations' bodies, by Content-Type
 
@@ -78,7 +79,8 @@ class ServeApp:
         self.model, self.limits, self.token = model, limits, token
         self.work_pool, self.page, self.draining = work_pool, page, draining
         self.access_log = access_log
-        self.batcher = Batcher(model.probabilities, score_pool, inline_rows=INLINE_ROWS)
+        self.batcher = Batcher(model.probabilities, score_pool,
+                               inline_rows=INLINE_MACS // max(1, model.macs_per_image))
         self.in_flight = self.body_bytes = 0
         self.counts: Counter = Counter()
         self.routes = {("GET", "/ping"): self.ping, ("GET", "/livez"): self.ping,

@@ -19,6 +19,12 @@ class ServedModel:
     members: tuple[Any, ...]          # TrainedModel objects (fmnist_mlp.rundir.trained)
     identity: dict[str, Any]          # what /version answers
 
+    @property
+    def macs_per_image(self) -> int:
+        """Multiply-adds one image costs: every member's weights, twice with test-time flips."""
+        return sum(sum(w.size for name, w in m.model.params.items() if name.endswith(".W"))
+                   * (2 if m.test_flip else 1) for m in self.members)
+
     def probabilities(self, pixels: np.ndarray) -> np.ndarray:
         """(N, 784) raw pixel values 0..255 -> (N, 10) outputs, exactly as ``predict`` scores
         them (each member's normalisation and test-time flips, the members' mean). Not thread
