@@ -39,7 +39,7 @@ class BadRequest(ValueError):
 
 @dataclass(frozen=True)
 class Rows:
-    pixels: np.ndarray            # (N, 784) float64, raw 0..255
+    pixels: np.ndarray            # (N, 784) raw 0..255: integers as sent, or float64
     scaled_input: bool            # whether the client sent 0..1 values
 
 
@@ -128,7 +128,9 @@ def rows_from_npy(body: bytes, max_rows: int) -> Rows:
         array = np.lib.format.read_array(stream, allow_pickle=False)
     except (ValueError, OSError) as exc:
         raise BadRequest(f"damaged .npy file ({exc})", code="MALFORMED_REQUEST") from None
-    return _scaled(_as_rows(array.astype(np.float64), ".npy"), "auto")
+    if dtype.kind == "f":
+        array = array.astype(np.float64)
+    return _scaled(_as_rows(array, ".npy"), "auto")
 
 
 def _is_number(cell: str) -> bool:
@@ -158,7 +160,7 @@ def _numbers(value: Any, where: str, max_rows: int) -> np.ndarray:
                          f"numbers") from None
     if array.dtype.kind not in "iuf":
         raise BadRequest(f"{where} must hold numbers only (no strings, booleans or nulls)")
-    return array.astype(np.float64, copy=False)
+    return array if array.dtype.kind in "iu" else array.astype(np.float64, copy=False)
 
 
 def _as_rows(array: np.ndarray, where: str) -> np.ndarray:
@@ -223,7 +225,7 @@ def _scaled(pixels: np.ndarray, scale: Any) -> Rows:
     if isinstance(scale, bool) or scale not in ("auto", "255", "1", 255, 1):
         raise BadRequest(f"params.scale {scale!r}: use \"255\" (raw pixels), \"1\" (scaled to "
                          f"0..1) or \"auto\"")
-    if not np.isfinite(pixels).all():
+    if pixels.dtype.kind == "f" and not np.isfinite(pixels).all():
         raise BadRequest("pixel values must be finite numbers")
     lo, hi = (float(pixels.min()), float(pixels.max())) if pixels.size else (0.0, 0.0)
     unit = str(scale) == "1" or (scale == "auto" and hi <= 1.0)
