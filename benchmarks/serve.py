@@ -39,6 +39,8 @@ import time
 
 import numpy as np
 
+BODIES = ("json", "csv", "npy", "npy->npy")     # the batched requests, in the table's order
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -80,6 +82,13 @@ def main(argv=None) -> int:
                   "load_average": os.getloadavg(),
                   "in_process_images_per_s": args.images / alone}
         result.update(_batched(host, int(port), pixels, expected, args.repeats, score))
+        # The fairest figure on a shared machine: the server's best against the best the same
+        # arithmetic did in process at any point of the run.
+        best = max([result["in_process_images_per_s"]] + [
+            result[f"batched_{name}_in_process_images_per_s"] for name in BODIES])
+        result["in_process_best_images_per_s"] = best
+        for name in BODIES:
+            result[f"batched_{name}_share_of_best"] = result[f"batched_{name}_images_per_s"] / best
         result.update(_singles(host, int(port), images, args.clients, args.requests))
     finally:
         server.send_signal(signal.SIGTERM)
@@ -119,7 +128,8 @@ def _batched(host, port, pixels, expected, repeats, score) -> dict:
               "npy->npy": (npy.getvalue(), "application/x-npy")}
     out = {}
     conn = http.client.HTTPConnection(host, port, timeout=120)
-    for name, (body, kind) in bodies.items():
+    for name in BODIES:
+        body, kind = bodies[name]
         answers, served, local = [], [], []
         for _ in range(repeats + 1):                  # the first of each is a warm-up
             started = time.perf_counter()
@@ -198,14 +208,15 @@ def _table(r: dict) -> str:
     lines = [f"model: {' '.join(r['model'])}   ({r['cpus']} CPUs, load average "
              f"{r['load_average'][0]:.2f} at start)",
              f"in process alone, {r['images']} images: {r['in_process_images_per_s']:,.0f} images/s"]
-    for name in ("json", "csv", "npy", "npy->npy"):
+    lines.append(f"in process, best of the run:      {r['in_process_best_images_per_s']:,.0f} images/s")
+    for name in BODIES:
         lines.append(
             f"POST /invocations {name.upper():8} {r['images']} images: "
-            f"{r[f'batched_{name}_images_per_s']:8,.0f} images/s, in process between them "
-            f"{r[f'batched_{name}_in_process_images_per_s']:8,.0f}: "
-            f"{100 * r[f'batched_{name}_share_of_in_process']:3.0f} %  (body "
-            f"{r[f'batched_{name}_body_bytes'] / 1e6:.1f} MB, max |diff| "
-            f"{r[f'batched_{name}_max_abs_diff']:.1e})")
+            f"{r[f'batched_{name}_images_per_s']:8,.0f} images/s = "
+            f"{100 * r[f'batched_{name}_share_of_best']:3.0f} % of the best in process "
+            f"({100 * r[f'batched_{name}_share_of_in_process']:3.0f} % of in process between its "
+            f"requests); body {r[f'batched_{name}_body_bytes'] / 1e6:.1f} MB, max |diff| "
+            f"{r[f'batched_{name}_max_abs_diff']:.1e}")
     lines += [f"single images, {r['clients']} clients, {r['requests']} requests (JSON and PNG "
               f"alternately): {r['single_requests_per_s']:,.0f} requests/s, p50 "
               f"{r['single_p50_ms']:.1f} ms, p99 {r['single_p99_ms']:.1f} ms, max "
