@@ -12,10 +12,15 @@ scored in process, on this machine.
    scores them (``fmnist_mlp.scoring.ensemble.ensemble_outputs``), so both see the same load
    on a shared machine; the best of ``--repeats`` of each gives images/s and the share of the
    in-process figure. The answers must equal the in-process probabilities to float32 rounding.
+   The share that counts on a shared machine is the server's best against the best the
+   in-process scoring did at any point of the run: load swings the between-requests one.
 2. In process alone, before the server starts: images/s, the best of ``--repeats``.
 3. Single images from ``--clients`` concurrent clients (threads, one kept-alive connection
    each), ``--requests`` in all, alternating JSON ``/invocations`` and PNG ``/predict``:
    latency p50 / p99 and requests/s, and that none failed.
+4. Where a batched request's time goes (:func:`_breakdown`): ``json.loads`` of the JSON body,
+   the application called directly as ASGI (.npy in and out, no HTTP), and the .npy body's
+   bytes through HTTP alone.
 
 The server is started as ``fmnist-mlp serve MODEL --port 0 --no-access-log`` with the
 environment of this command (set OMP_NUM_THREADS / OPENBLAS_NUM_THREADS there to pin BLAS); the
@@ -90,6 +95,7 @@ def main(argv=None) -> int:
         for name in BODIES:
             result[f"batched_{name}_share_of_best"] = result[f"batched_{name}_images_per_s"] / best
         result.update(_singles(host, int(port), images, args.clients, args.requests))
+        result.update(_breakdown(host, int(port), pixels, members, score, args.repeats))
     finally:
         server.send_signal(signal.SIGTERM)
         server.communicate(timeout=60)
@@ -149,6 +155,52 @@ def _batched(host, port, pixels, expected, repeats, score) -> dict:
         out[f"batched_{name}_max_abs_diff"] = float(np.abs(got - expected).max())
     conn.close()
     return out
+
+
+def _breakdown(host, port, pixels, members, score, repeats) -> dict:
+    """Where a batched request's time goes, each the best of ``repeats``: ``json.loads`` of its
+    JSON body; the application called directly as ASGI with the .npy body answered as .npy (no
+    HTTP, no socket); and the .npy body's bytes through HTTP alone (sent to /predict as a
+    multipart body without a closing boundary: read whole, then refused)."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fmnist_mlp.serve.app import Limits, ServeApp
+    from fmnist_mlp.serve.model import ServedModel
+
+    text = json.dumps({"inputs": pixels.tolist()}).encode()
+    npy = io.BytesIO()
+    np.save(npy, pixels.astype(np.uint8))
+    body = npy.getvalue()
+    with ThreadPoolExecutor(1) as forward, ThreadPoolExecutor(2) as work:
+        app = ServeApp(ServedModel(tuple(members), {}), Limits(), None, forward, work, b"",
+                       access_log=False)
+        scope = {"type": "http", "method": "POST", "path": "/invocations", "query_string": b"",
+                 "headers": [(b"content-type", b"application/x-npy"),
+                             (b"accept", b"application/x-npy")]}
+
+        async def direct():
+            async def receive():
+                return {"type": "http.request", "body": body, "more_body": False}
+
+            async def send(message):
+                pass
+
+            await app(scope, receive, send)
+
+        app_seconds = _best(lambda: asyncio.run(direct()), repeats)
+    conn = http.client.HTTPConnection(host, port, timeout=120)
+
+    def transfer():
+        status, _ = _post(conn, "/predict", body, "multipart/form-data; boundary=none")
+        assert status == 400
+
+    transfer_seconds = _best(transfer, repeats)
+    conn.close()
+    return {"json_loads_ms": 1000 * _best(lambda: json.loads(text), repeats),
+            "npy_app_direct_ms": 1000 * app_seconds,
+            "npy_body_through_http_ms": 1000 * transfer_seconds,
+            "in_process_ms": 1000 * _best(score, repeats)}
 
 
 def _singles(host, port, images, clients: int, total: int) -> dict:
@@ -217,6 +269,10 @@ def _table(r: dict) -> str:
             f"({100 * r[f'batched_{name}_share_of_in_process']:3.0f} % of in process between its "
             f"requests); body {r[f'batched_{name}_body_bytes'] / 1e6:.1f} MB, max |diff| "
             f"{r[f'batched_{name}_max_abs_diff']:.1e}")
+    lines.append(f"where a batch's time goes (best of each): in process {r['in_process_ms']:.1f} ms; "
+                 f"json.loads of the JSON body {r['json_loads_ms']:.1f} ms; the app called "
+                 f"directly, .npy -> .npy {r['npy_app_direct_ms']:.1f} ms; the .npy body through "
+                 f"HTTP alone {r['npy_body_through_http_ms']:.1f} ms")
     lines += [f"single images, {r['clients']} clients, {r['requests']} requests (JSON and PNG "
               f"alternately): {r['single_requests_per_s']:,.0f} requests/s, p50 "
               f"{r['single_p50_ms']:.1f} ms, p99 {r['single_p99_ms']:.1f} ms, max "
