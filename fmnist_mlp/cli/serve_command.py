@@ -47,10 +47,10 @@ def serve(targets, host, port, token, no_auth, threads, max_body_mb, max_rows, m
 
     RUN_DIR_OR_MODEL is what predict takes (a run directory, .npz or .safetensors); several are
     an ensemble. Routes: POST /invocations (MLflow's scoring protocol: JSON inputs, instances,
-    dataframe_split, dataframe_records, or CSV; or a .npy file), POST /predict (image files, multipart), GET /ping,
-    /health, /version, /metrics, and GET / (a page: drop a photo or draw). Prints the URL on
-    stdout once it answers; one access-log line per request on stderr. Needs the serve extra
-    (pip install -e '.[serve]'). Details: docs/serving.md.
+    dataframe_split, dataframe_records, or CSV; or a .npy file), POST /predict (image files,
+    multipart), GET /ping, /health, /version, /metrics, and GET / (a page: drop a photo or
+    draw). Prints the URL on stdout once it answers; one access-log line per request on stderr.
+    Needs the serve extra (pip install -e '.[serve]'). Details: docs/serving.md.
     """
     from fmnist_mlp.predict.images import require_pillow
     from fmnist_mlp.serve.app import MiB, Limits

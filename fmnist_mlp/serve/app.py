@@ -7,7 +7,7 @@ request. A plain ASGI callable (no web framework): seven routes and a page need 
 | ``GET /health`` | 200 when the model is loaded and the server is not draining, else 503 |
 | ``GET /version`` | the tool and the model's identity (run, config digest, test accuracy) |
 | ``GET /metrics`` | Prometheus text: requests by route and status, forward passes, rows |
-| ``POST /invocations`` | MLflow's scoring protocol (JSON or CSV; or .npy) -> ``{"predictions": [...]}`` |
+| ``POST /invocations`` | MLflow's scoring protocol (JSON, CSV; or .npy) -> ``{"predictions"}`` |
 | ``POST /predict`` | image files (multipart) -> top classes and the 28×28 image the model saw |
 | ``GET /`` | the page: drop a photo or draw, see the top classes (static: no token needed) |
 
@@ -208,9 +208,10 @@ class ServeApp:
         kind = request.content_type()
         parse = PARSERS.get(kind)
         if parse is None:
-            raise HttpError(415, "UNSUPPORTED_MEDIA_TYPE", f"Content-Type {printable(kind) or 'missing'}: "
-                            f"send application/json (MLflow's inputs, instances, dataframe_split "
-                            f"or dataframe_records), text/csv or application/x-npy")
+            raise HttpError(415, "UNSUPPORTED_MEDIA_TYPE",
+                            f"Content-Type {printable(kind) or 'missing'}: send application/json "
+                            f"(MLflow's inputs, instances, dataframe_split or dataframe_records), "
+                            f"text/csv or application/x-npy")
         body = await request.body()
         rows = (parse(body, self.limits.max_rows) if parse is rows_from_npy    # a copy: no text
                 else await self._in_pool(parse, body, self.limits.max_rows))
@@ -225,11 +226,13 @@ class ServeApp:
     async def predict(self, request: Request) -> Response:
         kind = request.content_type()
         if kind != "multipart/form-data":
-            raise HttpError(415, "UNSUPPORTED_MEDIA_TYPE", f"Content-Type {printable(kind) or 'missing'}: "
-                            f"send image files as multipart/form-data (curl -F file=@photo.jpg)")
+            raise HttpError(415, "UNSUPPORTED_MEDIA_TYPE",
+                            f"Content-Type {printable(kind) or 'missing'}: send image files as "
+                            f"multipart/form-data (curl -F file=@photo.jpg)")
         top = request.query_int("top", 3, 1, len(CLASS_NAMES))
         body = await request.body()
-        uploads = await self._in_pool(split_multipart, body, _header(request.scope, b"content-type"),
+        uploads = await self._in_pool(split_multipart, body,
+                                      _header(request.scope, b"content-type"),
                                       self.limits.max_files)
         del body
         used, images, failures = await asyncio.get_running_loop().run_in_executor(
@@ -240,9 +243,10 @@ class ServeApp:
                                "no file could be read as an image", "errors": errors})
         outputs = await self.batcher.submit(images.reshape(len(used), -1))
         order = np.argsort(-outputs, axis=1, kind="stable")[:, :top].tolist()
-        predictions = [{"file": uploads[i].name, "label": best[0], "class_name": CLASS_NAMES[best[0]],
-                        "top": [{"label": c, "class_name": CLASS_NAMES[c], "probability": float(out[c])}
-                                for c in best],
+        predictions = [{"file": uploads[i].name, "label": best[0],
+                        "class_name": CLASS_NAMES[best[0]],
+                        "top": [{"label": c, "class_name": CLASS_NAMES[c],
+                                 "probability": float(out[c])} for c in best],
                         "probabilities": out.tolist(), "image": image.tolist()}
                        for i, out, best, image in zip(used, outputs, order, images)]
         return _json(200, {"predictions": predictions, "errors": errors}, rows=len(used))

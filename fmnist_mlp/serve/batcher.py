@@ -2,12 +2,12 @@
 runs are scored together in the next one.
 
 One pass at a time, in one worker thread (a pass of a few rows on the event loop itself, where
-the hand-over would cost more than the arithmetic): the network is not thread safe, and a matrix product
-of many rows costs far less per row than many products of one row (NumPy's BLAS uses the cores
-within a pass). An idle server starts a pass at once, so a lone request never waits for company;
-under load the passes grow by themselves, up to ``max_rows`` rows (a request larger than that
-passes alone). Nothing queues without bound: the requests in flight are bounded before they get
-here (:class:`fmnist_mlp.serve.app.Limits`).
+the hand-over would cost more than the arithmetic): the network is not thread safe, and a
+matrix product of many rows costs far less per row than many products of one row (NumPy's BLAS
+uses the cores within a pass). An idle server starts a pass at once, so a lone request never
+waits for company; under load the passes grow by themselves, up to ``max_rows`` rows (a request
+larger than that passes alone). Nothing queues without bound: the requests in flight are
+bounded before they get here (:class:`fmnist_mlp.serve.app.Limits`).
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ class Batcher:
         try:
             while self.pending:
                 batch, taken = [], 0
-                while self.pending and (not batch or taken + len(self.pending[0][0]) <= self.max_rows):
+                while self.pending and (not batch
+                                        or taken + len(self.pending[0][0]) <= self.max_rows):
                     pixels, future = self.pending.pop(0)
                     if not future.cancelled():           # its client gave up (time limit)
                         batch.append((pixels, future))
