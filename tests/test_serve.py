@@ -18,7 +18,7 @@ from serve_helpers import (ENV, NUM_PNG, TOKEN, Served, fmnist, read_response,
                            wait_in_flight)
 
 pytestmark = [pytest.mark.realdata]
-CLOSE = dict(rtol=1e-5, atol=1e-6)     # float32 rounding: batches of other sizes sum in other orders
+CLOSE = dict(rtol=1e-5, atol=1e-6)     # float32 rounding: other batch sizes, other sum orders
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +44,10 @@ def post_json(server, doc, path="/invocations", **kwargs):
 def probabilities(response) -> np.ndarray:
     assert response.status_code == 200, response.text
     rows = response.json()["predictions"]
+    names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+             "Bag", "Ankle boot"]
     for row in rows:
-        assert row["class_name"] == ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                                     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"][row["label"]]
+        assert row["class_name"] == names[row["label"]]
         assert row["label"] == int(np.argmax(row["probabilities"]))
     return np.array([r["probabilities"] for r in rows])
 
@@ -128,7 +129,8 @@ def test_predict_route_decodes_files_as_predict_does(work, server):
     assert [r["label"] for r in doc["predictions"]] == work["predict_labels"]
     assert all(len(r["top"]) == 2 for r in doc["predictions"])
     # the 28×28 image the model saw: the test image itself (a dark 28×28 PNG is used as is)
-    assert np.array_equal(np.array(doc["predictions"][5]["image"]), work["pixels"][5].reshape(28, 28))
+    seen = np.array(doc["predictions"][5]["image"])
+    assert np.array_equal(seen, work["pixels"][5].reshape(28, 28))
     # predict's own refusal, word for word
     notes = work["root"] / "notes.png"
     notes.write_bytes(b"not an image")
@@ -179,8 +181,10 @@ def _npy(array: np.ndarray) -> bytes:
     (b'{"inputs": [[1, 2]]}', "application/json", 400, "shape [1, 2]"),
     (b'{"inputs": [[1, 2], [3]]}', "application/json", 400, "different lengths"),
     (json.dumps({"inputs": [["a"] * 784]}).encode(), "application/json", 400, "numbers only"),
-    (json.dumps({"inputs": [[-1] * 784]}).encode(), "application/json", 400, "expected 0..255 (raw) or 0..1"),
-    (json.dumps({"inputs": [[300] * 784]}).encode(), "application/json", 400, "expected 0..255 (raw) or 0..1"),
+    (json.dumps({"inputs": [[-1] * 784]}).encode(), "application/json", 400,
+     "expected 0..255 (raw) or 0..1"),
+    (json.dumps({"inputs": [[300] * 784]}).encode(), "application/json", 400,
+     "expected 0..255 (raw) or 0..1"),
     (b'{"inputs": [' + b",".join([b"NaN"] * 784) + b"]}", "application/json", 400, "finite"),
     (b'{"inputs": [], "instances": []}', "application/json", 400, "exactly one of"),
     (b'{"inputs": []}', "application/json", 400, "no images"),

@@ -168,7 +168,8 @@ def test_with_a_token_the_page_asks_for_it_and_sends_it(serve_work, tmp_path):
         wait_for(browser, lambda: "served" in browser.find_element("id", "identity").text)
         browser.find_element("id", "file").send_keys(str(serve_work["pngs"][2]))
         wait_for(browser, lambda: status(browser).startswith(serve_work["pngs"][2].name))
-        assert browser.find_element("id", "top-class").text == _class(serve_work["predict_labels"][2])
+        expected = _class(serve_work["predict_labels"][2])
+        assert browser.find_element("id", "top-class").text == expected
     finally:
         if browser is not None:
             browser.quit()
