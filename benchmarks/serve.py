@@ -165,7 +165,8 @@ def _breakdown(host, port, pixels, members, score, repeats) -> dict:
     import asyncio
     from concurrent.futures import ThreadPoolExecutor
 
-    from fmnist_mlp.serve.app import Limits, ServeApp
+    from fmnist_mlp.serve.app import ServeApp
+    from fmnist_mlp.serve.exchange import Limits
     from fmnist_mlp.serve.model import ServedModel
 
     text = json.dumps({"inputs": pixels.tolist()}).encode()

@@ -53,7 +53,7 @@ def serve(targets, host, port, token, no_auth, threads, max_body_mb, max_rows, m
     Needs the serve extra (pip install -e '.[serve]'). Details: docs/serving.md.
     """
     from fmnist_mlp.predict.images import require_pillow
-    from fmnist_mlp.serve.app import MiB, Limits
+    from fmnist_mlp.serve.exchange import MiB, Limits
     from fmnist_mlp.serve.model import load_served
     from fmnist_mlp.serve.server import Settings, bind, check_settings, serve as run, token_from
     from fmnist_mlp.errors import require_extra

@@ -1,5 +1,4 @@
-"""The ASGI application: routes, the token, the limits, JSON errors and one access-log line per
-request. A plain ASGI callable (no web framework): seven routes and a page need no more.
+"""The ASGI application: routes, the token, the limits and one access-log line per request. A plain ASGI callable (no web framework): seven routes and a page need no more.
 
 | route | answers |
 |---|---|
@@ -11,63 +10,37 @@ request. A plain ASGI callable (no web framework): seven routes and a page need 
 | ``POST /predict`` | image files (multipart) -> top classes and the 28×28 image the model saw |
 | ``GET /`` | the page: drop a photo or draw, see the top classes (static: no token needed) |
 
-Every error is ``{"error_code": ..., "message": ...}`` (MLflow's shape) with its status code.
+Every error is ``{"error_code": ..., "message": ...}`` (MLflow's shape) with its status code
+(:mod:`fmnist_mlp.serve.exchange`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import sys
 import time
 from collections import Counter
 from concurrent.futures import Executor
-from dataclasses import dataclass
-from typing import Any, Callable
-from urllib.parse import parse_qs
+from typing import Callable
 
 import numpy as np
 
 from fmnist_mlp.data.facts import CLASS_NAMES
 from fmnist_mlp.io.printable import printable
 from fmnist_mlp.serve.batcher import Batcher
+from fmnist_mlp.serve.exchange import (BodyBudget, Disconnected, HttpError, Limits, Request,
+                                       Response, busy, error_response, header, json_response,
+                                       npy_response)
 from fmnist_mlp.serve.model import ServedModel
 from fmnist_mlp.serve.payload import BadRequest, rows_from_csv, rows_from_json, rows_from_npy
 from fmnist_mlp.serve.upload import decode_images, split_multipart
 
-MiB = 1 << 20
 INLINE_BYTES = 64 * 1024   # bodies parsed on the event loop: a thread's hand-over costs more
 INLINE_MACS = 2_000_000    # passes of at most this many multiply-adds run on the event loop,
                            # likewise (about a millisecond): 8 images of fast.yaml's network
 PARSERS = {"application/json": rows_from_json, "text/csv": rows_from_csv,
            "application/x-npy": rows_from_npy}      # /invocations' bodies, by Content-Type
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_body: int = 32 * MiB           # bytes of one request's body
-    max_rows: int = 10_000             # images in one /invocations request
-    max_files: int = 64                # files in one /predict request
-    max_concurrency: int = 32          # /invocations and /predict requests in flight
-    body_budget: int = 256 * MiB       # bytes of request bodies held at once, all requests
-    timeout: float = 30.0              # seconds for one request, its body's upload included
-    retry_after: int = 1               # seconds a 503 asks the client to wait
-
-
-class HttpError(Exception):
-    def __init__(self, status: int, code: str, message: str, headers: tuple = ()):
-        super().__init__(message)
-        self.status, self.code, self.message, self.headers = status, code, message, headers
-
-
-@dataclass
-class Response:
-    status: int
-    body: bytes
-    content_type: str = "application/json"
-    headers: tuple = ()
-    rows: int = 0                      # images scored (for the access log)
 
 
 class ServeApp:
@@ -81,7 +54,8 @@ class ServeApp:
         self.access_log = access_log
         self.batcher = Batcher(model.probabilities, score_pool,
                                inline_rows=INLINE_MACS // max(1, model.macs_per_image))
-        self.in_flight = self.body_bytes = 0
+        self.in_flight = 0
+        self.bodies = BodyBudget(limits)
         self.counts: Counter = Counter()
         self.routes = {("GET", "/ping"): self.ping, ("GET", "/livez"): self.ping,
                        ("GET", "/health"): self.health, ("GET", "/readyz"): self.health,
@@ -116,10 +90,11 @@ class ServeApp:
                 self._check_token(scope)
             if path in self.heavy_routes:
                 if self.in_flight >= self.limits.max_concurrency:
-                    raise self._busy(f"{self.in_flight} requests in flight (--max-concurrency)")
+                    raise busy(f"{self.in_flight} requests in flight (--max-concurrency)",
+                               self.limits.retry_after)
                 self.in_flight += 1
                 heavy = True
-            request = Request(scope, receive, self)
+            request = Request(scope, receive, self.limits, self.bodies)
             try:
                 return await asyncio.wait_for(handler(request), self.limits.timeout)
             except asyncio.TimeoutError:
@@ -133,16 +108,16 @@ class ServeApp:
         except Disconnected:
             return None
         except HttpError as exc:
-            return _error(exc.status, exc.code, exc.message, exc.headers)
+            return error_response(exc.status, exc.code, exc.message, exc.headers)
         except BadRequest as exc:
-            return _error(exc.status, exc.code, str(exc))
+            return error_response(exc.status, exc.code, str(exc))
         except MemoryError:
-            return _error(503, "OUT_OF_MEMORY", "not enough memory for this request now",
+            return error_response(503, "OUT_OF_MEMORY", "not enough memory for this request now",
                           (("retry-after", str(self.limits.retry_after)),))
         except Exception as exc:  # noqa: BLE001 - a client gets JSON, never a traceback
             print(f"error: {printable(path)}: {type(exc).__name__}: {printable(exc)}",
                   file=sys.stderr, flush=True)
-            return _error(500, "INTERNAL_ERROR", f"internal error ({type(exc).__name__})")
+            return error_response(500, "INTERNAL_ERROR", f"internal error ({type(exc).__name__})")
         finally:
             if heavy:
                 self.in_flight -= 1
@@ -164,29 +139,25 @@ class ServeApp:
     def _check_token(self, scope) -> None:
         if self.token is None:
             return
-        given = _header(scope, b"authorization")
+        given = header(scope, b"authorization")
         scheme, _, value = given.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(),
                                                                  self.token.encode()):
             raise HttpError(401, "UNAUTHORIZED", "a valid 'Authorization: Bearer TOKEN' header is "
                             "needed", (("www-authenticate", "Bearer"),))
 
-    def _busy(self, why: str) -> HttpError:
-        return HttpError(503, "SERVER_BUSY", f"busy: {why}; retry in {self.limits.retry_after} s",
-                         (("retry-after", str(self.limits.retry_after)),))
-
     # ------------------------------------------------------------------ routes
     async def ping(self, request: Request) -> Response:
-        return _json(200, {"status": "ok"})
+        return json_response(200, {"status": "ok"})
 
     async def health(self, request: Request) -> Response:
         if self.draining():
-            return _json(503, {"status": "draining"}, (("retry-after", "1"),))
-        return _json(200, {"status": "ready", "models": len(self.model.members)})
+            return json_response(503, {"status": "draining"}, (("retry-after", "1"),))
+        return json_response(200, {"status": "ready", "models": len(self.model.members)})
 
     async def version(self, request: Request) -> Response:
         limits = {k: getattr(self.limits, k) for k in Limits.__dataclass_fields__}
-        return _json(200, {**self.model.identity, "limits": limits})
+        return json_response(200, {**self.model.identity, "limits": limits})
 
     async def metrics(self, request: Request) -> Response:
         lines = ["# TYPE fmnist_mlp_requests_total counter"]
@@ -216,12 +187,12 @@ class ServeApp:
         rows = (parse(body, self.limits.max_rows) if parse is rows_from_npy    # a copy: no text
                 else await self._in_pool(parse, body, self.limits.max_rows))
         outputs = await self.batcher.submit(rows.pixels)
-        if "application/x-npy" in _header(request.scope, b"accept"):
-            return Response(200, _npy_bytes(outputs), "application/x-npy", rows=len(outputs))
+        if "application/x-npy" in request.header(b"accept"):
+            return npy_response(outputs, rows=len(outputs))
         labels = outputs.argmax(axis=1).tolist()
         predictions = [{"label": c, "class_name": CLASS_NAMES[c], "probabilities": p}
                        for c, p in zip(labels, outputs.tolist())]
-        return _json(200, {"predictions": predictions}, rows=len(labels))
+        return json_response(200, {"predictions": predictions}, rows=len(labels))
 
     async def predict(self, request: Request) -> Response:
         kind = request.content_type()
@@ -232,14 +203,14 @@ class ServeApp:
         top = request.query_int("top", 3, 1, len(CLASS_NAMES))
         body = await request.body()
         uploads = await self._in_pool(split_multipart, body,
-                                      _header(request.scope, b"content-type"),
+                                      request.header(b"content-type"),
                                       self.limits.max_files)
         del body
         used, images, failures = await asyncio.get_running_loop().run_in_executor(
             self.work_pool, decode_images, uploads)        # Pillow: always in the pool
         errors = [{"file": uploads[i].name, "error": message} for i, message in failures]
         if not used:
-            return _json(422, {"error_code": "UNREADABLE_IMAGES", "message":
+            return json_response(422, {"error_code": "UNREADABLE_IMAGES", "message":
                                "no file could be read as an image", "errors": errors})
         outputs = await self.batcher.submit(images.reshape(len(used), -1))
         order = np.argsort(-outputs, axis=1, kind="stable")[:, :top].tolist()
@@ -249,7 +220,7 @@ class ServeApp:
                                  "probability": float(out[c])} for c in best],
                         "probabilities": out.tolist(), "image": image.tolist()}
                        for i, out, best, image in zip(used, outputs, order, images)]
-        return _json(200, {"predictions": predictions, "errors": errors}, rows=len(used))
+        return json_response(200, {"predictions": predictions, "errors": errors}, rows=len(used))
 
     async def _in_pool(self, function, body: bytes, *args):
         """``function(body, *args)`` in the work pool, or here when the body is small."""
@@ -286,98 +257,3 @@ class ServeApp:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         print(f'{stamp} {client[0]}:{client[1]} "{printable(scope["method"])} {target}" {status} '
               f"{size}B {seconds * 1000:.1f}ms{rows}", file=sys.stderr, flush=True)
-
-
-class Disconnected(Exception):
-    """The client went away before its request was whole: nobody to answer."""
-
-
-class Request:
-    """One request's scope and its body, read within the limits."""
-
-    def __init__(self, scope, receive, app: ServeApp):
-        self.scope, self.receive, self.app = scope, receive, app
-        self.receiving = False
-        self.reserved = 0
-
-    def content_type(self) -> str:
-        return _header(self.scope, b"content-type").partition(";")[0].strip().lower()
-
-    def query_int(self, name: str, default: int, lo: int, hi: int) -> int:
-        values = parse_qs(self.scope.get("query_string", b"").decode("latin-1")).get(name)
-        if not values:
-            return default
-        try:
-            value = int(values[-1])
-        except ValueError:
-            value = lo - 1
-        if not lo <= value <= hi:
-            raise BadRequest(f"{name}={printable(values[-1])}: expected a whole number {lo}..{hi}")
-        return value
-
-    async def body(self) -> bytes:
-        """The whole body: at most max_body bytes, and within the shared body budget."""
-        limits = self.app.limits
-        declared = _header(self.scope, b"content-length")
-        if declared:
-            if not declared.isdigit():
-                raise BadRequest("Content-Length is not a number")
-            if int(declared) > limits.max_body:
-                raise self._too_large()
-            self._reserve(int(declared))
-        chunks, size = [], 0
-        self.receiving = True
-        while True:
-            message = await self.receive()
-            if message["type"] == "http.disconnect":
-                raise Disconnected
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limits.max_body:
-                raise self._too_large()
-            if not declared:
-                self._reserve(len(chunk))
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        self.receiving = False
-        return b"".join(chunks)
-
-    def _reserve(self, n: int) -> None:
-        if self.app.body_bytes + n > self.app.limits.body_budget:
-            raise self.app._busy("request bodies in flight fill the server's memory budget")
-        self.app.body_bytes += n
-        self.reserved += n
-
-    def release(self) -> None:
-        self.app.body_bytes -= self.reserved
-        self.reserved = 0
-
-    def _too_large(self) -> HttpError:
-        return HttpError(413, "BODY_TOO_LARGE", f"request body over {self.app.limits.max_body} "
-                         f"bytes (--max-body-mb)", (("connection", "close"),))
-
-
-def _header(scope, name: bytes) -> str:
-    for key, value in scope.get("headers", ()):
-        if key == name:
-            return value.decode("latin-1")
-    return ""
-
-
-def _npy_bytes(array: np.ndarray) -> bytes:
-    """(N, 10) outputs as a .npy file (``Accept: application/x-npy``): the probabilities alone,
-    in class order (the class names: /version)."""
-    import io
-
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    return buffer.getvalue()
-
-
-def _json(status: int, doc: Any, headers: tuple = (), rows: int = 0) -> Response:
-    return Response(status, json.dumps(doc, allow_nan=False).encode(), headers=headers, rows=rows)
-
-
-def _error(status: int, code: str, message: str, headers: tuple = ()) -> Response:
-    return _json(status, {"error_code": code, "message": message}, headers)

@@ -7,7 +7,7 @@ matrix product of many rows costs far less per row than many products of one row
 uses the cores within a pass). An idle server starts a pass at once, so a lone request never
 waits for company; under load the passes grow by themselves, up to ``max_rows`` rows (a request
 larger than that passes alone). Nothing queues without bound: the requests in flight are
-bounded before they get here (:class:`fmnist_mlp.serve.app.Limits`).
+bounded before they get here (:class:`fmnist_mlp.serve.exchange.Limits`).
 """
 
 from __future__ import annotations

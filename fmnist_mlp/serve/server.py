@@ -23,7 +23,8 @@ from importlib import resources
 from typing import Callable
 
 from fmnist_mlp.errors import ConfigError, FmnistMlpError, require_extra
-from fmnist_mlp.serve.app import Limits, ServeApp
+from fmnist_mlp.serve.app import ServeApp
+from fmnist_mlp.serve.exchange import Limits
 from fmnist_mlp.serve.model import ServedModel
 
 TOKEN_ENV = "FMNIST_MLP_SERVE_TOKEN"
