@@ -1,4 +1,5 @@
-"""The ASGI application: routes, the token, the limits and one access-log line per request. A plain ASGI callable (no web framework): seven routes and a page need no more.
+"""The ASGI application: routes, the token, the limits and one access-log line per request.
+A plain ASGI callable (no web framework): seven routes and a page need no more.
 
 | route | answers |
 |---|---|
