@@ -17,6 +17,17 @@ def require_or_skip(reason: str) -> None:
     pytest.skip(reason)
 
 
+def need(*modules: str) -> None:
+    """Skip (fail under CI=true) unless every module imports: the extras a test needs."""
+    import importlib
+
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            require_or_skip(f"{name} is not installed (pip install -e '.[dev]')")
+
+
 @pytest.fixture
 def needs_optuna():
     """For the sweep tests (``pytestmark = pytest.mark.usefixtures("needs_optuna")``)."""

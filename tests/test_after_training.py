@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import require_or_skip
+from conftest import need
 from training_helpers import InterruptAt
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]   # trains three small runs
@@ -26,16 +26,6 @@ NUM_PNG = 200
 def fmnist(*args, cwd, timeout=120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "fmnist_mlp", *map(str, args)], cwd=cwd,
                           env=ENV, capture_output=True, text=True, timeout=timeout)
-
-
-def need(*modules: str) -> None:
-    import importlib
-
-    for name in modules:
-        try:
-            importlib.import_module(name)
-        except ImportError:
-            require_or_skip(f"{name} is not installed (pip install -e '.[dev]')")
 
 
 @pytest.fixture(scope="module")

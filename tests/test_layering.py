@@ -4,11 +4,12 @@ Every ``import`` and ``from ... import`` in ``fmnist_mlp/`` counts, at the top o
 a function alike (a function-level import is a dependency that waits; it is still one). Folders
 are ranked; a module may import its own folder and anything ranked below its folder, never above:
 
-    cli  ->  api  ->  sweep, export, predict, plots  ->  scoring  ->  training, rundir  ->  config
+    cli  ->  api  ->  sweep, export, predict, plots, serve  ->  scoring  ->  training, rundir  ->  config
          ->  nn, data  ->  io  ->  errors (and the package root, which holds __version__)
 
 Between two folders of one rank only the pairs in ALLOWED_ACROSS may meet (training uses rundir's
-recorder; nn may read data.facts, the dataset's shape, and nothing else of data). Nothing imports
+recorder; nn may read data.facts, the dataset's shape, and nothing else of data; serve reads
+image files as predict does). Nothing imports
 cli but ``__main__``; nothing imports the Python API (``api``) but the package root, which
 re-exports ``train`` and ``load`` lazily (on first use, so ``import fmnist_mlp`` stays cheap). The engine (``fmnist_mlp.nn``, ``fmnist_mlp.optim``) and the dataset's facts
 must load without yaml, click, requests or tqdm: checked in a fresh interpreter.
@@ -29,7 +30,7 @@ ROOT = "fmnist_mlp"
 RANKS = {
     "cli": 8,
     "api": 7,
-    "sweep": 6, "export": 6, "predict": 6, "plots": 6,
+    "sweep": 6, "export": 6, "predict": 6, "plots": 6, "serve": 6,
     "scoring": 5,
     "training": 4, "rundir": 4,
     "config": 3,
@@ -40,7 +41,8 @@ RANKS = {
 # Top-level modules that belong to a folder's layer: the README's import path for the optimisers.
 GROUP_OF_MODULE = {"fmnist_mlp.optim": "nn"}
 # (importer's folder, imported module prefix) pairs allowed within one rank.
-ALLOWED_ACROSS = {("training", "fmnist_mlp.rundir"), ("nn", "fmnist_mlp.data.facts")}
+ALLOWED_ACROSS = {("training", "fmnist_mlp.rundir"), ("nn", "fmnist_mlp.data.facts"),
+                  ("serve", "fmnist_mlp.predict")}     # serve decodes images as predict does
 ENTRY_POINT = "fmnist_mlp.__main__"
 FRONT_DOOR = ("fmnist_mlp", "fmnist_mlp.api")     # the root's lazy re-export of the Python API
 

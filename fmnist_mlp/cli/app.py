@@ -9,6 +9,7 @@ import click
 
 from fmnist_mlp.cli.common import EXIT_CODES_HELP, Group, StdoutClosed, sigterm_as_interrupt
 from fmnist_mlp.cli.model_commands import eval_command, export, plot, predict, runs_command
+from fmnist_mlp.cli.serve_command import serve
 from fmnist_mlp.cli.sweep_commands import sweep
 from fmnist_mlp.cli.training_commands import download, gradcheck, test_images, train
 
@@ -23,6 +24,7 @@ def cli() -> None:
 for command in (train, eval_command, predict, export, runs_command, download, gradcheck, plot,
                 test_images, sweep):
     cli.add_command(command)
+cli.add_command(serve)              # fmnist-mlp serve (cli/serve_command.py)
 
 
 def main(argv: list[str] | None = None) -> None:
