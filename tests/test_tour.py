@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -73,11 +74,13 @@ def shown_prefix(line: str) -> str:
     return line[:match.start()] if match else line
 
 
-def smaller(command: str) -> str:
+def smaller(command: str, port: int = 8000) -> str:
     if command.startswith("fmnist-mlp train") or "$(fmnist-mlp train" in command:
         if "--dry-run" not in command:
             command = command.replace("fmnist-mlp train", "fmnist-mlp train --set train.epochs=2")
-    return command
+    if command.startswith("fmnist-mlp serve"):          # a free port, not the tour's 8000
+        command = command.replace("fmnist-mlp serve", f"fmnist-mlp serve --port {port}")
+    return command.replace("localhost:8000", f"localhost:{port}")
 
 
 def test_the_tour_is_parsed_into_its_commands():
@@ -85,9 +88,11 @@ def test_the_tour_is_parsed_into_its_commands():
     commands = [c for c, _ in steps]
     assert commands[0] == ". .venv/bin/activate"
     assert any(c.startswith("RUN=$(fmnist-mlp train") for c in commands)
-    for verb in ("eval", "runs", "gradcheck", "test-images", "predict", "export", "sweep run",
-                 "sweep report"):
+    for verb in ("eval", "runs", "gradcheck", "test-images", "predict", "export", "serve",
+                 "sweep run", "sweep report"):
         assert any(c.startswith(f"fmnist-mlp {verb}") for c in commands), verb
+    assert smaller("fmnist-mlp serve $RUN &", 5123) == "fmnist-mlp serve --port 5123 $RUN &"
+    assert smaller("curl -s localhost:8000/predict", 5123) == "curl -s localhost:5123/predict"
     assert shown_prefix("epoch  1/15  train loss 1.2232 acc") == "epoch  1/15  train loss "
     assert shown_prefix("sweep /tmp/x/runs/sweep-tour: 4 finished") == "sweep runs/sweep-tour: 4 finished"
 
@@ -109,8 +114,12 @@ def test_the_readme_tour_runs_as_written_in_a_fresh_shell(real_data_dir, tmp_pat
     section = tour_section()
     steps = tour_commands(section)
     script = ["set -e", "exec 2>&1", "trap 'kill $(jobs -p) 2>/dev/null || true' EXIT"]
+    with socket.socket() as probe:                      # a port free now, for the tour's server
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     for i, (command, _) in enumerate(steps):
-        script += [f"echo '{MARK} {i}'", smaller(command)]
+        # On a line of its own even after output with no final newline (curl's JSON).
+        script += [f"printf '\\n{MARK} {i}\\n'", smaller(command, port)]
     # A step the tour starts in the background (`… &`, a server, say) is stopped at the end.
     path = [p for p in os.environ.get("PATH", "").split(os.pathsep)
             if not (Path(p) / "fmnist-mlp").exists()]
