@@ -113,6 +113,11 @@ def test_answers_equal_the_python_scoring_path_in_process(work, server):
     in_process = ensemble_outputs(members, work["pixels"].reshape(NUM_PNG, -1))
     served = probabilities(post_json(server, {"inputs": work["pixels"].tolist()}))
     np.testing.assert_allclose(served, in_process, **CLOSE)
+    # and the front door's model, the one a notebook gets from fmnist_mlp.load
+    import fmnist_mlp
+
+    notebook = fmnist_mlp.load(work["run"]).predict_proba(work["pixels"].reshape(NUM_PNG, -1))
+    np.testing.assert_allclose(served, notebook, **CLOSE)
 
 
 def test_predict_route_decodes_files_as_predict_does(work, server):
