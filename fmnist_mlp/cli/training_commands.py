@@ -84,10 +84,13 @@ def train(config_path, overrides, name, runs_dir, data_dir, resume_dir, quiet, t
 @click.option("--force", is_flag=True, help="Fetch again even if a verified copy is cached.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def download(data_dir, sources, force, quiet):
-    """Fetch and verify the Fashion-MNIST files into the cache; prints the directory."""
+    """Fetch and verify the Fashion-MNIST files into the cache, and check (or rebuild) their
+    decoded arrays; prints the directory."""
     from fmnist_mlp.data import ensure_dataset
+    from fmnist_mlp.data.dataset import load_raw
 
     path = ensure_dataset(data_dir, sources=list(sources) or None, force=force, progress=not quiet)
+    load_raw(path, sources=[], progress=False)      # a damaged decoded array is decoded again
     click.echo(printable(path))
 
 

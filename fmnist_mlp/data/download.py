@@ -28,6 +28,7 @@ from fmnist_mlp.data.manifest import file_entry as manifest_entry
 from fmnist_mlp.data.manifest import file_sha256, load_manifest, save_manifest
 from fmnist_mlp.data.manifest import matches as manifest_matches
 from fmnist_mlp.io.files import clean_stale_tmp, new_temporary
+from fmnist_mlp.data.idx import max_stored_bytes
 from fmnist_mlp.data.specs import FASHION_MNIST_FILES, FileSpec, verify_file
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -152,11 +153,14 @@ def cached_state(data_dir: Path, spec: FileSpec, manifest: dict) -> str:
         return "missing"
     except OSError as exc:
         raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    sha256 = file_sha256(path)
+    # Opened as regular files, never through a link (the cache holds none), bounded by what the
+    # file should hold: a link to /dev/zero, a FIFO or a gzip bomb is refused, never waited on.
+    sha256 = file_sha256(path, max_bytes=max_stored_bytes(spec.size))
     if manifest_matches(manifest, spec.filename, spec.sha256, sha256):
         return "ok"
     try:
-        verify_file(path, spec)       # not recorded yet (an older cache, a folder the user filled)
+        # not recorded yet (an older cache, a folder the user filled)
+        verify_file(path, spec, follow_links=False)
     except DataError as exc:
         entry = manifest_entry(manifest, spec.filename)
         if entry is not None and entry.get("ino") == info.st_ino and stat.S_ISREG(info.st_mode):
