@@ -8,6 +8,9 @@ from pathlib import Path
 
 import click
 
+from fmnist_mlp.io.terminal import StdoutClosed   # raised instead of BrokenPipeError (which
+                                                  # click would turn into a silent exit 1)
+
 EXIT_CODES_HELP = """\b
 Exit codes:
   0    success
@@ -26,16 +29,22 @@ json_option = click.option("--json", "as_json", is_flag=True,
                             help="Print one JSON object on stdout and nothing else there.")
 
 
-class StdoutClosed(Exception):
-    """Raised instead of BrokenPipeError, which click would turn into a silent exit 1."""
-
-
 class Group(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except BrokenPipeError:
             raise StdoutClosed from None
+
+
+def click_message(exc: click.ClickException) -> str:
+    """What click would print for a usage error (usage line, hint, "Error: ..."), as text for
+    :func:`fmnist_mlp.io.terminal.show`: the offending value may be the user's escape sequence."""
+    import io
+
+    text = io.StringIO()
+    exc.show(file=text)
+    return text.getvalue()
 
 
 def json_dumps(obj) -> str:

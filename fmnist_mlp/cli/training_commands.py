@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from fmnist_mlp.io.printable import printable
+from fmnist_mlp.io.terminal import emit, show
 from fmnist_mlp.cli.common import (
     EXIT_CODES_HELP,
     data_dir_option,
@@ -73,7 +73,7 @@ def train(config_path, overrides, name, runs_dir, data_dir, resume_dir, quiet, t
     reporter.message(f"finished: best val acc {s['best_val_acc']:.4f} (epoch {s['best_epoch']}), "
                      f"test acc {s['test_acc']:.4f}, {s['wall_time']:.1f}s"
                      + (f"; {s['message']}" if s.get("message") else ""))
-    click.echo(json_dumps(s) if as_json else str(result.run_dir))   # exact: scripts read it
+    emit(json_dumps(s) if as_json else result.run_dir)   # exact: scripts read it
 
 
 @click.command()
@@ -91,7 +91,7 @@ def download(data_dir, sources, force, quiet):
 
     path = ensure_dataset(data_dir, sources=list(sources) or None, force=force, progress=not quiet)
     load_raw(path, sources=[], progress=False)      # a damaged decoded array is decoded again
-    click.echo(printable(path))
+    show(path, err=False)
 
 
 @click.command()
@@ -118,11 +118,11 @@ def gradcheck(config_path, overrides, samples, real, data_dir, tolerance, max_en
     errors = run_gradcheck(load_config(config_path, overrides), samples=samples, real=real,
                            data_dir=data_dir, max_entries=max_entries)
     for name, err in errors.items():
-        click.echo(f"{name:<12} {err:.3e}")
+        show(f"{name:<12} {err:.3e}", err=False)
     worst = max(errors.values())
     passed = worst <= tolerance     # False for a NaN error or a NaN tolerance: never "ok"
     verdict = "ok" if passed else "FAILED"
-    click.echo(f"max relative error {worst:.3e} ({verdict}, tolerance {tolerance:g})")
+    show(f"max relative error {worst:.3e} ({verdict}, tolerance {tolerance:g})", err=False)
     if not passed:
         raise SystemExit(1)
 

@@ -27,7 +27,7 @@ from fmnist_mlp.io.lock import FileLock
 from fmnist_mlp.data.manifest import file_entry as manifest_entry
 from fmnist_mlp.data.manifest import file_sha256, load_manifest, save_manifest
 from fmnist_mlp.data.manifest import matches as manifest_matches
-from fmnist_mlp.io.files import clean_stale_tmp, new_temporary
+from fmnist_mlp.io.files import check_new_dirs, clean_stale_tmp, new_temporary
 from fmnist_mlp.data.idx import max_stored_bytes
 from fmnist_mlp.data.specs import FASHION_MNIST_FILES, FileSpec, verify_file
 
@@ -105,6 +105,7 @@ def ensure_dataset(data_dir: str | Path | None = None, sources: Sequence[str] | 
     and why it failed, plus how to fix it.
     """
     data_dir = resolve_data_dir(data_dir)
+    check_new_dirs(data_dir, "--data-dir", ConfigError)
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

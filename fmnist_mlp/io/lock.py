@@ -10,7 +10,6 @@ from __future__ import annotations
 import fcntl
 import os
 import socket
-import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -28,7 +27,9 @@ class LockHeld(DataError):
 
 
 def _to_stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    from fmnist_mlp.io.terminal import show
+
+    show(message)
 
 
 def _record_holder(fd: int) -> None:
@@ -138,7 +139,7 @@ def is_held(path: str | Path) -> bool:
     """Whether a live process holds the lock at ``path``, asked read-only (nothing is created or
     written: a missing lock file was never held)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)   # a FIFO: no wait
     except OSError:
         return False
     try:

@@ -51,11 +51,7 @@ def create_run_dir(runs_dir: str | Path, name: str) -> Path:
     impossible, even for eight trainings started in the same second.
     """
     validate_run_name(name)
-    runs_dir = Path(runs_dir)
-    try:
-        runs_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"--runs-dir {runs_dir}: cannot create directory ({exc.strerror})") from None
+    runs_dir = safe_io.make_dirs(runs_dir, "--runs-dir", ConfigError)
     stamp = time.strftime(layout.STAMP_FORMAT)
     for _ in range(100):
         run_dir = runs_dir / layout.run_dir_name(stamp, name, secrets.token_hex(3))
@@ -74,6 +70,7 @@ def create_run_dir(runs_dir: str | Path, name: str) -> Path:
 def check_runs_dir_writable(runs_dir: str | Path) -> None:
     """ConfigError (exit 2) when ``runs_dir``, or the nearest folder that exists above it, cannot
     be written (read-only mount, permissions): said before any data is fetched or decoded."""
+    safe_io.check_new_dirs(runs_dir, "--runs-dir", ConfigError)
     path = Path(runs_dir).absolute()
     while not path.exists() and path != path.parent:
         path = path.parent

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any
 
 from fmnist_mlp.errors import ConfigError, FmnistMlpError
 from fmnist_mlp.io.lock import FileLock
+from fmnist_mlp.io.terminal import show
 from fmnist_mlp.io.printable import printable
 
 DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "grpc": 13000}
@@ -246,8 +246,8 @@ def _journal(path: Path, read_only: bool):
         os.close(fd)
         cut = _repair(path)
         if cut:
-            print(f"{path}: removed a partial last line ({cut} bytes: a writer was stopped "
-                  f"mid-record; every whole record is kept)", file=sys.stderr, flush=True)
+            show(f"{path}: removed a partial last line ({cut} bytes: a writer was stopped "
+                 f"mid-record; every whole record is kept)")
         for _ in ReadOnlyJournal(path).read_logs(0):     # damage elsewhere: one line, now
             pass
     return JournalStorage(JournalFileBackend(str(path), lock_obj=lock))

@@ -6,10 +6,10 @@ so NO_COLOR is trivially honoured.
 
 from __future__ import annotations
 
-import sys
 import time
 from typing import Any, Mapping, TextIO
 
+from fmnist_mlp.io.terminal import ProgressStream, progress_stream, show
 from fmnist_mlp.rundir.files import format_epoch
 
 
@@ -18,7 +18,7 @@ class ProgressReporter:
 
     def __init__(self, total_epochs: int | None = None, quiet: bool = False,
                  stream: TextIO | None = None):
-        self.stream = stream or sys.stderr
+        self.stream = stream or progress_stream()     # the one door to the terminal
         self.total_epochs = total_epochs      # None: learnt from the loop's settings at the start
         self.use_bars = not quiet and _isatty(self.stream)
         self._bar: Any = None
@@ -45,11 +45,18 @@ class ProgressReporter:
 
     def on_epoch_end(self, metrics: Mapping[str, float], state: Any, is_best: bool) -> None:
         self.close()
-        print(format_epoch(metrics, self.total_epochs, is_best), file=self.stream, flush=True)
+        self._line(format_epoch(metrics, self.total_epochs, is_best))
 
     def message(self, text: str) -> None:
         self.close()
-        print(text, file=self.stream, flush=True)
+        self._line(text)
+
+    def _line(self, text: str) -> None:
+        if self.stream is None or isinstance(self.stream, ProgressStream):
+            show(text)
+        else:                                   # a caller's own stream (tests, notebooks)
+            self.stream.write(f"{text}\n")
+            self.stream.flush()
 
     def close(self) -> None:
         if self._bar is not None:
