@@ -27,7 +27,7 @@ from fmnist_mlp.io.lock import FileLock
 from fmnist_mlp.data.manifest import file_entry as manifest_entry
 from fmnist_mlp.data.manifest import file_sha256, load_manifest, save_manifest
 from fmnist_mlp.data.manifest import matches as manifest_matches
-from fmnist_mlp.io.files import check_new_dirs, clean_stale_tmp, new_temporary
+from fmnist_mlp.io.files import check_new_dirs, clean_stale_tmp, expand_user, new_temporary
 from fmnist_mlp.data.idx import max_stored_bytes
 from fmnist_mlp.data.specs import FASHION_MNIST_FILES, FileSpec, verify_file
 
@@ -50,10 +50,10 @@ HOW_TO_FIX = (
 def default_data_dir() -> Path:
     """The cache folder: $FMNIST_MLP_DATA_DIR, else $XDG_CACHE_HOME/fmnist-mlp, else ~/.cache/fmnist-mlp."""
     if os.environ.get("FMNIST_MLP_DATA_DIR"):
-        return Path(os.environ["FMNIST_MLP_DATA_DIR"]).expanduser()
+        return expand_user(os.environ["FMNIST_MLP_DATA_DIR"], "$FMNIST_MLP_DATA_DIR", ConfigError)
     # The XDG spec says a relative XDG_CACHE_HOME is invalid and to be ignored.
     if os.path.isabs(os.path.expanduser(os.environ.get("XDG_CACHE_HOME", ""))):
-        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "fmnist-mlp"
+        return expand_user(os.environ["XDG_CACHE_HOME"], "$XDG_CACHE_HOME", ConfigError) / "fmnist-mlp"
     home = os.environ.get("HOME")
     home = os.path.expanduser("~") if home is None else home     # unset: the password entry
     if not os.path.isabs(home) or home.rstrip("/") == "":
@@ -66,7 +66,8 @@ def default_data_dir() -> Path:
 
 def resolve_data_dir(data_dir: str | Path | None) -> Path:
     """``data_dir`` (the CLI's --data-dir) when given, else :func:`default_data_dir`."""
-    return Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
+    return (expand_user(data_dir, "--data-dir", ConfigError) if data_dir is not None
+            else default_data_dir())
 
 
 def default_sources() -> list[str]:
@@ -247,7 +248,7 @@ def _copy_to(source: str, spec: FileSpec, tmp: Path, context: _FetchContext) -> 
         return url
     if "://" in source:
         raise DataError(f"{source}: unsupported source (give a folder, or an http:// or https:// URL)")
-    folder = Path(source).expanduser()
+    folder = expand_user(source, "--source", DataError)
     if not folder.is_dir():
         raise DataError(f"{folder}: no such folder")
     # Accept the .gz name and the decompressed one (some tools unpack the files).

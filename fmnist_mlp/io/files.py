@@ -109,6 +109,20 @@ def dir_inside(base: str | os.PathLike, relative: str | os.PathLike, create: boo
     return Path(base) / relative
 
 
+def expand_user(path: str | os.PathLike, what: str,
+                error: type[FmnistMlpError] = FmnistMlpError) -> Path:
+    """``path`` with a leading ``~`` or ``~user`` expanded; one line naming ``what`` when it
+    cannot be (no such user, no home folder) instead of ``Path.expanduser``'s RuntimeError."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:
+        from fmnist_mlp.io.printable import printable
+
+        user = os.fspath(path).split("/", 1)[0]
+        raise error(f"{what} {printable(os.fspath(path))}: cannot expand {printable(user)} "
+                    f"(no such user, or no home folder); give the folder in full") from None
+
+
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from fmnist_mlp.errors import ConfigError, FmnistMlpError
+from fmnist_mlp.io.files import expand_user
 from fmnist_mlp.io.lock import FileLock
 from fmnist_mlp.io.terminal import show
 from fmnist_mlp.io.printable import printable
@@ -57,7 +58,7 @@ def parse_storage(url: str | None) -> StorageRef:
     if not isinstance(url, str) or not url.strip() or any(ord(c) < 32 for c in url):
         raise ConfigError(f"--storage {printable(repr(url))}: expected a URL or a journal file path")
     if "://" not in url:
-        path = Path(url).expanduser().absolute()
+        path = expand_user(url, "--storage", ConfigError).absolute()
         return StorageRef(str(path), "journal", str(path))
     scheme = url.split("://", 1)[0].lower()
     if scheme == "grpc":
@@ -83,7 +84,7 @@ def parse_storage(url: str | None) -> StorageRef:
         if not database or database == ":memory:":
             raise ConfigError(f"--storage {printable(shown)}: an in-memory database is not shared "
                               f"by workers; name a file (sqlite:///path/study.db)")
-        path = Path(database).expanduser().absolute()
+        path = expand_user(database, "--storage", ConfigError).absolute()
         url = str(parsed.set(database=str(path)).render_as_string(hide_password=False))
         shown = f"sqlite:///{path}"
     return StorageRef(url, "database", printable(shown))
