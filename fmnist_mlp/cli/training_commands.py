@@ -48,6 +48,10 @@ def train(config_path, overrides, name, runs_dir, data_dir, resume_dir, quiet, t
     if resume_dir is not None and (config_path or overrides or name):
         raise click.UsageError("--resume continues a run with its own config; "
                                "do not combine it with --config, --set or --name")
+    if resume_dir is not None and (click.get_current_context().get_parameter_source("runs_dir")
+                                   is not click.core.ParameterSource.DEFAULT):
+        raise click.UsageError("--resume continues the run in its own directory: --runs-dir "
+                               "does not apply to it")
     if resume_dir is not None and tensorboard:
         raise click.UsageError("--resume uses the run's own config: --tensorboard applies to new "
                                "runs (train.tensorboard in the config)")

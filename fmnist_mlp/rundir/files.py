@@ -244,8 +244,16 @@ def checkpoint_bytes(ckpt: Checkpoint) -> bytes:
     meta = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **ckpt.meta}
     arrays["meta"] = np.array(json.dumps(meta))
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    return buffer.getvalue()
+    try:
+        np.savez(buffer, **arrays)
+        return buffer.getvalue()
+    except (MemoryError, ValueError) as exc:
+        # numpy's zip writer, interrupted by a MemoryError, fails again closing its member
+        # ("I/O operation on closed file"): the memory is the cause either way.
+        if not isinstance(exc, MemoryError) and not isinstance(exc.__context__, MemoryError):
+            raise
+        raise CheckpointError("not enough memory to write the checkpoint (the previous "
+                              "epoch's checkpoint, if any, is kept)") from None
 
 
 def save_checkpoint(paths: Path | Iterable[Path], ckpt: Checkpoint | bytes,
