@@ -8,8 +8,10 @@
 - :func:`open_inside` / :func:`dir_inside` open a path *below* a trusted directory (a run
   directory) one component at a time with ``O_NOFOLLOW``: a ``train.log``, ``checkpoints`` or
   ``plots`` planted as a symbolic link is refused with one line instead of being followed.
-- :func:`read_regular_file` reads a small file the user names (a config): a FIFO, a device such as
-  ``/dev/zero`` or an oversized file is refused before reading, so nothing waits or fills memory.
+- :class:`OpenDir` opens a directory once and writes its entries relative to that descriptor
+  (``openat``), so a folder checked and then swapped for a link is never written through.
+
+Reading is the twin module :mod:`fmnist_mlp.io.reader`.
 
 Every failure is a :class:`~fmnist_mlp.errors.FmnistMlpError` naming the file.
 """
@@ -409,43 +411,5 @@ def clean_stale_tmp(directory: str | os.PathLike, legacy: bool = False) -> list[
         return []
     try:
         return _remove_stale(fd, directory, legacy=legacy)
-    finally:
-        os.close(fd)
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading a small file the user names
-
-
-def read_regular_file(path: str | os.PathLike, max_bytes: int, what: str,
-                      error: type[FmnistMlpError] = FmnistMlpError) -> bytes:
-    """The bytes of ``path`` if it is a regular file of at most ``max_bytes``; else ``error``.
-
-    Opened with O_NONBLOCK so that a FIFO with no writer cannot block the open itself.
-    """
-    path = Path(path)
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError:
-        raise error(f"{path}: {what} not found") from None
-    except OSError as exc:
-        raise error(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise error(f"{path}: not a regular file (a device, FIFO or socket); give the {what} "
-                        f"as a file")
-        if info.st_size > max_bytes:
-            raise error(f"{path}: {info.st_size} bytes is too large for a {what} "
-                        f"(limit {max_bytes})")
-        chunks, total = [], 0
-        while chunk := os.read(fd, 1 << 16):
-            total += len(chunk)
-            if total > max_bytes:      # it grew while we read
-                raise error(f"{path}: more than {max_bytes} bytes; too large for a {what}")
-            chunks.append(chunk)
-        return b"".join(chunks)
-    except OSError as exc:
-        raise error(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
     finally:
         os.close(fd)

@@ -73,11 +73,11 @@ def open_regular(path: str | os.PathLike, what: str, *, max_bytes: int | None = 
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise error(f"{path}: not a regular file (a directory, device, FIFO or socket); "
-                        f"a {what} must be a file")
+            raise error(f"{path}: not a regular file (a device, FIFO or socket); give the "
+                        f"{what} as a file")
         if max_bytes is not None and info.st_size > max_bytes:
-            raise error(f"{path}: {info.st_size} bytes is more than a {what} can hold "
-                        f"(at most {max_bytes})")
+            raise error(f"{path}: {info.st_size} bytes is too large for a {what} "
+                        f"(limit {max_bytes})")
         os.set_blocking(fd, True)
     except BaseException:
         os.close(fd)
@@ -88,9 +88,14 @@ def open_regular(path: str | os.PathLike, what: str, *, max_bytes: int | None = 
 def read_regular(path: str | os.PathLike, what: str, max_bytes: int, *,
                  base: str | os.PathLike | None = None, follow_links: bool = False,
                  error: type[FmnistMlpError] = FmnistMlpError) -> bytes:
-    """The bytes of regular file ``path`` (:func:`open_regular`), at most ``max_bytes``."""
-    with open_regular(path, what, max_bytes=max_bytes, base=base, follow_links=follow_links,
-                      error=error) as f:
+    """The bytes of regular file ``path`` (:func:`open_regular`), at most ``max_bytes``; a
+    missing file is ``error`` too ("<path>: <what> not found")."""
+    try:
+        f = open_regular(path, what, max_bytes=max_bytes, base=base, follow_links=follow_links,
+                         error=error)
+    except FileNotFoundError:
+        raise error(f"{path}: {what} not found") from None
+    with f:
         try:
             data = f.read(max_bytes + 1)
         except OSError as exc:

@@ -88,11 +88,11 @@ def load_yaml(text: str, label: str) -> Any:
 
 
 def load_yaml_file(path: str | Path, what: str, error: type[FmnistMlpError] = ConfigError) -> Any:
-    """``path`` read as a bounded regular file (:func:`fmnist_mlp.io.files.read_regular_file`),
+    """``path`` read as a bounded regular file (:func:`fmnist_mlp.io.reader.read_regular`),
     decoded as UTF-8 and parsed with :func:`load_yaml`: how every YAML file a user names is read."""
-    from fmnist_mlp.io.files import read_regular_file
+    from fmnist_mlp.io.reader import read_regular
 
-    raw = read_regular_file(path, MAX_CONFIG_BYTES, what, error=error)
+    raw = read_regular(path, what, MAX_CONFIG_BYTES, follow_links=True, error=error)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

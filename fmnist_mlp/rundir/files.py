@@ -127,15 +127,21 @@ class MetricsWriter:
         self._file.close()
 
 
+_MAX_METRICS_CHARS = 256 << 20     # ~300 bytes an epoch: some 900,000 epochs
+
+
 def read_metrics(run_dir: str | Path) -> list[dict]:
     """The per-epoch metrics of a run; a truncated last line (crash mid-write) is skipped."""
     try:
         with safe_io.open_inside(run_dir, layout.METRICS, "r") as f:
-            text = f.read()
+            text = f.read(_MAX_METRICS_CHARS + 1)     # a sparse file of terabytes: not read
     except FileNotFoundError:
         return []
     except (OSError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{Path(run_dir) / layout.METRICS}: unreadable ({exc})") from None
+    if len(text) > _MAX_METRICS_CHARS:
+        raise CheckpointError(f"{Path(run_dir) / layout.METRICS}: more than "
+                              f"{_MAX_METRICS_CHARS} characters, more than a run writes")
     rows = []
     for line in text.splitlines():
         try:
