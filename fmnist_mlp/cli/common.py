@@ -18,7 +18,7 @@ Exit codes:
   2    usage or config error (nothing is created on disk)
   3    training diverged (NaN/inf loss): the run is marked failed
   130  interrupted (Ctrl-C / SIGTERM): the run is saved and can be resumed
-  141  stdout was closed early (e.g. piped into head): nothing more is printed
+  141  stdout was closed (piped into head, or >&-): nothing more is printed
 """
 
 data_dir_option = click.option(
