@@ -210,3 +210,21 @@ def test_a_usage_error_naming_an_escape_sequence_shows_it_escaped(tmp_path):
     proc = fmnist("eval", tmp_path, "--split", ESCAPE)
     assert proc.returncode == 2
     assert "\x1b" not in proc.stderr and "\\x1b]0;pwned" in proc.stderr
+
+
+def test_sweep_status_and_report_show_a_journals_run_dir_escaped(needs_optuna, real_data_dir,
+                                                                  tmp_path):
+    # Cause 10: sweep status/report printed a trial's run_dir from the journal unfiltered.
+    from sweep_helpers import run_tiny_sweep
+
+    _, sweep_dir = run_tiny_sweep(tmp_path, real_data_dir, trials=1)
+    journal = sweep_dir / "study.journal"
+    (run,) = (sweep_dir / "runs").iterdir()
+    text = journal.read_text()
+    assert text.count(json.dumps(run.name)[1:-1]) >= 1
+    journal.write_text(text.replace(run.name, run.name + "\\u001b]0;pwned\\u0007"))
+    for argv in (["sweep", "status", sweep_dir], ["sweep", "report", sweep_dir, "--out",
+                                                  tmp_path / "report"]):
+        proc = fmnist(*argv)
+        assert proc.returncode == 0, proc.stderr
+        assert "\x1b" not in proc.stdout + proc.stderr and "\\x1b]0;pwned" in proc.stdout

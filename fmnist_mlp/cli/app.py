@@ -28,9 +28,10 @@ for command in (train, eval_command, predict, export, runs_command, download, gr
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: package errors become one line on stderr and their exit code."""
-    from fmnist_mlp.io.terminal import guard_standard_streams
+    from fmnist_mlp.io.terminal import guard_standard_streams, route_warnings
 
     guard_standard_streams()     # a closed fd 1 or 2 must not be reused by a file we open
+    route_warnings()
     # SIGTERM is Ctrl-C for every command (exit 130, "interrupted"), as the exit-code table says;
     # train also saves its run first (sigterm_as_interrupt keeps this handler in place).
     sigterm = sigterm_as_interrupt().__enter__()

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from fmnist_mlp.errors import DataError
+from fmnist_mlp.errors import DataError, FmnistMlpError
 from fmnist_mlp.io.printable import printable
 
 
@@ -112,10 +112,12 @@ class FileLock:
 
     def holder(self) -> str:
         """Who holds the lock, as its holder recorded it: "process 123 on host-a"."""
-        try:
-            with open(self.path, "rb") as f:
-                pid, _, host = f.read(256).decode("utf-8", "replace").strip().partition(" ")
-        except OSError:
+        from fmnist_mlp.io.reader import read_regular
+
+        try:     # a regular file, not through a link, a few bytes: never a wait on a FIFO
+            text = read_regular(self.path, "lock file", 256).decode("utf-8", "replace")
+            pid, _, host = text.strip().partition(" ")
+        except (OSError, FmnistMlpError):
             pid, host = "", ""
         if not pid.isdigit():
             return "another fmnist-mlp process"

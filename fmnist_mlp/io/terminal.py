@@ -125,6 +125,16 @@ def guard_standard_streams() -> None:
                 pass
 
 
+def route_warnings() -> None:
+    """Python's warnings (which may quote a file name) go through :func:`show` as well."""
+    import warnings
+
+    def show_warning(message, category, filename, lineno, file=None, line=None):
+        show(warnings.formatwarning(message, category, filename, lineno, line), end="")
+
+    warnings.showwarning = show_warning
+
+
 def _write_stdout(data: bytes) -> None:
     stream = sys.stdout
     if stream is None:      # closed when the process started
