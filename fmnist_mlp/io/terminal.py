@@ -140,14 +140,7 @@ def _write_stdout(data: bytes) -> None:
     if stream is None:      # closed when the process started
         raise StdoutClosed
     try:
-        stream.flush()                      # text another writer left in the text layer
-        buffer = getattr(stream, "buffer", None)
-        if buffer is not None:
-            buffer.write(data)
-            buffer.flush()
-        else:
-            stream.write(data.decode("utf-8", "surrogateescape"))
-            stream.flush()
+        _write(stream, data)
     except (OSError, ValueError) as exc:
         _stdout_failed(exc)
 
@@ -168,17 +161,22 @@ def _write_stderr(data: bytes) -> None:
     if stream is None or _stderr_broken:
         return
     try:
-        buffer = getattr(stream, "buffer", None)
-        stream.flush()
-        if buffer is not None:
-            buffer.write(data)
-            buffer.flush()
-        else:
-            stream.write(data.decode("utf-8", "surrogateescape"))
-            stream.flush()
+        _write(stream, data)
     except (OSError, ValueError):
         _stderr_broken = True
         _silence(stream)
+
+
+def _write(stream, data: bytes) -> None:
+    """``data`` to ``stream``'s bytes, after whatever its text layer still holds; flushed."""
+    stream.flush()
+    buffer = getattr(stream, "buffer", None)
+    if buffer is not None:
+        buffer.write(data)
+        buffer.flush()
+    else:                   # a text-only stream (a test's StringIO): the same bytes as text
+        stream.write(data.decode("utf-8", "surrogateescape"))
+        stream.flush()
 
 
 def _silence(stream) -> None:
