@@ -89,11 +89,14 @@ def read_regular(path: str | os.PathLike, what: str, max_bytes: int, *,
                  base: str | os.PathLike | None = None, follow_links: bool = False,
                  error: type[FmnistMlpError] = FmnistMlpError) -> bytes:
     """The bytes of regular file ``path`` (:func:`open_regular`), at most ``max_bytes``; a
-    missing file is ``error`` too ("<path>: <what> not found")."""
+    missing file is ``error`` too ("<path>: <what> not found"), except below ``base``, where it
+    stays FileNotFoundError (a run's optional file)."""
     try:
         f = open_regular(path, what, max_bytes=max_bytes, base=base, follow_links=follow_links,
                          error=error)
     except FileNotFoundError:
+        if base is not None:
+            raise
         raise error(f"{path}: {what} not found") from None
     with f:
         try:

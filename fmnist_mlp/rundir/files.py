@@ -26,6 +26,7 @@ from fmnist_mlp.rundir import guard as run_guard
 from fmnist_mlp.rundir import layout
 from fmnist_mlp.io import files as safe_io
 from fmnist_mlp.errors import CheckpointError, ConfigError
+from fmnist_mlp.io.reader import read_regular
 
 CHECKPOINT_FORMAT = "fmnist-mlp-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -127,21 +128,21 @@ class MetricsWriter:
         self._file.close()
 
 
-_MAX_METRICS_CHARS = 256 << 20     # ~300 bytes an epoch: some 900,000 epochs
+_MAX_METRICS_BYTES = 256 << 20     # ~300 bytes an epoch: some 900,000 epochs
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
     """The per-epoch metrics of a run; a truncated last line (crash mid-write) is skipped."""
+    path = Path(run_dir) / layout.METRICS
     try:
-        with safe_io.open_inside(run_dir, layout.METRICS, "r") as f:
-            text = f.read(_MAX_METRICS_CHARS + 1)     # a sparse file of terabytes: not read
+        # A regular file below the run directory, no link, bounded: a sparse file of
+        # terabytes is refused from its size, a FIFO is never waited on.
+        text = read_regular(path, "metrics file", _MAX_METRICS_BYTES, base=run_dir,
+                            error=CheckpointError).decode("utf-8")
     except FileNotFoundError:
         return []
     except (OSError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{Path(run_dir) / layout.METRICS}: unreadable ({exc})") from None
-    if len(text) > _MAX_METRICS_CHARS:
-        raise CheckpointError(f"{Path(run_dir) / layout.METRICS}: more than "
-                              f"{_MAX_METRICS_CHARS} characters, more than a run writes")
+        raise CheckpointError(f"{path}: unreadable ({exc})") from None
     rows = []
     for line in text.splitlines():
         try:
@@ -172,8 +173,8 @@ def overwrite_summary_in_place(run_dir: str | Path, summary: Mapping[str, Any]) 
 def read_summary(run_dir: str | Path) -> dict:
     path = Path(run_dir) / layout.SUMMARY
     try:
-        with safe_io.open_inside(run_dir, layout.SUMMARY, "r") as f:
-            data = json.loads(f.read(_MAX_SUMMARY_BYTES + 1)[:_MAX_SUMMARY_BYTES])
+        data = json.loads(read_regular(path, "run summary", _MAX_SUMMARY_BYTES, base=run_dir,
+                                       error=CheckpointError).decode("utf-8"))
     except FileNotFoundError:
         raise CheckpointError(f"{run_dir}: not a run directory (no summary.json)") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
