@@ -257,3 +257,16 @@ def test_open_regular_refuses_links_fifos_devices_and_oversized_files(tmp_path):
     assert open_regular(sub / "f", "file", base=tmp_path / "base").read() == b"x"
     with pytest.raises(FmnistMlpError, match="symbolic link"):
         open_regular(tmp_path / "base" / "linked" / "f", "file", base=tmp_path / "base")
+
+
+def test_a_source_file_larger_than_the_file_it_stands_for_is_not_copied(tmp_path):
+    from fmnist_mlp.data.download import ensure_dataset
+    from fmnist_mlp.errors import DataError
+
+    folder, cache = tmp_path / "src", tmp_path / "cache"
+    specs = write_synthetic_dataset(folder, n_train=100, n_test=20, seed=5)
+    with open(folder / specs[0].filename, "r+b") as f:      # a sparse 1 GB file of that name
+        f.truncate(1 << 30)
+    with pytest.raises(DataError, match="too large for a dataset file"):
+        ensure_dataset(cache, [str(folder)], progress=False, specs=specs)
+    assert not any(p.stat().st_size > 1 << 20 for p in cache.iterdir())

@@ -24,6 +24,7 @@ from typing import Iterable, Sequence
 from fmnist_mlp.errors import ConfigError, DataError
 from fmnist_mlp.data.http import HostUnreachableError, HttpOptions, StalledError, download_url, make_session
 from fmnist_mlp.io.lock import FileLock
+from fmnist_mlp.io.reader import open_regular
 from fmnist_mlp.data.manifest import file_entry as manifest_entry
 from fmnist_mlp.data.manifest import file_sha256, load_manifest, save_manifest
 from fmnist_mlp.data.manifest import matches as manifest_matches
@@ -256,7 +257,12 @@ def _copy_to(source: str, spec: FileSpec, tmp: Path, context: _FetchContext) -> 
         candidate = folder / name
         if candidate.is_file():
             try:
-                shutil.copyfile(candidate, tmp)
+                # Regular, and no larger than such a file can be: a sparse file of terabytes
+                # in a source folder is not copied into the cache to be found wrong after.
+                with open_regular(candidate, "dataset file", follow_links=True, error=DataError,
+                                  max_bytes=max_stored_bytes(spec.size)) as src, \
+                        open(tmp, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
             except OSError as exc:
                 raise DataError(f"{candidate}: cannot read: {exc.strerror or exc}") from None
             return str(candidate)
