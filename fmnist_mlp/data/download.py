@@ -28,7 +28,8 @@ from fmnist_mlp.io.reader import open_regular
 from fmnist_mlp.data.manifest import file_entry as manifest_entry
 from fmnist_mlp.data.manifest import file_sha256, load_manifest, save_manifest
 from fmnist_mlp.data.manifest import matches as manifest_matches
-from fmnist_mlp.io.files import check_new_dirs, clean_stale_tmp, expand_user, new_temporary
+from fmnist_mlp.io.files import clean_stale_tmp, new_temporary
+from fmnist_mlp.io.paths import check_new_dirs, expand_user
 from fmnist_mlp.data.idx import max_stored_bytes
 from fmnist_mlp.data.specs import FASHION_MNIST_FILES, FileSpec, verify_file
 

@@ -111,52 +111,6 @@ def dir_inside(base: str | os.PathLike, relative: str | os.PathLike, create: boo
     return Path(base) / relative
 
 
-def expand_user(path: str | os.PathLike, what: str,
-                error: type[FmnistMlpError] = FmnistMlpError) -> Path:
-    """``path`` with a leading ``~`` or ``~user`` expanded; one line naming ``what`` when it
-    cannot be (no such user, no home folder) instead of ``Path.expanduser``'s RuntimeError."""
-    try:
-        return Path(path).expanduser()
-    except RuntimeError:
-        from fmnist_mlp.io.printable import printable
-
-        user = os.fspath(path).split("/", 1)[0]
-        raise error(f"{what} {printable(os.fspath(path))}: cannot expand {printable(user)} "
-                    f"(no such user, or no home folder); give the folder in full") from None
-
-
-_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
-def check_new_dirs(path: str | os.PathLike, what: str,
-                   error: type[FmnistMlpError] = FmnistMlpError) -> None:
-    """Refuse to create a folder whose name holds a control character (a newline, an escape
-    sequence): such a path cannot be printed for people, nor read back by a script one line at a
-    time. Only the components that do not exist yet are checked."""
-    path = Path(path)
-    missing = []
-    while not os.path.lexists(path) and path != path.parent:
-        missing.append(path.name)
-        path = path.parent
-    for name in missing:
-        if _CONTROL_CHARS.search(name):
-            from fmnist_mlp.io.printable import printable
-
-            raise error(f"{what} {printable(name)!s}: refusing to create a folder whose name "
-                        f"holds control characters")
-
-
-def make_dirs(path: str | os.PathLike, what: str,
-              error: type[FmnistMlpError] = FmnistMlpError) -> Path:
-    """``mkdir -p path`` after :func:`check_new_dirs`; OSError as ``error`` naming ``what``."""
-    check_new_dirs(path, what, error)
-    try:
-        Path(path).mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise error(f"{what} {path}: cannot create directory ({exc.strerror or exc})") from None
-    return Path(path)
-
-
 class OpenDir:
     """A directory opened once (``openat``-style): every entry written or read through it is
     relative to that open descriptor, so the directory swapped for a link after it was checked

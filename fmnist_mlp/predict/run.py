@@ -11,7 +11,8 @@ import numpy as np
 
 from fmnist_mlp.data.facts import NUM_CLASSES
 from fmnist_mlp.errors import ConfigError
-from fmnist_mlp.io.files import FileWriteError, TargetExists, atomic_write, check_new_dirs
+from fmnist_mlp.io.files import FileWriteError, TargetExists, atomic_write
+from fmnist_mlp.io.paths import check_new_dirs
 from fmnist_mlp.io.printable import printable, valid_text
 from fmnist_mlp.predict.images import ImageReadError, expand_paths, read_grayscale, require_pillow
 from fmnist_mlp.predict.preprocess import SIDE, to_fashion_mnist

@@ -26,6 +26,7 @@ from fmnist_mlp.rundir import guard as run_guard
 from fmnist_mlp.rundir import layout
 from fmnist_mlp.io import files as safe_io
 from fmnist_mlp.errors import CheckpointError, ConfigError
+from fmnist_mlp.io.paths import check_new_dirs, make_dirs
 from fmnist_mlp.io.reader import read_regular
 
 CHECKPOINT_FORMAT = "fmnist-mlp-checkpoint"
@@ -52,7 +53,7 @@ def create_run_dir(runs_dir: str | Path, name: str) -> Path:
     impossible, even for eight trainings started in the same second.
     """
     validate_run_name(name)
-    runs_dir = safe_io.make_dirs(runs_dir, "--runs-dir", ConfigError)
+    runs_dir = make_dirs(runs_dir, "--runs-dir", ConfigError)
     stamp = time.strftime(layout.STAMP_FORMAT)
     for _ in range(100):
         run_dir = runs_dir / layout.run_dir_name(stamp, name, secrets.token_hex(3))
@@ -71,7 +72,7 @@ def create_run_dir(runs_dir: str | Path, name: str) -> Path:
 def check_runs_dir_writable(runs_dir: str | Path) -> None:
     """ConfigError (exit 2) when ``runs_dir``, or the nearest folder that exists above it, cannot
     be written (read-only mount, permissions): said before any data is fetched or decoded."""
-    safe_io.check_new_dirs(runs_dir, "--runs-dir", ConfigError)
+    check_new_dirs(runs_dir, "--runs-dir", ConfigError)
     path = Path(runs_dir).absolute()
     while not path.exists() and path != path.parent:
         path = path.parent

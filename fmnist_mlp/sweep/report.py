@@ -17,7 +17,8 @@ from fmnist_mlp.rundir import files as runs
 from fmnist_mlp.config.load import dump_config
 from fmnist_mlp.config.validate import config_from_dict
 from fmnist_mlp.errors import ConfigError, FmnistMlpError, require_extra
-from fmnist_mlp.io.files import FileWriteError, atomic_write, check_new_dirs, dir_inside
+from fmnist_mlp.io.files import FileWriteError, atomic_write, dir_inside
+from fmnist_mlp.io.paths import check_new_dirs
 from fmnist_mlp.io.printable import printable
 from fmnist_mlp.sweep.status import format_trials, space_of, sweep_status
 from fmnist_mlp.sweep.study import Sweep, import_optuna

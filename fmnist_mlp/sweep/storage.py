@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from fmnist_mlp.errors import ConfigError, FmnistMlpError
-from fmnist_mlp.io.files import expand_user
+from fmnist_mlp.io.paths import expand_user
 from fmnist_mlp.io.lock import FileLock
 from fmnist_mlp.io.terminal import show
 from fmnist_mlp.io.printable import printable

@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from fmnist_mlp.errors import ConfigError, FmnistMlpError, require_extra
-from fmnist_mlp.io.files import FileWriteError, TargetExists, atomic_write, check_new_dirs
+from fmnist_mlp.io.files import FileWriteError, TargetExists, atomic_write
+from fmnist_mlp.io.paths import check_new_dirs
 from fmnist_mlp.io.printable import printable
 from fmnist_mlp.sweep.flocks import claim_lock
 from fmnist_mlp.sweep.ownership import heartbeat_settings
