@@ -49,9 +49,13 @@ def require_matplotlib() -> None:
     if home is not None and (not os.path.isabs(home) or home.rstrip("/") == "") \
             and "MPLCONFIGDIR" not in os.environ:
         # HOME="": matplotlib would put its config and font cache under / (or the current folder).
+        # A private folder for this process, removed when it exits (one per plot would pile up).
+        import atexit
+        import shutil
         import tempfile
 
-        os.environ["MPLCONFIGDIR"] = tempfile.mkdtemp(prefix="fmnist-mlp-matplotlib-")
+        os.environ["MPLCONFIGDIR"] = config_dir = tempfile.mkdtemp(prefix="fmnist-mlp-matplotlib-")
+        atexit.register(shutil.rmtree, config_dir, ignore_errors=True)
     require_extra("matplotlib", "plot", feature="plotting")
 
 
@@ -68,13 +72,19 @@ def _new_figure(figsize: tuple[float, float]):
 
 def _save(fig, path: str | os.PathLike) -> Path:
     """Write fig as PNG atomically (:func:`fmnist_mlp.io.files.atomic_write`), so a reader never
-    sees half a file and a planted link at the PNG's name is replaced, not followed."""
-    from fmnist_mlp.io.files import atomic_write
+    sees half a file and a planted link at the PNG's name is replaced, not followed. A
+    :class:`~fmnist_mlp.io.files.DirEntry` is written through its open directory: a folder
+    swapped for a link after it was checked is never written through."""
+    from fmnist_mlp.io.files import DirEntry, atomic_write
 
+    def draw(out):
+        fig.savefig(out, format="png", dpi=DPI, facecolor="white")
+
+    if isinstance(path, DirEntry):
+        return path.write(draw, fsync=False)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return atomic_write(path, lambda out: fig.savefig(out, format="png", dpi=DPI,
-                                                      facecolor="white"), fsync=False)
+    return atomic_write(path, draw, fsync=False)
 
 
 def _grid_shape(count: int, max_cols: int = 10) -> tuple[int, int]:
@@ -298,7 +308,7 @@ def plot_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
     run_dir = Path(run_dir)
     if not run_dir.is_dir():   # a checkpoint file has no plots/ folder to write into
         raise CheckpointError(f"{run_dir}: not a run directory")
-    from fmnist_mlp.io.files import dir_inside
+    from fmnist_mlp.io.files import OpenDir
 
     metrics = read_metrics(run_dir)
     trained = load_trained(run_dir, data_dir)
@@ -310,7 +320,11 @@ def plot_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
     cm = confusion_matrix(test.y, probs.argmax(axis=1), num_classes=probs.shape[1])
     weights = model.params["layer0.W"]
     single_layer = sum(key.endswith(".W") for key in model.params) == 1
-    plots_dir = dir_inside(run_dir, layout.PLOTS)     # a planted plots -> elsewhere link is refused
+    with OpenDir(run_dir, layout.PLOTS) as plots_dir:  # opened once; a link there is refused
+        return _plot_all(plots_dir, metrics, cm, weights, single_layer, test, probs, score_name)
+
+
+def _plot_all(plots_dir, metrics, cm, weights, single_layer, test, probs, score_name) -> list[Path]:
     written = []
     if metrics:
         written.append(plot_learning_curves(metrics, plots_dir / "learning_curves.png"))

@@ -78,9 +78,10 @@ if [[ -n $grid_file ]]; then
         [[ -n $line ]] && axes+=("$line")
     done < "$grid_file"
 fi
-[[ $jobs =~ ^[1-9][0-9]*$ ]] || { echo "sweep.sh: -j $jobs: expected a positive integer" >&2; exit 2; }
-[[ $threads =~ ^[1-9][0-9]*$ ]] || { echo "sweep.sh: -t $threads: expected a positive integer" >&2; exit 2; }
-[[ -z $only || $only =~ ^[1-9][0-9]*$ ]] || { echo "sweep.sh: -i $only: expected a trial number (1, 2, ...)" >&2; exit 2; }
+# At most 9 digits: bash arithmetic is 64-bit and wraps silently (-i 18446744073709551617 was 1).
+[[ $jobs =~ ^[1-9][0-9]{0,8}$ ]] || { echo "sweep.sh: -j $(printf %q "$jobs"): expected a positive integer (at most 9 digits)" >&2; exit 2; }
+[[ $threads =~ ^[1-9][0-9]{0,8}$ ]] || { echo "sweep.sh: -t $(printf %q "$threads"): expected a positive integer (at most 9 digits)" >&2; exit 2; }
+[[ -z $only || $only =~ ^[1-9][0-9]{0,8}$ ]] || { echo "sweep.sh: -i $(printf %q "$only"): expected a trial number (1, 2, ...; at most 9 digits)" >&2; exit 2; }
 has_control() { [[ $1 == *[[:cntrl:]]* ]]; }
 for value in "$config" "$runs_dir" "$data_dir" "${axes[@]}" "${extra[@]}"; do
     if has_control "$value"; then

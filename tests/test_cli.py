@@ -371,8 +371,16 @@ def test_resume_of_a_run_that_is_still_running_is_refused(tmp_path, capsys):
     run_dir = runs.create_run_dir(tmp_path, "live")
     (run_dir / "config.yaml").write_text("seed: 0\n")
     runs.write_summary(run_dir, {"status": "running", **runs.process_owner()})
-    code, _, err = run_main(["train", "--resume", run_dir], capsys)
-    assert code == 1 and "still running" in err
+    # Running means holding the run's lock, as a trainer does (issue 31: liveness by the lock,
+    # not by a pid that another process may have been given since).
+    from fmnist_mlp.rundir.guard import RunLock
+
+    lock = RunLock(run_dir).acquire()
+    try:
+        code, _, err = run_main(["train", "--resume", run_dir], capsys)
+    finally:
+        lock.release()
+    assert code == 1 and "already running" in err
 
 
 @pytest.mark.realdata

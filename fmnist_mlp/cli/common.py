@@ -8,6 +8,9 @@ from pathlib import Path
 
 import click
 
+from fmnist_mlp.io.terminal import StdoutClosed   # raised instead of BrokenPipeError (which
+                                                  # click would turn into a silent exit 1)
+
 # Every exit code a command can give, and what it means: each command's --help lists its own.
 EXIT_CODES = {
     0: "success",
@@ -15,7 +18,7 @@ EXIT_CODES = {
     2: "usage or config error (nothing is created on disk)",
     3: "training diverged (NaN/inf loss): the run is marked failed",
     130: "interrupted (Ctrl-C / SIGTERM): the run is saved and can be resumed",
-    141: "stdout was closed early (e.g. piped into head): nothing more is printed",
+    141: "stdout was closed (piped into head, or >&-): nothing more is printed",
 }
 # What any command can give: training's codes (3, and 130's "resumed") are train's and sweeps'.
 COMMON_CODES = (0, 1, 2, 130, 141)
@@ -41,16 +44,22 @@ json_option = click.option("--json", "as_json", is_flag=True,
                             help="Print one JSON object on stdout and nothing else there.")
 
 
-class StdoutClosed(Exception):
-    """Raised instead of BrokenPipeError, which click would turn into a silent exit 1."""
-
-
 class Group(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except BrokenPipeError:
             raise StdoutClosed from None
+
+
+def click_message(exc: click.ClickException) -> str:
+    """What click would print for a usage error (usage line, hint, "Error: ..."), as text for
+    :func:`fmnist_mlp.io.terminal.show`: the offending value may be the user's escape sequence."""
+    import io
+
+    text = io.StringIO()
+    exc.show(file=text)
+    return text.getvalue()
 
 
 def json_dumps(obj) -> str:

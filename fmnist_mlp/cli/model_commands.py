@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from fmnist_mlp.io.printable import printable
+from fmnist_mlp.io.terminal import emit, show
 from fmnist_mlp.cli.common import MODEL_EXIT_CODES_HELP, data_dir_option, json_dumps, json_option
 
 
@@ -32,9 +32,9 @@ def eval_command(targets, split, data_dir, as_json):
 
     result = evaluate(targets, split=split, data_dir=data_dir)
     if as_json:
-        click.echo(json_dumps({**result, "class_names": list(CLASS_NAMES)}))
+        emit(json_dumps({**result, "class_names": list(CLASS_NAMES)}))
     else:
-        click.echo(format_evaluation(result, CLASS_NAMES))
+        show(format_evaluation(result, CLASS_NAMES), err=False)
 
 
 @click.command(epilog=MODEL_EXIT_CODES_HELP)
@@ -71,12 +71,12 @@ def predict(model, images, more_models, top_k, save_dir, data_dir, as_json):
     require_pillow()
     members = load_members([model, *more_models], data_dir)
     result = predict_files(members, [Path(image) for image in images], save_dir)
-    for line in error_lines(result):                 # names made printable
-        click.echo(line, err=True)
+    for line in error_lines(result):
+        show(line)
     if as_json:
-        click.echo(json_dumps(predictions_json(result, members, top_k, CLASS_NAMES)))
+        emit(json_dumps(predictions_json(result, members, top_k, CLASS_NAMES)))
     elif result.files:
-        click.echo(as_text(result, top_k, CLASS_NAMES))
+        show(as_text(result, top_k, CLASS_NAMES), err=False)
     if result.failures:
         raise SystemExit(1)
 
@@ -102,7 +102,7 @@ def export(targets, fmt, output, data_dir):
     """
     from fmnist_mlp.export.write import export_models
 
-    click.echo(printable(export_models(targets, fmt, output, data_dir)))   # names: escapes shown
+    show(export_models(targets, fmt, output, data_dir), err=False)   # names: escapes shown
 
 
 @click.command("runs", epilog=MODEL_EXIT_CODES_HELP)
@@ -137,11 +137,11 @@ def runs_command(runs_dir, sort_key, reverse, as_json, as_csv, group_seeds):
         rows = grouped(rows, differing)
     rows = sort_rows(rows, sort_key, reverse)
     if as_json:
-        click.echo(json_dumps(rows))
+        emit(json_dumps(rows))
     elif as_csv:
-        click.echo(format_csv(rows))
+        show(format_csv(rows), err=False)
     else:
-        click.echo(format_text(rows) if rows else f"no runs in {runs_dir}")
+        show(format_text(rows) if rows else f"no runs in {runs_dir}", err=False)
 
 
 @click.command(epilog=MODEL_EXIT_CODES_HELP)
@@ -154,4 +154,4 @@ def plot(run_dir, data_dir):
     from fmnist_mlp.plots import plot_run
 
     for path in plot_run(run_dir, data_dir=data_dir):
-        click.echo(printable(path))
+        show(path, err=False)

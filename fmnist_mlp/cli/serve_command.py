@@ -6,11 +6,11 @@ from pathlib import Path
 
 import click
 
-from fmnist_mlp.cli.common import EXIT_CODES_HELP, data_dir_option
-from fmnist_mlp.io.printable import printable
+from fmnist_mlp.cli.common import data_dir_option, exit_codes_help
+from fmnist_mlp.io.terminal import emit, show
 
 
-@click.command(epilog=EXIT_CODES_HELP)
+@click.command(epilog=exit_codes_help(0, 1, 2))   # SIGTERM and Ctrl-C drain, then exit 0
 @click.argument("targets", metavar="RUN_DIR_OR_MODEL...", nargs=-1, required=True,
                 type=click.Path(path_type=Path))
 @click.option("--host", default="127.0.0.1", show_default=True,
@@ -71,9 +71,9 @@ def serve(targets, host, port, token, no_auth, threads, max_body_mb, max_rows, m
     sock = bind(host, port)
 
     def ready(url: str) -> None:
-        names = ", ".join(printable(m.path) for m in model.members)
-        click.echo(f"serving {names} on {url} (SIGTERM or Ctrl-C stops)", err=True)
-        click.echo(url)
+        names = ", ".join(str(m.path) for m in model.members)
+        show(f"serving {names} on {url} (SIGTERM or Ctrl-C stops)")
+        emit(url)                                   # exact: scripts read it
 
     run(model, settings, sock, on_ready=ready)
-    click.echo("stopped", err=True)
+    show("stopped")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from fmnist_mlp.io.printable import printable
+from fmnist_mlp.io.terminal import emit, show
 from fmnist_mlp.cli.common import EXIT_CODES_HELP, data_dir_option, json_dumps, json_option
 
 
@@ -55,7 +55,7 @@ def sweep_run(spec_file, sweep_dir, jobs, storage, slurm, workers, sbatch_args, 
     raise SystemExit(launch.run_sweep(
         spec_file, sweep_dir, jobs=jobs, storage=storage, slurm=slurm, workers=workers,
         sbatch_args=sbatch_args, wait=wait, dry_run=dry_run, data_dir=data_dir, trials=trials,
-        echo=click.echo, note=lambda m: click.echo(m, err=True)))
+        echo=emit, note=show))
 
 
 @sweep.command("status")
@@ -69,7 +69,10 @@ def sweep_status(sweep_dir, as_json):
     from fmnist_mlp.sweep.study import open_sweep
 
     status = status_of(open_sweep(sweep_dir, read_only=True))
-    click.echo(json_dumps(status) if as_json else format_status(status))
+    if as_json:
+        emit(json_dumps(status))
+    else:
+        show(format_status(status), err=False)
 
 
 @sweep.command("report")
@@ -86,6 +89,6 @@ def sweep_report(sweep_dir, top, out):
     from fmnist_mlp.sweep.study import open_sweep
 
     table, paths = write_report(open_sweep(sweep_dir, read_only=True), top=top, out=out)
-    click.echo(table)
+    show(table, err=False)
     for path in paths:
-        click.echo(printable(path))
+        show(path, err=False)

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from fmnist_mlp.io.printable import printable
+from fmnist_mlp.io.terminal import emit, show
 from fmnist_mlp.cli.common import (
     EXIT_CODES_HELP,
     MODEL_EXIT_CODES_HELP,
@@ -57,6 +58,10 @@ def train(config_path, overrides, name, runs_dir, data_dir, resume_dir, quiet, t
     if resume_dir is not None and (config_path or overrides or name or seeds):
         raise click.UsageError("--resume continues a run with its own config; "
                                "do not combine it with --config, --set, --name or --seeds")
+    if resume_dir is not None and (click.get_current_context().get_parameter_source("runs_dir")
+                                   is not click.core.ParameterSource.DEFAULT):
+        raise click.UsageError("--resume continues the run in its own directory: --runs-dir "
+                               "does not apply to it")
     if resume_dir is not None and (tensorboard or dry_run):
         raise click.UsageError("--resume uses the run's own config: --tensorboard and --dry-run "
                                "apply to new runs")
@@ -74,7 +79,7 @@ def train(config_path, overrides, name, runs_dir, data_dir, resume_dir, quiet, t
     name = validate_run_name(name or plans[0].name)
     names = [validate_run_name(f"{name}-seed{p.seed}") for p in plans] if seeds else [name]
     if dry_run:
-        click.echo(printable(_dry_run_text(plans, names), keep_newlines=True))  # names: escapes shown
+        show(_dry_run_text(plans, names), err=False)      # names: escapes shown
         return
     _train_runs(plans, names, runs_dir, data_dir, None, quiet, as_json, seeds=bool(seeds))
 
@@ -103,9 +108,9 @@ def _train_runs(plans, names, runs_dir, data_dir, resume_dir, quiet, as_json, se
                          + (f"; {s['message']}" if s.get("message") else ""))
         results.append(result)
         if not seeds:
-            click.echo(json_dumps(s) if as_json else str(result.run_dir))  # exact: scripts read it
+            emit(json_dumps(s) if as_json else result.run_dir)   # exact: scripts read it
         elif not as_json:
-            click.echo(str(result.run_dir))
+            emit(result.run_dir)
     if seeds:
         _seeds_report(results, as_json, reporter)
 
@@ -122,7 +127,7 @@ def _seeds_report(results, as_json: bool, reporter) -> None:
     reporter.message(f"test acc over {len(accs)} seeds: {mean:.4f} ± {std:.4f} (mean ± sample "
                      f"std; {' / '.join(f'{100 * a:.2f}' for a in accs)} %)")
     if as_json:
-        click.echo(json_dumps({"runs": [r.summary for r in results],
+        emit(json_dumps({"runs": [r.summary for r in results],
                                "seeds": [r.plan.seed for r in results],
                                "test_acc": {"mean": mean, "std": std, "values": accs}}))
 
@@ -160,11 +165,14 @@ def _dry_run_text(plans, names) -> str:
 @click.option("--force", is_flag=True, help="Fetch again even if a verified copy is cached.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def download(data_dir, sources, force, quiet):
-    """Fetch and verify the Fashion-MNIST files into the cache; prints the directory."""
+    """Fetch and verify the Fashion-MNIST files into the cache, and check (or rebuild) their
+    decoded arrays; prints the directory."""
     from fmnist_mlp.data import ensure_dataset
+    from fmnist_mlp.data.dataset import load_raw
 
     path = ensure_dataset(data_dir, sources=list(sources) or None, force=force, progress=not quiet)
-    click.echo(printable(path))
+    load_raw(path, sources=[], progress=False)      # a damaged decoded array is decoded again
+    show(path, err=False)
 
 
 @click.command("test-images", epilog=MODEL_EXIT_CODES_HELP)
@@ -181,7 +189,7 @@ def test_images(folder, indices, data_dir):
 
     require_pillow()
     for path in write_test_images(folder, indices or TOUR_IMAGES, data_dir):
-        click.echo(printable(path))
+        show(path, err=False)
 
 
 @click.command(epilog=MODEL_EXIT_CODES_HELP)
@@ -208,11 +216,11 @@ def gradcheck(config_path, overrides, samples, real, data_dir, tolerance, max_en
     errors = run_gradcheck(load_config(config_path, overrides), samples=samples, real=real,
                            data_dir=data_dir, max_entries=max_entries)
     for name, err in errors.items():
-        click.echo(f"{name:<12} {err:.3e}")
+        show(f"{name:<12} {err:.3e}", err=False)
     worst = max(errors.values())
     passed = worst <= tolerance     # False for a NaN error or a NaN tolerance: never "ok"
     verdict = "ok" if passed else "FAILED"
-    click.echo(f"max relative error {worst:.3e} ({verdict}, tolerance {tolerance:g})")
+    show(f"max relative error {worst:.3e} ({verdict}, tolerance {tolerance:g})", err=False)
     if not passed:
         raise SystemExit(1)
 

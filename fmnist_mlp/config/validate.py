@@ -50,6 +50,43 @@ def _check_cross_fields(cfg: Config, source: str) -> None:
     if cfg.schedule.warmup_epochs >= cfg.train.epochs and cfg.schedule.warmup_epochs:
         raise ConfigError(f"{source}: schedule.warmup_epochs: must be < train.epochs "
                           f"({cfg.train.epochs}), got {cfg.schedule.warmup_epochs}")
+    if cfg.schedule.min_lr > cfg.optimizer.lr:
+        raise ConfigError(f"{source}: schedule.min_lr: {cfg.schedule.min_lr:g} is above "
+                          f"optimizer.lr ({cfg.optimizer.lr:g}); the floor of a decaying rate "
+                          f"must not exceed the rate itself")
+    if cfg.data.augment.mixup > MAX_MIXUP_ALPHA:
+        raise ConfigError(f"{source}: data.augment.mixup: must be <= {MAX_MIXUP_ALPHA:g}, got "
+                          f"{cfg.data.augment.mixup:g} (the α of Beta(α, α); 0 is off, the mixup "
+                          f"paper uses 0.1-0.4, and from about 100 on every pair is mixed half "
+                          f"and half)")
+    layers, most = len(cfg.model.hidden), max_hidden_layers(cfg)
+    if layers > most:
+        from fmnist_mlp.io.model_file import MAX_NPZ_MEMBERS
+
+        raise ConfigError(f"{source}: model.hidden: {layers} hidden layers, at most {most} with "
+                          f"optimizer {cfg.optimizer.name!r}"
+                          f"{' and batch norm' if cfg.model.batchnorm else ''}: a checkpoint of "
+                          f"more arrays than its reader accepts "
+                          f"({MAX_NPZ_MEMBERS}) could never be loaded again")
+
+
+# The one set of limits: each bound a reader enforces, checked here when the config is read, so
+# that nothing is trained that the tool would refuse to load afterwards.
+MAX_MIXUP_ALPHA = 100.0
+_CHECKPOINT_FIXED_ARRAYS = 64     # the output layer, optimiser step, random streams, meta
+
+
+def max_hidden_layers(cfg: Config) -> int:
+    """The most hidden layers a run of ``cfg`` can have so that its checkpoint stays within the
+    model-file reader's member limit (:data:`fmnist_mlp.io.model_file.MAX_NPZ_MEMBERS`): each
+    layer stores its parameters (W, b; or W, γ, β and two running statistics with batch norm)
+    and, per parameter, the optimiser's state slots (Adam: m and v)."""
+    from fmnist_mlp.io.model_file import MAX_NPZ_MEMBERS
+    from fmnist_mlp.nn.optim import OPTIMIZERS
+
+    slots = len(OPTIMIZERS[cfg.optimizer.name].slots)
+    per_layer = 5 * (1 + slots) if cfg.model.batchnorm else 2 * (1 + slots)
+    return (MAX_NPZ_MEMBERS - _CHECKPOINT_FIXED_ARRAYS) // per_layer
 
 
 def all_key_paths() -> list[str]:

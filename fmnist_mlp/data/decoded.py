@@ -11,6 +11,7 @@ for all four arrays). Files are written atomically, so a reader never sees half 
 from __future__ import annotations
 
 import hashlib
+import math
 import zlib
 from pathlib import Path
 from typing import Sequence
@@ -19,7 +20,8 @@ import numpy as np
 
 from fmnist_mlp.errors import DataError, FmnistMlpError
 from fmnist_mlp.data.manifest import file_entry, load_manifest, save_manifest
-from fmnist_mlp.io.files import atomic_write
+from fmnist_mlp.io.files import OpenDir
+from fmnist_mlp.io.reader import read_npy
 from fmnist_mlp.data.idx import decode_images, decode_labels, read_idx_bytes
 from fmnist_mlp.data.specs import FileSpec
 
@@ -43,15 +45,28 @@ def load_decoded(data_dir: Path, specs: Sequence[FileSpec],
         if not isinstance(entry, dict) or source is None or entry.get("idx_sha256") != spec.sha256 \
                 or entry.get("source_sha256") != source.get("sha256"):
             return None
+        shape, dtype = entry.get("shape"), entry.get("dtype")
+        if not _plausible(shape, dtype, spec):
+            return None
         try:
-            array = np.load(decoded_path(data_dir, spec), allow_pickle=False)
-        except (OSError, ValueError, EOFError):
+            # The header is checked against the manifest (and the size against the header)
+            # before any data is read: a header claiming 10^13 elements costs nothing.
+            array = read_npy(decoded_path(data_dir, spec), tuple(shape), dtype,
+                             base=data_dir, error=DataError)
+        except (OSError, FmnistMlpError):
             return None  # missing or damaged: the caller decodes again and overwrites it
-        if (list(array.shape) != entry.get("shape") or array.dtype.str != entry.get("dtype")
-                or not array.flags.c_contiguous or _checksum(array) != entry.get("crc32")):
+        if _checksum(array) != entry.get("crc32"):
             return None
         arrays[spec.key] = array
     return arrays
+
+
+def _plausible(shape, dtype, spec: FileSpec) -> bool:
+    """A recorded shape and dtype that the IDX contents of ``spec`` can decode to (the manifest
+    is a file too: its numbers are checked before they size anything)."""
+    return (isinstance(shape, list) and 1 <= len(shape) <= 3 and dtype == "|u1"
+            and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)
+            and math.prod(shape) <= spec.size)
 
 
 def _checksum(array: np.ndarray) -> int:
@@ -80,7 +95,7 @@ def decode_and_store(data_dir: Path, specs: Sequence[FileSpec],
     for spec in specs:
         source = data_dir / spec.filename
         try:
-            data = read_idx_bytes(source)
+            data = read_idx_bytes(source, max_size=spec.size, follow_links=False)
         except DataError as exc:
             raise CorruptCacheFile(str(exc), source) from None
         # Hashing costs little next to gunzip; it catches a cache damaged since verification.
@@ -95,11 +110,13 @@ def decode_and_store(data_dir: Path, specs: Sequence[FileSpec],
         if entry is None:
             continue            # not verified through the manifest: use it, do not cache it
         try:
-            path = decoded_path(data_dir, spec)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(path, lambda out: np.save(out, array, allow_pickle=False), fsync=False)
-        except (OSError, DataError, FmnistMlpError):
-            continue            # a read-only cache: decode again next time
+            # The folder is opened once, without following a link, and written through that
+            # descriptor: a decoded/ swapped for a link to someone's files is never written into.
+            with OpenDir(data_dir, DECODED_DIR) as folder:
+                folder.write(decoded_path(data_dir, spec).name,
+                             lambda out: np.save(out, array, allow_pickle=False), fsync=False)
+        except (OSError, FmnistMlpError):
+            continue            # a read-only cache, or a link planted there: decode again next time
         manifest["decoded"][spec.key] = {
             "idx_sha256": spec.sha256, "source_sha256": entry.get("sha256"),
             "crc32": _checksum(array), "shape": list(array.shape), "dtype": array.dtype.str}

@@ -24,10 +24,13 @@ from typing import Iterable, Sequence
 from fmnist_mlp.errors import ConfigError, DataError
 from fmnist_mlp.data.http import HostUnreachableError, HttpOptions, StalledError, download_url, make_session
 from fmnist_mlp.io.lock import FileLock
+from fmnist_mlp.io.reader import open_regular
 from fmnist_mlp.data.manifest import file_entry as manifest_entry
 from fmnist_mlp.data.manifest import file_sha256, load_manifest, save_manifest
 from fmnist_mlp.data.manifest import matches as manifest_matches
 from fmnist_mlp.io.files import clean_stale_tmp, new_temporary
+from fmnist_mlp.io.paths import check_new_dirs, expand_user
+from fmnist_mlp.data.idx import max_stored_bytes
 from fmnist_mlp.data.specs import FASHION_MNIST_FILES, FileSpec, verify_file
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -49,10 +52,10 @@ HOW_TO_FIX = (
 def default_data_dir() -> Path:
     """The cache folder: $FMNIST_MLP_DATA_DIR, else $XDG_CACHE_HOME/fmnist-mlp, else ~/.cache/fmnist-mlp."""
     if os.environ.get("FMNIST_MLP_DATA_DIR"):
-        return Path(os.environ["FMNIST_MLP_DATA_DIR"]).expanduser()
+        return expand_user(os.environ["FMNIST_MLP_DATA_DIR"], "$FMNIST_MLP_DATA_DIR", ConfigError)
     # The XDG spec says a relative XDG_CACHE_HOME is invalid and to be ignored.
     if os.path.isabs(os.path.expanduser(os.environ.get("XDG_CACHE_HOME", ""))):
-        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "fmnist-mlp"
+        return expand_user(os.environ["XDG_CACHE_HOME"], "$XDG_CACHE_HOME", ConfigError) / "fmnist-mlp"
     home = os.environ.get("HOME")
     home = os.path.expanduser("~") if home is None else home     # unset: the password entry
     if not os.path.isabs(home) or home.rstrip("/") == "":
@@ -65,7 +68,8 @@ def default_data_dir() -> Path:
 
 def resolve_data_dir(data_dir: str | Path | None) -> Path:
     """``data_dir`` (the CLI's --data-dir) when given, else :func:`default_data_dir`."""
-    return Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
+    return (expand_user(data_dir, "--data-dir", ConfigError) if data_dir is not None
+            else default_data_dir())
 
 
 def default_sources() -> list[str]:
@@ -104,6 +108,7 @@ def ensure_dataset(data_dir: str | Path | None = None, sources: Sequence[str] | 
     and why it failed, plus how to fix it.
     """
     data_dir = resolve_data_dir(data_dir)
+    check_new_dirs(data_dir, "--data-dir", ConfigError)
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -152,11 +157,14 @@ def cached_state(data_dir: Path, spec: FileSpec, manifest: dict) -> str:
         return "missing"
     except OSError as exc:
         raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    sha256 = file_sha256(path)
+    # Opened as regular files, never through a link (the cache holds none), bounded by what the
+    # file should hold: a link to /dev/zero, a FIFO or a gzip bomb is refused, never waited on.
+    sha256 = file_sha256(path, max_bytes=max_stored_bytes(spec.size))
     if manifest_matches(manifest, spec.filename, spec.sha256, sha256):
         return "ok"
     try:
-        verify_file(path, spec)       # not recorded yet (an older cache, a folder the user filled)
+        # not recorded yet (an older cache, a folder the user filled)
+        verify_file(path, spec, follow_links=False)
     except DataError as exc:
         entry = manifest_entry(manifest, spec.filename)
         if entry is not None and entry.get("ino") == info.st_ino and stat.S_ISREG(info.st_mode):
@@ -242,7 +250,7 @@ def _copy_to(source: str, spec: FileSpec, tmp: Path, context: _FetchContext) -> 
         return url
     if "://" in source:
         raise DataError(f"{source}: unsupported source (give a folder, or an http:// or https:// URL)")
-    folder = Path(source).expanduser()
+    folder = expand_user(source, "--source", DataError)
     if not folder.is_dir():
         raise DataError(f"{folder}: no such folder")
     # Accept the .gz name and the decompressed one (some tools unpack the files).
@@ -250,7 +258,12 @@ def _copy_to(source: str, spec: FileSpec, tmp: Path, context: _FetchContext) -> 
         candidate = folder / name
         if candidate.is_file():
             try:
-                shutil.copyfile(candidate, tmp)
+                # Regular, and no larger than such a file can be: a sparse file of terabytes
+                # in a source folder is not copied into the cache to be found wrong after.
+                with open_regular(candidate, "dataset file", follow_links=True, error=DataError,
+                                  max_bytes=max_stored_bytes(spec.size)) as src, \
+                        open(tmp, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
             except OSError as exc:
                 raise DataError(f"{candidate}: cannot read: {exc.strerror or exc}") from None
             return str(candidate)

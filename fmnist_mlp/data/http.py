@@ -8,7 +8,6 @@ HTTP(S)_PROXY, NO_PROXY, REQUESTS_CA_BUNDLE and CURL_CA_BUNDLE).
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from tqdm import tqdm
 
 from fmnist_mlp import __version__
 from fmnist_mlp.errors import DataError
+from fmnist_mlp.io.terminal import progress_stream
 
 USER_AGENT = f"fmnist-mlp/{__version__} (https://github.com/zalandoresearch/fashion-mnist data fetcher; python-requests/{requests.__version__})"
 _CHUNK = 1 << 16
@@ -125,7 +125,7 @@ def _fetch_once(url: str, dest: Path, session: requests.Session, timeout: tuple[
         received = 0
         with open(dest, "r+b" if offset else "wb") as out, tqdm(
             total=None if expected is None else offset + expected, initial=offset, unit="B",
-            unit_scale=True, unit_divisor=1024, desc=desc, disable=not progress, file=sys.stderr,
+            unit_scale=True, unit_divisor=1024, desc=desc, disable=not progress, file=progress_stream(),
             leave=False,
         ) as bar:
             out.seek(offset)

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import gzip
 import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 
 from fmnist_mlp.data.facts import IMAGE_SHAPE, NUM_CLASSES
 from fmnist_mlp.errors import DataError
+from fmnist_mlp.io.reader import gunzip_bounded, open_regular
 
 IMAGES_MAGIC = 2051
 LABELS_MAGIC = 2049
@@ -33,22 +33,41 @@ GZIP_MAGIC = b"\x1f\x8b"
 _UBYTE_CODE = 0x08
 
 
-def read_idx_bytes(path: str | Path) -> bytes:
-    """Return the IDX contents of ``path``, gunzipping it when it starts with the gzip magic."""
+def max_stored_bytes(size: int) -> int:
+    """The most bytes a file holding ``size`` bytes of IDX contents can take: raw, or gzip at
+    its worst (stored blocks: 5 bytes per 64 KiB) plus a generous header."""
+    return size + size // 1000 + (1 << 16)
+
+
+def read_idx_bytes(path: str | Path, max_size: int | None = None,
+                   follow_links: bool = True) -> bytes:
+    """Return the IDX contents of ``path``, gunzipping it when it starts with the gzip magic.
+
+    ``path`` must be a regular file (a FIFO or device is refused, never waited on). max_size:
+    the contents may be at most this long; a larger file, or a gzip that inflates past it, is
+    refused without reading further. follow_links=False refuses a link (the data cache holds none).
+    """
     path = Path(path)
+    limit = max_stored_bytes(max_size) if max_size is not None else None
     try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read the file: {exc.strerror or exc}") from None
-    if not data.startswith(GZIP_MAGIC):
-        if path.suffix == ".gz" and not _looks_like_idx(data):
-            raise DataError(f"{path}: not a gzip file and not a raw IDX file either")
-        return data
-    try:
-        return gzip.decompress(data)
-    except (OSError, EOFError, zlib.error) as exc:
-        # gzip raises BadGzipFile (an OSError), EOFError when truncated, zlib.error when corrupt.
-        raise DataError(f"{path}: corrupt or truncated gzip data ({exc or type(exc).__name__})") from None
+        raw = open_regular(path, "dataset file", max_bytes=limit, follow_links=follow_links,
+                           error=DataError)
+    except FileNotFoundError:
+        raise DataError(f"{path}: cannot read the file: no such file") from None
+    with raw:
+        try:
+            head = raw.read(2)
+            raw.seek(0)
+            if head != GZIP_MAGIC:
+                data = raw.read()
+            else:
+                return b"".join(gunzip_bounded(raw, max_size if max_size is not None else 1 << 62,
+                                               str(path), error=DataError))
+        except OSError as exc:
+            raise DataError(f"{path}: cannot read the file: {exc.strerror or exc}") from None
+    if path.suffix == ".gz" and not _looks_like_idx(data):
+        raise DataError(f"{path}: not a gzip file and not a raw IDX file either")
+    return data
 
 
 def _looks_like_idx(data: bytes) -> bool:

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from fmnist_mlp.errors import FmnistMlpError
+from fmnist_mlp.io.reader import open_regular, read_regular
 
 MANIFEST_NAME = "fmnist-mlp-manifest.json"
 _FORMAT = "fmnist-mlp-cache"
@@ -28,30 +28,26 @@ _MAX_BYTES = 1 << 20
 _CHUNK = 1 << 20
 
 
-def file_sha256(path: Path) -> str | None:
-    """SHA-256 of the bytes of regular file ``path``; None when missing, a link or unreadable."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    except OSError:
-        return None
+def file_sha256(path: Path, max_bytes: int | None = None) -> str | None:
+    """SHA-256 of the bytes of regular file ``path``; None when missing, a link, not a regular
+    file (a FIFO is never waited on), larger than ``max_bytes`` or unreadable."""
     digest = hashlib.sha256()
     try:
-        with os.fdopen(fd, "rb") as f:
+        with open_regular(path, "dataset file", max_bytes=max_bytes) as f:
             while chunk := f.read(_CHUNK):
                 digest.update(chunk)
-    except OSError:
+    except (OSError, FmnistMlpError):
         return None
     return digest.hexdigest()
 
 
 def load_manifest(data_dir: Path) -> dict[str, Any]:
-    """The manifest, or an empty one when it is missing or damaged (everything is then verified
-    in full again, which is slower but never wrong)."""
+    """The manifest, or an empty one when it is missing, damaged, a link or not a regular file
+    (everything is then verified in full again, which is slower but never wrong)."""
     empty: dict[str, Any] = {"format": _FORMAT, "files": {}, "decoded": {}}
     try:
-        with open(data_dir / MANIFEST_NAME, "rb") as f:
-            data = json.loads(f.read(_MAX_BYTES + 1)[:_MAX_BYTES])
-    except (OSError, ValueError, RecursionError):
+        data = json.loads(read_regular(data_dir / MANIFEST_NAME, "manifest", _MAX_BYTES))
+    except (OSError, ValueError, RecursionError, FmnistMlpError):
         return empty
     if not isinstance(data, dict) or data.get("format") != _FORMAT:
         return empty

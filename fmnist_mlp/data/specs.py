@@ -7,14 +7,13 @@ mirror serving something else under the right name (an ISP cache once served MNI
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from fmnist_mlp.errors import DataError
-from fmnist_mlp.data.idx import GZIP_MAGIC
+from fmnist_mlp.io.reader import gunzip_bounded, open_regular
+from fmnist_mlp.data.idx import GZIP_MAGIC, max_stored_bytes
 
 _CHUNK = 1 << 20
 
@@ -44,39 +43,49 @@ FASHION_MNIST_FILES: tuple[FileSpec, ...] = (
 # t10k-images bef4ecab320f06d8554ea6380940ec79, t10k-labels bb300cfdad3c16e7a12a480ee83cd310.
 
 
-def idx_digest(path: str | Path, label: str | None = None) -> tuple[str, int]:
+def idx_digest(path: str | Path, label: str | None = None, max_size: int | None = None,
+               follow_links: bool = True) -> tuple[str, int]:
     """Return (sha256 hex, length) of the IDX contents of ``path``, gunzipping if it is gzip.
 
     ``label`` names the file in error messages (e.g. the URL it came from); defaults to ``path``.
+    max_size: the contents' expected length; reading stops one byte past it (a gzip that inflates
+    to 30 GB is not read to its end), and a file larger than such contents can be is refused
+    unread. ``path`` must be a regular file (a FIFO or device is refused, never waited on);
+    follow_links=False refuses a link too (the data cache holds none).
     """
     path = Path(path)
     label = label or str(path)
     digest = hashlib.sha256()
     length = 0
+    limit = None if max_size is None else max_size + 1
     try:
-        with open(path, "rb") as raw:
+        with open_regular(path, "dataset file", error=DataError, follow_links=follow_links,
+                          max_bytes=None if max_size is None else max_stored_bytes(max_size)) as raw:
             compressed = raw.read(2) == GZIP_MAGIC
-        opener = gzip.open if compressed else open
-        with opener(path, "rb") as stream:
-            while chunk := stream.read(_CHUNK):
-                digest.update(chunk)
+            raw.seek(0)
+            chunks = (gunzip_bounded(raw, 1 << 62, label, error=DataError)
+                      if compressed else iter(lambda: raw.read(_CHUNK), b""))
+            for chunk in chunks:
                 length += len(chunk)
-    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
-        raise DataError(f"{label}: corrupt or truncated gzip data ({exc or type(exc).__name__})") from None
+                digest.update(chunk)
+                if limit is not None and length >= limit:
+                    break       # longer than the file it should be: the digest will not match
     except OSError as exc:
         raise DataError(f"{label}: cannot read the file: {exc.strerror or exc}") from None
     return digest.hexdigest(), length
 
 
-def verify_file(path: str | Path, spec: FileSpec, label: str | None = None) -> None:
+def verify_file(path: str | Path, spec: FileSpec, label: str | None = None,
+                follow_links: bool = True) -> None:
     """Raise DataError unless ``path`` holds exactly the IDX contents ``spec`` describes.
 
     ``label`` names the file in the message (e.g. the URL it came from); defaults to ``path``.
     """
     label = label or str(path)
-    sha256, length = idx_digest(path, label)
+    sha256, length = idx_digest(path, label, max_size=spec.size, follow_links=follow_links)
     if sha256 != spec.sha256 or length != spec.size:
+        got = f"more than {spec.size} bytes" if length > spec.size else f"{length} bytes"
         raise DataError(
             f"{label}: verification failed for {spec.filename}: expected sha256 {spec.sha256} "
-            f"({spec.size} bytes decompressed), got sha256 {sha256} ({length} bytes)"
+            f"({spec.size} bytes decompressed), got sha256 {sha256} ({got})"
         )

@@ -63,6 +63,7 @@ def export_models(targets: Sequence[Path], fmt: str, output: str | Path | None =
     _check_request(targets, fmt, output)
     given = output is not None
     output = Path(output) if given else default_output(targets[0], fmt)
+    _refuse_input_as_output(targets, output)
     _check_output(output, fmt, given)
     if fmt == "onnx":
         _check_onnx_size(targets)
@@ -105,6 +106,20 @@ def _check_request(targets: Sequence[Path], fmt: str, output: str | Path | None)
     if text.endswith(os.sep) or (os.altsep and text.endswith(os.altsep)):
         raise ConfigError(f"-o {text}: names a folder; give the file's name, e.g. "
                           f"{os.path.join(text, 'model' + SUFFIXES.get(fmt, ''))}")
+
+
+def _refuse_input_as_output(targets: Sequence[Path], output: Path) -> None:
+    """``-o`` (or the default beside a model file) naming one of the models being exported: it is
+    an input, and "remove it" would be the wrong advice."""
+    for target in targets:
+        same = os.path.abspath(target) == os.path.abspath(output)
+        try:
+            same = same or os.path.samefile(target, output)
+        except OSError:
+            pass
+        if same:
+            raise ConfigError(f"{output}: is the model being exported, and the export would "
+                              f"replace it; give another name with -o")
 
 
 def _check_output(output: Path, fmt: str, given: bool = True) -> None:

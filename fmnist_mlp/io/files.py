@@ -8,8 +8,10 @@
 - :func:`open_inside` / :func:`dir_inside` open a path *below* a trusted directory (a run
   directory) one component at a time with ``O_NOFOLLOW``: a ``train.log``, ``checkpoints`` or
   ``plots`` planted as a symbolic link is refused with one line instead of being followed.
-- :func:`read_regular_file` reads a small file the user names (a config): a FIFO, a device such as
-  ``/dev/zero`` or an oversized file is refused before reading, so nothing waits or fills memory.
+- :class:`OpenDir` opens a directory once and writes its entries relative to that descriptor
+  (``openat``), so a folder checked and then swapped for a link is never written through.
+
+Reading is the twin module :mod:`fmnist_mlp.io.reader`.
 
 Every failure is a :class:`~fmnist_mlp.errors.FmnistMlpError` naming the file.
 """
@@ -109,6 +111,51 @@ def dir_inside(base: str | os.PathLike, relative: str | os.PathLike, create: boo
     return Path(base) / relative
 
 
+class OpenDir:
+    """A directory opened once (``openat``-style): every entry written or read through it is
+    relative to that open descriptor, so the directory swapped for a link after it was checked
+    changes nothing. ``handle / "name.png"`` is a :class:`DirEntry` for writers such as
+    :func:`fmnist_mlp.plots.plot_run`'s. Use as a context manager (it closes the descriptor)."""
+
+    def __init__(self, base: str | os.PathLike, relative: str | os.PathLike, create: bool = True):
+        self.path = Path(base) / relative
+        self.fd = _open_dir_fd(Path(base), _parts(relative), create)
+
+    def write(self, name: str, data: bytes | Callable[[object], None], *, mode: int = 0o644,
+              fsync: bool = True, replace: bool = True) -> Path:
+        """:func:`atomic_write` of ``name`` in this directory; returns its path."""
+        path = self.path / _parts(name)[0]
+        _write_at(self.fd, path, data, mode=mode, fsync=fsync, replace=replace)
+        return path
+
+    def __truediv__(self, name: str) -> "DirEntry":
+        return DirEntry(self, name)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> "OpenDir":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+class DirEntry(os.PathLike):
+    """``name`` in an :class:`OpenDir`: a path for messages, written through the open directory."""
+
+    def __init__(self, directory: OpenDir, name: str):
+        self.directory, self.name = directory, name
+
+    def __fspath__(self) -> str:
+        return os.fspath(self.directory.path / self.name)
+
+    def write(self, data: bytes | Callable[[object], None], **kwargs) -> Path:
+        return self.directory.write(self.name, data, **kwargs)
+
+
 def open_inside(base: str | os.PathLike, relative: str | os.PathLike, mode: str = "r",
                 encoding: str | None = "utf-8"):
     """``open(base/relative, mode)`` without following a link at any component below ``base``.
@@ -165,40 +212,49 @@ def atomic_write(path: str | os.PathLike, data: bytes | Callable[[object], None]
         except OSError as exc:
             raise FileWriteError(f"{path}: cannot open its folder ({exc.strerror or exc})") from None
     try:
-        _remove_stale(dir_fd, path.parent, only_target=path.name)
-        tmp_name = f".{_tmp_target(path.name)}.{os.getpid()}-{secrets.token_hex(4)}{TMP_SUFFIX}"
-        try:
-            fd = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, mode,
-                         dir_fd=dir_fd)
-        except OSError as exc:
-            raise FileWriteError(f"{path}: cannot write ({exc.strerror or exc})") from None
-        try:
-            with os.fdopen(fd, "wb") as out:
-                if callable(data):
-                    data(out)
-                else:
-                    out.write(data)
-                out.flush()
-                if fsync:
-                    os.fsync(out.fileno())
-            if replace:
-                os.replace(tmp_name, path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-            else:
-                _link_new(tmp_name, path, dir_fd)
-        except BaseException as exc:
-            # Includes KeyboardInterrupt and a full disk: never leave the temporary behind.
-            try:
-                os.unlink(tmp_name, dir_fd=dir_fd)
-            except FileNotFoundError:
-                pass
-            if isinstance(exc, OSError) and not isinstance(exc, FmnistMlpError):
-                raise FileWriteError(f"{path}: cannot write ({exc.strerror or exc})") from None
-            raise
-        if fsync:
-            os.fsync(dir_fd)      # the rename itself survives a power cut
+        _write_at(dir_fd, path, data, mode=mode, fsync=fsync, replace=replace)
     finally:
         os.close(dir_fd)
     return path
+
+
+def _write_at(dir_fd: int, path: Path, data, *, mode: int, fsync: bool, replace: bool) -> None:
+    """atomic_write's steps in the open directory ``dir_fd`` (``path`` names the file in errors;
+    its last component is the entry written)."""
+    _remove_stale(dir_fd, path.parent, only_target=path.name)
+    tmp_name = f".{_tmp_target(path.name)}.{os.getpid()}-{secrets.token_hex(4)}{TMP_SUFFIX}"
+    try:
+        fd = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, mode,
+                     dir_fd=dir_fd)
+    except OSError as exc:
+        raise FileWriteError(f"{path}: cannot write ({exc.strerror or exc})") from None
+    try:
+        with os.fdopen(fd, "wb") as out:
+            if callable(data):
+                data(out)
+            else:
+                out.write(data)
+            out.flush()
+            if fsync:
+                os.fsync(out.fileno())
+        if replace:
+            os.replace(tmp_name, path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        else:
+            _link_new(tmp_name, path, dir_fd)
+    except BaseException as exc:
+        # Includes KeyboardInterrupt and a full disk: never leave the temporary behind.
+        try:
+            os.unlink(tmp_name, dir_fd=dir_fd)
+        except FileNotFoundError:
+            pass
+        if isinstance(exc, OSError) and not isinstance(exc, FmnistMlpError):
+            raise FileWriteError(f"{path}: cannot write ({exc.strerror or exc})") from None
+        if isinstance(exc, MemoryError):    # building the bytes: the old file stays as it was
+            raise FileWriteError(f"{path}: cannot write (out of memory while building "
+                                 f"it)") from None
+        raise
+    if fsync:
+        os.fsync(dir_fd)      # the rename itself survives a power cut
 
 
 def _link_new(tmp_name: str, path: Path, dir_fd: int) -> None:
@@ -309,43 +365,5 @@ def clean_stale_tmp(directory: str | os.PathLike, legacy: bool = False) -> list[
         return []
     try:
         return _remove_stale(fd, directory, legacy=legacy)
-    finally:
-        os.close(fd)
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading a small file the user names
-
-
-def read_regular_file(path: str | os.PathLike, max_bytes: int, what: str,
-                      error: type[FmnistMlpError] = FmnistMlpError) -> bytes:
-    """The bytes of ``path`` if it is a regular file of at most ``max_bytes``; else ``error``.
-
-    Opened with O_NONBLOCK so that a FIFO with no writer cannot block the open itself.
-    """
-    path = Path(path)
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError:
-        raise error(f"{path}: {what} not found") from None
-    except OSError as exc:
-        raise error(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise error(f"{path}: not a regular file (a device, FIFO or socket); give the {what} "
-                        f"as a file")
-        if info.st_size > max_bytes:
-            raise error(f"{path}: {info.st_size} bytes is too large for a {what} "
-                        f"(limit {max_bytes})")
-        chunks, total = [], 0
-        while chunk := os.read(fd, 1 << 16):
-            total += len(chunk)
-            if total > max_bytes:      # it grew while we read
-                raise error(f"{path}: more than {max_bytes} bytes; too large for a {what}")
-            chunks.append(chunk)
-        return b"".join(chunks)
-    except OSError as exc:
-        raise error(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
     finally:
         os.close(fd)

@@ -10,12 +10,11 @@ from __future__ import annotations
 import fcntl
 import os
 import socket
-import sys
 import time
 from pathlib import Path
 from typing import Callable
 
-from fmnist_mlp.errors import DataError
+from fmnist_mlp.errors import DataError, FmnistMlpError
 from fmnist_mlp.io.printable import printable
 
 
@@ -28,7 +27,9 @@ class LockHeld(DataError):
 
 
 def _to_stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    from fmnist_mlp.io.terminal import show
+
+    show(message)
 
 
 def _record_holder(fd: int) -> None:
@@ -111,10 +112,12 @@ class FileLock:
 
     def holder(self) -> str:
         """Who holds the lock, as its holder recorded it: "process 123 on host-a"."""
-        try:
-            with open(self.path, "rb") as f:
-                pid, _, host = f.read(256).decode("utf-8", "replace").strip().partition(" ")
-        except OSError:
+        from fmnist_mlp.io.reader import read_regular
+
+        try:     # a regular file, not through a link, a few bytes: never a wait on a FIFO
+            text = read_regular(self.path, "lock file", 256).decode("utf-8", "replace")
+            pid, _, host = text.strip().partition(" ")
+        except (OSError, FmnistMlpError):
             pid, host = "", ""
         if not pid.isdigit():
             return "another fmnist-mlp process"
@@ -138,7 +141,7 @@ def is_held(path: str | Path) -> bool:
     """Whether a live process holds the lock at ``path``, asked read-only (nothing is created or
     written: a missing lock file was never held)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)   # a FIFO: no wait
     except OSError:
         return False
     try:

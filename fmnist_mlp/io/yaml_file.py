@@ -2,9 +2,10 @@
 
 ``yaml.safe_load`` already builds only plain data (no Python objects, so no code runs), but it
 expands aliases ("billion laughs": 782 bytes became gigabytes) and recurses once per nesting level
-(a deep ``[[[[...]]]]`` is a RecursionError). This loader refuses anchors and aliases outright (a
-config never needs them) and nesting deeper than :data:`MAX_DEPTH`, so what it builds is never
-larger than the text it read.
+(a deep ``[[[[...]]]]`` is a RecursionError), and keeps the last of two equal keys in a mapping
+without a word. This loader refuses anchors and aliases outright (a config never needs them),
+nesting deeper than :data:`MAX_DEPTH` and a key given twice, so what it builds is never larger
+than the text it read, and means what a reader of the text sees.
 """
 
 from __future__ import annotations
@@ -51,6 +52,24 @@ class StrictLoader(yaml.SafeLoader):
             self._depth -= 1
 
 
+    def construct_mapping(self, node, deep=False):
+        # A key given twice (``seed: 1`` ... ``seed: 2``): YAML says keys are unique, PyYAML keeps
+        # the last silently, and a reader of the file may well believe the first. Refused, as a
+        # duplicate key in a JSON header is.
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:       # an unhashable key: the constructor's own error follows
+                continue
+            if duplicate:
+                raise _Refused(f"key {key!r} appears twice in one mapping (which one was "
+                               f"meant?)", key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
 def load_yaml(text: str, label: str) -> Any:
     """Parse ``text`` with :class:`StrictLoader`; any problem is a ConfigError naming ``label``."""
     try:
@@ -69,11 +88,11 @@ def load_yaml(text: str, label: str) -> Any:
 
 
 def load_yaml_file(path: str | Path, what: str, error: type[FmnistMlpError] = ConfigError) -> Any:
-    """``path`` read as a bounded regular file (:func:`fmnist_mlp.io.files.read_regular_file`),
+    """``path`` read as a bounded regular file (:func:`fmnist_mlp.io.reader.read_regular`),
     decoded as UTF-8 and parsed with :func:`load_yaml`: how every YAML file a user names is read."""
-    from fmnist_mlp.io.files import read_regular_file
+    from fmnist_mlp.io.reader import read_regular
 
-    raw = read_regular_file(path, MAX_CONFIG_BYTES, what, error=error)
+    raw = read_regular(path, what, MAX_CONFIG_BYTES, follow_links=True, error=error)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

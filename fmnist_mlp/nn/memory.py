@@ -25,6 +25,15 @@ def arrays_per_parameter() -> int:
     return 3 + max(len(cls.slots) for cls in OPTIMIZERS.values())
 
 
+def checkpoint_arrays_per_parameter() -> int:
+    """Arrays per parameter that writing a checkpoint adds while training holds its own: the
+    optimiser state's copy (``state_dict``), the serialised checkpoint as it is built (twice
+    while its buffer grows or is copied out) and the previous epoch's, kept until the new one
+    is whole. A net that "fits" without them died writing its first checkpoint."""
+    slots = max(len(cls.slots) for cls in OPTIMIZERS.values())
+    return slots + 3 * (1 + slots)
+
+
 def parameter_count(input_size: int, hidden: Sequence[int], num_classes: int,
                     batchnorm: bool = False) -> int:
     """Entries of every array the model holds (:func:`~fmnist_mlp.nn.model.parameter_shapes`:
@@ -36,11 +45,13 @@ def parameter_count(input_size: int, hidden: Sequence[int], num_classes: int,
 def training_bytes(input_size: int, hidden: Sequence[int], num_classes: int, batch_size: int,
                    eval_batch_size: int, itemsize: int, *, data_rows: int,
                    batchnorm: bool = False) -> int:
-    """Bytes a training needs: parameters with gradients and optimiser state, the work arrays of a
-    training and an evaluation batch, and the data itself (``data_rows`` images, held as float rows
-    and once as uint8). Python ints: never overflows."""
+    """Bytes a training needs at its peak: parameters with gradients and optimiser state, the
+    work arrays of a training and an evaluation batch, the data itself (``data_rows`` images,
+    held as float rows and once as uint8), and the copies a checkpoint write makes
+    (:func:`checkpoint_arrays_per_parameter`). Python ints: never overflows."""
     widths = [int(input_size), *(int(h) for h in hidden), int(num_classes)]
     params = parameter_count(input_size, hidden, num_classes, batchnorm)
     work = (int(batch_size) * ARRAYS_PER_ACTIVATION + int(eval_batch_size) * 2) * sum(widths)
     data = int(data_rows) * input_size * (itemsize + 1)
-    return (params * arrays_per_parameter() + work) * itemsize + data
+    per_parameter = arrays_per_parameter() + checkpoint_arrays_per_parameter()
+    return (params * per_parameter + work) * itemsize + data

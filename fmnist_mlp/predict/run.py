@@ -12,6 +12,7 @@ import numpy as np
 from fmnist_mlp.data.facts import NUM_CLASSES
 from fmnist_mlp.errors import ConfigError
 from fmnist_mlp.io.files import FileWriteError, TargetExists, atomic_write
+from fmnist_mlp.io.paths import check_new_dirs
 from fmnist_mlp.io.printable import printable, valid_text
 from fmnist_mlp.predict.images import ImageReadError, expand_paths, read_grayscale, require_pillow
 from fmnist_mlp.predict.preprocess import SIDE, to_fashion_mnist
@@ -91,6 +92,7 @@ def save_preprocessed(files: Sequence[Path], images: np.ndarray, save_dir: Path)
 
     from PIL import Image
 
+    check_new_dirs(save_dir, "--save-preprocessed", ConfigError)
     try:
         save_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -26,6 +26,8 @@ from fmnist_mlp.rundir import guard as run_guard
 from fmnist_mlp.rundir import layout
 from fmnist_mlp.io import files as safe_io
 from fmnist_mlp.errors import CheckpointError, ConfigError
+from fmnist_mlp.io.paths import check_new_dirs, make_dirs
+from fmnist_mlp.io.reader import read_regular
 
 CHECKPOINT_FORMAT = "fmnist-mlp-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -51,11 +53,7 @@ def create_run_dir(runs_dir: str | Path, name: str) -> Path:
     impossible, even for eight trainings started in the same second.
     """
     validate_run_name(name)
-    runs_dir = Path(runs_dir)
-    try:
-        runs_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"--runs-dir {runs_dir}: cannot create directory ({exc.strerror})") from None
+    runs_dir = make_dirs(runs_dir, "--runs-dir", ConfigError)
     stamp = time.strftime(layout.STAMP_FORMAT)
     for _ in range(100):
         run_dir = runs_dir / layout.run_dir_name(stamp, name, secrets.token_hex(3))
@@ -74,6 +72,7 @@ def create_run_dir(runs_dir: str | Path, name: str) -> Path:
 def check_runs_dir_writable(runs_dir: str | Path) -> None:
     """ConfigError (exit 2) when ``runs_dir``, or the nearest folder that exists above it, cannot
     be written (read-only mount, permissions): said before any data is fetched or decoded."""
+    check_new_dirs(runs_dir, "--runs-dir", ConfigError)
     path = Path(runs_dir).absolute()
     while not path.exists() and path != path.parent:
         path = path.parent
@@ -130,15 +129,21 @@ class MetricsWriter:
         self._file.close()
 
 
+_MAX_METRICS_BYTES = 256 << 20     # ~300 bytes an epoch: some 900,000 epochs
+
+
 def read_metrics(run_dir: str | Path) -> list[dict]:
     """The per-epoch metrics of a run; a truncated last line (crash mid-write) is skipped."""
+    path = Path(run_dir) / layout.METRICS
     try:
-        with safe_io.open_inside(run_dir, layout.METRICS, "r") as f:
-            text = f.read()
+        # A regular file below the run directory, no link, bounded: a sparse file of
+        # terabytes is refused from its size, a FIFO is never waited on.
+        text = read_regular(path, "metrics file", _MAX_METRICS_BYTES, base=run_dir,
+                            error=CheckpointError).decode("utf-8")
     except FileNotFoundError:
         return []
     except (OSError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{Path(run_dir) / layout.METRICS}: unreadable ({exc})") from None
+        raise CheckpointError(f"{path}: unreadable ({exc})") from None
     rows = []
     for line in text.splitlines():
         try:
@@ -169,8 +174,8 @@ def overwrite_summary_in_place(run_dir: str | Path, summary: Mapping[str, Any]) 
 def read_summary(run_dir: str | Path) -> dict:
     path = Path(run_dir) / layout.SUMMARY
     try:
-        with safe_io.open_inside(run_dir, layout.SUMMARY, "r") as f:
-            data = json.loads(f.read(_MAX_SUMMARY_BYTES + 1)[:_MAX_SUMMARY_BYTES])
+        data = json.loads(read_regular(path, "run summary", _MAX_SUMMARY_BYTES, base=run_dir,
+                                       error=CheckpointError).decode("utf-8"))
     except FileNotFoundError:
         raise CheckpointError(f"{run_dir}: not a run directory (no summary.json)") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
@@ -247,8 +252,16 @@ def checkpoint_bytes(ckpt: Checkpoint) -> bytes:
     meta = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **ckpt.meta}
     arrays["meta"] = np.array(json.dumps(meta))
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    return buffer.getvalue()
+    try:
+        np.savez(buffer, **arrays)
+        return buffer.getvalue()
+    except (MemoryError, ValueError) as exc:
+        # numpy's zip writer, interrupted by a MemoryError, fails again closing its member
+        # ("I/O operation on closed file"): the memory is the cause either way.
+        if not isinstance(exc, MemoryError) and not isinstance(exc.__context__, MemoryError):
+            raise
+        raise CheckpointError("not enough memory to write the checkpoint (the previous "
+                              "epoch's checkpoint, if any, is kept)") from None
 
 
 def save_checkpoint(paths: Path | Iterable[Path], ckpt: Checkpoint | bytes,

@@ -9,11 +9,12 @@ were replaced by links, FIFOs or devices (the opens themselves go through
 from __future__ import annotations
 
 import os
+import socket
 import stat
 from pathlib import Path
 
 from fmnist_mlp.io import files as safe_io
-from fmnist_mlp.io.lock import FileLock, LockHeld
+from fmnist_mlp.io.lock import FileLock, LockHeld, is_held
 from fmnist_mlp.rundir import layout
 from fmnist_mlp.errors import CheckpointError
 
@@ -48,6 +49,25 @@ class RunLock:
 
     def release(self) -> None:
         self._lock.release()
+
+
+def is_stale(run_dir: str | Path, summary: dict) -> bool:
+    """Marked running, but no process trains it: decided by the run's lock (held by the kernel
+    for as long as its trainer lives), not by the recorded pid, which another process may have
+    been given since. A run started on another host cannot be told (its lock may live in that
+    host's lock table); a run from before the lock existed falls back to its pid."""
+    if summary.get("status") != "running" or summary.get("host") != socket.gethostname():
+        return False
+    lock = Path(run_dir) / RunLock.NAME
+    if os.path.lexists(lock):
+        return not is_held(lock)
+    return _pid_gone(summary)
+
+
+def _pid_gone(summary: dict) -> bool:
+    pid = summary.get("pid")
+    return isinstance(pid, int) and not isinstance(pid, bool) and pid > 0 \
+        and not safe_io.pid_alive(pid)
 
 
 def refuse_links_inside(run_dir: str | Path, relative: str | Path) -> None:

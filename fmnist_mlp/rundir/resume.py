@@ -7,6 +7,7 @@ run directory is touched (the stale temporary files it removes are its own, unde
 from __future__ import annotations
 
 import contextlib
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -56,7 +57,10 @@ def check_resumable(run_dir: Path) -> ResumePoint:
     summary = runs.read_summary(run_dir)
     if summary.get("status") == "finished":
         raise CheckpointError(f"--resume {run_dir}: the run already finished")
-    if summary.get("status") == "running" and not runs.is_stale(summary) and "pid" in summary:
+    # We hold the run's lock, so no process on this host trains it, whatever pid it recorded
+    # (that pid may belong to another process by now). One on another host cannot be told.
+    if summary.get("status") == "running" and "pid" in summary \
+            and summary.get("host") != socket.gethostname():
         raise CheckpointError(f"--resume {run_dir}: the run is still running (pid "
                               f"{summary['pid']} on {summary.get('host')}); stop it first")
     guard.refuse_links_inside(run_dir, layout.CONFIG)

@@ -40,7 +40,7 @@ def collect_runs(runs_dir: str | Path) -> tuple[list[dict[str, Any]], list[str]]
                    test_acc=_number(summary.get("test_acc")),
                    epochs=_number(summary.get("epochs_completed")),
                    wall_time=_number(summary.get("wall_time")),
-                   status=_status(summary))
+                   status=_status(run_dir, summary))
         rows.append(row)
     return rows, differing
 
@@ -93,11 +93,11 @@ def _read_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return summary, flat
 
 
-def _status(summary: dict[str, Any]) -> str:
+def _status(run_dir: Path, summary: dict[str, Any]) -> str:
     status = summary.get("status", "unknown")
     if not isinstance(status, str):
         return "unknown"
-    return "stale" if runs.is_stale(summary) else printable(status)
+    return "stale" if run_guard.is_stale(run_dir, summary) else printable(status)
 
 
 def _number(value: Any) -> float | int | None:

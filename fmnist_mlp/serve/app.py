@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import sys
 import time
 from collections import Counter
 from concurrent.futures import Executor
@@ -29,6 +28,7 @@ import numpy as np
 
 from fmnist_mlp.data.facts import CLASS_NAMES
 from fmnist_mlp.io.printable import printable
+from fmnist_mlp.io.terminal import show
 from fmnist_mlp.serve.batcher import Batcher
 from fmnist_mlp.serve.exchange import (BodyBudget, Disconnected, HttpError, Limits, Request,
                                        Response, busy, error_response, header, json_response,
@@ -116,8 +116,7 @@ class ServeApp:
             return error_response(503, "OUT_OF_MEMORY", "not enough memory for this request now",
                           (("retry-after", str(self.limits.retry_after)),))
         except Exception as exc:  # noqa: BLE001 - a client gets JSON, never a traceback
-            print(f"error: {printable(path)}: {type(exc).__name__}: {printable(exc)}",
-                  file=sys.stderr, flush=True)
+            show(f"error: {path}: {type(exc).__name__}: {exc}")
             return error_response(500, "INTERNAL_ERROR", f"internal error ({type(exc).__name__})")
         finally:
             if heavy:
@@ -256,5 +255,5 @@ class ServeApp:
         n = response.rows if response is not None else 0
         rows = f" {n} image{'s' if n != 1 else ''}" if n else ""
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        print(f'{stamp} {client[0]}:{client[1]} "{printable(scope["method"])} {target}" {status} '
-              f"{size}B {seconds * 1000:.1f}ms{rows}", file=sys.stderr, flush=True)
+        show(f'{stamp} {client[0]}:{client[1]} "{scope["method"]} {target}" {status} '
+             f"{size}B {seconds * 1000:.1f}ms{rows}")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from fmnist_mlp.errors import FmnistMlpError, TrainingInterrupted
+from fmnist_mlp.io.terminal import emit, show
 from fmnist_mlp.sweep.slurm import BLAS_VARS
 from fmnist_mlp.sweep.study import Sweep
 
@@ -67,8 +68,8 @@ class SweepInterrupted(FmnistMlpError):
 def run_sweep(spec_file: Path, sweep_dir: Path, *, jobs: int = 1, storage: str | None = None,
               slurm: bool = False, workers: int = 4, sbatch_args: tuple = (), wait: bool = False,
               dry_run: bool = False, data_dir: Path | None = None, trials: int | None = None,
-              echo: Callable[[str], None] = print,
-              note: Callable[[str], None] = print) -> int:
+              echo: Callable[[str], None] = emit,
+              note: Callable[[str], None] = show) -> int:
     """``sweep run``: check everything, create or open DIR, run the workers (here, or a Slurm
     array), and return the exit code: 0 when the budget is spent and every trial ended, whatever
     the workers went through on the way."""

@@ -18,6 +18,7 @@ from fmnist_mlp.config.load import dump_config
 from fmnist_mlp.config.validate import config_from_dict
 from fmnist_mlp.errors import ConfigError, FmnistMlpError, require_extra
 from fmnist_mlp.io.files import FileWriteError, atomic_write, dir_inside
+from fmnist_mlp.io.paths import check_new_dirs
 from fmnist_mlp.io.printable import printable
 from fmnist_mlp.sweep.status import format_trials, space_of, sweep_status
 from fmnist_mlp.sweep.study import Sweep, import_optuna
@@ -39,6 +40,7 @@ def write_report(sweep: Sweep, top: int = 10, out: Path | None = None) -> tuple[
     plt = _pyplot()
     base = sweep.dir if out is None else Path(out).absolute()
     if out is not None:
+        check_new_dirs(base, "--out", ConfigError)     # no control characters in new names
         try:
             base.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

@@ -21,14 +21,15 @@ from __future__ import annotations
 import json
 import os
 import stat
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fmnist_mlp.errors import ConfigError, FmnistMlpError
+from fmnist_mlp.io.paths import expand_user
 from fmnist_mlp.io.lock import FileLock
+from fmnist_mlp.io.terminal import show
 from fmnist_mlp.io.printable import printable
 
 DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "grpc": 13000}
@@ -57,7 +58,7 @@ def parse_storage(url: str | None) -> StorageRef:
     if not isinstance(url, str) or not url.strip() or any(ord(c) < 32 for c in url):
         raise ConfigError(f"--storage {printable(repr(url))}: expected a URL or a journal file path")
     if "://" not in url:
-        path = Path(url).expanduser().absolute()
+        path = expand_user(url, "--storage", ConfigError).absolute()
         return StorageRef(str(path), "journal", str(path))
     scheme = url.split("://", 1)[0].lower()
     if scheme == "grpc":
@@ -83,7 +84,7 @@ def parse_storage(url: str | None) -> StorageRef:
         if not database or database == ":memory:":
             raise ConfigError(f"--storage {printable(shown)}: an in-memory database is not shared "
                               f"by workers; name a file (sqlite:///path/study.db)")
-        path = Path(database).expanduser().absolute()
+        path = expand_user(database, "--storage", ConfigError).absolute()
         url = str(parsed.set(database=str(path)).render_as_string(hide_password=False))
         shown = f"sqlite:///{path}"
     return StorageRef(url, "database", printable(shown))
@@ -246,8 +247,8 @@ def _journal(path: Path, read_only: bool):
         os.close(fd)
         cut = _repair(path)
         if cut:
-            print(f"{path}: removed a partial last line ({cut} bytes: a writer was stopped "
-                  f"mid-record; every whole record is kept)", file=sys.stderr, flush=True)
+            show(f"{path}: removed a partial last line ({cut} bytes: a writer was stopped "
+                 f"mid-record; every whole record is kept)")
         for _ in ReadOnlyJournal(path).read_logs(0):     # damage elsewhere: one line, now
             pass
     return JournalStorage(JournalFileBackend(str(path), lock_obj=lock))

@@ -31,6 +31,7 @@ from typing import Any
 
 from fmnist_mlp.errors import ConfigError, FmnistMlpError, require_extra
 from fmnist_mlp.io.files import FileWriteError, TargetExists, atomic_write
+from fmnist_mlp.io.paths import check_new_dirs
 from fmnist_mlp.io.printable import printable
 from fmnist_mlp.sweep.flocks import claim_lock
 from fmnist_mlp.sweep.ownership import heartbeat_settings
@@ -160,6 +161,7 @@ def _create(directory: Path, spec: SweepSpec, ref: StorageRef, trials: int | Non
     budget = _budget(spec, trials)
     info = {"fingerprint": spec.fingerprint(), "spec_file": spec.source, "trials": budget,
             "study_name": study_name_for(directory, spec), "storage": ref.url, "spec": identity}
+    check_new_dirs(directory, "--dir", ConfigError)      # no control characters in new names
     try:
         directory.mkdir(parents=True, exist_ok=True)
         if not directory.is_dir():

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any, Callable
 from fmnist_mlp.rundir import files as runs
 from fmnist_mlp.errors import TrainingDivergedError, TrainingInterrupted, TrainingPruned
 from fmnist_mlp.io.lock import FileLock
+from fmnist_mlp.io.terminal import show
 from fmnist_mlp.rundir import layout
 from fmnist_mlp.sweep import ownership
 from fmnist_mlp.sweep.flocks import claim_lock, try_lock_trial
@@ -54,7 +54,7 @@ def node_name() -> str:
 
 
 def stderr_log(message: str) -> None:
-    print(timestamped(message), file=sys.stderr, flush=True)
+    show(timestamped(message))
 
 
 def run_worker(sweep: Sweep, data_dir: str | Path | None = None,

@@ -7,11 +7,11 @@ so NO_COLOR is trivially honoured.
 
 from __future__ import annotations
 
-import sys
 import time
 from typing import Any, TextIO
 
 from fmnist_mlp.io.printable import printable
+from fmnist_mlp.io.terminal import ProgressStream, progress_stream, show
 from fmnist_mlp.rundir.files import format_epoch
 
 
@@ -20,7 +20,7 @@ class ProgressReporter:
 
     def __init__(self, total_epochs: int | None = None, quiet: bool = False,
                  stream: TextIO | None = None):
-        self.stream = stream or sys.stderr
+        self.stream = stream or progress_stream()     # the one door to the terminal
         self.total_epochs = total_epochs      # None: learnt from the loop's settings at the start
         self.use_bars = not quiet and _isatty(self.stream)
         self._bar: Any = None
@@ -58,14 +58,21 @@ class ProgressReporter:
         line = format_epoch(event.metrics, self.total_epochs, event.is_best)
         if event.state.epoch < self.total_epochs and not event.state.early_stopped:
             line += f"  eta {self._clock.left(event.state.epoch)}"
-        print(line, file=self.stream, flush=True)
+        self._line(line)
 
     def on_train_end(self, event: Any) -> None:
         self.close()
 
     def message(self, text: str) -> None:
         self.close()
-        print(printable(text, keep_newlines=True), file=self.stream, flush=True)
+        self._line(text)
+
+    def _line(self, text: str) -> None:
+        if isinstance(self.stream, ProgressStream):
+            show(text)
+        else:                                   # a caller's own stream (tests, notebooks)
+            self.stream.write(printable(text, keep_newlines=True) + "\n")
+            self.stream.flush()
 
     def close(self) -> None:
         if self._bar is not None:
