@@ -70,7 +70,23 @@ def build_model(config: Config | Mapping[str, Any], rng: np.random.Generator | N
     from fmnist_mlp.nn import MLP
 
     cfg = as_config(config)
-    return MLP(**model_kwargs(cfg), seed=cfg.seed if rng is None else rng)
+    return MLP(**model_kwargs(cfg), seed=cfg.seed if rng is None else rng,
+               kernels=resolve_kernels(cfg))
+
+
+def resolve_kernels(cfg: Config) -> str:
+    """``train.kernels`` as the engine takes it, ``numpy`` or ``numba`` (MissingExtra for numba
+    without the fast extra); numba's compiled kernels are cached beside the data cache."""
+    from fmnist_mlp.data.download import default_data_dir
+    from fmnist_mlp.nn import kernels
+
+    choice = kernels.resolve_kernels(cfg.train.kernels)
+    if choice == "numba" and kernels.cache_dir() is None:
+        try:
+            kernels.set_cache_dir(default_data_dir() / "kernels")
+        except ConfigError:             # no usable $HOME: the kernels compile, uncached
+            pass
+    return choice
 
 
 def build_optimizer(cfg: Config, params: Mapping[str, np.ndarray]):
@@ -81,7 +97,7 @@ def build_optimizer(cfg: Config, params: Mapping[str, np.ndarray]):
     from fmnist_mlp.nn.optim import make_optimizer
 
     settings = asdict(cfg.optimizer)
-    return make_optimizer(settings.pop("name"), params, **settings)
+    return make_optimizer(settings.pop("name"), params, kernels=resolve_kernels(cfg), **settings)
 
 
 def build_schedule(cfg: Config, steps_per_epoch: int) -> Callable[[int], float]:
