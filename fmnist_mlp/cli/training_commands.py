@@ -29,12 +29,14 @@ from fmnist_mlp.cli.common import (
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Continue an interrupted run in its own directory (with its own config).")
 @click.option("--quiet", "-q", is_flag=True, help="One plain line per epoch instead of progress bars.")
+@click.option("--verbose", "-v", is_flag=True,
+              help="Also say which kernels ran (numpy or numba; train.kernels in the config).")
 @click.option("--tensorboard", is_flag=True,
               help="Write TensorBoard event files into the run directory (same as "
                    "--set train.tensorboard=true; needs pip install -e '.[tensorboard]').")
 @json_option
-def train(config_path, overrides, name, runs_dir, data_dir, resume_dir, quiet, tensorboard,
-          as_json):
+def train(config_path, overrides, name, runs_dir, data_dir, resume_dir, quiet, verbose,
+          tensorboard, as_json):
     """Train one model; prints the run directory (or, with --json, the summary) on stdout.
 
     The run directory runs/<timestamp>-<name>-<id>/ gets the resolved config.yaml, metrics.jsonl,
@@ -68,6 +70,8 @@ def train(config_path, overrides, name, runs_dir, data_dir, resume_dir, quiet, t
     finally:
         reporter.close()            # an interrupted epoch's bar must not swallow the error line
     s = result.summary
+    if verbose or s.get("kernels_before_resume"):
+        reporter.message(_kernels_line(s))
     if result.config.train.plots:
         _write_plots(result.run_dir, data_dir, reporter)
     reporter.message(f"finished: best val acc {s['best_val_acc']:.4f} (epoch {s['best_epoch']}), "
@@ -122,6 +126,18 @@ def gradcheck(config_path, overrides, samples, real, data_dir, tolerance, max_en
     click.echo(f"max relative error {worst:.3e} ({verdict}, tolerance {tolerance:g})")
     if not passed:
         raise SystemExit(1)
+
+
+def _kernels_line(summary) -> str:
+    """"kernels: layers numba, optimizer numba" (and what ran before a resume, if different)."""
+    def show(kernels) -> str:
+        return ", ".join(f"{part} {kind}" for part, kind in kernels.items())
+
+    line = f"kernels: {show(summary['kernels'])}"
+    if summary.get("kernels_before_resume"):
+        line += (f" (before the resume: {show(summary['kernels_before_resume'])}; the run "
+                 f"continued, not bit for bit)")
+    return line
 
 
 def _name_from(config_path: Path | None) -> str:

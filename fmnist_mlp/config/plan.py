@@ -76,14 +76,15 @@ def build_model(config: Config | Mapping[str, Any], rng: np.random.Generator | N
 
 def resolve_kernels(cfg: Config) -> str:
     """``train.kernels`` as the engine takes it, ``numpy`` or ``numba`` (MissingExtra for numba
-    without the fast extra); numba's compiled kernels are cached beside the data cache."""
-    from fmnist_mlp.data.download import default_data_dir
+    without the fast extra); numba's compiled kernels are cached in the user's cache folder,
+    beside the data's default home (one cache for every data folder)."""
+    from fmnist_mlp.data.download import user_cache_dir
     from fmnist_mlp.nn import kernels
 
     choice = kernels.resolve_kernels(cfg.train.kernels)
     if choice == "numba" and kernels.cache_dir() is None:
         try:
-            kernels.set_cache_dir(default_data_dir() / "kernels")
+            kernels.set_cache_dir(user_cache_dir() / "kernels")
         except ConfigError:             # no usable $HOME: the kernels compile, uncached
             pass
     return choice

@@ -50,6 +50,12 @@ def default_data_dir() -> Path:
     """The cache folder: $FMNIST_MLP_DATA_DIR, else $XDG_CACHE_HOME/fmnist-mlp, else ~/.cache/fmnist-mlp."""
     if os.environ.get("FMNIST_MLP_DATA_DIR"):
         return Path(os.environ["FMNIST_MLP_DATA_DIR"]).expanduser()
+    return user_cache_dir()
+
+
+def user_cache_dir() -> Path:
+    """The user's own cache folder for the tool: $XDG_CACHE_HOME/fmnist-mlp, else
+    ~/.cache/fmnist-mlp (the data's default home; compiled kernels live in it too)."""
     # The XDG spec says a relative XDG_CACHE_HOME is invalid and to be ignored.
     if os.path.isabs(os.path.expanduser(os.environ.get("XDG_CACHE_HOME", ""))):
         return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "fmnist-mlp"

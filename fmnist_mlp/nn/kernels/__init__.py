@@ -12,7 +12,6 @@ error naming the extra. Compiled code is cached on disk (:mod:`fmnist_mlp.nn.ker
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 from fmnist_mlp.errors import require_extra
@@ -27,8 +26,12 @@ _cache_dir: list[Path | None] = [None]
 
 
 def numba_available() -> bool:
-    """True when numba can be imported (the ``fast`` extra is installed)."""
-    return importlib.util.find_spec("numba") is not None
+    """True when numba can be imported (the ``fast`` extra is installed and works)."""
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def resolve_kernels(choice: str) -> str:
