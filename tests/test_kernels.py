@@ -139,6 +139,39 @@ def test_fused_chains_give_the_reference_bits(settings, numba_kernels):
     assert streams[0].bit_generator.state == streams[1].bit_generator.state
 
 
+@pytest.mark.parametrize("layout", ["row", "feature"])
+@pytest.mark.parametrize("n", [5, 128, 300, 2000])
+def test_fused_batchnorm_sums_in_numpys_order_and_gives_its_bits(layout, n, numba_kernels):
+    """Batch sums are where bits could part: NumPy sums a row-major batch row after row and a
+    feature-major one pairwise (eight running sums, halves above 128 rows); the kernels do too."""
+    from fmnist_mlp.nn import layers
+    from fmnist_mlp.nn.kernels.chains import FusedChains
+
+    rng = np.random.default_rng(n)
+    d = 40
+
+    def arrays():
+        make = ((lambda: np.empty((d, n), np.float32).T) if layout == "feature"
+                else (lambda: np.empty((n, d), np.float32)))
+        z, dout = make(), make()
+        z[...] = rng.standard_normal((n, d)) * 3 + 1
+        dout[...] = rng.standard_normal((n, d))
+        return z, dout, make(), make()
+
+    state = rng.bit_generator.state
+    outs = {}
+    for name, ops in (("numpy", layers), ("numba", FusedChains("relu", np.float32))):
+        rng.bit_generator.state = state
+        z, dout, out, scratch = arrays()
+        gamma, beta = rng.uniform(0.5, 1.5, d).astype(np.float32), rng.normal(0, 0.3, d).astype(np.float32)
+        stats = [np.empty(d, np.float32) for _ in range(5)]      # mean, var, inv_std, dγ, dβ
+        ops.batchnorm_forward_train(z, gamma, beta, 1e-5, out, *stats[:3])
+        ops.batchnorm_backward(dout, z, gamma, stats[2], stats[3], stats[4], scratch)
+        outs[name] = [z, out, dout, *stats]
+    for want, got in zip(outs["numpy"], outs["numba"]):
+        assert np.array_equal(want, got)
+
+
 @pytest.mark.slow
 def test_fused_chains_are_bit_identical_on_work_arrays_larger_than_the_caches(numba_kernels):
     """4096 × 2048 float32 work arrays (32 MB each: h, mask, dropped, dh)."""

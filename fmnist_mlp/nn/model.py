@@ -249,7 +249,7 @@ class MLP:
     def _batchnorm_train(self, i: int, layer: LayerWork, n: int) -> None:
         """Hidden layer i's batch normalisation of ``layer.xhat`` (= z) into ``layer.h``, with
         batch statistics; updates the running averages."""
-        layers.batchnorm_forward_train(layer.xhat, self.params[f"layer{i}.gamma"],
+        (self._fused or layers).batchnorm_forward_train(layer.xhat, self.params[f"layer{i}.gamma"],
                                        self.params[f"layer{i}.beta"], self.bn_eps, layer.h,
                                        layer.mean, layer.var, layer.inv_std)
         layers.batchnorm_update_running(self.buffers[f"layer{i}.running_mean"],
@@ -278,7 +278,7 @@ class MLP:
                     layers.dropout_backward(dz, below.mask)
                 layers.activation_backward(self.activation, dz, below.h)
             if self.batchnorm:                  # below.h is free now: it serves as scratch
-                layers.batchnorm_backward(dz, below.xhat, p[f"layer{i - 1}.gamma"],
+                (self._fused or layers).batchnorm_backward(dz, below.xhat, p[f"layer{i - 1}.gamma"],
                                           below.inv_std, g[f"layer{i - 1}.gamma"],
                                           g[f"layer{i - 1}.beta"], scratch=below.h)
 
