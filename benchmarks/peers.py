@@ -129,9 +129,15 @@ def worker_main(engine: str, kernels: str, steps: int) -> None:
         print((time.perf_counter() - start) / steps, flush=True)
 
 
-def compare(rounds: int, steps: int, kernels: str) -> dict:
+def compare(rounds: int, steps: int, kernels: str, threads: int) -> dict:
     engines = ["numpy"] + [e for e in ("torch", "jax") if importlib.util.find_spec(e)]
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    # Every engine gets `threads`: BLAS and OpenMP pools, torch, and XLA's CPU thread pool. With
+    # more than one, an idle worker's BLAS threads spin for a while after each burst and slow
+    # the others down: --threads 1 gives the cleanest ratios on a shared machine.
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT),
+           **{v: str(threads) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")},
+           "XLA_FLAGS": (f"--xla_cpu_multi_thread_eigen={'false' if threads == 1 else 'true'} "
+                         f"intra_op_parallelism_threads={threads}")}
     procs = {e: subprocess.Popen([sys.executable, "-m", "benchmarks.peers", "--worker", e,
                                   "--kernels", kernels, "--steps", str(steps)],
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
@@ -158,14 +164,15 @@ def main(argv=None) -> None:
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--steps", type=int, default=30, help="training steps per burst")
     parser.add_argument("--kernels", default="auto", choices=("auto", "numpy", "numba"))
+    parser.add_argument("--threads", type=int, default=1, help="threads per engine (default 1)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         return worker_main(args.worker, args.kernels, args.steps)
-    result = compare(args.rounds, args.steps, args.kernels)
+    result = compare(args.rounds, args.steps, args.kernels, args.threads)
     engines = result["engines"]
-    print(f"median ms per step over {args.rounds} rounds of {args.steps}-step bursts; engine "
-          f"kernels {args.kernels}; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"median ms per step over {args.rounds} rounds of {args.steps}-step bursts; "
+          f"{args.threads} thread(s) each; engine kernels {args.kernels}; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"{'row':42}" + "".join(f"{e + ' ms':>11}" for e in engines)
           + "".join(f"{'engine/' + e:>14}" for e in engines[1:]))
     for name in ROWS:

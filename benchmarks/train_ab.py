@@ -43,10 +43,12 @@ def main(argv=None) -> None:
     parser.add_argument("--a", default="train.kernels=numpy", help="--set of the A processes")
     parser.add_argument("--b", default="train.kernels=numba", help="--set of the B processes")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--data-dir", help="the dataset folder (default: the tool's own)")
     parser.add_argument("--set", dest="extra", action="append", default=[],
                         help="a further --set for both (e.g. train.epochs=3); repeatable")
     args = parser.parse_args(argv)
     extra = [a for s in args.extra for a in ("--set", s)]
+    extra += ["--data-dir", args.data_dir] if args.data_dir else []
     times: dict[str, list[float]] = {"a": [], "b": []}
     accs: dict[str, list[float]] = {"a": [], "b": []}
     with tempfile.TemporaryDirectory(prefix="train-ab-") as tmp:
