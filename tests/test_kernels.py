@@ -322,7 +322,7 @@ def test_compiled_kernels_are_cached_reused_and_rebuilt_when_damaged(tmp_path, n
     assert first == {"cache": str(folder), "hits": 0, "kernels": "numba"}
     assert (folder.stat().st_mode & 0o777) == 0o700
     files = [p for p in folder.rglob("*") if p.suffix in (".nbi", ".nbc")]
-    assert files and all(p.name.startswith(("updates.", "chains.")) for p in files)
+    assert files and all(p.name.startswith(("updates.", "chains.", "batchnorm.")) for p in files)
     assert _build(env)["hits"] > 0                        # the second process loads, no compile
     for path in files:                                    # damage every index and data file
         path.write_bytes(b"\x80\x04garbage" + path.read_bytes()[: 7])

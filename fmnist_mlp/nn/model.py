@@ -108,6 +108,8 @@ class MLP:
         self._input_keep = layers.keep_threshold(self.input_dropout)
         self._allocate(init_rng)
         self.kernels, self._fused = _fused_chains(kernels, activation, self.dtype)
+        # Batch norm and input dropout: the fused ones take the layer functions' arguments.
+        self._ops = self._fused or layers
         self._workspace = Workspace(self.input_size, hidden, self.dtype, self.layout,
                                     dropout=self.dropout > 0.0,
                                     input_dropout=self.input_dropout > 0.0,
@@ -213,8 +215,8 @@ class MLP:
         training = rng is not None
         p = self.params
         if training and self.input_dropout > 0.0:
-            x = (self._fused or layers).dropout_forward(x, self._input_keep, rng, work.input_mask,
-                                                        work.input_dropped)
+            x = self._ops.dropout_forward(x, self._input_keep, rng, work.input_mask,
+                                          work.input_dropped)
         inputs, a = [x], x
         for i, layer in enumerate(work.layers):
             fused = self._fused
@@ -249,9 +251,9 @@ class MLP:
     def _batchnorm_train(self, i: int, layer: LayerWork, n: int) -> None:
         """Hidden layer i's batch normalisation of ``layer.xhat`` (= z) into ``layer.h``, with
         batch statistics; updates the running averages."""
-        (self._fused or layers).batchnorm_forward_train(layer.xhat, self.params[f"layer{i}.gamma"],
-                                       self.params[f"layer{i}.beta"], self.bn_eps, layer.h,
-                                       layer.mean, layer.var, layer.inv_std)
+        self._ops.batchnorm_forward_train(layer.xhat, self.params[f"layer{i}.gamma"],
+                                          self.params[f"layer{i}.beta"], self.bn_eps, layer.h,
+                                          layer.mean, layer.var, layer.inv_std)
         layers.batchnorm_update_running(self.buffers[f"layer{i}.running_mean"],
                                         self.buffers[f"layer{i}.running_var"],
                                         layer.mean, layer.var, n, self.bn_momentum)
@@ -278,9 +280,9 @@ class MLP:
                     layers.dropout_backward(dz, below.mask)
                 layers.activation_backward(self.activation, dz, below.h)
             if self.batchnorm:                  # below.h is free now: it serves as scratch
-                (self._fused or layers).batchnorm_backward(dz, below.xhat, p[f"layer{i - 1}.gamma"],
-                                          below.inv_std, g[f"layer{i - 1}.gamma"],
-                                          g[f"layer{i - 1}.beta"], scratch=below.h)
+                self._ops.batchnorm_backward(dz, below.xhat, p[f"layer{i - 1}.gamma"],
+                                             below.inv_std, g[f"layer{i - 1}.gamma"],
+                                             g[f"layer{i - 1}.beta"], scratch=below.h)
 
     def _targets(self, y: np.ndarray, targets: np.ndarray | None, n: int) -> np.ndarray:
         """(N, K) target distribution: ``targets`` when given, else one-hot (label-smoothed)."""
