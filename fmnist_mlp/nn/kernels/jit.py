@@ -24,6 +24,7 @@ from typing import Callable, Iterable
 
 import numba
 
+from fmnist_mlp.errors import FmnistMlpError
 from fmnist_mlp.nn.kernels import cache_dir
 
 # The kernel modules whose cache files (numba names them "<module>.<function>-<line>.py<ver>.nbi"
@@ -69,11 +70,21 @@ def load(warm_ups: Iterable[Callable[[], None]]) -> None:
     try:
         for warm_up in warm_ups:
             warm_up()
-    except Exception:           # noqa: BLE001 - whatever a damaged file makes pickle raise
+    except Exception as exc:    # noqa: BLE001 - whatever a damaged file makes pickle raise
         if CACHE is None or not clear_cache(CACHE):
-            raise
-        for warm_up in warm_ups:
-            warm_up()
+            raise _cannot_compile(exc) from exc
+        try:
+            for warm_up in warm_ups:
+                warm_up()
+        except Exception as again:      # noqa: BLE001 - not the cache: numba itself fails here
+            raise _cannot_compile(again) from again
+
+
+def _cannot_compile(exc: Exception) -> FmnistMlpError:
+    """A broken numba install is the user's to fix, in one line, not a compiler's traceback."""
+    first = (str(exc).strip().splitlines() or [""])[0][:200]
+    return FmnistMlpError(f"the fused kernels could not be compiled ({type(exc).__name__}: "
+                          f"{first}); train.kernels: numpy runs the NumPy reference")
 
 
 def clear_cache(folder: Path) -> int:
