@@ -260,8 +260,9 @@ def _measure_products(common: dict, threads: int, quick: bool) -> list[dict]:
 
 
 def _measure_peak(engines: list[str], threads: int, repeats: int, size: int) -> dict:
+    """NumPy's (and torch's) float32 matmul peak; JAX has no peak probe of its own."""
     return {engine: run_child({"kind": "peak", "engine": engine, "size": size, "repeats": repeats}, threads)
-            for engine in engines}
+            for engine in engines if engine != "jax"}
 
 
 def _measure_inference(nets, common: dict, engines: list[str], threads: int, repeats: int) -> list[dict]:
