@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Benchmark the NumPy engine against the identical PyTorch CPU loop: print tables, keep JSON.
+"""Benchmark the engine against the identical PyTorch CPU loop and JAX: print tables, keep JSON.
 
     python -m benchmarks                    # the full grid on the real data (minutes; quiet machine)
     python -m benchmarks --quick            # smoke run: 3 cases, 1 epoch each
@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-SKIPPABLE = ("inference", "overhead", "cli", "cache", "rss")
+SKIPPABLE = ("inference", "products", "overhead", "cli", "cache", "rss")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -29,6 +29,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch side")
     parser.add_argument("--synthetic", type=int, metavar="N", help="N random rows instead of the real data")
     parser.add_argument("--data-dir", help="dataset directory (default: the tool's data directory)")
+    parser.add_argument("--no-jax", action="store_true", help="skip the JAX side")
+    parser.add_argument("--kernels", choices=("auto", "numpy", "numba"), default="auto",
+                        help="the engine's kernels (train.kernels; default auto: numba where installed)")
     parser.add_argument("--torch-optimizer-impl", choices=("default", "foreach", "fused"), default="default",
                         help="torch optimiser kernels (default: torch's own choice)")
     parser.add_argument("--skip", action="append", default=[], choices=SKIPPABLE,
@@ -56,7 +59,8 @@ def main(argv=None) -> int:
         results = run_benchmark(quick=args.quick, cases=args.cases, epochs=args.epochs, threads=args.threads,
                                 use_torch=not args.no_torch, synthetic=args.synthetic, data_dir=args.data_dir,
                                 skip=tuple(args.skip), peak_size=args.peak_size,
-                                torch_optimizer_impl=args.torch_optimizer_impl, progress=progress)
+                                torch_optimizer_impl=args.torch_optimizer_impl,
+                                use_jax=not args.no_jax, kernels=args.kernels, progress=progress)
     except (FmnistMlpError, ValueError) as exc:
         print(f"bench: error: {exc}", file=sys.stderr)
         return getattr(exc, "exit_code", 2)

@@ -11,6 +11,10 @@ the median and quartiles over the rounds. Random inputs: only time is compared.
 
 With several BLAS threads, the waiting worker's threads spin while the other one runs: short
 bursts then scatter by tens of per cent. Compare with OMP_NUM_THREADS=1, or with --steps 300.
+
+The kernels: ``--before-kernels numpy --after-kernels numba`` (on one checkout, ``--before .``)
+times the NumPy reference against the fused kernels the same way. Without them each side uses
+its checkout's default (a checkout that predates the choice has only NumPy).
 """
 
 from __future__ import annotations
@@ -36,6 +40,13 @@ def _cases(steps: int = STEPS_PER_BURST):
     from fmnist_mlp.nn import MLP
     from fmnist_mlp.optim import make_optimizer
 
+    # AB_KERNELS: this side's kernels (train.kernels); unset keeps the checkout's default.
+    choice = {"kernels": os.environ["AB_KERNELS"]} if os.environ.get("AB_KERNELS") else {}
+    if choice:
+        from fmnist_mlp.data.download import user_cache_dir
+        from fmnist_mlp.nn import kernels
+
+        kernels.set_cache_dir(user_cache_dir() / "kernels")
     rng = np.random.default_rng(0)
     x = rng.standard_normal((20 * BATCH, 784)).astype(np.float32)
     y = rng.integers(0, 10, len(x))
@@ -44,8 +55,8 @@ def _cases(steps: int = STEPS_PER_BURST):
     for hidden in HIDDEN:
         net = "-".join(map(str, hidden))
         for name, (settings, dropout) in OPTIMIZERS.items():
-            model = MLP(hidden=hidden, dropout=dropout, seed=0)
-            opt = make_optimizer(name, model.params, **settings)
+            model = MLP(hidden=hidden, dropout=dropout, seed=0, **choice)
+            opt = make_optimizer(name, model.params, **settings, **choice)
             drop_rng = np.random.default_rng(1)
 
             def train(model=model, opt=opt, drop_rng=drop_rng):
@@ -54,7 +65,7 @@ def _cases(steps: int = STEPS_PER_BURST):
                     model.loss_and_grad(x[s:s + BATCH], y[s:s + BATCH], rng=drop_rng)
                     opt.step(model.params, model.grads)
             cases[f"{net} b{BATCH} {name} dropout {dropout}"] = train
-        model = MLP(hidden=hidden, seed=0)
+        model = MLP(hidden=hidden, seed=0, **choice)
         cases[f"{net} inference"] = lambda model=model: model.forward(x_eval)
     return cases
 
@@ -74,15 +85,17 @@ def worker(steps: int = STEPS_PER_BURST) -> None:
         print(time.perf_counter() - start, flush=True)
 
 
-def compare(before: Path, after: Path, rounds: int,
-            steps: int = STEPS_PER_BURST) -> dict[str, list[float]]:
+def compare(before: Path, after: Path, rounds: int, steps: int = STEPS_PER_BURST,
+            kernels: tuple[str | None, str | None] = (None, None)) -> dict[str, list[float]]:
     # Run as a script, not with -m from the repository root: -m puts the current directory first
     # on sys.path, so both workers would import the checkout they were started in.
     procs = {side: subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--worker",
                                      "--steps", str(steps)],
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                    env={**os.environ, "PYTHONPATH": str(path.resolve())})
-             for side, path in (("before", before), ("after", after))}
+                                    env={**os.environ, "PYTHONPATH": str(path.resolve()),
+                                         "AB_KERNELS": choice or ""})
+             for side, path, choice in (("before", before, kernels[0]),
+                                        ("after", after, kernels[1]))}
     for side, path in (("before", before), ("after", after)):
         imported = Path(procs[side].stdout.readline().strip())
         if path.resolve() not in imported.parents:
@@ -112,13 +125,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=STEPS_PER_BURST,
                         help="training steps a burst (longer bursts average out BLAS threads "
                              "waking; 300 for a 2-thread check)")
+    for side in ("before", "after"):
+        parser.add_argument(f"--{side}-kernels", choices=("auto", "numpy", "numba"),
+                            help=f"the {side} side's kernels (default: its checkout's default)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker(args.steps)
     if args.before is None:
         parser.error("--before is required")
-    ratios = compare(args.before, args.after, args.rounds, args.steps)
+    ratios = compare(args.before, args.after, args.rounds, args.steps,
+                     (args.before_kernels, args.after_kernels))
     print(f"{'row':36} after/before time: median (quartiles) over {args.rounds} rounds "
           f"of {args.steps}-step bursts")
     for name, r in ratios.items():

@@ -33,18 +33,19 @@ def _rate(run: dict) -> str:
 
 
 def training_table(results: dict) -> str:
-    headers = ["case", "numpy samples/s", "torch samples/s", "ratio", "GFLOP/s", "% of peak",
-               "% of peak (6N)", "torch GFLOP/s", "numpy MB", "torch MB"]
+    headers = ["case", "numpy samples/s", "torch samples/s", "ratio", "jax samples/s", "ratio jax",
+               "GFLOP/s", "% of peak", "% of peak (6N)", "torch GFLOP/s", "numpy MB", "torch MB"]
     rows, notes = [], []
     for case in results["cases"]:
-        numpy_row, torch_row = case.get("numpy", {}), case.get("torch", {})
+        numpy_row, torch_row, jax_row = (case.get(e, {}) for e in ("numpy", "torch", "jax"))
         rows.append([case["name"], _rate(numpy_row), _rate(torch_row),
-                     _num(case.get("ratio"), ".2f"), _num(case.get("numpy_gflops"), ".1f"),
+                     _num(case.get("ratio"), ".2f"), _rate(jax_row), _num(case.get("jax_ratio"), ".2f"),
+                     _num(case.get("numpy_gflops"), ".1f"),
                      _num(case.get("numpy_pct_of_peak"), ".1f"),
                      _num(case.get("numpy_model_pct_of_peak"), ".1f"), _num(case.get("torch_gflops"), ".1f"),
                      _num(numpy_row.get("peak_rss_mb")), _num(torch_row.get("peak_rss_mb"))])
-        notes += [n for n in (_error_note(case, "numpy"), _error_note(case, "torch")) if n]
-    if any("*" in cell for row in rows for cell in row[1:3]):
+        notes += [n for n in (_error_note(case, e) for e in ("numpy", "torch", "jax")) if n]
+    if any("*" in cell for row in rows for cell in row[1:5]):
         notes.append(f"  * epoch times of that run differed by more than {NOISY_SPREAD:.0%}: the machine was busy")
     return "\n".join([_table(headers, rows), *notes])
 
@@ -61,6 +62,23 @@ def inference_table(results: dict) -> str:
                      _num(torch_row.get("peak_rss_mb"))])
         notes += [n for n in (_error_note(row, "numpy"), _error_note(row, "torch")) if n]
     return "\n".join([_table(headers, rows), *notes])
+
+
+def products_table(results: dict) -> str:
+    """The step against its matrix products alone (share = products / step), and the update's
+    memory traffic beside a plain copy's."""
+    headers = ["net (batch 128)", "optimizer", "step ms", "products ms", "share", "update ms",
+               "update GB/s", "copy GB/s"]
+    rows = []
+    for row in results["products"]:
+        if "error" in row:
+            rows.append([row["net"], row["optimizer"], "failed: " + row["error"], "", "", "", "", ""])
+            continue
+        rows.append([row["net"], row["optimizer"], _num(1e3 * row["step_seconds"], ".3f"),
+                     _num(1e3 * row["products_seconds"], ".3f"), _num(row["share"], ".2f"),
+                     _num(1e3 * row["update_seconds"], ".3f"), _num(row["update_gb_per_s"], ".1f"),
+                     _num(row["copy_gb_per_s"], ".1f")])
+    return _table(headers, rows)
 
 
 def _peak_line(results: dict) -> str:
@@ -97,12 +115,18 @@ def format_report(results: dict) -> str:
     settings, machine = results["settings"], results["machine"]
     parts = [
         f"fmnist-mlp benchmark  {results['started']}  {machine['cpu']}  threads={settings['threads']}  "
-        f"numpy {machine['numpy']}  torch {machine['torch'] or '(not run: ' + str(results['torch_skipped_reason']) + ')'}",
+        f"numpy {machine['numpy']}  torch {machine['torch'] or '(not run: ' + str(results['torch_skipped_reason']) + ')'}"
+        f"  jax {machine.get('jax') if not results.get('jax_skipped_reason') else '(not run: ' + str(results.get('jax_skipped_reason')) + ')'}"
+        f"  engine kernels: {settings.get('kernels', 'numpy')} (numba {machine.get('numba')})"
+        f"  load average {' '.join(format(x, '.2f') for x in machine.get('load_average', ()))}",
         f"data: {settings['data']}; {settings['epochs']} timed epoch(s) per case after "
         f"{settings['warmup_batches']} warm-up batches; float32; torch optimiser kernels: "
         f"{settings['torch_optimizer_impl']}",
         _peak_line(results), "", "Training throughput (full epochs)", training_table(results),
     ]
+    if results.get("products"):
+        parts += ["", "A training step against its matrix products alone (one process, alternating)",
+                  products_table(results)]
     if results["inference"]:
         parts += ["", f"Inference throughput (eval batch {results['inference'][0]['batch_size']})",
                   inference_table(results)]

@@ -1,4 +1,4 @@
-"""Benchmark: the NumPy engine and the identical PyTorch CPU loop, side by side in one run.
+"""Benchmark: the engine, the identical PyTorch CPU loop and a jit-compiled JAX step, in one run.
 
 Every measurement runs in a fresh child process (:mod:`benchmarks.worker`) whose BLAS and
 OpenMP thread counts are set in its environment before NumPy or torch is imported, and the two
@@ -36,6 +36,11 @@ NETS = ((256, 128), (1024, 512))
 BATCH_SIZES = (32, 128, 512)
 OPTIMIZERS = ("momentum", "adam")
 DROPOUTS = (0.0, 0.2)
+# best.yaml's shape (3 × 1024, batch norm, dropout, Adam), one row beside the grid.
+BEST_SHAPE = {"hidden": [1024, 1024, 1024], "batch_size": 128, "optimizer": "adam", "dropout": 0.2,
+              "batchnorm": True}
+# The step-vs-products table: these nets at batch 128, each optimiser.
+PRODUCT_NETS = ((256, 128), (1024, 512), (1024, 1024, 1024))
 # The key rows (small and large net at batch 128, momentum; Adam + dropout): a smoke run.
 QUICK_CASES = ("784-256-128-10_b128_momentum_d0", "784-1024-512-10_b128_momentum_d0",
                "784-1024-512-10_b128_adam_d0.2")
@@ -61,6 +66,9 @@ LOOPS = {
     "numpy": "fmnist_mlp.nn.MLP (relu, softmax + cross_entropy, float32) and optim.make_optimizer; per "
              "step: np.take of the shuffled batch into reused buffers, model.loss_and_grad (also returns "
              "loss and n_correct), optimizer.step at a constant lr",
+    "jax": "benchmarks/jax_loop.py: the whole step (batch gather, forward, log-softmax cross-entropy, "
+           "value_and_grad, the momentum/Adam update written out) one jax.jit call; dropout from "
+           "jax.random; batch norm with batch statistics only; loss read once per epoch",
     "torch": "nn.Sequential(Linear, ReLU[, Dropout] ..., Linear), nn.CrossEntropyLoss, torch.optim.SGD"
              "(momentum) / Adam; per step: index_select of the same shuffled indices, zero_grad(set_to_none), "
              "forward, backward, step, loss.item() (accuracy not counted: favours torch); "
@@ -70,17 +78,21 @@ LOOPS = {
 }
 
 
-def case_name(hidden, batch_size: int, optimizer: str, dropout: float) -> str:
-    """E.g. ``784-256-128-10_b128_momentum_d0`` (dropout printed without a trailing .0)."""
+def case_name(hidden, batch_size: int, optimizer: str, dropout: float,
+              batchnorm: bool = False) -> str:
+    """E.g. ``784-256-128-10_b128_momentum_d0`` (dropout printed without a trailing .0; ``_bn``
+    ends a batch-norm case's name)."""
     sizes = "-".join(str(s) for s in (784, *hidden, 10))
-    return f"{sizes}_b{batch_size}_{optimizer}_d{dropout:g}"
+    return f"{sizes}_b{batch_size}_{optimizer}_d{dropout:g}" + ("_bn" if batchnorm else "")
 
 
 def benchmark_cases() -> list[dict]:
-    """The full grid: 2 nets x 3 batch sizes x 2 optimisers x 2 dropout rates."""
-    return [{"name": case_name(h, b, o, d), "hidden": list(h), "batch_size": b, "optimizer": o,
+    """The full grid (2 nets x 3 batch sizes x 2 optimisers x 2 dropout rates) and best.yaml's
+    shape."""
+    grid = [{"name": case_name(h, b, o, d), "hidden": list(h), "batch_size": b, "optimizer": o,
              "dropout": d}
             for h in NETS for b in BATCH_SIZES for o in OPTIMIZERS for d in DROPOUTS]
+    return grid + [{"name": case_name(**BEST_SHAPE), **BEST_SHAPE}]
 
 
 def select_cases(cases: list[dict], patterns: str | None, quick: bool) -> list[dict]:
@@ -185,13 +197,19 @@ def _machine_info(threads: int, torch_available: bool) -> dict:
                    if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    torch_version = None
-    if torch_available:
-        from importlib.metadata import version
-        torch_version = version("torch")
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(dist: str) -> str | None:
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            return None
+
     return {"platform": platform.platform(), "cpu": cpu, "cpus_available": default_threads(),
             "threads": threads, "python": platform.python_version(), "numpy": np.__version__,
-            "torch": torch_version, "git_commit": _git_commit()}
+            "torch": installed("torch") if torch_available else None, "jax": installed("jax"),
+            "numba": installed("numba"), "load_average": os.getloadavg(),
+            "git_commit": _git_commit()}
 
 
 def _git_commit() -> str | None:
@@ -222,12 +240,29 @@ def _measure_case(case: dict, common: dict, engines: list[str], threads: int) ->
         result["torch_gflops"] = torch_rate * flops / 1e9
         result["torch_model_gflops"] = torch_rate * model_flops / 1e9
         result["ratio"] = numpy_rate / torch_rate
+    jax_rate = result.get("jax", {}).get("samples_per_sec")
+    if numpy_rate and jax_rate:
+        result["jax_ratio"] = numpy_rate / jax_rate
     return result
 
 
+def _measure_products(common: dict, threads: int, quick: bool) -> list[dict]:
+    """The step-vs-products rows: each net of PRODUCT_NETS at batch 128, each optimiser."""
+    rows = []
+    for hidden in PRODUCT_NETS[:1] if quick else PRODUCT_NETS:
+        for optimizer in OPTIMIZERS:
+            job = {**common, "kind": "products", "engine": "numpy", "hidden": list(hidden),
+                   "batch_size": 128, "optimizer": optimizer, "dropout": 0.0,
+                   "rounds": 3 if quick else 10}
+            rows.append({"net": case_name(hidden, 0, "", 0).split("_")[0], "optimizer": optimizer,
+                         **run_child(job, threads)})
+    return rows
+
+
 def _measure_peak(engines: list[str], threads: int, repeats: int, size: int) -> dict:
+    """NumPy's (and torch's) float32 matmul peak; JAX has no peak probe of its own."""
     return {engine: run_child({"kind": "peak", "engine": engine, "size": size, "repeats": repeats}, threads)
-            for engine in engines}
+            for engine in engines if engine != "jax"}
 
 
 def _measure_inference(nets, common: dict, engines: list[str], threads: int, repeats: int) -> list[dict]:
@@ -264,7 +299,8 @@ def _add_share_of_peak(results: dict) -> None:
 def run_benchmark(*, quick: bool = False, cases: str | None = None, epochs: int | None = None,
                   threads: int | None = None, use_torch: bool = True, synthetic: int | None = None,
                   data_dir: str | None = None, skip: tuple[str, ...] = (), peak_size: int = PEAK_SIZE,
-                  torch_optimizer_impl: str = "default",
+                  torch_optimizer_impl: str = "default", use_jax: bool = True,
+                  kernels: str = "auto",
                   progress: Callable[[str], None] = lambda message: None) -> dict:
     """Run the whole benchmark and return the results as a JSON-serialisable dict.
 
@@ -273,11 +309,14 @@ def run_benchmark(*, quick: bool = False, cases: str | None = None, epochs: int 
     training's peak RSS). ``synthetic`` replaces the real data with N random rows; ``peak_size``
     shrinks the peak matmul (tests only: a small product does not reach the BLAS peak). Torch's own
     matmul peak is measured for context, except with ``quick``. ``torch_optimizer_impl``
-    (default | foreach | fused) picks torch's optimiser kernels.
+    (default | foreach | fused) picks torch's optimiser kernels; ``kernels`` (auto | numpy |
+    numba) the engine's (``train.kernels``). ``skip`` may also name ``products`` (the
+    step-vs-products table). JAX runs as a third engine where it is importable (``use_jax``).
     """
     threads = threads or default_threads()
     torch_available = use_torch and importlib.util.find_spec("torch") is not None
-    engines = ["numpy", "torch"] if torch_available else ["numpy"]
+    jax_available = use_jax and importlib.util.find_spec("jax") is not None
+    engines = ["numpy"] + ["torch"] * torch_available + ["jax"] * jax_available
     selected = select_cases(benchmark_cases(), cases, quick)
     epochs = epochs or (1 if quick else 3)
     repeats = 3 if quick else 10
@@ -285,12 +324,14 @@ def run_benchmark(*, quick: bool = False, cases: str | None = None, epochs: int 
                "command": sys.argv, "machine": _machine_info(threads, torch_available),
                "flop_formula": FLOP_FORMULA, "memory_method": MEMORY_METHOD, "loops": LOOPS,
                "torch_skipped_reason": None if torch_available else
-               ("--no-torch" if not use_torch else "torch is not importable")}
+               ("--no-torch" if not use_torch else "torch is not importable"),
+               "jax_skipped_reason": None if jax_available else
+               ("--no-jax" if not use_jax else "jax is not importable")}
     with tempfile.TemporaryDirectory(prefix="fmnist-bench-") as workdir:
         progress("preparing data")
         data = prepare_data(Path(workdir), synthetic, data_dir)
         common = {"epochs": epochs, "seed": 0, "warmup_batches": 5 if quick else 20,
-                  "torch_optimizer_impl": torch_optimizer_impl}
+                  "torch_optimizer_impl": torch_optimizer_impl, "kernels": kernels}
         results["settings"] = {"quick": quick, **common, "threads": threads, "data": data["source"],
                                "n_train": data["n_train"], "n_test": data["n_test"], "peak_repeats": repeats,
                                "peak_size": peak_size, **_FIXED_SETTINGS}
@@ -307,6 +348,10 @@ def run_benchmark(*, quick: bool = False, cases: str | None = None, epochs: int 
             progress("inference on the test set")
             results["inference"] = _measure_inference(nets, {**common, "data": data["paths"]}, engines,
                                                       threads, repeats)
+        results["products"] = []
+        if "products" not in skip:
+            progress("a step against its matrix products alone")
+            results["products"] = _measure_products(common, threads, quick)
         results["extras"] = bench_probes.run_probes(
             skip=skip, quick=quick, threads=threads, data_dir=data_dir, synthetic=synthetic,
             progress=progress, thread_env=thread_env(threads), run_child=run_child)

@@ -8,9 +8,11 @@ therefore covers one engine and one job only: the float32 data copy, the importe
 the model, optimiser and work buffers.
 
 Job kinds (``job["kind"]``): ``peak`` (float32 matmul GFLOP/s), ``train`` (full epochs after a
-warm-up), ``infer`` (forward passes over the test set), ``load_raw`` (decoded-data cache) and
-``overhead`` (bare loop vs the real training path, :mod:`benchmarks.overhead`).
-``job["engine"]`` is ``numpy`` or ``torch``.
+warm-up), ``infer`` (forward passes over the test set), ``load_raw`` (decoded-data cache),
+``overhead`` (bare loop vs the real training path, :mod:`benchmarks.overhead`) and ``products``
+(a training step against its matrix products alone, :mod:`benchmarks.products`).
+``job["engine"]`` is ``numpy`` (the engine, with ``job["kernels"]``: auto | numpy | numba),
+``torch`` or ``jax`` (:mod:`benchmarks.jax_loop`).
 """
 
 from __future__ import annotations
@@ -93,14 +95,18 @@ def measure_peak(job: dict) -> dict:
 
 # --------------------------------------------------------------------------------- NumPy engine
 def _numpy_model_and_optimizer(job: dict):
-    from fmnist_mlp.nn import MLP
+    from fmnist_mlp.data.download import user_cache_dir
+    from fmnist_mlp.nn import MLP, kernels
     from fmnist_mlp.nn.optim import make_optimizer
 
+    kernels.set_cache_dir(user_cache_dir() / "kernels")     # where `train` caches them too
+    choice = job.get("kernels", "auto")
     model = MLP(input_size=784, hidden=tuple(job["hidden"]), num_classes=10, activation="relu",
                 output="softmax", loss="cross_entropy", dropout=job["dropout"],
-                dtype="float32", seed=job["seed"])
+                batchnorm=job.get("batchnorm", False), dtype="float32", seed=job["seed"],
+                kernels=choice)
     settings = OPTIMIZER_SETTINGS[job["optimizer"]]
-    optimizer = make_optimizer(job["optimizer"], model.params, **settings)
+    optimizer = make_optimizer(job["optimizer"], model.params, kernels=choice, **settings)
     return model, optimizer, settings["lr"]
 
 
@@ -128,7 +134,9 @@ def _numpy_train(job: dict) -> dict:
             correct += n_correct
         return loss_sum / len(order), correct
 
-    return _timed_epochs(job, len(x), run)
+    result = _timed_epochs(job, len(x), run)
+    result["kernels"] = {"layers": model.kernels, "optimizer": optimizer.kernels}
+    return result
 
 
 # ---------------------------------------------------------------------------------- torch loop
@@ -140,7 +148,10 @@ def _torch_net(job: dict):
     torch.manual_seed(job["seed"])
     layers, width = [], 784
     for hidden in job["hidden"]:
-        layers += [nn.Linear(width, hidden), nn.ReLU()]
+        if job.get("batchnorm"):            # as the engine: no bias before batch norm
+            layers += [nn.Linear(width, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU()]
+        else:
+            layers += [nn.Linear(width, hidden), nn.ReLU()]
         if job["dropout"] > 0:
             layers.append(nn.Dropout(job["dropout"]))
         width = hidden
@@ -262,8 +273,16 @@ def run_job(job: dict) -> dict:
     kind, engine = job["kind"], job.get("engine", "numpy")
     if kind == "peak":
         result = measure_peak(job)
+    elif kind == "train" and engine == "jax":
+        from benchmarks.jax_loop import jax_train
+
+        result = jax_train(job, _load_arrays, _timed_epochs)
     elif kind == "train":
         result = _torch_train(job) if engine == "torch" else _numpy_train(job)
+    elif kind == "products":
+        from benchmarks.products import measure_products
+
+        result = measure_products(job, _numpy_model_and_optimizer)
     elif kind == "infer":
         result = _infer(job)
     elif kind == "load_raw":

@@ -28,6 +28,40 @@ def need(*modules: str) -> None:
             require_or_skip(f"{name} is not installed (pip install -e '.[dev]')")
 
 
+def _share_the_kernel_cache() -> None:
+    """Tests build models with kernels="numba" directly, not through the plan that names the
+    kernel cache: they share the user's cache with the CLI's subprocesses, so the suite compiles
+    each kernel once."""
+    from fmnist_mlp.data.download import user_cache_dir
+    from fmnist_mlp.errors import ConfigError
+    from fmnist_mlp.nn import kernels
+
+    try:
+        kernels.set_cache_dir(user_cache_dir() / "kernels")
+    except ConfigError:
+        pass
+
+
+_share_the_kernel_cache()
+
+
+def require_numba() -> None:
+    """Skip (fail under CI=true) a test of the fused kernels where numba is not installed."""
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        require_or_skip("numba is not installed (pip install -e '.[fast]')")
+
+
+@pytest.fixture(params=["numpy", "numba"])
+def kernels(request):
+    """Each kernel choice in turn (train.kernels, MLP(kernels=), make_optimizer(kernels=)): the
+    tests that matter run on the NumPy reference and on the fused kernels alike."""
+    if request.param == "numba":
+        require_numba()
+    return request.param
+
+
 @pytest.fixture
 def needs_optuna():
     """For the sweep tests (``pytestmark = pytest.mark.usefixtures("needs_optuna")``)."""

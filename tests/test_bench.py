@@ -18,6 +18,7 @@ from benchmarks import probes as bench_probes, run as bench
 REPO = Path(__file__).resolve().parents[1]
 BENCH = [sys.executable, "-m", "benchmarks"]      # run from REPO, as `make bench` does
 HAS_TORCH = importlib.util.find_spec("torch") is not None
+HAS_JAX = importlib.util.find_spec("jax") is not None
 SMALL_CASE = "784-256-128-10_b32_adam_d0.2"
 
 
@@ -75,6 +76,28 @@ def test_quick_run_measures_torch_side_by_side(quick_run):
     assert results["machine"]["torch"] and results["torch_skipped_reason"] is None
 
 
+@pytest.mark.skipif(not HAS_JAX, reason="jax is not installed (optional bench extra)")
+def test_quick_run_measures_jax_side_by_side(quick_run):
+    _, results = quick_run
+    [case] = results["cases"]
+    assert _positive(case["jax"]["samples_per_sec"]) and math.isfinite(case["jax"]["last_epoch_loss"])
+    assert case["jax_ratio"] == pytest.approx(case["numpy"]["samples_per_sec"] / case["jax"]["samples_per_sec"])
+    assert results["machine"]["jax"] and results["jax_skipped_reason"] is None
+
+
+def test_quick_run_times_a_step_against_its_matrix_products(quick_run):
+    proc, results = quick_run
+    rows = results["products"]
+    assert [(r["net"], r["optimizer"]) for r in rows] == [("784-256-128-10", "momentum"),
+                                                         ("784-256-128-10", "adam")]
+    for row in rows:
+        assert _positive(row["step_seconds"]) and _positive(row["products_seconds"])
+        assert row["share"] == pytest.approx(row["products_seconds"] / row["step_seconds"])
+        assert _positive(row["update_gb_per_s"]) and _positive(row["copy_gb_per_s"])
+        assert row["parameters"] == 784 * 256 + 256 + 256 * 128 + 128 + 128 * 10 + 10
+    assert "A training step against its matrix products alone" in proc.stdout
+
+
 def test_quick_run_prints_the_table(quick_run):
     proc, _ = quick_run
     header = next(line for line in proc.stdout.splitlines() if line.startswith("case "))
@@ -95,7 +118,9 @@ def test_train_flops_count_forward_once_backward_twice_except_first_dx():
 
 def test_grid_and_case_selection():
     cases = bench.benchmark_cases()
-    assert len(cases) == 24 and len({c["name"] for c in cases}) == 24
+    assert len(cases) == 25 and len({c["name"] for c in cases}) == 25
+    assert cases[-1]["name"] == "784-1024-1024-1024-10_b128_adam_d0.2_bn"       # best.yaml's shape
+    assert cases[-1]["batchnorm"] and cases[-1]["hidden"] == [1024, 1024, 1024]
     quick = bench.select_cases(cases, None, quick=True)
     assert [c["name"] for c in quick] == list(bench.QUICK_CASES)
     chosen = bench.select_cases(cases, "784-1024-512-10_b512_*, *_b32_momentum_d0", quick=False)

@@ -33,6 +33,7 @@ from fmnist_mlp.data.synthetic import synthetic_arrays
 from fmnist_mlp.errors import ConfigError
 from fmnist_mlp.nn import MLP
 from fmnist_mlp.rundir.flips import scorer_for
+from conftest import require_numba
 
 # Keys that configure no built object, each with where it does act.
 NOT_REACHING_ENGINE = {
@@ -95,6 +96,7 @@ WALK = {
     "train.batch_size": (16, {}, "loop"),
     "train.eval_batch_size": (64, {}, "loop"),
     "train.early_stopping_patience": (2, {}, "loop"),
+    "train.kernels": ("numpy", {}, "kernels"),       # the base's auto is numba where installed
 }
 BASE = {"model.hidden": [8], "data.val_size": 20, "train.epochs": 3}
 RAW = RawData(**synthetic_arrays(n_train=200, n_test=20, seed=1))
@@ -149,6 +151,7 @@ def what_a_run_builds(flat: dict) -> dict[str, object]:
         "augment": _digest(batch),
         "scores": _digest(scorer.forward(x)),
         "loop": dataclasses.asdict(loop_settings(cfg)),
+        "kernels": (model.kernels, optimizer.kernels),
     }
 
 
@@ -176,6 +179,8 @@ def base_builds():
 
 @pytest.mark.parametrize("key", sorted(WALK))
 def test_config_key_changes_what_it_configures(key, base_builds):
+    if key == "train.kernels":
+        require_numba()                 # without numba, auto is numpy: nothing to change
     value, context, part = WALK[key]
     base_value = flatten(config_to_dict(config_from_dict(_nested({**BASE, **context}))))[key]
     assert base_value != value, "the walk's value must differ from the base's"
@@ -183,6 +188,14 @@ def test_config_key_changes_what_it_configures(key, base_builds):
     after = what_a_run_builds({**BASE, **context, key: value})
     changed = sorted(name for name in before if before[name] != after[name])
     assert part in changed, f"{key}={value!r} changed {changed}, not {part!r}"
+
+
+def test_the_kernel_choice_changes_who_runs_and_nothing_that_is_built(base_builds):
+    """The fused kernels are bit-identical: every other part of the walk stays the same."""
+    require_numba()
+    before, after = base_builds({}), what_a_run_builds({**BASE, "train.kernels": "numpy"})
+    assert before["kernels"] == ("numba", "numba") and after["kernels"] == ("numpy", "numpy")
+    assert sorted(name for name in before if before[name] != after[name]) == ["kernels"]
 
 
 # ---------------------------------------------------------------------------------------------

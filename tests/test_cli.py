@@ -404,7 +404,8 @@ def test_four_trainings_at_once_get_their_own_directories(data_dir, tmp_path):
 
 @pytest.mark.realdata
 @pytest.mark.parametrize("batchnorm", [False, True])
-def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(batchnorm, data_dir, tmp_path):
+def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(batchnorm, kernels, data_dir,
+                                                                 tmp_path):
     from fmnist_mlp.config.load import load_config
     from fmnist_mlp.training.session import run_training
     from fmnist_mlp.errors import TrainingInterrupted
@@ -415,8 +416,10 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(batchnorm, data
     cfg = load_config(None, ["data.subset=1000", "data.val_size=500", "model.hidden=[32, 16]",
                              "model.dropout=0.2", "data.augment.flip=true", "data.augment.shift=1",
                              "data.augment.mixup=0.4", "schedule.name=onecycle", "train.epochs=4", "train.batch_size=100",
-                             f"model.batchnorm={str(batchnorm).lower()}"])
+                             f"model.batchnorm={str(batchnorm).lower()}",
+                             f"train.kernels={kernels}"])
     straight = run_training(cfg, name="straight", runs_dir=tmp_path, data_dir=data_dir)
+    assert straight.summary["kernels"] == {"layers": kernels, "optimizer": kernels}
 
     with pytest.raises(TrainingInterrupted, match="--resume"):
         run_training(cfg, name="stopped", runs_dir=tmp_path, data_dir=data_dir,

@@ -168,14 +168,14 @@ def test_name_choices_are_the_engines_own_tables():
     from fmnist_mlp.nn import optim
     from fmnist_mlp.nn import schedules
     from fmnist_mlp.data import dataset
-    from fmnist_mlp.nn import activations, init, losses, model, workspace
+    from fmnist_mlp.nn import activations, init, kernels, losses, model, workspace
 
     engine_tables = {
         "data.split": dataset.SPLITS, "data.normalize": dataset.NORMALIZATIONS,
         "model.activation": activations.ACTIVATIONS, "model.output": losses.OUTPUTS,
         "model.init": init.INITS, "model.dtype": model.DTYPES, "model.layout": workspace.LAYOUTS,
         "loss.name": losses.LOSSES, "optimizer.name": optim.OPTIMIZERS,
-        "schedule.name": schedules.SCHEDULES,
+        "schedule.name": schedules.SCHEDULES, "train.kernels": kernels.KERNELS,
     }
     fields = {key: _schema_field(key) for key in all_key_paths()}
     fields = {key: f for key, f in fields.items() if f.metadata.get("choices")}

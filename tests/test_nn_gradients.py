@@ -1,4 +1,5 @@
-"""Backprop against central finite differences, in float64, for every activation × loss × depth."""
+"""Backprop against central finite differences, in float64, for every activation × loss × depth,
+with the NumPy layers and with the fused kernels (the ``kernels`` fixture, tests/conftest.py)."""
 
 import itertools
 
@@ -55,10 +56,10 @@ def _checkable_problem(seed, **kwargs):
 
 @pytest.mark.parametrize("activation,output_loss,depth",
                          list(itertools.product(ACTIVATION_NAMES, OUTPUT_LOSSES, DEPTHS)))
-def test_backprop_matches_finite_differences(activation, output_loss, depth):
+def test_backprop_matches_finite_differences(activation, output_loss, depth, kernels):
     output, loss = output_loss
     model, x, y = _checkable_problem(depth + 1, hidden=DEPTHS[depth], activation=activation,
-                                     output=output, loss=loss)
+                                     output=output, loss=loss, kernels=kernels)
     errors = gradient_check(model, x, y)
     assert set(errors) == set(model.params)
     assert max(errors.values()) < TOLERANCE, errors
@@ -72,8 +73,9 @@ def test_backprop_matches_finite_differences(activation, output_loss, depth):
     {"input_dropout": 0.3},
     {"input_dropout": 0.2, "dropout": 0.4, "l2": 0.01},
 ])
-def test_backprop_with_regularisers_matches_finite_differences(extra):
-    kwargs = {"hidden": [6, 5], "activation": "tanh", **extra}
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_backprop_with_regularisers_matches_finite_differences(extra, activation, kernels):
+    kwargs = {"hidden": [6, 5], "activation": activation, "kernels": kernels, **extra}
     model, x, y = _checkable_problem(7, **kwargs)
     errors = gradient_check(model, x, y)
     assert max(errors.values()) < TOLERANCE, errors
@@ -81,10 +83,10 @@ def test_backprop_with_regularisers_matches_finite_differences(extra):
 
 @pytest.mark.parametrize("activation,depth,dropout",
                          list(itertools.product(ACTIVATION_NAMES, [1, 2], [0.0, 0.3])))
-def test_batchnorm_backprop_matches_finite_differences(activation, depth, dropout):
+def test_batchnorm_backprop_matches_finite_differences(activation, depth, dropout, kernels):
     """Training mode (batch statistics): every row's gradient also flows through μ_B and σ²_B."""
     model, x, y = _checkable_problem(11 + depth, hidden=DEPTHS[depth], activation=activation,
-                                     dropout=dropout, batchnorm=True)
+                                     dropout=dropout, batchnorm=True, kernels=kernels)
     running = {k: v.copy() for k, v in model.buffers.items()}
     errors = gradient_check(model, x, y)
     assert set(errors) == set(model.params)
@@ -108,10 +110,11 @@ def test_batchnorm_with_other_losses_and_l2_matches_finite_differences():
     {"activation": "relu", "batchnorm": True, "dropout": 0.3},
     {"activation": "sigmoid", "output": "sigmoid", "loss": "squared_error", "label_smoothing": 0.1},
 ])
-def test_feature_layout_backprop_matches_finite_differences(extra):
+def test_feature_layout_backprop_matches_finite_differences(extra, kernels):
     """The feature layout stores the first weights column by column: the check must perturb the
     model's own entries, and backprop must be right in that layout too."""
-    model, x, y = _checkable_problem(21, hidden=[6, 5], layout="feature", **extra)
+    model, x, y = _checkable_problem(21, hidden=[6, 5], layout="feature", kernels=kernels,
+                                     **extra)
     assert model.params["layer0.W"].flags.f_contiguous
     errors = gradient_check(model, x, y)
     assert set(errors) == set(model.params)

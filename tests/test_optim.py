@@ -1,4 +1,5 @@
-"""Each optimiser's first three steps against its formula written out by hand, in float64."""
+"""Each optimiser's first three steps against its formula written out by hand, in float64, run by
+the NumPy passes and by the fused kernels (the ``kernels`` fixture, tests/conftest.py)."""
 
 import copy
 import math
@@ -20,12 +21,25 @@ GRADS = [  # three steps of gradients for (W, b)
 LRS = [0.1, 0.05, 0.02]   # a different learning rate each step, as a schedule would give
 
 
-def _run(name, steps=3, **hyper):
-    params = {"layer0.W": W0.copy(), "layer0.b": B0.copy()}
-    opt = make_optimizer(name, params, lr=1.0, **hyper)
+def _arrays(kernels, W, b):
+    """(W, b) as the optimiser gets them: a plain dict for the NumPy passes; for the fused
+    kernels, a flat parameter set (the model's kind, the only one they take)."""
+    if kernels == "numpy":
+        return {"layer0.W": W.copy(), "layer0.b": b.copy()}
+    from fmnist_mlp.nn.workspace import ParameterSet
+
+    arrays = ParameterSet({"layer0.W": W.shape, "layer0.b": b.shape}, np.float64)
+    arrays["layer0.W"], arrays["layer0.b"] = W, b
+    return arrays
+
+
+def _run(name, steps=3, kernels="numpy", **hyper):
+    params = _arrays(kernels, W0, B0)
+    opt = make_optimizer(name, params, lr=1.0, kernels=kernels, **hyper)
+    assert opt.kernels == kernels
     history = []
     for (gw, gb), lr in list(zip(GRADS, LRS))[:steps]:
-        opt.step(params, {"layer0.W": gw, "layer0.b": gb}, lr)
+        opt.step(params, _arrays(kernels, gw, gb), lr)
         history.append({k: v.copy() for k, v in params.items()})
     return history, opt
 
@@ -48,43 +62,43 @@ def _assert_same(history, expected):
         np.testing.assert_allclose(got["layer0.b"], want["b"], rtol=0, atol=1e-12)
 
 
-def test_sgd():
-    _assert_same(_run("sgd")[0], _by_hand(lambda th, g, lr, t, s, w: th - lr * g))
+def test_sgd(kernels):
+    _assert_same(_run("sgd", kernels=kernels)[0], _by_hand(lambda th, g, lr, t, s, w: th - lr * g))
 
 
 @pytest.mark.parametrize("nesterov", [False, True])
-def test_momentum_and_nesterov(nesterov):
+def test_momentum_and_nesterov(nesterov, kernels):
     mu = 0.9
 
     def update(th, g, lr, t, s, w):
         s["v"] = mu * s.get("v", 0.0) + g
         return th - lr * (g + mu * s["v"] if nesterov else s["v"])
 
-    _assert_same(_run("nesterov" if nesterov else "momentum", momentum=mu)[0], _by_hand(update))
+    _assert_same(_run("nesterov" if nesterov else "momentum", momentum=mu, kernels=kernels)[0], _by_hand(update))
 
 
-def test_adagrad():
+def test_adagrad(kernels):
     eps = 1e-8
 
     def update(th, g, lr, t, s, w):
         s["G"] = s.get("G", 0.0) + g * g
         return th - lr * g / (np.sqrt(s["G"]) + eps)
 
-    _assert_same(_run("adagrad", eps=eps)[0], _by_hand(update))
+    _assert_same(_run("adagrad", eps=eps, kernels=kernels)[0], _by_hand(update))
 
 
-def test_rmsprop():
+def test_rmsprop(kernels):
     rho, eps = 0.9, 1e-8
 
     def update(th, g, lr, t, s, w):
         s["s"] = rho * s.get("s", 0.0) + (1 - rho) * g * g
         return th - lr * g / (np.sqrt(s["s"]) + eps)
 
-    _assert_same(_run("rmsprop", rho=rho, eps=eps)[0], _by_hand(update))
+    _assert_same(_run("rmsprop", rho=rho, eps=eps, kernels=kernels)[0], _by_hand(update))
 
 
 @pytest.mark.parametrize("name,weight_decay", [("adam", 0.0), ("adamw", 0.1)])
-def test_adam_bias_corrected_with_decoupled_weight_decay(name, weight_decay):
+def test_adam_bias_corrected_with_decoupled_weight_decay(name, weight_decay, kernels):
     b1, b2, eps = 0.8, 0.95, 1e-8
 
     def update(th, g, lr, t, s, is_weight):
@@ -96,34 +110,34 @@ def test_adam_bias_corrected_with_decoupled_weight_decay(name, weight_decay):
         v_hat = s["v"] / (1 - b2 ** t)
         return th - lr * m_hat / (np.sqrt(v_hat) + eps)
 
-    history, _ = _run(name, beta1=b1, beta2=b2, eps=eps, weight_decay=weight_decay)
+    history, _ = _run(name, beta1=b1, beta2=b2, eps=eps, weight_decay=weight_decay, kernels=kernels)
     _assert_same(history, _by_hand(update))
 
 
-def test_adam_first_step_moves_each_weight_by_about_lr():
-    history, _ = _run("adam", steps=1)
+def test_adam_first_step_moves_each_weight_by_about_lr(kernels):
+    history, _ = _run("adam", steps=1, kernels=kernels)
     np.testing.assert_allclose(np.abs(history[0]["layer0.W"] - W0), LRS[0], rtol=1e-6)
 
 
-def test_sgd_with_decoupled_weight_decay():
+def test_sgd_with_decoupled_weight_decay(kernels):
     wd = 0.5
 
     def update(th, g, lr, t, s, is_weight):
         return (th - lr * wd * th if is_weight else th) - lr * g
 
-    _assert_same(_run("sgd", weight_decay=wd)[0], _by_hand(update))
+    _assert_same(_run("sgd", weight_decay=wd, kernels=kernels)[0], _by_hand(update))
 
 
 @pytest.mark.parametrize("name", ["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam"])
-def test_state_saved_restored_and_continued_gives_identical_numbers(name):
-    straight, _ = _run(name)
-    partial, opt = _run(name, steps=2)
+def test_state_saved_restored_and_continued_gives_identical_numbers(name, kernels):
+    straight, _ = _run(name, kernels=kernels)
+    partial, opt = _run(name, steps=2, kernels=kernels)
     state = opt.state_dict()
-    params = {"layer0.W": partial[-1]["layer0.W"].copy(), "layer0.b": partial[-1]["layer0.b"].copy()}
-    fresh = make_optimizer(name, params, lr=1.0)
+    params = _arrays(kernels, partial[-1]["layer0.W"], partial[-1]["layer0.b"])
+    fresh = make_optimizer(name, params, lr=1.0, kernels=kernels)
     fresh.load_state_dict(state)
     gw, gb = GRADS[2]
-    fresh.step(params, {"layer0.W": gw, "layer0.b": gb}, LRS[2])
+    fresh.step(params, _arrays(kernels, gw, gb), LRS[2])
     np.testing.assert_array_equal(params["layer0.W"], straight[2]["layer0.W"])
     np.testing.assert_array_equal(params["layer0.b"], straight[2]["layer0.b"])
 

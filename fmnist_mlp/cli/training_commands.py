@@ -33,6 +33,8 @@ from fmnist_mlp.cli.common import (
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Continue an interrupted run in its own directory (with its own config).")
 @click.option("--quiet", "-q", is_flag=True, help="One plain line per epoch instead of progress bars.")
+@click.option("--verbose", "-v", is_flag=True,
+              help="Also say which kernels ran (numpy or numba; train.kernels in the config).")
 @click.option("--tensorboard", is_flag=True,
               help="Write TensorBoard event files into the run directory (same as "
                    "--set train.tensorboard=true; needs pip install -e '.[tensorboard]').")
@@ -43,8 +45,8 @@ from fmnist_mlp.cli.common import (
               help="Train one run per seed (e.g. --seeds 0,1,2; each run named NAME-seedN) and "
                    "print each test accuracy and their mean ± std.")
 @json_option
-def train(config_path, overrides, name, runs_dir, data_dir, resume_dir, quiet, tensorboard,
-          dry_run, seeds, as_json):
+def train(config_path, overrides, name, runs_dir, data_dir, resume_dir, quiet, verbose,
+          tensorboard, dry_run, seeds, as_json):
     """Train one model; prints the run directory (or, with --json, the summary) on stdout.
 
     The run directory runs/<timestamp>-<name>-<id>/ gets the resolved config.yaml, metrics.jsonl,
@@ -68,7 +70,8 @@ def train(config_path, overrides, name, runs_dir, data_dir, resume_dir, quiet, t
     if resume_dir is None and config_path is None and not overrides:
         raise click.UsageError("give --config FILE (e.g. configs/default.yaml) or --resume RUN_DIR")
     if resume_dir is not None:
-        _train_runs([None], [None], runs_dir, data_dir, resume_dir, quiet, as_json)
+        _train_runs([None], [None], runs_dir, data_dir, resume_dir, quiet, as_json,
+                    verbose=verbose)
         return
     if tensorboard:
         overrides = (*overrides, "train.tensorboard=true")
@@ -81,10 +84,12 @@ def train(config_path, overrides, name, runs_dir, data_dir, resume_dir, quiet, t
     if dry_run:
         show(_dry_run_text(plans, names), err=False)      # names: escapes shown
         return
-    _train_runs(plans, names, runs_dir, data_dir, None, quiet, as_json, seeds=bool(seeds))
+    _train_runs(plans, names, runs_dir, data_dir, None, quiet, as_json, seeds=bool(seeds),
+                verbose=verbose)
 
 
-def _train_runs(plans, names, runs_dir, data_dir, resume_dir, quiet, as_json, seeds=False):
+def _train_runs(plans, names, runs_dir, data_dir, resume_dir, quiet, as_json, seeds=False,
+                verbose=False):
     """Train each plan (or resume one run) in turn; stdout gets each run directory (or JSON)."""
     from fmnist_mlp.training.progress import ProgressReporter
     from fmnist_mlp.training.session import run_training
@@ -101,6 +106,8 @@ def _train_runs(plans, names, runs_dir, data_dir, resume_dir, quiet, as_json, se
         finally:
             reporter.close()        # an interrupted epoch's bar must not swallow the error line
         s = result.summary
+        if verbose or s.get("kernels_before_resume"):
+            reporter.message(_kernels_line(s))
         if result.plan.plots:
             _write_plots(result.run_dir, data_dir, reporter)
         reporter.message(f"finished: best val acc {s['best_val_acc']:.4f} (epoch "
@@ -223,6 +230,18 @@ def gradcheck(config_path, overrides, samples, real, data_dir, tolerance, max_en
     show(f"max relative error {worst:.3e} ({verdict}, tolerance {tolerance:g})", err=False)
     if not passed:
         raise SystemExit(1)
+
+
+def _kernels_line(summary) -> str:
+    """"kernels: layers numba, optimizer numba" (and what ran before a resume, if different)."""
+    def named(kernels) -> str:
+        return ", ".join(f"{part} {kind}" for part, kind in kernels.items())
+
+    line = f"kernels: {named(summary['kernels'])}"
+    if summary.get("kernels_before_resume"):
+        line += (f" (before the resume: {named(summary['kernels_before_resume'])}; the run "
+                 f"continued, not bit for bit)")
+    return line
 
 
 def _write_plots(run_dir: Path, data_dir: Path | None, reporter) -> None:

@@ -56,6 +56,7 @@ class EngineSpec:
     model: Mapping[str, Any]        # MLP's keyword arguments (without seed)
     optimizer: Mapping[str, Any]    # make_optimizer's: name and every hyperparameter
     schedule: Mapping[str, Any]     # make_schedule's, in steps
+    kernels: str = "numpy"          # who computes the elementwise work: numpy | numba (resolved)
 
 
 @dataclass(frozen=True)
@@ -235,7 +236,8 @@ def engine_spec(cfg: Config, steps_per_epoch: int) -> EngineSpec:
                     warmup_steps=s.warmup_epochs * steps_per_epoch,
                     step_size=s.step_epochs * steps_per_epoch, gamma=s.gamma,
                     min_lr=s.min_lr, decay_steps=steps_per_epoch)
-    return EngineSpec(cfg.seed, model_kwargs(cfg), asdict(cfg.optimizer), schedule)
+    return EngineSpec(cfg.seed, model_kwargs(cfg), asdict(cfg.optimizer), schedule,
+                      kernels=resolve_kernels(cfg))
 
 
 def build_engine(spec: EngineSpec, init_rng: np.random.Generator | None = None) -> Engine:
@@ -245,9 +247,11 @@ def build_engine(spec: EngineSpec, init_rng: np.random.Generator | None = None) 
     from fmnist_mlp.nn.optim import make_optimizer
     from fmnist_mlp.nn.schedules import make_schedule
 
-    model = MLP(**spec.model, seed=spec.seed if init_rng is None else init_rng)
+    model = MLP(**spec.model, seed=spec.seed if init_rng is None else init_rng,
+                kernels=spec.kernels)
     settings = dict(spec.optimizer)
-    optimizer = make_optimizer(settings.pop("name"), model.params, **settings)
+    optimizer = make_optimizer(settings.pop("name"), model.params, kernels=spec.kernels,
+                               **settings)
     return Engine(model, optimizer, make_schedule(**spec.schedule))
 
 
@@ -257,7 +261,24 @@ def build_model(config: Config | Mapping[str, Any], rng: np.random.Generator | N
     from fmnist_mlp.nn import MLP
 
     cfg = as_config(config)
-    return MLP(**model_kwargs(cfg), seed=cfg.seed if rng is None else rng)
+    return MLP(**model_kwargs(cfg), seed=cfg.seed if rng is None else rng,
+               kernels=resolve_kernels(cfg))
+
+
+def resolve_kernels(cfg: Config) -> str:
+    """``train.kernels`` as the engine takes it, ``numpy`` or ``numba`` (MissingExtra for numba
+    without the fast extra); numba's compiled kernels are cached in the user's cache folder,
+    beside the data's default home (one cache for every data folder)."""
+    from fmnist_mlp.data.download import user_cache_dir
+    from fmnist_mlp.nn import kernels
+
+    choice = kernels.resolve_kernels(cfg.train.kernels)
+    if choice == "numba" and kernels.cache_dir() is None:
+        try:
+            kernels.set_cache_dir(user_cache_dir() / "kernels")
+        except ConfigError:             # no usable $HOME: the kernels compile, uncached
+            pass
+    return choice
 
 
 def build(config: Config | Mapping[str, Any], steps_per_epoch: int,

@@ -121,6 +121,9 @@ class TrainConfig:
     eval_batch_size: int = _opt(2000, lo=1)
     plots: bool = _opt(False)
     tensorboard: bool = _opt(False)          # event files in the run directory (tensorboardX)
+    # Who runs the elementwise work (speed only: the fused kernels are held equal to NumPy's):
+    # auto = numba where the `fast` extra is installed, else numpy.
+    kernels: str = _opt("auto", choices=_Names("fmnist_mlp.nn.kernels", "KERNELS"))
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,12 @@ def default_data_dir() -> Path:
     """The cache folder: $FMNIST_MLP_DATA_DIR, else $XDG_CACHE_HOME/fmnist-mlp, else ~/.cache/fmnist-mlp."""
     if os.environ.get("FMNIST_MLP_DATA_DIR"):
         return expand_user(os.environ["FMNIST_MLP_DATA_DIR"], "$FMNIST_MLP_DATA_DIR", ConfigError)
+    return user_cache_dir()
+
+
+def user_cache_dir() -> Path:
+    """The user's own cache folder for the tool: $XDG_CACHE_HOME/fmnist-mlp, else
+    ~/.cache/fmnist-mlp (the data's default home; compiled kernels live in it too)."""
     # The XDG spec says a relative XDG_CACHE_HOME is invalid and to be ignored.
     if os.path.isabs(os.path.expanduser(os.environ.get("XDG_CACHE_HOME", ""))):
         return expand_user(os.environ["XDG_CACHE_HOME"], "$XDG_CACHE_HOME", ConfigError) / "fmnist-mlp"

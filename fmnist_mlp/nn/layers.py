@@ -66,12 +66,16 @@ def dropout_forward(x: np.ndarray, threshold: int, rng: np.random.Generator,
     about three times faster than float uniforms), so q = ``threshold``/65536 exactly and the
     scale uses that exact q.
     """
-    words = rng.bit_generator.random_raw(-(-x.size // 4))
-    bits = _in_memory_order_of(words.view(np.uint16)[:x.size], mask)   # stream through memory
+    bits = _in_memory_order_of(dropout_bits(rng, x.size), mask)   # stream through memory
     np.less(bits, threshold, out=mask)          # 1.0 where kept, 0.0 where dropped
     mask *= 65536.0 / threshold
     np.multiply(x, mask, out=out)
     return out
+
+
+def dropout_bits(rng: np.random.Generator, size: int) -> np.ndarray:
+    """``size`` 16-bit draws for a dropout mask, (size,): four from each 64-bit word."""
+    return rng.bit_generator.random_raw(-(-size // 4)).view(np.uint16)[:size]
 
 
 def dropout_backward(dout: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -75,7 +75,9 @@ class MLP:
     A hidden layer then has no bias ``b``: the mean subtraction would cancel it, leaving a
     parameter with an exactly zero gradient; β takes its place.
     ``layout`` is how arrays lie in memory, never what they hold (see
-    :mod:`fmnist_mlp.nn.workspace`). Invalid arguments raise ValueError naming the argument;
+    :mod:`fmnist_mlp.nn.workspace`). ``kernels`` (auto | numpy | numba) is who runs the hidden
+    layers' elementwise chains, never what they compute (:mod:`fmnist_mlp.nn.kernels`); like
+    ``layout`` it is not part of :meth:`spec`. Invalid arguments raise ValueError naming the argument;
     user-facing validation of configs happens before the model is built.
     """
 
@@ -85,7 +87,7 @@ class MLP:
                  l2: float = 0.0, init: str = "auto", dtype: str = "float32",
                  seed: int | np.random.Generator = 0, input_dropout: float = 0.0,
                  batchnorm: bool = False, bn_momentum: float = 0.1, bn_eps: float = 1e-5,
-                 layout: str = "auto") -> None:
+                 layout: str = "auto", kernels: str = "numpy") -> None:
         hidden = [int(h) for h in hidden]
         _check_arguments(input_size=input_size, hidden=hidden, num_classes=num_classes,
                          activation=activation, output=output, loss=loss, dropout=dropout,
@@ -105,6 +107,9 @@ class MLP:
         self._keep = layers.keep_threshold(self.dropout)
         self._input_keep = layers.keep_threshold(self.input_dropout)
         self._allocate(init_rng)
+        self.kernels, self._fused = _fused_chains(kernels, activation, self.dtype)
+        # Batch norm and input dropout: the fused ones take the layer functions' arguments.
+        self._ops = self._fused or layers
         self._workspace = Workspace(self.input_size, hidden, self.dtype, self.layout,
                                     dropout=self.dropout > 0.0,
                                     input_dropout=self.input_dropout > 0.0,
@@ -210,12 +215,14 @@ class MLP:
         training = rng is not None
         p = self.params
         if training and self.input_dropout > 0.0:
-            x = layers.dropout_forward(x, self._input_keep, rng, work.input_mask,
-                                       work.input_dropped)
+            x = self._ops.dropout_forward(x, self._input_keep, rng, work.input_mask,
+                                          work.input_dropped)
         inputs, a = [x], x
         for i, layer in enumerate(work.layers):
-            if not self.batchnorm:
-                layers.dense_forward(a, p[f"layer{i}.W"], p[f"layer{i}.b"], out=layer.h)
+            fused = self._fused
+            if not self.batchnorm:              # fused: the bias is added in the chain below
+                layers.dense_forward(a, p[f"layer{i}.W"], None if fused else p[f"layer{i}.b"],
+                                     out=layer.h)
             elif training:
                 layers.dense_forward(a, p[f"layer{i}.W"], None, out=layer.xhat)
                 self._batchnorm_train(i, layer, n=a.shape[0])
@@ -225,6 +232,12 @@ class MLP:
                     layer.h, p[f"layer{i}.gamma"], p[f"layer{i}.beta"],
                     self.buffers[f"layer{i}.running_mean"], self.buffers[f"layer{i}.running_var"],
                     self.bn_eps, out=layer.h)
+            if fused:                           # the same chain in one pass (nn/kernels)
+                a = fused.hidden_forward(layer.h, None if self.batchnorm else p[f"layer{i}.b"],
+                                         rng if training and self.dropout > 0.0 else None,
+                                         self._keep, layer.mask, layer.dropped)
+                inputs.append(a)
+                continue
             a = layers.activation_forward(self.activation, layer.h, out=layer.h)
             if training and self.dropout > 0.0:
                 a = layers.dropout_forward(a, self._keep, rng, layer.mask, layer.dropped)
@@ -238,9 +251,9 @@ class MLP:
     def _batchnorm_train(self, i: int, layer: LayerWork, n: int) -> None:
         """Hidden layer i's batch normalisation of ``layer.xhat`` (= z) into ``layer.h``, with
         batch statistics; updates the running averages."""
-        layers.batchnorm_forward_train(layer.xhat, self.params[f"layer{i}.gamma"],
-                                       self.params[f"layer{i}.beta"], self.bn_eps, layer.h,
-                                       layer.mean, layer.var, layer.inv_std)
+        self._ops.batchnorm_forward_train(layer.xhat, self.params[f"layer{i}.gamma"],
+                                          self.params[f"layer{i}.beta"], self.bn_eps, layer.h,
+                                          layer.mean, layer.var, layer.inv_std)
         layers.batchnorm_update_running(self.buffers[f"layer{i}.running_mean"],
                                         self.buffers[f"layer{i}.running_var"],
                                         layer.mean, layer.var, n, self.bn_momentum)
@@ -260,13 +273,16 @@ class MLP:
             if below is None:
                 break
             dz = below.dh                       # now dL/d(hidden layer i-1's output)
-            if self.dropout > 0.0:
-                layers.dropout_backward(dz, below.mask)
-            layers.activation_backward(self.activation, dz, below.h)
+            if self._fused:                     # the same two products in one pass
+                self._fused.hidden_backward(dz, below.h, below.mask)
+            else:
+                if self.dropout > 0.0:
+                    layers.dropout_backward(dz, below.mask)
+                layers.activation_backward(self.activation, dz, below.h)
             if self.batchnorm:                  # below.h is free now: it serves as scratch
-                layers.batchnorm_backward(dz, below.xhat, p[f"layer{i - 1}.gamma"],
-                                          below.inv_std, g[f"layer{i - 1}.gamma"],
-                                          g[f"layer{i - 1}.beta"], scratch=below.h)
+                self._ops.batchnorm_backward(dz, below.xhat, p[f"layer{i - 1}.gamma"],
+                                             below.inv_std, g[f"layer{i - 1}.gamma"],
+                                             g[f"layer{i - 1}.beta"], scratch=below.h)
 
     def _targets(self, y: np.ndarray, targets: np.ndarray | None, n: int) -> np.ndarray:
         """(N, K) target distribution: ``targets`` when given, else one-hot (label-smoothed)."""
@@ -325,6 +341,21 @@ class MLP:
         if x.dtype != self.dtype:
             x = x.astype(self.dtype)
         return x
+
+
+def _fused_chains(kernels: str, activation: str, dtype) -> tuple[str, Any]:
+    """(the kernels that run, the fused chains or None): numba's for the activations it fuses,
+    else NumPy's reference chain (:mod:`fmnist_mlp.nn.kernels.chains`)."""
+    from fmnist_mlp.nn.kernels import resolve_kernels
+
+    kernels = resolve_kernels(kernels)
+    if kernels == "numpy":
+        return "numpy", None
+    from fmnist_mlp.nn.kernels.chains import FUSED_ACTIVATIONS, FusedChains
+
+    if activation not in FUSED_ACTIVATIONS:
+        return "numpy", None
+    return "numba", FusedChains(activation, dtype)
 
 
 def _streams(seed: int | np.random.Generator) -> tuple[np.random.Generator, np.random.Generator]:

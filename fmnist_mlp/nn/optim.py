@@ -16,6 +16,10 @@ Update formulas (g = gradient, lr = learning rate, t = step count from 1):
 Decoupled weight decay (``weight_decay`` = λ, as in AdamW) shrinks weights before the update,
 θ ← θ − lr·λ·θ, for weight matrices only (names ending in ``.W``): biases are not decayed.
 ``adamw`` is ``adam`` under its usual name.
+
+These formulas are the reference. With ``kernels="numba"`` an optimiser over a model's flat
+parameter set hands its whole step to one compiled pass (:mod:`fmnist_mlp.nn.kernels.updates`),
+bit-identical to the passes below.
 """
 
 from __future__ import annotations
@@ -65,23 +69,45 @@ class Optimizer:
             self._tmp = {k: np.empty_like(v) for k, v in params.items()}
         self._parallel = elementwise_runner(
             self._flat_tmp.size if self._layout is not None else 0, owner=self)
+        self.kernels = "numpy"
+        self._fused = None
+
+    def use_kernels(self, kernels: str, params: Arrays) -> None:
+        """``numba``: take each step over the flat arrays in one compiled pass (bit-identical to
+        the formulas here) when ``params`` is a flat parameter set and this class is one of this
+        module's; else, or for ``numpy``, the NumPy passes below run."""
+        if kernels != "numba" or self._layout is None or type(self).__module__ != __name__:
+            self.kernels, self._fused = "numpy", None
+            return
+        from fmnist_mlp.nn.kernels.updates import FusedUpdate
+
+        self._fused = FusedUpdate(self, self._layout, params.flat)
+        self._fused.warm_up(self, params.flat, params.flat, self._flat_state)
+        self.kernels = "numba"
 
     def step(self, params: Arrays, grads: Arrays, lr: float | None = None) -> None:
         """Apply one update to ``params`` in place from ``grads``."""
         lr = self.lr if lr is None else float(lr)
         self.t += 1
+        if self._fused is not None and self._flat(params, grads):
+            self._fused.step(self, params.flat, grads.flat, self._flat_state, lr)
+            return
         if self.weight_decay:                   # decoupled: θ ← θ − lr·λ·θ, weights only
             for name, param in params.items():
                 if name.endswith(".W"):
                     param *= 1.0 - lr * self.weight_decay
-        if (self._layout is not None and getattr(params, "layout", None) == self._layout
-                and getattr(grads, "layout", None) == self._layout):
+        if self._flat(params, grads):
             flat = (params.flat, grads.flat, self._flat_tmp, *self._flat_state)
             self._parallel.run(self._update, flat, lr)
             return
         for name in params:
             self._update(params[name], grads[name], lr, self._tmp[name],
                          *(self.state[slot][name] for slot in self.slots))
+
+    def _flat(self, params: Arrays, grads: Arrays) -> bool:
+        """True when ``params`` and ``grads`` lie like this optimiser's flat state."""
+        return (self._layout is not None and getattr(params, "layout", None) == self._layout
+                and getattr(grads, "layout", None) == self._layout)
 
     def _update(self, param: np.ndarray, grad: np.ndarray, lr: float, tmp: np.ndarray,
                 *slot_arrays: np.ndarray) -> None:
@@ -233,10 +259,14 @@ def hyperparameters(cls: type[Optimizer]) -> tuple[str, ...]:
     return tuple(n for n in names if n not in ("self", "params", "lr"))
 
 
-def make_optimizer(name: str, params: Arrays, lr: float, **settings: float) -> Optimizer:
+def make_optimizer(name: str, params: Arrays, lr: float, kernels: str = "numpy",
+                   **settings: float) -> Optimizer:
     """Build the optimiser registered under ``name``. ``settings`` are the config's optimiser
     hyperparameters (momentum, beta1, beta2, eps, rho, weight_decay, ...): each class takes the
-    ones its constructor names and ignores the rest, so one config section serves them all."""
+    ones its constructor names and ignores the rest, so one config section serves them all.
+    ``kernels`` (auto | numpy | numba, :mod:`fmnist_mlp.nn.kernels`): who runs the update."""
+    from fmnist_mlp.nn.kernels import resolve_kernels
+
     if lr <= 0:
         raise ConfigError(f"optimizer.lr: {lr!r} is not valid; expected a positive number")
     cls = OPTIMIZERS.get(name)
@@ -247,4 +277,6 @@ def make_optimizer(name: str, params: Arrays, lr: float, **settings: float) -> O
     if unknown:                         # a misspelt keyword would otherwise do nothing
         raise TypeError(f"make_optimizer() got unexpected keyword arguments {sorted(unknown)}")
     taken = hyperparameters(cls)
-    return cls(params, lr, **{k: v for k, v in settings.items() if k in taken})
+    optimizer = cls(params, lr, **{k: v for k, v in settings.items() if k in taken})
+    optimizer.use_kernels(resolve_kernels(kernels), params)
+    return optimizer

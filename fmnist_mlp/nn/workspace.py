@@ -180,7 +180,7 @@ class ParallelUpdate:
     def for_size(cls, size: int, owner: object) -> "ParallelUpdate | SerialUpdate":
         threads = _thread_count()
         if size < cls.MIN_SIZE or threads < 2:
-            return SerialUpdate()
+            return SerialUpdate(size)
         return cls(size, threads, owner)
 
     def run(self, update, flat: tuple[np.ndarray, ...], lr: float) -> None:
@@ -190,12 +190,25 @@ class ParallelUpdate:
         for future in futures:
             future.result()
 
+    def run_ranges(self, update) -> None:
+        """``update(lo, hi)`` for each part's range of entries, in parallel (a fused kernel
+        indexes the whole flat arrays itself)."""
+        futures = [self.pool.submit(update, part.start, part.stop) for part in self.parts]
+        for future in futures:
+            future.result()
+
 
 class SerialUpdate:
+    def __init__(self, size: int = 0) -> None:
+        self.size = size
+
     @staticmethod
     def run(update, flat: tuple[np.ndarray, ...], lr: float) -> None:
         param, grad, tmp, *slots = flat
         update(param, grad, lr, tmp, *slots)
+
+    def run_ranges(self, update) -> None:
+        update(0, self.size)
 
 
 def _thread_count() -> int:

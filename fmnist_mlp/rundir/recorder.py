@@ -54,6 +54,7 @@ class RunRecorder:
         self.snapshot: tuple[int, bytes] | None = None
         self.saved_epoch = state.epoch           # the epoch last.npz holds
         self.state = state
+        kernels = _kernels(engine)              # who computes (read before the model is asked)
         self.summary: dict[str, Any] = {
             "status": "running", "name": layout.run_name_of(run_dir),
             "run_dir": str(run_dir), "best_epoch": state.best_epoch or None,
@@ -61,11 +62,18 @@ class RunRecorder:
             "final": previous.get("final"), "test_loss": None, "test_acc": None,
             "epochs_completed": state.epoch, "wall_time": self.prior_wall_time,
             "num_parameters": self.model.num_parameters(),
+            "kernels": kernels,
             "versions": _versions(), "message": "", **runs.process_owner(),
         }
+        switched = resumed and _kernels_of(previous) not in (None, self.summary["kernels"])
+        if switched:        # exact resume holds within one kernel choice: say it changed
+            self.summary["kernels_before_resume"] = previous["kernels"]
         runs.write_summary(run_dir, self.summary)
         verb = f"resumed at epoch {state.epoch}" if resumed else "started"
         self.log.write(f"run {verb}: {run_dir}")
+        if switched:
+            self.log.write(f"kernels: {previous['kernels']} before, {self.summary['kernels']} "
+                           f"now; the run continues, not bit for bit as it would have")
 
     # --------------------------------------------------------------- callback protocol
     def on_epoch_end(self, event: Any) -> None:
@@ -201,13 +209,29 @@ def _signals_held():
                 os.kill(os.getpid(), caught[0])     # the default action, now that it is due
 
 
+def _kernels(engine: Any) -> dict[str, str]:
+    """Who ran the elementwise work (numpy | numba): the layers' chains and the update."""
+    return {"layers": getattr(engine.model, "kernels", "numpy"),
+            "optimizer": getattr(engine.optimizer, "kernels", "numpy")}
+
+
+def _kernels_of(summary: Mapping[str, Any]) -> dict[str, str] | None:
+    """A summary's kernels entry when it is one this recorder writes (a hand-edited summary
+    must not stop a resume), else None."""
+    kernels = summary.get("kernels")
+    if (isinstance(kernels, dict) and set(kernels) == {"layers", "optimizer"}
+            and all(v in ("numpy", "numba") for v in kernels.values())):
+        return kernels
+    return None
+
+
 def _versions() -> dict[str, str]:
     """Package versions, recorded so a result can be traced to the code that produced it."""
     import importlib.metadata as md
     import platform
 
     out = {"python": platform.python_version(), "numpy": np.__version__}
-    for dist in ("fmnist-mlp", "click", "tqdm", "pyyaml"):
+    for dist in ("fmnist-mlp", "click", "tqdm", "pyyaml", "numba"):
         try:
             out[dist] = md.version(dist)
         except md.PackageNotFoundError:

@@ -1,0 +1,86 @@
+"""A training step against its own matrix products timed alone: how much of a step is not BLAS.
+
+In one process, alternating bursts: ``steps`` full training steps (gather the batch, forward,
+backward, update: the benchmark's loop) and ``steps`` repetitions of the same step's matrix
+products alone (forward x·W per layer, backward xᵀ·dz and dz·Wᵀ, none for the first layer's
+input), into the model's own work arrays, so the memory layouts are the engine's. Reported per
+step: the median over rounds of each, and ``share`` = products / step (1.0 would mean everything
+around the products is free). The update's memory traffic is reported beside a plain copy's.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+
+def _products(model, x, work, logits, dlogits):
+    """A callable running the step's matrix products alone into the model's arrays."""
+    import numpy as np
+
+    p, g = model.params, model.grads
+    last = len(model.hidden)
+    outs = [layer.h for layer in work.layers] + [logits]
+    douts = [layer.dh for layer in work.layers] + [dlogits]
+
+    def run():
+        a = x
+        for i in range(last + 1):
+            np.matmul(a, p[f"layer{i}.W"], out=outs[i])
+            a = outs[i]
+        for i in range(last, -1, -1):
+            below = outs[i - 1] if i > 0 else x
+            np.matmul(below.T, douts[i], out=g[f"layer{i}.W"])
+            if i > 0:
+                np.matmul(douts[i], p[f"layer{i}.W"].T, out=douts[i - 1])
+    return run
+
+
+def _per_step(fn, steps: int) -> float:
+    start = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    return (time.perf_counter() - start) / steps
+
+
+def measure_products(job: dict, build) -> dict:
+    """``build(job) -> (model, optimizer, lr)``: the benchmark's engine for this case."""
+    import numpy as np
+
+    model, optimizer, lr = build(job)
+    batch, steps, rounds = job["batch_size"], job.get("steps", 20), job.get("rounds", 10)
+    rng = np.random.default_rng(0)
+    x_all = rng.standard_normal((20 * batch, 784), dtype=np.float32)
+    y_all = rng.integers(0, 10, len(x_all))
+    xb, yb = np.empty((batch, 784), np.float32), np.empty(batch, np.int64)
+    drop_rng, counter = np.random.default_rng(1), [0]
+
+    def step():
+        idx = rng.integers(0, len(x_all), batch)
+        np.take(x_all, idx, axis=0, out=xb)
+        np.take(y_all, idx, out=yb)
+        model.loss_and_grad(xb, yb, rng=drop_rng)
+        optimizer.step(model.params, model.grads, lr)
+        counter[0] += 1
+
+    step()
+    work = model._workspace.for_batch(batch, training=True)   # the arrays the step just used
+    logits, dlogits = (np.empty((batch, 10), np.float32) for _ in range(2))
+    products = _products(model, xb, work, logits, dlogits)
+    update = lambda: optimizer.step(model.params, model.grads, lr)      # noqa: E731
+    copy_src, copy_dst = model.params.flat.copy(), np.empty_like(model.params.flat)
+    copy = lambda: np.copyto(copy_dst, copy_src)                        # noqa: E731
+    times = {"step": [], "products": [], "update": [], "copy": []}
+    for r in range(rounds):
+        order = [("step", step), ("products", products), ("update", update), ("copy", copy)]
+        for name, fn in (order if r % 2 == 0 else order[::-1]):
+            times[name].append(_per_step(fn, steps))
+    med = {name: statistics.median(t) for name, t in times.items()}
+    n_bytes = model.params.flat.nbytes
+    # Bytes an update must move at least: read θ, g and each state array, write θ and the state.
+    update_bytes = n_bytes * (3 + 2 * len(getattr(optimizer, "slots", ())))
+    return {"step_seconds": med["step"], "products_seconds": med["products"],
+            "share": med["products"] / med["step"], "update_seconds": med["update"],
+            "update_gb_per_s": update_bytes / med["update"] / 1e9,
+            "copy_gb_per_s": 2 * n_bytes / med["copy"] / 1e9, "parameters": model.params.flat.size,
+            "kernels": {"layers": model.kernels, "optimizer": optimizer.kernels}}

@@ -1,0 +1,70 @@
+"""Whole ``fmnist-mlp train`` processes, two settings alternated: the time a user waits.
+
+    python -m benchmarks.train_ab --config configs/fast.yaml --a train.kernels=numpy \\
+        --b train.kernels=numba --rounds 3
+
+Each round runs one process with ``--set A`` and one with ``--set B`` (the order swapped every
+round, so both see the same load), from start to exit: imports, data from the cache, the kernels'
+cache, training, the test score. Prints each process's wall time, the median B/A ratio and the
+two runs' test accuracies (equal kernels give equal accuracy). Runs land in a temporary folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def one_run(config: str, override: str, runs_dir: Path, extra: list[str]) -> tuple[float, dict]:
+    """(wall seconds, summary) of one `fmnist-mlp train` process."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "fmnist_mlp", "train", "--config", config,
+                           "--set", override, "--runs-dir", str(runs_dir), "--quiet", "--json",
+                           *extra], env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"train --set {override} failed: {proc.stderr.strip().splitlines()[-1:]}")
+    return seconds, json.loads(proc.stdout)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default="configs/fast.yaml")
+    parser.add_argument("--a", default="train.kernels=numpy", help="--set of the A processes")
+    parser.add_argument("--b", default="train.kernels=numba", help="--set of the B processes")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--data-dir", help="the dataset folder (default: the tool's own)")
+    parser.add_argument("--set", dest="extra", action="append", default=[],
+                        help="a further --set for both (e.g. train.epochs=3); repeatable")
+    args = parser.parse_args(argv)
+    extra = [a for s in args.extra for a in ("--set", s)]
+    extra += ["--data-dir", args.data_dir] if args.data_dir else []
+    times: dict[str, list[float]] = {"a": [], "b": []}
+    accs: dict[str, list[float]] = {"a": [], "b": []}
+    with tempfile.TemporaryDirectory(prefix="train-ab-") as tmp:
+        for r in range(args.rounds):
+            for side in ("a", "b") if r % 2 == 0 else ("b", "a"):
+                seconds, summary = one_run(args.config, getattr(args, side), Path(tmp), extra)
+                times[side].append(seconds)
+                accs[side].append(summary["test_acc"])
+                print(f"round {r + 1} {side.upper()} ({getattr(args, side)}): {seconds:.2f} s, "
+                      f"test acc {summary['test_acc']:.4f}, kernels {summary.get('kernels')}",
+                      flush=True)
+    ratios = [b / a for a, b in zip(times["a"], times["b"])]
+    print(f"B/A wall time: median {statistics.median(ratios):.3f} "
+          f"(each round: {', '.join(f'{x:.3f}' for x in ratios)}); load average now "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()

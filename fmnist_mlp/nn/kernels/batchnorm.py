@@ -1,0 +1,149 @@
+"""Batch normalisation's forward and backward in three and two compiled passes, NumPy's bits.
+
+:func:`fmnist_mlp.nn.layers.batchnorm_forward_train` and :func:`~fmnist_mlp.nn.layers.batchnorm_backward`
+make seven passes each way over the (N, D) batch; these kernels make the same float operations in
+the same order in fewer passes. Where bits could part is the sums over the batch, so they are
+summed in NumPy's order (below). Arrays come in memory order, as in
+:mod:`fmnist_mlp.nn.kernels.chains`: ``units_along_rows`` when the memory is (D, N).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fmnist_mlp.nn.kernels import jit
+
+
+# NumPy's sums over the batch, reproduced: a row-major (N, D) array is summed over axis 0 row
+# after row; a feature-major one (its memory (D, N)) along each unit's contiguous row by NumPy's
+# pairwise summation (eight running sums per block of up to 128, halves above that). The same
+# order gives the same bits, so batch norm stays bit-identical too (tests/test_kernels.py).
+@jit.kernel
+def _block_sum(a, lo, n):
+    """Σ a[lo:lo+n], n ≤ 128, in NumPy's order: eight running sums over blocks of eight."""
+    if n < 8:
+        total = a.dtype.type(0)
+        for i in range(n):
+            total += a[lo + i]
+        return total
+    r0, r1, r2, r3 = a[lo], a[lo + 1], a[lo + 2], a[lo + 3]
+    r4, r5, r6, r7 = a[lo + 4], a[lo + 5], a[lo + 6], a[lo + 7]
+    i = 8
+    while i < n - n % 8:
+        r0 += a[lo + i]
+        r1 += a[lo + i + 1]
+        r2 += a[lo + i + 2]
+        r3 += a[lo + i + 3]
+        r4 += a[lo + i + 4]
+        r5 += a[lo + i + 5]
+        r6 += a[lo + i + 6]
+        r7 += a[lo + i + 7]
+        i += 8
+    total = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    while i < n:
+        total += a[lo + i]
+        i += 1
+    return total
+
+
+@jit.kernel
+def _pairwise_sum(a, n, frames, partial):
+    """Σ a[:n] in NumPy's pairwise order (numpy/_core/src/umath/loops_utils.h): blocks of up to
+    128 summed by :func:`_block_sum`, longer runs split in halves (a multiple of 8 on the left),
+    the halves added. Written as a loop over an explicit stack, not as recursion: numba's cache
+    cannot reload a recursive function (a reloaded one crashed). ``frames`` (depth, 3) int64 and
+    ``partial`` (depth,) are the stack's scratch."""
+    if n <= 128:
+        return _block_sum(a, 0, n)
+    top, done = 0, 0
+    frames[0, 0], frames[0, 1], frames[0, 2] = 0, n, 0         # (start, length, stage)
+    while top >= 0:
+        lo, m, stage = frames[top, 0], frames[top, 1], frames[top, 2]
+        if m <= 128:
+            partial[done] = _block_sum(a, lo, m)
+            done += 1
+            top -= 1
+            continue
+        half = m // 2
+        half -= half % 8
+        if stage < 2:                                           # push the left, then the right half
+            frames[top, 2] = stage + 1
+            top += 1
+            frames[top, 0] = lo if stage == 0 else lo + half
+            frames[top, 1] = half if stage == 0 else m - half
+            frames[top, 2] = 0
+        else:                                                   # both halves summed: add them
+            done -= 1
+            partial[done - 1] = partial[done - 1] + partial[done]
+            top -= 1
+    return partial[0]
+
+
+@jit.kernel
+def _batch_sum(a, b, units_along_rows, total, scratch):
+    """total[u] = Σ_n a (``b`` empty) or Σ_n a·b over the batch, per unit, in NumPy's order
+    (the feature-major products are written to ``scratch`` first, as NumPy's temporary)."""
+    with_b = b.size > 0
+    if units_along_rows:                            # memory (D, N): one unit per row
+        n = a.shape[1]
+        frames, partial = np.empty((64, 3), np.int64), np.empty(64, a.dtype)
+        for u in range(a.shape[0]):
+            if not with_b:
+                total[u] = _pairwise_sum(a[u], n, frames, partial)
+                continue
+            au, bu, su = a[u], b[u], scratch[u]
+            for i in range(n):
+                su[i] = au[i] * bu[i]
+            total[u] = _pairwise_sum(su, n, frames, partial)
+        return
+    total[:] = a.dtype.type(0)
+    for r in range(a.shape[0]):                     # memory (N, D): row after row
+        ar = a[r]
+        br = b[r] if with_b else ar
+        for c in range(a.shape[1]):
+            total[c] += ar[c] * br[c] if with_b else ar[c]
+
+
+@jit.kernel
+def batchnorm_forward(z, units_along_rows, gamma, beta, eps, mean, var, inv_std, out):
+    """z ← ẑ = (z − μ_B)/√(σ²_B + eps) in place, out = γ ẑ + β; fills μ_B, σ²_B, 1/√(σ²_B + eps):
+    :func:`fmnist_mlp.nn.layers.batchnorm_forward_train`'s operations, in three passes."""
+    n = z.shape[1] if units_along_rows else z.shape[0]
+    count, one = z.dtype.type(n), z.dtype.type(1)
+    _batch_sum(z, z[:0], units_along_rows, mean, out)
+    for u in range(mean.size):
+        mean[u] = mean[u] / count
+    rows, cols = z.shape
+    for r in range(rows):                           # centre first: no cancellation in σ²
+        zr = z[r]
+        for c in range(cols):
+            zr[c] = zr[c] - mean[r if units_along_rows else c]
+    _batch_sum(z, z, units_along_rows, var, out)
+    for u in range(var.size):
+        var[u] = var[u] / count
+        inv_std[u] = one / np.sqrt(var[u] + eps)
+    for r in range(rows):
+        zr, orow = z[r], out[r]
+        for c in range(cols):
+            u = r if units_along_rows else c
+            x = zr[c] * inv_std[u]
+            zr[c] = x
+            orow[c] = x * gamma[u] + beta[u]
+
+
+@jit.kernel
+def batchnorm_backward(dout, xhat, units_along_rows, gamma, inv_std, dgamma, dbeta, scratch):
+    """dout ← dL/dz in place; fills dγ = Σ dout·ẑ and dβ = Σ dout:
+    :func:`fmnist_mlp.nn.layers.batchnorm_backward`'s operations, in two passes."""
+    n = dout.shape[1] if units_along_rows else dout.shape[0]
+    count = dout.dtype.type(n)
+    _batch_sum(dout, dout[:0], units_along_rows, dbeta, scratch)
+    _batch_sum(dout, xhat, units_along_rows, dgamma, scratch)
+    mean_dbeta, mean_dgamma = dbeta / count, dgamma / count
+    scale = gamma * inv_std
+    rows, cols = dout.shape
+    for r in range(rows):
+        dr, xr = dout[r], xhat[r]
+        for c in range(cols):
+            u = r if units_along_rows else c
+            dr[c] = ((dr[c] - mean_dbeta[u]) - xr[c] * mean_dgamma[u]) * scale[u]

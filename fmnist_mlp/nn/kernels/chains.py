@@ -1,0 +1,167 @@
+"""A hidden layer's elementwise chain in one compiled pass: bias + ReLU (+ dropout), and back;
+batch normalisation's forward and backward in three and two passes.
+
+The reference (:mod:`fmnist_mlp.nn.layers`) makes a pass through memory per operation: add the
+bias, apply the activation, compare the random bits with the keep threshold, scale the mask,
+multiply; and backward, multiply by the mask, then by [a > 0]; batch norm takes seven passes each
+way. :class:`FusedChains` does the chain in one pass each way and batch norm in three forward and
+two backward, with the same float operations in the same order, sums over the batch included
+(:mod:`fmnist_mlp.nn.kernels.batchnorm`), so its results are bit-identical (tests/test_kernels.py). The dropout mask is drawn from the same NumPy bit stream
+by the same call as the reference's, so a run's random stream, and its masks, do not depend on
+the kernels. Fused here: ReLU and linear units; the sigmoid and tanh of the reference use
+NumPy's vectorised transcendental functions, which a compiled loop does not reproduce bit for
+bit, so those activations keep the NumPy chain.
+
+Arrays are handled in memory order: a feature-major work array (the transposed view of a
+row-major one, :mod:`fmnist_mlp.nn.workspace`) is passed as that row-major array, with its bias
+running along rows instead of columns.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fmnist_mlp.nn.kernels import jit
+from fmnist_mlp.nn.kernels.batchnorm import batchnorm_backward, batchnorm_forward
+from fmnist_mlp.nn.layers import dropout_bits
+
+FUSED_ACTIVATIONS = ("relu", "linear")
+
+
+@jit.kernel
+def _forward(z, b, bias_along_rows, relu, bits, threshold, scale, mask, dropped):
+    """z ← f(z + b) in place; with ``bits`` (else empty): mask = [bits < threshold]·scale,
+    dropped = z ⊙ mask. ``b`` empty: no bias. All 2-D arrays C-contiguous, one shape."""
+    rows, cols = z.shape
+    zero, one = z.dtype.type(0), z.dtype.type(1)
+    with_bias, with_dropout = b.size > 0, bits.size > 0
+    for r in range(rows):
+        zr = z[r]
+        for c in range(cols):
+            x = zr[c]
+            if with_bias:
+                x = x + (b[r] if bias_along_rows else b[c])
+            if relu and not x > zero and x == x:    # np.maximum(x, 0): NaN stays, −0 → +0
+                x = zero
+            zr[c] = x
+        if with_dropout:
+            br, mr, dr = bits[r], mask[r], dropped[r]
+            for c in range(cols):
+                m = (one if br[c] < threshold else zero) * scale
+                mr[c] = m
+                dr[c] = zr[c] * m
+
+
+@jit.kernel
+def _backward(dout, a, relu, mask):
+    """dout ← dout ⊙ mask (``mask`` empty: none) ⊙ [a > 0] (``relu``), in place."""
+    rows, cols = dout.shape
+    zero, one = dout.dtype.type(0), dout.dtype.type(1)
+    with_mask = mask.size > 0
+    for r in range(rows):
+        dr, ar = dout[r], a[r]
+        for c in range(cols):
+            d = dr[c]
+            if with_mask:
+                d = d * mask[r, c]
+            if relu:
+                d = d * (one if ar[c] > zero else zero)
+            dr[c] = d
+
+
+@jit.kernel
+def _dropout(x, bits, threshold, scale, mask, out):
+    """mask = [bits < threshold]·scale, out = x ⊙ mask (flat, memory order)."""
+    zero, one = x.dtype.type(0), x.dtype.type(1)
+    for i in range(x.size):
+        m = (one if bits[i] < threshold else zero) * scale
+        mask[i] = m
+        out[i] = x[i] * m
+
+
+def _memory_order(a: np.ndarray) -> tuple[np.ndarray, bool]:
+    """(``a`` as the C-contiguous array its memory holds, whether that is ``a`` transposed)."""
+    if a.flags.c_contiguous:
+        return a, False
+    assert a.T.flags.c_contiguous, "work arrays are row- or column-major"
+    return a.T, True
+
+
+class FusedChains:
+    """The fused chains for one model's activation and dtype (loaded or compiled on creation)."""
+
+    def __init__(self, activation: str, dtype) -> None:
+        assert activation in FUSED_ACTIVATIONS, activation
+        self.relu = activation == "relu"
+        self.dtype = np.dtype(dtype)
+        self._empty = np.empty((0, 0), self.dtype)
+        self._no_bits = np.empty((0, 0), np.uint16)
+        self._no_bias = np.empty(0, self.dtype)
+        tiny = np.zeros((1, 1), self.dtype)
+        bits = np.zeros((1, 1), np.uint16)
+        jit.load([lambda: _forward(tiny, tiny[0], False, self.relu, self._no_bits, 1,
+                                   self.dtype.type(1), self._empty, self._empty),
+                  lambda: _forward(tiny, tiny[0], False, self.relu, bits, 1,
+                                   self.dtype.type(1), tiny, tiny),
+                  lambda: _backward(tiny, tiny, self.relu, self._empty),
+                  lambda: _backward(tiny, tiny, self.relu, tiny),
+                  lambda: _dropout(tiny.ravel(), bits.ravel(), 1, self.dtype.type(1),
+                                   tiny.ravel(), tiny.ravel()),
+                  lambda: self._warm_batchnorm(tiny)])
+
+    def _warm_batchnorm(self, tiny: np.ndarray) -> None:
+        vec = tiny[0].copy()
+        self.batchnorm_forward_train(tiny, vec, vec, 1e-5, tiny.copy(), vec.copy(), vec.copy(),
+                                     vec.copy())
+        self.batchnorm_backward(tiny, tiny, vec, vec, vec.copy(), vec.copy(), tiny.copy())
+
+    def hidden_forward(self, h: np.ndarray, b: np.ndarray | None,
+                       rng: np.random.Generator | None, threshold: int, mask: np.ndarray | None,
+                       dropped: np.ndarray | None) -> np.ndarray:
+        """``h ← f(h + b)`` in place (``b`` None: no bias); with ``rng``, inverted dropout as
+        :func:`fmnist_mlp.nn.layers.dropout_forward` draws it, into ``mask`` and ``dropped``.
+        Returns what the next layer sees."""
+        z, transposed = _memory_order(h)
+        bias = self._no_bias if b is None else b
+        if rng is None:
+            _forward(z, bias, transposed, self.relu, self._no_bits, 1, self.dtype.type(1),
+                     self._empty, self._empty)
+            return h
+        bits = dropout_bits(rng, h.size).reshape(z.shape)
+        _forward(z, bias, transposed, self.relu, bits, threshold,
+                 self.dtype.type(65536.0 / threshold), _memory_order(mask)[0],
+                 _memory_order(dropped)[0])
+        return dropped
+
+    def hidden_backward(self, dout: np.ndarray, a: np.ndarray, mask: np.ndarray | None) -> None:
+        """dL/dz from dL/d(layer output) in place: ``dout ⊙ mask ⊙ f'(z)``, ``a = f(z)``."""
+        if mask is None and not self.relu:
+            return
+        d, _ = _memory_order(dout)
+        _backward(d, _memory_order(a)[0], self.relu,
+                  self._empty if mask is None else _memory_order(mask)[0])
+
+    def batchnorm_forward_train(self, z: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
+                                eps: float, out: np.ndarray, mean: np.ndarray, var: np.ndarray,
+                                inv_std: np.ndarray) -> np.ndarray:
+        """:func:`fmnist_mlp.nn.layers.batchnorm_forward_train` in three passes, same bits."""
+        zm, transposed = _memory_order(z)
+        batchnorm_forward(zm, transposed, gamma, beta, self.dtype.type(eps), mean, var, inv_std,
+                           _memory_order(out)[0])
+        return out
+
+    def batchnorm_backward(self, dout: np.ndarray, xhat: np.ndarray, gamma: np.ndarray,
+                           inv_std: np.ndarray, dgamma: np.ndarray, dbeta: np.ndarray,
+                           scratch: np.ndarray) -> np.ndarray:
+        """:func:`fmnist_mlp.nn.layers.batchnorm_backward` in two passes, same bits."""
+        d, transposed = _memory_order(dout)
+        batchnorm_backward(d, _memory_order(xhat)[0], transposed, gamma, inv_std, dgamma, dbeta,
+                            _memory_order(scratch)[0])
+        return dout
+
+    def dropout_forward(self, x: np.ndarray, threshold: int, rng: np.random.Generator,
+                        mask: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """:func:`fmnist_mlp.nn.layers.dropout_forward` in one pass (C-contiguous arrays)."""
+        _dropout(x.reshape(-1), dropout_bits(rng, x.size), threshold,
+                 self.dtype.type(65536.0 / threshold), mask.reshape(-1), out.reshape(-1))
+        return out
