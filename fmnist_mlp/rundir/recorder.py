@@ -25,7 +25,7 @@ from fmnist_mlp.config.load import config_to_dict
 from fmnist_mlp.config.schema import Config
 from fmnist_mlp.errors import FmnistMlpError
 from fmnist_mlp.rundir import files as runs
-from fmnist_mlp.rundir import layout
+from fmnist_mlp.rundir import guard, layout
 from fmnist_mlp.rundir.files import format_epoch
 
 
@@ -69,6 +69,7 @@ class RunRecorder:
 
     # --------------------------------------------------------------- callback protocol
     def on_epoch_end(self, metrics: dict[str, float], state: Any, is_best: bool) -> None:
+        guard.refuse_if_taken(self.run_dir)     # a stale owner's late epoch is not written
         with _signals_held():   # Ctrl-C here would leave the epoch half recorded; it waits
             self.snapshot = (state.epoch, runs.checkpoint_bytes(self._checkpoint(state)))
             self.metrics.write(metrics)
@@ -91,7 +92,13 @@ class RunRecorder:
 
         Each step is tried even when an earlier one fails (a full disk): the status in
         summary.json matters most, so a run is never left marked running by its own failure.
+        A run taken over by another process is left to it: nothing is written.
         """
+        try:
+            guard.refuse_if_taken(self.run_dir)
+        except guard.RunTakenOver:
+            self._close()
+            raise
         try:
             self._save_pending_last()
         except (OSError, FmnistMlpError) as exc:
@@ -109,6 +116,7 @@ class RunRecorder:
         self._close()
 
     def finish(self, test_scores: Mapping[str, float]) -> dict[str, Any]:
+        guard.refuse_if_taken(self.run_dir)
         self._save_pending_last()
         message = (f"early stopped after epoch {self.state.epoch}" if self.state.early_stopped
                    else "")
