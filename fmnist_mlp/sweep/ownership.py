@@ -142,17 +142,19 @@ class Liveness:
         return not self.is_free(frozen)
 
 
-def take(rdb, frozen, owner: str, counted: bool) -> int:
+def take(rdb, trial_id: int, owner: str, takeovers: int | None = None) -> None:
     """Make ``owner`` the trial's owner, then give it a fresh beat (under the claim lock: a
-    claim cut short between the two leaves the trial free, not owned by nobody). ``counted``:
-    a take-over of a dead worker's trial, added to the trial's count. Returns the count."""
-    tid = private.trial_id(frozen)
-    count = int(frozen.system_attrs.get(TAKEOVERS_KEY, 0) or 0) + (1 if counted else 0)
-    if counted:
-        rdb.set_trial_system_attr(tid, TAKEOVERS_KEY, count)
-    rdb.set_trial_system_attr(tid, OWNER_KEY, owner)
-    rdb.record_heartbeat(tid)
-    return count
+    claim cut short between the two leaves the trial free, not owned by nobody). ``takeovers``:
+    a take-over of a dead worker's trial, its new count recorded first."""
+    if takeovers is not None:
+        rdb.set_trial_system_attr(trial_id, TAKEOVERS_KEY, takeovers)
+    rdb.set_trial_system_attr(trial_id, OWNER_KEY, owner)
+    rdb.record_heartbeat(trial_id)
+
+
+def takeovers_of(frozen) -> int:
+    count = frozen.system_attrs.get(TAKEOVERS_KEY, 0)
+    return count if isinstance(count, int) and not isinstance(count, bool) else 0
 
 
 def release(rdb, trial_id: int, owner: str) -> None:

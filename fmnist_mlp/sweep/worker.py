@@ -148,10 +148,14 @@ def _claim_in_database(sweep: Sweep, owner: str, elsewhere: set[int],
             if t.number in elsewhere or not (owners.released(t) or
                                              (may_judge and owners.dead(t))):
                 continue
-            counted = not owners.released(t) and _died_mid_run(sweep, t)
-            if ownership.take(rdb, t, owner, counted) > ownership.max_takeovers():
+            if owners.released(t) or not _died_mid_run(sweep, t):
+                ownership.take(rdb, private.trial_id(t), owner)
+                return _resume_claim(sweep, t, None, owner)
+            count = ownership.takeovers_of(t) + 1
+            if count > ownership.max_takeovers():
                 _fail_for_takeovers(sweep, t, log)
                 continue
+            ownership.take(rdb, private.trial_id(t), owner, takeovers=count)
             return _resume_claim(sweep, t, None, owner)
         if len(trials) < sweep.budget:
             return _new_claim(sweep, len(trials), owner)
@@ -196,7 +200,7 @@ def _new_claim(sweep: Sweep, count: int, owner: str | None) -> Claim:
         lock = try_lock_trial(sweep.dir, trial.number)
         assert lock is not None, "a new trial's lock is free"      # we hold the claim lock
     else:
-        ownership.take(sweep.rdb, trial, owner, counted=False)
+        ownership.take(sweep.rdb, private.trial_id(trial), owner)
     trial.set_user_attr("worker", _worker_id())
     return Claim(trial.number, private.trial_id(trial), suggest(trial, sweep.spec), None, lock,
                  owner)
