@@ -105,18 +105,18 @@ def run_sweep(spec_file: Path, sweep_dir: Path, *, jobs: int = 1, storage: str |
         with slurm_jobs.signals_as_interrupt():   # (run_local passes SIGTERM on itself)
             code = _run_workers(sweep, args, jobs, slurm, workers, sbatch_args, wait, data_dir,
                                 echo)
-    except (TrainingInterrupted, KeyboardInterrupt):
-        if slurm_jobs.requeue_if_time_is_up():
-            return 0
-        if is_child_worker():
-            return 130
-        raise SweepInterrupted(f"interrupted; every trial is saved; continue with: {rerun}") from None
     except (StorageAway, *database_errors()) as exc:     # the database away past the retries
         what = str(exc) if isinstance(exc, StorageAway) else first_line(exc)
         requeued = slurm_jobs.requeue_self(f"the database is away ({what})")
         raise DatabaseAway(f"{what}; every trial of this worker is saved and released"
                            + ("; this Slurm task is requeued" if requeued else "")
                            + f"; continue with: {rerun}") from None
+    except (TrainingInterrupted, KeyboardInterrupt):
+        if slurm_jobs.requeue_if_time_is_up():
+            return 0
+        if is_child_worker():
+            return 130
+        raise SweepInterrupted(f"interrupted; every trial is saved; continue with: {rerun}") from None
     return 0 if code is None else _exit_code(sweep, code, rerun, note, strict=slurm)
 
 

@@ -214,11 +214,15 @@ def engine_kwargs(ref: StorageRef) -> dict[str, Any]:
                             f"-c idle_in_transaction_session_timeout={2 * timeout * 1000}")
     elif ref.url.startswith("mysql"):
         args.update(read_timeout=timeout, write_timeout=timeout)
-    return {"connect_args": args, "pool_pre_ping": True}
+    # No pool_pre_ping: its ping runs before the pool tells the watchdog which thread holds the
+    # connection, so a ping into a partition could hang uncut. A connection the server dropped
+    # fails its first call instead, which is retried on a fresh one (weather.py).
+    return {"connect_args": args}
 
 
 def _connect_error(ref: StorageRef, exc: Exception) -> ConfigError:
-    orig = getattr(exc, "orig", None) or exc
+    cause = exc.__cause__ if exc.__cause__ is not None else exc    # Optuna wraps the driver's
+    orig = getattr(cause, "orig", None) or cause
     lines = [ln.strip() for ln in str(orig).splitlines() if ln.strip()]
     reason = lines[0] if lines else type(orig).__name__
     if ref.url.startswith("sqlite"):

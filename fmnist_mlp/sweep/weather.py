@@ -51,12 +51,20 @@ def settings() -> tuple[int, int]:
     return values[0], values[1]
 
 
+# Refusals that waiting does not change: a wrong password or role (SQLSTATE class 28), a missing
+# database (3D000), a password not given at all.
+_NOT_WEATHER = ("28", "3D")
+_NOT_WEATHER_TEXT = ("no password supplied", "password authentication failed")
+
+
 def is_storage_error(exc: BaseException) -> bool:
     """An error of the connection, not of the request: worth trying again. Optuna wraps the
     driver's errors in ``StorageInternalError``; the cause tells."""
     try:
         import sqlalchemy.exc as sa
     except ImportError:
+        return False
+    if _refused(exc):
         return False
     seen = 0
     while exc is not None and seen < 5:
@@ -69,6 +77,19 @@ def is_storage_error(exc: BaseException) -> bool:
                 type(exc).__module__.startswith(("psycopg", "pymysql", "MySQLdb", "sqlite3")):
             return True
         exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+def _refused(exc: BaseException | None) -> bool:
+    for _ in range(5):
+        if exc is None:
+            return False
+        state = getattr(getattr(exc, "orig", None) or exc, "sqlstate", None)
+        if isinstance(state, str) and state.startswith(_NOT_WEATHER):
+            return True
+        if any(text in str(exc) for text in _NOT_WEATHER_TEXT):
+            return True
+        exc = exc.__cause__ or exc.__context__
     return False
 
 
@@ -185,7 +206,7 @@ def _shut(dbapi_conn) -> None:
         if fd is None or fd < 0:
             return
         sock = socket.socket(fileno=os.dup(fd))
-    except (OSError, ValueError, AttributeError):
+    except Exception:           # noqa: BLE001 - the driver already knows the connection lost
         return
     try:
         sock.shutdown(socket.SHUT_RDWR)
