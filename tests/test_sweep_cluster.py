@@ -244,3 +244,27 @@ def test_requeue_time_limit_and_scancel_of_tasks_lose_no_epoch(postgres, two_nod
         assert "interrupted" in log and "resumed at epoch" in log, log
     logs = "".join(p.read_text() for p in (sweep_dir / "slurm").glob("*.out"))
     assert f"requeueing task {warned}" in logs, logs
+
+
+def test_wait_after_scancel_exits_130_with_the_rerun_command(postgres, two_nodes, real_data_dir,
+                                                             tmp_path):
+    """scancel of the whole array mid-sweep: its workers save and release their trials, and
+    ``--wait`` says the sweep is unfinished (130, the command that continues it), where it
+    used to count the released trials' fresh heartbeats as running and exit 0."""
+    url = postgres.createdb("cancelled")
+    spec = write_spec(tmp_path / "spec.yaml", trials=6, set=TINY)
+    sweep_dir = tmp_path / "sw"
+    proc = _start(spec, sweep_dir, url, two_nodes, real_data_dir)
+    row = _trial_mid_way(_Study(sweep_dir, url), proc)
+    job = _task_of(row).split("_")[0]
+    subprocess.run(["scancel", job], check=True, env=cli_env(SLURM_CONF=str(two_nodes)),
+                   timeout=30)
+    out, err = _finish(proc)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert "interrupted" in last and "running" not in last, err
+    assert f"continue with: fmnist-mlp sweep run {spec} --dir {sweep_dir}" in last, err
+    st = status(sweep_dir)
+    assert "running" not in {t["state"] for t in st["trials"]}
+    assert "failed" not in {t["state"] for t in st["trials"]}

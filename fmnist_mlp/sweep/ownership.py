@@ -172,6 +172,18 @@ def release(rdb, trial_id: int, owner: str) -> None:
         pass
 
 
+def owned_by(rdb, study, owner: str) -> list[int]:
+    """Ids of the study's RUNNING trials recorded as ``owner``'s (one short try: [] if the
+    database is away)."""
+    try:
+        with rdb.watchdog.limit(weather.settings()[1]):
+            trials = study.get_trials(deepcopy=False)
+    except Exception:           # noqa: BLE001 - the database away: the grace period frees them
+        return []
+    return [private.trial_id(t) for t in trials
+            if t.state.name == "RUNNING" and t.system_attrs.get(OWNER_KEY) == owner]
+
+
 def owner_of(rdb, trial_id: int) -> str | None:
     return rdb.get_trial(trial_id).system_attrs.get(OWNER_KEY)
 

@@ -71,8 +71,7 @@ def run_worker(sweep: Sweep, data_dir: str | Path | None = None,
     owner = ownership.new_owner_token()
     done, waiting_said = 0, False
     elsewhere: set[int] = set()     # trials whose run is in another copy of DIR
-    while (claim := sweep.call(lambda: claim_next(sweep, owner, elsewhere, log), "claiming a trial",
-                               log)) is not None:
+    while (claim := _claim_or_release(sweep, owner, elsewhere, log)) is not None:
         if claim is WAIT:
             if not waiting_said:
                 log("budget spent; waiting for the trials other workers train (one whose "
@@ -86,9 +85,10 @@ def run_worker(sweep: Sweep, data_dir: str | Path | None = None,
                 with ownership.Heartbeat(sweep.rdb, claim.trial_id, owner, interval) as beat:
                     try:
                         train_trial(sweep, claim, data_dir, log, beat)
-                    except TrainingInterrupted as exc:
-                        if not isinstance(exc, TrialTakenOver):
-                            ownership.release(sweep.rdb, claim.trial_id, owner)
+                    except TrialTakenOver:
+                        raise
+                    except BaseException:   # a signal (even before the first epoch), the
+                        ownership.release(sweep.rdb, claim.trial_id, owner)   # database away
                         raise
             else:
                 train_trial(sweep, claim, data_dir, log)
@@ -104,6 +104,21 @@ def run_worker(sweep: Sweep, data_dir: str | Path | None = None,
                 claim.lock.release()
         done += 1
     return done
+
+
+def _claim_or_release(sweep: Sweep, owner: str, elsewhere: set[int], log) -> Claim | object | None:
+    """The next claim, retried while the database is away. A signal between taking a trial and
+    training it releases the trial (its beat is fresh: it would look owned until the grace)."""
+    claim = None
+    try:
+        claim = sweep.call(lambda: claim_next(sweep, owner, elsewhere, log), "claiming a trial",
+                           log)
+        return claim
+    except BaseException:
+        if sweep.coordinated_by_database:
+            for trial_id in ownership.owned_by(sweep.rdb, sweep.study, owner):
+                ownership.release(sweep.rdb, trial_id, owner)
+        raise
 
 
 class RunElsewhere(FmnistMlpError):
