@@ -278,3 +278,74 @@ def test_a_password_reaches_the_workers_but_no_file_or_command_line(password_ser
                   "--slurm", "--dry-run")
     assert dry.returncode == 0 and "pw-Zq8-secret" not in dry.stdout
     assert f"sweeper@127.0.0.1:{pg.port}/secretive" in dry.stdout
+
+
+def test_a_trial_whose_workers_keep_dying_is_failed_after_the_cap(tmp_path, monkeypatch):
+    """A trial taken over from dead workers more than FMNIST_MLP_SWEEP_MAX_TAKEOVERS times (1
+    here) is told FAIL with the reason, and the sweep goes on; a trial released in good order
+    is taken without counting. Real Optuna study in a SQLite database; workers simulated by
+    claims that never beat again (as a SIGKILLed worker leaves its trial)."""
+    import optuna
+
+    from fmnist_mlp.sweep import ownership
+    from fmnist_mlp.sweep.spec import load_spec
+    from fmnist_mlp.sweep.status import format_status, sweep_status
+    from fmnist_mlp.sweep.study import open_sweep
+    from fmnist_mlp.sweep.worker import claim_next
+
+    monkeypatch.setenv("FMNIST_MLP_SWEEP_HEARTBEAT", "1")
+    monkeypatch.setenv("FMNIST_MLP_SWEEP_GRACE", "2")
+    monkeypatch.setenv("FMNIST_MLP_SWEEP_MAX_TAKEOVERS", "1")
+    spec = load_spec(write_spec(tmp_path / "spec.yaml", trials=3))
+    sweep = open_sweep(tmp_path / "sw", spec, f"sqlite:///{tmp_path / 'study.db'}")
+    first = claim_next(sweep, "w1")
+    assert first.number == 0
+    time.sleep(2.5)                                  # w1 dies silent
+    again = claim_next(sweep, "w2")
+    assert again.number == 0                         # taken over once: within the cap
+    time.sleep(2.5)                                  # w2 dies silent too
+    third = claim_next(sweep, "w3")
+    assert third.number == 1                         # trial 0 is failed, not taken again
+    trials = sweep.study.get_trials(deepcopy=False)
+    assert trials[0].state == optuna.trial.TrialState.FAIL
+    assert "taken over 1 times" in trials[0].user_attrs["fail_reason"]
+    ownership.release(sweep.rdb, third.trial_id, "w3")          # stopped in good order
+    fourth = claim_next(sweep, "w4")
+    assert fourth.number == 1                        # released: taken at once, not counted
+    assert ownership.takeovers_of(sweep.study.get_trials(deepcopy=False)[1]) == 0
+    shown = format_status(sweep_status(sweep))
+    assert "trial 0 failed: taken over 1 times" in shown, shown
+
+
+def test_copies_of_the_folder_share_one_budget_and_do_not_restart_each_others_trials(
+        postgres, real_data_dir, tmp_path):
+    """Two copies of the sweep folder (two machines without a shared filesystem) meet in one
+    study: the budget is the study's, extended from either copy; a trial whose run is in the
+    other copy is not started over from epoch 1 here: it is left to that copy, said in one
+    line, and resumed there."""
+    url = postgres.createdb("copies")
+    a = Sweep(tmp_path / "a" if (tmp_path / "a").mkdir() is None else None, url, real_data_dir,
+              jobs=1, trials=1)
+    victim = a.trial_mid_way()
+    os.kill(victim["pid"], signal.SIGKILL)           # copy A's machine dies mid-trial
+    a.finish()
+    (tmp_path / "b").mkdir()
+    b = Sweep(tmp_path / "b", url, real_data_dir, jobs=1, trials=1)
+    assert b.finish() == 130, b.stderr()
+    err = b.stderr()
+    assert "Traceback" not in err, err
+    assert f"trial 0: its run {victim['run_dir'].name} is not in this copy" in err, err
+    assert not any((b.dir / "runs").iterdir())      # nothing started over here
+    a.again()                                        # copy A's machine is back
+    assert a.finish() == 0, a.stderr()
+    log = (victim["run_dir"] / "train.log").read_text()
+    assert "resumed at epoch" in log, log
+    _every_epoch_once(a.dir, 1)
+    # the budget lives in the study: extended from copy A, copy B counts it too
+    a.args += ["--trials", "2"]
+    a.again()
+    assert a.finish() == 0, a.stderr()
+    b.again()
+    assert b.finish() == 0, b.stderr()
+    assert "budget left 0 of 2" in b.stderr().strip().splitlines()[-1], b.stderr()
+    assert status(b.dir)["budget"] == 2 and status(b.dir)["budget_left"] == 0

@@ -36,7 +36,6 @@ class Claim:
     lock: FileLock | None       # journal: the trial's lock, held; database: None
     owner: str | None = None    # database: this worker's token, recorded as the trial's owner
     previous_worker: str = ""   # taken over: the worker that had it
-    reported: bool = False      # taken over: epochs of it were reported (its run has started)
 
 
 WAIT = object()      # claim_next: nothing free now, but a running trial may yet be
@@ -228,8 +227,7 @@ def _resume_claim(sweep: Sweep, frozen, lock: FileLock | None, owner: str | None
     trial.set_user_attr("worker", _worker_id())
     return Claim(frozen.number, private.trial_id(frozen), suggest(trial, sweep.spec),
                  sweep.run_dir_of(frozen.user_attrs.get("run_dir")), lock, owner,
-                 previous_worker=str(frozen.user_attrs.get("worker") or ""),
-                 reported=bool(frozen.intermediate_values))
+                 previous_worker=str(frozen.user_attrs.get("worker") or ""))
 
 
 class _ReportToTrial:
@@ -279,7 +277,7 @@ def train_trial(sweep: Sweep, claim: Claim, data_dir, log, beat=None) -> None:
     if ended is not None:            # its worker died between the run's end and telling the study
         _tell(sweep, n, ended, runs.read_summary(claim.run_dir), log)
         return
-    if claim.reported and claim.run_dir is not None and not claim.run_dir.exists():
+    if beat is not None and claim.run_dir is not None and not claim.run_dir.exists():
         raise RunElsewhere(f"its run {claim.run_dir.name} is not in this copy of the sweep folder "
                            f"(last trained by {claim.previous_worker or 'another worker'}); it is "
                            f"resumed only where that folder is, so it is left for a worker there "
