@@ -76,7 +76,8 @@ def run_worker(sweep: Sweep, data_dir: str | Path | None = None,
                 log("budget spent; waiting for the trials other workers train (one whose "
                     "worker dies is taken over here)")
                 waiting_said = True
-            time.sleep(min(1.0, ownership.heartbeat_settings()[0]))
+            # One look per beat: a dead worker's trial waits out the grace anyway (4 beats).
+            time.sleep(ownership.heartbeat_settings()[0])
             continue
         try:
             if sweep.coordinated_by_database:
