@@ -122,6 +122,14 @@ def _every_epoch_once(sweep_dir: Path, trials: int, epochs: int = EPOCHS) -> lis
     return st["trials"]
 
 
+def _finishes_cleanly(sweep: Sweep, trials: int) -> list[dict]:
+    """The sweep ends 0 with no traceback, every trial finished, every epoch trained once."""
+    code = sweep.finish()
+    assert code == 0, sweep.stderr()
+    assert "Traceback" not in sweep.stderr(), sweep.stderr()
+    return _every_epoch_once(sweep.dir, trials)
+
+
 def test_a_database_stopped_mid_sweep_is_waited_for_and_loses_nothing(postgres, real_data_dir,
                                                                       tmp_path):
     """PostgreSQL stopped for 10 s mid-trial (two workers, both training): they retry, go on
@@ -134,12 +142,8 @@ def test_a_database_stopped_mid_sweep_is_waited_for_and_loses_nothing(postgres, 
         time.sleep(10)
     finally:
         postgres.restart()
-    code = sweep.finish()
-    err = sweep.stderr()
-    assert code == 0, err
-    assert "Traceback" not in err, err
-    assert "retrying for up to 60 s" in err
-    _every_epoch_once(sweep.dir, 4)
+    _finishes_cleanly(sweep, 4)
+    assert "retrying for up to 60 s" in sweep.stderr()
 
 
 def test_a_database_away_past_the_retry_window_saves_the_trial_and_exits_75(postgres,
@@ -218,11 +222,7 @@ def test_a_partition_is_noticed_not_waited_out(postgres, real_data_dir, tmp_path
             time.sleep(3)
         finally:
             proxy.resume()
-        code = sweep.finish()
-        err = sweep.stderr()
-        assert code == 0, err
-        assert "Traceback" not in err, err
-        _every_epoch_once(sweep.dir, 2)        # (sweep.json names the proxy)
+        _finishes_cleanly(sweep, 2)            # (before the proxy closes: sweep.json names it)
     finally:
         proxy.close()
 
@@ -349,3 +349,8 @@ def test_copies_of_the_folder_share_one_budget_and_do_not_restart_each_others_tr
     assert b.finish() == 0, b.stderr()
     assert "budget left 0 of 2" in b.stderr().strip().splitlines()[-1], b.stderr()
     assert status(b.dir)["budget"] == 2 and status(b.dir)["budget_left"] == 0
+    # the spec's lower trials (1) after --trials 2 extended the sweep: said, and the budget kept
+    a.args = a.args[:-2]
+    a.again()
+    assert a.finish() == 0, a.stderr()
+    assert "trials: 1 is below this sweep's budget of 2" in a.stderr(), a.stderr()

@@ -108,8 +108,8 @@ def run_sweep(spec_file: Path, sweep_dir: Path, *, jobs: int = 1, storage: str |
     except (StorageAway, *database_errors()) as exc:     # the database away past the retries
         what = str(exc) if isinstance(exc, StorageAway) else first_line(exc)
         requeued = slurm_jobs.requeue_self(f"the database is away ({what})")
-        raise DatabaseAway(f"{what}; every trial of this worker is saved and released"
-                           + ("; this Slurm task is requeued" if requeued else "")
+        raise DatabaseAway(f"{what}; nothing was marked failed (a worker saves its trial and "
+                           f"releases it)" + ("; this Slurm task is requeued" if requeued else "")
                            + f"; continue with: {rerun}") from None
     except (TrainingInterrupted, KeyboardInterrupt):
         if slurm_jobs.requeue_if_time_is_up():

@@ -51,13 +51,8 @@ CLAIM_WAIT_SECONDS = 600.0
 
 def heartbeat_settings() -> tuple[int, int]:
     """(interval, grace) in seconds, from the environment; grace must exceed two beats."""
-    values = []
-    for var, default in ((HEARTBEAT_VAR, DEFAULT_HEARTBEAT), (GRACE_VAR, DEFAULT_GRACE)):
-        text = os.environ.get(var, str(default))
-        if not text.isdigit() or int(text) < 1:
-            raise ConfigError(f"{var}={text!r}: expected whole seconds >= 1")
-        values.append(int(text))
-    interval, grace = values
+    interval = weather.env_whole(HEARTBEAT_VAR, DEFAULT_HEARTBEAT)
+    grace = weather.env_whole(GRACE_VAR, DEFAULT_GRACE)
     if grace < 2 * interval:
         raise ConfigError(f"{GRACE_VAR}={grace} must be at least twice {HEARTBEAT_VAR}={interval}, "
                           f"or a live worker's trial could look abandoned")
@@ -65,10 +60,7 @@ def heartbeat_settings() -> tuple[int, int]:
 
 
 def max_takeovers() -> int:
-    text = os.environ.get(MAX_TAKEOVERS_VAR, str(DEFAULT_MAX_TAKEOVERS))
-    if not text.isdigit():
-        raise ConfigError(f"{MAX_TAKEOVERS_VAR}={text!r}: expected a whole number >= 0")
-    return int(text)
+    return weather.env_whole(MAX_TAKEOVERS_VAR, DEFAULT_MAX_TAKEOVERS, least=0, unit="takeovers")
 
 
 def new_owner_token() -> str:

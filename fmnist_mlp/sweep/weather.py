@@ -40,15 +40,17 @@ class StorageAway(TrainingInterrupted):
     exit_code = EXIT_STORAGE_AWAY
 
 
+def env_whole(var: str, default: int, least: int = 1, unit: str = "seconds") -> int:
+    """A whole number from the environment (``default`` when unset); one line when malformed."""
+    text = os.environ.get(var, str(default))
+    if not text.isdigit() or int(text) < least:
+        raise ConfigError(f"{var}={text!r}: expected whole {unit} >= {least}")
+    return int(text)
+
+
 def settings() -> tuple[int, int]:
     """(retry window, per-call timeout) in whole seconds, from the environment."""
-    values = []
-    for var, default in ((RETRY_VAR, DEFAULT_RETRY), (TIMEOUT_VAR, DEFAULT_TIMEOUT)):
-        text = os.environ.get(var, str(default))
-        if not text.isdigit() or int(text) < 1:
-            raise ConfigError(f"{var}={text!r}: expected whole seconds >= 1")
-        values.append(int(text))
-    return values[0], values[1]
+    return env_whole(RETRY_VAR, DEFAULT_RETRY), env_whole(TIMEOUT_VAR, DEFAULT_TIMEOUT)
 
 
 # Refusals that waiting does not change: a wrong password or role (SQLSTATE class 28), a missing

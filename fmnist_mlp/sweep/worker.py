@@ -109,11 +109,9 @@ def run_worker(sweep: Sweep, data_dir: str | Path | None = None,
 def _claim_or_release(sweep: Sweep, owner: str, elsewhere: set[int], log) -> Claim | object | None:
     """The next claim, retried while the database is away. A signal between taking a trial and
     training it releases the trial (its beat is fresh: it would look owned until the grace)."""
-    claim = None
     try:
-        claim = sweep.call(lambda: claim_next(sweep, owner, elsewhere, log), "claiming a trial",
-                           log)
-        return claim
+        return sweep.call(lambda: claim_next(sweep, owner, elsewhere, log), "claiming a trial",
+                          log)
     except BaseException:
         if sweep.coordinated_by_database:
             for trial_id in ownership.owned_by(sweep.rdb, sweep.study, owner):
