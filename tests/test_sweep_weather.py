@@ -272,8 +272,14 @@ def test_a_password_reaches_the_workers_but_no_file_or_command_line(password_ser
     # later runs find the password in the environment (or ~/.pgpass), never in sweep.json
     again = run_cli("sweep", "status", sweep.dir)
     assert again.returncode == 2 and "no password supplied" in again.stderr, again.stderr
-    monkeypatch.setenv("PGPASSWORD", "pw-Zq8-secret")
+    pgpass = tmp_path / "pgpass"                   # libpq's password file, mode 0600
+    pgpass.write_text(f"127.0.0.1:{pg.port}:secretive:sweeper:pw-Zq8-secret\n")
+    pgpass.chmod(0o600)
+    monkeypatch.setenv("PGPASSFILE", str(pgpass))
     _every_epoch_once(sweep.dir, 2, epochs=40)
+    monkeypatch.delenv("PGPASSFILE")
+    monkeypatch.setenv("PGPASSWORD", "pw-Zq8-secret")
+    assert status(sweep.dir)["budget_left"] == 0
     dry = run_cli("sweep", "run", sweep.spec, "--dir", tmp_path / "dry", "--storage", url,
                   "--slurm", "--dry-run")
     assert dry.returncode == 0 and "pw-Zq8-secret" not in dry.stdout
@@ -354,3 +360,26 @@ def test_copies_of_the_folder_share_one_budget_and_do_not_restart_each_others_tr
     a.again()
     assert a.finish() == 0, a.stderr()
     assert "trials: 1 is below this sweep's budget of 2" in a.stderr(), a.stderr()
+
+
+def test_a_broken_run_lock_refuses_its_old_holders_writes(tmp_path):
+    """The run lock's side of a take-over, alone: the holder's lock file is replaced by a fresh
+    one (the database declared the holder dead); the taker can lock the run, and the old
+    holder's next write is refused."""
+    from fmnist_mlp.rundir import guard
+    from fmnist_mlp.rundir.files import create_run_dir
+
+    run = create_run_dir(tmp_path, "r")
+    old = guard.RunLock(run).acquire()
+    try:
+        guard.refuse_if_taken(run)                   # still its own: nothing raised
+        assert guard.break_lock(run) is True
+        with pytest.raises(guard.RunTakenOver, match="taken over by another process"):
+            guard.refuse_if_taken(run)
+        old.release()
+        new = guard.RunLock(run).acquire()            # the taker's lock, on the fresh file
+        guard.refuse_if_taken(run)
+        new.release()
+        assert guard.break_lock(run) is False        # nobody holds it: nothing to break
+    finally:
+        old.release()
