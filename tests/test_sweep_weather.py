@@ -134,7 +134,7 @@ def test_a_database_stopped_mid_sweep_is_waited_for_and_loses_nothing(postgres, 
                                                                       tmp_path):
     """PostgreSQL stopped for 10 s mid-trial (two workers, both training): they retry, go on
     when it is back, and the sweep finishes its budget with every epoch trained once."""
-    sweep = Sweep(tmp_path, postgres.createdb("blip"), real_data_dir)
+    sweep = Sweep(tmp_path, postgres.createdb("blip"), real_data_dir, trials=2)
     sweep.trial_mid_way()
     postgres.halt()
     try:
@@ -142,7 +142,7 @@ def test_a_database_stopped_mid_sweep_is_waited_for_and_loses_nothing(postgres, 
         time.sleep(10)
     finally:
         postgres.restart()
-    _finishes_cleanly(sweep, 4)
+    _finishes_cleanly(sweep, 2)
     assert "retrying for up to 60 s" in sweep.stderr()
 
 
@@ -152,7 +152,7 @@ def test_a_database_away_past_the_retry_window_saves_the_trial_and_exits_75(post
     """Past the retry window (5 s here) the worker saves its trial, marks its run interrupted
     (never failed), exits 75 with one line; run again once the database is back, the trial
     resumes from its checkpoint and the budget is finished with no trial failed."""
-    sweep = Sweep(tmp_path, postgres.createdb("outage"), real_data_dir, jobs=1, trials=2,
+    sweep = Sweep(tmp_path, postgres.createdb("outage"), real_data_dir, jobs=1, trials=1,
                   FMNIST_MLP_SWEEP_DB_RETRY="5")
     victim = sweep.trial_mid_way()
     postgres.halt()
@@ -170,7 +170,7 @@ def test_a_database_away_past_the_retry_window_saves_the_trial_and_exits_75(post
         postgres.restart()
     sweep.again()
     assert sweep.finish() == 0, sweep.stderr()
-    trials = _every_epoch_once(sweep.dir, 2)
+    trials = _every_epoch_once(sweep.dir, 1)
     log = (victim["run_dir"] / "train.log").read_text()
     assert "resumed at epoch" in log and "failed" not in log, log
     assert Path(trials[victim["number"]]["run_dir"]) == victim["run_dir"]
@@ -182,7 +182,7 @@ def test_a_worker_frozen_past_the_grace_is_taken_over_and_moves_on_when_woken(po
     """SIGSTOP on a worker mid-trial: the other worker takes the trial over after the grace
     period (breaking the run's lock, which the frozen one still holds); SIGCONT: the woken one
     writes nothing more to that run and goes on to its next trial; every epoch once."""
-    sweep = Sweep(tmp_path, postgres.createdb("frozen"), real_data_dir, trials=4)
+    sweep = Sweep(tmp_path, postgres.createdb("frozen"), real_data_dir, trials=3)
     victim = sweep.trial_mid_way()
     os.kill(victim["pid"], signal.SIGSTOP)
     try:
@@ -199,7 +199,7 @@ def test_a_worker_frozen_past_the_grace_is_taken_over_and_moves_on_when_woken(po
     woken = [line for line in err.splitlines()
              if f"[{victim['pid']}] trial {victim['number']}: " in line and "taken over" in line]
     assert woken and "on to the next trial" in woken[0], err
-    trials = _every_epoch_once(sweep.dir, 4)
+    trials = _every_epoch_once(sweep.dir, 3)
     log = (victim["run_dir"] / "train.log").read_text()
     assert "resumed at epoch" in log and "interrupted" not in log, log
     assert str(victim["pid"]) not in trials[victim["number"]]["worker"]
@@ -213,7 +213,7 @@ def test_a_partition_is_noticed_not_waited_out(postgres, real_data_dir, tmp_path
     proxy = StallingProxy(postgres.port)
     try:
         via = url.replace(f":{postgres.port}/", f":{proxy.port}/")
-        sweep = Sweep(tmp_path, via, real_data_dir, jobs=1, trials=2)
+        sweep = Sweep(tmp_path, via, real_data_dir, jobs=1, trials=1)
         sweep.url = url                          # the test reads the study directly
         sweep.trial_mid_way()
         proxy.stall()
@@ -222,7 +222,7 @@ def test_a_partition_is_noticed_not_waited_out(postgres, real_data_dir, tmp_path
             time.sleep(3)
         finally:
             proxy.resume()
-        _finishes_cleanly(sweep, 2)            # (before the proxy closes: sweep.json names it)
+        _finishes_cleanly(sweep, 1)            # (before the proxy closes: sweep.json names it)
     finally:
         proxy.close()
 

@@ -241,7 +241,9 @@ class _ReportToTrial:
         self.sweep, self.trial, self.number, self.log, self.beat = sweep, trial, number, log, beat
         self.stopped: TrainingInterrupted | None = None
 
-    def on_epoch_start(self, epoch: int, num_batches: int) -> None:
+    # The loop's events arrive as (epoch, num_batches) and (metrics, state, is_best), or as one
+    # event object with those fields (the callbacks of issue 32): either is heard.
+    def on_epoch_start(self, *event) -> None:
         # Database: one read per epoch, so a worker that was stopped past the grace period
         # (and lost its trial) trains no epoch of it after it wakes.
         if self.beat is not None and not self.beat.check():
@@ -249,10 +251,8 @@ class _ReportToTrial:
                                           "beating for longer than the grace period); left to it")
             raise self.stopped
 
-    def on_batch(self, batch: int, loss: float, acc: float) -> None:
-        pass
-
-    def on_epoch_end(self, metrics, state, is_best) -> None:
+    def on_epoch_end(self, *event) -> None:
+        metrics = event[0].metrics if len(event) == 1 else event[0]
         epoch, value = int(metrics["epoch"]), float(metrics["val_acc"])
         try:
             self.sweep.call(lambda: self.trial.report(value, epoch),
