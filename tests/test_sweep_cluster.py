@@ -268,3 +268,41 @@ def test_wait_after_scancel_exits_130_with_the_rerun_command(postgres, two_nodes
     st = status(sweep_dir)
     assert "running" not in {t["state"] for t in st["trials"]}
     assert "failed" not in {t["state"] for t in st["trials"]}
+
+
+def test_a_database_away_past_the_retry_window_requeues_the_tasks(postgres, two_nodes,
+                                                                  real_data_dir, tmp_path):
+    """PostgreSQL stopped mid-sweep for longer than the tasks' retry window (5 s; the ``--wait``
+    launcher's is 60 s): each task saves its trial, marks its run interrupted and requeues
+    itself; once the server is back the requeued tasks resume their trials and the sweep
+    finishes with no trial failed and every epoch trained once."""
+    url = postgres.createdb("away")
+    spec = write_spec(tmp_path / "spec.yaml", trials=2, set=TINY)
+    sweep_dir = tmp_path / "sw"
+    env = cli_env(SLURM_CONF=str(two_nodes), **BEAT, FMNIST_MLP_SWEEP_DB_RETRY="60",
+                  FMNIST_MLP_SWEEP_DB_TIMEOUT="2")
+    os.environ["SLURM_CONF"] = str(two_nodes)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fmnist_mlp", "sweep", "run", str(spec), "--dir", str(sweep_dir),
+         "--storage", url, "--slurm", "--workers", "2", "--wait", "--data-dir",
+         str(real_data_dir), "--sbatch-arg=--export=ALL,FMNIST_MLP_SWEEP_DB_RETRY=5"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _trial_mid_way(_Study(sweep_dir, url), proc)
+    postgres.halt()
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            logs = "".join(p.read_text() for p in (sweep_dir / "slurm").glob("*.out"))
+            if logs.count("the database is away") >= 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    finally:
+        postgres.restart()
+    assert logs.count("requeueing task") >= 2, logs
+    out, err = _finish(proc, timeout=240)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err, err
+    _every_epoch_once(sweep_dir, 2)
+    logs = "".join(p.read_text() for p in (sweep_dir / "slurm").glob("*.out"))
+    assert "Traceback" not in logs, logs
+    assert logs.count("resuming") >= 1, logs

@@ -133,13 +133,14 @@ def _finishes_cleanly(sweep: Sweep, trials: int) -> list[dict]:
 def test_a_database_stopped_mid_sweep_is_waited_for_and_loses_nothing(postgres, real_data_dir,
                                                                       tmp_path):
     """PostgreSQL stopped for 10 s mid-trial (two workers, both training): they retry, go on
-    when it is back, and the sweep finishes its budget with every epoch trained once."""
+    when it is back, and the sweep finishes its budget with every epoch trained once. (The
+    issue's 30 s: FMNIST_MLP_TEST_OUTAGE=30, as docs/many-machines.md reports.)"""
     sweep = Sweep(tmp_path, postgres.createdb("blip"), real_data_dir, trials=2)
     sweep.trial_mid_way()
     postgres.halt()
     try:
         sweep.wait_for("unreachable")           # noticed, and said in one line
-        time.sleep(10)
+        time.sleep(float(os.environ.get("FMNIST_MLP_TEST_OUTAGE", "10")))
     finally:
         postgres.restart()
     _finishes_cleanly(sweep, 2)

@@ -292,11 +292,17 @@ def train_trial(sweep: Sweep, claim: Claim, data_dir, log, beat=None) -> None:
     cfg = None if resume else sweep.spec.trial_config(claim.params)
     reporter = _ReportToTrial(sweep, trial, n, log, beat)
 
+    unrecorded: list[Path] = []
+
     def record_run_dir(d) -> None:
         # its name only: the sweep directory may be moved or mounted elsewhere, and the run
         # is always DIR/runs/<name>
-        sweep.call(lambda: trial.set_user_attr("run_dir", Path(d).name),
-                   f"trial {n}: recording its run", log)
+        try:
+            sweep.call(lambda: trial.set_user_attr("run_dir", Path(d).name),
+                       f"trial {n}: recording its run", log)
+        except weather.StorageAway:
+            unrecorded.append(Path(d))      # the study cannot name it: removed below
+            raise
 
     try:
         result = run_training(cfg, name=f"trial-{n:04d}", runs_dir=sweep.runs_dir,
@@ -309,6 +315,8 @@ def train_trial(sweep: Sweep, claim: Claim, data_dir, log, beat=None) -> None:
     except TrainingDivergedError as exc:
         _tell(sweep, n, "failed", {"message": str(exc)}, log, beat)
     except TrainingInterrupted:
+        for run_dir in unrecorded:      # nothing trained in it, and the study never learnt it
+            _discard_unstarted_run(run_dir, sweep.runs_dir, log)
         if reporter.stopped is not None:        # the session said "interrupted"; this is why
             raise reporter.stopped from None
         if beat is not None and beat.lost.is_set():
