@@ -1,8 +1,8 @@
 """Who trains which trial when the study is in a database: decided in the database alone.
 
 - Claiming (a new trial, or taking over a dead worker's) happens under a lock held *in the
-  database*: PostgreSQL's session advisory lock, MySQL's ``GET_LOCK`` (both dropped by the server
-  when the holder's connection dies), or, for SQLite, whose file is only as shared as its locks
+  database*: PostgreSQL's transaction advisory lock, MySQL's ``GET_LOCK`` (both dropped by the
+  server when the holder's connection dies), or, for SQLite, whose file is only as shared as its locks
   anyway, a flock beside the database file. Nothing in DIR is locked.
 - A worker owns its trial while it beats: Optuna's trial heartbeat (``RDBStorage`` with
   ``heartbeat_interval``), recorded by a thread every ``interval`` seconds, timed by the database's

@@ -278,7 +278,7 @@ def _rdb(ref: StorageRef, read_only: bool, heartbeat, patient: bool):
 
     try:
         if patient:
-            rdb = weather.call(connect, "opening the study", where_of(ref), log=_to_stderr)
+            rdb = weather.call(connect, "opening the study", where_of(ref), log=weather.to_stderr)
         else:
             rdb = connect()
         rdb.watchdog = weather.Watchdog(rdb.engine)
@@ -364,10 +364,6 @@ def _repair(path: Path) -> int:
         keep = size - len(tail) + cut + 1 if cut >= 0 else 0
         f.truncate(keep)
     return size - keep
-
-
-def _to_stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def validate_record(record: Any, line: int, path: Path) -> dict:

@@ -81,7 +81,8 @@ class Sweep:
             return fn()
         from fmnist_mlp.sweep import weather
 
-        return weather.call(fn, what, where_of(self.ref), log=log, watchdog=self.rdb.watchdog)
+        return weather.call(fn, what, where_of(self.ref), log=log or weather.to_stderr,
+                            watchdog=self.rdb.watchdog)
 
     def refresh_budget(self) -> int:
         """The budget as the study holds it now (another copy of DIR may have extended it)."""

@@ -129,6 +129,13 @@ def call(fn: Callable[[], T], what: str, where: str = "the database",
         pause = min(LONGEST_PAUSE, pause * 2)
 
 
+def to_stderr(message: str) -> None:
+    """The retry notice of a command that has no log of its own (status, report, --wait)."""
+    import sys
+
+    print(message, file=sys.stderr, flush=True)
+
+
 def first_line(exc: BaseException) -> str:
     from fmnist_mlp.io.printable import printable
 
