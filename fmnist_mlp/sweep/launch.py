@@ -99,9 +99,10 @@ def run_sweep(spec_file: Path, sweep_dir: Path, *, jobs: int = 1, storage: str |
         return 0
     if slurm:
         slurm_jobs.require_sbatch()                     # before anything is created
-    sweep = open_sweep(sweep_dir, spec, storage, trials=trials, note=note)
-    rerun = rerun_command(spec_file, sweep.dir)
+    rerun = rerun_command(spec_file, Path(sweep_dir).absolute())
     try:
+        # (inside: a worker started while the database is away requeues itself as well)
+        sweep = open_sweep(sweep_dir, spec, storage, trials=trials, note=note)
         with slurm_jobs.signals_as_interrupt():   # (run_local passes SIGTERM on itself)
             code = _run_workers(sweep, args, jobs, slurm, workers, sbatch_args, wait, data_dir,
                                 echo)
