@@ -86,12 +86,14 @@ def break_lock(run_dir: str | Path) -> bool:
     after the holder's heartbeat went silent past the grace period): the lock file is replaced by
     a fresh one, so the caller can take the run, and the old holder, should it wake, is refused
     its next write (:func:`refuse_if_taken`). Only for callers that know the holder is dead or
-    disowned; True when a holder was displaced."""
+    disowned; True when a holder was displaced. The file is replaced even when no holder shows:
+    on a filesystem whose locks do not reach this node a live holder looks like none, and the
+    fresh file still refuses its writes."""
     path = Path(run_dir) / layout.LOCK
-    if not is_held(path):
-        return False
-    safe_io.atomic_write(path, b"", base=run_dir)
-    return True
+    held = is_held(path)
+    if held or os.path.lexists(path):
+        safe_io.atomic_write(path, b"", base=run_dir)
+    return held
 
 
 def refuse_links_inside(run_dir: str | Path, relative: str | Path) -> None:
