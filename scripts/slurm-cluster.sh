@@ -11,6 +11,7 @@
 #   scripts/slurm-cluster.sh stop DIR    stop, by their pid files, the daemons this script started
 #
 # Ports: SLURMCTLD_PORT (16817), SLURMD_PORT (16818; nodeB takes SLURMD_PORT_B, default +1).
+# SLURMD_TIMEOUT (60): seconds before a silent node is marked DOWN (fits the sweep's heartbeat).
 # Needs Debian's slurmctld, slurmd, slurm-client and munge packages. Nothing outside DIR is
 # touched except munge's key (/etc/munge/munge.key, created with mungekey when missing) and its
 # run directory (/run/munge), which munged needs.
@@ -111,6 +112,15 @@ AccountingStorageType=accounting_storage/none
 MpiDefault=none
 ReturnToService=2
 KillWait=30
+# Node timeouts that fit the sweep's heartbeat (a beat every 10 s, taken over after 40 s): a
+# node that stops answering is DOWN after SlurmdTimeout (default 300 s), so its tasks leave
+# squeue within a minute of the database giving its trial to another node, and --wait is not
+# held for minutes by a dead node. SLURMD_TIMEOUT overrides it (tests: 10 s).
+SlurmdTimeout=${SLURMD_TIMEOUT:-60}
+MessageTimeout=10
+# A worker whose database stays away past its retry window saves its trial and exits 75
+# (EX_TEMPFAIL): requeued, so it starts again and resumes once the database is back.
+RequeueExit=75
 MinJobAge=600
 $node_lines
 PartitionName=debug Nodes=$node_list Default=YES MaxTime=INFINITE State=UP

@@ -56,6 +56,19 @@ class Postgres:
         except (OSError, ValueError, IndexError):
             return None
 
+    def halt(self) -> None:
+        """Stop the server (fast shutdown: every connection cut), keeping its data."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def restart(self) -> None:
+        """Start a halted server again, on the same port."""
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "server.log"), "-w",
+                  "-o", f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1", "start")
+
+    def psql(self, database: str, sql: str) -> str:
+        return self._run("psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
+                         "-d", database, "-v", "ON_ERROR_STOP=1", "-Atc", sql).stdout
+
     def stop(self) -> None:
         if self.pid() is not None:
             # immediate: a throwaway server, removed next; no shutdown checkpoint to wait for
@@ -127,3 +140,76 @@ def start_slurm(state: Path, two_nodes: bool) -> Path:
 def stop_slurm(state: Path) -> None:
     subprocess.run(["bash", str(REPO / "scripts" / "slurm-cluster.sh"), "stop", str(state)],
                    capture_output=True, timeout=60)
+
+
+class StallingProxy:
+    """A TCP proxy on 127.0.0.1 in a thread of the test, to ``port``: while ``stalled`` it
+    forwards nothing either way and answers no new connection (it still accepts them, as a
+    middlebox that swallows packets would look to the client's kernel): a network partition
+    that TCP alone does not report. ``resume()`` forwards again."""
+
+    def __init__(self, port: int):
+        import threading
+
+        self.target = port
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(64)
+        self.port = self.listener.getsockname()[1]
+        self.flowing = threading.Event()
+        self.flowing.set()
+        self.closed = threading.Event()
+        self.threads = [threading.Thread(target=self._accept, daemon=True)]
+        self.threads[0].start()
+
+    def stall(self) -> None:
+        self.flowing.clear()
+
+    def resume(self) -> None:
+        self.flowing.set()
+
+    def close(self) -> None:
+        self.closed.set()
+        self.flowing.set()
+        self.listener.close()
+
+    def _accept(self) -> None:
+        import threading
+
+        while not self.closed.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            t = threading.Thread(target=self._serve, args=(client,), daemon=True)
+            t.start()
+
+    def _serve(self, client: socket.socket) -> None:
+        import selectors
+
+        self.flowing.wait()
+        try:
+            upstream = socket.create_connection(("127.0.0.1", self.target), timeout=10)
+        except OSError:
+            client.close()
+            return
+        sel = selectors.DefaultSelector()
+        sel.register(client, selectors.EVENT_READ, upstream)
+        sel.register(upstream, selectors.EVENT_READ, client)
+        try:
+            while not self.closed.is_set():
+                self.flowing.wait()
+                for key, _ in sel.select(timeout=0.2):
+                    if not self.flowing.is_set():
+                        break               # stalled mid-way: the bytes wait in the kernel
+                    data = key.fileobj.recv(65536)
+                    if not data:
+                        return
+                    key.data.sendall(data)
+        except OSError:
+            return
+        finally:
+            sel.close()
+            client.close()
+            upstream.close()

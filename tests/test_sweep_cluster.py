@@ -244,3 +244,66 @@ def test_requeue_time_limit_and_scancel_of_tasks_lose_no_epoch(postgres, two_nod
         assert "interrupted" in log and "resumed at epoch" in log, log
     logs = "".join(p.read_text() for p in (sweep_dir / "slurm").glob("*.out"))
     assert f"requeueing task {warned}" in logs, logs
+
+
+def test_wait_after_scancel_exits_130_with_the_rerun_command(postgres, two_nodes, real_data_dir,
+                                                             tmp_path):
+    """scancel of the whole array mid-sweep: its workers save and release their trials, and
+    ``--wait`` says the sweep is unfinished (130, the command that continues it), where it
+    used to count the released trials' fresh heartbeats as running and exit 0."""
+    url = postgres.createdb("cancelled")
+    spec = write_spec(tmp_path / "spec.yaml", trials=6, set=TINY)
+    sweep_dir = tmp_path / "sw"
+    proc = _start(spec, sweep_dir, url, two_nodes, real_data_dir)
+    row = _trial_mid_way(_Study(sweep_dir, url), proc)
+    job = _task_of(row).split("_")[0]
+    subprocess.run(["scancel", job], check=True, env=cli_env(SLURM_CONF=str(two_nodes)),
+                   timeout=30)
+    out, err = _finish(proc)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert "interrupted" in last and "running" not in last, err
+    assert f"continue with: fmnist-mlp sweep run {spec} --dir {sweep_dir}" in last, err
+    st = status(sweep_dir)
+    assert "running" not in {t["state"] for t in st["trials"]}
+    assert "failed" not in {t["state"] for t in st["trials"]}
+
+
+def test_a_database_away_past_the_retry_window_requeues_the_tasks(postgres, two_nodes,
+                                                                  real_data_dir, tmp_path):
+    """PostgreSQL stopped mid-sweep for longer than the tasks' retry window (5 s; the ``--wait``
+    launcher's is 60 s): a task training a trial saves it, marks its run interrupted and
+    requeues itself (a task starting meanwhile exits 75, which RequeueExit=75 requeues); once
+    the server is back the requeued tasks resume the trials and the sweep finishes with no
+    trial failed and every epoch trained once."""
+    url = postgres.createdb("away")
+    spec = write_spec(tmp_path / "spec.yaml", trials=2, set=TINY)
+    sweep_dir = tmp_path / "sw"
+    env = cli_env(SLURM_CONF=str(two_nodes), **BEAT, FMNIST_MLP_SWEEP_DB_RETRY="60",
+                  FMNIST_MLP_SWEEP_DB_TIMEOUT="2")
+    os.environ["SLURM_CONF"] = str(two_nodes)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fmnist_mlp", "sweep", "run", str(spec), "--dir", str(sweep_dir),
+         "--storage", url, "--slurm", "--workers", "2", "--wait", "--data-dir",
+         str(real_data_dir), "--sbatch-arg=--export=ALL,FMNIST_MLP_SWEEP_DB_RETRY=5"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _trial_mid_way(_Study(sweep_dir, url), proc)
+    postgres.halt()
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            logs = "".join(p.read_text() for p in (sweep_dir / "slurm").glob("*.out"))
+            if "requeueing task" in logs or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    finally:
+        postgres.restart()
+    assert "the database is away" in logs and "this Slurm task is requeued" in logs, logs
+    out, err = _finish(proc, timeout=240)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err, err
+    _every_epoch_once(sweep_dir, 2)
+    logs = "".join(p.read_text() for p in (sweep_dir / "slurm").glob("*.out"))
+    assert "Traceback" not in logs, logs
+    assert logs.count("resuming") >= 1, logs

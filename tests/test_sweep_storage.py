@@ -51,6 +51,7 @@ def _bad_urls() -> list[tuple[str, str]]:
         (f"redis://127.0.0.1:{port}", "sweep workers need the database itself"),
         ("postgresq://host/db", "unknown kind"),
         ("postgresql://host:notaport/db", "not a storage URL"),
+        (f"postgresql://u@127.0.0.1:{port}/", "names no database"),
     ]
 
 

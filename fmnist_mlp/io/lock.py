@@ -123,6 +123,17 @@ class FileLock:
             return "another fmnist-mlp process"
         return f"fmnist-mlp process {pid}" + (f" on {printable(host)}" if host else "")
 
+    def holds_path(self) -> bool:
+        """Whether the file this lock holds is still the one at its path: False once another
+        process replaced the lock file to break a lock whose holder it was told is dead."""
+        if self._fd is None:
+            return False
+        try:
+            held, there = os.fstat(self._fd), os.lstat(self.path)
+        except OSError:
+            return False
+        return (held.st_dev, held.st_ino) == (there.st_dev, there.st_ino)
+
     def release(self) -> None:
         if self._fd is not None:
             fcntl.flock(self._fd, fcntl.LOCK_UN)

@@ -45,10 +45,56 @@ class RunLock:
             raise CheckpointError(f"{self.run_dir}: already running ({held.holder} holds "
                                   f"{self.run_dir / self.NAME}); wait for it or stop it "
                                   f"first") from None
+        _held[_key(self.run_dir)] = self
         return self
 
     def release(self) -> None:
+        if _held.get(_key(self.run_dir)) is self:
+            del _held[_key(self.run_dir)]
         self._lock.release()
+
+    def still_held(self) -> bool:
+        """Still this process's run: its lock file was not replaced by :func:`break_lock`."""
+        return self._lock.holds_path()
+
+
+class RunTakenOver(CheckpointError):
+    """Another process broke this run's lock (its coordinator, a sweep's database, declared
+    this one dead) and owns the run now: this process writes nothing more to it."""
+
+
+# The runs this process holds the lock of, by directory: the writers ask before each write.
+_held: dict[str, RunLock] = {}
+
+
+def _key(run_dir: Path) -> str:
+    return os.path.abspath(run_dir)
+
+
+def refuse_if_taken(run_dir: str | Path) -> None:
+    """Raise :class:`RunTakenOver` when this process locked ``run_dir`` and the lock was broken
+    since: a late write from a stale owner (a worker frozen past its sweep's grace period, then
+    woken) must not land in the run its successor is training."""
+    lock = _held.get(_key(Path(run_dir)))
+    if lock is not None and not lock.still_held():
+        raise RunTakenOver(f"{run_dir}: taken over by another process (its lock was broken "
+                           f"while this one was stopped or cut off); nothing more is written "
+                           f"to it from here")
+
+
+def break_lock(run_dir: str | Path) -> bool:
+    """Break the run's lock for a holder a coordinator has declared dead (a sweep's database,
+    after the holder's heartbeat went silent past the grace period): the lock file is replaced by
+    a fresh one, so the caller can take the run, and the old holder, should it wake, is refused
+    its next write (:func:`refuse_if_taken`). Only for callers that know the holder is dead or
+    disowned; True when a holder was displaced. The file is replaced even when no holder shows:
+    on a filesystem whose locks do not reach this node a live holder looks like none, and the
+    fresh file still refuses its writes."""
+    path = Path(run_dir) / layout.LOCK
+    held = is_held(path)
+    if held or os.path.lexists(path):
+        safe_io.atomic_write(path, b"", base=run_dir)
+    return held
 
 
 def is_stale(run_dir: str | Path, summary: dict) -> bool:

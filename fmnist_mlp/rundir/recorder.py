@@ -23,7 +23,7 @@ import numpy as np
 
 from fmnist_mlp.errors import FmnistMlpError
 from fmnist_mlp.rundir import files as runs
-from fmnist_mlp.rundir import layout
+from fmnist_mlp.rundir import guard, layout
 from fmnist_mlp.rundir.files import format_epoch
 
 
@@ -78,6 +78,7 @@ class RunRecorder:
     # --------------------------------------------------------------- callback protocol
     def on_epoch_end(self, event: Any) -> None:
         metrics, state, is_best = event.metrics, event.state, event.is_best
+        guard.refuse_if_taken(self.run_dir)     # a stale owner's late epoch is not written
         with _signals_held():   # Ctrl-C here would leave the epoch half recorded; it waits
             self.snapshot = (state.epoch, runs.checkpoint_bytes(self._checkpoint(state)))
             self.metrics.write(metrics)
@@ -121,7 +122,13 @@ class RunRecorder:
 
         Each step is tried even when an earlier one fails (a full disk): the status in
         summary.json matters most, so a run is never left marked running by its own failure.
+        A run taken over by another process is left to it: nothing is written.
         """
+        try:
+            guard.refuse_if_taken(self.run_dir)
+        except guard.RunTakenOver:
+            self._close()
+            raise
         try:
             self._save_pending_last()
         except (OSError, FmnistMlpError) as exc:
@@ -139,6 +146,7 @@ class RunRecorder:
         self._close()
 
     def finish(self, test_scores: Mapping[str, float]) -> dict[str, Any]:
+        guard.refuse_if_taken(self.run_dir)
         self._save_pending_last()
         message = (f"early stopped after epoch {self.state.epoch}" if self.state.early_stopped
                    else "")

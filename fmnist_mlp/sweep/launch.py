@@ -65,6 +65,13 @@ class SweepInterrupted(FmnistMlpError):
     exit_code = 130
 
 
+class DatabaseAway(FmnistMlpError):
+    """The study's database stayed away past the retry window: exit 75 (EX_TEMPFAIL), which
+    slurm.conf's RequeueExit=75 requeues; nothing was marked failed."""
+
+    exit_code = 75
+
+
 def run_sweep(spec_file: Path, sweep_dir: Path, *, jobs: int = 1, storage: str | None = None,
               slurm: bool = False, workers: int = 4, sbatch_args: tuple = (), wait: bool = False,
               dry_run: bool = False, data_dir: Path | None = None, trials: int | None = None,
@@ -75,38 +82,44 @@ def run_sweep(spec_file: Path, sweep_dir: Path, *, jobs: int = 1, storage: str |
     the workers went through on the way."""
     from fmnist_mlp.sweep import slurm as slurm_jobs
     from fmnist_mlp.sweep.spec import load_spec
-    from fmnist_mlp.io.printable import printable
-    from fmnist_mlp.sweep.storage import database_errors, parse_storage, where_of
+    from fmnist_mlp.sweep.storage import PASSWORD_VAR, database_errors, parse_storage
     from fmnist_mlp.sweep.study import import_optuna, open_sweep
+    from fmnist_mlp.sweep.weather import StorageAway, first_line
 
     spec = load_spec(spec_file)
     import_optuna()
-    parse_storage(storage)
-    args = worker_args(spec_file, sweep_dir, storage, data_dir, trials)
+    ref = parse_storage(storage)
+    # The workers' command lines (and DIR/slurm/worker.sbatch) carry the URL without its
+    # password; they find it in their environment, inherited from this process.
+    args = worker_args(spec_file, sweep_dir, ref.url if storage else None, data_dir, trials)
+    if ref.password:
+        os.environ[PASSWORD_VAR] = ref.password
     if dry_run:         # more workers than trials would find nothing to do
         for line in dry_run_lines(args, min(workers if slurm else jobs, trials or spec.trials)):
             echo(line)
         return 0
     if slurm:
         slurm_jobs.require_sbatch()                     # before anything is created
-    sweep = open_sweep(sweep_dir, spec, storage, trials=trials)
-    rerun = rerun_command(spec_file, sweep.dir)
+    rerun = rerun_command(spec_file, Path(sweep_dir).absolute())
     try:
+        # (inside: a worker started while the database is away requeues itself as well)
+        sweep = open_sweep(sweep_dir, spec, storage, trials=trials, note=note)
         with slurm_jobs.signals_as_interrupt():   # (run_local passes SIGTERM on itself)
             code = _run_workers(sweep, args, jobs, slurm, workers, sbatch_args, wait, data_dir,
                                 echo)
+    except (StorageAway, *database_errors()) as exc:     # the database away past the retries
+        what = str(exc) if isinstance(exc, StorageAway) else first_line(exc)
+        requeued = slurm_jobs.requeue_self(f"the database is away ({what})")
+        raise DatabaseAway(f"{what}; nothing was marked failed (a worker saves its trial and "
+                           f"releases it)" + ("; this Slurm task is requeued" if requeued else "")
+                           + f"; continue with: {rerun}") from None
     except (TrainingInterrupted, KeyboardInterrupt):
         if slurm_jobs.requeue_if_time_is_up():
             return 0
         if is_child_worker():
             return 130
         raise SweepInterrupted(f"interrupted; every trial is saved; continue with: {rerun}") from None
-    except database_errors() as exc:        # the database went away mid-sweep
-        raise FmnistMlpError(f"{sweep.ref.shown}: lost the database at {where_of(sweep.ref)} "
-                             f"({printable(str(exc).splitlines()[0])[:160]}); this worker's "
-                             f"trial is taken over after the grace period, or continue with: "
-                             f"{rerun}") from None
-    return 0 if code is None else _exit_code(sweep, code, rerun, note)
+    return 0 if code is None else _exit_code(sweep, code, rerun, note, strict=slurm)
 
 
 def _run_workers(sweep, args: list[str], jobs: int, slurm: bool, workers: int, sbatch_args: tuple,
@@ -121,7 +134,7 @@ def _run_workers(sweep, args: list[str], jobs: int, slurm: bool, workers: int, s
         echo(job_id)
         if not wait:
             return None
-        slurm_jobs.wait(job_id)
+        slurm_jobs.wait(job_id, done=lambda: sweep_done(sweep))
         return 0
     if jobs > 1:
         left = work_count(sweep)
@@ -130,10 +143,19 @@ def _run_workers(sweep, args: list[str], jobs: int, slurm: bool, workers: int, s
     return 0
 
 
-def _exit_code(sweep, code: int, rerun: str, note: Callable[[str], None]) -> int:
+def sweep_done(sweep: Sweep) -> bool:
+    """Budget spent and every trial ended: nothing is left for any worker (those Slurm still
+    lists, on a node that died say, would find nothing to do)."""
+    return final_status(sweep, strict=True)[0] == 0
+
+
+def _exit_code(sweep, code: int, rerun: str, note: Callable[[str], None],
+               strict: bool = False) -> int:
     """0 when the budget is spent and every trial ended, whatever the workers went through;
-    else the workers' code or the study's, with the command that continues the sweep."""
-    final, line = final_status(sweep)
+    else the workers' code or the study's, with the command that continues the sweep.
+    ``strict`` (after ``--slurm --wait``): a trial still running or budget left is unfinished
+    too (130), since every worker of the array has ended."""
+    final, line = final_status(sweep, strict)
     if final == 0 and code not in (0, 130):
         line += "; every trial ended (a worker exited abnormally: its trials were taken over)"
     elif final or code:
@@ -199,10 +221,11 @@ def _wait_all(procs: list[subprocess.Popen], terminate) -> tuple[list[int], bool
             interrupted_at = interrupted_at or time.monotonic()
 
 
-def final_status(sweep: Sweep) -> tuple[int, str]:
+def final_status(sweep: Sweep, strict: bool = False) -> tuple[int, str]:
     """Exit code and one line for a sweep after its workers ended: 0 when the budget is spent
-    and no trial is left interrupted, 130 when some are (run again to continue). Trials other
-    live workers are training do not count against this one."""
+    and no trial is left interrupted, 130 when some are (run again to continue). A trial counts
+    as running only while a live, unreleased owner beats for it. Trials other live workers are
+    training do not count against this one, unless ``strict`` (every worker has ended)."""
     from fmnist_mlp.sweep.status import trial_rows
 
     rows = trial_rows(sweep)
@@ -212,4 +235,5 @@ def final_status(sweep: Sweep) -> tuple[int, str]:
     left = sweep.budget - len(rows)
     text = ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "no trials"
     line = f"sweep {sweep.dir}: {text}; budget left {left} of {sweep.budget}"
-    return (130 if counts.get("interrupted") else 0), line
+    unfinished = counts.get("interrupted") or (strict and (counts.get("running") or left > 0))
+    return (130 if unfinished else 0), line

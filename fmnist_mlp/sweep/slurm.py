@@ -16,6 +16,7 @@ from fmnist_mlp.io.files import atomic_write_text, dir_inside
 
 # The BLAS libraries' thread-count variables, set for every worker (launch.py uses them too).
 BLAS_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+TASK_VAR = "FMNIST_MLP_SWEEP_SLURM_TASK"     # set by the batch script: this is an array task
 
 
 class SlurmError(FmnistMlpError):
@@ -44,7 +45,7 @@ def batch_script(args: list[str], workers: int, log_dir: Path) -> str:
         "#SBATCH --open-mode=append",
         f"#SBATCH --output={log_dir}/%A_%a.out",
         'threads=${SLURM_CPUS_PER_TASK:-1}',
-        "export " + " ".join(f"{v}=$threads" for v in BLAS_VARS),
+        "export " + " ".join(f"{v}=$threads" for v in BLAS_VARS) + f" {TASK_VAR}=1",
         f"exec {command}", ""])
 
 
@@ -70,11 +71,13 @@ def submit(directory: Path, args: list[str], workers: int, sbatch_args: list[str
     return proc.stdout.strip().split(";")[0]
 
 
-def wait(job_id: str, poll: float = 5.0) -> None:
-    """Block until no task of the array is pending or running. Ctrl-C stops the waiting only:
-    the array keeps running on the cluster."""
+def wait(job_id: str, poll: float = 5.0, done=lambda: False) -> None:
+    """Block until no task of the array is pending or running, or ``done()`` says the study
+    needs none of them (a node that died keeps its tasks listed until Slurm's SlurmdTimeout;
+    its trial was taken over and ended). Ctrl-C stops the waiting only: the array keeps running
+    on the cluster."""
     try:
-        _wait(job_id, poll)
+        _wait(job_id, poll, done)
     except KeyboardInterrupt:
         raise SlurmWaitInterrupted(f"stopped waiting; job array {job_id} keeps running "
                                    f"(scancel {job_id} stops it)") from None
@@ -84,7 +87,7 @@ class SlurmWaitInterrupted(FmnistMlpError):
     exit_code = 130
 
 
-def _wait(job_id: str, poll: float) -> None:
+def _wait(job_id: str, poll: float, done) -> None:
     squeue = shutil.which("squeue")
     if squeue is None:
         raise ConfigError("--wait: squeue not found on PATH")
@@ -93,7 +96,7 @@ def _wait(job_id: str, poll: float) -> None:
                               capture_output=True, text=True)
         if proc.returncode != 0 and "Invalid job id" not in proc.stderr:
             raise SlurmError(f"squeue failed: {proc.stderr.strip()}")
-        if not proc.stdout.strip():
+        if not proc.stdout.strip() or done():
             return
         time.sleep(poll)
 
@@ -131,17 +134,21 @@ def _time_limit(signum, frame):
     raise KeyboardInterrupt
 
 
-def requeue_if_time_is_up() -> bool:
-    """After SIGUSR1 (the trial is saved by now): requeue this array task, so it resumes the
-    trial when it starts again. True when requeued."""
-    if not _time_is_up:
+def requeue_self(reason: str) -> bool:
+    """In a Slurm task: requeue it (``scontrol requeue``), so it starts again later and resumes
+    its trial; True when requeued. Outside Slurm, nothing (the exit code says try again)."""
+    if os.environ.get(TASK_VAR) != "1" or not os.environ.get("SLURM_JOB_ID"):
         return False
+    return _requeue(reason)
+
+
+def _requeue(reason: str) -> bool:
     from fmnist_mlp.sweep.worker import stderr_log
 
     job = os.environ.get("SLURM_JOB_ID", "")
     if os.environ.get("SLURM_ARRAY_JOB_ID"):
         job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID', '')}"
-    stderr_log(f"time limit near: trial saved; requeueing task {job}")
+    stderr_log(f"{reason}: trial saved; requeueing task {job}")
     proc = subprocess.run([shutil.which("scontrol") or "scontrol", "requeue", job],
                           capture_output=True, text=True)
     if proc.returncode != 0:
@@ -149,3 +156,11 @@ def requeue_if_time_is_up() -> bool:
                    f"again to continue it")
         return False
     return True
+
+
+def requeue_if_time_is_up() -> bool:
+    """After SIGUSR1 (the trial is saved by now): requeue this array task, so it resumes the
+    trial when it starts again. True when requeued."""
+    if not _time_is_up:
+        return False
+    return _requeue("time limit near")

@@ -23,10 +23,17 @@ def space_of(sweep: Sweep) -> tuple[Param, ...]:
 
 
 def trial_rows(sweep: Sweep) -> list[dict[str, Any]]:
+    """One row per trial. A trial counts as running only while a live, unreleased owner beats
+    for it (database) or holds its lock (journal); else it is interrupted, to be resumed."""
     import_optuna()
     space = space_of(sweep)
-    trials = sweep.study.get_trials(deepcopy=False)
-    held = _running(sweep, [t for t in trials if t.state.name == "RUNNING"])
+
+    def read() -> tuple[list, set[int]]:
+        sweep.refresh_budget()
+        trials = sweep.study.get_trials(deepcopy=False)
+        return trials, _running(sweep, [t for t in trials if t.state.name == "RUNNING"])
+
+    trials, held = sweep.call(read, "reading the study")
     rows = []
     for t in trials:
         state = STATES.get(t.state.name)
@@ -36,13 +43,15 @@ def trial_rows(sweep: Sweep) -> list[dict[str, Any]]:
         summary = _summary(run_dir)
         best = t.value if t.value is not None else summary.get("best_val_acc")
         epochs = summary.get("epochs_completed")
+        reason = t.user_attrs.get("fail_reason") if state == "failed" else None
         rows.append({"number": t.number, "state": state,
                      "params": decode_params(t.params, space),
                      "best_val_acc": best if _finite(best) else None,
                      "epochs": epochs if isinstance(epochs, int) and not isinstance(epochs, bool)
                      else None,
                      "run_dir": str(run_dir) if run_dir else None,
-                     "worker": printable(str(t.user_attrs.get("worker") or "")) or None})
+                     "worker": printable(str(t.user_attrs.get("worker") or "")) or None,
+                     "reason": printable(str(reason)) if reason else None})
     return rows
 
 
@@ -52,11 +61,11 @@ def _running(sweep: Sweep, running: list) -> set[int]:
     if not running:
         return set()
     if sweep.coordinated_by_database:
-        from fmnist_mlp.sweep import ownership
+        from fmnist_mlp.sweep import optuna_private as private
+        from fmnist_mlp.sweep.ownership import Liveness
 
-        stale = ownership.stale_trial_ids(sweep.rdb, sweep.study._study_id)
-        beating = ownership.beating_trial_ids(sweep.rdb, sweep.study._study_id)
-        return {t.number for t in running if t._trial_id in beating and t._trial_id not in stale}
+        owners = Liveness(sweep.rdb, private.study_id(sweep.study))
+        return {t.number for t in running if owners.is_running(t)}
     if sweep.read_only or sweep.ref is None or sweep.ref.kind != "journal":
         return {t.number for t in running if is_trial_held(sweep.dir, t.number, create=False)}
     with claim_lock(sweep.dir):       # no worker is between asking and locking a trial now
@@ -64,7 +73,7 @@ def _running(sweep: Sweep, running: list) -> set[int]:
 
 
 def sweep_status(sweep: Sweep) -> dict[str, Any]:
-    rows = trial_rows(sweep)
+    rows = trial_rows(sweep)        # (the budget refreshed from the study)
     done = [r for r in rows if r["state"] == "finished" and r["best_val_acc"] is not None]
     best = max(done, key=lambda r: r["best_val_acc"], default=None)
     return {"dir": str(sweep.dir), "metric": sweep.info["spec"]["metric"],
@@ -74,6 +83,8 @@ def sweep_status(sweep: Sweep) -> dict[str, Any]:
 
 def format_status(status: dict[str, Any]) -> str:
     lines = [format_trials(status["trials"])]
+    lines += [f"trial {r['number']} failed: {r['reason']}" for r in status["trials"]
+              if r.get("reason")]
     best = status["best"]
     lines.append("best so far: " + (f"trial {best['number']}, {status['metric']} "
                                     f"{best['best_val_acc']:.4f}" if best else "none yet"))

@@ -14,6 +14,11 @@ Kinds, and what coordinates the workers with each (see docs/many-machines.md):
 
 Every problem is one :class:`ConfigError` line naming the URL (its password hidden), the host
 and port, or the file.
+
+A password is never written down: it is taken out of the URL as soon as the URL is read, so
+sweep.json, DIR/slurm/worker.sbatch, logs and the workers' command lines hold the URL without
+it. Workers get it from the environment (``FMNIST_MLP_SWEEP_DB_PASSWORD``, set for the workers a
+sweep starts; or PostgreSQL's own ``PGPASSWORD`` and ``~/.pgpass``, which need nothing from us).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import json
 import os
 import stat
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +43,11 @@ DRIVER_HINTS = {"postgresql": "pip install -e '.[sweep]' (installs psycopg)",
 CONNECT_TIMEOUT = 5         # seconds: a server that does not answer is one line, not a hang
 JOURNAL_LOCK_WAIT = 600.0   # a journal append takes milliseconds; this long means a stuck holder
 MAX_JOURNAL_LINE = 1 << 20
+PASSWORD_VAR = "FMNIST_MLP_SWEEP_DB_PASSWORD"
+# TCP keepalives: a peer gone silent (a dead node, a dropped route) is noticed within
+# idle + interval * count = 10 + 5 * 3 = 25 s of silence, instead of the kernel's two hours.
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
+              "keepalives_count": 3}
 
 
 @dataclass(frozen=True)
@@ -45,10 +55,23 @@ class StorageRef:
     url: str | None         # as recorded in sweep.json (None: DIR/study.journal)
     kind: str               # journal | database | grpc | redis
     shown: str              # for messages: the URL with its password hidden, or the file
+    password: str | None = field(default=None, repr=False)  # taken out of the URL; memory only
 
     @property
     def is_database(self) -> bool:
         return self.kind == "database"
+
+    def connect_url(self) -> str:
+        """The URL to connect with: the password put back (from the URL it came in, else
+        ``FMNIST_MLP_SWEEP_DB_PASSWORD``); without one, the driver's own ways apply
+        (PGPASSWORD, ~/.pgpass). Kept in memory, never written."""
+        password = self.password or os.environ.get(PASSWORD_VAR)
+        if not password or self.kind != "database" or self.url.startswith("sqlite"):
+            return self.url
+        import sqlalchemy
+
+        return sqlalchemy.engine.make_url(self.url).set(password=password).render_as_string(
+            hide_password=False)
 
 
 def parse_storage(url: str | None) -> StorageRef:
@@ -75,6 +98,10 @@ def parse_storage(url: str | None) -> StorageRef:
                           f"({printable(exc)})") from None
     backend = parsed.get_backend_name()
     shown = parsed.render_as_string(hide_password=True)
+    password = parsed.password
+    if password is not None:        # from here on the URL is kept, and passed, without it
+        parsed = parsed._replace(password=None)     # (set() keeps a None field as it was)
+        url = parsed.render_as_string(hide_password=False)
     if backend not in ("postgresql", "mysql", "sqlite"):
         raise ConfigError(f"--storage {printable(shown)}: unknown kind {backend!r}; expected "
                           f"postgresql://, mysql://, sqlite:///, grpc://, redis:// or a journal "
@@ -87,7 +114,11 @@ def parse_storage(url: str | None) -> StorageRef:
         path = expand_user(database, "--storage", ConfigError).absolute()
         url = str(parsed.set(database=str(path)).render_as_string(hide_password=False))
         shown = f"sqlite:///{path}"
-    return StorageRef(url, "database", printable(shown))
+    elif not parsed.database:
+        raise ConfigError(f"--storage {printable(shown)}: names no database "
+                          f"({backend}://host/NAME); without one the server's maintenance "
+                          f"database would hold the study")
+    return StorageRef(url, "database", printable(shown), password or None)
 
 
 def _hide_password(url: str) -> str:
@@ -147,7 +178,7 @@ def _engine(ref: StorageRef):
         if not folder.is_dir():
             raise ConfigError(f"--storage {ref.shown}: folder {folder} not found")
     try:
-        return sqlalchemy.create_engine(ref.url, **engine_kwargs(ref))
+        return sqlalchemy.create_engine(ref.connect_url(), **engine_kwargs(ref))
     except ImportError as exc:
         backend = ref.url.split(":", 1)[0].split("+")[0]
         raise ConfigError(f"--storage {ref.shown}: no database driver ({printable(exc)}); "
@@ -166,13 +197,33 @@ def database_errors() -> tuple[type[BaseException], ...]:
 
 
 def engine_kwargs(ref: StorageRef) -> dict[str, Any]:
+    """Connection settings: a server that does not answer is given up on, not waited for.
+
+    PostgreSQL: ``statement_timeout`` (the per-call limit of weather.py) and
+    ``idle_in_transaction_session_timeout`` (a worker frozen inside a transaction does not keep
+    its row locks), TCP keepalives and ``tcp_user_timeout`` (data unacknowledged that long
+    means the peer is gone). MySQL: read and write timeouts."""
+    from fmnist_mlp.sweep.weather import settings
+
     if ref.url.startswith("sqlite"):
         return {"connect_args": {"timeout": 30}}
-    return {"connect_args": {"connect_timeout": CONNECT_TIMEOUT}, "pool_pre_ping": True}
+    _, timeout = settings()
+    args: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT}
+    if ref.url.startswith("postgresql"):
+        args.update(KEEPALIVES, tcp_user_timeout=timeout * 1000,
+                    options=f"-c statement_timeout={timeout * 1000} "
+                            f"-c idle_in_transaction_session_timeout={2 * timeout * 1000}")
+    elif ref.url.startswith("mysql"):
+        args.update(read_timeout=timeout, write_timeout=timeout)
+    # No pool_pre_ping: its ping runs before the pool tells the watchdog which thread holds the
+    # connection, so a ping into a partition could hang uncut. A connection the server dropped
+    # fails its first call instead, which is retried on a fresh one (weather.py).
+    return {"connect_args": args}
 
 
 def _connect_error(ref: StorageRef, exc: Exception) -> ConfigError:
-    orig = getattr(exc, "orig", None) or exc
+    cause = exc.__cause__ if exc.__cause__ is not None else exc    # Optuna wraps the driver's
+    orig = getattr(cause, "orig", None) or cause
     lines = [ln.strip() for ln in str(orig).splitlines() if ln.strip()]
     reason = lines[0] if lines else type(orig).__name__
     if ref.url.startswith("sqlite"):
@@ -191,11 +242,12 @@ def refuse_for_workers(ref: StorageRef) -> None:
 
 
 def make_storage(ref: StorageRef, directory: Path, *, read_only: bool,
-                 heartbeat: tuple[int, int] | None = None):
-    """The Optuna storage object. ``heartbeat``: (interval, grace) seconds, databases only."""
+                 heartbeat: tuple[int, int] | None = None, patient: bool = False):
+    """The Optuna storage object. ``heartbeat``: (interval, grace) seconds, databases only;
+    ``patient``: wait out a database that is away (an existing sweep)."""
     refuse_for_workers(ref)
     if ref.kind == "database":
-        return _rdb(ref, read_only, heartbeat)
+        return _rdb(ref, read_only, heartbeat, patient)
     return _journal(journal_path(ref, directory), read_only)
 
 
@@ -203,24 +255,37 @@ def journal_path(ref: StorageRef, directory: Path) -> Path:
     return Path(ref.url) if ref.url else directory / "study.journal"
 
 
-def _rdb(ref: StorageRef, read_only: bool, heartbeat):
+def _rdb(ref: StorageRef, read_only: bool, heartbeat, patient: bool):
+    """``patient``: the sweep exists, so a server away is waited for (weather.py), not refused."""
+    from fmnist_mlp.sweep import weather
     from optuna.storages import RDBStorage
 
     interval, grace = heartbeat or (None, None)
-    try:
+
+    def connect():
         for attempt in range(4):
             try:
-                return RDBStorage(ref.url, engine_kwargs=engine_kwargs(ref),
+                return RDBStorage(ref.connect_url(), engine_kwargs=engine_kwargs(ref),
                                   heartbeat_interval=interval, grace_period=grace,
                                   skip_table_creation=read_only)
             except (ImportError, RuntimeError):
                 raise
-            except Exception:
+            except Exception as exc:
                 # Workers starting together on a fresh database all create Optuna's tables;
                 # PostgreSQL lets one win and fails the others (a duplicate key): look again.
-                if attempt == 3:
+                if attempt == 3 or weather.is_storage_error(exc):
                     raise
                 time.sleep(0.5 + attempt)
+
+    try:
+        if patient:
+            rdb = weather.call(connect, "opening the study", where_of(ref), log=weather.to_stderr)
+        else:
+            rdb = connect()
+        rdb.watchdog = weather.Watchdog(rdb.engine)
+        return rdb
+    except weather.StorageAway:
+        raise
     except ImportError as exc:
         raise ConfigError(f"--storage {ref.shown}: no database driver ({printable(exc)})") from None
     except RuntimeError as exc:         # a schema of another Optuna version
@@ -303,9 +368,9 @@ def _repair(path: Path) -> int:
 
 
 def validate_record(record: Any, line: int, path: Path) -> dict:
-    from optuna.storages.journal._storage import JournalOperation
+    from fmnist_mlp.sweep.optuna_private import journal_op_codes
 
-    if not isinstance(record, dict) or record.get("op_code") not in {int(o) for o in JournalOperation}:
+    if not isinstance(record, dict) or record.get("op_code") not in journal_op_codes():
         raise ConfigError(f"{path}: line {line}: not an Optuna journal record; the study's journal "
                           f"is damaged")
     return record

@@ -27,7 +27,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from fmnist_mlp.errors import ConfigError, FmnistMlpError, require_extra
 from fmnist_mlp.io.files import FileWriteError, TargetExists, atomic_write
@@ -37,7 +37,10 @@ from fmnist_mlp.sweep.flocks import claim_lock
 from fmnist_mlp.sweep.ownership import heartbeat_settings
 from fmnist_mlp.sweep.spec import SweepSpec
 from fmnist_mlp.sweep.storage import (StorageRef, check_reachable, make_storage, parse_storage,
-                                      refuse_for_workers)
+                                      refuse_for_workers, where_of)
+
+T = TypeVar("T")
+BUDGET_KEY, SPEC_KEY = "fmnist_mlp:budget", "fmnist_mlp:spec"   # the study's user attributes
 
 def import_optuna():
     optuna = require_extra("optuna", "sweep")
@@ -72,6 +75,23 @@ class Sweep:
     def coordinated_by_database(self) -> bool:
         return self.rdb is not None
 
+    def call(self, fn: Callable[[], T], what: str, log: Callable[[str], None] | None = None) -> T:
+        """``fn()``, a call on the study: with a database, retried while it is away
+        (weather.py), each attempt within the per-call time limit."""
+        if self.rdb is None:
+            return fn()
+        from fmnist_mlp.sweep import weather
+
+        return weather.call(fn, what, where_of(self.ref), log=log or weather.to_stderr,
+                            watchdog=self.rdb.watchdog)
+
+    def refresh_budget(self) -> int:
+        """The budget as the study holds it now (another copy of DIR may have extended it)."""
+        stored = self.study.user_attrs.get(BUDGET_KEY)
+        if _is_budget(stored) and stored > self.budget:
+            self.info = {**self.info, "trials": stored}
+        return self.budget
+
     def run_dir_of(self, stored: str | None) -> Path | None:
         """A trial's run directory from its stored name: relative to DIR (a moved sweep still
         finds its runs); only ever a folder of DIR/runs, whatever the study says."""
@@ -85,7 +105,7 @@ class Sweep:
 
 def open_sweep(directory: str | Path, spec: SweepSpec | None = None,
                storage: str | None = None, *, read_only: bool = False,
-               trials: int | None = None) -> Sweep:
+               trials: int | None = None, note: Callable[[str], None] | None = None) -> Sweep:
     """Create the sweep directory for ``spec``, or open an existing one (``spec`` None: must
     exist). A different spec for an existing directory is refused; ``trials`` above the recorded
     budget extends it. ``read_only``: write nothing, to DIR or to the study (status, report).
@@ -103,21 +123,45 @@ def open_sweep(directory: str | Path, spec: SweepSpec | None = None,
         ref = parse_storage(info["storage"])
         if spec is not None:
             _check_same_sweep(directory, info, spec, storage, ref)
-            info = _extend_budget(directory, info, spec, trials)
+            info = _extend_budget(directory, info, spec, trials, note)
+        existed = True
     else:
         ref = parse_storage(storage)
         refuse_for_workers(ref)
         check_reachable(ref)
         info = _create(directory, spec, ref, trials)
+        existed = False
     if spec is not None:
         refuse_for_workers(ref)
         if ref.kind == "journal":
             _check_locks_dir(directory)
     backend = make_storage(ref, directory, read_only=read_only,
-                           heartbeat=beat if ref.is_database else None)
-    study = _load_study(optuna, backend, info, ref, directory, create=not read_only)
-    return Sweep(directory, spec, info, study, ref,
-                 backend if ref.is_database else None, read_only)
+                           heartbeat=beat if ref.is_database else None, patient=existed)
+    rdb = backend if ref.is_database else None
+    sweep = Sweep(directory, spec, info, None, ref, rdb, read_only)
+    sweep.study = sweep.call(lambda: _load_study(optuna, backend, info, ref, directory,
+                                                 create=not read_only), "opening the study")
+    sweep.call(lambda: _budget_in_study(sweep), "reading the study's budget")
+    return sweep
+
+
+def _is_budget(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 10**6
+
+
+def _budget_in_study(sweep: Sweep) -> None:
+    """The study holds the budget (and the spec): the one truth for every copy of DIR. A larger
+    budget here is written to the study; a larger one there is taken (sweep.json in this copy
+    may be older)."""
+    stored = sweep.study.user_attrs.get(BUDGET_KEY)
+    if sweep.read_only:
+        sweep.refresh_budget()
+        return
+    if not _is_budget(stored) or stored < sweep.budget:
+        sweep.study.set_user_attr(BUDGET_KEY, sweep.budget)
+        if SPEC_KEY not in sweep.study.user_attrs:
+            sweep.study.set_user_attr(SPEC_KEY, _without_budget(sweep.info["spec"]))
+    sweep.refresh_budget()
 
 
 def _load_study(optuna, backend, info, ref: StorageRef, directory: Path, create: bool):
@@ -139,6 +183,10 @@ def _load_study(optuna, backend, info, ref: StorageRef, directory: Path, create:
     except FmnistMlpError:
         raise
     except Exception as exc:    # a damaged journal record: any of Optuna's replay errors
+        from fmnist_mlp.sweep.weather import is_storage_error
+
+        if is_storage_error(exc):       # the database away: retried by the caller
+            raise
         raise ConfigError(f"{ref.shown}: the study's records are damaged "
                           f"({type(exc).__name__}: {printable(exc)[:160]})") from None
     return study
@@ -210,12 +258,17 @@ def _check_same_sweep(directory: Path, info: dict, spec: SweepSpec, storage: str
                           f"{parse_storage(storage).shown}")
 
 
-def _extend_budget(directory: Path, info: dict, spec: SweepSpec, trials: int | None) -> dict:
+def _extend_budget(directory: Path, info: dict, spec: SweepSpec, trials: int | None,
+                   note: Callable[[str], None] | None = None) -> dict:
     """A larger budget (``--trials N``, or the spec's ``trials`` raised) extends the sweep; a
-    smaller one is refused, as trials already run cannot be unrun."""
+    smaller ``--trials`` is refused, as trials already run cannot be unrun. A smaller ``trials``
+    in the spec file is what it was before ``--trials`` extended the sweep: said, and kept."""
     wanted = _budget(spec, trials)
     if trials is None and wanted < info["trials"]:
-        return info             # the spec file's budget, since extended by --trials
+        if note is not None:
+            note(f"{spec.source}: trials: {wanted} is below this sweep's budget of "
+                 f"{info['trials']} (extended with --trials); continuing with {info['trials']}")
+        return info
     if wanted == info["trials"]:
         return info
     if wanted < info["trials"]:
