@@ -9,7 +9,9 @@ from typing import Sequence
 
 from fmnist_mlp.data.facts import CLASS_NAMES
 from fmnist_mlp.errors import ConfigError
-from fmnist_mlp.io.files import TargetExists, atomic_write, read_regular_file
+from fmnist_mlp.io.files import TargetExists, atomic_write
+from fmnist_mlp.io.paths import make_dirs
+from fmnist_mlp.io.reader import read_regular
 
 TOUR_IMAGES = (0, 4, 18)          # an ankle boot, a shirt and a bag: the README's tour
 
@@ -37,11 +39,7 @@ def write_test_images(folder: str | Path, indices: Sequence[int] = TOUR_IMAGES,
     bad = [i for i in indices if not 0 <= i < count]
     if bad:
         raise ConfigError(f"--index {bad[0]}: the test split has images 0..{count - 1}")
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"{folder}: cannot create the folder ({exc.strerror or exc})") from None
+    folder = make_dirs(folder, "folder", ConfigError)
     written = []
     for i in indices:
         buffer = io.BytesIO()
@@ -51,8 +49,8 @@ def write_test_images(folder: str | Path, indices: Sequence[int] = TOUR_IMAGES,
             atomic_write(target, buffer.getvalue(), mode=0o666, replace=False)
         except TargetExists:
             try:
-                same = read_regular_file(target, len(buffer.getvalue()), "image",
-                                         ConfigError) == buffer.getvalue()
+                same = read_regular(target, "image", len(buffer.getvalue()),
+                                    error=ConfigError) == buffer.getvalue()
             except ConfigError:             # a link, a device, a larger file: not ours
                 same = False
             if not same:

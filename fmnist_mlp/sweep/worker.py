@@ -241,17 +241,27 @@ class _ReportToTrial:
         self.sweep, self.trial, self.number, self.log, self.beat = sweep, trial, number, log, beat
         self.stopped: TrainingInterrupted | None = None
 
+    def _stop_if_taken_over(self) -> None:
+        if self.beat is not None and not self.beat.check():
+            self._taken_over()
+
+    def _taken_over(self) -> None:
+        self.stopped = TrialTakenOver("taken over by another worker (this one stopped beating "
+                                      "for longer than the grace period); left to it")
+        raise self.stopped
+
     def on_epoch_start(self, event) -> None:
         # Database: one read per epoch, so a worker that was stopped past the grace period
         # (and lost its trial) trains no epoch of it after it wakes.
-        if self.beat is not None and not self.beat.check():
-            self.stopped = TrialTakenOver("taken over by another worker (this one stopped "
-                                          "beating for longer than the grace period); left to it")
-            raise self.stopped
+        self._stop_if_taken_over()
 
     def on_epoch_end(self, event) -> None:
+        # A worker frozen mid-epoch wakes here: it reports nothing to a trial another worker
+        # took over (and perhaps finished) meanwhile.
+        self._stop_if_taken_over()
         metrics = event.metrics
         epoch, value = int(metrics["epoch"]), float(metrics["val_acc"])
+        optuna = import_optuna()
         try:
             self.sweep.call(lambda: self.trial.report(value, epoch),
                             f"trial {self.number}: reporting epoch {epoch}", self.log)
@@ -260,6 +270,8 @@ class _ReportToTrial:
         except weather.StorageAway as exc:
             self.stopped = exc          # a TrainingInterrupted: the run is saved, not failed
             raise
+        except optuna.exceptions.UpdateFinishedTrialError:  # taken over and finished between
+            self._taken_over()                                # the check and the report
         if prune:
             raise TrainingPruned(f"pruned after epoch {metrics['epoch']} "
                                  f"(val acc {metrics['val_acc']:.4f} behind other trials)")
