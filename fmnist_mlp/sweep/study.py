@@ -65,6 +65,8 @@ class Sweep:
     ref: StorageRef | None = None
     rdb: Any = None             # the RDBStorage when the study is in a database
     read_only: bool = False
+    # (interval, grace) of the trials' heartbeats (database), from the environment when opened
+    heartbeat: tuple[int, int] = field(default_factory=heartbeat_settings)
     runs_dir: Path = field(init=False)      # DIR/runs: one run directory per trial
     budget: int = field(init=False)         # info["trials"], raised by refresh_budget
     coordinated_by_database: bool = field(init=False)
@@ -151,7 +153,7 @@ def open_sweep(directory: str | Path, spec: SweepSpec | None = None,
     backend = make_storage(ref, directory, read_only=read_only,
                            heartbeat=beat if ref.is_database else None, patient=existed)
     rdb = backend if ref.is_database else None
-    sweep = Sweep(directory, spec, info, None, ref, rdb, read_only)
+    sweep = Sweep(directory, spec, info, None, ref, rdb, read_only, beat)
     sweep.study = sweep.call(lambda: _load_study(optuna, backend, info, ref, directory,
                                                  create=not read_only), "opening the study")
     sweep.call(lambda: _budget_in_study(sweep), "reading the study's budget")
