@@ -100,7 +100,7 @@ class Sweep:
 
 
 def _direct(fn: Callable[[], T], what: str, log: Callable[[str], None] | None = None) -> T:
-    """A call on the journal file: nothing to wait out, made once."""
+    """A call on the journal file: made as it is, as there is no server to wait for."""
     return fn()
 
 
