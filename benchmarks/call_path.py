@@ -32,7 +32,8 @@ from typing import Any
 
 LAYERS = (("fmnist_mlp.cli", "fmnist_mlp.__main__"),
           ("fmnist_mlp.api",),
-          ("fmnist_mlp.sweep", "fmnist_mlp.export", "fmnist_mlp.predict", "fmnist_mlp.plots"),
+          ("fmnist_mlp.sweep", "fmnist_mlp.export", "fmnist_mlp.predict", "fmnist_mlp.serve",
+           "fmnist_mlp.plots"),
           ("fmnist_mlp.scoring",), ("fmnist_mlp.training", "fmnist_mlp.rundir"), ("fmnist_mlp.config",),
           ("fmnist_mlp.nn", "fmnist_mlp.data", "fmnist_mlp.optim"), ("fmnist_mlp.io",),
           ("fmnist_mlp.errors", "fmnist_mlp"))

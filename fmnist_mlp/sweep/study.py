@@ -25,7 +25,7 @@ import json
 import os
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -55,6 +55,9 @@ def import_optuna():
 
 @dataclass
 class Sweep:
+    """An open sweep. What its directory and storage settle is resolved once, when it is opened,
+    into plain values (``runs_dir``, ``budget``, ``coordinated_by_database``, ``call``) that the
+    worker reads as they are, instead of asking this module again for each one."""
     dir: Path
     spec: SweepSpec | None
     info: dict[str, Any]        # sweep.json
@@ -62,34 +65,27 @@ class Sweep:
     ref: StorageRef | None = None
     rdb: Any = None             # the RDBStorage when the study is in a database
     read_only: bool = False
+    # (interval, grace) of the trials' heartbeats (database), from the environment when opened
+    heartbeat: tuple[int, int] = field(default_factory=heartbeat_settings)
+    runs_dir: Path = field(init=False)      # DIR/runs: one run directory per trial
+    budget: int = field(init=False)         # info["trials"], raised by refresh_budget
+    coordinated_by_database: bool = field(init=False)
+    # ``call(fn, what, log=None)``: ``fn()``, a call on the study; with a database, retried while
+    # it is away (weather.py), each attempt within the per-call time limit. Chosen once.
+    call: Callable[..., Any] = field(init=False, repr=False)
 
-    @property
-    def runs_dir(self) -> Path:
-        return self.dir / "runs"
-
-    @property
-    def budget(self) -> int:
-        return int(self.info["trials"])
-
-    @property
-    def coordinated_by_database(self) -> bool:
-        return self.rdb is not None
-
-    def call(self, fn: Callable[[], T], what: str, log: Callable[[str], None] | None = None) -> T:
-        """``fn()``, a call on the study: with a database, retried while it is away
-        (weather.py), each attempt within the per-call time limit."""
-        if self.rdb is None:
-            return fn()
-        from fmnist_mlp.sweep import weather
-
-        return weather.call(fn, what, where_of(self.ref), log=log or weather.to_stderr,
-                            watchdog=self.rdb.watchdog)
+    def __post_init__(self) -> None:
+        self.runs_dir = self.dir / "runs"
+        self.budget = int(self.info["trials"])
+        self.coordinated_by_database = self.rdb is not None
+        self.call = _study_call(self.ref, self.rdb)
 
     def refresh_budget(self) -> int:
         """The budget as the study holds it now (another copy of DIR may have extended it)."""
         stored = self.study.user_attrs.get(BUDGET_KEY)
         if _is_budget(stored) and stored > self.budget:
             self.info = {**self.info, "trials": stored}
+            self.budget = stored
         return self.budget
 
     def run_dir_of(self, stored: str | None) -> Path | None:
@@ -101,6 +97,25 @@ class Sweep:
         if name in ("", ".", ".."):
             return None
         return self.runs_dir / name
+
+
+def _direct(fn: Callable[[], T], what: str, log: Callable[[str], None] | None = None) -> T:
+    """A call on the journal file: made as it is, as there is no server to wait for."""
+    return fn()
+
+
+def _study_call(ref: StorageRef | None, rdb: Any) -> Callable[..., Any]:
+    """How every call on the study is made: directly (the journal file), or retried while the
+    database is away, each attempt within the per-call time limit (weather.py)."""
+    if rdb is None:
+        return _direct
+    from fmnist_mlp.sweep import weather
+
+    where, watchdog = where_of(ref), rdb.watchdog
+
+    def retried(fn: Callable[[], T], what: str, log: Callable[[str], None] | None = None) -> T:
+        return weather.call(fn, what, where, log=log or weather.to_stderr, watchdog=watchdog)
+    return retried
 
 
 def open_sweep(directory: str | Path, spec: SweepSpec | None = None,
@@ -138,7 +153,7 @@ def open_sweep(directory: str | Path, spec: SweepSpec | None = None,
     backend = make_storage(ref, directory, read_only=read_only,
                            heartbeat=beat if ref.is_database else None, patient=existed)
     rdb = backend if ref.is_database else None
-    sweep = Sweep(directory, spec, info, None, ref, rdb, read_only)
+    sweep = Sweep(directory, spec, info, None, ref, rdb, read_only, beat)
     sweep.study = sweep.call(lambda: _load_study(optuna, backend, info, ref, directory,
                                                  create=not read_only), "opening the study")
     sweep.call(lambda: _budget_in_study(sweep), "reading the study's budget")

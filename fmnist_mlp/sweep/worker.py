@@ -36,6 +36,7 @@ class Claim:
     lock: FileLock | None       # journal: the trial's lock, held; database: None
     owner: str | None = None    # database: this worker's token, recorded as the trial's owner
     previous_worker: str = ""   # taken over: the worker that had it
+    trial: Any = None           # the live optuna Trial it reports to: made once, when claimed
 
 
 WAIT = object()      # claim_next: nothing free now, but a running trial may yet be
@@ -77,11 +78,11 @@ def run_worker(sweep: Sweep, data_dir: str | Path | None = None,
                     "worker dies is taken over here)")
                 waiting_said = True
             # One look per beat: a dead worker's trial waits out the grace anyway (4 beats).
-            time.sleep(ownership.heartbeat_settings()[0])
+            time.sleep(sweep.heartbeat[0])
             continue
         try:
             if sweep.coordinated_by_database:
-                interval, _ = ownership.heartbeat_settings()
+                interval, _ = sweep.heartbeat
                 with ownership.Heartbeat(sweep.rdb, claim.trial_id, owner, interval) as beat:
                     try:
                         train_trial(sweep, claim, data_dir, log, beat)
@@ -150,7 +151,7 @@ def _claim_in_database(sweep: Sweep, owner: str, elsewhere: set[int],
     than the cap allows is told FAIL instead."""
     optuna = import_optuna()
     study, rdb = sweep.study, sweep.rdb
-    _, grace = ownership.heartbeat_settings()
+    _, grace = sweep.heartbeat
     with ownership.claim_lock(rdb, study.study_name):
         sweep.refresh_budget()
         trials = study.get_trials(deepcopy=False)
@@ -216,7 +217,7 @@ def _new_claim(sweep: Sweep, count: int, owner: str | None) -> Claim:
         ownership.take(sweep.rdb, private.trial_id(trial), owner)
     trial.set_user_attr("worker", _worker_id())
     return Claim(trial.number, private.trial_id(trial), suggest(trial, sweep.spec), None, lock,
-                 owner)
+                 owner, trial=trial)
 
 
 def _resume_claim(sweep: Sweep, frozen, lock: FileLock | None, owner: str | None) -> Claim:
@@ -226,7 +227,7 @@ def _resume_claim(sweep: Sweep, frozen, lock: FileLock | None, owner: str | None
     trial.set_user_attr("worker", _worker_id())
     return Claim(frozen.number, private.trial_id(frozen), suggest(trial, sweep.spec),
                  sweep.run_dir_of(frozen.user_attrs.get("run_dir")), lock, owner,
-                 previous_worker=str(frozen.user_attrs.get("worker") or ""))
+                 previous_worker=str(frozen.user_attrs.get("worker") or ""), trial=trial)
 
 
 class _ReportToTrial:
@@ -280,8 +281,7 @@ class _ReportToTrial:
 def train_trial(sweep: Sweep, claim: Claim, data_dir, log, beat=None) -> None:
     from fmnist_mlp.training.session import run_training
 
-    study, n = sweep.study, claim.number
-    trial = private.trial_handle(study, claim.trial_id)
+    n, trial = claim.number, claim.trial
     ended = _already_ended(claim.run_dir)
     if ended is not None:            # its worker died between the run's end and telling the study
         _tell(sweep, n, ended, runs.read_summary(claim.run_dir), log)
