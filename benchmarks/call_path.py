@@ -110,6 +110,10 @@ class Walk:
             if self.stack and self.stack[-1] is frame:
                 self.stack.pop()
                 self.follow(arg)
+                if frame.f_code.co_name == "__init__" and frame.f_code.co_argcount:
+                    made = frame.f_locals.get(frame.f_code.co_varnames[0])
+                    for value in getattr(made, "__dict__", {}).values():    # its fields, now set
+                        self.follow(value, 1)
             return
         if event != "call" or not module.startswith("fmnist_mlp"):
             return
