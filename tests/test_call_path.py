@@ -28,20 +28,26 @@ def test_stays_climbs_and_returns_are_counted_as_defined():
     assert s["returns"] == 2 and s["entries"]["fmnist_mlp.config.plan"] == 2
 
 
+# The walk, and the most climbs and returns it may make (where it is now: see the docstring).
+WALKS = {"train": (call_path.walk_train, 8, 23), "sweep-run": (call_path.walk_sweep_run, 19, 72)}
+
+
 @pytest.mark.realdata
-def test_trains_config_walks_down_once(real_data_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("name", WALKS)
+def test_the_walk_from_the_command_line_to_the_loop_is_held(name, real_data_dir, tmp_path,
+                                                            monkeypatch):
+    """train's config and sweep run's directory (its facts resolved once when the sweep is
+    opened, the claim carrying its trial), each followed to the loop's fit."""
+    walk, most_climbs, most_returns = WALKS[name]
     monkeypatch.setenv("FMNIST_MLP_DATA_DIR", str(real_data_dir))
-    stays = call_path.walk_train(str(call_path.Path(__file__).parents[1] / "configs/fast.yaml"),
-                                 tmp_path)
+    stays = walk(str(call_path.Path(__file__).parents[1] / "configs/fast.yaml"), tmp_path)
     s = call_path.summarise(stays)
     assert stays[-1] == "fmnist_mlp.training.loop"
-    assert s["climbs"] <= 8 and s["returns"] <= 23, stays
-    # nothing below the session calls back up into config/: after the session's last use of
-    # the plan's engine spec, the walk stays below config/
-    below = stays[stays.index("fmnist_mlp.training.session"):]
-    assert [m for m in below[below.index("fmnist_mlp.rundir.recorder"):]
-            if m.startswith("fmnist_mlp.config")] == []
-
+    assert s["climbs"] <= most_climbs and s["returns"] <= most_returns, stays
+    if name == "train":     # nothing below the session calls back up into config/
+        below = stays[stays.index("fmnist_mlp.training.session"):]
+        assert [m for m in below[below.index("fmnist_mlp.rundir.recorder"):]
+                if m.startswith("fmnist_mlp.config")] == []
 
 BELOW_THE_SESSION = ("training/loop.py", "training/callbacks.py", "training/progress.py",
                      "training/tensorboard.py", "training/distill.py", "rundir/recorder.py")
@@ -65,16 +71,3 @@ def test_nothing_below_the_session_reads_the_config(module):
     import re
 
     assert not re.search(r"\bConfig\b", path.read_text(encoding="utf-8"))
-
-
-@pytest.mark.realdata
-def test_sweep_runs_directory_walks_down_once(real_data_dir, tmp_path, monkeypatch):
-    """sweep run's directory, followed to its trial's loop: the sweep's facts are resolved once
-    when it is opened (study.open_sweep: runs_dir, budget, the storage's call policy, the
-    heartbeat) and the claim carries its trial."""
-    monkeypatch.setenv("FMNIST_MLP_DATA_DIR", str(real_data_dir))
-    stays = call_path.walk_sweep_run(str(call_path.Path(__file__).parents[1] / "configs/fast.yaml"),
-                                     tmp_path)
-    s = call_path.summarise(stays)
-    assert stays[-1] == "fmnist_mlp.training.loop"
-    assert s["climbs"] <= 19 and s["returns"] <= 72, stays
