@@ -51,14 +51,12 @@ def train(config: PathLike | Mapping[str, Any], *,
     when the config is wrong; TrainingInterrupted (the run saved, with the command that
     resumes it) on Ctrl-C; TrainingDivergedError when the loss becomes NaN.
     """
-    from fmnist_mlp.config.load import config_from
-    from fmnist_mlp.config.plan import make_plan
+    from fmnist_mlp.config.load import plan_from
     from fmnist_mlp.rundir.files import validate_run_name
     from fmnist_mlp.training.progress import ProgressReporter
     from fmnist_mlp.training.session import run_training
 
-    path = config if isinstance(config, (str, Path)) else None
-    plan = make_plan(config_from(config, set if set is not None else ()), path)
+    (plan,) = plan_from(config, set if set is not None else ())
     name = validate_run_name(name or plan.name)
     reporter = [ProgressReporter(quiet=True)] if progress else []
     result = run_training(plan, name=name, runs_dir=runs_dir, data_dir=data_dir,

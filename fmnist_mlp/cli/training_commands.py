@@ -3,7 +3,6 @@ and ``test-images`` (a few test images as PNG, to try ``predict`` on)."""
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import click
@@ -53,8 +52,7 @@ def train(config_path, overrides, name, runs_dir, data_dir, resume_dir, quiet, v
     summary.json, train.log and checkpoints/{last,best}.npz. With --seeds, one run directory per
     line (with --json, one object: the runs' summaries and the test accuracies' mean and std).
     """
-    from fmnist_mlp.config.load import load_config
-    from fmnist_mlp.config.plan import make_plan
+    from fmnist_mlp.config.load import plan_from
     from fmnist_mlp.rundir.files import validate_run_name
 
     if resume_dir is not None and (config_path or overrides or name or seeds):
@@ -75,10 +73,8 @@ def train(config_path, overrides, name, runs_dir, data_dir, resume_dir, quiet, v
         return
     if tensorboard:
         overrides = (*overrides, "train.tensorboard=true")
-    cfg = load_config(config_path, overrides)            # read and checked once, here
-    configs = [dataclasses.replace(cfg, seed=seed) for seed in _parse_seeds(seeds)] if seeds \
-        else [cfg]
-    plans = [make_plan(c, config_path) for c in configs]
+    # read, checked and planned once, here: one plan per seed
+    plans = plan_from(config_path, overrides, _parse_seeds(seeds) if seeds else None)
     name = validate_run_name(name or plans[0].name)
     names = [validate_run_name(f"{name}-seed{p.seed}") for p in plans] if seeds else [name]
     if dry_run:

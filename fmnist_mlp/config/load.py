@@ -1,21 +1,36 @@
-"""Reading a config: a YAML file plus ``--set`` overrides, checked once into a :class:`Config`;
-and writing one back (the resolved YAML every run directory keeps).
+"""Reading a config: a YAML file plus ``--set`` overrides, checked once into a :class:`Config`,
+and (:func:`plan_from`) planned, in one descent: read, checked, planned.
 
-A command reads its config here once and passes the :class:`Config` down; everything after that
-takes the checked object, never the file or a dict again.
+A command reads its config here once and passes the plan (or the :class:`Config`) down;
+everything after that takes the checked values, never the file or a dict again. Writing one
+back (the run's record: ``config_to_dict``, ``dump_config``, ``flatten``) is the plan's,
+:mod:`fmnist_mlp.config.plan`, named here too.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
-import yaml
-
+from fmnist_mlp.config.plan import Plan, config_record, config_to_dict, dump_config, flatten  # noqa: F401
+from fmnist_mlp.config.plan import make_plan
 from fmnist_mlp.config.schema import Config
 from fmnist_mlp.config.validate import config_from_dict, type_name
 from fmnist_mlp.errors import ConfigError
+
+
+def plan_from(source: str | Path | Mapping[str, Any] | None,
+              overrides: Iterable[str] | Mapping[str, Any] = (),
+              seeds: Sequence[int] | None = None) -> list[Plan]:
+    """A config read, checked and planned in one descent: a YAML file's path, a mapping or None
+    (the defaults), with overrides as :func:`config_from` takes them; one plan per seed of
+    ``seeds`` (each run's ``seed``), else one plan with the config's own seed. A file's stem is
+    the runs' default name."""
+    cfg = config_from(source, overrides)
+    configs = [dataclasses.replace(cfg, seed=seed) for seed in seeds] if seeds else [cfg]
+    path = source if isinstance(source, (str, Path)) else None
+    return [make_plan(c, path) for c in configs]
 
 
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:
@@ -117,55 +132,3 @@ def _set_dotted(raw: dict, key: str, value: Any) -> None:
                               f"(cannot set {key})")
         node = child
     node[parts[-1]] = value
-
-
-# ---------------------------------------------------------------------------------------------
-# Output
-
-
-def config_to_dict(cfg: Config) -> dict[str, Any]:
-    """Plain nested dict (tuples become lists) — what YAML, JSON and ``MLP.from_config`` take."""
-
-    def plain(value: Any) -> Any:
-        if dataclasses.is_dataclass(value):
-            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-        if isinstance(value, tuple):
-            return [plain(v) for v in value]
-        return value
-
-    return plain(cfg)
-
-
-def dump_config(cfg: Config) -> str:
-    """The resolved config as YAML text, every key present, in schema order."""
-    return config_record(cfg)[1]
-
-
-class _FlowListDumper(yaml.SafeDumper):
-    """Block-style sections with flow-style lists: ``hidden: [256, 128]`` reads best."""
-
-
-_FlowListDumper.add_representer(
-    list, lambda dumper, data: dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=True))
-
-
-def config_record(cfg: Config) -> tuple[dict[str, Any], str, dict[str, Any]]:
-    """The run's config serialised once for everything that keeps it: the plain dict (every
-    checkpoint's metadata), the YAML text (``config.yaml``) and the dotted keys with values
-    TensorBoard's HParams view can show (lists and None as text)."""
-    plain = config_to_dict(cfg)
-    text = yaml.dump(plain, Dumper=_FlowListDumper, sort_keys=False)
-    hparams = {key: value if isinstance(value, (bool, int, float, str)) else str(value)
-               for key, value in flatten(plain).items()}
-    return plain, text, hparams
-
-
-def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"optimizer": {"lr": 0.1}}`` -> ``{"optimizer.lr": 0.1}`` (lists kept as values)."""
-    out: dict[str, Any] = {}
-    for key, value in d.items():
-        if isinstance(value, Mapping):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out

@@ -18,16 +18,19 @@ checked once at that boundary by :func:`as_config`:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
+import yaml
 
 from fmnist_mlp.config.schema import Config
 from fmnist_mlp.config.validate import config_from_dict
 from fmnist_mlp.data.facts import NUM_CLASSES, NUM_FEATURES, TEST_IMAGES, TRAIN_IMAGES
 from fmnist_mlp.errors import ConfigError
+from fmnist_mlp.nn.engine import Engine, build_engine  # noqa: F401 (the engine's build)
 from fmnist_mlp.nn.rng import spawn_streams
 
 # The generators a training run draws from, one per kind of randomness (see rng.spawn_streams).
@@ -36,21 +39,12 @@ STREAMS = ("init", "shuffle", "dropout", "augment")
 
 
 @dataclass(frozen=True)
-class Engine:
-    """What a config builds: the network, the optimiser over its parameters, and the learning
-    rate at each step (one step = one minibatch)."""
-
-    model: Any
-    optimizer: Any
-    lr_at: Callable[[int], float]
-
-
-@dataclass(frozen=True)
 class EngineSpec:
-    """The engine's arguments, as plain values: :func:`build_engine` makes the objects.
+    """The engine's arguments, as plain values: :func:`fmnist_mlp.nn.engine.build_engine` makes
+    the objects.
 
     An engine-wide setting (say, which kernels compute the steps) is one more field here, read
-    from its config key in :func:`engine_spec` and handed on in :func:`build_engine`."""
+    from its config key in :func:`engine_spec` and handed on in ``build_engine``."""
 
     seed: int                       # the network's initial weights, when no init stream is given
     model: Mapping[str, Any]        # MLP's keyword arguments (without seed)
@@ -160,7 +154,6 @@ def make_plan(cfg: Config, source: str | Path | None = None) -> Plan:
     """The run a checked config describes, refused here if it cannot fit. ``source`` is where
     the config came from (a file, a run's config.yaml): it names the config in that error, and
     its stem is the run's default name."""
-    from fmnist_mlp.config.load import config_record
     from fmnist_mlp.data.dataset import batches_per_epoch
 
     memory_bytes = check_fits(cfg, str(source) if source is not None else "config")
@@ -174,7 +167,7 @@ def make_plan(cfg: Config, source: str | Path | None = None) -> Plan:
     distill = (DistillSpec(tuple(d.teachers), d.weight, d.temperature, d.consistent,
                            cfg.loss.label_smoothing, cfg.model.output, rows)
                if d.teachers else None)
-    config, text, hparams = config_record(cfg)
+    config, text, hparams = config_record(cfg)      # serialised once, here
     return Plan(default_run_name(source), cfg.seed, data, engine_spec(cfg, steps), loop_settings(cfg), steps, distill,
                 cfg.train.checkpoint_every, cfg.train.tensorboard, cfg.train.plots, memory_bytes,
                 RunRecord(config, text, hparams))
@@ -238,21 +231,6 @@ def engine_spec(cfg: Config, steps_per_epoch: int) -> EngineSpec:
                     min_lr=s.min_lr, decay_steps=steps_per_epoch)
     return EngineSpec(cfg.seed, model_kwargs(cfg), asdict(cfg.optimizer), schedule,
                       kernels=resolve_kernels(cfg))
-
-
-def build_engine(spec: EngineSpec, init_rng: np.random.Generator | None = None) -> Engine:
-    """Model, optimiser and schedule from their arguments; the weights are drawn from
-    ``init_rng`` (a training run's ``init`` stream), else seeded by ``spec.seed``."""
-    from fmnist_mlp.nn import MLP
-    from fmnist_mlp.nn.optim import make_optimizer
-    from fmnist_mlp.nn.schedules import make_schedule
-
-    model = MLP(**spec.model, seed=spec.seed if init_rng is None else init_rng,
-                kernels=spec.kernels)
-    settings = dict(spec.optimizer)
-    optimizer = make_optimizer(settings.pop("name"), model.params, kernels=spec.kernels,
-                               **settings)
-    return Engine(model, optimizer, make_schedule(**spec.schedule))
 
 
 def build_model(config: Config | Mapping[str, Any], rng: np.random.Generator | None = None):
@@ -357,3 +335,55 @@ def loop_settings(cfg: Config) -> LoopSettings:
     t = cfg.train
     return LoopSettings(t.epochs, t.batch_size, t.eval_batch_size, t.early_stopping_patience,
                         cfg.data.augment.mixup)
+
+
+# ---------------------------------------------------------------------------------------------
+# The run's record: the resolved config serialised once (config.yaml, checkpoints, TensorBoard)
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """Plain nested dict (tuples become lists) — what YAML, JSON and ``MLP.from_config`` take."""
+
+    def plain(value: Any) -> Any:
+        if dataclasses.is_dataclass(value):
+            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, tuple):
+            return [plain(v) for v in value]
+        return value
+
+    return plain(cfg)
+
+
+class _FlowListDumper(yaml.SafeDumper):
+    """Block-style sections with flow-style lists: ``hidden: [256, 128]`` reads best."""
+
+
+_FlowListDumper.add_representer(
+    list, lambda dumper, data: dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=True))
+
+
+def config_record(cfg: Config) -> tuple[dict[str, Any], str, dict[str, Any]]:
+    """The run's config serialised once for everything that keeps it: the plain dict (every
+    checkpoint's metadata), the YAML text (``config.yaml``) and the dotted keys with values
+    TensorBoard's HParams view can show (lists and None as text)."""
+    plain = config_to_dict(cfg)
+    text = yaml.dump(plain, Dumper=_FlowListDumper, sort_keys=False)
+    hparams = {key: value if isinstance(value, (bool, int, float, str)) else str(value)
+               for key, value in flatten(plain).items()}
+    return plain, text, hparams
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"optimizer": {"lr": 0.1}}`` -> ``{"optimizer.lr": 0.1}`` (lists kept as values)."""
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        if isinstance(value, Mapping):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def dump_config(cfg: Config) -> str:
+    """The resolved config as YAML text, every key present, in schema order."""
+    return config_record(cfg)[1]

@@ -31,7 +31,7 @@ from typing import Mapping
 import numpy as np
 
 from fmnist_mlp.errors import ConfigError
-from fmnist_mlp.nn.workspace import elementwise_runner
+from fmnist_mlp.nn.workspace import OptimizerArrays
 
 __all__ = ["OPTIMIZERS", "Optimizer", "SGD", "Momentum", "Nesterov", "Adagrad", "RMSProp", "Adam",
            "hyperparameters", "make_optimizer"]
@@ -54,21 +54,12 @@ class Optimizer:
         self.lr = float(lr)
         self.weight_decay = float(weight_decay)
         self.t = 0
-        self._layout = getattr(params, "layout", None)     # a ParameterSet's names/shapes/orders
-        if self._layout is not None:
-            # State and scratch lie like the parameters, so one pass over the flat arrays
-            # pairs every parameter entry with its own state entry.
-            self._flat_state = [np.zeros_like(params.flat) for _ in self.slots]
-            self._flat_tmp = np.empty_like(params.flat)
-            self.state = {slot: params.views_of(flat)
-                          for slot, flat in zip(self.slots, self._flat_state)}
-            self._tmp = params.views_of(self._flat_tmp)
-        else:
-            self.state = {slot: {k: np.zeros_like(v) for k, v in params.items()}
-                          for slot in self.slots}
-            self._tmp = {k: np.empty_like(v) for k, v in params.items()}
-        self._parallel = elementwise_runner(
-            self._flat_tmp.size if self._layout is not None else 0, owner=self)
+        # State and scratch shaped like the parameters (views of flat arrays over a parameter
+        # set), and who runs the passes: the workspace's business (nn/workspace.py).
+        arrays = OptimizerArrays(params, self.slots, owner=self)
+        self._layout, self.state, self._tmp = arrays.layout, arrays.state, arrays.tmp
+        self._flat_state, self._flat_tmp, self._parallel = (arrays.flat_state, arrays.flat_tmp,
+                                                            arrays.runner)
         self.kernels = "numpy"
         self._fused = None
 
@@ -81,8 +72,7 @@ class Optimizer:
             return
         from fmnist_mlp.nn.kernels.updates import FusedUpdate
 
-        self._fused = FusedUpdate(self, self._layout, params.flat)
-        self._fused.warm_up(self, params.flat, params.flat, self._flat_state)
+        self._fused = FusedUpdate(self, self._layout, params.flat, self._flat_state, self._parallel)
         self.kernels = "numba"
 
     def step(self, params: Arrays, grads: Arrays, lr: float | None = None) -> None:

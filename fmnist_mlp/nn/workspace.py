@@ -6,8 +6,9 @@
 * :class:`Workspace` — the per-batch work arrays each layer writes its output and cache into,
   allocated once per batch size and reused every step (allocating ~10 MB per step costs more
   than the elementwise work on it).
-* :func:`elementwise_runner` — how an optimiser's update passes over the flat arrays run: split
-  across threads when the arrays are large, so :mod:`fmnist_mlp.nn.optim` reads as its formulas.
+* :func:`optimizer_arrays` — an optimiser's state slots and scratch, laid out like its parameters,
+  and how its update passes run over them (:func:`elementwise_runner`: split across threads when
+  the arrays are large), allocated in one call, so :mod:`fmnist_mlp.nn.optim` reads as its formulas.
 
 Memory layout is a private speed policy of these two, never a change in what the arrays hold:
 ``row`` keeps every array row-major (one example per row); ``feature`` stores the hidden
@@ -225,3 +226,29 @@ def elementwise_runner(size: int, owner: object) -> "ParallelUpdate | SerialUpda
     """How an optimiser runs its update over flat arrays of ``size`` entries: split across
     threads when large (see :class:`ParallelUpdate`), else in one call."""
     return ParallelUpdate.for_size(size, owner)
+
+
+class OptimizerArrays:
+    """An optimiser's arrays: ``state[slot][name]`` and the scratch ``tmp[name]``, each shaped
+    like the parameter of that name, and ``runner``, which runs its elementwise passes.
+
+    Over a :class:`ParameterSet` they lie like the parameters, views of flat arrays
+    (``flat_state``, one per slot, and ``flat_tmp``), so one pass over the flat arrays pairs every
+    parameter entry with its own state entry; ``layout`` is then the set's layout. Over plain
+    dicts of arrays each is its own array and ``layout`` is None."""
+
+    def __init__(self, params: Mapping[str, np.ndarray], slots: Sequence[str],
+                 owner: object) -> None:
+        self.layout = getattr(params, "layout", None)
+        if self.layout is not None:
+            self.flat_state = [np.zeros_like(params.flat) for _ in slots]
+            self.flat_tmp = np.empty_like(params.flat)
+            self.state = {slot: params.views_of(flat) for slot, flat in zip(slots, self.flat_state)}
+            self.tmp = params.views_of(self.flat_tmp)
+        else:
+            self.flat_state, self.flat_tmp = [], None
+            self.state = {slot: {k: np.zeros_like(v) for k, v in params.items()} for slot in slots}
+            self.tmp = {k: np.empty_like(v) for k, v in params.items()}
+        # One runner per optimiser (its thread pool is shut down when ``owner`` is collected).
+        self.runner = elementwise_runner(
+            self.flat_tmp.size if self.flat_tmp is not None else 0, owner)

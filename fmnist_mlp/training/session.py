@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from fmnist_mlp.config.plan import STREAMS, Engine, Plan, build_engine, make_plan
+from fmnist_mlp.config.plan import STREAMS, Plan, make_plan
 from fmnist_mlp.config.schema import Config
 from fmnist_mlp.errors import (
     DataError,
@@ -26,6 +26,7 @@ from fmnist_mlp.errors import (
     TrainingInterrupted,
     require_extra,
 )
+from fmnist_mlp.nn.engine import Engine, build_engine
 from fmnist_mlp.rundir import files as runs
 from fmnist_mlp.rundir import guard, layout
 from fmnist_mlp.rundir.resume import ResumePoint, open_for_resume, restore

@@ -21,7 +21,6 @@ from typing import Any, Sequence
 import numpy as np
 
 from fmnist_mlp.nn.kernels import jit
-from fmnist_mlp.nn.workspace import elementwise_runner
 
 kernel = jit.kernel
 
@@ -136,17 +135,19 @@ FORMULAS: dict[str, tuple[Any, Any]] = {
 
 class FusedUpdate:
     """One optimiser's step over flat arrays laid out as ``layout`` (a ParameterSet's): the
-    weight decay and the formula in one compiled pass, split over the optimiser's threads."""
+    weight decay and the formula in one compiled pass, split over the optimiser's threads
+    (``runner``, its own), the kernel loaded for the types of ``flat`` and ``state`` when made."""
 
     def __init__(self, optimizer, layout: Sequence[tuple[str, tuple[int, ...], bool]],
-                 flat: np.ndarray) -> None:
+                 flat: np.ndarray, state: Sequence[np.ndarray], runner) -> None:
         self.kernel, self._scalars = FORMULAS[type(optimizer).__name__]
         sizes = [int(np.prod(shape)) for _, shape, _ in layout]
         self.bounds = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         self.decays = np.array([name.endswith(".W") for name, _, _ in layout])
         self.factors = np.ones(len(layout), flat.dtype)
         self.dtype = flat.dtype.type
-        self.runner = elementwise_runner(flat.size, owner=optimizer)
+        self.runner = runner
+        self.warm_up(optimizer, flat, flat, state)
 
     def warm_up(self, optimizer, param, grad, state) -> None:
         """Load (or compile) the kernel for these arrays' types: a call that updates nothing."""
