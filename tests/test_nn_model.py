@@ -327,22 +327,44 @@ def test_the_model_allocates_what_parameter_shapes_names(batchnorm):
     assert ("layer0.b" in shapes) != batchnorm and "layer2.b" in shapes     # the last layer keeps b
 
 
-def test_the_schema_repeats_the_models_defaults_and_names_every_key_it_reads():
+def test_a_models_keys_are_declared_once_and_agree_everywhere():
+    """nn/config_keys.py's MODEL_KEYS is the one source: the schema's model and loss sections are
+    made from it, the plan hands on exactly its arguments, and MLP.__init__'s keyword arguments
+    are its arguments (same defaults) plus the few NOT_CONFIG_KEYS; MLP.spec, what a model file
+    records, names every one of them but the seed and the kernels."""
     import dataclasses
     import inspect
+    import json
+    from pathlib import Path
 
-    from fmnist_mlp.config.schema import Config, LossConfig, ModelConfig
-    from fmnist_mlp.nn.config_keys import CONFIG_KEYS
+    import numpy as np
+
+    from fmnist_mlp.config.plan import model_kwargs
+    from fmnist_mlp.config.schema import Config
+    from fmnist_mlp.nn.config_keys import MODEL_KEYS, NOT_CONFIG_KEYS
 
     defaults = {n: p.default for n, p in inspect.signature(MLP).parameters.items()}
-    for section, schema in (("model", ModelConfig), ("loss", LossConfig)):
-        fields = {f.name: getattr(schema(), f.name) for f in dataclasses.fields(schema)}
-        assert set(fields) == set(CONFIG_KEYS[section]), section     # every key reaches the model
-        for key, value in fields.items():
-            default = defaults[CONFIG_KEYS[section][key]]
-            assert (list(value) == list(default) if isinstance(value, tuple) else value == default), \
-                f"{section}.{key}: schema {value!r}, MLP {default!r}"
+    declared = {k.argument: k.default for keys in MODEL_KEYS.values() for k in keys.values()}
+    for section, keys in MODEL_KEYS.items():
+        schema = getattr(Config(), section)
+        assert [f.name for f in dataclasses.fields(schema)] == list(keys), section
+        for key, k in keys.items():
+            assert getattr(schema, key) == k.default, f"{section}.{key}"
+    # every keyword argument of the network is a config key or said not to be one, never both
+    assert set(declared) | set(NOT_CONFIG_KEYS) == set(defaults)
+    assert not set(declared) & set(NOT_CONFIG_KEYS)
+    for argument, default in declared.items():
+        assert (list(default) == list(defaults[argument]) if isinstance(default, tuple)
+                else default == defaults[argument]), f"{argument}: table {default!r}, MLP {defaults[argument]!r}"
     assert Config().seed == defaults["seed"]
+    # the plan hands on exactly the declared arguments (and the dataset's sizes)
+    assert set(model_kwargs(Config())) == set(declared) | {"input_size", "num_classes"}
+    # what a model file records: every argument but the seed (a stream) and the kernels
+    recorded = set(MLP(hidden=[3], seed=np.random.default_rng(0)).spec())
+    assert recorded == set(defaults) - {"seed", "kernels"}
+    # ... as the run of the previous main recorded it, so old runs keep loading
+    meta = np.load(Path(__file__).parent / "fixtures/run-v1/checkpoints/best.npz")["meta"]
+    assert set(json.loads(str(meta))["model_spec"]) == recorded
 
 
 def test_from_config_names_the_key_of_each_bad_value():

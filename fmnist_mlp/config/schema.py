@@ -1,7 +1,8 @@
 """The experiment configuration's schema: a tree of frozen dataclasses, and nothing else.
 
 Every key is optional (the defaults below are the schema); each field's metadata holds its allowed
-values. Reading a file and ``--set`` overrides is :mod:`fmnist_mlp.config.load`, checking a plain
+values. The network's keys (the ``model`` and ``loss`` sections) are declared once, beside the
+network, in :mod:`fmnist_mlp.nn.config_keys`; their sections are made from that table here. Reading a file and ``--set`` overrides is :mod:`fmnist_mlp.config.load`, checking a plain
 dict against this tree is :mod:`fmnist_mlp.config.validate`, and turning a checked
 :class:`Config` into objects is :mod:`fmnist_mlp.config.plan`.
 """
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from fmnist_mlp.data.facts import IMAGE_SIDE, TRAIN_IMAGES
+from fmnist_mlp.nn.config_keys import MODEL_KEYS
 
 
 class _Names:
@@ -71,24 +73,22 @@ class DataConfig:
     augment: AugmentConfig = _opt(AugmentConfig())
 
 
-@dataclass(frozen=True)
-class ModelConfig:
-    hidden: tuple[int, ...] = _opt((256, 128), lo=1)   # [] = softmax (logistic) regression
-    activation: str = _opt("relu", choices=_Names("fmnist_mlp.nn.activations", "ACTIVATIONS"))
-    output: str = _opt("softmax", choices=_Names("fmnist_mlp.nn.losses", "OUTPUTS"))
-    dropout: float = _opt(0.0, lo=0.0, hi=1.0, hi_open=True)
-    input_dropout: float = _opt(0.0, lo=0.0, hi=1.0, hi_open=True)   # on the input pixels
-    batchnorm: bool = _opt(False)            # batch normalisation before each hidden activation
-    init: str = _opt("auto", choices=_Names("fmnist_mlp.nn.init", "INITS"))
-    dtype: str = _opt("float32", choices=_Names("fmnist_mlp.nn.model", "DTYPES"))
-    layout: str = _opt("auto", choices=_Names("fmnist_mlp.nn.workspace", "LAYOUTS"))  # speed only
+def _engine_section(name: str, section: str) -> type:
+    """A section whose keys are the engine's own (``nn.config_keys.MODEL_KEYS[section]``, the
+    one place a model's key is declared): a frozen dataclass like the others, each field's type
+    its default's, its metadata the key's allowed values."""
+    kinds = {bool: bool, int: int, float: float, str: str, tuple: tuple[int, ...]}
+    fields = [(key, kinds[type(k.default)],
+               _opt(k.default, choices=_Names(*k.choices) if k.choices else (), lo=k.lo,
+                    hi=k.hi, lo_open=k.lo_open, hi_open=k.hi_open))
+              for key, k in MODEL_KEYS[section].items()]
+    return dataclasses.make_dataclass(name, fields, frozen=True, namespace={
+        "__module__": __name__, "__doc__": f"The config's {section} section: the network's "
+                                           f"keys, declared in fmnist_mlp/nn/config_keys.py."})
 
 
-@dataclass(frozen=True)
-class LossConfig:
-    name: str = _opt("cross_entropy", choices=_Names("fmnist_mlp.nn.losses", "LOSSES"))
-    label_smoothing: float = _opt(0.0, lo=0.0, hi=1.0, hi_open=True)
-    l2: float = _opt(0.0, lo=0.0)              # coupled: added to the loss
+ModelConfig = _engine_section("ModelConfig", "model")
+LossConfig = _engine_section("LossConfig", "loss")
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,14 @@
-"""Which config keys set which :class:`~fmnist_mlp.nn.model.MLP` argument: ``MLP.from_config``.
+"""A model's config keys, declared once: which key sets which :class:`~fmnist_mlp.nn.model.MLP`
+argument, its default and the values it allows. ``MLP.from_config`` reads a config dict by it.
 
-The engine reads a config dict's ``model`` and ``loss`` sections and its ``seed`` itself, so it
-imports nothing above it (no YAML, no schema). A key left out takes the constructor's default:
-the defaults are written once, in ``MLP.__init__``'s signature (``config/schema.py`` repeats
-them for its documentation, and a test holds the two equal). The config's other sections
-(data, optimiser, schedule, training) configure a run, not a network: they are not read here.
+This table is the one source of a model's keys: the config schema's ``model`` and ``loss``
+sections are made from it (:mod:`fmnist_mlp.config.schema`), the plan hands the values on by it
+(:func:`fmnist_mlp.config.plan.model_kwargs`), and ``MLP.from_config`` reads and checks a dict
+by it, so adding a model key is its argument in ``MLP.__init__`` (what it does) and its row here
+(tests/test_nn_model.py holds the two equal: every keyword argument is a key or in
+:data:`NOT_CONFIG_KEYS`, with the same default, and ``MLP.spec`` records each). NumPy-free: the
+schema reads it before a command runs. The config's other sections (data, optimiser, schedule,
+training) configure a run, not a network: they are not read here.
 """
 
 from __future__ import annotations
@@ -12,18 +16,59 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import inspect
+from dataclasses import dataclass
 from numbers import Integral, Real
 from typing import Any, Mapping
 
 from fmnist_mlp.errors import ConfigError
 
+
+@dataclass(frozen=True)
+class Key:
+    """One config key: the MLP argument it sets, its default (MLP.__init__'s) and what it allows:
+    ``choices`` names the engine's table of names as (module, attribute), read on first use;
+    ``lo``/``hi`` bound a number (open bounds excluded)."""
+
+    argument: str
+    default: Any
+    choices: tuple[str, str] | None = None
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+
+# section -> {config key: Key}, in the order config.yaml lists them
+MODEL_KEYS: dict[str, dict[str, Key]] = {
+    "model": {
+        "hidden": Key("hidden", (256, 128), lo=1),      # [] = softmax (logistic) regression
+        "activation": Key("activation", "relu", ("fmnist_mlp.nn.activations", "ACTIVATIONS")),
+        "output": Key("output", "softmax", ("fmnist_mlp.nn.losses", "OUTPUTS")),
+        "dropout": Key("dropout", 0.0, lo=0.0, hi=1.0, hi_open=True),
+        "input_dropout": Key("input_dropout", 0.0, lo=0.0, hi=1.0, hi_open=True),  # on the pixels
+        "batchnorm": Key("batchnorm", False),   # batch normalisation before each hidden activation
+        "init": Key("init", "auto", ("fmnist_mlp.nn.init", "INITS")),
+        "dtype": Key("dtype", "float32", ("fmnist_mlp.nn.model", "DTYPES")),
+        "layout": Key("layout", "auto", ("fmnist_mlp.nn.workspace", "LAYOUTS")),   # speed only
+    },
+    "loss": {
+        "name": Key("loss", "cross_entropy", ("fmnist_mlp.nn.losses", "LOSSES")),
+        "label_smoothing": Key("label_smoothing", 0.0, lo=0.0, hi=1.0, hi_open=True),
+        "l2": Key("l2", 0.0, lo=0.0),           # coupled: added to the loss
+    },
+}
+# MLP's keyword arguments that no model key sets, and what does.
+NOT_CONFIG_KEYS = {
+    "input_size": "the dataset's facts (784 pixels)",
+    "num_classes": "the dataset's facts (10 classes)",
+    "seed": "the config's top-level seed (a run passes its init stream instead)",
+    "kernels": "train.kernels: who computes, never what",
+    "bn_momentum": "fixed at its default: batch norm's running averages",
+    "bn_eps": "fixed at its default: batch norm's stabiliser",
+}
 # section -> {config key: MLP constructor argument}
 CONFIG_KEYS: dict[str, dict[str, str]] = {
-    "model": {"hidden": "hidden", "activation": "activation", "output": "output",
-              "dropout": "dropout", "input_dropout": "input_dropout", "batchnorm": "batchnorm",
-              "init": "init", "dtype": "dtype", "layout": "layout"},
-    "loss": {"name": "loss", "label_smoothing": "label_smoothing", "l2": "l2"},
-}
+    section: {key: k.argument for key, k in keys.items()} for section, keys in MODEL_KEYS.items()}
 _PATH_OF = {arg: f"{section}.{key}" for section, keys in CONFIG_KEYS.items()
             for key, arg in keys.items()}
 _PATH_OF["seed"] = "seed"
@@ -36,9 +81,8 @@ def build_from_config(model_class: type, config: Mapping[str, Any]):
         config = dataclasses.asdict(config)
     if not isinstance(config, Mapping):
         raise ConfigError(f"config: expected a mapping, got {type(config).__name__}")
-    defaults = constructor_defaults(model_class)
-    arguments = model_arguments(config, defaults)
-    seed = config.get("seed", defaults["seed"])
+    arguments = model_arguments(config)
+    seed = config.get("seed", constructor_defaults(model_class)["seed"])
     if isinstance(seed, bool) or not isinstance(seed, Integral) or seed < 0:
         raise ConfigError(f"seed: {seed!r} is not valid; expected a non-negative integer")
     try:
@@ -49,14 +93,15 @@ def build_from_config(model_class: type, config: Mapping[str, Any]):
 
 
 def constructor_defaults(model_class: type) -> dict[str, Any]:
-    """``{argument: default}`` of the model's constructor: the one source of the defaults."""
+    """``{argument: default}`` of the model's constructor."""
     return {name: p.default for name, p in inspect.signature(model_class).parameters.items()
             if p.default is not inspect.Parameter.empty}
 
 
-def model_arguments(config: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+def model_arguments(config: Mapping[str, Any]) -> dict[str, Any]:
     """The constructor arguments a config dict's ``model`` and ``loss`` sections set, each
-    checked to have its default's kind (widths, a number, a flag, a name)."""
+    checked to have its default's kind (widths, a number, a flag, a name); the constructor
+    checks the values themselves."""
     _check_top_level(config)
     arguments: dict[str, Any] = {}
     for section, keys in CONFIG_KEYS.items():
@@ -68,8 +113,8 @@ def model_arguments(config: Mapping[str, Any], defaults: Mapping[str, Any]) -> d
         for key, value in values.items():
             if key not in keys:
                 raise ConfigError(f"{section}.{key}: unknown key{_did_you_mean(key, keys, section)}")
-            argument = keys[key]
-            arguments[argument] = _checked(f"{section}.{key}", value, defaults[argument])
+            entry = MODEL_KEYS[section][key]
+            arguments[entry.argument] = _checked(f"{section}.{key}", value, entry.default)
     return arguments
 
 
