@@ -57,3 +57,4 @@ def set_cache_dir(path: str | Path | None) -> None:
 def cache_dir() -> Path | None:
     """The cache folder asked for with :func:`set_cache_dir` (None: none asked for)."""
     return _cache_dir[0]
+
