@@ -172,6 +172,32 @@ def test_fused_batchnorm_sums_in_numpys_order_and_gives_its_bits(layout, n, numb
         assert np.array_equal(want, got)
 
 
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("layout", ["row", "feature"])
+def test_chains_and_batchnorm_split_across_threads_give_the_same_bits(layout, threads,
+                                                                        numba_kernels, monkeypatch):
+    """Rows and units split over threads (uneven parts, columns in whole cache lines): each is
+    computed alone, so the split changes nothing, against the NumPy reference."""
+    from fmnist_mlp.nn.kernels.chains import SplitUnits
+
+    monkeypatch.setattr(SplitUnits, "MIN_SIZE", 0)
+    monkeypatch.setattr(SplitUnits, "MIN_SIZE_ONE_PASS", 0)
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((200, 784)).astype(np.float32)
+    y = rng.integers(0, 10, 200)
+    settings = dict(hidden=[200, 72], dropout=0.3, batchnorm=True, layout=layout, seed=2)
+    reference, fused = MLP(kernels="numpy", **settings), MLP(kernels="numba", **settings)
+    fused._fused._split = SplitUnits(fused, threads=threads)
+    streams = [np.random.default_rng(1), np.random.default_rng(1)]
+    for _ in range(2):
+        assert reference.loss_and_grad(x, y, streams[0]) == fused.loss_and_grad(x, y, streams[1])
+        assert np.array_equal(reference.grads.flat, fused.grads.flat)
+        for m in (reference, fused):
+            m.params.flat -= 0.05 * m.grads.flat
+    for name in reference.buffers:
+        assert np.array_equal(reference.buffers[name], fused.buffers[name]), name
+
+
 @pytest.mark.slow
 def test_fused_chains_are_bit_identical_on_work_arrays_larger_than_the_caches(numba_kernels):
     """4096 × 2048 float32 work arrays (32 MB each: h, mask, dropped, dh)."""
