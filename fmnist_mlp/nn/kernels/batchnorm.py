@@ -26,23 +26,20 @@ def _block_sum(a, lo, n):
         for i in range(n):
             total += a[lo + i]
         return total
-    r0, r1, r2, r3 = a[lo], a[lo + 1], a[lo + 2], a[lo + 3]
-    r4, r5, r6, r7 = a[lo + 4], a[lo + 5], a[lo + 6], a[lo + 7]
-    i = 8
-    while i < n - n % 8:
-        r0 += a[lo + i]
-        r1 += a[lo + i + 1]
-        r2 += a[lo + i + 2]
-        r3 += a[lo + i + 3]
-        r4 += a[lo + i + 4]
-        r5 += a[lo + i + 5]
-        r6 += a[lo + i + 6]
-        r7 += a[lo + i + 7]
-        i += 8
+    b = a[lo:lo + n]                # sliced: indices from 0, so the loop needs no bounds fix-up
+    r0, r1, r2, r3, r4, r5, r6, r7 = b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]
+    for k in range(1, n // 8):
+        r0 += b[8 * k]
+        r1 += b[8 * k + 1]
+        r2 += b[8 * k + 2]
+        r3 += b[8 * k + 3]
+        r4 += b[8 * k + 4]
+        r5 += b[8 * k + 5]
+        r6 += b[8 * k + 6]
+        r7 += b[8 * k + 7]
     total = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
-    while i < n:
-        total += a[lo + i]
-        i += 1
+    for i in range(n - n % 8, n):
+        total += b[i]
     return total
 
 
