@@ -116,17 +116,17 @@ def make_splits(raw: RawData, val_size: int = 5000, split: str = "stratified",
     _check_choice("model.dtype", dtype, ("float32", "float64"))
     labels = raw.train_labels.astype(np.int64)
     train_idx, val_idx = split_rows(labels, val_size, split, seed, subset, folds, fold)
-    mean, std = _pixel_mean_std(raw.train_images[train_idx]) if normalize == "standardize" else (0.0, 1.0)
+    rows = {name: images.reshape(images.shape[0], NUM_FEATURES)[idx] for name, images, idx in
+            (("train", raw.train_images, train_idx), ("val", raw.train_images, val_idx),
+             ("test", raw.test_images, slice(None)))}
+    mean, std = _pixel_mean_std(rows["train"]) if normalize == "standardize" else (0.0, 1.0)
     splits = []
-    for images, idx, y in ((raw.train_images, train_idx, labels[train_idx]),
-                           (raw.train_images, val_idx, labels[val_idx]),
-                           (raw.test_images, np.arange(raw.test_labels.shape[0]),
-                            raw.test_labels.astype(np.int64))):
-        pixels = images.reshape(images.shape[0], NUM_FEATURES)[idx]
-        if encode_train and not splits:
-            x = EncodedRows(pixels, mean, std, np.dtype(dtype))
+    for name, y in (("train", labels[train_idx]), ("val", labels[val_idx]),
+                    ("test", raw.test_labels.astype(np.int64))):
+        if name == "train" and encode_train:
+            x = EncodedRows(np.ascontiguousarray(rows[name]), mean, std, np.dtype(dtype))
         else:
-            x = pixels_to_inputs(pixels, mean, std, dtype)
+            x = pixels_to_inputs(rows[name], mean, std, dtype)
         splits.append(Split(x, np.ascontiguousarray(y)))
     return Splits(*splits, mean=mean, std=std)
 
