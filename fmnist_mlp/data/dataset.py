@@ -116,18 +116,19 @@ def make_splits(raw: RawData, val_size: int = 5000, split: str = "stratified",
     _check_choice("model.dtype", dtype, ("float32", "float64"))
     labels = raw.train_labels.astype(np.int64)
     train_idx, val_idx = split_rows(labels, val_size, split, seed, subset, folds, fold)
-    rows = {name: images.reshape(images.shape[0], NUM_FEATURES)[idx] for name, images, idx in
-            (("train", raw.train_images, train_idx), ("val", raw.train_images, val_idx),
-             ("test", raw.test_images, slice(None)))}
-    mean, std = _pixel_mean_std(rows["train"]) if normalize == "standardize" else (0.0, 1.0)
-    splits = []
-    for name, y in (("train", labels[train_idx]), ("val", labels[val_idx]),
-                    ("test", raw.test_labels.astype(np.int64))):
-        if name == "train" and encode_train:
-            x = EncodedRows(np.ascontiguousarray(rows[name]), mean, std, np.dtype(dtype))
-        else:
-            x = pixels_to_inputs(rows[name], mean, std, dtype)
-        splits.append(Split(x, np.ascontiguousarray(y)))
+    def pixels(images: np.ndarray, idx) -> np.ndarray:
+        return images.reshape(images.shape[0], NUM_FEATURES)[idx]
+
+    train_pixels = pixels(raw.train_images, train_idx)      # gathered once: the statistics too
+    mean, std = _pixel_mean_std(train_pixels) if normalize == "standardize" else (0.0, 1.0)
+    train_x = (EncodedRows(train_pixels, mean, std, np.dtype(dtype)) if encode_train
+               else pixels_to_inputs(train_pixels, mean, std, dtype))
+    del train_pixels                # float rows: the bytes are not kept past their conversion
+    splits = [Split(train_x, np.ascontiguousarray(labels[train_idx])),
+              Split(pixels_to_inputs(pixels(raw.train_images, val_idx), mean, std, dtype),
+                    np.ascontiguousarray(labels[val_idx])),
+              Split(pixels_to_inputs(pixels(raw.test_images, slice(None)), mean, std, dtype),
+                    raw.test_labels.astype(np.int64))]
     return Splits(*splits, mean=mean, std=std)
 
 
