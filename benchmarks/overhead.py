@@ -49,8 +49,8 @@ def _bare_epochs(cfg, splits, epochs: int) -> list[float]:
         for first in range(0, len(order), batch):
             idx = order[first:first + batch]
             n = len(idx)
-            np.take(x, idx, axis=0, out=xb[:n])
-            np.take(y, idx, out=yb[:n])
+            np.take(x, idx, axis=0, out=xb[:n], mode="clip")
+            np.take(y, idx, out=yb[:n], mode="clip")
             model.loss_and_grad(xb[:n], yb[:n], rng=streams["dropout"])
             optimizer.step(model.params, model.grads, lr)
         seconds.append(time.perf_counter() - start)

@@ -70,8 +70,8 @@ def _burst(engine: str, case: dict, kernels: str):
         def run(n):
             for _ in range(n):
                 idx = indices()
-                np.take(x, idx, axis=0, out=xb)
-                np.take(y, idx, out=yb)
+                np.take(x, idx, axis=0, out=xb, mode="clip")
+                np.take(y, idx, out=yb, mode="clip")
                 model.loss_and_grad(xb, yb, rng=drop_rng)
                 optimizer.step(model.params, model.grads, lr)
         return run

@@ -57,8 +57,8 @@ def measure_products(job: dict, build) -> dict:
 
     def step():
         idx = rng.integers(0, len(x_all), batch)
-        np.take(x_all, idx, axis=0, out=xb)
-        np.take(y_all, idx, out=yb)
+        np.take(x_all, idx, axis=0, out=xb, mode="clip")
+        np.take(y_all, idx, out=yb, mode="clip")
         model.loss_and_grad(xb, yb, rng=drop_rng)
         optimizer.step(model.params, model.grads, lr)
         counter[0] += 1

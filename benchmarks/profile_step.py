@@ -45,8 +45,8 @@ def main(argv=None) -> None:
     def steps(n: int) -> None:
         for _ in range(n):
             idx = rng.integers(0, len(x), args.batch_size)
-            np.take(x, idx, axis=0, out=xb)
-            np.take(y, idx, out=yb)
+            np.take(x, idx, axis=0, out=xb, mode="clip")
+            np.take(y, idx, out=yb, mode="clip")
             model.loss_and_grad(xb, yb, drop_rng)
             opt.step(model.params, model.grads)
 

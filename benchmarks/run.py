@@ -64,7 +64,8 @@ MEMORY_METHOD = (
 
 LOOPS = {
     "numpy": "fmnist_mlp.nn.MLP (relu, softmax + cross_entropy, float32) and optim.make_optimizer; per "
-             "step: np.take of the shuffled batch into reused buffers, model.loss_and_grad (also returns "
+             "step: np.take (mode=clip, as the training loop gathers) of the shuffled batch into "
+             "reused buffers, model.loss_and_grad (also returns "
              "loss and n_correct), optimizer.step at a constant lr",
     "jax": "benchmarks/jax_loop.py: the whole step (batch gather, forward, log-softmax cross-entropy, "
            "value_and_grad, the momentum/Adam update written out) one jax.jit call; dropout from "

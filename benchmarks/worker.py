@@ -126,8 +126,8 @@ def _numpy_train(job: dict) -> dict:
         for start in range(0, len(order), batch):
             idx = order[start:start + batch]
             n = len(idx)
-            np.take(x, idx, axis=0, out=xb[:n])
-            np.take(y, idx, out=yb[:n])
+            np.take(x, idx, axis=0, out=xb[:n], mode="clip")
+            np.take(y, idx, out=yb[:n], mode="clip")
             loss, n_correct = model.loss_and_grad(xb[:n], yb[:n], rng=dropout_rng)
             optimizer.step(model.params, model.grads, lr)
             loss_sum += loss * n

@@ -172,6 +172,32 @@ def test_fused_batchnorm_sums_in_numpys_order_and_gives_its_bits(layout, n, numb
         assert np.array_equal(want, got)
 
 
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("layout", ["row", "feature"])
+def test_chains_and_batchnorm_split_across_threads_give_the_same_bits(layout, threads,
+                                                                        numba_kernels, monkeypatch):
+    """Rows and units split over threads (uneven parts, columns in whole cache lines): each is
+    computed alone, so the split changes nothing, against the NumPy reference."""
+    from fmnist_mlp.nn.kernels.chains import SplitUnits
+
+    monkeypatch.setattr(SplitUnits, "MIN_SIZE", 0)
+    monkeypatch.setattr(SplitUnits, "MIN_SIZE_ONE_PASS", 0)
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((200, 784)).astype(np.float32)
+    y = rng.integers(0, 10, 200)
+    settings = dict(hidden=[200, 72], dropout=0.3, batchnorm=True, layout=layout, seed=2)
+    reference, fused = MLP(kernels="numpy", **settings), MLP(kernels="numba", **settings)
+    fused._fused._split = SplitUnits(fused, threads=threads)
+    streams = [np.random.default_rng(1), np.random.default_rng(1)]
+    for _ in range(2):
+        assert reference.loss_and_grad(x, y, streams[0]) == fused.loss_and_grad(x, y, streams[1])
+        assert np.array_equal(reference.grads.flat, fused.grads.flat)
+        for m in (reference, fused):
+            m.params.flat -= 0.05 * m.grads.flat
+    for name in reference.buffers:
+        assert np.array_equal(reference.buffers[name], fused.buffers[name]), name
+
+
 @pytest.mark.slow
 def test_fused_chains_are_bit_identical_on_work_arrays_larger_than_the_caches(numba_kernels):
     """4096 × 2048 float32 work arrays (32 MB each: h, mask, dropped, dh)."""
@@ -182,6 +208,57 @@ def test_fused_chains_are_bit_identical_on_work_arrays_larger_than_the_caches(nu
     results = [m.loss_and_grad(x, y, np.random.default_rng(6)) for m in models]
     assert results[0] == results[1]
     assert np.array_equal(models[0].grads.flat, models[1].grads.flat)
+
+
+# ------------------------------------------------------------------------------ the batch gather
+AUGMENTS = [dict(), dict(flip=True), dict(flip=True, alternate_flip=True), dict(shift=1),
+            dict(flip=True, shift=2), dict(shift=5, cutout=8), dict(flip=True, shift=27)]
+
+
+@pytest.mark.parametrize("normalize", ["standardize", "scale"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_pixel_bytes_decode_to_the_inputs_bit_for_bit(normalize, dtype):
+    """The training split kept as bytes (EncodedRows) decodes to exactly the float rows."""
+    from fmnist_mlp.data.dataset import RawData, make_splits
+
+    rng = np.random.default_rng(2)
+    raw = RawData(rng.integers(0, 256, (700, 28, 28), dtype=np.uint8), rng.integers(0, 10, 700, dtype=np.uint8),
+                  rng.integers(0, 256, (50, 28, 28), dtype=np.uint8), rng.integers(0, 10, 50, dtype=np.uint8))
+    rows = make_splits(raw, val_size=100, normalize=normalize, dtype=dtype)
+    encoded = make_splits(raw, val_size=100, normalize=normalize, dtype=dtype, encode_train=True)
+    assert encoded.train.x.pixels.dtype == np.uint8 and encoded.train.x.shape == rows.train.x.shape
+    assert np.array_equal(encoded.train.x.decode(), rows.train.x)
+    assert np.array_equal(encoded.train.y, rows.train.y) and np.array_equal(encoded.val.x, rows.val.x)
+
+
+@pytest.mark.parametrize("settings", AUGMENTS, ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()) or "none")
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_the_fused_gather_makes_the_references_batch_from_the_same_draws(settings, dtype, numba_kernels):
+    """Gather + decode + flip + shift in one pass against np.take on float rows then the
+    augmenter: the same batch bit for bit, the random stream left in the same state, on a
+    split as large as the real one (55,000 images, 43 MB of bytes, larger than the L3)."""
+    from fmnist_mlp.data.augment import make_augmenter
+    from fmnist_mlp.data.dataset import EncodedRows
+    from fmnist_mlp.nn.kernels.batches import FusedBatches
+
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 256, (55000, 784), dtype=np.uint8)
+    pixels[:, :60] = 7                      # no pixel 0: the shifted border is the batch minimum
+    encoded = EncodedRows(pixels, 0.2860, 0.3530, np.dtype(dtype))
+    augment = make_augmenter(**settings)
+    batches = FusedBatches(dtype)
+    for epoch, rows in enumerate((rng.permutation(55000)[:512], rng.permutation(55000)[:77])):
+        want = encoded.decode(rows)
+        streams = [np.random.default_rng(epoch), np.random.default_rng(epoch)]
+        if augment is not None:
+            augment(want, streams[0], rows, epoch)
+        got = np.full_like(want, np.nan)
+        flips, offsets = augment.draw(streams[1], rows, epoch) if augment else (None, None)
+        batches.fill(got, encoded, rows, flips, offsets, settings.get("shift", 0))
+        if augment is not None:
+            augment.cut_out(got, streams[1])
+        assert np.array_equal(got, want)
+        assert streams[0].bit_generator.state == streams[1].bit_generator.state
 
 
 def test_activations_numba_does_not_reproduce_bit_for_bit_keep_the_numpy_chain(numba_kernels):
@@ -248,13 +325,15 @@ def test_train_says_which_kernels_ran_in_its_summary_and_at_verbose(real_data_di
 
 @pytest.mark.realdata
 def test_a_short_run_is_the_same_run_with_either_kernels(real_data_dir, tmp_path, numba_kernels):
-    """Every fused kernel is bit-identical, so the whole run is: metrics, weights, state."""
+    """Every fused kernel is bit-identical, so the whole run is: metrics, weights, state (the
+    numba run gathers its batches from the pixel bytes, flipped and shifted in one pass)."""
     from fmnist_mlp.config.load import load_config
     from fmnist_mlp.training.session import run_training
 
     done = {}
     for kernels in ("numpy", "numba"):
         cfg = load_config(None, [*SMALL, "model.batchnorm=true", "optimizer.name=adamw",
+                                 "data.augment.shift=1",
                                  "optimizer.weight_decay=0.01", f"train.kernels={kernels}"])
         done[kernels] = run_training(cfg, name=kernels, runs_dir=tmp_path, data_dir=real_data_dir)
     a, b = (runs.load_checkpoint(done[k].run_dir / "checkpoints" / "last.npz")

@@ -10,7 +10,7 @@ numbers in the training split and ``epoch`` counts from 0. Only alternating flip
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -46,11 +46,22 @@ def random_shift(batch: np.ndarray, rng: np.random.Generator, max_shift: int,
     """Translate each image by (dy, dx) ∈ [−max_shift, max_shift]², in place."""
     if max_shift <= 0:
         return
+    shift_by(batch, draw_shifts(rng, batch.shape[0], max_shift), max_shift, side)
+
+
+def draw_shifts(rng: np.random.Generator, n: int, max_shift: int) -> np.ndarray:
+    """(n, 2) offsets (oy, ox) in 0..2·max_shift: image i moves by (oy − max_shift, ox − max_shift)."""
+    return rng.integers(0, 2 * max_shift + 1, size=(n, 2))
+
+
+def shift_by(batch: np.ndarray, offsets: np.ndarray, max_shift: int,
+             side: int = IMAGE_SIDE) -> None:
+    """Translate image i of ``batch`` (B, side²) by ``offsets[i] − max_shift`` (see
+    :func:`draw_shifts`), the uncovered border set to the batch minimum, in place."""
     n = batch.shape[0]
     images = batch.reshape(n, side, side)
     padded = np.full((n, side + 2 * max_shift, side + 2 * max_shift), batch.min(), batch.dtype)
     padded[:, max_shift:max_shift + side, max_shift:max_shift + side] = images
-    offsets = rng.integers(0, 2 * max_shift + 1, size=(n, 2))
     rows = offsets[:, 0, None] + np.arange(side)            # (B, side)
     cols = offsets[:, 1, None] + np.arange(side)
     images[...] = padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
@@ -88,10 +99,52 @@ def mixup(batch: np.ndarray, targets: np.ndarray, rng: np.random.Generator,
     return float(lam), partner
 
 
+class Draws(NamedTuple):
+    """One batch's random choices, drawn before any is applied: which images are mirrored
+    ((B,) bool, or None) and by how much each moves ((B, 2) offsets, or None)."""
+
+    flips: np.ndarray | None
+    offsets: np.ndarray | None
+
+
+class Augmentation:
+    """The chosen augmentations, called as ``augment(batch, rng, rows, epoch)`` (in place).
+
+    A call draws the batch's flips and shifts (:meth:`draw`, in that order from ``rng``), mirrors
+    and shifts the batch, then draws and cuts out. A fused gather
+    (:mod:`fmnist_mlp.nn.kernels.batches`) takes the same :meth:`draw` and applies flips and
+    shifts as it gathers the batch, then :meth:`cut_out`: the same stream, the same bits.
+    """
+
+    def __init__(self, flip: bool, shift: int, cutout: int, alternate_flip: bool) -> None:
+        self.flip, self.shift, self.cutout, self.alternate_flip = flip, shift, cutout, alternate_flip
+
+    def draw(self, rng: np.random.Generator, rows: np.ndarray, epoch: int) -> Draws:
+        n = rows.shape[0]
+        flips = None
+        if self.flip:
+            flips = (rows & 1) == (epoch & 1) if self.alternate_flip else rng.random(n) < 0.5
+        return Draws(flips, draw_shifts(rng, n, self.shift) if self.shift else None)
+
+    def cut_out(self, batch: np.ndarray, rng: np.random.Generator) -> None:
+        if self.cutout:
+            random_cutout(batch, rng, self.cutout)
+
+    def __call__(self, batch: np.ndarray, rng: np.random.Generator, rows: np.ndarray,
+                 epoch: int) -> None:
+        flips, offsets = self.draw(rng, rows, epoch)
+        if flips is not None:
+            _mirror_where(batch, flips, IMAGE_SIDE)
+        if offsets is not None:
+            shift_by(batch, offsets, self.shift)
+        self.cut_out(batch, rng)
+
+
 def make_augmenter(flip: bool = False, shift: int = 0, cutout: int = 0,
-                   alternate_flip: bool = False) -> Augmenter | None:
-    """A function ``(batch, rng, rows, epoch) -> None`` applying the chosen augmentations, or None
-    for none. ``alternate_flip`` (with ``flip``) mirrors by :func:`alternating_flip`, not by coin."""
+                   alternate_flip: bool = False) -> Augmentation | None:
+    """An :class:`Augmentation` ``(batch, rng, rows, epoch) -> None`` applying the chosen
+    augmentations, or None for none. ``alternate_flip`` (with ``flip``) mirrors by
+    :func:`alternating_flip`, not by coin."""
     if shift < 0:
         raise ValueError(f"data.augment.shift: {shift!r} must be >= 0")
     if cutout < 0:
@@ -100,19 +153,7 @@ def make_augmenter(flip: bool = False, shift: int = 0, cutout: int = 0,
         raise ValueError("data.augment.alternate_flip: needs data.augment.flip: true")
     if not flip and not shift and not cutout:
         return None
-
-    def augment(batch: np.ndarray, rng: np.random.Generator, rows: np.ndarray,
-                epoch: int) -> None:
-        if flip and alternate_flip:
-            alternating_flip(batch, rows, epoch)
-        elif flip:
-            random_flip(batch, rng)
-        if shift:
-            random_shift(batch, rng, shift)
-        if cutout:
-            random_cutout(batch, rng, cutout)
-
-    return augment
+    return Augmentation(flip, shift, cutout, alternate_flip)
 
 
 def mirror(x: np.ndarray, side: int = IMAGE_SIDE) -> np.ndarray:

@@ -39,6 +39,25 @@ class Split(NamedTuple):
     y: np.ndarray
 
 
+class EncodedRows(NamedTuple):
+    """Rows kept as their pixel bytes, a quarter of the memory of float32 rows, with what turns
+    them into inputs: row i is ``pixels_to_inputs(pixels[i], mean, std, dtype)``. The fused batch
+    gather (:mod:`fmnist_mlp.nn.kernels.batches`) decodes a batch as it gathers it."""
+
+    pixels: np.ndarray      # (N, 784) uint8, C-contiguous
+    mean: float
+    std: float
+    dtype: np.dtype         # the inputs'
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.pixels.shape
+
+    def decode(self, rows: np.ndarray | slice = slice(None)) -> np.ndarray:
+        """Those rows as the network's inputs, (len(rows), 784)."""
+        return pixels_to_inputs(self.pixels[rows], self.mean, self.std, self.dtype)
+
+
 class Splits(NamedTuple):
     """The three splits, and the (mean, std) that were applied to all of them (0.0, 1.0 for "scale")."""
 
@@ -81,7 +100,8 @@ def _as_raw_data(arrays: dict[str, np.ndarray], data_dir: Path) -> RawData:
 
 def make_splits(raw: RawData, val_size: int = 5000, split: str = "stratified",
                 normalize: str = "standardize", seed: int = 0, dtype: str = "float32",
-                subset: int | None = None, folds: int = 1, fold: int | None = None) -> Splits:
+                subset: int | None = None, folds: int = 1, fold: int | None = None,
+                encode_train: bool = False) -> Splits:
     """Hold ``val_size`` training images out for validation and turn pixels into float rows.
 
     split: "stratified" (each class in proportion) or "shuffled" (uniformly at random), seeded.
@@ -89,20 +109,26 @@ def make_splits(raw: RawData, val_size: int = 5000, split: str = "stratified",
     mean and std of the training rows actually used). subset: keep only this many training images,
     drawn after the validation split (same ``split`` method). folds, fold: cut the training rows
     into ``folds`` parts and leave part ``fold`` out (:func:`split_rows`). Test rows are all
-    10,000, in order.
+    10,000, in order. encode_train: the training split's x is :class:`EncodedRows` (its bytes and
+    mean and std), not float rows: for a fused gather, which decodes each batch as it gathers it.
     """
     _check_choice("data.normalize", normalize, NORMALIZATIONS)
     _check_choice("model.dtype", dtype, ("float32", "float64"))
     labels = raw.train_labels.astype(np.int64)
     train_idx, val_idx = split_rows(labels, val_size, split, seed, subset, folds, fold)
-    mean, std = _pixel_mean_std(raw.train_images[train_idx]) if normalize == "standardize" else (0.0, 1.0)
-    splits = []
-    for images, idx, y in ((raw.train_images, train_idx, labels[train_idx]),
-                           (raw.train_images, val_idx, labels[val_idx]),
-                           (raw.test_images, np.arange(raw.test_labels.shape[0]),
-                            raw.test_labels.astype(np.int64))):
-        x = pixels_to_inputs(images.reshape(images.shape[0], NUM_FEATURES)[idx], mean, std, dtype)
-        splits.append(Split(x, np.ascontiguousarray(y)))
+    def pixels(images: np.ndarray, idx) -> np.ndarray:
+        return images.reshape(images.shape[0], NUM_FEATURES)[idx]
+
+    train_pixels = pixels(raw.train_images, train_idx)      # gathered once: the statistics too
+    mean, std = _pixel_mean_std(train_pixels) if normalize == "standardize" else (0.0, 1.0)
+    train_x = (EncodedRows(train_pixels, mean, std, np.dtype(dtype)) if encode_train
+               else pixels_to_inputs(train_pixels, mean, std, dtype))
+    del train_pixels                # float rows: the bytes are not kept past their conversion
+    splits = [Split(train_x, np.ascontiguousarray(labels[train_idx])),
+              Split(pixels_to_inputs(pixels(raw.train_images, val_idx), mean, std, dtype),
+                    np.ascontiguousarray(labels[val_idx])),
+              Split(pixels_to_inputs(pixels(raw.test_images, slice(None)), mean, std, dtype),
+                    raw.test_labels.astype(np.int64))]
     return Splits(*splits, mean=mean, std=std)
 
 

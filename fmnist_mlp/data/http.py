@@ -12,15 +12,25 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import requests
-import urllib3
+from typing import TYPE_CHECKING
+
 from tqdm import tqdm
 
 from fmnist_mlp import __version__
 from fmnist_mlp.errors import DataError
 from fmnist_mlp.io.terminal import progress_stream
 
-USER_AGENT = f"fmnist-mlp/{__version__} (https://github.com/zalandoresearch/fashion-mnist data fetcher; python-requests/{requests.__version__})"
+if TYPE_CHECKING:
+    import requests
+
+
+def _web():
+    """requests and urllib3, imported when something is fetched: a run whose data is cached
+    never pays their import (about 0.1 s)."""
+    import requests
+    import urllib3
+
+    return requests, urllib3
 _CHUNK = 1 << 16
 
 
@@ -52,8 +62,10 @@ class HostUnreachableError(DataError):
 
 def make_session() -> requests.Session:
     """A requests session sending our User-Agent; trust_env (proxies, CA bundles) stays on."""
+    requests, _ = _web()
     session = requests.Session()
-    session.headers["User-Agent"] = USER_AGENT
+    session.headers["User-Agent"] = (f"fmnist-mlp/{__version__} (https://github.com/zalandoresearch/"
+                                      f"fashion-mnist data fetcher; python-requests/{requests.__version__})")
     return session
 
 
@@ -68,6 +80,7 @@ def download_url(url: str, dest: Path, session: requests.Session, options: HttpO
     Raises DataError (PermanentHttpError when retrying is pointless) naming the URL and the last
     failure. ``dest`` may hold a partial file afterwards; the caller owns and removes it.
     """
+    requests, urllib3 = _web()
     dest.write_bytes(b"")
     attempt = 0
     deadline = time.monotonic() + options.total_timeout if deadline is None else deadline
@@ -102,6 +115,7 @@ class _IncompleteBody(Exception):
 
 def _fetch_once(url: str, dest: Path, session: requests.Session, timeout: tuple[float, float],
                 progress: bool, desc: str | None, deadline: float) -> None:
+    requests, _ = _web()
     offset = dest.stat().st_size
     # identity: byte ranges and Content-Length then count the file's own bytes.
     headers = {"Accept-Encoding": "identity"}
@@ -159,17 +173,20 @@ def _is_unresolvable(exc: BaseException) -> bool:
 
 
 def _is_timeout(exc: BaseException) -> bool:
+    requests, urllib3 = _web()
     return isinstance(exc, (requests.Timeout, urllib3.exceptions.TimeoutError, TimeoutError))
 
 
 def _is_unreachable(exc: BaseException) -> bool:
     """No connection, or no answer in time (as opposed to a transfer that broke half-way)."""
+    requests, urllib3 = _web()
     broken = (urllib3.exceptions.ProtocolError, requests.exceptions.ChunkedEncodingError, _IncompleteBody)
     timeouts = (requests.Timeout, urllib3.exceptions.TimeoutError, TimeoutError)
     return not isinstance(exc, broken) and isinstance(exc, (requests.ConnectionError, *timeouts))
 
 
 def _describe(exc: BaseException) -> str:
+    requests, urllib3 = _web()
     if isinstance(exc, (requests.Timeout, urllib3.exceptions.TimeoutError, TimeoutError)):
         return "timed out"
     if isinstance(exc, urllib3.exceptions.ProtocolError):

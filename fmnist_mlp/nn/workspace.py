@@ -179,7 +179,7 @@ class ParallelUpdate:
 
     @classmethod
     def for_size(cls, size: int, owner: object) -> "ParallelUpdate | SerialUpdate":
-        threads = _thread_count()
+        threads = thread_count()
         if size < cls.MIN_SIZE or threads < 2:
             return SerialUpdate(size)
         return cls(size, threads, owner)
@@ -212,7 +212,7 @@ class SerialUpdate:
         update(0, self.size)
 
 
-def _thread_count() -> int:
+def thread_count() -> int:
     """Threads for elementwise updates: the BLAS thread limit when one is set, else the cores."""
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         value = os.environ.get(var, "")

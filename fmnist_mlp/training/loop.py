@@ -51,6 +51,10 @@ class LoopData:
     from teachers scored once); ``teacher`` instead makes each batch's targets from the batch
     itself, after augmentation and mixup (:class:`fmnist_mlp.training.distill.ConsistentTeachers`);
     ``augment`` changes each training batch in place (:mod:`fmnist_mlp.data.augment`).
+    ``batches``, the fused gather (:class:`fmnist_mlp.nn.kernels.batches.FusedBatches`), makes
+    each batch from ``x_train`` as pixel bytes (:class:`fmnist_mlp.data.dataset.EncodedRows`),
+    decoding, flipping and shifting in the pass that gathers it; then ``augment`` is an
+    :class:`~fmnist_mlp.data.augment.Augmentation`, whose draws it takes.
     """
 
     x_train: np.ndarray
@@ -60,6 +64,7 @@ class LoopData:
     targets: np.ndarray | None = None
     teacher: Teacher | None = None
     augment: Augmenter | None = None
+    batches: Any = None
 
 
 def fit(engine: Any, data: LoopData, settings: LoopSettings,
@@ -162,14 +167,21 @@ def _train_one_epoch(engine, data: LoopData, settings: LoopSettings, rngs, state
         idx = order[b * batch_size:(b + 1) * batch_size]
         m = idx.shape[0]
         xb, yb = xb_full[:m], yb_full[:m]
-        np.take(x, idx, axis=0, out=xb, mode="clip")
+        if data.batches is None:
+            np.take(x, idx, axis=0, out=xb, mode="clip")
+            if augment is not None:
+                augment(xb, augment_rng, idx, state.epoch)
+        else:                   # the same draws, the same bits, in one pass
+            flips, offsets = (None, None) if augment is None else augment.draw(
+                augment_rng, idx, state.epoch)
+            data.batches.fill(xb, x, idx, flips, offsets, augment.shift if augment else 0)
+            if augment is not None:
+                augment.cut_out(xb, augment_rng)
         np.take(y, idx, axis=0, out=yb, mode="clip")
         tb = None
         if tb_full is not None:
             tb = tb_full[:m]
             np.take(targets, idx, axis=0, out=tb, mode="clip")
-        if augment is not None:
-            augment(xb, augment_rng, idx, state.epoch)
         if settings.mixup or teacher is not None:
             if tb is None:
                 tb = one_hot_targets(yb, model.num_classes, model.label_smoothing, xb.dtype)

@@ -95,7 +95,16 @@ def prepare(plan: Plan, data_dir: str | Path | None, point: ResumePoint | None,
 
     if plan.tensorboard:                    # a missing extra is a usage error: before any mkdir
         require_extra("tensorboardX", "tensorboard")
-    splits = make_splits(load_raw(data_dir, progress=progress), **plan.data.splits)
+    # With numba's kernels the training split stays as pixel bytes, each batch decoded as it is
+    # gathered (a quarter of the memory), and numba sets itself up while the data loads.
+    fused = plan.engine.kernels == "numba" and plan.distill is None
+    if fused:
+        from fmnist_mlp.nn.kernels.batches import FusedBatches, warm_in_background
+    warming = warm_in_background() if fused else None
+    splits = make_splits(load_raw(data_dir, progress=progress), **plan.data.splits,
+                         encode_train=fused)
+    if warming is not None:
+        warming.join()
     if len(splits.train.y) != plan.data.train_rows:
         raise DataError(f"the training split has {len(splits.train.y)} rows, the plan counted "
                         f"{plan.data.train_rows} from the dataset's facts")
@@ -103,10 +112,12 @@ def prepare(plan: Plan, data_dir: str | Path | None, point: ResumePoint | None,
                         else (None, None))
     streams = spawn_streams(plan.seed, STREAMS)
     engine = build_engine(plan.engine, init_rng=streams["init"])
-    # One contiguous array of the model's dtype: batches are gathered from it with np.take(out=).
-    x_train = np.ascontiguousarray(splits.train.x, dtype=engine.model.params["layer0.W"].dtype)
+    dtype = engine.model.params["layer0.W"].dtype
+    # Float rows: one contiguous array of the model's dtype, batches gathered with np.take(out=).
+    x_train = splits.train.x if fused else np.ascontiguousarray(splits.train.x, dtype=dtype)
     data = LoopData(x_train, splits.train.y, splits.val.x, splits.val.y, targets=targets,
-                    teacher=teacher, augment=make_augmenter(**plan.data.augment))
+                    teacher=teacher, augment=make_augmenter(**plan.data.augment),
+                    batches=FusedBatches(dtype) if fused else None)
     state = (TrainState(**restore(point, engine, streams, plan.loop.epochs, plan.steps_per_epoch))
              if point else TrainState())
     return Prepared(plan, engine, data, streams, state, splits, resumed=point is not None)

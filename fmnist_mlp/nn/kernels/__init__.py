@@ -3,8 +3,11 @@
 The NumPy layer functions (:mod:`fmnist_mlp.nn.layers`) and update formulas
 (:mod:`fmnist_mlp.nn.optim`) are the lecture and the oracle. With the optional extra ``fast``
 (numba) installed, compiled kernels take over the elementwise work: every optimiser's update in
-one pass over the flat arrays (:mod:`fmnist_mlp.nn.kernels.updates`) and the hidden layers'
-bias + ReLU + dropout chain and its derivative (:mod:`fmnist_mlp.nn.kernels.chains`). They do the
+one pass over the flat arrays (:mod:`fmnist_mlp.nn.kernels.updates`), the hidden layers'
+bias + ReLU + dropout chain and its derivative and batch normalisation
+(:mod:`fmnist_mlp.nn.kernels.chains`, :mod:`~fmnist_mlp.nn.kernels.batchnorm`), split over
+threads when large, and the training batch, gathered from the split's pixel bytes, decoded,
+flipped and shifted in one pass (:mod:`fmnist_mlp.nn.kernels.batches`). They do the
 same float arithmetic in the same order, so their results are bit-identical to NumPy's; the tests
 hold them to it. ``auto`` uses numba when it can be imported; ``numba`` without it is a one-line
 error naming the extra. Compiled code is cached on disk (:mod:`fmnist_mlp.nn.kernels.jit`).
@@ -57,3 +60,4 @@ def set_cache_dir(path: str | Path | None) -> None:
 def cache_dir() -> Path | None:
     """The cache folder asked for with :func:`set_cache_dir` (None: none asked for)."""
     return _cache_dir[0]
+

@@ -26,23 +26,20 @@ def _block_sum(a, lo, n):
         for i in range(n):
             total += a[lo + i]
         return total
-    r0, r1, r2, r3 = a[lo], a[lo + 1], a[lo + 2], a[lo + 3]
-    r4, r5, r6, r7 = a[lo + 4], a[lo + 5], a[lo + 6], a[lo + 7]
-    i = 8
-    while i < n - n % 8:
-        r0 += a[lo + i]
-        r1 += a[lo + i + 1]
-        r2 += a[lo + i + 2]
-        r3 += a[lo + i + 3]
-        r4 += a[lo + i + 4]
-        r5 += a[lo + i + 5]
-        r6 += a[lo + i + 6]
-        r7 += a[lo + i + 7]
-        i += 8
+    b = a[lo:lo + n]                # sliced: indices from 0, so the loop needs no bounds fix-up
+    r0, r1, r2, r3, r4, r5, r6, r7 = b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]
+    for k in range(1, n // 8):
+        r0 += b[8 * k]
+        r1 += b[8 * k + 1]
+        r2 += b[8 * k + 2]
+        r3 += b[8 * k + 3]
+        r4 += b[8 * k + 4]
+        r5 += b[8 * k + 5]
+        r6 += b[8 * k + 6]
+        r7 += b[8 * k + 7]
     total = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
-    while i < n:
-        total += a[lo + i]
-        i += 1
+    for i in range(n - n % 8, n):
+        total += b[i]
     return total
 
 
@@ -80,14 +77,15 @@ def _pairwise_sum(a, n, frames, partial):
 
 
 @jit.kernel
-def _batch_sum(a, b, units_along_rows, total, scratch):
-    """total[u] = Σ_n a (``b`` empty) or Σ_n a·b over the batch, per unit, in NumPy's order
-    (the feature-major products are written to ``scratch`` first, as NumPy's temporary)."""
+def _batch_sum(a, b, units_along_rows, lo, hi, total, scratch):
+    """total[u] = Σ_n a (``b`` empty) or Σ_n a·b over the batch, for the units lo ≤ u < hi, in
+    NumPy's order (the feature-major products are written to ``scratch`` first, as NumPy's
+    temporary)."""
     with_b = b.size > 0
     if units_along_rows:                            # memory (D, N): one unit per row
         n = a.shape[1]
         frames, partial = np.empty((64, 3), np.int64), np.empty(64, a.dtype)
-        for u in range(a.shape[0]):
+        for u in range(lo, hi):
             if not with_b:
                 total[u] = _pairwise_sum(a[u], n, frames, partial)
                 continue
@@ -96,54 +94,80 @@ def _batch_sum(a, b, units_along_rows, total, scratch):
                 su[i] = au[i] * bu[i]
             total[u] = _pairwise_sum(su, n, frames, partial)
         return
-    total[:] = a.dtype.type(0)
+    t = total[lo:hi]
+    t[:] = a.dtype.type(0)
     for r in range(a.shape[0]):                     # memory (N, D): row after row
-        ar = a[r]
-        br = b[r] if with_b else ar
-        for c in range(a.shape[1]):
-            total[c] += ar[c] * br[c] if with_b else ar[c]
+        ar = a[r][lo:hi]
+        br = b[r][lo:hi] if with_b else ar
+        for c in range(hi - lo):
+            t[c] += ar[c] * br[c] if with_b else ar[c]
 
 
 @jit.kernel
-def batchnorm_forward(z, units_along_rows, gamma, beta, eps, mean, var, inv_std, out):
-    """z ← ẑ = (z − μ_B)/√(σ²_B + eps) in place, out = γ ẑ + β; fills μ_B, σ²_B, 1/√(σ²_B + eps):
-    :func:`fmnist_mlp.nn.layers.batchnorm_forward_train`'s operations, in three passes."""
+def batchnorm_forward(z, units_along_rows, lo, hi, gamma, beta, eps, mean, var, inv_std, out):
+    """For the units lo ≤ u < hi: z ← ẑ = (z − μ_B)/√(σ²_B + eps) in place, out = γ ẑ + β;
+    fills μ_B, σ²_B, 1/√(σ²_B + eps): :func:`fmnist_mlp.nn.layers.batchnorm_forward_train`'s
+    operations, in three passes. Units are independent: any split of them gives the same bits."""
     n = z.shape[1] if units_along_rows else z.shape[0]
     count, one = z.dtype.type(n), z.dtype.type(1)
-    _batch_sum(z, z[:0], units_along_rows, mean, out)
-    for u in range(mean.size):
+    _batch_sum(z, z[:0], units_along_rows, lo, hi, mean, out)
+    for u in range(lo, hi):
         mean[u] = mean[u] / count
-    rows, cols = z.shape
-    for r in range(rows):                           # centre first: no cancellation in σ²
-        zr = z[r]
-        for c in range(cols):
-            zr[c] = zr[c] - mean[r if units_along_rows else c]
-    _batch_sum(z, z, units_along_rows, var, out)
-    for u in range(var.size):
+    if units_along_rows:                            # centre first: no cancellation in σ²
+        for u in range(lo, hi):
+            zu, mu = z[u], mean[u]
+            for i in range(n):
+                zu[i] = zu[i] - mu
+    else:
+        m = mean[lo:hi]
+        for r in range(n):
+            zr = z[r][lo:hi]
+            for c in range(hi - lo):
+                zr[c] = zr[c] - m[c]
+    _batch_sum(z, z, units_along_rows, lo, hi, var, out)
+    for u in range(lo, hi):
         var[u] = var[u] / count
         inv_std[u] = one / np.sqrt(var[u] + eps)
-    for r in range(rows):
-        zr, orow = z[r], out[r]
-        for c in range(cols):
-            u = r if units_along_rows else c
-            x = zr[c] * inv_std[u]
-            zr[c] = x
-            orow[c] = x * gamma[u] + beta[u]
+    if units_along_rows:
+        for u in range(lo, hi):
+            zu, ou, k, g, b = z[u], out[u], inv_std[u], gamma[u], beta[u]
+            for i in range(n):
+                x = zu[i] * k
+                zu[i] = x
+                ou[i] = x * g + b
+    else:
+        k, g, b = inv_std[lo:hi], gamma[lo:hi], beta[lo:hi]
+        for r in range(n):
+            zr, orow = z[r][lo:hi], out[r][lo:hi]
+            for c in range(hi - lo):
+                x = zr[c] * k[c]
+                zr[c] = x
+                orow[c] = x * g[c] + b[c]
 
 
 @jit.kernel
-def batchnorm_backward(dout, xhat, units_along_rows, gamma, inv_std, dgamma, dbeta, scratch):
-    """dout ← dL/dz in place; fills dγ = Σ dout·ẑ and dβ = Σ dout:
+def batchnorm_backward(dout, xhat, units_along_rows, lo, hi, gamma, inv_std, dgamma, dbeta,
+                       scratch):
+    """For the units lo ≤ u < hi: dout ← dL/dz in place; fills dγ = Σ dout·ẑ and dβ = Σ dout:
     :func:`fmnist_mlp.nn.layers.batchnorm_backward`'s operations, in two passes."""
     n = dout.shape[1] if units_along_rows else dout.shape[0]
     count = dout.dtype.type(n)
-    _batch_sum(dout, dout[:0], units_along_rows, dbeta, scratch)
-    _batch_sum(dout, xhat, units_along_rows, dgamma, scratch)
-    mean_dbeta, mean_dgamma = dbeta / count, dgamma / count
-    scale = gamma * inv_std
-    rows, cols = dout.shape
-    for r in range(rows):
-        dr, xr = dout[r], xhat[r]
-        for c in range(cols):
-            u = r if units_along_rows else c
-            dr[c] = ((dr[c] - mean_dbeta[u]) - xr[c] * mean_dgamma[u]) * scale[u]
+    _batch_sum(dout, dout[:0], units_along_rows, lo, hi, dbeta, scratch)
+    _batch_sum(dout, xhat, units_along_rows, lo, hi, dgamma, scratch)
+    width = hi - lo
+    mean_dbeta, mean_dgamma, scale = (np.empty(width, dout.dtype), np.empty(width, dout.dtype),
+                                      np.empty(width, dout.dtype))
+    for k in range(width):
+        mean_dbeta[k] = dbeta[lo + k] / count
+        mean_dgamma[k] = dgamma[lo + k] / count
+        scale[k] = gamma[lo + k] * inv_std[lo + k]
+    if units_along_rows:
+        for k in range(width):
+            du, xu, mb, mg, sc = dout[lo + k], xhat[lo + k], mean_dbeta[k], mean_dgamma[k], scale[k]
+            for i in range(n):
+                du[i] = ((du[i] - mb) - xu[i] * mg) * sc
+    else:
+        for r in range(n):
+            dr, xr = dout[r][lo:hi], xhat[r][lo:hi]
+            for c in range(width):
+                dr[c] = ((dr[c] - mean_dbeta[c]) - xr[c] * mean_dgamma[c]) * scale[c]

@@ -19,23 +19,28 @@ running along rows instead of columns.
 
 from __future__ import annotations
 
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 from fmnist_mlp.nn.kernels import jit
 from fmnist_mlp.nn.kernels.batchnorm import batchnorm_backward, batchnorm_forward
 from fmnist_mlp.nn.layers import dropout_bits
+from fmnist_mlp.nn.workspace import thread_count as _thread_count
 
 FUSED_ACTIVATIONS = ("relu", "linear")
 
 
 @jit.kernel
-def _forward(z, b, bias_along_rows, relu, bits, threshold, scale, mask, dropped):
-    """z ← f(z + b) in place; with ``bits`` (else empty): mask = [bits < threshold]·scale,
-    dropped = z ⊙ mask. ``b`` empty: no bias. All 2-D arrays C-contiguous, one shape."""
-    rows, cols = z.shape
+def _forward(z, lo, hi, b, bias_along_rows, relu, bits, threshold, scale, mask, dropped):
+    """Rows lo ≤ r < hi: z ← f(z + b) in place; with ``bits`` (else empty): mask =
+    [bits < threshold]·scale, dropped = z ⊙ mask. ``b`` empty: no bias. All 2-D arrays
+    C-contiguous, one shape."""
+    cols = z.shape[1]
     zero, one = z.dtype.type(0), z.dtype.type(1)
     with_bias, with_dropout = b.size > 0, bits.size > 0
-    for r in range(rows):
+    for r in range(lo, hi):
         zr = z[r]
         for c in range(cols):
             x = zr[c]
@@ -53,12 +58,12 @@ def _forward(z, b, bias_along_rows, relu, bits, threshold, scale, mask, dropped)
 
 
 @jit.kernel
-def _backward(dout, a, relu, mask):
-    """dout ← dout ⊙ mask (``mask`` empty: none) ⊙ [a > 0] (``relu``), in place."""
-    rows, cols = dout.shape
+def _backward(dout, lo, hi, a, relu, mask):
+    """Rows lo ≤ r < hi: dout ← dout ⊙ mask (``mask`` empty: none) ⊙ [a > 0] (``relu``), in place."""
+    cols = dout.shape[1]
     zero, one = dout.dtype.type(0), dout.dtype.type(1)
     with_mask = mask.size > 0
-    for r in range(rows):
+    for r in range(lo, hi):
         dr, ar = dout[r], a[r]
         for c in range(cols):
             d = dr[c]
@@ -77,6 +82,39 @@ def _dropout(x, bits, threshold, scale, mask, out):
         m = (one if bits[i] < threshold else zero) * scale
         mask[i] = m
         out[i] = x[i] * m
+
+
+class SplitUnits:
+    """Runs a kernel over ranges of independent rows or units, split across threads when the
+    array is large (the kernels release the GIL; the BLAS threads are idle between products).
+    Each row and each unit is computed alone, in the same order, so any split gives the same
+    bits. The first part runs on the calling thread."""
+
+    MIN_SIZE = 1 << 18          # below this many entries a thread hand-off costs more than it saves
+    MIN_SIZE_ONE_PASS = 1 << 21     # the same for a one-pass chain (tens of microseconds)
+
+    def __init__(self, owner: object, threads: int | None = None) -> None:
+        self.threads = _thread_count() if threads is None else threads
+        self.owner, self.pool = owner, None
+
+    def run(self, kernel, a: np.ndarray, units_along_rows: bool = True,
+            one_pass: bool = False) -> None:
+        """``kernel(lo, hi)`` over ``a``'s rows (``units_along_rows``), else its columns."""
+        count = a.shape[0] if units_along_rows else a.shape[1]
+        smallest = self.MIN_SIZE_ONE_PASS if one_pass else self.MIN_SIZE
+        if self.threads < 2 or a.size < smallest or count < 2 * self.threads:
+            kernel(0, count)
+            return
+        if self.pool is None:
+            self.pool = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="kernels")
+            weakref.finalize(self.owner, self.pool.shutdown, wait=False)
+        step = 1 if units_along_rows else 16            # columns: whole cache lines per part
+        bounds = [min(count, -(-count * k // self.threads // step) * step)
+                  for k in range(self.threads + 1)]
+        futures = [self.pool.submit(kernel, lo, hi) for lo, hi in zip(bounds[1:-1], bounds[2:])]
+        kernel(bounds[0], bounds[1])
+        for future in futures:
+            future.result()
 
 
 def _memory_order(a: np.ndarray) -> tuple[np.ndarray, bool]:
@@ -99,12 +137,13 @@ class FusedChains:
         self._no_bias = np.empty(0, self.dtype)
         tiny = np.zeros((1, 1), self.dtype)
         bits = np.zeros((1, 1), np.uint16)
-        jit.load([lambda: _forward(tiny, tiny[0], False, self.relu, self._no_bits, 1,
+        self._split = SplitUnits(self)
+        jit.load([lambda: _forward(tiny, 0, 1, tiny[0], False, self.relu, self._no_bits, 1,
                                    self.dtype.type(1), self._empty, self._empty),
-                  lambda: _forward(tiny, tiny[0], False, self.relu, bits, 1,
+                  lambda: _forward(tiny, 0, 1, tiny[0], False, self.relu, bits, 1,
                                    self.dtype.type(1), tiny, tiny),
-                  lambda: _backward(tiny, tiny, self.relu, self._empty),
-                  lambda: _backward(tiny, tiny, self.relu, tiny),
+                  lambda: _backward(tiny, 0, 1, tiny, self.relu, self._empty),
+                  lambda: _backward(tiny, 0, 1, tiny, self.relu, tiny),
                   lambda: _dropout(tiny.ravel(), bits.ravel(), 1, self.dtype.type(1),
                                    tiny.ravel(), tiny.ravel()),
                   lambda: self._warm_batchnorm(tiny)])
@@ -124,30 +163,35 @@ class FusedChains:
         z, transposed = _memory_order(h)
         bias = self._no_bias if b is None else b
         if rng is None:
-            _forward(z, bias, transposed, self.relu, self._no_bits, 1, self.dtype.type(1),
-                     self._empty, self._empty)
+            no_bits, one, empty = self._no_bits, self.dtype.type(1), self._empty
+            self._split.run(lambda lo, hi: _forward(z, lo, hi, bias, transposed, self.relu,
+                                                    no_bits, 1, one, empty, empty), z,
+                            one_pass=True)
             return h
         bits = dropout_bits(rng, h.size).reshape(z.shape)
-        _forward(z, bias, transposed, self.relu, bits, threshold,
-                 self.dtype.type(65536.0 / threshold), _memory_order(mask)[0],
-                 _memory_order(dropped)[0])
+        scale, m, out = (self.dtype.type(65536.0 / threshold), _memory_order(mask)[0],
+                         _memory_order(dropped)[0])
+        self._split.run(lambda lo, hi: _forward(z, lo, hi, bias, transposed, self.relu, bits,
+                                                threshold, scale, m, out), z, one_pass=True)
         return dropped
 
     def hidden_backward(self, dout: np.ndarray, a: np.ndarray, mask: np.ndarray | None) -> None:
         """dL/dz from dL/d(layer output) in place: ``dout ⊙ mask ⊙ f'(z)``, ``a = f(z)``."""
         if mask is None and not self.relu:
             return
-        d, _ = _memory_order(dout)
-        _backward(d, _memory_order(a)[0], self.relu,
-                  self._empty if mask is None else _memory_order(mask)[0])
+        d, am = _memory_order(dout)[0], _memory_order(a)[0]
+        m = self._empty if mask is None else _memory_order(mask)[0]
+        self._split.run(lambda lo, hi: _backward(d, lo, hi, am, self.relu, m), d, one_pass=True)
 
     def batchnorm_forward_train(self, z: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
                                 eps: float, out: np.ndarray, mean: np.ndarray, var: np.ndarray,
                                 inv_std: np.ndarray) -> np.ndarray:
         """:func:`fmnist_mlp.nn.layers.batchnorm_forward_train` in three passes, same bits."""
         zm, transposed = _memory_order(z)
-        batchnorm_forward(zm, transposed, gamma, beta, self.dtype.type(eps), mean, var, inv_std,
-                           _memory_order(out)[0])
+        eps, om = self.dtype.type(eps), _memory_order(out)[0]
+        self._split.run(lambda lo, hi: batchnorm_forward(zm, transposed, lo, hi, gamma, beta, eps,
+                                                         mean, var, inv_std, om),
+                        zm, units_along_rows=transposed)
         return out
 
     def batchnorm_backward(self, dout: np.ndarray, xhat: np.ndarray, gamma: np.ndarray,
@@ -155,8 +199,10 @@ class FusedChains:
                            scratch: np.ndarray) -> np.ndarray:
         """:func:`fmnist_mlp.nn.layers.batchnorm_backward` in two passes, same bits."""
         d, transposed = _memory_order(dout)
-        batchnorm_backward(d, _memory_order(xhat)[0], transposed, gamma, inv_std, dgamma, dbeta,
-                            _memory_order(scratch)[0])
+        xm, sm = _memory_order(xhat)[0], _memory_order(scratch)[0]
+        self._split.run(lambda lo, hi: batchnorm_backward(d, xm, transposed, lo, hi, gamma,
+                                                          inv_std, dgamma, dbeta, sm),
+                        d, units_along_rows=transposed)
         return dout
 
     def dropout_forward(self, x: np.ndarray, threshold: int, rng: np.random.Generator,
