@@ -10,7 +10,8 @@ starts as the command's argument (the config file's path; the sweep directory's 
 by value; a call that takes a followed object as an argument (or inside a list, tuple or
 ``**kwargs``) is on the walk, and what such calls return is followed from then on, with its
 fields, items and values two levels deep (what ``__init__`` makes, too). Numbers, strings, None
-and arrays are not followed (their identities are shared or say nothing).
+and arrays are not followed (their identities are shared or say nothing), nor dtypes (NumPy
+interns them: every float32 array has the same one).
 
 A *stay* is a run of consecutive calls on the walk in one module (a call on the walk made after
 its caller got back control from another module is a stay of the caller first); a stay in a
@@ -67,7 +68,7 @@ class Walk:
     def follow(self, value: Any, depth: int = 0) -> None:
         if isinstance(value, PurePath):         # by value: Path(p) is the same data as p
             self.paths.add(str(value))
-        if isinstance(value, SCALARS) or depth > 2 or type(value).__module__ == "numpy":
+        if isinstance(value, SCALARS) or depth > 2 or type(value).__module__.partition(".")[0] == "numpy":
             return
         if id(value) in self.followed:
             return
