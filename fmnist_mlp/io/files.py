@@ -224,11 +224,13 @@ def _write_at(dir_fd: int, path: Path, data, *, mode: int, fsync: bool, replace:
     _remove_stale(dir_fd, path.parent, only_target=path.name)
     tmp_name = f".{_tmp_target(path.name)}.{os.getpid()}-{secrets.token_hex(4)}{TMP_SUFFIX}"
     try:
-        fd = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, mode,
-                     dir_fd=dir_fd)
-    except OSError as exc:
-        raise FileWriteError(f"{path}: cannot write ({exc.strerror or exc})") from None
-    try:
+        # Opened inside the cleanup's reach: Ctrl-C or SIGTERM is acted on as soon as the open
+        # returns, before its result is even stored, and must not leave the temporary behind.
+        try:
+            fd = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, mode,
+                         dir_fd=dir_fd)
+        except OSError as exc:
+            raise FileWriteError(f"{path}: cannot write ({exc.strerror or exc})") from None
         with os.fdopen(fd, "wb") as out:
             if callable(data):
                 data(out)
