@@ -9,6 +9,7 @@ version intact.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -46,11 +47,14 @@ def validate_run_name(name: str) -> str:
     return name
 
 
-def create_run_dir(runs_dir: str | Path, name: str) -> Path:
+def create_run_dir(runs_dir: str | Path, name: str, *, record: str | None = None,
+                   held: contextlib.ExitStack | None = None) -> Path:
     """Make ``<runs_dir>/<timestamp>-<name>-<6 hex>`` with an exclusive mkdir (never reused).
 
     The random id makes collisions unlikely; ``os.mkdir`` failing on an existing path makes them
-    impossible, even for eight trainings started in the same second.
+    impossible, even for eight trainings started in the same second. A run about to train is
+    born whole: ``held`` takes its lock at once (released when ``held`` closes) and ``record``
+    (the resolved config's YAML) is written as its ``config.yaml`` before the path is returned.
     """
     validate_run_name(name)
     runs_dir = make_dirs(runs_dir, "--runs-dir", ConfigError)
@@ -65,6 +69,10 @@ def create_run_dir(runs_dir: str | Path, name: str) -> Path:
             raise ConfigError(f"--runs-dir {runs_dir}: cannot create a run directory "
                               f"({exc.strerror or exc})") from None
         safe_io.dir_inside(run_dir, layout.CHECKPOINTS)
+        if held is not None:
+            held.callback(run_guard.RunLock(run_dir).acquire().release)
+        if record is not None:
+            atomic_write_text(run_dir / layout.CONFIG, record, base=run_dir)
         return run_dir
     raise CheckpointError(f"{runs_dir}: could not create a unique run directory")
 
