@@ -10,13 +10,20 @@ stepping through the directory, the lock, the config file and the recorder one a
 from __future__ import annotations
 
 import contextlib
+import os
+import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
+from fmnist_mlp.errors import CheckpointError, ConfigError
+from fmnist_mlp.io import files as safe_io
+from fmnist_mlp.io.paths import check_new_dirs, make_dirs
 from fmnist_mlp.rundir import files as runs
+from fmnist_mlp.rundir import guard, layout
 from fmnist_mlp.rundir.recorder import RunRecorder
 
 
@@ -33,7 +40,7 @@ def check_new_run(runs_dir: str | Path, name: str) -> NewRun:
     name or a folder that cannot be written is one line (ConfigError, exit 2), and nothing is
     created."""
     new = NewRun(Path(runs_dir), runs.validate_run_name(name))
-    runs.check_runs_dir_writable(new.runs_dir)
+    check_runs_dir_writable(new.runs_dir)
     return new
 
 
@@ -50,6 +57,48 @@ def start_run(where: NewRun | Path, held: contextlib.ExitStack, record: Any, epo
     restored), ``normalization`` the input's mean and std."""
     resumed = not isinstance(where, NewRun)
     run_dir = (Path(where) if resumed else
-               runs.create_run_dir(where.runs_dir, where.name, record=record.yaml, held=held))
+               create_run_dir(where.runs_dir, where.name, record=record.yaml, held=held))
     return RunRecorder(run_dir, record.config, epochs, checkpoint_every, engine, streams, state,
                        resumed=resumed, normalization=normalization)
+
+
+def create_run_dir(runs_dir: str | Path, name: str, *, record: str | None = None,
+                   held: contextlib.ExitStack | None = None) -> Path:
+    """Make ``<runs_dir>/<timestamp>-<name>-<6 hex>`` with an exclusive mkdir (never reused).
+
+    The random id makes collisions unlikely; ``os.mkdir`` failing on an existing path makes them
+    impossible, even for eight trainings started in the same second. A run about to train is
+    born whole: ``held`` takes its lock at once (released when ``held`` closes) and ``record``
+    (the resolved config's YAML) is written as its ``config.yaml`` before the path is returned.
+    """
+    runs.validate_run_name(name)
+    runs_dir = make_dirs(runs_dir, "--runs-dir", ConfigError)
+    stamp = time.strftime(layout.STAMP_FORMAT)
+    for _ in range(100):
+        run_dir = runs_dir / layout.run_dir_name(stamp, name, secrets.token_hex(3))
+        try:
+            os.mkdir(run_dir)
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise ConfigError(f"--runs-dir {runs_dir}: cannot create a run directory "
+                              f"({exc.strerror or exc})") from None
+        safe_io.dir_inside(run_dir, layout.CHECKPOINTS)
+        if held is not None:
+            held.callback(guard.RunLock(run_dir).acquire().release)
+        if record is not None:
+            runs.atomic_write_text(run_dir / layout.CONFIG, record, base=run_dir)
+        return run_dir
+    raise CheckpointError(f"{runs_dir}: could not create a unique run directory")
+
+
+def check_runs_dir_writable(runs_dir: str | Path) -> None:
+    """ConfigError (exit 2) when ``runs_dir``, or the nearest folder that exists above it, cannot
+    be written (read-only mount, permissions): said before any data is fetched or decoded."""
+    check_new_dirs(runs_dir, "--runs-dir", ConfigError)
+    path = Path(runs_dir).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    if not path.is_dir() or not os.access(path, os.W_OK | os.X_OK):
+        what = "is not a directory" if not path.is_dir() else "is not writable"
+        raise ConfigError(f"--runs-dir {runs_dir}: {path} {what}")
