@@ -218,3 +218,67 @@ def test_find_checkpoint_prefers_best_then_last(tmp_path):
     assert runs.find_checkpoint(run_dir).name == "best.npz"
     with pytest.raises(CheckpointError, match="no such"):
         runs.find_checkpoint(tmp_path / "missing")
+
+
+def test_a_run_directory_is_born_locked_with_its_record(tmp_path):
+    """What start_run makes: locked and holding its config.yaml the moment another process can
+    see it; the lock goes with the run's stack."""
+    import contextlib
+
+    from fmnist_mlp.rundir import layout
+    from fmnist_mlp.rundir.guard import RunLock
+
+    with contextlib.ExitStack() as held:
+        run_dir = create_run_dir(tmp_path / "runs", "born", record="seed: 1\n", held=held)
+        assert (run_dir / layout.CONFIG).read_text() == "seed: 1\n"
+        with pytest.raises(CheckpointError, match="already running"):
+            RunLock(run_dir).acquire()
+    RunLock(run_dir).acquire().release()
+
+
+def _started_run(tmp_path, held):
+    from fmnist_mlp.config.load import config_from
+    from fmnist_mlp.config.plan import build_engine, make_plan
+    from fmnist_mlp.rundir.start import check_new_run, start_run
+    from fmnist_mlp.training.loop import TrainState
+
+    plan = make_plan(config_from({"model": {"hidden": [8]}}))
+    engine = build_engine(plan.engine, init_rng=np.random.default_rng(0))
+    return start_run(check_new_run(tmp_path / "runs", "rec"), held, plan.record, 2, 1, engine,
+                     {}, TrainState(), {"mean": 0.5, "std": 0.25})
+
+
+def test_the_recorder_writes_nothing_until_the_loop_starts_it(tmp_path):
+    import contextlib
+
+    from fmnist_mlp.rundir import layout
+    from fmnist_mlp.training.callbacks import LoopEvent
+
+    with contextlib.ExitStack() as held:
+        recorder = _started_run(tmp_path, held)
+        run_dir = recorder.run_dir
+        assert {p.name for p in run_dir.iterdir()} == {layout.CONFIG, layout.LOCK,
+                                                        layout.CHECKPOINTS}
+        recorder.on_train_start(LoopEvent(None, recorder.state, run_dir))
+        summary = runs.read_summary(run_dir)
+        assert summary["status"] == "running" and summary["name"] == "rec"
+        assert summary["num_parameters"] == 784 * 8 + 8 + 8 * 10 + 10
+        assert (run_dir / layout.LOG).read_text().splitlines()[0].endswith(f"run started: {run_dir}")
+        assert (run_dir / layout.METRICS).read_text() == ""
+        recorder.stop("interrupted", "stopped by the test")
+        assert runs.read_summary(run_dir)["status"] == "interrupted"
+
+
+def test_a_recorder_stopped_before_the_loop_started_it_still_marks_its_run(tmp_path):
+    """TensorBoard failing to start, say: the run is not left without a summary."""
+    import contextlib
+
+    from fmnist_mlp.rundir import layout
+
+    with contextlib.ExitStack() as held:
+        recorder = _started_run(tmp_path, held)
+        recorder.stop("failed", "TensorBoard could not start")
+    summary = runs.read_summary(recorder.run_dir)
+    assert (summary["status"], summary["message"]) == ("failed", "TensorBoard could not start")
+    assert (recorder.run_dir / layout.LOG).read_text().splitlines()[-1].endswith(
+        "failed: TensorBoard could not start")
