@@ -112,18 +112,20 @@ class _ReportToTrial:
         raise self.stopped
 
     def on_epoch_start(self, event) -> None:
-        if self.unrecorded is None:     # before the first epoch this worker trains of it
-            self._record_run_dir(event.run_dir)
+        first = self.unrecorded is None     # the first epoch this worker trains of the trial
+        if first:
+            self.unrecorded = Path(event.run_dir)
         # Database: one read per epoch, so a worker that was stopped past the grace period
-        # (and lost its trial) trains no epoch of it after it wakes.
+        # (and lost its trial) trains no epoch of it after it wakes (nor names its run).
         self._stop_if_taken_over()
+        if first:
+            self._record_run_dir()
 
-    def _record_run_dir(self, run_dir: Path) -> None:
+    def _record_run_dir(self) -> None:
         """The study learns the trial's run before it trains, by its name only: the sweep
         directory may be moved or mounted elsewhere, and the run is always DIR/runs/<name>.
         A database away past the retries stops the run (saved, interrupted); the study cannot
         name it, so ``unrecorded`` keeps it for the worker to remove."""
-        self.unrecorded = Path(run_dir)
         try:
             self.sweep.call(lambda: self.trial.set_user_attr("run_dir", self.unrecorded.name),
                             f"trial {self.number}: recording its run", self.log)
