@@ -263,7 +263,8 @@ def test_the_recorder_writes_nothing_until_the_loop_starts_it(tmp_path):
         summary = runs.read_summary(run_dir)
         assert summary["status"] == "running" and summary["name"] == "rec"
         assert summary["num_parameters"] == 784 * 8 + 8 + 8 * 10 + 10
-        assert (run_dir / layout.LOG).read_text().splitlines()[0].endswith(f"run started: {run_dir}")
+        log = (run_dir / layout.LOG).read_text().splitlines()
+        assert log[0].endswith(f"run started: {run_dir}")
         assert (run_dir / layout.METRICS).read_text() == ""
         recorder.stop("interrupted", "stopped by the test")
         assert runs.read_summary(run_dir)["status"] == "interrupted"

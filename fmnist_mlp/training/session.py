@@ -2,10 +2,10 @@
 
 The path a run takes: the plan (:func:`fmnist_mlp.config.plan.make_plan`, made once from the
 checked config) says what to load and build; the run directory is opened in one call
-(:func:`fmnist_mlp.rundir.start.start_run`: made, locked, its config written, its recorder
-listening; or reopened by :mod:`fmnist_mlp.rundir.resume`); the loop (:mod:`fmnist_mlp.training.loop`) trains with its
-callbacks (the recorder, :mod:`fmnist_mlp.rundir.recorder`, TensorBoard, the caller's), scores
-the best checkpoint on the test split and ends the callbacks. What can be refused is refused
+(:func:`fmnist_mlp.rundir.start.start_run`: made, locked, its config written, its recorder made; or
+reopened by :mod:`fmnist_mlp.rundir.resume`); the loop (:mod:`fmnist_mlp.training.loop`) trains
+with its callbacks (the recorder, :mod:`fmnist_mlp.rundir.recorder`, TensorBoard, the caller's),
+scores the best checkpoint on the test split and ends the callbacks. What can be refused is refused
 before anything is written. Below this module nothing reads a ``Config``: the loop, the recorder,
 TensorBoard and distillation take the plan's plain values.
 """
