@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from fmnist_mlp.rundir import files as runs
-from fmnist_mlp.rundir.start import create_run_dir
+from fmnist_mlp.rundir.start import check_new_run, create_run_dir
 from fmnist_mlp.errors import CheckpointError, ConfigError
 
 
@@ -31,7 +31,7 @@ def _checkpoint(rng_seed: int = 0) -> runs.Checkpoint:
 
 
 def test_run_dir_layout_and_name(tmp_path):
-    run_dir = create_run_dir(tmp_path / "runs", "my-exp")
+    run_dir = create_run_dir(check_new_run(tmp_path / "runs", "my-exp"))
     assert run_dir.parent == tmp_path / "runs"
     assert re.fullmatch(r"\d{8}-\d{6}-my-exp-[0-9a-f]{6}", run_dir.name)
     assert (run_dir / "checkpoints").is_dir()
@@ -43,21 +43,21 @@ def test_run_dirs_never_reused_even_when_the_random_id_collides(tmp_path, monkey
 
     monkeypatch.setattr(start.secrets, "token_hex", lambda n: next(ids))
     monkeypatch.setattr(start.time, "strftime", lambda fmt: "20240101-000000")
-    first = create_run_dir(tmp_path, "x")
-    second = create_run_dir(tmp_path, "x")
+    first = create_run_dir(check_new_run(tmp_path, "x"))
+    second = create_run_dir(check_new_run(tmp_path, "x"))
     assert first.name == "20240101-000000-x-aaaaaa"
     assert second.name == "20240101-000000-x-bbbbbb"
 
 
 def test_many_run_dirs_in_the_same_second_are_distinct(tmp_path):
-    made = {create_run_dir(tmp_path, "same") for _ in range(40)}
+    made = {create_run_dir(check_new_run(tmp_path, "same")) for _ in range(40)}
     assert len(made) == 40
 
 
 @pytest.mark.parametrize("name", ["../x", "/etc", "a/b", "..", ".hidden", "", "a b", "x" * 81])
 def test_names_that_escape_or_are_odd_are_refused(tmp_path, name):
     with pytest.raises(ConfigError, match="--name"):
-        create_run_dir(tmp_path / "runs", name)
+        create_run_dir(check_new_run(tmp_path / "runs", name))
     assert not (tmp_path / "runs").exists()
 
 
@@ -209,7 +209,7 @@ def test_foreign_files_are_refused(tmp_path, write):
 
 
 def test_find_checkpoint_prefers_best_then_last(tmp_path):
-    run_dir = create_run_dir(tmp_path, "r")
+    run_dir = create_run_dir(check_new_run(tmp_path, "r"))
     with pytest.raises(CheckpointError, match="no checkpoints"):
         runs.find_checkpoint(run_dir)
     runs.save_checkpoint(run_dir / "checkpoints" / "last.npz", _checkpoint())
@@ -229,7 +229,8 @@ def test_a_run_directory_is_born_locked_with_its_record(tmp_path):
     from fmnist_mlp.rundir.guard import RunLock
 
     with contextlib.ExitStack() as held:
-        run_dir = create_run_dir(tmp_path / "runs", "born", record="seed: 1\n", held=held)
+        new = check_new_run(tmp_path / "runs", "born")
+        run_dir = create_run_dir(new, record="seed: 1\n", held=held)
         assert (run_dir / layout.CONFIG).read_text() == "seed: 1\n"
         with pytest.raises(CheckpointError, match="already running"):
             RunLock(run_dir).acquire()

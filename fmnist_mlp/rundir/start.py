@@ -21,7 +21,7 @@ import numpy as np
 
 from fmnist_mlp.errors import CheckpointError, ConfigError
 from fmnist_mlp.io import files as safe_io
-from fmnist_mlp.io.paths import check_new_dirs, make_dirs
+from fmnist_mlp.io.paths import check_new_dirs
 from fmnist_mlp.rundir import files as runs
 from fmnist_mlp.rundir import guard, layout
 from fmnist_mlp.rundir.recorder import RunRecorder
@@ -57,22 +57,28 @@ def start_run(where: NewRun | Path, held: contextlib.ExitStack, record: Any, epo
     restored), ``normalization`` the input's mean and std."""
     resumed = not isinstance(where, NewRun)
     run_dir = (Path(where) if resumed else
-               create_run_dir(where.runs_dir, where.name, record=record.yaml, held=held))
+               create_run_dir(where, record=record.yaml, held=held))
     return RunRecorder(run_dir, record.config, epochs, checkpoint_every, engine, streams, state,
                        resumed=resumed, normalization=normalization)
 
 
-def create_run_dir(runs_dir: str | Path, name: str, *, record: str | None = None,
+def create_run_dir(new: NewRun, *, record: str | None = None,
                    held: contextlib.ExitStack | None = None) -> Path:
-    """Make ``<runs_dir>/<timestamp>-<name>-<6 hex>`` with an exclusive mkdir (never reused).
+    """Make ``<runs_dir>/<timestamp>-<name>-<6 hex>`` with an exclusive mkdir (never reused), in
+    the runs folder and with the name :func:`check_new_run` checked (the names of the folders
+    it creates included, so they are not checked twice).
 
     The random id makes collisions unlikely; ``os.mkdir`` failing on an existing path makes them
     impossible, even for eight trainings started in the same second. A run about to train is
     born whole: ``held`` takes its lock at once (released when ``held`` closes) and ``record``
     (the resolved config's YAML) is written as its ``config.yaml`` before the path is returned.
     """
-    runs.validate_run_name(name)
-    runs_dir = make_dirs(runs_dir, "--runs-dir", ConfigError)
+    runs_dir, name = new.runs_dir, new.name
+    try:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--runs-dir {runs_dir}: cannot create directory "
+                          f"({exc.strerror or exc})") from None
     stamp = time.strftime(layout.STAMP_FORMAT)
     for _ in range(100):
         run_dir = runs_dir / layout.run_dir_name(stamp, name, secrets.token_hex(3))
