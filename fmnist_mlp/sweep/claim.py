@@ -57,7 +57,6 @@ class Claim:
 WAIT = object()      # claim_next: nothing free now, but a running trial may yet be
 
 
-
 def claim_next(sweep: Sweep, owner: str, elsewhere: set[int] = frozenset(),
                log: Callable[[str], None] = stderr_log) -> Claim | object | None:
     """The worker's next trial (a :class:`Claim`), ``WAIT`` (database: nothing free now, but a
