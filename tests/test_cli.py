@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from fmnist_mlp.rundir import files as runs
+from fmnist_mlp.rundir.start import check_new_run, create_run_dir
 from fmnist_mlp.cli import main
 from training_helpers import InterruptAt
 
@@ -368,7 +369,7 @@ def test_kill_9_leaves_loadable_checkpoints_and_a_stale_run(data_dir, tmp_path, 
 
 
 def test_resume_of_a_run_that_is_still_running_is_refused(tmp_path, capsys):
-    run_dir = runs.create_run_dir(tmp_path, "live")
+    run_dir = create_run_dir(check_new_run(tmp_path, "live"))
     (run_dir / "config.yaml").write_text("seed: 0\n")
     runs.write_summary(run_dir, {"status": "running", **runs.process_owner()})
     # Running means holding the run's lock, as a trainer does (issue 31: liveness by the lock,

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from fmnist_mlp.rundir import files as runs
+from fmnist_mlp.rundir.start import check_new_run, create_run_dir
 from fmnist_mlp.errors import CheckpointError, ConfigError
 
 
@@ -30,7 +31,7 @@ def _checkpoint(rng_seed: int = 0) -> runs.Checkpoint:
 
 
 def test_run_dir_layout_and_name(tmp_path):
-    run_dir = runs.create_run_dir(tmp_path / "runs", "my-exp")
+    run_dir = create_run_dir(check_new_run(tmp_path / "runs", "my-exp"))
     assert run_dir.parent == tmp_path / "runs"
     assert re.fullmatch(r"\d{8}-\d{6}-my-exp-[0-9a-f]{6}", run_dir.name)
     assert (run_dir / "checkpoints").is_dir()
@@ -38,23 +39,25 @@ def test_run_dir_layout_and_name(tmp_path):
 
 def test_run_dirs_never_reused_even_when_the_random_id_collides(tmp_path, monkeypatch):
     ids = iter(["aaaaaa", "aaaaaa", "aaaaaa", "bbbbbb"])
-    monkeypatch.setattr(runs.secrets, "token_hex", lambda n: next(ids))
-    monkeypatch.setattr(runs.time, "strftime", lambda fmt: "20240101-000000")
-    first = runs.create_run_dir(tmp_path, "x")
-    second = runs.create_run_dir(tmp_path, "x")
+    from fmnist_mlp.rundir import start
+
+    monkeypatch.setattr(start.secrets, "token_hex", lambda n: next(ids))
+    monkeypatch.setattr(start.time, "strftime", lambda fmt: "20240101-000000")
+    first = create_run_dir(check_new_run(tmp_path, "x"))
+    second = create_run_dir(check_new_run(tmp_path, "x"))
     assert first.name == "20240101-000000-x-aaaaaa"
     assert second.name == "20240101-000000-x-bbbbbb"
 
 
 def test_many_run_dirs_in_the_same_second_are_distinct(tmp_path):
-    made = {runs.create_run_dir(tmp_path, "same") for _ in range(40)}
+    made = {create_run_dir(check_new_run(tmp_path, "same")) for _ in range(40)}
     assert len(made) == 40
 
 
 @pytest.mark.parametrize("name", ["../x", "/etc", "a/b", "..", ".hidden", "", "a b", "x" * 81])
 def test_names_that_escape_or_are_odd_are_refused(tmp_path, name):
     with pytest.raises(ConfigError, match="--name"):
-        runs.create_run_dir(tmp_path / "runs", name)
+        create_run_dir(check_new_run(tmp_path / "runs", name))
     assert not (tmp_path / "runs").exists()
 
 
@@ -206,7 +209,7 @@ def test_foreign_files_are_refused(tmp_path, write):
 
 
 def test_find_checkpoint_prefers_best_then_last(tmp_path):
-    run_dir = runs.create_run_dir(tmp_path, "r")
+    run_dir = create_run_dir(check_new_run(tmp_path, "r"))
     with pytest.raises(CheckpointError, match="no checkpoints"):
         runs.find_checkpoint(run_dir)
     runs.save_checkpoint(run_dir / "checkpoints" / "last.npz", _checkpoint())
@@ -215,3 +218,69 @@ def test_find_checkpoint_prefers_best_then_last(tmp_path):
     assert runs.find_checkpoint(run_dir).name == "best.npz"
     with pytest.raises(CheckpointError, match="no such"):
         runs.find_checkpoint(tmp_path / "missing")
+
+
+def test_a_run_directory_is_born_locked_with_its_record(tmp_path):
+    """What start_run makes: locked and holding its config.yaml the moment another process can
+    see it; the lock goes with the run's stack."""
+    import contextlib
+
+    from fmnist_mlp.rundir import layout
+    from fmnist_mlp.rundir.guard import RunLock
+
+    with contextlib.ExitStack() as held:
+        new = check_new_run(tmp_path / "runs", "born")
+        run_dir = create_run_dir(new, record="seed: 1\n", held=held)
+        assert (run_dir / layout.CONFIG).read_text() == "seed: 1\n"
+        with pytest.raises(CheckpointError, match="already running"):
+            RunLock(run_dir).acquire()
+    RunLock(run_dir).acquire().release()
+
+
+def _started_run(tmp_path, held):
+    from fmnist_mlp.config.load import config_from
+    from fmnist_mlp.config.plan import build_engine, make_plan
+    from fmnist_mlp.rundir.start import check_new_run, start_run
+    from fmnist_mlp.training.loop import TrainState
+
+    plan = make_plan(config_from({"model": {"hidden": [8]}}))
+    engine = build_engine(plan.engine, init_rng=np.random.default_rng(0))
+    return start_run(check_new_run(tmp_path / "runs", "rec"), held, plan.record, 2, 1, engine,
+                     {}, TrainState(), {"mean": 0.5, "std": 0.25})
+
+
+def test_the_recorder_writes_nothing_until_the_loop_starts_it(tmp_path):
+    import contextlib
+
+    from fmnist_mlp.rundir import layout
+    from fmnist_mlp.training.callbacks import LoopEvent
+
+    with contextlib.ExitStack() as held:
+        recorder = _started_run(tmp_path, held)
+        run_dir = recorder.run_dir
+        assert {p.name for p in run_dir.iterdir()} == {layout.CONFIG, layout.LOCK,
+                                                        layout.CHECKPOINTS}
+        recorder.on_train_start(LoopEvent(None, recorder.state, run_dir))
+        summary = runs.read_summary(run_dir)
+        assert summary["status"] == "running" and summary["name"] == "rec"
+        assert summary["num_parameters"] == 784 * 8 + 8 + 8 * 10 + 10
+        log = (run_dir / layout.LOG).read_text().splitlines()
+        assert log[0].endswith(f"run started: {run_dir}")
+        assert (run_dir / layout.METRICS).read_text() == ""
+        recorder.stop("interrupted", "stopped by the test")
+        assert runs.read_summary(run_dir)["status"] == "interrupted"
+
+
+def test_a_recorder_stopped_before_the_loop_started_it_still_marks_its_run(tmp_path):
+    """TensorBoard failing to start, say: the run is not left without a summary."""
+    import contextlib
+
+    from fmnist_mlp.rundir import layout
+
+    with contextlib.ExitStack() as held:
+        recorder = _started_run(tmp_path, held)
+        recorder.stop("failed", "TensorBoard could not start")
+    summary = runs.read_summary(recorder.run_dir)
+    assert (summary["status"], summary["message"]) == ("failed", "TensorBoard could not start")
+    assert (recorder.run_dir / layout.LOG).read_text().splitlines()[-1].endswith(
+        "failed: TensorBoard could not start")

@@ -49,6 +49,9 @@ def test_the_private_door_works_with_this_optuna(tmp_path):
     assert private.stale_trial_ids(storage, private.study_id(study)) == {tid}
     assert private.engine_of(storage).dialect.name == "sqlite"
     assert len(private.journal_op_codes()) >= 5
+    sampler = optuna.samplers.RandomSampler(seed=2)
+    asked_with = private.ask_with(study, sampler)      # a new claim's trial, with its sampler
+    assert asked_with.number == asked.number + 1 and study.sampler is sampler
 
 
 def _oldest_allowed() -> str:

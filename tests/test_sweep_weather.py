@@ -372,9 +372,9 @@ def test_a_broken_run_lock_refuses_its_old_holders_writes(tmp_path):
     one (the database declared the holder dead); the taker can lock the run, and the old
     holder's next write is refused."""
     from fmnist_mlp.rundir import guard
-    from fmnist_mlp.rundir.files import create_run_dir
+    from fmnist_mlp.rundir.start import check_new_run, create_run_dir
 
-    run = create_run_dir(tmp_path, "r")
+    run = create_run_dir(check_new_run(tmp_path, "r"))
     old = guard.RunLock(run).acquire()
     try:
         guard.refuse_if_taken(run)                   # still its own: nothing raised

@@ -1,4 +1,5 @@
-"""Run directories: creation, atomic writes, metrics.jsonl, summary.json and .npz checkpoints.
+"""Run directories: their names, atomic writes, metrics.jsonl, summary.json and .npz checkpoints
+(a run directory is made by :mod:`fmnist_mlp.rundir.start`).
 
 The names of a run's files and of the run directory itself are :mod:`fmnist_mlp.rundir.layout`'s.
 Checkpoints are plain ``np.savez`` archives read back with ``allow_pickle=False``, so loading one
@@ -12,7 +13,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import secrets
 import socket
 import time
 import zipfile
@@ -26,7 +26,6 @@ from fmnist_mlp.rundir import guard as run_guard
 from fmnist_mlp.rundir import layout
 from fmnist_mlp.io import files as safe_io
 from fmnist_mlp.errors import CheckpointError, ConfigError
-from fmnist_mlp.io.paths import check_new_dirs, make_dirs
 from fmnist_mlp.io.reader import read_regular
 
 CHECKPOINT_FORMAT = "fmnist-mlp-checkpoint"
@@ -44,41 +43,6 @@ def validate_run_name(name: str) -> str:
         raise ConfigError(f"--name {name!r}: use 1-80 letters, digits, '.', '_', '-', '+' or '=' "
                           f"(no '/', no '..', not starting with '.')")
     return name
-
-
-def create_run_dir(runs_dir: str | Path, name: str) -> Path:
-    """Make ``<runs_dir>/<timestamp>-<name>-<6 hex>`` with an exclusive mkdir (never reused).
-
-    The random id makes collisions unlikely; ``os.mkdir`` failing on an existing path makes them
-    impossible, even for eight trainings started in the same second.
-    """
-    validate_run_name(name)
-    runs_dir = make_dirs(runs_dir, "--runs-dir", ConfigError)
-    stamp = time.strftime(layout.STAMP_FORMAT)
-    for _ in range(100):
-        run_dir = runs_dir / layout.run_dir_name(stamp, name, secrets.token_hex(3))
-        try:
-            os.mkdir(run_dir)
-        except FileExistsError:
-            continue
-        except OSError as exc:
-            raise ConfigError(f"--runs-dir {runs_dir}: cannot create a run directory "
-                              f"({exc.strerror or exc})") from None
-        safe_io.dir_inside(run_dir, layout.CHECKPOINTS)
-        return run_dir
-    raise CheckpointError(f"{runs_dir}: could not create a unique run directory")
-
-
-def check_runs_dir_writable(runs_dir: str | Path) -> None:
-    """ConfigError (exit 2) when ``runs_dir``, or the nearest folder that exists above it, cannot
-    be written (read-only mount, permissions): said before any data is fetched or decoded."""
-    check_new_dirs(runs_dir, "--runs-dir", ConfigError)
-    path = Path(runs_dir).absolute()
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    if not path.is_dir() or not os.access(path, os.W_OK | os.X_OK):
-        what = "is not a directory" if not path.is_dir() else "is not writable"
-        raise ConfigError(f"--runs-dir {runs_dir}: {path} {what}")
 
 
 def is_run_dir(path: Path) -> bool:

@@ -30,19 +30,38 @@ from fmnist_mlp.rundir.files import format_epoch
 class RunRecorder:
     """Writes a run's files as it trains: ``config`` is the run's resolved config as a plain dict
     (the plan's record, kept in every checkpoint), ``engine`` holds the model and optimiser whose
-    state the checkpoints keep, ``state`` the loop's progress counters (a ``TrainState``)."""
+    state the checkpoints keep, ``state`` the loop's progress counters (a ``TrainState``).
+
+    Made before the loop runs, it writes nothing until the loop starts it (``on_train_start``:
+    the run marked running, its log and metrics opened), as the loop ends it."""
 
     def __init__(self, run_dir: Path, config: Mapping[str, Any], epochs: int,
                  checkpoint_every: int, engine: Any, streams: Mapping[str, np.random.Generator],
                  state: Any, resumed: bool = False,
                  normalization: Mapping[str, float] | None = None):
-        self.run_dir, self.model, self.optimizer = run_dir, engine.model, engine.optimizer
+        self.run_dir, self.engine = run_dir, engine
+        self.model, self.optimizer = engine.model, engine.optimizer
         self.config = config
         self.epochs, self.checkpoint_every = epochs, checkpoint_every
         # The input normalisation (pixel mean and std of the training rows), kept in every
         # checkpoint so predict and export need not reload the dataset to know it.
         self.normalization = dict(normalization) if normalization is not None else None
         self.streams = streams
+        self.resumed = resumed
+        self.snapshot: tuple[int, bytes] | None = None
+        self.saved_epoch = state.epoch           # the epoch last.npz holds
+        self.state = state
+        self.started = time.time()
+        self.prior_wall_time = 0.0
+        self.metrics: runs.MetricsWriter | None = None      # open once the loop starts the run
+        self.log: runs.RunLog | None = None
+        self.summary: dict[str, Any] = {}
+
+    # --------------------------------------------------------------- callback protocol
+    def on_train_start(self, event: Any = None) -> None:
+        """The run starts: its metrics and log opened (a resumed run's metrics cut back to its
+        checkpoint), summary.json marked running, the start logged."""
+        run_dir, state, resumed = self.run_dir, self.state, self.resumed
         self.metrics = runs.MetricsWriter(run_dir, keep_epochs_upto=state.epoch if resumed else None)
         self.log = runs.RunLog(run_dir)
         self.started = time.time()
@@ -51,11 +70,8 @@ class RunRecorder:
         self.prior_wall_time = (float(wall_time) if isinstance(wall_time, (int, float))
                                 and not isinstance(wall_time, bool)
                                 and 0 <= wall_time < 1e12 else 0.0)
-        self.snapshot: tuple[int, bytes] | None = None
-        self.saved_epoch = state.epoch           # the epoch last.npz holds
-        self.state = state
-        kernels = _kernels(engine)              # who computes (read before the model is asked)
-        self.summary: dict[str, Any] = {
+        kernels = _kernels(self.engine)         # who computes (read before the model is asked)
+        self.summary = {
             "status": "running", "name": layout.run_name_of(run_dir),
             "run_dir": str(run_dir), "best_epoch": state.best_epoch or None,
             "best_val_acc": state.best_val_acc if state.best_epoch else None,
@@ -75,7 +91,6 @@ class RunRecorder:
             self.log.write(f"kernels: {previous['kernels']} before, {self.summary['kernels']} "
                            f"now; the run continues, not bit for bit as it would have")
 
-    # --------------------------------------------------------------- callback protocol
     def on_epoch_end(self, event: Any) -> None:
         metrics, state, is_best = event.metrics, event.state, event.is_best
         guard.refuse_if_taken(self.run_dir)     # a stale owner's late epoch is not written
@@ -129,6 +144,8 @@ class RunRecorder:
         except guard.RunTakenOver:
             self._close()
             raise
+        if self.log is None:        # stopped before the loop started it: marked all the same
+            self.on_train_start()
         try:
             self._save_pending_last()
         except (OSError, FmnistMlpError) as exc:
@@ -182,7 +199,8 @@ class RunRecorder:
     def _close(self) -> None:
         for f in (self.metrics, self.log):
             try:
-                f.close()
+                if f is not None:
+                    f.close()
             except OSError:        # a full disk fails the final flush too
                 pass
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from fmnist_mlp.errors import FmnistMlpError
 from fmnist_mlp.io.lock import FileLock, is_held
@@ -70,3 +70,31 @@ def is_trial_held(directory: Path, number: int, create: bool = True) -> bool:
         return True
     lock.release()
     return False
+
+
+@contextmanager
+def journal_pick(directory: Path, study, budget: int) -> Iterator[tuple[Any, FileLock, int] | None]:
+    """Under the claim lock, the trial a worker takes, its lock held: ``(frozen, lock, number)``
+    for a RUNNING trial whose worker is gone (its lock was free), ``(None, lock, number)`` for a
+    new trial while the budget lasts (the number the study gives next, which the caller asks
+    inside the block), or None. The block runs with the claim lock held; should it fail, the
+    trial's lock is released."""
+    with claim_lock(directory):
+        trials = study.get_trials(deepcopy=False)
+        pick = None
+        for t in trials:
+            if t.state.name == "RUNNING":
+                lock = try_lock_trial(directory, t.number)
+                if lock is not None:        # its worker is gone: take it over
+                    pick = (t, lock, t.number)
+                    break
+        if pick is None and len(trials) < budget:
+            lock = try_lock_trial(directory, len(trials))
+            assert lock is not None, "a new trial's lock is free"      # we hold the claim lock
+            pick = (None, lock, len(trials))
+        try:
+            yield pick
+        except BaseException:
+            if pick is not None:
+                pick[1].release()
+            raise

@@ -62,3 +62,9 @@ def journal_op_codes() -> set[int]:
 def engine_of(rdb) -> Any:
     """The SQLAlchemy engine under an ``RDBStorage`` (its connections, their pool)."""
     return rdb.engine
+
+
+def ask_with(study, sampler):
+    """The study's next trial, asked with ``sampler`` (swapped in first: :func:`use_sampler`)."""
+    use_sampler(study, sampler)
+    return study.ask()

@@ -129,6 +129,7 @@ def open_sweep(directory: str | Path, spec: SweepSpec | None = None,
     nothing behind."""
     optuna = import_optuna()
     beat = heartbeat_settings()         # a bad FMNIST_MLP_SWEEP_* value: one line, before DIR
+    pruner = make_pruner(spec) if spec is not None else None      # (a bad one: before DIR too)
     directory = Path(directory).absolute()
     info_path = directory / "sweep.json"
     if spec is None or info_path.exists() or info_path.is_symlink():
@@ -155,7 +156,8 @@ def open_sweep(directory: str | Path, spec: SweepSpec | None = None,
     rdb = backend if ref.is_database else None
     sweep = Sweep(directory, spec, info, None, ref, rdb, read_only, beat)
     sweep.study = sweep.call(lambda: _load_study(optuna, backend, info, ref, directory,
-                                                 create=not read_only), "opening the study")
+                                                 create=not read_only, pruner=pruner),
+                             "opening the study")
     sweep.call(lambda: _budget_in_study(sweep), "reading the study's budget")
     return sweep
 
@@ -179,18 +181,20 @@ def _budget_in_study(sweep: Sweep) -> None:
     sweep.refresh_budget()
 
 
-def _load_study(optuna, backend, info, ref: StorageRef, directory: Path, create: bool):
+def _load_study(optuna, backend, info, ref: StorageRef, directory: Path, create: bool,
+                pruner=None):
+    """The study, opened (``create``: made if it is not there yet) with the spec's pruner."""
     name = info["study_name"]
     try:
         if not create:
             study = optuna.load_study(study_name=name, storage=backend)
         elif ref.kind == "journal":
             with claim_lock(directory):
-                study = optuna.create_study(storage=backend, study_name=name,
+                study = optuna.create_study(storage=backend, study_name=name, pruner=pruner,
                                             direction="maximize", load_if_exists=True)
         else:
             study = optuna.create_study(storage=backend, study_name=name, direction="maximize",
-                                        load_if_exists=True)
+                                        load_if_exists=True, pruner=pruner)
         study.get_trials(deepcopy=False)        # damage in the records shows here, as one line
     except KeyError:
         raise ConfigError(f"{ref.shown}: holds no study {name!r} (sweep.json names it); "
@@ -355,32 +359,6 @@ def _info_problem(raw: Any) -> str | None:
     return None
 
 
-def make_sampler(spec: SweepSpec, salt: int):
-    """A sampler seeded by the spec's seed and the trial count: reproducible, and workers that
-    start together do not all draw the same first parameters."""
-    optuna = import_optuna()
-    seed = (spec.seed * 1_000_003 + salt) % 2**32       # what the samplers' generators take
-    if spec.method == "grid":
-        grid = {p.key: p.encoded_choices() for p in spec.space}
-        return _grid_sampler_class()(grid, seed=spec.seed)
-    if spec.method == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed)
-
-
-def _grid_sampler_class():
-    optuna = import_optuna()
-
-    class GridSampler(optuna.samplers.GridSampler):
-        """Optuna's grid sampler without its ``study.stop()`` once the grid is covered (only
-        valid inside ``study.optimize``): the budget, the size of the grid, ends the sweep."""
-
-        def after_trial(self, study, trial, state, values) -> None:
-            pass
-
-    return GridSampler
-
-
 def make_pruner(spec: SweepSpec):
     optuna = import_optuna()
     kinds = {"none": optuna.pruners.NopPruner, "median": optuna.pruners.MedianPruner,
@@ -389,17 +367,3 @@ def make_pruner(spec: SweepSpec):
         return kinds[spec.pruner](**spec.pruner_args)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{spec.source}: pruner: {spec.pruner}: {exc}") from None
-
-
-def suggest(trial, spec: SweepSpec) -> dict[str, Any]:
-    """The trial's parameters as config values (choices decoded back to lists)."""
-    params = {}
-    for p in spec.space:
-        if p.kind == "choice":
-            value = trial.suggest_categorical(p.key, p.encoded_choices())
-        elif p.kind == "int_uniform":
-            value = trial.suggest_int(p.key, p.values[0], p.values[1], log=p.log)
-        else:
-            value = trial.suggest_float(p.key, p.values[0], p.values[1], log=p.log)
-        params[p.key] = p.decode(value)
-    return params

@@ -1,64 +1,28 @@
 """A sweep worker: claims trials from the study one at a time and trains each as a run directory.
 
-A trial is claimed under the sweep's claim lock: first any RUNNING trial whose worker is gone,
-which is resumed from its last checkpoint as the same trial; else a new trial while the budget
-lasts. Whose worker is gone is told by the trial lock in DIR/locks (journal file, one machine)
-or by the trial's heartbeat in the database (ownership.py), which is then the only coordinator.
+Each claim (:mod:`fmnist_mlp.sweep.claim`: a gone worker's trial first, else a new one) carries
+its trial down to the session in one call; the run's directory reaches the trial's reporter on
+the loop's first epoch, which records its name in the study before anything is trained.
 """
 
 from __future__ import annotations
 
-import os
-import socket
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from fmnist_mlp.rundir import files as runs
 from fmnist_mlp.errors import (FmnistMlpError, TrainingDivergedError, TrainingInterrupted,
                                TrainingPruned)
-from fmnist_mlp.io.lock import FileLock
-from fmnist_mlp.io.terminal import show
 from fmnist_mlp.rundir import guard, layout
-from fmnist_mlp.sweep import optuna_private as private
 from fmnist_mlp.sweep import ownership, weather
-from fmnist_mlp.sweep.flocks import claim_lock, try_lock_trial
-from fmnist_mlp.sweep.study import Sweep, import_optuna, make_pruner, make_sampler, suggest
-
-
-@dataclass
-class Claim:
-    number: int
-    trial_id: int
-    params: dict[str, Any]
-    run_dir: Path | None        # set when the trial is being resumed and had started a run
-    lock: FileLock | None       # journal: the trial's lock, held; database: None
-    owner: str | None = None    # database: this worker's token, recorded as the trial's owner
-    previous_worker: str = ""   # taken over: the worker that had it
-    trial: Any = None           # the live optuna Trial it reports to: made once, when claimed
-
-
-WAIT = object()      # claim_next: nothing free now, but a running trial may yet be
+from fmnist_mlp.sweep.claim import WAIT, Claim, claim_next, stderr_log
+from fmnist_mlp.sweep.study import Sweep, import_optuna
 
 
 class TrialTakenOver(TrainingInterrupted):
     """Another worker took this trial over (this one had stopped beating): stop, train nothing
     more of it, tell the study nothing."""
-
-
-def timestamped(message: str) -> str:
-    """A log line as the Slurm logs of many nodes need it: time, host and process first."""
-    return f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')} {node_name()}[{os.getpid()}] {message}"
-
-
-def node_name() -> str:
-    """The Slurm node this runs on (several nodes may share one host), else the host name."""
-    return os.environ.get("SLURMD_NODENAME") or socket.gethostname()
-
-
-def stderr_log(message: str) -> None:
-    show(timestamped(message))
 
 
 def run_worker(sweep: Sweep, data_dir: str | Path | None = None,
@@ -67,7 +31,6 @@ def run_worker(sweep: Sweep, data_dir: str | Path | None = None,
 
     Raises :class:`~fmnist_mlp.sweep.weather.StorageAway` when the database stays away past
     the retry window (the trial saved and released as far as the database lets it)."""
-    sweep.study.pruner = make_pruner(sweep.spec)
     owner = ownership.new_owner_token()
     done, waiting_said = 0, False
     elsewhere: set[int] = set()     # trials whose run is in another copy of DIR
@@ -124,112 +87,6 @@ class RunElsewhere(FmnistMlpError):
     """The trial's run directory is not in this copy of DIR: it is resumed where it is."""
 
 
-def claim_next(sweep: Sweep, owner: str, elsewhere: set[int] = frozenset(),
-               log: Callable[[str], None] = stderr_log) -> Claim | object | None:
-    if sweep.coordinated_by_database:
-        return _claim_in_database(sweep, owner, elsewhere, log)
-    optuna = import_optuna()
-    study = sweep.study
-    with claim_lock(sweep.dir):
-        trials = study.get_trials(deepcopy=False)
-        for t in trials:
-            if t.state == optuna.trial.TrialState.RUNNING:
-                lock = try_lock_trial(sweep.dir, t.number)
-                if lock is not None:        # its worker is gone: take it over
-                    return _resume_claim(sweep, t, lock, None)
-        if len(trials) >= sweep.budget:
-            return None
-        return _new_claim(sweep, len(trials), None)
-
-
-def _claim_in_database(sweep: Sweep, owner: str, elsewhere: set[int],
-                       log: Callable[[str], None]) -> Claim | object | None:
-    """Under the database's claim lock: a trial released in good order, or whose worker stopped
-    beating (or died between asking it and its first beat), else a new one while the budget
-    lasts. A dead worker's trial is judged so only by a worker that has heard the database for
-    a whole grace period (after an outage the owners beat again first); one taken over more
-    than the cap allows is told FAIL instead."""
-    optuna = import_optuna()
-    study, rdb = sweep.study, sweep.rdb
-    _, grace = sweep.heartbeat
-    with ownership.claim_lock(rdb, study.study_name):
-        sweep.refresh_budget()
-        trials = study.get_trials(deepcopy=False)
-        running = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
-        owners = ownership.Liveness(rdb, private.study_id(study)) if running else None
-        may_judge = weather.quiet_for() >= grace
-        for t in running:
-            if t.number in elsewhere or not (owners.released(t) or
-                                             (may_judge and owners.dead(t))):
-                continue
-            if owners.released(t) or not _died_mid_run(sweep, t):
-                ownership.take(rdb, private.trial_id(t), owner)
-                return _resume_claim(sweep, t, None, owner)
-            count = ownership.takeovers_of(t) + 1
-            if count > ownership.max_takeovers():
-                _fail_for_takeovers(sweep, t, log)
-                continue
-            ownership.take(rdb, private.trial_id(t), owner, takeovers=count)
-            return _resume_claim(sweep, t, None, owner)
-        if len(trials) < sweep.budget:
-            return _new_claim(sweep, len(trials), owner)
-        # Budget spent, but trials still run elsewhere: one of them may belong to a worker that
-        # just died, which only its silence will tell. Wait, then look again.
-        return WAIT if any(t.number not in elsewhere for t in running) else None
-
-
-def _died_mid_run(sweep: Sweep, frozen) -> bool:
-    """Whether the trial's last worker died without a word (its run still marked running, or no
-    run to look at): what the take-over cap counts. A worker that stopped in good order (the
-    database away, a signal) marked its run interrupted first."""
-    run_dir = sweep.run_dir_of(frozen.user_attrs.get("run_dir"))
-    if run_dir is None or not runs.is_run_dir(run_dir):
-        return True
-    try:
-        return runs.read_summary(run_dir).get("status") == "running"
-    except FmnistMlpError:
-        return True
-
-
-def _fail_for_takeovers(sweep: Sweep, frozen, log: Callable[[str], None]) -> None:
-    """The retry cap: every worker that took this trial died; it is told FAIL with the reason."""
-    optuna = import_optuna()
-    reason = (f"taken over {ownership.max_takeovers()} times, every worker that trained it died "
-              f"(out of memory?); failed (cap: {ownership.MAX_TAKEOVERS_VAR})")
-    handle = private.trial_handle(sweep.study, private.trial_id(frozen))
-    handle.set_user_attr("fail_reason", reason)
-    try:
-        sweep.study.tell(frozen.number, state=optuna.trial.TrialState.FAIL)
-    except optuna.exceptions.UpdateFinishedTrialError:
-        return
-    log(f"trial {frozen.number}: {reason}")
-
-
-def _new_claim(sweep: Sweep, count: int, owner: str | None) -> Claim:
-    study = sweep.study
-    private.use_sampler(study, make_sampler(sweep.spec, count))
-    trial = study.ask()
-    lock = None
-    if owner is None:
-        lock = try_lock_trial(sweep.dir, trial.number)
-        assert lock is not None, "a new trial's lock is free"      # we hold the claim lock
-    else:
-        ownership.take(sweep.rdb, private.trial_id(trial), owner)
-    trial.set_user_attr("worker", _worker_id())
-    return Claim(trial.number, private.trial_id(trial), suggest(trial, sweep.spec), None, lock,
-                 owner, trial=trial)
-
-
-def _resume_claim(sweep: Sweep, frozen, lock: FileLock | None, owner: str | None) -> Claim:
-    """A gone worker's trial, taken over: its parameters as stored (any it had not drawn yet,
-    drawn now), its run directory found under DIR/runs."""
-    trial = private.trial_handle(sweep.study, private.trial_id(frozen))
-    trial.set_user_attr("worker", _worker_id())
-    return Claim(frozen.number, private.trial_id(frozen), suggest(trial, sweep.spec),
-                 sweep.run_dir_of(frozen.user_attrs.get("run_dir")), lock, owner,
-                 previous_worker=str(frozen.user_attrs.get("worker") or ""), trial=trial)
-
-
 class _ReportToTrial:
     """Training-loop callback: each epoch's validation accuracy goes to the study; when the
     pruner says so, the run stops as pruned.
@@ -241,6 +98,9 @@ class _ReportToTrial:
                  beat: "ownership.Heartbeat | None" = None):
         self.sweep, self.trial, self.number, self.log, self.beat = sweep, trial, number, log, beat
         self.stopped: TrainingInterrupted | None = None
+        # None until the first epoch starts; then the run directory until the study has its
+        # name, and False once it has
+        self.unrecorded: Path | bool | None = None
 
     def _stop_if_taken_over(self) -> None:
         if self.beat is not None and not self.beat.check():
@@ -252,9 +112,27 @@ class _ReportToTrial:
         raise self.stopped
 
     def on_epoch_start(self, event) -> None:
+        first = self.unrecorded is None     # the first epoch this worker trains of the trial
+        if first:
+            self.unrecorded = Path(event.run_dir)
         # Database: one read per epoch, so a worker that was stopped past the grace period
-        # (and lost its trial) trains no epoch of it after it wakes.
+        # (and lost its trial) trains no epoch of it after it wakes (nor names its run).
         self._stop_if_taken_over()
+        if first:
+            self._record_run_dir()
+
+    def _record_run_dir(self) -> None:
+        """The study learns the trial's run before it trains, by its name only: the sweep
+        directory may be moved or mounted elsewhere, and the run is always DIR/runs/<name>.
+        A database away past the retries stops the run (saved, interrupted); the study cannot
+        name it, so ``unrecorded`` keeps it for the worker to remove."""
+        try:
+            self.sweep.call(lambda: self.trial.set_user_attr("run_dir", self.unrecorded.name),
+                            f"trial {self.number}: recording its run", self.log)
+        except weather.StorageAway as exc:
+            self.stopped = exc
+            raise
+        self.unrecorded = False
 
     def on_epoch_end(self, event) -> None:
         # A worker frozen mid-epoch wakes here: it reports nothing to a trial another worker
@@ -302,22 +180,9 @@ def train_trial(sweep: Sweep, claim: Claim, data_dir, log, beat=None) -> None:
     cfg = None if resume else sweep.spec.trial_config(claim.params)
     reporter = _ReportToTrial(sweep, trial, n, log, beat)
 
-    unrecorded: list[Path] = []
-
-    def record_run_dir(d) -> None:
-        # its name only: the sweep directory may be moved or mounted elsewhere, and the run
-        # is always DIR/runs/<name>
-        try:
-            sweep.call(lambda: trial.set_user_attr("run_dir", Path(d).name),
-                       f"trial {n}: recording its run", log)
-        except weather.StorageAway:
-            unrecorded.append(Path(d))      # the study cannot name it: removed below
-            raise
-
     try:
         result = run_training(cfg, name=f"trial-{n:04d}", runs_dir=sweep.runs_dir,
-                              data_dir=data_dir, resume=resume, callbacks=[reporter],
-                              on_run_dir=record_run_dir)
+                              data_dir=data_dir, resume=resume, callbacks=[reporter])
     except guard.RunTakenOver as exc:
         raise TrialTakenOver(str(exc)) from None
     except TrainingPruned as exc:
@@ -325,8 +190,8 @@ def train_trial(sweep: Sweep, claim: Claim, data_dir, log, beat=None) -> None:
     except TrainingDivergedError as exc:
         _tell(sweep, n, "failed", {"message": str(exc)}, log, beat)
     except TrainingInterrupted:
-        for run_dir in unrecorded:      # nothing trained in it, and the study never learnt it
-            _discard_unstarted_run(run_dir, sweep.runs_dir, log)
+        if reporter.unrecorded:     # nothing trained in it, and the study never learnt it
+            _discard_unstarted_run(reporter.unrecorded, sweep.runs_dir, log)
         if reporter.stopped is not None:        # the session said "interrupted"; this is why
             raise reporter.stopped from None
         if beat is not None and beat.lost.is_set():
@@ -404,11 +269,3 @@ def _discard_unstarted_run(run_dir: Path, runs_dir: Path, log) -> None:
         ckpt.rmdir()
     run_dir.rmdir()
     log(f"removed {run_dir}: its trial stopped before its first epoch and starts over")
-
-
-def _worker_id() -> str:
-    slurm = os.environ.get("SLURM_ARRAY_JOB_ID")
-    where = f"{node_name()}:{os.getpid()}"
-    if slurm:
-        where += f" slurm {slurm}_{os.environ.get('SLURM_ARRAY_TASK_ID', '')}"
-    return where

@@ -89,8 +89,9 @@ def fit(engine: Any, data: LoopData, settings: LoopSettings,
     stopping = [EarlyStopping(settings.patience)] if settings.patience is not None else []
     listeners = CallbackList([*stopping, *callbacks])
     event = LoopEvent(settings, state, run_dir)
-    listeners.on_train_start(event)
     try:
+        # Inside: a callback that fails to start still has every callback ended.
+        listeners.on_train_start(event)
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             # Overflow warnings only precede the NaN/inf loss _check_finite reports in one line.
             while state.epoch < settings.epochs and not state.early_stopped:

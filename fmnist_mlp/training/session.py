@@ -1,10 +1,11 @@
 """One training run end to end: a run's plan (or a run to resume) in, a finished run out.
 
 The path a run takes: the plan (:func:`fmnist_mlp.config.plan.make_plan`, made once from the
-checked config) says what to load and build; the run directory is made (or reopened:
-:mod:`fmnist_mlp.rundir.resume`); the loop (:mod:`fmnist_mlp.training.loop`) trains with its
-callbacks (the recorder, :mod:`fmnist_mlp.rundir.recorder`, TensorBoard, the caller's), scores
-the best checkpoint on the test split and ends the callbacks. What can be refused is refused
+checked config) says what to load and build; the run directory is opened in one call
+(:func:`fmnist_mlp.rundir.start.start_run`: made, locked, its config written, its recorder made; or
+reopened by :mod:`fmnist_mlp.rundir.resume`); the loop (:mod:`fmnist_mlp.training.loop`) trains
+with its callbacks (the recorder, :mod:`fmnist_mlp.rundir.recorder`, TensorBoard, the caller's),
+scores the best checkpoint on the test split and ends the callbacks. What can be refused is refused
 before anything is written. Below this module nothing reads a ``Config``: the loop, the recorder,
 TensorBoard and distillation take the plan's plain values.
 """
@@ -14,7 +15,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -27,9 +28,9 @@ from fmnist_mlp.errors import (
     require_extra,
 )
 from fmnist_mlp.nn.engine import Engine, build_engine
-from fmnist_mlp.rundir import files as runs
-from fmnist_mlp.rundir import guard, layout
+from fmnist_mlp.rundir import layout
 from fmnist_mlp.rundir.resume import ResumePoint, open_for_resume, restore
+from fmnist_mlp.rundir.start import check_new_run, start_run
 from fmnist_mlp.training.loop import LoopData, TrainState, fit
 
 
@@ -55,34 +56,33 @@ class Prepared:
 
 def run_training(plan: Plan | Config | None, *, name: str | None = None,
                  runs_dir: str | Path = "runs", data_dir: str | Path | None = None,
-                 resume: str | Path | None = None, callbacks: Iterable[Any] = (),
-                 on_run_dir: Callable[[Path], None] | None = None) -> RunResult:
+                 resume: str | Path | None = None, callbacks: Iterable[Any] = ()) -> RunResult:
     """Train a new run (``plan``, ``name``) or continue ``resume``; returns its directory, summary
     and plan. A checked ``Config`` is planned here, once (what a sweep's trial hands over).
 
-    ``callbacks`` hear the loop's events after the run recorder; ``on_run_dir`` is told the
-    directory as soon as it exists. Raises TrainingInterrupted (run saved, marked interrupted),
+    ``callbacks`` hear the loop's events after the run recorder (``on_train_start``'s event
+    carries the run directory). Raises TrainingInterrupted (run saved, marked interrupted),
     TrainingDivergedError (run marked failed, last good checkpoint kept) and, when a callback
     raises it, TrainingPruned (run marked pruned, checkpoints kept).
     """
     callbacks = list(callbacks)
     with contextlib.ExitStack() as held:      # the run's lock, held until training ends either way
-        point = None
+        point = where = None
         if resume is not None:
             point = held.enter_context(open_for_resume(Path(resume)))
             plan = make_plan(point.cfg, point.run_dir / layout.CONFIG)
         else:
             assert plan is not None and name is not None
             plan = make_plan(plan) if isinstance(plan, Config) else plan
-            runs.validate_run_name(name)
-            runs.check_runs_dir_writable(runs_dir)
+            where = check_new_run(runs_dir, name)      # said before any data is loaded
         prepared = prepare(plan, data_dir, point, progress=bool(callbacks))
-        run_dir = point.run_dir if point else _new_run_dir(runs_dir, name, held)
-        if point is None:                   # the run's record: its resolved config
-            runs.atomic_write_text(run_dir / layout.CONFIG, plan.record.yaml, base=run_dir)
-        if on_run_dir is not None:
-            on_run_dir(run_dir)
-        return _train(prepared, run_dir, callbacks)
+        # The run directory, in one call: made, locked and given its config (or the resumed
+        # one), and its recorder listening.
+        recorder = start_run(where or point.run_dir, held, plan.record, plan.loop.epochs,
+                             plan.checkpoint_every, prepared.engine, prepared.streams,
+                             prepared.state, {"mean": prepared.splits.mean,
+                                              "std": prepared.splits.std})
+        return _train(prepared, recorder, callbacks)
 
 
 def prepare(plan: Plan, data_dir: str | Path | None, point: ResumePoint | None,
@@ -123,23 +123,10 @@ def prepare(plan: Plan, data_dir: str | Path | None, point: ResumePoint | None,
     return Prepared(plan, engine, data, streams, state, splits, resumed=point is not None)
 
 
-def _new_run_dir(runs_dir: str | Path, name: str, held: contextlib.ExitStack) -> Path:
-    """Make the run directory and lock it (released by ``held``)."""
-    run_dir = runs.create_run_dir(runs_dir, name)
-    lock = guard.RunLock(run_dir).acquire()
-    held.callback(lock.release)
-    return run_dir
-
-
-def _train(p: Prepared, run_dir: Path, callbacks: list) -> RunResult:
+def _train(p: Prepared, recorder: Any, callbacks: list) -> RunResult:
     """Fit with the recorder and the other callbacks; the loop scores the best checkpoint and
     ends them all, the recorder marking the run."""
-    from fmnist_mlp.rundir.recorder import RunRecorder
-
-    plan = p.plan
-    recorder = RunRecorder(run_dir, plan.record.config, plan.loop.epochs, plan.checkpoint_every,
-                           p.engine, p.streams, p.state, resumed=p.resumed,
-                           normalization={"mean": p.splits.mean, "std": p.splits.std})
+    plan, run_dir = p.plan, recorder.run_dir
     try:
         listeners = [recorder, _tensorboard(p, run_dir), *callbacks]
     except BaseException:
