@@ -242,7 +242,9 @@ def test_sigkilled_worker_trial_is_resumed_from_its_checkpoint(tmp_path, real_da
     assert [t["state"] for t in st["trials"]] == ["finished"]
     assert run_dirs(sweep_dir) == [run_dir]                  # the same run, not a new one
     log = (run_dir / "train.log").read_text()
-    assert f"resumed at epoch {saved}" in log or f"resumed at epoch {saved - 1}" in log
+    # The recorder writes an epoch's metrics, then its checkpoint, then the summary: a kill
+    # between the last two resumes from the checkpoint, one epoch past what the summary says.
+    assert any(f"resumed at epoch {e}" in log for e in (saved - 1, saved, saved + 1)), log
     epochs = [json.loads(line)["epoch"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert epochs == list(range(1, 6))                        # every epoch once, none twice
 
