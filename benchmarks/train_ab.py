@@ -32,9 +32,11 @@ def one_run(config: str, override: str, runs_dir: Path, extra: list[str],
     env = {**os.environ, "PYTHONPATH": str(repo)}
     start = time.perf_counter()
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "fmnist_mlp", "train", "--config", config,
-                                 "--set", override, "--runs-dir", str(runs_dir), "--quiet",
-                                 "--json", *extra], env=env, stdout=out, stderr=err, text=True)
+        # Run from the checkout itself: `python -m` puts the working folder first on the path.
+        proc = subprocess.Popen([sys.executable, "-m", "fmnist_mlp", "train", "--config",
+                                 str(Path(config).resolve()), "--set", override, "--runs-dir",
+                                 str(runs_dir), "--quiet", "--json", *extra], env=env, cwd=repo,
+                                stdout=out, stderr=err, text=True)
         _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - start
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -58,7 +60,7 @@ def main(argv=None) -> None:
                         help="a further --set for both (e.g. train.epochs=3); repeatable")
     args = parser.parse_args(argv)
     extra = [a for s in args.extra for a in ("--set", s)]
-    extra += ["--data-dir", args.data_dir] if args.data_dir else []
+    extra += ["--data-dir", str(Path(args.data_dir).resolve())] if args.data_dir else []
     times: dict[str, list[float]] = {"a": [], "b": []}
     peaks: dict[str, list[float]] = {"a": [], "b": []}
     accs: dict[str, list[float]] = {"a": [], "b": []}

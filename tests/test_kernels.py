@@ -176,7 +176,7 @@ def test_fused_batchnorm_sums_in_numpys_order_and_gives_its_bits(layout, n, numb
 @pytest.mark.parametrize("layout", ["row", "feature"])
 def test_chains_and_batchnorm_split_across_threads_give_the_same_bits(layout, threads,
                                                                         numba_kernels, monkeypatch):
-    """Rows and units split over threads (uneven parts, columns in whole cache lines): each is
+    """Rows and feature-major units split over threads (uneven parts): each is
     computed alone, so the split changes nothing, against the NumPy reference."""
     from fmnist_mlp.nn.kernels.chains import SplitUnits
 

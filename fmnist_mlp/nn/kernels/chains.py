@@ -85,10 +85,13 @@ def _dropout(x, bits, threshold, scale, mask, out):
 
 
 class SplitUnits:
-    """Runs a kernel over ranges of independent rows or units, split across threads when the
-    array is large (the kernels release the GIL; the BLAS threads are idle between products).
-    Each row and each unit is computed alone, in the same order, so any split gives the same
-    bits. The first part runs on the calling thread."""
+    """Runs a kernel over ranges of independent rows, split across threads when the array is
+    large (the kernels release the GIL; the BLAS threads are idle between products). Each row is
+    computed alone, in the same order, so any split gives the same bits. The first part runs on
+    the calling thread. Batch norm's units are split only where they are rows (feature-major):
+    split by columns, each thread walks every row, and a thread hand-off costs about 40 us;
+    measured (512 x 1024, forward + backward, one thread against two): row-major 294 against
+    367 us, feature-major 642 against 450 us."""
 
     MIN_SIZE = 1 << 18          # below this many entries a thread hand-off costs more than it saves
     MIN_SIZE_ONE_PASS = 1 << 21     # the same for a one-pass chain (tens of microseconds)
@@ -99,18 +102,18 @@ class SplitUnits:
 
     def run(self, kernel, a: np.ndarray, units_along_rows: bool = True,
             one_pass: bool = False) -> None:
-        """``kernel(lo, hi)`` over ``a``'s rows (``units_along_rows``), else its columns."""
+        """``kernel(lo, hi)`` over ``a``'s rows (``units_along_rows``), else over its columns,
+        in one call."""
         count = a.shape[0] if units_along_rows else a.shape[1]
         smallest = self.MIN_SIZE_ONE_PASS if one_pass else self.MIN_SIZE
-        if self.threads < 2 or a.size < smallest or count < 2 * self.threads:
+        if (not units_along_rows or self.threads < 2 or a.size < smallest
+                or count < 2 * self.threads):
             kernel(0, count)
             return
         if self.pool is None:
             self.pool = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="kernels")
             weakref.finalize(self.owner, self.pool.shutdown, wait=False)
-        step = 1 if units_along_rows else 16            # columns: whole cache lines per part
-        bounds = [min(count, -(-count * k // self.threads // step) * step)
-                  for k in range(self.threads + 1)]
+        bounds = [-(-count * k // self.threads) for k in range(self.threads + 1)]
         futures = [self.pool.submit(kernel, lo, hi) for lo, hi in zip(bounds[1:-1], bounds[2:])]
         kernel(bounds[0], bounds[1])
         for future in futures:
