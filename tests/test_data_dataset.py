@@ -155,3 +155,17 @@ def test_zero_validation_size(raw):
 def test_bad_arguments_name_the_key(raw, kwargs, key):
     with pytest.raises(ConfigError, match=key):
         make_splits(raw, **kwargs)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 5), (7, 784), (3000, 784)])
+def test_pixel_mean_and_std_come_from_the_exact_byte_histogram(shape):
+    """Counted two bytes at a time (odd sizes too), the histogram is the bytes' own, so the
+    mean and std are the ones its 256 counts give, bit for bit."""
+    from fmnist_mlp.data.dataset import _pixel_mean_std
+
+    images = np.random.default_rng(sum(shape)).integers(0, 256, shape, dtype=np.uint8)
+    counts = np.bincount(images.ravel(), minlength=256).astype(np.float64)
+    values = np.arange(256, dtype=np.float64) / 255.0
+    mean = float(counts @ values / counts.sum())
+    std = float(counts @ (values - mean) ** 2 / counts.sum()) ** 0.5 or 1.0
+    assert _pixel_mean_std(images) == (mean, std)

@@ -189,10 +189,17 @@ def _pixel_mean_std(images: np.ndarray) -> tuple[float, float]:
     """Mean and std of the pixels of ``images`` (uint8) after scaling to [0, 1], in float64.
 
     From the histogram of the 256 byte values: exact, and far cheaper than a float64 copy of 43M pixels.
+    The bytes are counted two at a time (a uint16 view: half the elements to convert and count,
+    about half the time), and each pair's count goes to both of its bytes.
     """
     counts = np.zeros(256, dtype=np.float64)
-    for start in range(0, images.shape[0], 4096):  # blocks: bincount makes an int64 copy of its input
-        counts += np.bincount(images[start:start + 4096].ravel(), minlength=256)
+    flat = np.ascontiguousarray(images).reshape(-1)
+    pairs = flat[:flat.size - flat.size % 2].view(np.uint16)
+    for start in range(0, pairs.size, 1 << 21):    # blocks: bincount makes an int64 copy
+        by_pair = np.bincount(pairs[start:start + (1 << 21)], minlength=1 << 16).reshape(256, 256)
+        counts += by_pair.sum(axis=0) + by_pair.sum(axis=1)     # each byte of the pair, either order
+    if flat.size % 2:
+        counts[flat[-1]] += 1
     values = np.arange(256, dtype=np.float64) / 255.0
     total = counts.sum()
     if total == 0:
