@@ -20,40 +20,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from round3_helpers import (ENV, GiB, REPO, TINY, fmnist, model_spec, need, one_line, shirt,
-                            st_parts, st_write, with_meta, work)
+from round3_helpers import (ENV, GiB, REPO, TINY, fmnist, model_spec, need, one_line, peak_rss,
+                            shirt, st_parts, st_write, with_meta, work)
 
 pytestmark = pytest.mark.realdata
-
-
-# Runs the CLI from a small launcher process, under an address-space limit, and reports the
-# CLI's own peak resident memory. (A child forked from pytest itself carries pytest's resident
-# pages into its ru_maxrss -- 150 MB and more once onnx is imported -- which would hide the
-# tens of MB these tests are about.)
-_LAUNCHER = """
-import json, os, resource, sys
-report, limit, argv = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
-pid = os.fork()
-if pid == 0:
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    os.execv(sys.executable, [sys.executable, "-m", "fmnist_mlp", *argv])
-_, status, usage = os.wait4(pid, 0)
-with open(report, "w") as f:
-    json.dump([os.waitstatus_to_exitcode(status), usage.ru_maxrss * 1024], f)
-"""
-
-
-def _peak_rss(argv, limit_bytes: int, timeout: float = 120) -> tuple[int, str, str, int]:
-    """(exit code, stdout, stderr, peak resident bytes of the CLI process alone)."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as scratch:
-        report = Path(scratch) / "report.json"
-        proc = subprocess.run([sys.executable, "-c", _LAUNCHER, str(report), str(limit_bytes),
-                               *map(os.fspath, argv)], env=ENV, capture_output=True, text=True,
-                              timeout=timeout)
-        code, peak = json.loads(report.read_text())
-    return code, proc.stdout, proc.stderr, peak
 
 
 def _raw_header_file(path: Path, text: str, body: bytes) -> Path:
@@ -467,7 +437,7 @@ def test_a_safetensors_header_of_megabytes_is_refused_before_it_is_parsed(work, 
     room = (1 << 24) - len(text) - 64
     bomb = text[:-1] + ', "x": [' + ",".join(["{}"] * (room // 3)) + "]}"
     path = _raw_header_file(tmp_path / "bomb.safetensors", bomb, body)
-    code, out, err, peak = _peak_rss(["predict", path, shirt], limit_bytes=GiB)
+    code, out, err, peak = peak_rss(["predict", path, shirt], limit_bytes=GiB)
     assert code == 1 and out == "", err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {path}: ") and "header" in lines[0]
@@ -563,7 +533,7 @@ def test_a_one_pixel_wide_picture_of_89_million_rows_is_refused_from_its_header(
     # 170 KB took 917 MB resident (more than 1 GB as RGBA) for a picture no camera makes.
 
     tall = _tall_png(tmp_path / "tall.png", 1, 89_000_000)
-    code, out, err, peak = _peak_rss(["predict", work["run"], tall, shirt], limit_bytes=2 * GiB)
+    code, out, err, peak = peak_rss(["predict", work["run"], tall, shirt], limit_bytes=2 * GiB)
     assert code == 1, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {tall}: ") and "65535" in lines[0]
@@ -591,7 +561,7 @@ def test_an_onnx_export_past_protobufs_2_gb_is_refused_before_loading(work, tmp_
     target = tmp_path / "big.onnx"
     # Address space for the memory estimate (5 arrays per parameter, 11 GiB) to pass where the
     # machine has that much available; elsewhere the estimate refuses first, also in one line.
-    code, stdout, err, peak = _peak_rss(["export", big, "--format", "onnx", "-o", target],
+    code, stdout, err, peak = peak_rss(["export", big, "--format", "onnx", "-o", target],
                                        limit_bytes=16 << 30, timeout=60)
     lines = err.strip().splitlines()
     assert len(lines) == 1 and stdout == "", err
@@ -721,7 +691,7 @@ def test_a_file_of_millions_of_empty_structure_items_is_refused_before_pillow_pa
     need("PIL")
 
     bomb = _structure_bomb(kind, shirt, tmp_path / f"bomb.{kind}")
-    code, out, err, peak = _peak_rss(["predict", work["run"], bomb, shirt], limit_bytes=GiB)
+    code, out, err, peak = peak_rss(["predict", work["run"], bomb, shirt], limit_bytes=GiB)
     assert code == 1, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {bomb}: ") and "100000" in lines[0]
@@ -785,7 +755,7 @@ def test_a_tiff_declaring_millions_of_strips_is_refused_before_pillow_reads_them
 
     many = _strips_tiff(tmp_path / "many.tif", 2_000_000)
     started = time.monotonic()
-    code, out, err, peak = _peak_rss(["predict", work["run"], many, shirt], limit_bytes=2 * GiB)
+    code, out, err, peak = peak_rss(["predict", work["run"], many, shirt], limit_bytes=2 * GiB)
     assert time.monotonic() - started < 10
     assert code == 1, err
     lines = err.strip().splitlines()
@@ -826,7 +796,7 @@ def test_a_checkpoint_listing_a_million_members_is_refused_from_its_end_record(w
     # 57 MB archive listing a million members took 517 MB and 5.6 s to be refused.
 
     bomb = _zip_directory_bomb(tmp_path / "bomb.npz", 1_000_000)
-    code, out, err, peak = _peak_rss(["predict", bomb, shirt], limit_bytes=2 * GiB)
+    code, out, err, peak = peak_rss(["predict", bomb, shirt], limit_bytes=2 * GiB)
     assert peak < 150 * (1 << 20), f"peak resident memory {peak / (1 << 20):.0f} MiB"
     assert code == 1 and out == "", err
     lines = err.strip().splitlines()
