@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 
-from fmnist_mlp.config.load import config_to_dict, load_config
+from fmnist_mlp.config.load import Plan, config_to_dict, load_config, plan_from
 from fmnist_mlp.config.schema import Config
 from fmnist_mlp.config.validate import all_key_paths
 from fmnist_mlp.io.yaml_file import load_yaml_file
@@ -83,6 +83,11 @@ class SweepSpec:
 
     def trial_config(self, params: Mapping[str, Any]) -> Config:
         return load_config(self.base, self.overrides(params))
+
+    def trial_plan(self, params: Mapping[str, Any]) -> Plan:
+        """One trial's plan: the base config with the fixed overrides and ``params``, read,
+        checked and planned in one descent (as ``train`` plans its config)."""
+        return plan_from(self.base, self.overrides(params))[0]
 
     def identity(self) -> dict[str, Any]:
         """What makes two runs of ``sweep run`` the same sweep: the spec and the resolved base."""
