@@ -64,6 +64,8 @@ class Sweep:
     study: Any                  # optuna.Study
     ref: StorageRef | None = None
     rdb: Any = None             # the RDBStorage when the study is in a database
+    storage: Any = None         # the Optuna storage the study was opened on (new trials are asked
+                                # on it, each with its own sampler: claim.py)
     read_only: bool = False
     # (interval, grace) of the trials' heartbeats (database), from the environment when opened
     heartbeat: tuple[int, int] = field(default_factory=heartbeat_settings)
@@ -154,7 +156,7 @@ def open_sweep(directory: str | Path, spec: SweepSpec | None = None,
     backend = make_storage(ref, directory, read_only=read_only,
                            heartbeat=beat if ref.is_database else None, patient=existed)
     rdb = backend if ref.is_database else None
-    sweep = Sweep(directory, spec, info, None, ref, rdb, read_only, beat)
+    sweep = Sweep(directory, spec, info, None, ref, rdb, backend, read_only, beat)
     sweep.study = sweep.call(lambda: _load_study(optuna, backend, info, ref, directory,
                                                  create=not read_only, pruner=pruner),
                              "opening the study")
