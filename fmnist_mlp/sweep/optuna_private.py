@@ -4,8 +4,9 @@ The sweep needs a few things Optuna keeps private: the ids that name a study and
 storage, a handle on a trial asked by another process (to resume it as the same trial), the
 stale-trial query of ``RDBStorage`` and its heartbeat table, and the journal's operation codes
 (a new trial is asked with its own sampler through the public API: ``claim._ask``). They are all
-here, so an Optuna release that moves one breaks this module alone; ``tests/test_sweep_optuna_versions.py`` runs
-this module's checks against the oldest and the newest Optuna the ``sweep`` extra allows.
+here, so an Optuna release that moves one breaks this module alone;
+``tests/test_sweep_optuna_versions.py`` runs this module's checks against the oldest and the
+newest Optuna the ``sweep`` extra allows.
 """
 
 from __future__ import annotations
