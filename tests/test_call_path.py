@@ -40,6 +40,23 @@ def test_stays_climbs_and_returns_are_counted_as_defined():
     assert s["returns"] == 2 and s["entries"]["fmnist_mlp.config.plan"] == 2
 
 
+def test_a_deep_copy_of_followed_data_is_followed():
+    """config_from deep-copies a mapping before checking it: the copy is the same data, so the
+    checking is on the walk (it vanished from it at the copy before)."""
+    import sys
+
+    from fmnist_mlp.config.load import config_from
+
+    raw = {"model": {"hidden": [8]}, "optimizer": {"lr": 0.01}}
+    walk = call_path.Walk([raw], None)
+    sys.setprofile(walk)
+    try:
+        config_from(raw, {"train.epochs": 1})
+    finally:
+        sys.setprofile(None)
+    assert walk.stays[:2] == ["fmnist_mlp.config.load", "fmnist_mlp.config.validate"], walk.stays
+
+
 # The walk, and the most climbs and returns it may make (where it is now: see the docstring).
 WALKS = {"train": (call_path.walk_train, 4, 10),
          "sweep-run": (call_path.walk_sweep_run, 6, 22)}
