@@ -9,7 +9,8 @@ the sweep: a grid of one such trial) under a profile hook that follows data, not
 starts as the command's argument (the config file's path; the sweep directory's path), paths compared
 by value; a call that takes a followed object as an argument (or inside a list, tuple or
 ``**kwargs``) is on the walk, and what such calls return is followed from then on, with its
-fields, items and values two levels deep (what ``__init__`` makes, too). Numbers, strings, None
+fields, items and values two levels deep (what ``__init__`` makes, too, and what ``copy.deepcopy``
+makes of a followed object: a copy is the same data, as ``Path(p)`` is). Numbers, strings, None
 and arrays are not followed (their identities are shared or say nothing), nor dtypes (NumPy
 interns them: every float32 array has the same one).
 
@@ -59,6 +60,7 @@ class Walk:
             self.follow(seed)
         self.stop, self.done = stop, False
         self.stack: list[FrameType] = []        # frames of calls on the walk (their returns follow)
+        self.copies: list[FrameType] = []       # copy.deepcopy of followed data (its copy follows)
         self.stays: list[str] = []
 
     def stay(self, module: str) -> None:
@@ -107,7 +109,15 @@ class Walk:
         if self.done:
             return
         module = frame.f_globals.get("__name__", "")
+        if event == "call" and module == "copy" and frame.f_code.co_name == "deepcopy" \
+                and self.is_followed(frame.f_locals.get("x")):
+            self.copies.append(frame)
+            return
         if event == "return":
+            if self.copies and self.copies[-1] is frame:
+                self.copies.pop()
+                self.follow(arg)
+                return
             if self.stack and self.stack[-1] is frame:
                 self.stack.pop()
                 self.follow(arg)

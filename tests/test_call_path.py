@@ -8,15 +8,20 @@ on the main of 7 December before the plan (21c0dff), after it, and now:
                                                 ->  28 stays,  4 climbs, 10 returns
     sweep run 107 stays, 21 climbs, 81 returns  -> 101 stays, 19 climbs, 72 returns
                                                 ->  53 stays,  8 climbs, 25 returns
+                                                ->  47 stays,  6 climbs, 22 returns
 
 Issue 32 asks for at most 8 / 12 (train) and 5 / 20 (sweep run). train is there: the config is
 read, checked and planned in one descent (``config.load.plan_from``), the engine built in one
 (``nn.engine.build_engine``; an optimiser's arrays allocated in one call to the workspace). The
 sweep's run directory is opened in one call into rundir/start.py, the recorder is started by the
 loop, a worker's claim is made in one go and the run's name is recorded by the trial's reporter.
-The sweep's returns left: its opening (sweep.study <-> io.paths, io.files, sweep.storage,
-sweep.flocks), the claim (sweep.claim <-> sweep.flocks, sweep.optuna_private), the trial's config
-read and checked, and the session between the engine and the run."""
+Then a trial's config is planned in one descent (``SweepSpec.trial_plan``) from the base config as
+read once with the spec, a new trial is asked through Optuna's public API, and the journal study's
+creation and its budget share one hold of the claim lock. The sweep's climbs and returns left: its
+opening (sweep.study <-> io.paths, io.files, sweep.storage, sweep.flocks: each io descent climbs
+back), the claim lock's block (sweep.flocks entered again as the block ends), the config's own
+(validate <-> schema, plan <-> nn.memory, as in train), the session's two calls into rundir.start
+(the new run checked before the data loads, opened after) and the engine's."""
 
 from __future__ import annotations
 
@@ -35,9 +40,26 @@ def test_stays_climbs_and_returns_are_counted_as_defined():
     assert s["returns"] == 2 and s["entries"]["fmnist_mlp.config.plan"] == 2
 
 
+def test_a_deep_copy_of_followed_data_is_followed():
+    """config_from deep-copies a mapping before checking it: the copy is the same data, so the
+    checking is on the walk (it vanished from it at the copy before)."""
+    import sys
+
+    from fmnist_mlp.config.load import config_from
+
+    raw = {"model": {"hidden": [8]}, "optimizer": {"lr": 0.01}}
+    walk = call_path.Walk([raw], None)
+    sys.setprofile(walk)
+    try:
+        config_from(raw, {"train.epochs": 1})
+    finally:
+        sys.setprofile(None)
+    assert walk.stays[:2] == ["fmnist_mlp.config.load", "fmnist_mlp.config.validate"], walk.stays
+
+
 # The walk, and the most climbs and returns it may make (where it is now: see the docstring).
 WALKS = {"train": (call_path.walk_train, 4, 10),
-         "sweep-run": (call_path.walk_sweep_run, 8, 25)}
+         "sweep-run": (call_path.walk_sweep_run, 6, 22)}
 
 
 @pytest.mark.realdata

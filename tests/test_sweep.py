@@ -420,3 +420,28 @@ def test_a_claim_lock_held_by_a_stopped_worker_is_one_error_not_a_hang(tmp_path)
         holder.wait()
     with claim_lock(tmp_path, wait=5):
         pass
+
+
+def test_a_trial_is_planned_from_the_base_config_as_read_when_the_spec_was_loaded(tmp_path):
+    """The base file is read once: a trial's plan is the base as read, the fixed set and the
+    trial's parameters, checked and planned in one go; editing the file mid-sweep changes no
+    later trial behind sweep.json's back (its identity was recorded from the same reading)."""
+    from fmnist_mlp.config.load import plan_from
+    from fmnist_mlp.sweep.spec import load_spec
+
+    base = tmp_path / "base.yaml"
+    base.write_text("model: {hidden: [16]}\noptimizer: {lr: 0.01}\n", encoding="utf-8")
+    (tmp_path / "spec.yaml").write_text(
+        "base: base.yaml\nset: {train.epochs: 2}\nmethod: grid\n"
+        "space:\n  optimizer.weight_decay: {choice: [0.0, 0.001]}\n", encoding="utf-8")
+    spec = load_spec(tmp_path / "spec.yaml")
+    base.write_text("model: {hidden: [64]}\noptimizer: {lr: 0.5}\n", encoding="utf-8")
+    plan = spec.trial_plan({"optimizer.weight_decay": 0.001})
+    expected = plan_from({"model": {"hidden": [16]}, "optimizer": {"lr": 0.01}},
+                         {"train.epochs": 2, "optimizer.weight_decay": 0.001})[0]
+    assert plan.record.config == expected.record.config
+    assert plan.record.config["optimizer"]["lr"] == 0.01
+    assert plan.record.config["model"]["hidden"] == [16]
+    assert spec.identity()["base_config"]["optimizer"]["lr"] == 0.01
+    base.unlink()                               # nothing reads the file again
+    assert spec.trial_plan({"optimizer.weight_decay": 0.0}).loop.epochs == 2

@@ -32,7 +32,6 @@ def test_the_private_door_works_with_this_optuna(tmp_path):
                                          heartbeat_interval=1, grace_period=1)
     study = optuna.create_study(storage=storage, study_name="door", direction="maximize")
     assert isinstance(private.study_id(study), int)
-    private.use_sampler(study, optuna.samplers.RandomSampler(seed=1))
     asked = study.ask()
     tid = private.trial_id(asked)
     assert tid == private.trial_id(study.get_trials(deepcopy=False)[0])
@@ -49,9 +48,6 @@ def test_the_private_door_works_with_this_optuna(tmp_path):
     assert private.stale_trial_ids(storage, private.study_id(study)) == {tid}
     assert private.engine_of(storage).dialect.name == "sqlite"
     assert len(private.journal_op_codes()) >= 5
-    sampler = optuna.samplers.RandomSampler(seed=2)
-    asked_with = private.ask_with(study, sampler)      # a new claim's trial, with its sampler
-    assert asked_with.number == asked.number + 1 and study.sampler is sampler
 
 
 def _oldest_allowed() -> str:

@@ -22,12 +22,12 @@ from fmnist_mlp.errors import ConfigError
 
 def plan_from(source: str | Path | Mapping[str, Any] | None,
               overrides: Iterable[str] | Mapping[str, Any] = (),
-              seeds: Sequence[int] | None = None) -> list[Plan]:
+              seeds: Sequence[int] | None = None, *, label: str | None = None) -> list[Plan]:
     """A config read, checked and planned in one descent: a YAML file's path, a mapping or None
-    (the defaults), with overrides as :func:`config_from` takes them; one plan per seed of
-    ``seeds`` (each run's ``seed``), else one plan with the config's own seed. A file's stem is
-    the runs' default name."""
-    cfg = config_from(source, overrides)
+    (the defaults), with overrides as :func:`config_from` takes them (and ``label``); one plan
+    per seed of ``seeds`` (each run's ``seed``), else one plan with the config's own seed. A
+    file's stem is the runs' default name."""
+    cfg = config_from(source, overrides, label=label)
     configs = [dataclasses.replace(cfg, seed=seed) for seed in seeds] if seeds else [cfg]
     path = source if isinstance(source, (str, Path)) else None
     return [make_plan(c, path) for c in configs]
@@ -38,7 +38,7 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
     overrides (``"optimizer.lr=0.01"``, values parsed as YAML) and validate the result."""
     raw: dict = {}
     if path is not None:
-        raw = _read_yaml(Path(path))
+        raw = read_config_file(Path(path))
     overrides = list(overrides)
     for item in overrides:
         key, value = parse_override(item)
@@ -47,17 +47,19 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
 
 
 def config_from(source: str | Path | Mapping[str, Any] | None,
-                overrides: Iterable[str] | Mapping[str, Any] = ()) -> Config:
+                overrides: Iterable[str] | Mapping[str, Any] = (), *,
+                label: str | None = None) -> Config:
     """The Python API's reading of a config: a YAML file's path (as :func:`load_config`) or a
     mapping (a nested dict as YAML gives it), with overrides as ``--set`` strings
     (``"optimizer.lr=0.01"``) or a mapping of dotted keys to values (``{"optimizer.lr": 0.01}``).
-    Checked as the command line checks it; the same errors."""
+    Checked as the command line checks it; the same errors. ``label`` names a mapping in them
+    (a sweep's trial: its spec), instead of "config"."""
     if isinstance(overrides, (str, bytes)):
         raise ConfigError("set: expected a mapping of dotted keys to values, or a list of "
                           "KEY.PATH=VALUE strings, not one string")
     if source is None or isinstance(source, (str, Path)):
         if isinstance(overrides, Mapping):
-            raw = _read_yaml(Path(source)) if source is not None else {}
+            raw = read_config_file(Path(source)) if source is not None else {}
             return _with_overrides(raw, overrides, _source_label(source, ["set"]))
         return load_config(source, overrides)
     if not isinstance(source, Mapping):
@@ -65,10 +67,10 @@ def config_from(source: str | Path | Mapping[str, Any] | None,
                           f"{type_name(source)}")
     import copy
 
-    raw = copy.deepcopy(dict(source))
+    raw = copy.deepcopy(source if isinstance(source, dict) else dict(source))  # theirs untouched
     if not isinstance(overrides, Mapping):
         overrides = dict(parse_override(item) for item in overrides)
-    return _with_overrides(raw, overrides, "config" + (" + set" if overrides else ""))
+    return _with_overrides(raw, overrides, (label or "config") + (" + set" if overrides else ""))
 
 
 def _with_overrides(raw: dict, overrides: Mapping[str, Any], source: str) -> Config:
@@ -86,8 +88,9 @@ def _source_label(path: str | Path | None, overrides: list[str]) -> str:
     return " + ".join(parts) or "config"
 
 
-def _read_yaml(path: Path) -> dict:
-    """A config file: a regular file of at most 1 MB (not /dev/zero, not a FIFO), strict YAML."""
+def read_config_file(path: Path) -> dict:
+    """A config file as a mapping, read once: a regular file of at most 1 MB (not /dev/zero, not a
+    FIFO), strict YAML (a sweep's base config: :class:`fmnist_mlp.sweep.spec.SweepSpec`)."""
     from fmnist_mlp.io.yaml_file import load_yaml_file
 
     data = load_yaml_file(path, "config file")

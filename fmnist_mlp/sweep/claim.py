@@ -138,7 +138,7 @@ def _fail_for_takeovers(sweep: Sweep, frozen, log: Callable[[str], None]) -> Non
 def _new_claim(sweep: Sweep, count: int, owner: str | None, lock: FileLock | None = None) -> Claim:
     """A new trial, asked with the sampler for the trial count. Journal: ``lock`` is the lock of
     trial number ``count``, the number the study gives next (workers ask under the claim lock)."""
-    trial = private.ask_with(sweep.study, make_sampler(sweep.spec, count))
+    trial = _ask(sweep, count)
     if owner is None and trial.number != count:     # (not with workers of this tool alone)
         lock.release()
         lock = try_lock_trial(sweep.dir, trial.number)
@@ -147,6 +147,16 @@ def _new_claim(sweep: Sweep, count: int, owner: str | None, lock: FileLock | Non
         ownership.take(sweep.rdb, private.trial_id(trial), owner)
     trial.set_user_attr("worker", _worker_id())
     return Claim(trial.number, suggest(trial, sweep.spec), None, lock, owner, trial=trial)
+
+
+def _ask(sweep: Sweep, count: int):
+    """A new trial, asked with the sampler for the trial count, through Optuna's public API: the
+    study loaded on the sweep's storage with that sampler (and the sweep's pruner, which the
+    trial's ``should_prune`` asks)."""
+    optuna = import_optuna()
+    study = optuna.load_study(study_name=sweep.study.study_name, storage=sweep.storage,
+                              sampler=make_sampler(sweep.spec, count), pruner=sweep.study.pruner)
+    return study.ask()
 
 
 def _resume_claim(sweep: Sweep, frozen, lock: FileLock | None, owner: str | None) -> Claim:

@@ -1,11 +1,12 @@
 """Every use of Optuna beyond its public API, behind one door.
 
 The sweep needs a few things Optuna keeps private: the ids that name a study and a trial in the
-storage, a handle on a trial asked by another process (to resume it as the same trial), a
-sampler swapped between asks (seeded per trial count), the stale-trial query of ``RDBStorage``
-and its heartbeat table, and the journal's operation codes. They are all here, so an Optuna
-release that moves one breaks this module alone; ``tests/test_sweep_optuna_versions.py`` runs
-this module's checks against the oldest and the newest Optuna the ``sweep`` extra allows.
+storage, a handle on a trial asked by another process (to resume it as the same trial), the
+stale-trial query of ``RDBStorage`` and its heartbeat table, and the journal's operation codes
+(a new trial is asked with its own sampler through the public API: ``claim._ask``). They are all
+here, so an Optuna release that moves one breaks this module alone;
+``tests/test_sweep_optuna_versions.py`` runs this module's checks against the oldest and the
+newest Optuna the ``sweep`` extra allows.
 """
 
 from __future__ import annotations
@@ -29,11 +30,6 @@ def trial_handle(study, trial_id_: int):
     import optuna
 
     return optuna.trial.Trial(study, trial_id_)
-
-
-def use_sampler(study, sampler) -> None:
-    """Swap the study's sampler before the next ``ask`` (the sweep seeds one per trial)."""
-    study.sampler = sampler
 
 
 def stale_trial_ids(rdb, study_id_: int) -> set[int]:
@@ -63,8 +59,3 @@ def engine_of(rdb) -> Any:
     """The SQLAlchemy engine under an ``RDBStorage`` (its connections, their pool)."""
     return rdb.engine
 
-
-def ask_with(study, sampler):
-    """The study's next trial, asked with ``sampler`` (swapped in first: :func:`use_sampler`)."""
-    use_sampler(study, sampler)
-    return study.ask()

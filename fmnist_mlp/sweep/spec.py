@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 
-from fmnist_mlp.config.load import config_to_dict, load_config
+from fmnist_mlp.config.load import Plan, config_from, config_to_dict, plan_from, read_config_file
 from fmnist_mlp.config.schema import Config
 from fmnist_mlp.config.validate import all_key_paths
 from fmnist_mlp.io.yaml_file import load_yaml_file
@@ -75,21 +75,29 @@ class SweepSpec:
     pruner_args: dict[str, Any]
     seed: int
     space: tuple[Param, ...]
-
-    def overrides(self, params: Mapping[str, Any]) -> list[str]:
-        """``--set`` items for one trial: the fixed ones, then the trial's parameters."""
-        items = {**self.fixed, **params}
-        return [f"{k}={json.dumps(v)}" for k, v in items.items()]
+    # The base config file as read, once, when the spec is loaded (``{}``: the defaults): every
+    # trial is this with ``fixed`` and its parameters, so no trial reads the file again.
+    base_raw: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     def trial_config(self, params: Mapping[str, Any]) -> Config:
-        return load_config(self.base, self.overrides(params))
+        """One trial's checked config: the base as read, the fixed overrides, ``params``."""
+        return config_from(self.base_raw, {**self.fixed, **params}, label=self._label)
+
+    def trial_plan(self, params: Mapping[str, Any]) -> Plan:
+        """One trial's plan: its config (as :meth:`trial_config`) checked and planned in one
+        descent, as ``train`` plans its config (:func:`fmnist_mlp.config.load.plan_from`)."""
+        return plan_from(self.base_raw, {**self.fixed, **params}, label=self._label)[0]
+
+    @property
+    def _label(self) -> str:
+        return str(self.base) if self.base is not None else "config"
 
     def identity(self) -> dict[str, Any]:
         """What makes two runs of ``sweep run`` the same sweep: the spec and the resolved base."""
         return {"metric": self.metric, "method": self.method, "trials": self.trials,
                 "pruner": self.pruner, "pruner_args": self.pruner_args, "seed": self.seed,
                 "space": {p.key: {p.kind: list(p.values), "log": p.log} for p in self.space},
-                "base_config": config_to_dict(load_config(self.base, self.overrides({})))}
+                "base_config": config_to_dict(self.trial_config({}))}
 
     def fingerprint(self) -> str:
         text = json.dumps(self.identity(), sort_keys=True)
@@ -142,7 +150,8 @@ def spec_from_dict(raw: Mapping[str, Any], source: str, root: Path) -> SweepSpec
                               f"trials budget")
     else:
         trials = _int(raw.get("trials"), f"{source}: trials", lo=1)
-    spec = SweepSpec(source, base, fixed, metric, method, trials, pruner, pruner_args, seed, space)
+    spec = SweepSpec(source, base, fixed, metric, method, trials, pruner, pruner_args, seed, space,
+                     read_config_file(base) if base is not None else {})
     _check_configs(spec)
     return spec
 

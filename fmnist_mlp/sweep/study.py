@@ -64,6 +64,8 @@ class Sweep:
     study: Any                  # optuna.Study
     ref: StorageRef | None = None
     rdb: Any = None             # the RDBStorage when the study is in a database
+    storage: Any = None         # the Optuna storage the study was opened on (new trials are asked
+                                # on it, each with its own sampler: claim.py)
     read_only: bool = False
     # (interval, grace) of the trials' heartbeats (database), from the environment when opened
     heartbeat: tuple[int, int] = field(default_factory=heartbeat_settings)
@@ -154,12 +156,24 @@ def open_sweep(directory: str | Path, spec: SweepSpec | None = None,
     backend = make_storage(ref, directory, read_only=read_only,
                            heartbeat=beat if ref.is_database else None, patient=existed)
     rdb = backend if ref.is_database else None
-    sweep = Sweep(directory, spec, info, None, ref, rdb, read_only, beat)
-    sweep.study = sweep.call(lambda: _load_study(optuna, backend, info, ref, directory,
-                                                 create=not read_only, pruner=pruner),
-                             "opening the study")
-    sweep.call(lambda: _budget_in_study(sweep), "reading the study's budget")
+    sweep = Sweep(directory, spec, info, None, ref, rdb, backend, read_only, beat)
+    sweep.call(lambda: _open_study(optuna, sweep, pruner), "opening the study")
     return sweep
+
+
+def _open_study(optuna, sweep: Sweep, pruner) -> None:
+    """The study opened (made if it is not there yet, unless read-only) with the spec's pruner,
+    and the budget settled with it. Journal: both under the claim lock, so of several workers
+    starting together one creates the study, and each reads and raises the budget in turn."""
+    if sweep.read_only or sweep.ref.kind != "journal":
+        sweep.study = _load_study(optuna, sweep.storage, sweep.info, sweep.ref,
+                                  create=not sweep.read_only, pruner=pruner)
+        _budget_in_study(sweep)
+        return
+    with claim_lock(sweep.dir):
+        sweep.study = _load_study(optuna, sweep.storage, sweep.info, sweep.ref, create=True,
+                                  pruner=pruner)
+        _budget_in_study(sweep)
 
 
 def _is_budget(value: Any) -> bool:
@@ -181,17 +195,12 @@ def _budget_in_study(sweep: Sweep) -> None:
     sweep.refresh_budget()
 
 
-def _load_study(optuna, backend, info, ref: StorageRef, directory: Path, create: bool,
-                pruner=None):
+def _load_study(optuna, backend, info, ref: StorageRef, create: bool, pruner=None):
     """The study, opened (``create``: made if it is not there yet) with the spec's pruner."""
     name = info["study_name"]
     try:
         if not create:
             study = optuna.load_study(study_name=name, storage=backend)
-        elif ref.kind == "journal":
-            with claim_lock(directory):
-                study = optuna.create_study(storage=backend, study_name=name, pruner=pruner,
-                                            direction="maximize", load_if_exists=True)
         else:
             study = optuna.create_study(storage=backend, study_name=name, direction="maximize",
                                         load_if_exists=True, pruner=pruner)

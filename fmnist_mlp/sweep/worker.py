@@ -177,11 +177,11 @@ def train_trial(sweep: Sweep, claim: Claim, data_dir, log, beat=None) -> None:
         _discard_unstarted_run(claim.run_dir, sweep.runs_dir, log)
     shown = " ".join(f"{k}={v}" for k, v in claim.params.items())
     log(f"trial {n}: " + (f"resuming {resume}" if resume else f"started: {shown}"))
-    cfg = None if resume else sweep.spec.trial_config(claim.params)
+    plan = None if resume else sweep.spec.trial_plan(claim.params)
     reporter = _ReportToTrial(sweep, trial, n, log, beat)
 
     try:
-        result = run_training(cfg, name=f"trial-{n:04d}", runs_dir=sweep.runs_dir,
+        result = run_training(plan, name=f"trial-{n:04d}", runs_dir=sweep.runs_dir,
                               data_dir=data_dir, resume=resume, callbacks=[reporter])
     except guard.RunTakenOver as exc:
         raise TrialTakenOver(str(exc)) from None

@@ -58,7 +58,8 @@ def run_training(plan: Plan | Config | None, *, name: str | None = None,
                  runs_dir: str | Path = "runs", data_dir: str | Path | None = None,
                  resume: str | Path | None = None, callbacks: Iterable[Any] = ()) -> RunResult:
     """Train a new run (``plan``, ``name``) or continue ``resume``; returns its directory, summary
-    and plan. A checked ``Config`` is planned here, once (what a sweep's trial hands over).
+    and plan. A checked ``Config`` is planned here, once (a sweep's trial comes planned:
+    :meth:`fmnist_mlp.sweep.spec.SweepSpec.trial_plan`).
 
     ``callbacks`` hear the loop's events after the run recorder (``on_train_start``'s event
     carries the run directory). Raises TrainingInterrupted (run saved, marked interrupted),
