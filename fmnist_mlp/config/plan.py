@@ -112,12 +112,16 @@ class Plan:
     checkpoint_every: int
     tensorboard: bool
     plots: bool
-    memory_bytes: int               # the estimate the run was checked against
     record: RunRecord
 
     @property
     def total_steps(self) -> int:
         return self.loop.epochs * self.steps_per_epoch
+
+    @property
+    def memory_bytes(self) -> int:
+        """The run's memory estimate, from its own values: what :func:`make_plan` checked."""
+        return training_bytes(self.engine.model, self.loop)
 
     @property
     def num_parameters(self) -> int:
@@ -151,12 +155,14 @@ class Plan:
 
 
 def make_plan(cfg: Config, source: str | Path | None = None) -> Plan:
-    """The run a checked config describes, refused here if it cannot fit. ``source`` is where
-    the config came from (a file, a run's config.yaml): it names the config in that error, and
-    its stem is the run's default name."""
+    """The run a checked config describes, refused here if it cannot fit: the finished plan's
+    memory estimate is checked last (:meth:`Plan.memory_bytes`). ``source`` is where the config
+    came from (a file, a run's config.yaml): it names the config in that error, and its stem is
+    the run's default name."""
     from fmnist_mlp.data.dataset import batches_per_epoch
 
-    memory_bytes = check_fits(cfg, str(source) if source is not None else "config")
+    what = str(source) if source is not None else "config"
+    check_subset(cfg, what)
     rows = row_kwargs(cfg)
     train_rows = train_row_count(cfg)
     steps = batches_per_epoch(train_rows, cfg.train.batch_size)
@@ -168,9 +174,11 @@ def make_plan(cfg: Config, source: str | Path | None = None) -> Plan:
                            cfg.loss.label_smoothing, cfg.model.output, rows)
                if d.teachers else None)
     config, text, hparams = config_record(cfg)      # serialised once, here
-    return Plan(default_run_name(source), cfg.seed, data, engine_spec(cfg, steps), loop_settings(cfg), steps, distill,
-                cfg.train.checkpoint_every, cfg.train.tensorboard, cfg.train.plots, memory_bytes,
-                RunRecord(config, text, hparams))
+    plan = Plan(default_run_name(source), cfg.seed, data, engine_spec(cfg, steps),
+                loop_settings(cfg), steps, distill, cfg.train.checkpoint_every,
+                cfg.train.tensorboard, cfg.train.plots, RunRecord(config, text, hparams))
+    refuse_unless_fits(plan.engine.model, plan.loop, what)
+    return plan
 
 
 def default_run_name(source: str | Path | None) -> str:
@@ -304,22 +312,41 @@ def load_splits(cfg: Config, data_dir: str | Path | None = None, progress: bool 
 def check_fits(cfg: Config, what: str = "config") -> int:
     """What can be refused from the config alone is refused before anything is written or read:
     a subset larger than the training set, a model that does not fit in memory. Returns the
-    memory estimate (bytes)."""
-    from fmnist_mlp.io import memory as machine
-    from fmnist_mlp.nn import memory
+    memory estimate (bytes). (A run's plan is checked by :func:`make_plan`, the same way.)"""
+    check_subset(cfg, what)
+    return refuse_unless_fits(model_kwargs(cfg), loop_settings(cfg), what)
 
-    d, m, t = cfg.data, cfg.model, cfg.train
+
+def check_subset(cfg: Config, what: str) -> None:
+    """A subset larger than the training images left after the validation rows: one line."""
+    d = cfg.data
     most = TRAIN_IMAGES - d.val_size
     if d.subset is not None and d.subset > most:
         raise ConfigError(f"{what}: data.subset: {d.subset} is more than the {most} training "
                           f"images left after data.val_size={d.val_size}")
-    itemsize = np.dtype(m.dtype).itemsize
-    needed = memory.training_bytes(NUM_FEATURES, m.hidden, NUM_CLASSES, t.batch_size,
-                                   t.eval_batch_size, itemsize, batchnorm=m.batchnorm,
-                                   data_rows=TRAIN_IMAGES + TEST_IMAGES)
-    machine.check_fits(needed, f"{what}: model.hidden={list(m.hidden)}, "
-                               f"train.batch_size={t.batch_size}")
-    return int(needed)
+
+
+def training_bytes(model: Mapping[str, Any], loop: LoopSettings) -> int:
+    """A run's memory estimate from the MLP's keyword arguments (:func:`model_kwargs`) and the
+    loop's batch sizes: :func:`fmnist_mlp.nn.memory.training_bytes`, the whole dataset held."""
+    from fmnist_mlp.nn import memory
+
+    return int(memory.training_bytes(model["input_size"], model["hidden"], model["num_classes"],
+                                     loop.batch_size, loop.eval_batch_size,
+                                     np.dtype(model["dtype"]).itemsize,
+                                     batchnorm=model["batchnorm"],
+                                     data_rows=TRAIN_IMAGES + TEST_IMAGES))
+
+
+def refuse_unless_fits(model: Mapping[str, Any], loop: LoopSettings, what: str) -> int:
+    """The estimate (bytes), or one line naming the model and batch size when this machine's
+    available memory cannot hold it."""
+    from fmnist_mlp.io import memory as machine
+
+    needed = training_bytes(model, loop)
+    machine.check_fits(needed, f"{what}: model.hidden={list(model['hidden'])}, "
+                               f"train.batch_size={loop.batch_size}")
+    return needed
 
 
 def build_augmenter(cfg: Config):
