@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 
 from fmnist_mlp.errors import FmnistMlpError
+from fmnist_mlp.io.files import FileWriteError, TargetExists, atomic_write
 from fmnist_mlp.io.printable import printable
 
 
@@ -57,3 +58,28 @@ def make_dirs(path: str | os.PathLike, what: str,
     except OSError as exc:
         raise error(f"{what} {path}: cannot create directory ({exc.strerror or exc})") from None
     return Path(path)
+
+
+def make_folder(path: str | os.PathLike, what: str, error: type[FmnistMlpError] = FmnistMlpError,
+                *, first: tuple[str, bytes], subfolders: tuple[str, ...] = ()) -> bool:
+    """A folder the user named, made whole in one call: :func:`make_dirs`, its ``subfolders``,
+    then ``first`` (a name and its bytes: the file that says what the folder is), put in place
+    last and exclusively (:func:`~fmnist_mlp.io.files.atomic_write` with ``replace=False``): of
+    several processes making the same folder at once exactly one writes it, and none sees it
+    before the subfolders are there or reads it half-written. Returns whether this call wrote
+    ``first`` (False: its name was taken). Failures are one ``error`` line naming the entry."""
+    path = make_dirs(path, what, error)
+    for name in subfolders:
+        try:
+            (path / name).mkdir(exist_ok=True)
+        except OSError as exc:
+            raise error(f"{what} {path / name}: cannot create directory "
+                        f"({exc.strerror or exc})") from None
+    name, data = first
+    try:
+        atomic_write(path / name, data, base=path, replace=False)
+    except TargetExists:
+        return False
+    except FileWriteError as exc:
+        raise error(str(exc)) from None
+    return True

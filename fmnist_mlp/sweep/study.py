@@ -19,7 +19,6 @@ a taken-over trial is the same trial, resumed from its run's checkpoint, counted
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -30,8 +29,8 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from fmnist_mlp.errors import ConfigError, FmnistMlpError, require_extra
-from fmnist_mlp.io.files import FileWriteError, TargetExists, atomic_write
-from fmnist_mlp.io.paths import check_new_dirs
+from fmnist_mlp.io.files import atomic_write
+from fmnist_mlp.io.paths import make_folder
 from fmnist_mlp.io.printable import printable
 from fmnist_mlp.sweep.flocks import claim_lock
 from fmnist_mlp.sweep.ownership import heartbeat_settings
@@ -233,36 +232,23 @@ def _without_budget(identity: dict) -> dict:
 
 
 def _create(directory: Path, spec: SweepSpec, ref: StorageRef, trials: int | None) -> dict:
+    """DIR made whole (its runs/ and, journal, locks/ folders, then sweep.json), in one call;
+    or, when another worker starting together wrote sweep.json first, its sweep, checked."""
     identity = spec.identity()
     budget = _budget(spec, trials)
     info = {"fingerprint": spec.fingerprint(), "spec_file": spec.source, "trials": budget,
             "study_name": study_name_for(directory, spec), "storage": ref.url, "spec": identity}
-    check_new_dirs(directory, "--dir", ConfigError)      # no control characters in new names
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        if not directory.is_dir():
-            raise FileExistsError(errno.EEXIST, "exists and is not a folder")
-        (directory / "runs").mkdir(exist_ok=True)
-        if ref.kind == "journal":
-            (directory / "locks").mkdir(exist_ok=True)
-    except FileExistsError as exc:
-        where = exc.filename or directory
-        raise ConfigError(f"{where}: exists and is not a folder") from None
-    except OSError as exc:
-        raise ConfigError(f"--dir {directory}: cannot create ({exc.strerror})") from None
-    path = directory / "sweep.json"
-    try:
-        # replace=False: the whole file takes its name with link(2), so of several workers
-        # starting together exactly one writes sweep.json, and none reads it half-written.
-        atomic_write(path, (json.dumps(info, indent=2) + "\n").encode("utf-8"), base=directory,
-                     replace=False)
-    except TargetExists:
-        existing = read_info(path)
-        _check_same_sweep(directory, existing, spec, ref.url, parse_storage(existing["storage"]))
-        return _extend_budget(directory, existing, spec, trials)
-    except FileWriteError as exc:
-        raise ConfigError(str(exc)) from None
-    return info
+    folders = ("runs", "locks") if ref.kind == "journal" else ("runs",)
+    if make_folder(directory, "--dir", ConfigError, subfolders=folders,
+                   first=("sweep.json", _info_bytes(info))):
+        return info
+    existing = read_info(directory / "sweep.json")
+    _check_same_sweep(directory, existing, spec, ref.url, parse_storage(existing["storage"]))
+    return _extend_budget(directory, existing, spec, trials)
+
+
+def _info_bytes(info: dict) -> bytes:
+    return (json.dumps(info, indent=2) + "\n").encode("utf-8")
 
 
 def _budget(spec: SweepSpec, trials: int | None) -> int:
@@ -303,8 +289,7 @@ def _extend_budget(directory: Path, info: dict, spec: SweepSpec, trials: int | N
         raise ConfigError(f"{directory}: this sweep's budget is {info['trials']} trials; "
                           f"it can be extended (--trials N above it), not reduced to {wanted}")
     info = {**info, "trials": wanted}
-    atomic_write(directory / "sweep.json", (json.dumps(info, indent=2) + "\n").encode(),
-                 base=directory)
+    atomic_write(directory / "sweep.json", _info_bytes(info), base=directory)
     return info
 
 
