@@ -126,3 +126,21 @@ def test_the_config_is_serialised_once_into_the_runs_record(real_data_dir, tmp_p
     for checkpoint in (layout.LAST, layout.BEST):
         meta = load_checkpoint(result.run_dir / checkpoint).meta
         assert meta["config"] == json.loads(json.dumps(record.config))
+
+
+def test_the_finished_plan_is_checked_against_memory_by_its_own_estimate():
+    """make_plan checks the plan it made, last, by the plan's own estimate (what --dry-run
+    prints): the same number the config's check_fits gives, and a plan that cannot fit is one
+    line naming the config, the widths and the batch size."""
+    from fmnist_mlp.config.plan import check_fits
+    from fmnist_mlp.errors import ConfigError
+
+    cfg = load_config(None, [*TINY, "train.batch_size=32", "model.batchnorm=true"])
+    plan = make_plan(cfg)
+    assert plan.memory_bytes == check_fits(cfg) > 0
+    wider = make_plan(load_config(None, [*TINY, "train.batch_size=32", "model.hidden=[64]"]))
+    assert wider.memory_bytes > plan.memory_bytes            # the plan's own widths count
+    big = load_config(None, ["model.hidden=[400000, 400000]", "train.batch_size=64"])
+    with pytest.raises(ConfigError, match=r"^big\.yaml: model\.hidden=\[400000, 400000\], "
+                                          r"train\.batch_size=64: needs about .* of memory"):
+        make_plan(big, "big.yaml")

@@ -300,3 +300,70 @@ def test_the_interrupt_message_names_the_command_to_rerun(tmp_path, real_data_di
     assert worker.returncode == 130
     last = err.strip().splitlines()[-1]
     assert f"continue with: fmnist-mlp sweep run {spec} --dir {sweep_dir}" in last, err
+
+
+# --------------------------------------------------------------------------------------------
+# Workers starting together on a new DIR
+
+
+OPEN_WHEN_TOLD = """
+import os, sys, time
+from fmnist_mlp.sweep.spec import load_spec
+from fmnist_mlp.sweep.study import open_sweep
+spec = load_spec(sys.argv[1])
+open(sys.argv[3] + "." + str(os.getpid()), "w").close()     # loaded: ready
+while not os.path.exists(sys.argv[3]):      # all go at once
+    time.sleep(0.005)
+sweep = open_sweep(sys.argv[2], spec)
+print(sweep.info["study_name"], sweep.budget, len(sweep.study.get_trials()))
+"""
+
+
+def test_workers_opening_a_new_sweep_together_make_one_sweep(tmp_path):
+    """Four processes open the same new DIR at the same moment (a Slurm array's first tasks):
+    DIR is made whole once (runs/ and locks/ before sweep.json, which exactly one of them
+    writes, whole) and they all meet in one study holding the spec's budget."""
+    spec = write_spec(tmp_path / "spec.yaml")
+    sweep_dir, go = tmp_path / "new" / "sweep", tmp_path / "go"
+    procs = [subprocess.Popen([sys.executable, "-c", OPEN_WHEN_TOLD, str(spec), str(sweep_dir),
+                               str(go)], cwd=REPO, env=cli_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    while len(list(tmp_path.glob("go.*"))) < 4 and all(p.poll() is None for p in procs):
+        time.sleep(0.05)
+    go.touch()
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, [err for _, err in outs]
+    assert len({out for out, _ in outs}) == 1, outs
+    name, budget, trials = outs[0][0].split()
+    info = json.loads((sweep_dir / "sweep.json").read_text(encoding="utf-8"))
+    assert (info["study_name"], info["trials"], budget, trials) == (name, 4, "4", "0")
+    assert sorted(p.name for p in sweep_dir.iterdir()) == [      # nothing else, no temporary
+        ".claim.lock", "locks", "runs", "study.journal", "study.journal.flock", "sweep.json"]
+    import optuna
+
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(sweep_dir / "study.journal")))
+    assert [s.study_name for s in storage.get_all_studies()] == [name]
+
+
+def test_a_new_sweep_folder_that_cannot_be_made_is_one_line_and_nothing_is_written(tmp_path):
+    """DIR's place taken by a file, a subfolder's place taken by a file: one line naming it, and
+    no sweep.json (a DIR without its folders is never announced as a sweep)."""
+    from fmnist_mlp.errors import ConfigError
+    from fmnist_mlp.io.paths import make_folder
+
+    (tmp_path / "file").write_text("mine", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"^--dir .*file: cannot create directory \(File exists\)$"):
+        make_folder(tmp_path / "file", "--dir", ConfigError, first=("sweep.json", b"{}"))
+    assert (tmp_path / "file").read_text(encoding="utf-8") == "mine"
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / "locks").write_text("mine", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"^--dir .*dir/locks: cannot create directory"):
+        make_folder(tmp_path / "dir", "--dir", ConfigError, first=("sweep.json", b"{}"),
+                    subfolders=("runs", "locks"))
+    assert not (tmp_path / "dir" / "sweep.json").exists()
+    assert make_folder(tmp_path / "dir2", "--dir", ConfigError, first=("sweep.json", b"{}"),
+                       subfolders=("runs",))
+    assert not make_folder(tmp_path / "dir2", "--dir", ConfigError,
+                           first=("sweep.json", b"[]"), subfolders=("runs",))
+    assert (tmp_path / "dir2" / "sweep.json").read_bytes() == b"{}"

@@ -1,5 +1,6 @@
 """Paths the user types and folders the tool creates: a ``~user`` that cannot be expanded is one
-line naming where it came from, and no new folder's name holds a control character.
+line naming where it came from, no new folder's name holds a control character, and a folder
+several processes create at once is made whole in one call (:func:`make_folder`).
 
 A name holding a newline or an escape sequence cannot be printed for people (it would be shown
 escaped, not as it is) nor read back by a script one line at a time, so the tool does not create
