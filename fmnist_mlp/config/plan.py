@@ -121,7 +121,7 @@ class Plan:
     @property
     def memory_bytes(self) -> int:
         """The run's memory estimate, from its own values: what :func:`make_plan` checked."""
-        return training_bytes(self.engine.model, self.loop)
+        return memory_estimate(self.engine.model, self.loop)
 
     @property
     def num_parameters(self) -> int:
@@ -326,7 +326,7 @@ def check_subset(cfg: Config, what: str) -> None:
                           f"images left after data.val_size={d.val_size}")
 
 
-def training_bytes(model: Mapping[str, Any], loop: LoopSettings) -> int:
+def memory_estimate(model: Mapping[str, Any], loop: LoopSettings) -> int:
     """A run's memory estimate from the MLP's keyword arguments (:func:`model_kwargs`) and the
     loop's batch sizes: :func:`fmnist_mlp.nn.memory.training_bytes`, the whole dataset held."""
     from fmnist_mlp.nn import memory
@@ -343,7 +343,7 @@ def refuse_unless_fits(model: Mapping[str, Any], loop: LoopSettings, what: str) 
     available memory cannot hold it."""
     from fmnist_mlp.io import memory as machine
 
-    needed = training_bytes(model, loop)
+    needed = memory_estimate(model, loop)
     machine.check_fits(needed, f"{what}: model.hidden={list(model['hidden'])}, "
                                f"train.batch_size={loop.batch_size}")
     return needed
