@@ -65,9 +65,13 @@ def measure_products(job: dict, build) -> dict:
 
     step()
     work = model._workspace.for_batch(batch, training=True)   # the arrays the step just used
-    logits, dlogits = (np.empty((batch, 10), np.float32) for _ in range(2))
+    # Zeros, not np.empty: garbage there (inf, NaN) would flow into the gradients the update
+    # bursts apply, and from them into the weights.
+    logits, dlogits = (np.zeros((batch, 10), np.float32) for _ in range(2))
     products = _products(model, xb, work, logits, dlogits)
-    update = lambda: optimizer.step(model.params, model.grads, lr)      # noqa: E731
+    # The update alone runs at lr 0: the same arithmetic, without a fixed gradient applied
+    # hundreds of times moving the weights the steps train.
+    update = lambda: optimizer.step(model.params, model.grads, 0.0)     # noqa: E731
     copy_src, copy_dst = model.params.flat.copy(), np.empty_like(model.params.flat)
     copy = lambda: np.copyto(copy_dst, copy_src)                        # noqa: E731
     times = {"step": [], "products": [], "update": [], "copy": []}

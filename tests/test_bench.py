@@ -85,6 +85,34 @@ def test_quick_run_measures_jax_side_by_side(quick_run):
     assert results["machine"]["jax"] and results["jax_skipped_reason"] is None
 
 
+@pytest.mark.parametrize("kernels", ["numpy", "numba"])
+def test_the_products_measurement_trains_on_finite_weights(kernels):
+    """The step-vs-products bursts must not poison the steps they time: the products' own
+    outputs start as zeros and the update alone runs at lr 0. Before, uninitialised logits and a
+    fixed gradient applied hundreds of times overflowed the weights, and the timed steps ran on
+    inf and NaN."""
+    import numpy as np
+
+    from benchmarks.products import measure_products
+    from benchmarks.worker import _numpy_model_and_optimizer
+
+    if kernels == "numba":
+        pytest.importorskip("numba")
+    built = []
+
+    def build(job):
+        built.append(_numpy_model_and_optimizer(job))
+        return built[-1]
+
+    job = {"hidden": [256, 128], "batch_size": 64, "optimizer": "momentum", "dropout": 0.0,
+           "seed": 0, "steps": 5, "rounds": 4, "kernels": kernels}
+    with np.errstate(over="raise", invalid="raise"):
+        result = measure_products(job, build)
+    model = built[0][0]
+    assert np.isfinite(model.params.flat).all() and np.abs(model.params.flat).max() < 10
+    assert result["kernels"]["layers"] == kernels
+
+
 def test_quick_run_times_a_step_against_its_matrix_products(quick_run):
     proc, results = quick_run
     rows = results["products"]

@@ -7,7 +7,7 @@
   allocated once per batch size and reused every step (allocating ~10 MB per step costs more
   than the elementwise work on it).
 * :func:`optimizer_arrays` — an optimiser's state slots and scratch, laid out like its parameters,
-  and how its update passes run over them (:func:`elementwise_runner`: split across threads when
+  and how its update passes run over them (:class:`UpdateRunner`: split across threads when
   the arrays are large), allocated in one call, so :mod:`fmnist_mlp.nn.optim` reads as its formulas.
 
 Memory layout is a private speed policy of these two, never a change in what the arrays hold:
@@ -160,56 +160,53 @@ class Workspace:
         return work
 
 
-# ------------------------------------------------------------------------------ optimiser passes
-class ParallelUpdate:
-    """Runs an elementwise update over flat arrays, split across threads when they are large.
+# ------------------------------------------------------------------------------ work split over threads
+class SplitRunner:
+    """Runs ``work(lo, hi)`` over ``range(count)`` cut into independent parts, one per thread
+    when the work is large: the first part on the calling thread, the others on a small pool of
+    the runner's own (made on first use, shut down when ``owner`` is collected). NumPy's ufuncs
+    and the fused kernels release the GIL, so the parts run in parallel while the BLAS threads
+    are idle between matrix products. Each part is computed alone, in the same order, so any
+    split gives the same bits. Serves the optimisers' updates over the flat arrays and the fused
+    kernels' rows (:mod:`fmnist_mlp.nn.kernels.chains`)."""
 
-    The parts are independent, so the result is identical whatever the split; NumPy releases the
-    GIL inside ufuncs, so the parts run in parallel while the BLAS threads are idle between matrix
-    products. Each optimiser owns its pool (shut down when the optimiser is collected).
-    """
+    def __init__(self, owner: object, threads: int | None = None) -> None:
+        self.threads = thread_count() if threads is None else threads
+        self._owner, self._pool = owner, None
+
+    def run(self, work, count: int, large: bool = True) -> None:
+        """``work(lo, hi)`` over ``[0, count)``: split when ``large`` (the caller's measured
+        threshold) and there are at least two units per thread, else in one call."""
+        if not large or self.threads < 2 or count < 2 * self.threads:
+            work(0, count)
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="fmnist-split")
+            weakref.finalize(self._owner, self._pool.shutdown, wait=False)
+        bounds = [-(-count * k // self.threads) for k in range(self.threads + 1)]
+        futures = [self._pool.submit(work, lo, hi) for lo, hi in zip(bounds[1:-1], bounds[2:])]
+        work(bounds[0], bounds[1])
+        for future in futures:
+            future.result()
+
+
+class UpdateRunner:
+    """How an optimiser runs its elementwise passes over flat arrays of ``size`` entries: split
+    across threads from :attr:`MIN_SIZE` entries up (:class:`SplitRunner`), else in one call."""
 
     MIN_SIZE = 1 << 19          # below this many entries a thread hand-off costs more than it saves
 
-    def __init__(self, size: int, threads: int, owner: object) -> None:
-        bounds = np.linspace(0, size, threads + 1).astype(int)
-        self.parts = [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]
-        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="optim")
-        weakref.finalize(owner, self.pool.shutdown, wait=False)
-
-    @classmethod
-    def for_size(cls, size: int, owner: object) -> "ParallelUpdate | SerialUpdate":
-        threads = thread_count()
-        if size < cls.MIN_SIZE or threads < 2:
-            return SerialUpdate(size)
-        return cls(size, threads, owner)
+    def __init__(self, size: int, owner: object) -> None:
+        self.size, self.split = size, SplitRunner(owner)
 
     def run(self, update, flat: tuple[np.ndarray, ...], lr: float) -> None:
-        param, grad, tmp, *slots = flat
-        futures = [self.pool.submit(update, param[part], grad[part], lr, tmp[part],
-                                    *(s[part] for s in slots)) for part in self.parts]
-        for future in futures:
-            future.result()
+        """``update(param, grad, lr, tmp, *slots)`` over matching slices of the flat arrays."""
+        self.run_ranges(lambda lo, hi: update(*(a[lo:hi] for a in flat[:2]), lr,
+                                              *(a[lo:hi] for a in flat[2:])))
 
     def run_ranges(self, update) -> None:
-        """``update(lo, hi)`` for each part's range of entries, in parallel (a fused kernel
-        indexes the whole flat arrays itself)."""
-        futures = [self.pool.submit(update, part.start, part.stop) for part in self.parts]
-        for future in futures:
-            future.result()
-
-
-class SerialUpdate:
-    def __init__(self, size: int = 0) -> None:
-        self.size = size
-
-    @staticmethod
-    def run(update, flat: tuple[np.ndarray, ...], lr: float) -> None:
-        param, grad, tmp, *slots = flat
-        update(param, grad, lr, tmp, *slots)
-
-    def run_ranges(self, update) -> None:
-        update(0, self.size)
+        """``update(lo, hi)`` over ranges of entries (a fused kernel indexes the flat arrays)."""
+        self.split.run(update, self.size, large=self.size >= self.MIN_SIZE)
 
 
 def thread_count() -> int:
@@ -220,12 +217,6 @@ def thread_count() -> int:
             return min(int(value), 8)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(1, min(cores or 1, 8))
-
-
-def elementwise_runner(size: int, owner: object) -> "ParallelUpdate | SerialUpdate":
-    """How an optimiser runs its update over flat arrays of ``size`` entries: split across
-    threads when large (see :class:`ParallelUpdate`), else in one call."""
-    return ParallelUpdate.for_size(size, owner)
 
 
 class OptimizerArrays:
@@ -250,5 +241,4 @@ class OptimizerArrays:
             self.state = {slot: {k: np.zeros_like(v) for k, v in params.items()} for slot in slots}
             self.tmp = {k: np.empty_like(v) for k, v in params.items()}
         # One runner per optimiser (its thread pool is shut down when ``owner`` is collected).
-        self.runner = elementwise_runner(
-            self.flat_tmp.size if self.flat_tmp is not None else 0, owner)
+        self.runner = UpdateRunner(self.flat_tmp.size if self.flat_tmp is not None else 0, owner)

@@ -19,15 +19,12 @@ running along rows instead of columns.
 
 from __future__ import annotations
 
-import weakref
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 
 from fmnist_mlp.nn.kernels import jit
 from fmnist_mlp.nn.kernels.batchnorm import batchnorm_backward, batchnorm_forward
 from fmnist_mlp.nn.layers import dropout_bits
-from fmnist_mlp.nn.workspace import thread_count as _thread_count
+from fmnist_mlp.nn.workspace import SplitRunner
 
 FUSED_ACTIVATIONS = ("relu", "linear")
 
@@ -86,38 +83,25 @@ def _dropout(x, bits, threshold, scale, mask, out):
 
 class SplitUnits:
     """Runs a kernel over ranges of independent rows, split across threads when the array is
-    large (the kernels release the GIL; the BLAS threads are idle between products). Each row is
-    computed alone, in the same order, so any split gives the same bits. The first part runs on
-    the calling thread. Batch norm's units are split only where they are rows (feature-major):
-    split by columns, each thread walks every row, and a thread hand-off costs about 40 us;
-    measured (512 x 1024, forward + backward, one thread against two): row-major 294 against
-    367 us, feature-major 642 against 450 us."""
+    large (:class:`fmnist_mlp.nn.workspace.SplitRunner`: the first part on the calling thread).
+    Batch norm's units are split only where they are rows (feature-major): split by columns,
+    each thread walks every row, and a thread hand-off costs about 40 us; measured (512 x 1024,
+    forward + backward, one thread against two): row-major 294 against 367 us, feature-major
+    642 against 450 us."""
 
     MIN_SIZE = 1 << 18          # below this many entries a thread hand-off costs more than it saves
     MIN_SIZE_ONE_PASS = 1 << 21     # the same for a one-pass chain (tens of microseconds)
 
     def __init__(self, owner: object, threads: int | None = None) -> None:
-        self.threads = _thread_count() if threads is None else threads
-        self.owner, self.pool = owner, None
+        self.split = SplitRunner(owner, threads)
 
     def run(self, kernel, a: np.ndarray, units_along_rows: bool = True,
             one_pass: bool = False) -> None:
         """``kernel(lo, hi)`` over ``a``'s rows (``units_along_rows``), else over its columns,
         in one call."""
-        count = a.shape[0] if units_along_rows else a.shape[1]
         smallest = self.MIN_SIZE_ONE_PASS if one_pass else self.MIN_SIZE
-        if (not units_along_rows or self.threads < 2 or a.size < smallest
-                or count < 2 * self.threads):
-            kernel(0, count)
-            return
-        if self.pool is None:
-            self.pool = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="kernels")
-            weakref.finalize(self.owner, self.pool.shutdown, wait=False)
-        bounds = [-(-count * k // self.threads) for k in range(self.threads + 1)]
-        futures = [self.pool.submit(kernel, lo, hi) for lo, hi in zip(bounds[1:-1], bounds[2:])]
-        kernel(bounds[0], bounds[1])
-        for future in futures:
-            future.result()
+        self.split.run(kernel, a.shape[0] if units_along_rows else a.shape[1],
+                       large=units_along_rows and a.size >= smallest)
 
 
 def _memory_order(a: np.ndarray) -> tuple[np.ndarray, bool]:
