@@ -353,12 +353,12 @@ def test_a_new_sweep_folder_that_cannot_be_made_is_one_line_and_nothing_is_writt
     from fmnist_mlp.io.paths import make_folder
 
     (tmp_path / "file").write_text("mine", encoding="utf-8")
-    with pytest.raises(ConfigError, match=r"^--dir .*file: cannot create directory \(File exists\)$"):
+    with pytest.raises(ConfigError, match=r"^--dir .*file: exists and is not a folder$"):
         make_folder(tmp_path / "file", "--dir", ConfigError, first=("sweep.json", b"{}"))
     assert (tmp_path / "file").read_text(encoding="utf-8") == "mine"
     (tmp_path / "dir").mkdir()
     (tmp_path / "dir" / "locks").write_text("mine", encoding="utf-8")
-    with pytest.raises(ConfigError, match=r"^--dir .*dir/locks: cannot create directory"):
+    with pytest.raises(ConfigError, match=r"^--dir .*dir/locks: exists and is not a folder$"):
         make_folder(tmp_path / "dir", "--dir", ConfigError, first=("sweep.json", b"{}"),
                     subfolders=("runs", "locks"))
     assert not (tmp_path / "dir" / "sweep.json").exists()

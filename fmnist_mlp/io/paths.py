@@ -56,6 +56,8 @@ def make_dirs(path: str | os.PathLike, what: str,
     check_new_dirs(path, what, error)
     try:
         Path(path).mkdir(parents=True, exist_ok=True)
+    except FileExistsError:             # mkdir's "File exists": true, but not what to fix
+        raise error(f"{what} {path}: exists and is not a folder") from None
     except OSError as exc:
         raise error(f"{what} {path}: cannot create directory ({exc.strerror or exc})") from None
     return Path(path)
@@ -73,6 +75,8 @@ def make_folder(path: str | os.PathLike, what: str, error: type[FmnistMlpError] 
     for name in subfolders:
         try:
             (path / name).mkdir(exist_ok=True)
+        except FileExistsError:
+            raise error(f"{what} {path / name}: exists and is not a folder") from None
         except OSError as exc:
             raise error(f"{what} {path / name}: cannot create directory "
                         f"({exc.strerror or exc})") from None
