@@ -250,6 +250,33 @@ def test_sigkilled_worker_trial_is_resumed_from_its_checkpoint(tmp_path, real_da
 
 
 @pytest.mark.slow
+def test_a_trial_whose_run_finished_untold_is_told_by_the_next_worker_and_not_trained_again(
+        tmp_path, real_data_dir):
+    """A worker stopped between its run's end and telling the study (here made for certain: the
+    worker killed mid-run, the run then finished by hand with `train --resume`). The next
+    `sweep run` tells the study the run's result and trains nothing: the run is not lost, nor
+    trained twice."""
+    spec = write_spec(tmp_path / "spec.yaml", trials=1,
+                      set={"train.epochs": 5, "data.subset": 6000, "model.hidden": [64]})
+    sweep_dir = tmp_path / "sw"
+    run_dir = _sigkill_worker_at_epoch(spec, sweep_dir, real_data_dir, 2)
+    finish = run_cli("train", "--resume", run_dir, "--data-dir", real_data_dir)
+    assert finish.returncode == 0, finish.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["epochs_completed"] == 5
+    assert [t["state"] for t in status(sweep_dir)["trials"]] == ["interrupted"]
+    trained = (run_dir / "metrics.jsonl").read_text()
+
+    proc = run_cli("sweep", "run", spec, "--dir", sweep_dir, "--data-dir", real_data_dir)
+    assert proc.returncode == 0, proc.stderr
+    (trial,) = status(sweep_dir)["trials"]
+    assert trial["state"] == "finished"
+    assert trial["best_val_acc"] == pytest.approx(summary["best_val_acc"])
+    assert (run_dir / "metrics.jsonl").read_text() == trained           # no epoch trained again
+    assert run_dirs(sweep_dir) == [run_dir]
+
+
+@pytest.mark.slow
 def test_pruned_trial_is_marked_in_study_and_runs_table(tmp_path, real_data_dir):
     sweep_dir = run_pruned_sweep(tmp_path, real_data_dir)
     st = status(sweep_dir)
