@@ -54,9 +54,17 @@ def make_dirs(path: str | os.PathLike, what: str,
               error: type[FmnistMlpError] = FmnistMlpError) -> Path:
     """``mkdir -p path`` after :func:`check_new_dirs`; OSError as ``error`` naming ``what``."""
     check_new_dirs(path, what, error)
+    return create_folder(path, what, error)
+
+
+def create_folder(path: str | os.PathLike, what: str,
+                  error: type[FmnistMlpError] = FmnistMlpError, parents: bool = True) -> Path:
+    """``mkdir`` (``-p`` with ``parents``), an existing folder kept; a failure is one ``error``
+    line naming ``what`` and the path: a file in the folder's place says so, not mkdir's
+    "File exists" (true, but not what to fix)."""
     try:
-        Path(path).mkdir(parents=True, exist_ok=True)
-    except FileExistsError:             # mkdir's "File exists": true, but not what to fix
+        Path(path).mkdir(parents=parents, exist_ok=True)
+    except FileExistsError:
         raise error(f"{what} {path}: exists and is not a folder") from None
     except OSError as exc:
         raise error(f"{what} {path}: cannot create directory ({exc.strerror or exc})") from None
@@ -73,13 +81,7 @@ def make_folder(path: str | os.PathLike, what: str, error: type[FmnistMlpError] 
     ``first`` (False: its name was taken). Failures are one ``error`` line naming the entry."""
     path = make_dirs(path, what, error)
     for name in subfolders:
-        try:
-            (path / name).mkdir(exist_ok=True)
-        except FileExistsError:
-            raise error(f"{what} {path / name}: exists and is not a folder") from None
-        except OSError as exc:
-            raise error(f"{what} {path / name}: cannot create directory "
-                        f"({exc.strerror or exc})") from None
+        create_folder(path / name, what, error, parents=False)
     name, data = first
     try:
         atomic_write(path / name, data, base=path, replace=False)

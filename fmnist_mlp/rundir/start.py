@@ -76,8 +76,6 @@ def create_run_dir(new: NewRun, *, record: str | None = None,
     runs_dir, name = new.runs_dir, new.name
     try:
         runs_dir.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:             # mkdir's "File exists": true, but not what to fix
-        raise ConfigError(f"--runs-dir {runs_dir}: exists and is not a folder") from None
     except OSError as exc:
         raise ConfigError(f"--runs-dir {runs_dir}: cannot create directory "
                           f"({exc.strerror or exc})") from None
