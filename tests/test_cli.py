@@ -628,3 +628,35 @@ def test_default_run_name_is_the_config_stem_made_safe(filename, expected):
 
     assert default_run_name(Path(filename)) == expected
     assert validate_run_name(expected) == expected
+
+
+@pytest.mark.parametrize("how", ["sigterm, chain cut", "ctrl-c, chained", "no interrupt"])
+def test_an_interrupt_a_library_turns_into_its_own_error_is_still_an_interrupt(how, capsys,
+                                                                              monkeypatch):
+    # SIGTERM landing while matplotlib's C extension was imported (`sweep report`) surfaced as
+    # "ImportError: initialization failed": a traceback and exit 1 instead of "interrupted", 130.
+    import click
+
+    from fmnist_mlp.cli import cli
+
+    @click.command("boom")
+    def boom():
+        try:
+            if how.startswith("sigterm"):
+                os.kill(os.getpid(), signal.SIGTERM)        # the real signal, our real handler
+                time.sleep(10)
+            elif how.startswith("ctrl-c"):
+                raise KeyboardInterrupt
+        except KeyboardInterrupt as exc:
+            if how.startswith("sigterm"):
+                raise ImportError("initialization failed") from None
+            raise ImportError("initialization failed") from exc
+        raise ImportError("initialization failed")
+
+    monkeypatch.setitem(cli.commands, "boom", boom)
+    if how == "no interrupt":                   # a real error stays a real error
+        with pytest.raises(ImportError):
+            main(["boom"])
+        return
+    code, _, err = run_main(["boom"], capsys)
+    assert (code, err) == (130, "interrupted\n")

@@ -7,7 +7,8 @@ import sys
 
 import click
 
-from fmnist_mlp.cli.common import EXIT_CODES_HELP, Group, click_message, sigterm_as_interrupt
+from fmnist_mlp.cli.common import (EXIT_CODES_HELP, Group, click_message, interrupt_behind,
+                                   sigterm_as_interrupt)
 from fmnist_mlp.io.terminal import (StdoutClosed, StdoutError, drop_stdout, flush_stdout,
                                      show)
 from fmnist_mlp.cli.model_commands import eval_command, export, plot, predict, runs_command
@@ -76,6 +77,10 @@ def _run(argv: list[str] | None) -> int:
         show("error: out of memory (use smaller layers or batches, fewer files, or a machine "
              "with more memory)")
         return 1
+    except Exception as exc:            # an interrupt that a library turned into its own error
+        if interrupt_behind(exc):
+            return _interrupted()
+        raise
 
 
 def _interrupted() -> int:

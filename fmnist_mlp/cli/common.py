@@ -86,6 +86,7 @@ class sigterm_as_interrupt:
         import threading
 
         self._previous = None
+        SIGTERM_RECEIVED.clear()            # main may run again in one process (tests)
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
         return self
@@ -97,7 +98,26 @@ class sigterm_as_interrupt:
             signal.signal(signal.SIGTERM, self._previous)
 
 
+# Set once SIGTERM arrived: an exception that escapes a library because the interrupt landed
+# inside it (a C extension's import turns it into "ImportError: initialization failed") is then
+# still the interrupt, exit 130 (cli/app.py: _run).
+SIGTERM_RECEIVED: list[bool] = []
+
+
 def raise_keyboard_interrupt(signum, frame):
+    SIGTERM_RECEIVED.append(True)
     raise KeyboardInterrupt
+
+
+def interrupt_behind(exc: BaseException) -> bool:
+    """True when ``exc`` came of Ctrl-C or SIGTERM: a KeyboardInterrupt in its chain of causes,
+    or SIGTERM received in this process."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return bool(SIGTERM_RECEIVED)
 
 
