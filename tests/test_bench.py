@@ -113,6 +113,25 @@ def test_the_products_measurement_trains_on_finite_weights(kernels):
     assert result["kernels"]["layers"] == kernels
 
 
+def test_the_blas_spin_measurement_reports_each_thread_and_both_splits(capsys):
+    """benchmarks.blas_spin on a small pass: every thread's CPU share (the main one marked), and
+    the pass on one thread and split, alone and after a product, with their ratio."""
+    import re
+
+    pytest.importorskip("numba")
+    from benchmarks import blas_spin
+
+    blas_spin.main(["--size", "100000", "--seconds", "0.05", "--repeats", "3"])
+    out = capsys.readouterr().out
+    shares = re.findall(r"thread (\d+)( \(main\))?: (\d+\.\d+)", out)
+    assert sum(1 for _, main, _ in shares if main) == 1, out
+    assert all(float(share) > 0 for _, main, share in shares if main), out
+    for where in ("standing alone", "right after a product"):
+        line = re.search(rf"{where}: one thread (\d+), split over two (\d+) \(split / one "
+                         rf"thread (\d+\.\d+)\)", out)
+        assert line and int(line[1]) > 0 and int(line[2]) > 0, out
+
+
 def test_quick_run_times_a_step_against_its_matrix_products(quick_run):
     proc, results = quick_run
     rows = results["products"]

@@ -173,6 +173,55 @@ def test_fused_batchnorm_sums_in_numpys_order_and_gives_its_bits(layout, n, numb
         assert np.array_equal(want, got)
 
 
+# ------------------------------------------------------------------------------ the loss head
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("n,k", [(1, 10), (128, 10), (512, 10), (33, 2), (40, 300)])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_fused_head_gives_the_references_loss_gradient_and_count(n, k, smoothing, dtype,
+                                                                  numba_kernels):
+    """Loss, dL/dlogits and #correct against one_hot_targets + softmax_cross_entropy + argmax,
+    bit for bit: rows with ties (argmax takes the first), a row with NaN, a row of ±0, logits
+    of ±1e4; with the labels' targets and with given ones (distillation)."""
+    from fmnist_mlp.nn.kernels.head import FusedHead
+    from fmnist_mlp.nn.losses import one_hot_targets, softmax_cross_entropy
+
+    rng = np.random.default_rng(n * k)
+    logits = (rng.standard_normal((n, k)) * 3).astype(dtype)
+    y = rng.integers(0, k, n)
+    if n > 4:
+        logits[1, :] = 2.0                                  # all tied: the first is the argmax
+        logits[2, 3 % k] = np.nan
+        logits[3, :] = -0.0
+        logits[4, 0], logits[4, -1] = 1e4, -1e4
+    head = FusedHead(dtype)
+    soft = rng.dirichlet(np.ones(k), n).astype(dtype)
+    for given in (None, soft):
+        target = one_hot_targets(y, k, smoothing, dtype) if given is None else given
+        with np.errstate(invalid="ignore"):
+            want_loss, want_grad = softmax_cross_entropy(logits, target)
+            got_loss, got_grad, got_correct = head.loss_and_dlogits(logits, y, given, smoothing)
+        assert got_loss == want_loss or (np.isnan(got_loss) and np.isnan(want_loss))
+        assert np.array_equal(got_grad, want_grad, equal_nan=True)
+        assert got_correct == int(np.count_nonzero(logits.argmax(axis=1) == y))
+        assert got_grad.dtype == np.dtype(dtype)
+
+
+def test_fused_head_leaves_a_label_out_of_range_to_the_reference(numba_kernels):
+    """A label ≥ K: the fused head computes nothing and the model raises as the reference does."""
+    from fmnist_mlp.nn.kernels.head import FusedHead
+
+    logits = np.zeros((3, 10), np.float32)
+    assert FusedHead(np.float32).loss_and_dlogits(logits, np.array([0, 10, 1]), None, 0.0) is None
+    models = [MLP(hidden=[8], kernels=k) for k in ("numpy", "numba")]
+    x = np.zeros((3, 784), np.float32)
+    errors = []
+    for model in models:
+        with pytest.raises(IndexError) as caught:
+            model.loss_and_grad(x, np.array([0, 10, 1]))
+        errors.append(str(caught.value))
+    assert errors[0] == errors[1]
+
+
 @pytest.mark.parametrize("threads", [2, 3])
 @pytest.mark.parametrize("layout", ["row", "feature"])
 def test_chains_and_batchnorm_split_across_threads_give_the_same_bits(layout, threads,
@@ -402,7 +451,8 @@ def test_compiled_kernels_are_cached_reused_and_rebuilt_when_damaged(tmp_path, n
     assert first == {"cache": str(folder), "hits": 0, "kernels": "numba"}
     assert (folder.stat().st_mode & 0o777) == 0o700
     files = [p for p in folder.rglob("*") if p.suffix in (".nbi", ".nbc")]
-    assert files and all(p.name.startswith(("updates.", "chains.", "batchnorm.")) for p in files)
+    assert files and all(p.name.startswith(("updates.", "chains.", "batchnorm.", "head."))
+                          for p in files)
     assert _build(env)["hits"] > 0                        # the second process loads, no compile
     for path in files:                                    # damage every index and data file
         path.write_bytes(b"\x80\x04garbage" + path.read_bytes()[: 7])

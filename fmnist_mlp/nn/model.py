@@ -108,6 +108,7 @@ class MLP:
         self._input_keep = layers.keep_threshold(self.input_dropout)
         self._allocate(init_rng)
         self.kernels, self._fused = _fused_chains(kernels, activation, self.dtype)
+        self._fused_head = _fused_head(self._fused, loss, self.dtype)
         # Batch norm and input dropout: the fused ones take the layer functions' arguments.
         self._ops = self._fused or layers
         self._workspace = Workspace(self.input_size, hidden, self.dtype, self.layout,
@@ -200,9 +201,15 @@ class MLP:
         work = self._workspace.for_batch(x.shape[0], training=True)
         rng = self._default_dropout_rng if rng is None else rng
         logits, inputs = self._forward(x, work, rng=rng)
-        loss, dlogits = loss_and_dlogits(self.loss, self.output, logits,
-                                         self._targets(y, targets, x.shape[0]))
-        n_correct = int(np.count_nonzero(logits.argmax(axis=1) == y))
+        head = self._fused_head and self._fused_head.loss_and_dlogits(
+            logits, y, None if targets is None else self._targets(y, targets, x.shape[0]),
+            self.label_smoothing)
+        if head:                                # the same three numbers in six calls (nn/kernels)
+            loss, dlogits, n_correct = head
+        else:
+            loss, dlogits = loss_and_dlogits(self.loss, self.output, logits,
+                                             self._targets(y, targets, x.shape[0]))
+            n_correct = int(np.count_nonzero(logits.argmax(axis=1) == y))
         if backward:
             self._backward(dlogits, inputs, work)
         return loss, n_correct
@@ -288,7 +295,7 @@ class MLP:
         """(N, K) target distribution: ``targets`` when given, else one-hot (label-smoothed)."""
         if targets is None:
             return one_hot_targets(y, self.num_classes, self.label_smoothing, self.dtype)
-        targets = np.asarray(targets, dtype=self.dtype)
+        targets = np.ascontiguousarray(targets, dtype=self.dtype)
         if targets.shape != (n, self.num_classes):
             raise ValueError(f"targets: expected shape ({n}, {self.num_classes}), "
                              f"got {targets.shape}")
@@ -356,6 +363,15 @@ def _fused_chains(kernels: str, activation: str, dtype) -> tuple[str, Any]:
     if activation not in FUSED_ACTIVATIONS:
         return "numpy", None
     return "numba", FusedChains(activation, dtype)
+
+
+def _fused_head(fused_chains: Any, loss: str, dtype) -> Any:
+    """The fused cross-entropy head where the layers' kernels are fused, else None."""
+    if fused_chains is None or loss != "cross_entropy":
+        return None
+    from fmnist_mlp.nn.kernels.head import FusedHead
+
+    return FusedHead(dtype)
 
 
 def _streams(seed: int | np.random.Generator) -> tuple[np.random.Generator, np.random.Generator]:

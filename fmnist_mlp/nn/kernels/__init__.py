@@ -6,8 +6,9 @@ The NumPy layer functions (:mod:`fmnist_mlp.nn.layers`) and update formulas
 one pass over the flat arrays (:mod:`fmnist_mlp.nn.kernels.updates`), the hidden layers'
 bias + ReLU + dropout chain and its derivative and batch normalisation
 (:mod:`fmnist_mlp.nn.kernels.chains`, :mod:`~fmnist_mlp.nn.kernels.batchnorm`), split over
-threads when large, and the training batch, gathered from the split's pixel bytes, decoded,
-flipped and shifted in one pass (:mod:`fmnist_mlp.nn.kernels.batches`). They do the
+threads when large, the training batch, gathered from the split's pixel bytes, decoded,
+flipped and shifted in one pass (:mod:`fmnist_mlp.nn.kernels.batches`), and the softmax–cross-entropy
+head around NumPy's exp and log (:mod:`fmnist_mlp.nn.kernels.head`). They do the
 same float arithmetic in the same order, so their results are bit-identical to NumPy's; the tests
 hold them to it. ``auto`` uses numba when it can be imported; ``numba`` without it is a one-line
 error naming the extra. Compiled code is cached on disk (:mod:`fmnist_mlp.nn.kernels.jit`).
