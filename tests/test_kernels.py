@@ -179,8 +179,8 @@ def test_fused_batchnorm_sums_in_numpys_order_and_gives_its_bits(layout, n, numb
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
 def test_fused_head_gives_the_references_loss_gradient_and_count(n, k, smoothing, dtype,
                                                                   numba_kernels):
-    """Loss, dL/dlogits and #correct against one_hot_targets + softmax_cross_entropy + argmax,
-    bit for bit: rows with ties (argmax takes the first), a row with NaN, a row of ±0, logits
+    """Loss, dL/dlogits, the output bias's gradient and #correct against one_hot_targets +
+    softmax_cross_entropy + argmax + the batch sum, bit for bit: rows with ties (argmax takes the first), a row with NaN, a row of ±0, logits
     of ±1e4; with the labels' targets and with given ones (distillation)."""
     from fmnist_mlp.nn.kernels.head import FusedHead
     from fmnist_mlp.nn.losses import one_hot_targets, softmax_cross_entropy
@@ -199,9 +199,13 @@ def test_fused_head_gives_the_references_loss_gradient_and_count(n, k, smoothing
         target = one_hot_targets(y, k, smoothing, dtype) if given is None else given
         with np.errstate(invalid="ignore"):
             want_loss, want_grad = softmax_cross_entropy(logits, target)
-            got_loss, got_grad, got_correct = head.loss_and_dlogits(logits, y, given, smoothing)
+            want_db = np.sum(want_grad, axis=0)
+            got_db = np.full(k, 7.0, dtype)
+            got_loss, got_grad, got_correct = head.loss_and_dlogits(logits, y, given, smoothing,
+                                                                    got_db)
         assert got_loss == want_loss or (np.isnan(got_loss) and np.isnan(want_loss))
         assert np.array_equal(got_grad, want_grad, equal_nan=True)
+        assert np.array_equal(got_db, want_db, equal_nan=True)
         assert got_correct == int(np.count_nonzero(logits.argmax(axis=1) == y))
         assert got_grad.dtype == np.dtype(dtype)
 
@@ -222,12 +226,14 @@ def test_fused_head_leaves_a_label_out_of_range_to_the_reference(numba_kernels):
     assert errors[0] == errors[1]
 
 
+@pytest.mark.parametrize("batchnorm", [True, False])
 @pytest.mark.parametrize("threads", [2, 3])
 @pytest.mark.parametrize("layout", ["row", "feature"])
-def test_chains_and_batchnorm_split_across_threads_give_the_same_bits(layout, threads,
+def test_chains_and_batchnorm_split_across_threads_give_the_same_bits(layout, threads, batchnorm,
                                                                         numba_kernels, monkeypatch):
     """Rows and feature-major units split over threads (uneven parts): each is
-    computed alone, so the split changes nothing, against the NumPy reference."""
+    computed alone, so the split changes nothing, against the NumPy reference (without batch
+    norm the chain's backward sums the bias gradient too: per unit, or over every row at once)."""
     from fmnist_mlp.nn.kernels.chains import SplitUnits
 
     monkeypatch.setattr(SplitUnits, "MIN_SIZE", 0)
@@ -235,7 +241,7 @@ def test_chains_and_batchnorm_split_across_threads_give_the_same_bits(layout, th
     rng = np.random.default_rng(8)
     x = rng.standard_normal((200, 784)).astype(np.float32)
     y = rng.integers(0, 10, 200)
-    settings = dict(hidden=[200, 72], dropout=0.3, batchnorm=True, layout=layout, seed=2)
+    settings = dict(hidden=[200, 72], dropout=0.3, batchnorm=batchnorm, layout=layout, seed=2)
     reference, fused = MLP(kernels="numpy", **settings), MLP(kernels="numba", **settings)
     fused._fused._split = SplitUnits(fused, threads=threads)
     streams = [np.random.default_rng(1), np.random.default_rng(1)]

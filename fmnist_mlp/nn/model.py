@@ -201,17 +201,18 @@ class MLP:
         work = self._workspace.for_batch(x.shape[0], training=True)
         rng = self._default_dropout_rng if rng is None else rng
         logits, inputs = self._forward(x, work, rng=rng)
+        last_bias = self.grads[f"layer{len(self.hidden)}.b"] if backward else None
         head = self._fused_head and self._fused_head.loss_and_dlogits(
             logits, y, None if targets is None else self._targets(y, targets, x.shape[0]),
-            self.label_smoothing)
-        if head:                                # the same three numbers in six calls (nn/kernels)
+            self.label_smoothing, last_bias)
+        if head:                                # the same numbers in six calls (nn/kernels)
             loss, dlogits, n_correct = head
         else:
             loss, dlogits = loss_and_dlogits(self.loss, self.output, logits,
                                              self._targets(y, targets, x.shape[0]))
             n_correct = int(np.count_nonzero(logits.argmax(axis=1) == y))
         if backward:
-            self._backward(dlogits, inputs, work)
+            self._backward(dlogits, inputs, work, last_bias_summed=bool(head))
         return loss, n_correct
 
     def _forward(self, x: np.ndarray, work: BatchWork, rng: np.random.Generator | None = None,
@@ -265,13 +266,16 @@ class MLP:
                                         self.buffers[f"layer{i}.running_var"],
                                         layer.mean, layer.var, n, self.bn_momentum)
 
-    def _backward(self, dlogits: np.ndarray, inputs: list[np.ndarray], work: BatchWork) -> None:
-        """Backpropagate dL/dlogits (N, K) up the layers, filling ``self.grads``."""
+    def _backward(self, dlogits: np.ndarray, inputs: list[np.ndarray], work: BatchWork,
+                  last_bias_summed: bool = False) -> None:
+        """Backpropagate dL/dlogits (N, K) up the layers, filling ``self.grads``
+        (``last_bias_summed``: the output layer's bias gradient is filled already)."""
         p, g = self.params, self.grads
         dz = dlogits                            # dL/d(this dense layer's output)
+        summed = last_bias_summed               # whether a fused kernel gave this layer's db
         for i in range(len(self.hidden), -1, -1):
             below = work.layers[i - 1] if i > 0 else None
-            has_bias = f"layer{i}.b" in g
+            has_bias = f"layer{i}.b" in g and not summed
             layers.dense_backward(dz, inputs[i], p[f"layer{i}.W"], g[f"layer{i}.W"],
                                   g[f"layer{i}.b"] if has_bias else None,
                                   below.dh if below is not None else None)
@@ -280,8 +284,10 @@ class MLP:
             if below is None:
                 break
             dz = below.dh                       # now dL/d(hidden layer i-1's output)
-            if self._fused:                     # the same two products in one pass
-                self._fused.hidden_backward(dz, below.h, below.mask)
+            if self._fused:                     # the same products and the bias sum in one pass
+                summed = not self.batchnorm
+                self._fused.hidden_backward(dz, below.h, below.mask,
+                                            g[f"layer{i - 1}.b"] if summed else None)
             else:
                 if self.dropout > 0.0:
                     layers.dropout_backward(dz, below.mask)

@@ -22,7 +22,8 @@ from __future__ import annotations
 import numpy as np
 
 from fmnist_mlp.nn.kernels import jit
-from fmnist_mlp.nn.kernels.batchnorm import batchnorm_backward, batchnorm_forward
+from fmnist_mlp.nn.kernels.batchnorm import (_block_sum, _pairwise_sum, batchnorm_backward,
+                                             batchnorm_forward)
 from fmnist_mlp.nn.layers import dropout_bits
 from fmnist_mlp.nn.workspace import SplitRunner
 
@@ -55,11 +56,17 @@ def _forward(z, lo, hi, b, bias_along_rows, relu, bits, threshold, scale, mask, 
 
 
 @jit.kernel
-def _backward(dout, lo, hi, a, relu, mask):
-    """Rows lo ≤ r < hi: dout ← dout ⊙ mask (``mask`` empty: none) ⊙ [a > 0] (``relu``), in place."""
+def _backward(dout, lo, hi, a, relu, mask, db, units_along_rows):
+    """Rows lo ≤ r < hi: dout ← dout ⊙ mask (``mask`` empty: none) ⊙ [a > 0] (``relu``), in place;
+    with ``db`` (else empty), the bias gradient Σ_n dout too, in NumPy's order: each unit's row
+    pairwise (``units_along_rows``, feature-major), or row after row over the units' columns
+    (row-major: then lo, hi span every row)."""
     cols = dout.shape[1]
     zero, one = dout.dtype.type(0), dout.dtype.type(1)
-    with_mask = mask.size > 0
+    with_mask, with_bias = mask.size > 0, db.size > 0
+    frames, partial = np.empty((64, 3), np.int64), np.empty(64, dout.dtype)
+    if with_bias and not units_along_rows:
+        db[:] = zero
     for r in range(lo, hi):
         dr, ar = dout[r], a[r]
         for c in range(cols):
@@ -69,6 +76,12 @@ def _backward(dout, lo, hi, a, relu, mask):
             if relu:
                 d = d * (one if ar[c] > zero else zero)
             dr[c] = d
+        if with_bias and units_along_rows:
+            db[r] = _block_sum(dr, 0, cols) if cols <= 128 else _pairwise_sum(dr, cols, frames,
+                                                                               partial)
+        elif with_bias:
+            for c in range(cols):
+                db[c] += dr[c]
 
 
 @jit.kernel
@@ -129,8 +142,9 @@ class FusedChains:
                                    self.dtype.type(1), self._empty, self._empty),
                   lambda: _forward(tiny, 0, 1, tiny[0], False, self.relu, bits, 1,
                                    self.dtype.type(1), tiny, tiny),
-                  lambda: _backward(tiny, 0, 1, tiny, self.relu, self._empty),
-                  lambda: _backward(tiny, 0, 1, tiny, self.relu, tiny),
+                  lambda: _backward(tiny, 0, 1, tiny, self.relu, self._empty, self._no_bias,
+                                    False),
+                  lambda: _backward(tiny, 0, 1, tiny, self.relu, tiny, tiny[0].copy(), True),
                   lambda: _dropout(tiny.ravel(), bits.ravel(), 1, self.dtype.type(1),
                                    tiny.ravel(), tiny.ravel()),
                   lambda: self._warm_batchnorm(tiny)])
@@ -162,13 +176,21 @@ class FusedChains:
                                                 threshold, scale, m, out), z, one_pass=True)
         return dropped
 
-    def hidden_backward(self, dout: np.ndarray, a: np.ndarray, mask: np.ndarray | None) -> None:
-        """dL/dz from dL/d(layer output) in place: ``dout ⊙ mask ⊙ f'(z)``, ``a = f(z)``."""
-        if mask is None and not self.relu:
+    def hidden_backward(self, dout: np.ndarray, a: np.ndarray, mask: np.ndarray | None,
+                        db: np.ndarray | None = None) -> None:
+        """dL/dz from dL/d(layer output) in place: ``dout ⊙ mask ⊙ f'(z)``, ``a = f(z)``; with
+        ``db``, also the layer's bias gradient Σ_n dL/dz (:func:`fmnist_mlp.nn.layers.dense_backward`'s
+        sum, the same bits) in the same pass."""
+        if mask is None and not self.relu and db is None:
             return
-        d, am = _memory_order(dout)[0], _memory_order(a)[0]
+        (d, transposed), am = _memory_order(dout), _memory_order(a)[0]
         m = self._empty if mask is None else _memory_order(mask)[0]
-        self._split.run(lambda lo, hi: _backward(d, lo, hi, am, self.relu, m), d, one_pass=True)
+        bias = self._no_bias if db is None else db
+        if db is not None and not transposed:   # the sums run over every row, in order: one call
+            _backward(d, 0, d.shape[0], am, self.relu, m, bias, False)
+            return
+        self._split.run(lambda lo, hi: _backward(d, lo, hi, am, self.relu, m, bias, transposed), d,
+                        one_pass=True)
 
     def batchnorm_forward_train(self, z: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
                                 eps: float, out: np.ndarray, mean: np.ndarray, var: np.ndarray,

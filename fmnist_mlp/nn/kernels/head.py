@@ -7,7 +7,8 @@ logits, each a pass and a call's overhead, which at N × 10 is most of the cost.
 makes six: one kernel builds the (label-smoothed) targets, each row's maximum and shifted logits
 and counts the rows whose first maximum is the label (``argmax``'s rule, NaN included); NumPy's
 ``exp``; a kernel sums each row in NumPy's pairwise order; NumPy's ``log``; a kernel forms the log
-probabilities and the gradient ``(softmax − t)/N``; and NumPy's ``einsum`` gives the loss. The
+probabilities, the gradient ``(softmax − t)/N`` and the output layer's bias gradient, its sum over
+the batch; and NumPy's ``einsum`` gives the loss. The
 transcendental functions and the loss's sum stay NumPy's own, whose bits a compiled loop would not
 reproduce, and every other operation is the reference's, in its order, with each scalar cast to
 the dtype first as NumPy casts it: loss, gradient and count are bit-identical
@@ -68,15 +69,22 @@ def _row_sums(a, total, frames, partial):
 
 
 @jit.kernel
-def _log_probs_and_gradient(shifted, exp, sum_exp, log_sum, target, scale, log_probs):
-    """log_probs = shifted − log Σ exp; exp ← (exp / Σ exp − target)·scale, the gradient."""
+def _log_probs_and_gradient(shifted, exp, sum_exp, log_sum, target, scale, log_probs, db):
+    """log_probs = shifted − log Σ exp; exp ← (exp / Σ exp − target)·scale, the gradient; with
+    ``db`` (else empty), the output layer's bias gradient Σ_n of it, row after row as NumPy sums."""
     n, k = exp.shape
+    with_bias = db.size > 0
+    if with_bias:
+        db[:] = exp.dtype.type(0)
     for i in range(n):
         s, ls = sum_exp[i], log_sum[i]
         sr, er, tr, lr = shifted[i], exp[i], target[i], log_probs[i]
         for j in range(k):
             lr[j] = sr[j] - ls
             er[j] = ((er[j] / s) - tr[j]) * scale
+        if with_bias:
+            for j in range(k):
+                db[j] += er[j]
 
 
 class FusedHead:
@@ -87,8 +95,10 @@ class FusedHead:
         self.dtype = np.dtype(dtype)
         self._work: dict[tuple[int, int], tuple[np.ndarray, ...]] = {}
         self._frames, self._partial = np.empty((64, 3), np.int64), np.empty(64, self.dtype)
+        self._no_bias = np.empty(0, self.dtype)
         logits = np.zeros((1, 2), self.dtype)
-        jit.load([lambda: self.loss_and_dlogits(logits, np.zeros(1, np.int64), None, 0.0)])
+        jit.load([lambda: self.loss_and_dlogits(logits, np.zeros(1, np.int64), None, 0.0,
+                                                np.zeros(2, self.dtype))])
 
     def _arrays(self, n: int, k: int) -> tuple[np.ndarray, ...]:
         """(target, shifted, exp, log_probs, sum_exp, log_sum) for an (n, k) batch."""
@@ -100,11 +110,13 @@ class FusedHead:
         return self._work[n, k]
 
     def loss_and_dlogits(self, logits: np.ndarray, y: np.ndarray, targets: np.ndarray | None,
-                         label_smoothing: float) -> tuple[float, np.ndarray, int] | None:
+                         label_smoothing: float, db: np.ndarray | None = None,
+                         ) -> tuple[float, np.ndarray, int] | None:
         """(mean cross-entropy, dL/dlogits, #rows whose argmax is the label) as the reference
         computes them; ``targets`` (N, K) in the model's dtype, or None for the labels' one-hot
-        (label-smoothed) targets. None when a label is outside 0..K−1: the reference then says
-        what is wrong. The gradient lies in a work array that the next call reuses."""
+        (label-smoothed) targets; with ``db`` (K,), also the output layer's bias gradient
+        Σ_n dL/dlogits. None when a label is outside 0..K−1: the reference then says what is
+        wrong. The gradient lies in a work array that the next call reuses."""
         n, k = logits.shape
         target, shifted, exp, log_probs, sum_exp, log_sum = self._arrays(n, k)
         t = self.dtype.type
@@ -118,6 +130,7 @@ class FusedHead:
         np.exp(shifted, out=exp)
         _row_sums(exp, sum_exp, self._frames, self._partial)
         np.log(sum_exp, out=log_sum)
-        _log_probs_and_gradient(shifted, exp, sum_exp, log_sum, target, t(1.0 / n), log_probs)
+        _log_probs_and_gradient(shifted, exp, sum_exp, log_sum, target, t(1.0 / n), log_probs,
+                                self._no_bias if db is None else db)
         loss = -float(np.einsum("ij,ij->", target, log_probs)) / n
         return loss, exp, int(correct)
