@@ -388,3 +388,63 @@ def test_a_broken_run_lock_refuses_its_old_holders_writes(tmp_path):
         assert guard.break_lock(run) is False        # nobody holds it: nothing to break
     finally:
         old.release()
+
+
+def test_a_holder_frozen_inside_its_writes_and_taken_over_stops_them_when_continued(tmp_path):
+    """The fence (guard.fenced): a holder frozen in the middle of a group of writes whose run is
+    taken over meanwhile raises RunTakenOver the moment it is continued (SIGCONT), before its
+    next write; continued with its lock intact (a shell's Ctrl-Z, then fg), it writes on. Its
+    SIGCONT handler is put back afterwards."""
+    from fmnist_mlp.rundir import guard
+    from fmnist_mlp.rundir.start import check_new_run, create_run_dir
+
+    run = create_run_dir(check_new_run(tmp_path, "r"))
+    before = signal.getsignal(signal.SIGCONT)
+    lock = guard.RunLock(run).acquire()
+    written = []
+    try:
+        with guard.fenced(run):
+            signal.raise_signal(signal.SIGCONT)          # continued, still its own run
+            written.append("its own")
+        with pytest.raises(guard.RunTakenOver, match="taken over by another process"):
+            with guard.fenced(run):
+                guard.break_lock(run)                    # the taker, while this one is frozen
+                signal.raise_signal(signal.SIGCONT)
+                written.append("stale")
+    finally:
+        lock.release()
+    assert written == ["its own"]
+    assert signal.getsignal(signal.SIGCONT) == before
+
+
+def test_a_trainer_frozen_while_saving_an_epoch_writes_nothing_more_once_taken_over(
+        real_data_dir, tmp_path, monkeypatch):
+    """The race behind a flaky take-over: a worker frozen after the recorder's check, in the
+    middle of saving epoch 2's checkpoint, its run taken over while it slept. Continued, it
+    must not write its stale summary or log line over its successor's (a finished run was left
+    marked running): the run's files stay as epoch 1 left them."""
+    import fmnist_mlp
+    from fmnist_mlp.rundir import files as runs
+    from fmnist_mlp.rundir import guard
+
+    save = runs.save_checkpoint
+
+    def save_and_freeze(paths, data, base):
+        save(paths, data, base=base)
+        if json.loads((Path(base) / "summary.json").read_text())["epochs_completed"] == 1 \
+                and any("last" in str(p) for p in paths):
+            guard.break_lock(base)                       # taken over while frozen here ...
+            signal.raise_signal(signal.SIGCONT)          # ... then continued
+
+    monkeypatch.setattr(runs, "save_checkpoint", save_and_freeze)
+    config = {"model": {"hidden": [8]}, "data": {"subset": 2000, "val_size": 500},
+              "train": {"epochs": 4, "checkpoint_every": 1, "kernels": "numpy"}}
+    with pytest.raises(guard.RunTakenOver):
+        fmnist_mlp.train(config, runs_dir=tmp_path / "runs", data_dir=real_data_dir,
+                         progress=False)
+    (run,) = (tmp_path / "runs").iterdir()
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "running" and summary["epochs_completed"] == 1, summary
+    log = (run / "train.log").read_text().splitlines()
+    assert not any(line.startswith("epoch 2/") for line in log), log
+

@@ -8,10 +8,14 @@ were replaced by links, FIFOs or devices (the opens themselves go through
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import stat
+import threading
 from pathlib import Path
+from typing import Iterator
 
 from fmnist_mlp.io import files as safe_io
 from fmnist_mlp.io.lock import FileLock, LockHeld, is_held
@@ -80,6 +84,38 @@ def refuse_if_taken(run_dir: str | Path) -> None:
         raise RunTakenOver(f"{run_dir}: taken over by another process (its lock was broken "
                            f"while this one was stopped or cut off); nothing more is written "
                            f"to it from here")
+
+
+@contextlib.contextmanager
+def fenced(run_dir: str | Path) -> Iterator[None]:
+    """A group of writes to ``run_dir`` that a stale owner must not finish: refused up front
+    (:func:`refuse_if_taken`), and refused again the moment this process is continued after a
+    stop (SIGCONT), should the run have been taken over while it was stopped.
+
+    A worker frozen past its sweep's grace period (SIGSTOP, a suspended VM, a swapped-out
+    process) may be stopped in the middle of recording an epoch, after the check: woken, it would
+    finish writing its stale checkpoint and summary over its successor's, even a finished run's.
+    Here the SIGCONT handler raises :class:`RunTakenOver` in the main thread at once, inside the
+    interrupted write (a system call interrupted by the signal returns to Python first), so the
+    write's own cleanup removes its temporary and the rest of the group is not written. Only a
+    ``rename`` already in the kernel when the stop came can still land. Elsewhere than in the
+    main thread (where Python runs signal handlers) the check up front is all there is.
+    """
+    if threading.current_thread() is not threading.main_thread() or \
+            _held.get(_key(Path(run_dir))) is None:
+        refuse_if_taken(run_dir)
+        yield
+        return
+
+    def on_continue(signum, frame) -> None:
+        refuse_if_taken(run_dir)
+
+    previous = signal.signal(signal.SIGCONT, on_continue)    # first: no gap before the check
+    try:
+        refuse_if_taken(run_dir)
+        yield
+    finally:
+        signal.signal(signal.SIGCONT, previous)
 
 
 def break_lock(run_dir: str | Path) -> bool:

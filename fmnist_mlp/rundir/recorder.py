@@ -93,8 +93,8 @@ class RunRecorder:
 
     def on_epoch_end(self, event: Any) -> None:
         metrics, state, is_best = event.metrics, event.state, event.is_best
-        guard.refuse_if_taken(self.run_dir)     # a stale owner's late epoch is not written
-        with _signals_held():   # Ctrl-C here would leave the epoch half recorded; it waits
+        # A stale owner's late epoch is not written, nor finished if it was frozen mid-way.
+        with guard.fenced(self.run_dir), _signals_held():   # Ctrl-C waits for the epoch's end
             self.snapshot = (state.epoch, runs.checkpoint_bytes(self._checkpoint(state)))
             self.metrics.write(metrics)
             due = (state.epoch % self.checkpoint_every == 0
@@ -140,37 +140,44 @@ class RunRecorder:
         A run taken over by another process is left to it: nothing is written.
         """
         try:
-            guard.refuse_if_taken(self.run_dir)
+            with guard.fenced(self.run_dir):
+                self._record_stop(status, message)
         except guard.RunTakenOver:
             self._close()
             raise
+        self._close()
+
+    def _record_stop(self, status: str, message: str) -> None:
         if self.log is None:        # stopped before the loop started it: marked all the same
             self.on_train_start()
         try:
             self._save_pending_last()
+        except guard.RunTakenOver:
+            raise
         except (OSError, FmnistMlpError) as exc:
             status, message = "failed", f"{message}; last checkpoint not saved: {exc}"
         self.summary.update(status=status, message=message, wall_time=self._wall_time(),
                             epochs_completed=self.saved_epoch)
         try:
             runs.write_summary(self.run_dir, self.summary)
+        except guard.RunTakenOver:
+            raise
         except (OSError, FmnistMlpError):
             runs.overwrite_summary_in_place(self.run_dir, self.summary)
         try:
             self.log.write(f"{status}: {message}")
         except OSError:
             pass
-        self._close()
 
     def finish(self, test_scores: Mapping[str, float]) -> dict[str, Any]:
-        guard.refuse_if_taken(self.run_dir)
-        self._save_pending_last()
-        message = (f"early stopped after epoch {self.state.epoch}" if self.state.early_stopped
-                   else "")
-        self.summary.update(status="finished", message=message, wall_time=self._wall_time(),
-                            **test_scores)
-        runs.write_summary(self.run_dir, self.summary)
-        self.log.write(f"finished: test_acc={test_scores.get('test_acc', float('nan')):.4f}")
+        with guard.fenced(self.run_dir):
+            self._save_pending_last()
+            message = (f"early stopped after epoch {self.state.epoch}" if self.state.early_stopped
+                       else "")
+            self.summary.update(status="finished", message=message, wall_time=self._wall_time(),
+                                **test_scores)
+            runs.write_summary(self.run_dir, self.summary)
+            self.log.write(f"finished: test_acc={test_scores.get('test_acc', float('nan')):.4f}")
         self._close()
         return dict(self.summary)
 
