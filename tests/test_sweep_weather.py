@@ -448,3 +448,32 @@ def test_a_trainer_frozen_while_saving_an_epoch_writes_nothing_more_once_taken_o
     log = (run / "train.log").read_text().splitlines()
     assert not any(line.startswith("epoch 2/") for line in log), log
 
+
+
+def test_a_second_interrupt_while_the_stop_is_recorded_waits_for_it(real_data_dir, tmp_path,
+                                                                     monkeypatch):
+    """Slurm's time-limit warning, then scancel's SIGTERM a moment later (or Ctrl-C twice): the
+    second signal lands while the first one's stop is being written. It waits until the run is
+    marked interrupted and its log says so, then acts (a flaky cluster test lost that line)."""
+    import fmnist_mlp
+    from fmnist_mlp.rundir import files as runs
+
+    write_summary = runs.write_summary
+
+    def write_then_signal(run_dir, summary):
+        write_summary(run_dir, summary)
+        if summary["status"] == "running" and summary["epochs_completed"] == 2:
+            signal.raise_signal(signal.SIGINT)           # the first: ends training at epoch 2
+        elif summary["status"] == "interrupted":
+            signal.raise_signal(signal.SIGINT)           # the second, while the stop is written
+
+    monkeypatch.setattr(runs, "write_summary", write_then_signal)
+    config = {"model": {"hidden": [8]}, "data": {"subset": 2000, "val_size": 500},
+              "train": {"epochs": 5, "kernels": "numpy"}}
+    with pytest.raises((KeyboardInterrupt, fmnist_mlp.errors.TrainingInterrupted)):
+        fmnist_mlp.train(config, runs_dir=tmp_path / "runs", data_dir=real_data_dir,
+                         progress=False)
+    (run,) = (tmp_path / "runs").iterdir()
+    assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"
+    last = (run / "train.log").read_text().splitlines()[-1]
+    assert last.split(" ", 2)[2].startswith("interrupted: interrupted; resume with: "), last

@@ -140,12 +140,12 @@ class RunRecorder:
         A run taken over by another process is left to it: nothing is written.
         """
         try:
-            with guard.fenced(self.run_dir):
+            # A second signal (Slurm's scancel after its time-limit warning, a second Ctrl-C)
+            # waits until the stop is recorded: it used to cut the log's last line off.
+            with guard.fenced(self.run_dir), _signals_held():
                 self._record_stop(status, message)
-        except guard.RunTakenOver:
+        finally:
             self._close()
-            raise
-        self._close()
 
     def _record_stop(self, status: str, message: str) -> None:
         if self.log is None:        # stopped before the loop started it: marked all the same
@@ -170,7 +170,7 @@ class RunRecorder:
             pass
 
     def finish(self, test_scores: Mapping[str, float]) -> dict[str, Any]:
-        with guard.fenced(self.run_dir):
+        with guard.fenced(self.run_dir), _signals_held():
             self._save_pending_last()
             message = (f"early stopped after epoch {self.state.epoch}" if self.state.early_stopped
                        else "")
@@ -214,7 +214,8 @@ class RunRecorder:
 
 @contextlib.contextmanager
 def _signals_held():
-    """Hold SIGINT and SIGTERM (both stop training) until the block ends, then act on them.
+    """Hold SIGINT, SIGTERM and SIGUSR1 (each stops training; SIGUSR1 is Slurm's time-limit
+    warning) until the block ends, then act on the first.
 
     Recording an epoch (checkpoint, metrics line, summary, log line) takes a few file writes;
     a signal in between left summary.json and train.log an epoch behind the checkpoint. Here a
@@ -227,8 +228,11 @@ def _signals_held():
         yield
         return
     caught: list[int] = []
+    held = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGUSR1] if hasattr(signal, "SIGUSR1")
+                                              else [])
+    # A handler installed outside Python (faulthandler's, say) reads as None: left alone.
     previous = {signum: signal.signal(signum, lambda signum, frame: caught.append(signum))
-                for signum in (signal.SIGINT, signal.SIGTERM)}
+                for signum in held if signal.getsignal(signum) is not None}
     try:
         yield
     finally:
