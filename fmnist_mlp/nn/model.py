@@ -201,7 +201,8 @@ class MLP:
         work = self._workspace.for_batch(x.shape[0], training=True)
         rng = self._default_dropout_rng if rng is None else rng
         logits, inputs = self._forward(x, work, rng=rng)
-        last_bias = self.grads[f"layer{len(self.hidden)}.b"] if backward else None
+        last_bias = (self.grads[f"layer{len(self.hidden)}.b"]
+                     if backward and self._fused_head else None)
         head = self._fused_head and self._fused_head.loss_and_dlogits(
             logits, y, None if targets is None else self._targets(y, targets, x.shape[0]),
             self.label_smoothing, last_bias)

@@ -49,7 +49,9 @@ def _pairwise_sum(a, n, frames, partial):
     128 summed by :func:`_block_sum`, longer runs split in halves (a multiple of 8 on the left),
     the halves added. Written as a loop over an explicit stack, not as recursion: numba's cache
     cannot reload a recursive function (a reloaded one crashed). ``frames`` (depth, 3) int64 and
-    ``partial`` (depth,) are the stack's scratch."""
+    ``partial`` (depth,) are the stack's scratch. Callers summing runs of up to 128 call
+    :func:`_block_sum` themselves: this call, passing the stack's arrays, costs about 20 ns, as
+    much as a block's sum, and a helper holding that test, even inlined, measured as slow."""
     if n <= 128:
         return _block_sum(a, 0, n)
     top, done = 0, 0

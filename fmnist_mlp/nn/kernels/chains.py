@@ -64,7 +64,8 @@ def _backward(dout, lo, hi, a, relu, mask, db, units_along_rows):
     cols = dout.shape[1]
     zero, one = dout.dtype.type(0), dout.dtype.type(1)
     with_mask, with_bias = mask.size > 0, db.size > 0
-    frames, partial = np.empty((64, 3), np.int64), np.empty(64, dout.dtype)
+    depth = 64 if with_bias and units_along_rows and cols > 128 else 0   # the pairwise stack
+    frames, partial = np.empty((depth, 3), np.int64), np.empty(depth, dout.dtype)
     if with_bias and not units_along_rows:
         db[:] = zero
     for r in range(lo, hi):
