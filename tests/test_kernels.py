@@ -141,19 +141,22 @@ def test_fused_chains_give_the_reference_bits(settings, numba_kernels):
 
 
 @pytest.mark.parametrize("layout", ["row", "feature"])
-@pytest.mark.parametrize("n", [5, 128, 300, 2000])
-def test_fused_batchnorm_sums_in_numpys_order_and_gives_its_bits(layout, n, numba_kernels):
+@pytest.mark.parametrize("n", [5, 13, 128, 300, 512, 2000])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_fused_batchnorm_sums_in_numpys_order_and_gives_its_bits(layout, n, dtype, numba_kernels):
     """Batch sums are where bits could part: NumPy sums a row-major batch row after row and a
-    feature-major one pairwise (eight running sums, halves above 128 rows); the kernels do too."""
+    feature-major one pairwise (eight running sums, halves above 128 rows); the kernels do too,
+    feature-major four units at a time in vectors (42 units: a group of two at the end; a batch
+    of 13 or 300: a last block with terms past its eights)."""
     from fmnist_mlp.nn import layers
     from fmnist_mlp.nn.kernels.chains import FusedChains
 
     rng = np.random.default_rng(n)
-    d = 40
+    d = 42
 
     def arrays():
-        make = ((lambda: np.empty((d, n), np.float32).T) if layout == "feature"
-                else (lambda: np.empty((n, d), np.float32)))
+        make = ((lambda: np.empty((d, n), dtype).T) if layout == "feature"
+                else (lambda: np.empty((n, d), dtype)))
         z, dout = make(), make()
         z[...] = rng.standard_normal((n, d)) * 3 + 1
         dout[...] = rng.standard_normal((n, d))
@@ -161,11 +164,11 @@ def test_fused_batchnorm_sums_in_numpys_order_and_gives_its_bits(layout, n, numb
 
     state = rng.bit_generator.state
     outs = {}
-    for name, ops in (("numpy", layers), ("numba", FusedChains("relu", np.float32))):
+    for name, ops in (("numpy", layers), ("numba", FusedChains("relu", dtype))):
         rng.bit_generator.state = state
         z, dout, out, scratch = arrays()
-        gamma, beta = rng.uniform(0.5, 1.5, d).astype(np.float32), rng.normal(0, 0.3, d).astype(np.float32)
-        stats = [np.empty(d, np.float32) for _ in range(5)]      # mean, var, inv_std, dγ, dβ
+        gamma, beta = rng.uniform(0.5, 1.5, d).astype(dtype), rng.normal(0, 0.3, d).astype(dtype)
+        stats = [np.empty(d, dtype) for _ in range(5)]      # mean, var, inv_std, dγ, dβ
         ops.batchnorm_forward_train(z, gamma, beta, 1e-5, out, *stats[:3])
         ops.batchnorm_backward(dout, z, gamma, stats[2], stats[3], stats[4], scratch)
         outs[name] = [z, out, dout, *stats]

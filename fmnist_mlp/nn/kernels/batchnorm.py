@@ -78,25 +78,100 @@ def _pairwise_sum(a, n, frames, partial):
     return partial[0]
 
 
+# Four units' sums at once, in explicit 8-lane vectors. A unit's block sum is a chain of 8-lane
+# additions, each waiting for the last (sixteen per block of 128), and numba, whose SLP vectoriser
+# is off, adds the eight lanes one by one: about 21 ns a block. Written as LLVM vectors, four
+# units' chains run side by side: a feature-major sum over 1024 units of 512 fell from 125 to
+# 53 us, a sum of products from 187 to 82 (one thread, cache-warm). Each lane adds the same
+# numbers in the same order as NumPy's r[0..7], so the bits are the same.
+_sums4, _dots4 = jit.lane_sums(4, False), jit.lane_sums(4, True)
+_sums1, _dots1 = jit.lane_sums(1, False), jit.lane_sums(1, True)
+
+
 @jit.kernel
-def _batch_sum(a, b, units_along_rows, lo, hi, total, scratch):
+def _pairwise_blocks(n, blocks, program):
+    """NumPy's pairwise order for a run of ``n`` as a plan, the same for every unit: ``blocks``
+    (start, length) left to right, each of at most 128, and ``program``, the additions in
+    postfix (k ≥ 0: push block k's sum; −1: replace the top two by their sum). Returns
+    (block count, program length). Halves as :func:`_pairwise_sum` cuts them."""
+    stack = np.empty((64, 3), np.int64)             # (start, length, stage)
+    top, n_blocks, n_ops = 0, 0, 0
+    stack[0, 0], stack[0, 1], stack[0, 2] = 0, n, 0
+    while top >= 0:
+        lo, m, stage = stack[top, 0], stack[top, 1], stack[top, 2]
+        if m <= 128:
+            blocks[n_blocks, 0], blocks[n_blocks, 1] = lo, m
+            program[n_ops] = n_blocks
+            n_blocks, n_ops, top = n_blocks + 1, n_ops + 1, top - 1
+            continue
+        half = m // 2
+        half -= half % 8
+        if stage < 2:
+            stack[top, 2] = stage + 1
+            top += 1
+            stack[top, 0] = lo if stage == 0 else lo + half
+            stack[top, 1] = half if stage == 0 else m - half
+            stack[top, 2] = 0
+        else:
+            program[n_ops] = -1
+            n_ops, top = n_ops + 1, top - 1
+    return n_blocks, n_ops
+
+
+@jit.kernel
+def _unit_sums(a, b, with_b, lo, hi, total):
+    """total[u] = Σ_i a[u, i] (·b[u, i] ``with_b``) for lo ≤ u < hi, each unit's row (a
+    C-contiguous array's) summed in NumPy's pairwise order, four units at a time."""
+    n = a.shape[1]
+    blocks, program = np.empty((64, 2), np.int64), np.empty(128, np.int64)
+    n_blocks, n_ops = _pairwise_blocks(n, blocks, program)
+    sums, stack = np.empty((4, n_blocks), a.dtype), np.empty(64, a.dtype)
+    bb = b if with_b else a
+    for u0 in range(lo, hi, 4):
+        width = min(4, hi - u0)
+        for k in range(n_blocks):
+            start, m = blocks[k, 0], blocks[k, 1]
+            if m < 8:                               # too short for a vector: NumPy adds from 0
+                for t in range(width):
+                    s = a.dtype.type(0)
+                    for i in range(start, start + m):
+                        s += a[u0 + t, i] * bb[u0 + t, i] if with_b else a[u0 + t, i]
+                    sums[t, k] = s
+                continue
+            if width == 4:
+                four = _dots4(a, bb, u0, start, m) if with_b else _sums4(a, bb, u0, start, m)
+                for t in range(4):
+                    sums[t, k] = four[t]
+            else:
+                for t in range(width):
+                    one = (_dots1(a, bb, u0 + t, start, m) if with_b
+                           else _sums1(a, bb, u0 + t, start, m))
+                    sums[t, k] = one[0]
+            for t in range(width):                  # the last count % 8 terms, one by one
+                s = sums[t, k]
+                for i in range(start + m - m % 8, start + m):
+                    s += a[u0 + t, i] * bb[u0 + t, i] if with_b else a[u0 + t, i]
+                sums[t, k] = s
+        for t in range(width):
+            top = 0
+            for j in range(n_ops):
+                op = program[j]
+                if op >= 0:
+                    stack[top] = sums[t, op]
+                    top += 1
+                else:
+                    top -= 1
+                    stack[top - 1] = stack[top - 1] + stack[top]
+            total[u0 + t] = stack[0]
+
+
+@jit.kernel
+def _batch_sum(a, b, units_along_rows, lo, hi, total):
     """total[u] = Σ_n a (``b`` empty) or Σ_n a·b over the batch, for the units lo ≤ u < hi, in
-    NumPy's order (the feature-major products are written to ``scratch`` first, as NumPy's
-    temporary)."""
+    NumPy's order."""
     with_b = b.size > 0
     if units_along_rows:                            # memory (D, N): one unit per row
-        n = a.shape[1]
-        frames, partial = np.empty((64, 3), np.int64), np.empty(64, a.dtype)
-        for u in range(lo, hi):
-            su = a[u]
-            if with_b:
-                au, bu, su = a[u], b[u], scratch[u]
-                for i in range(n):
-                    su[i] = au[i] * bu[i]
-            # One block (a batch of up to 128) straight to _block_sum: a call with the stack's
-            # arrays costs about 20 ns a unit, as much as the block's own sum.
-            total[u] = _block_sum(su, 0, n) if n <= 128 else _pairwise_sum(su, n, frames,
-                                                                            partial)
+        _unit_sums(a, b, with_b, lo, hi, total)
         return
     t = total[lo:hi]
     t[:] = a.dtype.type(0)
@@ -114,7 +189,7 @@ def batchnorm_forward(z, units_along_rows, lo, hi, gamma, beta, eps, mean, var, 
     operations, in three passes. Units are independent: any split of them gives the same bits."""
     n = z.shape[1] if units_along_rows else z.shape[0]
     count, one = z.dtype.type(n), z.dtype.type(1)
-    _batch_sum(z, z[:0], units_along_rows, lo, hi, mean, out)
+    _batch_sum(z, z[:0], units_along_rows, lo, hi, mean)
     for u in range(lo, hi):
         mean[u] = mean[u] / count
     if units_along_rows:                            # centre first: no cancellation in σ²
@@ -128,7 +203,7 @@ def batchnorm_forward(z, units_along_rows, lo, hi, gamma, beta, eps, mean, var, 
             zr = z[r][lo:hi]
             for c in range(hi - lo):
                 zr[c] = zr[c] - m[c]
-    _batch_sum(z, z, units_along_rows, lo, hi, var, out)
+    _batch_sum(z, z, units_along_rows, lo, hi, var)
     for u in range(lo, hi):
         var[u] = var[u] / count
         inv_std[u] = one / np.sqrt(var[u] + eps)
@@ -150,14 +225,13 @@ def batchnorm_forward(z, units_along_rows, lo, hi, gamma, beta, eps, mean, var, 
 
 
 @jit.kernel
-def batchnorm_backward(dout, xhat, units_along_rows, lo, hi, gamma, inv_std, dgamma, dbeta,
-                       scratch):
+def batchnorm_backward(dout, xhat, units_along_rows, lo, hi, gamma, inv_std, dgamma, dbeta):
     """For the units lo ≤ u < hi: dout ← dL/dz in place; fills dγ = Σ dout·ẑ and dβ = Σ dout:
     :func:`fmnist_mlp.nn.layers.batchnorm_backward`'s operations, in two passes."""
     n = dout.shape[1] if units_along_rows else dout.shape[0]
     count = dout.dtype.type(n)
-    _batch_sum(dout, dout[:0], units_along_rows, lo, hi, dbeta, scratch)
-    _batch_sum(dout, xhat, units_along_rows, lo, hi, dgamma, scratch)
+    _batch_sum(dout, dout[:0], units_along_rows, lo, hi, dbeta)
+    _batch_sum(dout, xhat, units_along_rows, lo, hi, dgamma)
     width = hi - lo
     mean_dbeta, mean_dgamma, scale = (np.empty(width, dout.dtype), np.empty(width, dout.dtype),
                                       np.empty(width, dout.dtype))

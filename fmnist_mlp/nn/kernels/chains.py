@@ -207,11 +207,12 @@ class FusedChains:
     def batchnorm_backward(self, dout: np.ndarray, xhat: np.ndarray, gamma: np.ndarray,
                            inv_std: np.ndarray, dgamma: np.ndarray, dbeta: np.ndarray,
                            scratch: np.ndarray) -> np.ndarray:
-        """:func:`fmnist_mlp.nn.layers.batchnorm_backward` in two passes, same bits."""
+        """:func:`fmnist_mlp.nn.layers.batchnorm_backward` in two passes, same bits (``scratch``,
+        the reference's temporary, is not needed: products are summed as they are made)."""
         d, transposed = _memory_order(dout)
-        xm, sm = _memory_order(xhat)[0], _memory_order(scratch)[0]
+        xm = _memory_order(xhat)[0]
         self._split.run(lambda lo, hi: batchnorm_backward(d, xm, transposed, lo, hi, gamma,
-                                                          inv_std, dgamma, dbeta, sm),
+                                                          inv_std, dgamma, dbeta),
                         d, units_along_rows=transposed)
         return dout
 

@@ -23,6 +23,10 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import numba
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from fmnist_mlp.errors import FmnistMlpError
 from fmnist_mlp.nn.kernels import cache_dir
@@ -60,6 +64,58 @@ def kernel(fn: Callable) -> Callable:
     """Compile ``fn`` lazily (per argument types) with the options above, cached when possible."""
     return numba.njit(nogil=True, fastmath=False, error_model="numpy",
                       cache=CACHE is not None)(fn)
+
+
+# Numba's SLP vectoriser is off, so a block sum's eight running sums are added one lane at a time;
+# these intrinsics write them as one LLVM vector (why, and the figures: kernels/batchnorm.py).
+def lane_sums(units: int, products: bool):
+    """An intrinsic ``f(a, b, u0, start, count)`` → the block sums of rows u0 … u0+units−1 of
+    ``a`` (C-contiguous, 2-D) over ``[start, start + count − count % 8)``, 8 ≤ count ≤ 128: each
+    ``((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))`` of the running sums r[j] of every
+    eighth term from j (of a·b with ``products``), as a tuple; the caller adds the last
+    count % 8 terms. These are :func:`fmnist_mlp.nn.kernels.batchnorm._block_sum`'s operations."""
+
+    @intrinsic
+    def vector_sums(typingctx, a, b, u0, start, count):
+        if not (isinstance(a, types.Array) and a.ndim == 2 and a.layout == "C" and a == b):
+            return None                     # the vector loads need contiguous rows
+        sig = types.UniTuple(a.dtype, units)(a, b, types.intp, types.intp, types.intp)
+
+        def codegen(context, builder, signature, args):
+            arr_t = signature.args[0]
+            arrays = [context.make_array(arr_t)(context, builder, v) for v in args[:2]]
+            u0, start, count = args[2:]
+            vec_t = ir.VectorType(context.get_value_type(arr_t.dtype), 8)
+            align = arr_t.dtype.bitwidth // 8
+            intp = context.get_value_type(types.intp)
+
+            def lanes(row, offset):             # the next 8 terms of one unit's row
+                loaded = [builder.load(builder.bitcast(
+                    cgutils.get_item_pointer(context, builder, arr_t, arr, [row, offset]),
+                    vec_t.as_pointer()), align=align) for arr in arrays[:2 if products else 1]]
+                return builder.fmul(*loaded) if products else loaded[0]
+
+            rows = [builder.add(u0, ir.Constant(intp, t)) for t in range(units)]
+            running = [cgutils.alloca_once_value(builder, lanes(row, start)) for row in rows]
+            steps = builder.sdiv(count, ir.Constant(intp, 8))
+            one = ir.Constant(intp, 1)
+            with cgutils.for_range_slice(builder, one, steps, one) as (k, _):
+                offset = builder.add(start, builder.mul(k, ir.Constant(intp, 8)))
+                for row, r in zip(rows, running):
+                    builder.store(builder.fadd(builder.load(r), lanes(row, offset)), r)
+            sums = []
+            for r in running:
+                v = builder.load(r)
+                e = [builder.extract_element(v, ir.Constant(ir.IntType(32), i)) for i in range(8)]
+                sums.append(builder.fadd(builder.fadd(builder.fadd(e[0], e[1]),
+                                                      builder.fadd(e[2], e[3])),
+                                         builder.fadd(builder.fadd(e[4], e[5]),
+                                                      builder.fadd(e[6], e[7]))))
+            return context.make_tuple(builder, signature.return_type, sums)
+
+        return sig, codegen
+
+    return vector_sums
 
 
 def load(warm_ups: Iterable[Callable[[], None]]) -> None:
