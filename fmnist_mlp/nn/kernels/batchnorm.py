@@ -16,74 +16,17 @@ from fmnist_mlp.nn.kernels import jit
 
 # NumPy's sums over the batch, reproduced: a row-major (N, D) array is summed over axis 0 row
 # after row; a feature-major one (its memory (D, N)) along each unit's contiguous row by NumPy's
-# pairwise summation (eight running sums per block of up to 128, halves above that). The same
-# order gives the same bits, so batch norm stays bit-identical too (tests/test_kernels.py).
-@jit.kernel
-def _block_sum(a, lo, n):
-    """Σ a[lo:lo+n], n ≤ 128, in NumPy's order: eight running sums over blocks of eight."""
-    if n < 8:
-        total = a.dtype.type(0)
-        for i in range(n):
-            total += a[lo + i]
-        return total
-    b = a[lo:lo + n]                # sliced: indices from 0, so the loop needs no bounds fix-up
-    r0, r1, r2, r3, r4, r5, r6, r7 = b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]
-    for k in range(1, n // 8):
-        r0 += b[8 * k]
-        r1 += b[8 * k + 1]
-        r2 += b[8 * k + 2]
-        r3 += b[8 * k + 3]
-        r4 += b[8 * k + 4]
-        r5 += b[8 * k + 5]
-        r6 += b[8 * k + 6]
-        r7 += b[8 * k + 7]
-    total = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
-    for i in range(n - n % 8, n):
-        total += b[i]
-    return total
-
-
-@jit.kernel
-def _pairwise_sum(a, n, frames, partial):
-    """Σ a[:n] in NumPy's pairwise order (numpy/_core/src/umath/loops_utils.h): blocks of up to
-    128 summed by :func:`_block_sum`, longer runs split in halves (a multiple of 8 on the left),
-    the halves added. Written as a loop over an explicit stack, not as recursion: numba's cache
-    cannot reload a recursive function (a reloaded one crashed). ``frames`` (depth, 3) int64 and
-    ``partial`` (depth,) are the stack's scratch. Callers summing runs of up to 128 call
-    :func:`_block_sum` themselves: this call, passing the stack's arrays, costs about 20 ns, as
-    much as a block's sum, and a helper holding that test, even inlined, measured as slow."""
-    if n <= 128:
-        return _block_sum(a, 0, n)
-    top, done = 0, 0
-    frames[0, 0], frames[0, 1], frames[0, 2] = 0, n, 0         # (start, length, stage)
-    while top >= 0:
-        lo, m, stage = frames[top, 0], frames[top, 1], frames[top, 2]
-        if m <= 128:
-            partial[done] = _block_sum(a, lo, m)
-            done += 1
-            top -= 1
-            continue
-        half = m // 2
-        half -= half % 8
-        if stage < 2:                                           # push the left, then the right half
-            frames[top, 2] = stage + 1
-            top += 1
-            frames[top, 0] = lo if stage == 0 else lo + half
-            frames[top, 1] = half if stage == 0 else m - half
-            frames[top, 2] = 0
-        else:                                                   # both halves summed: add them
-            done -= 1
-            partial[done - 1] = partial[done - 1] + partial[done]
-            top -= 1
-    return partial[0]
-
-
-# Four units' sums at once, in explicit 8-lane vectors. A unit's block sum is a chain of 8-lane
-# additions, each waiting for the last (sixteen per block of 128), and numba, whose SLP vectoriser
-# is off, adds the eight lanes one by one: about 21 ns a block. Written as LLVM vectors, four
-# units' chains run side by side: a feature-major sum over 1024 units of 512 fell from 125 to
-# 53 us, a sum of products from 187 to 82 (one thread, cache-warm). Each lane adds the same
-# numbers in the same order as NumPy's r[0..7], so the bits are the same.
+# pairwise summation (numpy/_core/src/umath/loops_utils.h): a run of up to 128 in eight running
+# sums r[j] of every eighth term from j, added as ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+# and then the last n % 8 terms one by one (a run shorter than 8: from 0, term by term); a longer
+# run split in halves, the left a multiple of 8, the halves' sums added. The same order gives the
+# same bits, so batch norm stays bit-identical too (tests/test_kernels.py).
+#
+# The eight running sums are one 8-lane vector, and a block is a chain of 8-lane additions, each
+# waiting for the last. Numba's SLP vectoriser is off, so written as scalars the lanes are added
+# one by one (about 21 ns a block); :func:`fmnist_mlp.nn.kernels.jit.lane_sums` writes them as LLVM
+# vectors, four units' chains side by side. A feature-major sum over 1024 units of 512 fell from
+# 125 to 53 us, a sum of products from 187 to 82 (one thread, cache-warm).
 _sums4, _dots4 = jit.lane_sums(4, False), jit.lane_sums(4, True)
 _sums1, _dots1 = jit.lane_sums(1, False), jit.lane_sums(1, True)
 
@@ -93,7 +36,8 @@ def _pairwise_blocks(n, blocks, program):
     """NumPy's pairwise order for a run of ``n`` as a plan, the same for every unit: ``blocks``
     (start, length) left to right, each of at most 128, and ``program``, the additions in
     postfix (k ≥ 0: push block k's sum; −1: replace the top two by their sum). Returns
-    (block count, program length). Halves as :func:`_pairwise_sum` cuts them."""
+    (block count, program length). A loop over an explicit stack, not recursion: numba's cache
+    cannot reload a recursive function (a reloaded one crashed)."""
     stack = np.empty((64, 3), np.int64)             # (start, length, stage)
     top, n_blocks, n_ops = 0, 0, 0
     stack[0, 0], stack[0, 1], stack[0, 2] = 0, n, 0
@@ -119,14 +63,13 @@ def _pairwise_blocks(n, blocks, program):
 
 
 @jit.kernel
-def _unit_sums(a, b, with_b, lo, hi, total):
-    """total[u] = Σ_i a[u, i] (·b[u, i] ``with_b``) for lo ≤ u < hi, each unit's row (a
-    C-contiguous array's) summed in NumPy's pairwise order, four units at a time."""
+def pairwise_row_sums(a, b, with_b, lo, hi, total):
+    """total[u] = Σ_i a[u, i] (·b[u, i] ``with_b``; ``b`` is ``a`` without) for lo ≤ u < hi:
+    each row of the C-contiguous 2-D ``a`` summed in NumPy's pairwise order, four at a time."""
     n = a.shape[1]
     blocks, program = np.empty((64, 2), np.int64), np.empty(128, np.int64)
     n_blocks, n_ops = _pairwise_blocks(n, blocks, program)
     sums, stack = np.empty((4, n_blocks), a.dtype), np.empty(64, a.dtype)
-    bb = b if with_b else a
     for u0 in range(lo, hi, 4):
         width = min(4, hi - u0)
         for k in range(n_blocks):
@@ -135,22 +78,22 @@ def _unit_sums(a, b, with_b, lo, hi, total):
                 for t in range(width):
                     s = a.dtype.type(0)
                     for i in range(start, start + m):
-                        s += a[u0 + t, i] * bb[u0 + t, i] if with_b else a[u0 + t, i]
+                        s += a[u0 + t, i] * b[u0 + t, i] if with_b else a[u0 + t, i]
                     sums[t, k] = s
                 continue
             if width == 4:
-                four = _dots4(a, bb, u0, start, m) if with_b else _sums4(a, bb, u0, start, m)
+                four = _dots4(a, b, u0, start, m) if with_b else _sums4(a, b, u0, start, m)
                 for t in range(4):
                     sums[t, k] = four[t]
             else:
                 for t in range(width):
-                    one = (_dots1(a, bb, u0 + t, start, m) if with_b
-                           else _sums1(a, bb, u0 + t, start, m))
+                    one = (_dots1(a, b, u0 + t, start, m) if with_b
+                           else _sums1(a, b, u0 + t, start, m))
                     sums[t, k] = one[0]
             for t in range(width):                  # the last count % 8 terms, one by one
                 s = sums[t, k]
                 for i in range(start + m - m % 8, start + m):
-                    s += a[u0 + t, i] * bb[u0 + t, i] if with_b else a[u0 + t, i]
+                    s += a[u0 + t, i] * b[u0 + t, i] if with_b else a[u0 + t, i]
                 sums[t, k] = s
         for t in range(width):
             top = 0
@@ -171,7 +114,7 @@ def _batch_sum(a, b, units_along_rows, lo, hi, total):
     NumPy's order."""
     with_b = b.size > 0
     if units_along_rows:                            # memory (D, N): one unit per row
-        _unit_sums(a, b, with_b, lo, hi, total)
+        pairwise_row_sums(a, b if with_b else a, with_b, lo, hi, total)
         return
     t = total[lo:hi]
     t[:] = a.dtype.type(0)

@@ -22,8 +22,8 @@ from __future__ import annotations
 import numpy as np
 
 from fmnist_mlp.nn.kernels import jit
-from fmnist_mlp.nn.kernels.batchnorm import (_block_sum, _pairwise_sum, batchnorm_backward,
-                                             batchnorm_forward)
+from fmnist_mlp.nn.kernels.batchnorm import (batchnorm_backward, batchnorm_forward,
+                                             pairwise_row_sums)
 from fmnist_mlp.nn.layers import dropout_bits
 from fmnist_mlp.nn.workspace import SplitRunner
 
@@ -64,8 +64,6 @@ def _backward(dout, lo, hi, a, relu, mask, db, units_along_rows):
     cols = dout.shape[1]
     zero, one = dout.dtype.type(0), dout.dtype.type(1)
     with_mask, with_bias = mask.size > 0, db.size > 0
-    depth = 64 if with_bias and units_along_rows and cols > 128 else 0   # the pairwise stack
-    frames, partial = np.empty((depth, 3), np.int64), np.empty(depth, dout.dtype)
     if with_bias and not units_along_rows:
         db[:] = zero
     for r in range(lo, hi):
@@ -77,12 +75,11 @@ def _backward(dout, lo, hi, a, relu, mask, db, units_along_rows):
             if relu:
                 d = d * (one if ar[c] > zero else zero)
             dr[c] = d
-        if with_bias and units_along_rows:
-            db[r] = _block_sum(dr, 0, cols) if cols <= 128 else _pairwise_sum(dr, cols, frames,
-                                                                               partial)
-        elif with_bias:
+        if with_bias and not units_along_rows:
             for c in range(cols):
                 db[c] += dr[c]
+    if with_bias and units_along_rows:              # the rows just written, still in cache
+        pairwise_row_sums(dout, dout, False, lo, hi, db)
 
 
 @jit.kernel

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from fmnist_mlp.nn.kernels import jit
-from fmnist_mlp.nn.kernels.batchnorm import _block_sum, _pairwise_sum
+from fmnist_mlp.nn.kernels.batchnorm import pairwise_row_sums
 
 
 @jit.kernel
@@ -57,18 +57,6 @@ def _targets_max_shift(logits, y, build, off, on, target, shifted):
 
 
 @jit.kernel
-def _row_sums(a, total, frames, partial):
-    """total[i] = Σ_j a[i, j] in NumPy's pairwise order."""
-    k = a.shape[1]
-    if k <= 128:                        # one block, as for 10 classes: no stack to set up
-        for i in range(a.shape[0]):
-            total[i] = _block_sum(a[i], 0, k)
-        return
-    for i in range(a.shape[0]):
-        total[i] = _pairwise_sum(a[i], k, frames, partial)
-
-
-@jit.kernel
 def _log_probs_and_gradient(shifted, exp, sum_exp, log_sum, target, scale, log_probs, db):
     """log_probs = shifted − log Σ exp; exp ← (exp / Σ exp − target)·scale, the gradient; with
     ``db`` (else empty), the output layer's bias gradient Σ_n of it, row after row as NumPy sums."""
@@ -94,7 +82,6 @@ class FusedHead:
     def __init__(self, dtype) -> None:
         self.dtype = np.dtype(dtype)
         self._work: dict[tuple[int, int], tuple[np.ndarray, ...]] = {}
-        self._frames, self._partial = np.empty((64, 3), np.int64), np.empty(64, self.dtype)
         self._no_bias = np.empty(0, self.dtype)
         logits = np.zeros((1, 2), self.dtype)
         jit.load([lambda: self.loss_and_dlogits(logits, np.zeros(1, np.int64), None, 0.0,
@@ -128,7 +115,7 @@ class FusedHead:
             return None
         target = target if build else targets
         np.exp(shifted, out=exp)
-        _row_sums(exp, sum_exp, self._frames, self._partial)
+        pairwise_row_sums(exp, exp, False, 0, exp.shape[0], sum_exp)
         np.log(sum_exp, out=log_sum)
         _log_probs_and_gradient(shifted, exp, sum_exp, log_sum, target, t(1.0 / n), log_probs,
                                 self._no_bias if db is None else db)
