@@ -238,3 +238,18 @@ def test_before_after_compares_every_row_of_two_checkouts():
     ratios = ab.compare(REPO, REPO, rounds=2)
     assert len(ratios) == 2 * (len(ab.OPTIMIZERS) + 1)
     assert all(len(r) == 2 and all(_positive(v) for v in r) for r in ratios.values())
+
+
+def test_the_sums_benchmark_checks_the_kernels_bits_and_times_both(capsys):
+    """benchmarks.sums: a line per batch size with NumPy's and the kernel's times, after the
+    kernel's sums were found bit-identical to NumPy's (it stops otherwise)."""
+    import re
+
+    pytest.importorskip("numba")
+    from benchmarks import sums
+
+    sums.main(["--units", "42", "--batches", "13,300", "--repeats", "3"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [re.match(r"42 units x (\d+): sum NumPy \d+ us, kernel \d+ us; sum of products "
+                     r"NumPy \d+ us, kernel \d+ us \(bit-identical\)$", line)[1]
+            for line in lines] == ["13", "300"], lines
