@@ -271,7 +271,8 @@ def test_fused_chains_are_bit_identical_on_work_arrays_larger_than_the_caches(nu
 
 # ------------------------------------------------------------------------------ the batch gather
 AUGMENTS = [dict(), dict(flip=True), dict(flip=True, alternate_flip=True), dict(shift=1),
-            dict(flip=True, shift=2), dict(shift=5, cutout=8), dict(flip=True, shift=27)]
+            dict(flip=True, shift=2), dict(shift=5, cutout=8), dict(flip=True, shift=27),
+            dict(flip=True, shift=40)]     # offsets past the image: rows with no column inside
 
 
 @pytest.mark.parametrize("normalize", ["standardize", "scale"])
