@@ -6,7 +6,11 @@ The full benchmark runs each engine in its own process one after the other, so o
 machine a load that comes and goes lands on one engine and not the other (its numbers moved by
 2-3x within one run here). This tool keeps one long-lived worker per engine, each holding every
 row's model, optimiser and random batches, and asks them in turn, the order rotated each round,
-for a burst of ``steps`` training steps of one row: all engines see the same load. It prints each
+for a burst of ``steps`` training steps of one row: all engines see the same load. Between bursts
+it waits ``--settle`` seconds, so the last worker's threads have stopped spinning: OpenBLAS's
+worker spins for about 0.1 s after its last product (2^28 cycles), and a burst started inside that
+time shares a core with it (measured: the engine's 784-256-128 momentum step 0.75-0.79 ms right
+after another worker's burst, 0.47 ms after a pause; JAX's and PyTorch's steps move less). It prints each
 engine's median time per step and the engine's throughput over each peer's (above 1: the engine
 is faster). Rows: the issue's four (batch 128; momentum; Adam with dropout 0.2; 784-256-128 and
 784-1024-512) and best.yaml's shape (3 x 1024, batch norm, dropout, Adam). The steps are the full
@@ -129,7 +133,7 @@ def worker_main(engine: str, kernels: str, steps: int) -> None:
         print((time.perf_counter() - start) / steps, flush=True)
 
 
-def compare(rounds: int, steps: int, kernels: str, threads: int) -> dict:
+def compare(rounds: int, steps: int, kernels: str, threads: int, settle: float = 0.2) -> dict:
     engines = ["numpy"] + [e for e in ("torch", "jax") if importlib.util.find_spec(e)]
     # Every engine gets `threads`: BLAS and OpenMP pools, torch, and XLA's CPU thread pool. With
     # more than one, an idle worker's BLAS threads spin for a while after each burst and slow
@@ -148,6 +152,7 @@ def compare(rounds: int, steps: int, kernels: str, threads: int) -> dict:
         order = engines[r % len(engines):] + engines[:r % len(engines)]
         for name in names:
             for e in order:
+                time.sleep(settle)          # the last burst's threads stop spinning
                 procs[e].stdin.write(name + "\n")
                 procs[e].stdin.flush()
                 seconds[name, e].append(float(procs[e].stdout.readline()))
@@ -165,13 +170,16 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=30, help="training steps per burst")
     parser.add_argument("--kernels", default="auto", choices=("auto", "numpy", "numba"))
     parser.add_argument("--threads", type=int, default=1, help="threads per engine (default 1)")
+    parser.add_argument("--settle", type=float, default=0.2,
+                        help="seconds of pause before each burst (default 0.2; 0: none)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         return worker_main(args.worker, args.kernels, args.steps)
-    result = compare(args.rounds, args.steps, args.kernels, args.threads)
+    result = compare(args.rounds, args.steps, args.kernels, args.threads, args.settle)
     engines = result["engines"]
-    print(f"median ms per step over {args.rounds} rounds of {args.steps}-step bursts; "
+    print(f"median ms per step over {args.rounds} rounds of {args.steps}-step bursts, "
+          f"{args.settle:g} s apart; "
           f"{args.threads} thread(s) each; engine kernels {args.kernels}; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"{'row':42}" + "".join(f"{e + ' ms':>11}" for e in engines)
           + "".join(f"{'engine/' + e:>14}" for e in engines[1:]))
