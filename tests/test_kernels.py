@@ -141,13 +141,13 @@ def test_fused_chains_give_the_reference_bits(settings, numba_kernels):
 
 
 @pytest.mark.parametrize("layout", ["row", "feature"])
-@pytest.mark.parametrize("n", [5, 13, 128, 300, 512, 2000])
+@pytest.mark.parametrize("n", [5, 13, 128, 300, 512, 2000, 20000])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_fused_batchnorm_sums_in_numpys_order_and_gives_its_bits(layout, n, dtype, numba_kernels):
     """Batch sums are where bits could part: NumPy sums a row-major batch row after row and a
     feature-major one pairwise (eight running sums, halves above 128 rows); the kernels do too,
     feature-major four units at a time in vectors (42 units: a group of two at the end; a batch
-    of 13 or 300: a last block with terms past its eights)."""
+    of 13 or 300: a last block with terms past its eights; 20,000: a plan of 256 blocks)."""
     from fmnist_mlp.nn import layers
     from fmnist_mlp.nn.kernels.chains import FusedChains
 

@@ -36,8 +36,9 @@ def _pairwise_blocks(n, blocks, program):
     """NumPy's pairwise order for a run of ``n`` as a plan, the same for every unit: ``blocks``
     (start, length) left to right, each of at most 128, and ``program``, the additions in
     postfix (k ≥ 0: push block k's sum; −1: replace the top two by their sum). Returns
-    (block count, program length). A loop over an explicit stack, not recursion: numba's cache
-    cannot reload a recursive function (a reloaded one crashed)."""
+    (block count, program length); ``blocks`` and ``program`` must hold n // 48 + 2 and twice
+    that. A loop over an explicit stack (64 deep: halves of a run of any int64 length), not
+    recursion: numba's cache cannot reload a recursive function (a reloaded one crashed)."""
     stack = np.empty((64, 3), np.int64)             # (start, length, stage)
     top, n_blocks, n_ops = 0, 0, 0
     stack[0, 0], stack[0, 1], stack[0, 2] = 0, n, 0
@@ -67,7 +68,8 @@ def pairwise_row_sums(a, b, with_b, lo, hi, total):
     """total[u] = Σ_i a[u, i] (·b[u, i] ``with_b``; ``b`` is ``a`` without) for lo ≤ u < hi:
     each row of the C-contiguous 2-D ``a`` summed in NumPy's pairwise order, four at a time."""
     n = a.shape[1]
-    blocks, program = np.empty((64, 2), np.int64), np.empty(128, np.int64)
+    most = n // 48 + 2                  # a block cut from a longer run holds at least 57 terms
+    blocks, program = np.empty((most, 2), np.int64), np.empty(2 * most, np.int64)
     n_blocks, n_ops = _pairwise_blocks(n, blocks, program)
     sums, stack = np.empty((4, n_blocks), a.dtype), np.empty(64, a.dtype)
     for u0 in range(lo, hi, 4):
