@@ -13,6 +13,9 @@ when it is a real folder the user owns that nobody else can write to, since numb
 index with pickle. ``NUMBA_CACHE_DIR``, when set, is the user's own choice and wins. A damaged
 cache (a truncated or overwritten index or data file) is rebuilt: :func:`load` catches the failed
 load, removes this package's cache files and compiles again.
+
+One piece of LLVM is written by hand here, :func:`lane_sums`: numba leaves its SLP vectoriser
+off, and NumPy's pairwise sum keeps eight running sums that belong in one vector.
 """
 
 from __future__ import annotations
@@ -73,7 +76,8 @@ def lane_sums(units: int, products: bool):
     ``a`` (C-contiguous, 2-D) over ``[start, start + count − count % 8)``, 8 ≤ count ≤ 128: each
     ``((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))`` of the running sums r[j] of every
     eighth term from j (of a·b with ``products``), as a tuple; the caller adds the last
-    count % 8 terms. These are :func:`fmnist_mlp.nn.kernels.batchnorm._block_sum`'s operations."""
+    count % 8 terms. These are NumPy's own operations for a block of its pairwise sum, in its
+    order, with no fast-math flag on any of them (:mod:`fmnist_mlp.nn.kernels.batchnorm`)."""
 
     @intrinsic
     def vector_sums(typingctx, a, b, u0, start, count):
