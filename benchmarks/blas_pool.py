@@ -7,17 +7,19 @@ OpenBLAS's worker threads spin between products (:mod:`benchmarks.blas_spin`), s
 kernels' thread splits, which run between products, find the second core taken. NumPy's bundled
 OpenBLAS (0.3.27 and later) exports ``openblas_set_threads_callback_function``: given a
 callback, it hands each product's parallel jobs to it instead of to its own threads. This tool
-installs a callback that runs job 0 on the calling thread and the others on one Python thread of
-its own (a ``ThreadPoolExecutor``), which sleeps between products, and times the same training
-step (the engine's, fused kernels) with and without it, one process a side (the callback set
-before the first product, so OpenBLAS's own threads never run there), the sides alternated,
-split into the batch's gather, ``loss_and_grad`` and the optimiser's step. The results are the
-same bits either way (the jobs are OpenBLAS's own; the tool compares the weights' hashes).
+installs one before the process's first product (OpenBLAS's threads then never run) and times
+the same training step (the engine's, fused kernels) with and without it, one process a side,
+the sides alternated, split into the batch's gather, ``loss_and_grad`` and the optimiser's step.
+The results are the same bits either way (the jobs are OpenBLAS's own; the tool compares the
+weights' hashes). Two pools:
 
-A measurement, not a runtime option: a Python callback inside a product runs Python code on the
-calling thread, where a Ctrl-C's KeyboardInterrupt can be raised between two jobs, lost in
-ctypes, and leave the product's other job waiting for ever. An engine-owned pool would need the
-hand-off in native code (a compiled callback and worker, no Python between the jobs).
+- ``--pool native`` (the default), :mod:`benchmarks.native_pool`: a compiled callback hands job
+  i to worker i through atomic words, the workers spin briefly, then sleep on a futex.
+- ``--pool python``: job 0 on the calling thread, the others on a ``ThreadPoolExecutor``. Its
+  callback runs Python code inside the product, where a Ctrl-C's KeyboardInterrupt, raised
+  between two jobs and swallowed by ctypes, would leave the other job waiting for ever.
+
+Neither is used by the engine yet (docs/performance.md says what an engine-owned pool needs).
 """
 
 from __future__ import annotations
@@ -83,8 +85,14 @@ def measure(args) -> dict:
         setter = _setter()
         if setter is None:
             raise SystemExit("this NumPy's BLAS has no set_threads_callback_function")
-        pool = PythonPool()
-        setter(pool.callback)
+        if args.pool == "native":
+            from benchmarks.native_pool import NativePool
+
+            pool = NativePool()
+            pool.install()
+        else:
+            pool = PythonPool()
+            setter(pool.callback)
     kernels.set_cache_dir(user_cache_dir() / "kernels")
     batch = args.batch_size
     pick, drop_rng = np.random.default_rng(1), np.random.default_rng(0)
@@ -107,9 +115,12 @@ def measure(args) -> dict:
         t3 = time.perf_counter_ns()
         if step >= 10:                      # the first steps load the kernels and warm up
             spent = [spent[0] + t1 - t0, spent[1] + t2 - t1, spent[2] + t3 - t2]
+    served = pool.products if pool else 0
+    if args.pool == "native" and pool:
+        pool.close()
     return {"microseconds": [t / args.steps / 1e3 for t in spent],
             "weights": hashlib.sha256(model.params.flat.tobytes()).hexdigest(),
-            "products_through_pool": pool.products if pool else 0}
+            "products_through_pool": served}
 
 
 def main(argv=None) -> None:
@@ -125,6 +136,8 @@ def main(argv=None) -> None:
     parser.add_argument("--optimizer", default="adamw")
     parser.add_argument("--steps", type=int, default=200, help="timed steps per process")
     parser.add_argument("--rounds", type=int, default=3, help="processes per side, alternated")
+    parser.add_argument("--pool", choices=("native", "python"), default="native",
+                        help="the pool: compiled hand-off (benchmarks.native_pool) or Python threads")
     parser.add_argument("--side", choices=("own", "pool"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.side:
@@ -132,10 +145,11 @@ def main(argv=None) -> None:
         return
     if _setter() is None:
         raise SystemExit("this NumPy's BLAS has no set_threads_callback_function")
-    names = {"own": "BLAS's own threads", "pool": "a pool of ours"}
+    names = {"own": "BLAS's own threads", "pool": f"a {args.pool} pool"}
     results = {side: [] for side in names}
     forwarded = ["--hidden", args.hidden, "--batch-size", str(args.batch_size), "--dropout",
                  str(args.dropout), "--optimizer", args.optimizer, "--steps", str(args.steps),
+                 "--pool", args.pool,
                  *(["--batchnorm"] if args.batchnorm else [])]
     for r in range(args.rounds):
         for side in (("own", "pool") if r % 2 == 0 else ("pool", "own")):
@@ -143,7 +157,8 @@ def main(argv=None) -> None:
                                    "--side", side], capture_output=True, text=True, check=True)
             results[side].append(json.loads(proc.stdout))
     print(f"{args.hidden}, batch {args.batch_size}, {args.optimizer}, dropout {args.dropout}, "
-          f"batch norm {args.batchnorm}: microseconds a step, median of {args.rounds} processes "
+          f"batch norm {args.batchnorm}, {args.pool} pool: microseconds a step, median of "
+          f"{args.rounds} processes "
           f"of {args.steps} steps each, alternated")
     for side, name in names.items():
         gather, forward_backward, update = (

@@ -255,23 +255,26 @@ def test_the_sums_benchmark_checks_the_kernels_bits_and_times_both(capsys):
             for line in lines] == ["13", "300"], lines
 
 
-def test_the_blas_pool_measurement_runs_products_on_its_pool_with_the_same_bits():
-    """benchmarks.blas_pool: a process a side, BLAS's own threads and the callback's pool, the
-    step split into its parts; products go through the pool, and the weights come out the same."""
+@pytest.mark.parametrize("pool", ["native", "python"])
+def test_the_blas_pool_measurement_runs_products_on_its_pool_with_the_same_bits(pool):
+    """benchmarks.blas_pool: a process a side, BLAS's own threads and the callback's pool (the
+    compiled one of benchmarks.native_pool, or Python threads), the step split into its parts;
+    products go through the pool, and the weights come out the same."""
     import re
     import subprocess
     import sys
     from pathlib import Path
 
+    pytest.importorskip("numba")
     proc = subprocess.run([sys.executable, "-m", "benchmarks.blas_pool", "--hidden", "256",
                            "--batch-size", "128", "--optimizer", "momentum", "--steps", "5",
-                           "--rounds", "1"], capture_output=True, text=True, timeout=300,
-                          cwd=Path(__file__).resolve().parents[1])
+                           "--rounds", "1", "--pool", pool], capture_output=True, text=True,
+                          timeout=300, cwd=Path(__file__).resolve().parents[1])
     if "no set_threads_callback_function" in proc.stderr:
         pytest.skip("this NumPy's BLAS has no threads callback")
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.strip().splitlines()
-    for name in ("BLAS's own threads", "a pool of ours"):
+    for name in ("BLAS's own threads", f"a {pool} pool"):
         assert any(re.match(rf"  {name} +gather +\d+  loss_and_grad +\d+  update +\d+  step +\d+$",
                             line) for line in lines), proc.stdout
     through = re.search(r"products through the pool: (\d+) a process; the weights after the "

@@ -1,0 +1,265 @@
+"""A native pool for NumPy's OpenBLAS: its products' parallel jobs run on threads of ours, handed
+over without Python. A prototype for :mod:`benchmarks.blas_pool`, not used by the engine.
+
+OpenBLAS (0.3.27 and later) calls ``openblas_set_threads_callback_function``'s callback with each
+product's jobs, which must run at the same time (they wait on each other's packed panels). This
+callback is one numba ``cfunc``:
+
+- from OpenBLAS: job 0 runs on the calling thread, job i on worker i, handed over through a
+  control block of atomic 64-bit words (the job's function, data and argument, then a sequence
+  number bumped with release order); the caller waits for each worker's "done" number. A lock
+  word lets one product at a time use the workers.
+- called with ``sync`` −1 by a worker thread of ours (a Python thread calling the cfunc through
+  ctypes, so without the GIL): it serves its slot until stopped, spinning ``SPIN`` pauses after
+  each job, then sleeping on a futex until the next.
+- ``sync`` −2 stops the workers; −3 writes the number of products served into an int64; −4
+  lets workers serve again (a new pool after a closed one).
+
+The control block is a global of the cfunc's own LLVM module, so the callback and the workers,
+the same compiled function, share it; nothing of it is seen from Python. Nothing here runs
+Python between a product's jobs: a Ctrl-C is handled when the product returns.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import os
+import threading
+
+import numpy as np
+from llvmlite import ir
+from numba import cfunc, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+_I64, _I32 = ir.IntType(64), ir.IntType(32)
+_WORDS = 64
+LOCK, STOP, COUNT = 0, 1, 2
+SLOT = 8                                # a worker's words: one cache line from word 8·i
+SEQ, DONE, FN, DATA, ARG = 0, 1, 2, 3, 4
+SPIN = 2000                             # pauses (tens of microseconds) before a futex sleep
+MAX_WORKERS = _WORDS // SLOT - 1
+_FUTEX_WAIT_PRIVATE, _FUTEX_WAKE_PRIVATE, _SYS_FUTEX = 128, 129, 202      # Linux x86-64
+
+
+def _word(builder, index):
+    """A pointer to word ``index`` of the module's control block (made on first use)."""
+    block = builder.module.globals.get("fmnist_blas_pool")
+    if block is None:
+        block = ir.GlobalVariable(builder.module, ir.ArrayType(_I64, _WORDS), "fmnist_blas_pool")
+        block.linkage = "internal"
+        block.initializer = ir.Constant(ir.ArrayType(_I64, _WORDS), None)
+        block.align = 64
+    return builder.gep(block, [ir.Constant(_I32, 0), index])
+
+
+@intrinsic
+def _load(typingctx, index):
+    def codegen(context, builder, sig, args):
+        return builder.load_atomic(_word(builder, args[0]), "acquire", 8)
+    return types.int64(types.intp), codegen
+
+
+@intrinsic
+def _store(typingctx, index, value):
+    def codegen(context, builder, sig, args):
+        builder.store_atomic(args[1], _word(builder, args[0]), "release", 8)
+        return context.get_dummy_value()
+    return types.none(types.intp, types.int64), codegen
+
+
+@intrinsic
+def _add(typingctx, index, value):
+    def codegen(context, builder, sig, args):
+        return builder.atomic_rmw("add", _word(builder, args[0]), args[1], "acq_rel")
+    return types.int64(types.intp, types.int64), codegen
+
+
+@intrinsic
+def _swap_if(typingctx, index, expected, new):
+    def codegen(context, builder, sig, args):
+        pair = builder.cmpxchg(_word(builder, args[0]), args[1], args[2], "acq_rel", "acquire")
+        return builder.extract_value(pair, 1)
+    return types.boolean(types.intp, types.int64, types.int64), codegen
+
+
+@intrinsic
+def _pause(typingctx):
+    def codegen(context, builder, sig, args):
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []),
+                                            "llvm.x86.sse2.pause")
+        builder.call(fn, [])
+        return context.get_dummy_value()
+    return types.none(), codegen
+
+
+def _futex(builder, index, op, value):
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_I64, [_I64], var_arg=True),
+                                        "syscall")
+    address = builder.ptrtoint(_word(builder, index), _I64)
+    builder.call(fn, [ir.Constant(_I64, _SYS_FUTEX), address, ir.Constant(_I64, op), value,
+                      ir.Constant(_I64, 0)])
+
+
+@intrinsic
+def _sleep_while(typingctx, index, value):
+    """Sleep while word ``index``'s low 32 bits equal ``value``'s (a change, a wake-up or a
+    signal ends it; the caller checks again)."""
+    def codegen(context, builder, sig, args):
+        _futex(builder, args[0], _FUTEX_WAIT_PRIVATE, builder.zext(builder.trunc(args[1], _I32), _I64))
+        return context.get_dummy_value()
+    return types.none(types.intp, types.int64), codegen
+
+
+@intrinsic
+def _wake(typingctx, index):
+    def codegen(context, builder, sig, args):
+        _futex(builder, args[0], _FUTEX_WAKE_PRIVATE, ir.Constant(_I64, 1 << 30))
+        return context.get_dummy_value()
+    return types.none(types.intp), codegen
+
+
+@intrinsic
+def _address(typingctx, pointer):
+    def codegen(context, builder, sig, args):
+        return builder.ptrtoint(args[0], _I64)
+    return types.int64(types.voidptr), codegen
+
+
+@intrinsic
+def _put(typingctx, address, value):
+    def codegen(context, builder, sig, args):
+        builder.store(args[1], builder.inttoptr(args[0], _I64.as_pointer()))
+        return context.get_dummy_value()
+    return types.none(types.int64, types.int64), codegen
+
+
+@intrinsic
+def _run_job(typingctx, function, thread, data, argument):
+    """OpenBLAS's ``dojob(thread, data, argument)`` through its address."""
+    def codegen(context, builder, sig, args):
+        kind = ir.FunctionType(ir.VoidType(), [_I32, ir.IntType(8).as_pointer(), _I32])
+        builder.call(builder.inttoptr(args[0], kind.as_pointer()),
+                     [builder.trunc(args[1], _I32), builder.inttoptr(args[2], ir.IntType(8).as_pointer()),
+                      builder.trunc(args[3], _I32)])
+        return context.get_dummy_value()
+    return types.none(types.int64, types.int64, types.int64, types.int64), codegen
+
+
+_SIGNATURE = types.void(types.int32, types.voidptr, types.int32, types.uintp, types.voidptr,
+                        types.int32)
+
+
+@cfunc(_SIGNATURE, nopython=True)
+def _callback(sync, dojob, jobs, size, data, argument):
+    if sync == -1:                                  # a worker: serve slot ``jobs`` until stopped
+        base = SLOT * jobs
+        seen = _load(base + SEQ)
+        while True:
+            spins, now = 0, _load(base + SEQ)
+            while now == seen:
+                spins += 1
+                if spins < SPIN:
+                    _pause()
+                else:
+                    _sleep_while(base + SEQ, now)
+                    spins = 0
+                now = _load(base + SEQ)
+            seen = now
+            if _load(STOP) != 0:
+                return
+            _run_job(_load(base + FN), jobs, _load(base + DATA), _load(base + ARG))
+            _store(base + DONE, seen)
+            _wake(base + DONE)
+    if sync == -2:                                  # stop workers 1..jobs
+        _store(STOP, 1)
+        for w in range(1, jobs + 1):
+            _add(SLOT * w + SEQ, 1)
+            _wake(SLOT * w + SEQ)
+        return
+    if sync == -3:                                  # the products served, into *data
+        _put(_address(data), _load(COUNT))
+        return
+    if sync == -4:                                  # a new pool: its workers may serve
+        _store(STOP, 0)
+        return
+    function, first = _address(dojob), _address(data)
+    if jobs <= 1:
+        _run_job(function, 0, first, argument)
+        return
+    while not _swap_if(LOCK, 0, 1):                 # one product at a time on the workers
+        _pause()
+    _add(COUNT, 1)
+    for i in range(1, jobs):
+        base = SLOT * i
+        _store(base + FN, function)
+        _store(base + DATA, first + i * np.int64(size))
+        _store(base + ARG, argument)
+        _add(base + SEQ, 1)
+        _wake(base + SEQ)
+    _run_job(function, 0, first, argument)
+    for i in range(1, jobs):
+        base = SLOT * i
+        target, spins = _load(base + SEQ), 0
+        done = _load(base + DONE)
+        while done != target:
+            spins += 1
+            if spins < SPIN:
+                _pause()
+            else:
+                _sleep_while(base + DONE, done)
+            done = _load(base + DONE)
+    _store(LOCK, 0)
+
+
+_ENTRY = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t,
+                          ctypes.c_void_p, ctypes.c_int)
+
+
+def _openblas():
+    """(set_threads_callback_function, get_num_threads) of NumPy's OpenBLAS, or None."""
+    for path in glob.glob(os.path.join(os.path.dirname(np.__path__[0]), "numpy.libs", "*openblas*")):
+        lib = ctypes.CDLL(path)
+        for prefix, suffix in (("scipy_openblas_", "64_"), ("scipy_openblas_", ""),
+                               ("openblas_", "64_"), ("openblas_", "")):
+            setter = getattr(lib, f"{prefix}set_threads_callback_function{suffix}", None)
+            count = getattr(lib, f"{prefix}get_num_threads{suffix}", None)
+            if setter is not None and count is not None:
+                setter.argtypes, count.restype = [ctypes.c_void_p], ctypes.c_int
+                return setter, count
+    return None
+
+
+class NativePool:
+    """Workers for NumPy's OpenBLAS products: one fewer than its threads. ``install`` before the
+    first product of the process (OpenBLAS's own threads then never start work); ``close``."""
+
+    def __init__(self) -> None:
+        found = _openblas()
+        if found is None:
+            raise RuntimeError("this NumPy's BLAS has no set_threads_callback_function")
+        self._setter, count = found
+        self.workers = min(max(count() - 1, 0), MAX_WORKERS)
+        self._entry = _ENTRY(_callback.address)
+        self._entry(-4, None, 0, 0, None, 0)
+        self._threads = [threading.Thread(target=self._entry, args=(-1, None, w, 0, None, 0),
+                                          name=f"blas-pool-{w}", daemon=True)
+                         for w in range(1, self.workers + 1)]
+        for thread in self._threads:
+            thread.start()
+
+    def install(self) -> None:
+        self._setter(_callback.address)
+
+    @property
+    def products(self) -> int:
+        served = ctypes.c_int64(0)
+        self._entry(-3, None, 0, 0, ctypes.addressof(served), 0)
+        return served.value
+
+    def close(self) -> None:
+        self._setter(None)
+        self._entry(-2, None, self.workers, 0, None, 0)
+        for thread in self._threads:
+            thread.join()
