@@ -13,13 +13,13 @@ the sides alternated, split into the batch's gather, ``loss_and_grad`` and the o
 The results are the same bits either way (the jobs are OpenBLAS's own; the tool compares the
 weights' hashes). Two pools:
 
-- ``--pool native`` (the default), :mod:`benchmarks.native_pool`: a compiled callback hands job
+- ``--pool native`` (the default), :mod:`fmnist_mlp.nn.kernels.blas_pool`: a compiled callback hands job
   i to worker i through atomic words, the workers spin briefly, then sleep on a futex.
 - ``--pool python``: job 0 on the calling thread, the others on a ``ThreadPoolExecutor``. Its
   callback runs Python code inside the product, where a Ctrl-C's KeyboardInterrupt, raised
   between two jobs and swallowed by ctypes, would leave the other job waiting for ever.
 
-Neither is used by the engine yet (docs/performance.md says what an engine-owned pool needs).
+The training loop installs the native one where it pays (:func:`fmnist_mlp.nn.kernels.blas_pool.pool_for_training`).
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def measure(args) -> dict:
         if setter is None:
             raise SystemExit("this NumPy's BLAS has no set_threads_callback_function")
         if args.pool == "native":
-            from benchmarks.native_pool import NativePool
+            from fmnist_mlp.nn.kernels.blas_pool import NativePool
 
             pool = NativePool()
             pool.install()
@@ -137,7 +137,7 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=200, help="timed steps per process")
     parser.add_argument("--rounds", type=int, default=3, help="processes per side, alternated")
     parser.add_argument("--pool", choices=("native", "python"), default="native",
-                        help="the pool: compiled hand-off (benchmarks.native_pool) or Python threads")
+                        help="the pool: the engine's compiled one (nn/kernels/blas_pool.py) or Python threads")
     parser.add_argument("--side", choices=("own", "pool"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.side:

@@ -258,7 +258,7 @@ def test_the_sums_benchmark_checks_the_kernels_bits_and_times_both(capsys):
 @pytest.mark.parametrize("pool", ["native", "python"])
 def test_the_blas_pool_measurement_runs_products_on_its_pool_with_the_same_bits(pool):
     """benchmarks.blas_pool: a process a side, BLAS's own threads and the callback's pool (the
-    compiled one of benchmarks.native_pool, or Python threads), the step split into its parts;
+    engine's compiled one, nn/kernels/blas_pool.py, or Python threads), the step split into its parts;
     products go through the pool, and the weights come out the same."""
     import re
     import subprocess

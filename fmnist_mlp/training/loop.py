@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
@@ -92,7 +93,7 @@ def fit(engine: Any, data: LoopData, settings: LoopSettings,
     try:
         # Inside: a callback that fails to start still has every callback ended.
         listeners.on_train_start(event)
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"), _blas_pool(engine):
             # Overflow warnings only precede the NaN/inf loss _check_finite reports in one line.
             while state.epoch < settings.epochs and not state.early_stopped:
                 _one_epoch(engine, data, settings, rngs, state, listeners, event)
@@ -113,6 +114,18 @@ def fit(engine: Any, data: LoopData, settings: LoopSettings,
         raise
     listeners.on_train_end(event)
     return state
+
+
+def _blas_pool(engine):
+    """The engine's own BLAS thread pool around the epochs where it pays, else nothing: the
+    products' jobs on workers that sleep between products, so the fused kernels' splits find the
+    second core free (:mod:`fmnist_mlp.nn.kernels.blas_pool`; the same bits either way)."""
+    model = engine.model
+    if getattr(model, "kernels", "numpy") != "numba":
+        return nullcontext()
+    from fmnist_mlp.nn.kernels.blas_pool import pool_for_training
+
+    return pool_for_training(model.hidden, model.kernels)
 
 
 def _end(listeners: CallbackList, event: LoopEvent, status: str, message: str) -> None:

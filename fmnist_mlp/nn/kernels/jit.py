@@ -36,7 +36,7 @@ from fmnist_mlp.nn.kernels import cache_dir
 
 # The kernel modules whose cache files (numba names them "<module>.<function>-<line>.py<ver>.nbi"
 # and ".nbc") this package may remove when they are damaged.
-KERNEL_MODULES = ("updates", "chains", "batchnorm", "batches", "head")
+KERNEL_MODULES = ("updates", "chains", "batchnorm", "batches", "head", "blas_pool")
 
 
 def _private_folder(path: Path) -> bool:

@@ -1,9 +1,11 @@
-"""A native pool for NumPy's OpenBLAS: its products' parallel jobs run on threads of ours, handed
-over without Python. A prototype for :mod:`benchmarks.blas_pool`, not used by the engine.
+"""A BLAS thread pool of the engine's own: NumPy's OpenBLAS runs its products' parallel jobs on
+workers that sleep between products, so the second core is free for the fused kernels' splits.
 
-OpenBLAS (0.3.27 and later) calls ``openblas_set_threads_callback_function``'s callback with each
-product's jobs, which must run at the same time (they wait on each other's packed panels). This
-callback is one numba ``cfunc``:
+OpenBLAS's own worker threads spin between products (``benchmarks/blas_spin.py``), holding the
+second core through every elementwise pass of a step. OpenBLAS (0.3.27 and later) calls
+``openblas_set_threads_callback_function``'s callback with each product's jobs instead, which
+must run at the same time (they wait on each other's packed panels). This callback is one numba
+``cfunc``:
 
 - from OpenBLAS: job 0 runs on the calling thread, job i on worker i, handed over through a
   control block of atomic 64-bit words (the job's function, data and argument, then a sequence
@@ -16,8 +18,15 @@ callback is one numba ``cfunc``:
   lets workers serve again (a new pool after a closed one).
 
 The control block is a global of the cfunc's own LLVM module, so the callback and the workers,
-the same compiled function, share it; nothing of it is seen from Python. Nothing here runs
-Python between a product's jobs: a Ctrl-C is handled when the product returns.
+the same compiled function, share it; nothing of it is seen from Python. No Python runs between
+a product's jobs: a Ctrl-C is handled when the product returns. The jobs are OpenBLAS's own, so
+the products' bits do not change (tests/test_kernels.py).
+
+:func:`pool_for_training` installs it around a training loop where it pays: the fused kernels,
+two or more BLAS threads, a first hidden layer of at least :data:`MIN_WIDTH` units (measured,
+``python -m benchmarks.blas_pool``: 784-1024-1024-10 at batch 512 −9 %, 784-1024-512-10 at 128
+−10 % a step; 784-256-128-10 +26 % at batch 128 and +7 % at 512, where a hand-off is a large
+share of each product). A forked child, which has no workers, is given OpenBLAS's threads back.
 """
 
 from __future__ import annotations
@@ -25,13 +34,19 @@ from __future__ import annotations
 import ctypes
 import glob
 import os
+import platform
+import sys
 import threading
+from contextlib import contextmanager
+from typing import Iterator
 
 import numpy as np
 from llvmlite import ir
 from numba import cfunc, types
 from numba.core import cgutils
 from numba.extending import intrinsic
+
+from fmnist_mlp.nn.kernels import jit
 
 _I64, _I32 = ir.IntType(64), ir.IntType(32)
 _WORDS = 64
@@ -151,11 +166,12 @@ _SIGNATURE = types.void(types.int32, types.voidptr, types.int32, types.uintp, ty
                         types.int32)
 
 
-@cfunc(_SIGNATURE, nopython=True)
-def _callback(sync, dojob, jobs, size, data, argument):
+def _callback_source(sync, dojob, jobs, size, data, argument):
     if sync == -1:                                  # a worker: serve slot ``jobs`` until stopped
         base = SLOT * jobs
-        seen = _load(base + SEQ)
+        # The last job served, not the last posted: a job posted before this thread got here
+        # (the first product can come before a new worker runs) is still waiting for it.
+        seen = _load(base + DONE)
         while True:
             spins, now = 0, _load(base + SEQ)
             while now == seen:
@@ -181,7 +197,9 @@ def _callback(sync, dojob, jobs, size, data, argument):
     if sync == -3:                                  # the products served, into *data
         _put(_address(data), _load(COUNT))
         return
-    if sync == -4:                                  # a new pool: its workers may serve
+    if sync == -4:                                  # a new pool: nothing pending, may serve
+        for w in range(1, MAX_WORKERS + 1):
+            _store(SLOT * w + DONE, _load(SLOT * w + SEQ))
         _store(STOP, 0)
         return
     function, first = _address(dojob), _address(data)
@@ -213,6 +231,17 @@ def _callback(sync, dojob, jobs, size, data, argument):
     _store(LOCK, 0)
 
 
+_compiled: list = []
+
+
+def _callback():
+    """The compiled callback (loaded from the kernel cache, or compiled, on first use)."""
+    if not _compiled:
+        _compiled.append(cfunc(_SIGNATURE, nopython=True,
+                               cache=jit.CACHE is not None)(_callback_source))
+    return _compiled[0]
+
+
 _ENTRY = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t,
                           ctypes.c_void_p, ctypes.c_int)
 
@@ -232,8 +261,10 @@ def _openblas():
 
 
 class NativePool:
-    """Workers for NumPy's OpenBLAS products: one fewer than its threads. ``install`` before the
-    first product of the process (OpenBLAS's own threads then never start work); ``close``."""
+    """Workers for NumPy's OpenBLAS products: one fewer than its threads. ``install`` (best before
+    the process's first product: OpenBLAS's own threads then never start work); ``close``.
+    OpenBLAS must not be given more threads while it is installed: a product with more jobs than
+    workers would wait for ever (:func:`pool_for_training` installs it only for a training loop)."""
 
     def __init__(self) -> None:
         found = _openblas()
@@ -241,7 +272,8 @@ class NativePool:
             raise RuntimeError("this NumPy's BLAS has no set_threads_callback_function")
         self._setter, count = found
         self.workers = min(max(count() - 1, 0), MAX_WORKERS)
-        self._entry = _ENTRY(_callback.address)
+        self._address = _callback().address
+        self._entry = _ENTRY(self._address)
         self._entry(-4, None, 0, 0, None, 0)
         self._threads = [threading.Thread(target=self._entry, args=(-1, None, w, 0, None, 0),
                                           name=f"blas-pool-{w}", daemon=True)
@@ -250,7 +282,8 @@ class NativePool:
             thread.start()
 
     def install(self) -> None:
-        self._setter(_callback.address)
+        _installed[0] = self
+        self._setter(self._address)
 
     @property
     def products(self) -> int:
@@ -259,7 +292,55 @@ class NativePool:
         return served.value
 
     def close(self) -> None:
+        """Give OpenBLAS its own threads back, then stop and join the workers."""
         self._setter(None)
+        _installed[0] = None
         self._entry(-2, None, self.workers, 0, None, 0)
         for thread in self._threads:
             thread.join()
+
+
+MIN_WIDTH = 512                 # the first hidden layer's units from which the pool pays
+_installed: list[NativePool | None] = [None]
+
+
+def _forked_child() -> None:
+    """A forked child has the callback but not the workers: OpenBLAS's own threads again."""
+    pool = _installed[0]
+    if pool is not None:
+        pool._setter(None)
+        _installed[0] = None
+
+
+os.register_at_fork(after_in_child=_forked_child)
+
+
+def wanted(hidden, kernels: str) -> bool:
+    """Whether a training loop of this net pays for the pool (see the module's figures), on a
+    machine it is written for (x86-64 Linux: its pause instruction and futex system call), with
+    no pool installed already."""
+    if kernels != "numba" or not hidden or hidden[0] < MIN_WIDTH or _installed[0] is not None:
+        return False
+    if sys.platform != "linux" or platform.machine() not in ("x86_64", "AMD64"):
+        return False
+    found = _openblas()
+    return found is not None and 2 <= found[1]() <= MAX_WORKERS + 1
+
+
+@contextmanager
+def pool_for_training(hidden, kernels: str) -> Iterator[NativePool | None]:
+    """The pool, installed for the ``with`` block where :func:`wanted`, else None. A pool that
+    cannot start (its compiled callback failing to load, say) leaves OpenBLAS's threads."""
+    pool = None
+    if wanted(hidden, kernels):
+        try:
+            pool = NativePool()
+        except Exception:       # noqa: BLE001 - OpenBLAS's own threads do the same work
+            pool = None
+        else:
+            pool.install()
+    try:
+        yield pool
+    finally:
+        if pool is not None:
+            pool.close()

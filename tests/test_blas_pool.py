@@ -1,0 +1,172 @@
+"""The engine's own BLAS thread pool (nn/kernels/blas_pool.py): the same bits as OpenBLAS's own
+threads, products through it, and no hang on Ctrl-C or in a forked child. Each case runs in a
+child process with a timeout: the pool is installed into NumPy's BLAS, process-wide."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("numba")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _pool_pays() -> bool:
+    from fmnist_mlp.nn.kernels.blas_pool import wanted
+
+    return wanted([1024], "numba")
+
+
+def _child(code: str, tmp_path: Path, timeout: float = 240) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code), str(tmp_path / "kernels")],
+                          capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+
+
+def test_steps_with_the_pool_give_the_bits_of_blas_own_threads(tmp_path):
+    if not _pool_pays():
+        pytest.skip("the pool is only installed with two or more BLAS threads and its callback")
+    proc = _child("""
+        import hashlib, json, sys
+        from contextlib import nullcontext
+        import numpy as np
+        from fmnist_mlp.nn import MLP, kernels
+        from fmnist_mlp.nn.optim import make_optimizer
+        kernels.set_cache_dir(sys.argv[1])
+        from fmnist_mlp.nn.kernels.blas_pool import pool_for_training
+
+        def train(with_pool):
+            model = MLP(hidden=[512, 64], batchnorm=True, dropout=0.2, seed=0, kernels="numba")
+            opt = make_optimizer("adam", model.params, lr=1e-3, kernels="numba")
+            rng, drop = np.random.default_rng(0), np.random.default_rng(1)
+            x = rng.standard_normal((2048, 784), dtype=np.float32)
+            y = rng.integers(0, 10, 2048)
+            with (pool_for_training(model.hidden, model.kernels) if with_pool
+                  else nullcontext()) as pool:
+                for _ in range(8):
+                    idx = rng.integers(0, 2048, 256)
+                    model.loss_and_grad(x[idx], y[idx], drop)
+                    opt.step(model.params, model.grads)
+                served = pool.products if pool is not None else 0
+            return hashlib.sha256(model.params.flat.tobytes()).hexdigest(), served
+
+        (own, _), (pooled, served) = train(False), train(True)
+        print(json.dumps({"same": own == pooled, "served": served}))
+    """, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["served"] > 0 and result["same"], result
+
+
+def test_pool_after_pool_each_serves_its_product(tmp_path):
+    """Fifty pools in a row, each with a product at once: a stopped pool's last wake-up must not
+    look like a job to the next pool's worker, and each pool's worker serves its product."""
+    if not _pool_pays():
+        pytest.skip("the pool is only installed with two or more BLAS threads and its callback")
+    proc = _child("""
+        import sys
+        import numpy as np
+        from fmnist_mlp.nn import kernels
+        kernels.set_cache_dir(sys.argv[1])
+        from fmnist_mlp.nn.kernels.blas_pool import NativePool
+        a = np.ones((256, 1024), np.float32)
+        want = a @ a.T
+        served, last = 0, 0
+        for _ in range(50):
+            pool = NativePool()
+            pool.install()                          # and the product at once, the GIL still held
+            ok = np.array_equal(a @ a.T, want)
+            count = pool.products                   # the count runs on across pools
+            served, last = served + (count - last), count
+            pool.close()
+            assert ok
+        print("served", served)
+    """, tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert int(proc.stdout.split()[-1]) == 50, proc.stdout
+
+
+def test_a_forked_child_gets_blas_own_threads_back_and_does_not_hang(tmp_path):
+    if not _pool_pays():
+        pytest.skip("the pool is only installed with two or more BLAS threads and its callback")
+    proc = _child("""
+        import os, sys
+        import numpy as np
+        from fmnist_mlp.nn import kernels
+        kernels.set_cache_dir(sys.argv[1])
+        from fmnist_mlp.nn.kernels.blas_pool import NativePool
+        a = np.ones((512, 1024), np.float32)
+        pool = NativePool()
+        pool.install()
+        want = a @ a.T
+        pid = os.fork()
+        if pid == 0:                        # no workers here: OpenBLAS's own threads must run
+            os._exit(0 if np.array_equal(a @ a.T, want) else 3)
+        _, status = os.waitpid(pid, 0)
+        print("child", os.waitstatus_to_exitcode(status), "served", pool.products)
+        pool.close()
+    """, tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    line = proc.stdout.strip().splitlines()[-1].split()
+    assert line[:2] == ["child", "0"] and int(line[3]) >= 1, proc.stdout
+
+
+@pytest.mark.realdata
+def test_ctrl_c_in_a_training_run_with_the_pool_stops_it_and_records_it(real_data_dir, tmp_path):
+    """A real SIGINT to `fmnist-mlp train` on a wide net (the pool installed): the run stops with
+    its interrupted exit code and says so, well inside the timeout."""
+    if not _pool_pays():
+        pytest.skip("the pool is only installed with two or more BLAS threads and its callback")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "fmnist_mlp", "train", "--set",
+                             "model.hidden=[1024, 512]", "--set", "train.epochs=10", "--set",
+                             "train.kernels=numba", "--set", "train.batch_size=256",
+                             "--data-dir", str(real_data_dir), "--runs-dir", str(tmp_path / "runs"),
+                             "--name", "wide"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            cwd=tmp_path)
+    try:
+        for line in proc.stderr:                    # an epoch done: the pool has served
+            if re.search(r"epoch +1/", line):
+                break
+        time.sleep(0.3)                             # inside epoch 2, among the products
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    err = proc.stderr.read()
+    assert code == 130, err[-2000:]
+    assert "interrupted during epoch" in err and "Traceback" not in err, err[-2000:]
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["epochs_completed"] >= 1
+
+
+def test_the_products_benchmark_with_the_pool_finishes_every_time(tmp_path):
+    """The hang that found the start-up race: benchmarks.products' worker on 784-1024-512 with
+    Adam (products on BLAS's own threads first, then the pool and at once a step). Before the fix
+    one run in three waited for ever; five runs here, each with a timeout."""
+    if not _pool_pays():
+        pytest.skip("the pool is only installed with two or more BLAS threads and its callback")
+    job = {"epochs": 1, "seed": 0, "warmup_batches": 5, "torch_optimizer_impl": "default",
+           "kernels": "numba", "kind": "products", "engine": "numpy", "hidden": [1024, 512],
+           "batch_size": 128, "optimizer": "adam", "dropout": 0.0, "rounds": 2, "steps": 5,
+           "threads": 2}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+    for _ in range(5):
+        proc = subprocess.run([sys.executable, "-m", "benchmarks.worker", json.dumps(job)],
+                              capture_output=True, text=True, timeout=120, env=env, cwd=REPO)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert 0 < json.loads(proc.stdout.strip().splitlines()[-1])["share"] <= 1.5
