@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import glob
-import os
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -38,18 +36,12 @@ _CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_void_p, ctypes.c_int, 
 
 
 def _setter():
-    """NumPy's OpenBLAS ``set_threads_callback_function``, or None where it has none."""
-    import numpy as np
+    """NumPy's OpenBLAS ``set_threads_callback_function``, or None where it has none (the
+    engine's own lookup, :func:`fmnist_mlp.nn.kernels.blas_pool.openblas`)."""
+    from fmnist_mlp.nn.kernels.blas_pool import openblas
 
-    for path in glob.glob(os.path.join(os.path.dirname(np.__path__[0]), "numpy.libs", "*openblas*")):
-        lib = ctypes.CDLL(path)
-        for name in ("scipy_openblas_set_threads_callback_function64_",
-                     "scipy_openblas_set_threads_callback_function",
-                     "openblas_set_threads_callback_function64_",
-                     "openblas_set_threads_callback_function"):
-            if hasattr(lib, name):
-                return getattr(lib, name)
-    return None
+    found = openblas()
+    return None if found is None else found[0]
 
 
 class PythonPool:

@@ -38,17 +38,6 @@ def _products(model, x, work, logits, dlogits):
     return run
 
 
-def _blas_pool(model):
-    """The training loop's BLAS pool for this model (nn/kernels/blas_pool.py), or nothing."""
-    from contextlib import nullcontext
-
-    if getattr(model, "kernels", "numpy") != "numba":
-        return nullcontext()
-    from fmnist_mlp.nn.kernels.blas_pool import pool_for_training
-
-    return pool_for_training(model.hidden, model.kernels)
-
-
 def _per_step(fn, steps: int) -> float:
     start = time.perf_counter()
     for _ in range(steps):
@@ -88,7 +77,9 @@ def measure_products(job: dict, build) -> dict:
     copy_src, copy_dst = model.params.flat.copy(), np.empty_like(model.params.flat)
     copy = lambda: np.copyto(copy_dst, copy_src)                        # noqa: E731
     times = {"step": [], "products": [], "update": [], "copy": []}
-    with _blas_pool(model):             # as the training loop runs the step, where it pays
+    from fmnist_mlp.training.loop import blas_pool_for
+
+    with blas_pool_for(model):          # as the training loop runs the step, where it pays
         for r in range(rounds):
             order = [("step", step), ("products", products), ("update", update), ("copy", copy)]
             for name, fn in (order if r % 2 == 0 else order[::-1]):

@@ -93,7 +93,8 @@ def fit(engine: Any, data: LoopData, settings: LoopSettings,
     try:
         # Inside: a callback that fails to start still has every callback ended.
         listeners.on_train_start(event)
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"), _blas_pool(engine):
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"), \
+                blas_pool_for(engine.model):
             # Overflow warnings only precede the NaN/inf loss _check_finite reports in one line.
             while state.epoch < settings.epochs and not state.early_stopped:
                 _one_epoch(engine, data, settings, rngs, state, listeners, event)
@@ -116,11 +117,10 @@ def fit(engine: Any, data: LoopData, settings: LoopSettings,
     return state
 
 
-def _blas_pool(engine):
+def blas_pool_for(model):
     """The engine's own BLAS thread pool around the epochs where it pays, else nothing: the
     products' jobs on workers that sleep between products, so the fused kernels' splits find the
     second core free (:mod:`fmnist_mlp.nn.kernels.blas_pool`; the same bits either way)."""
-    model = engine.model
     if getattr(model, "kernels", "numpy") != "numba":
         return nullcontext()
     from fmnist_mlp.nn.kernels.blas_pool import pool_for_training

@@ -246,7 +246,7 @@ _ENTRY = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_void_p, ctypes.c_int, cty
                           ctypes.c_void_p, ctypes.c_int)
 
 
-def _openblas():
+def openblas():
     """(set_threads_callback_function, get_num_threads) of NumPy's OpenBLAS, or None."""
     for path in glob.glob(os.path.join(os.path.dirname(np.__path__[0]), "numpy.libs", "*openblas*")):
         lib = ctypes.CDLL(path)
@@ -267,7 +267,7 @@ class NativePool:
     workers would wait for ever (:func:`pool_for_training` installs it only for a training loop)."""
 
     def __init__(self) -> None:
-        found = _openblas()
+        found = openblas()
         if found is None:
             raise RuntimeError("this NumPy's BLAS has no set_threads_callback_function")
         self._setter, count = found
@@ -323,7 +323,7 @@ def wanted(hidden, kernels: str) -> bool:
         return False
     if sys.platform != "linux" or platform.machine() not in ("x86_64", "AMD64"):
         return False
-    found = _openblas()
+    found = openblas()
     return found is not None and 2 <= found[1]() <= MAX_WORKERS + 1
 
 

@@ -1,4 +1,4 @@
-"""The one place numba is imported and set up: how kernels are compiled, and their disk cache.
+"""The one place numba is set up: how kernels are compiled, and their disk cache.
 
 Every kernel is compiled with the same options, each with a reason:
 ``nogil`` so the optimiser's pool runs parts of an update in parallel threads; ``fastmath=False``
@@ -14,7 +14,8 @@ index with pickle. ``NUMBA_CACHE_DIR``, when set, is the user's own choice and w
 cache (a truncated or overwritten index or data file) is rebuilt: :func:`load` catches the failed
 load, removes this package's cache files and compiles again.
 
-One piece of LLVM is written by hand here, :func:`lane_sums`: numba leaves its SLP vectoriser
+Beside :mod:`fmnist_mlp.nn.kernels.blas_pool` (its cfunc, atomics and futex), one piece of
+LLVM is written by hand here, :func:`lane_sums`: numba leaves its SLP vectoriser
 off, and NumPy's pairwise sum keeps eight running sums that belong in one vector.
 """
 
