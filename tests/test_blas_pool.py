@@ -68,6 +68,50 @@ def test_steps_with_the_pool_give_the_bits_of_blas_own_threads(tmp_path):
     assert result["served"] > 0 and result["same"], result
 
 
+def test_every_update_as_the_pools_job_gives_the_bits_of_the_plain_kernel(tmp_path):
+    """The optimisers' fused updates run as jobs of the pool where one is installed (each step
+    one job, counted by the pool), in parts on both threads: the same bits as the kernel in one
+    call, for every formula (weight decay folded in for two), in float32 and float64."""
+    if not _pool_pays():
+        pytest.skip("the pool is only installed with two or more BLAS threads and its callback")
+    proc = _child("""
+        import hashlib, json, sys
+        import numpy as np
+        from fmnist_mlp.nn import MLP, kernels
+        from fmnist_mlp.nn.optim import make_optimizer
+        kernels.set_cache_dir(sys.argv[1])
+        from fmnist_mlp.nn.kernels.blas_pool import NativePool
+
+        def steps(name, dtype, pool):
+            model = MLP(hidden=[300, 100], seed=0, kernels="numba", dtype=dtype)
+            decay = {"weight_decay": 0.01} if name in ("momentum", "adamw") else {}
+            opt = make_optimizer(name, model.params, lr=0.01, kernels="numba", **decay)
+            rng = np.random.default_rng(3)
+            for _ in range(6):          # a new gradient each step, of mixed signs and scales
+                model.grads.flat[:] = rng.standard_normal(model.grads.flat.size) * 10.0 ** rng.integers(-3, 2)
+                opt.step(model.params, model.grads)
+            arrays = [model.params.flat, *opt._flat_state]
+            return hashlib.sha256(b"".join(a.tobytes() for a in arrays)).hexdigest()
+
+        results = {}
+        for dtype in ("float32", "float64"):
+            for name in ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"):
+                plain = steps(name, dtype, None)
+                pool = NativePool()
+                pool.install()
+                before = pool.products
+                pooled = steps(name, dtype, pool)
+                jobs = pool.products - before
+                pool.close()
+                results[f"{name} {dtype}"] = [plain == pooled, jobs]
+        print(json.dumps(results))
+    """, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(results) == 14
+    assert all(same and jobs == 6 for same, jobs in results.values()), results
+
+
 def test_pool_after_pool_each_serves_its_product(tmp_path):
     """Fifty pools in a row, each with a product at once: a stopped pool's last wake-up must not
     look like a job to the next pool's worker, and each pool's worker serves its product."""

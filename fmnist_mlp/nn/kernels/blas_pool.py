@@ -1,37 +1,42 @@
-"""A BLAS thread pool of the engine's own: NumPy's OpenBLAS runs its products' parallel jobs on
-workers that sleep between products, so the second core is free for the fused kernels' splits.
+"""A thread pool of the engine's own for NumPy's BLAS and the fused kernels: the products'
+parallel jobs and the kernels' parallel parts run on the same workers.
 
 OpenBLAS's own worker threads spin between products (``benchmarks/blas_spin.py``), holding the
-second core through every elementwise pass of a step. OpenBLAS (0.3.27 and later) calls
-``openblas_set_threads_callback_function``'s callback with each product's jobs instead, which
-must run at the same time (they wait on each other's packed panels). This callback is one numba
-``cfunc``:
+second core through every elementwise pass of a step, where a split of the fused kernels then
+waits for it. OpenBLAS (0.3.27 and later) calls ``openblas_set_threads_callback_function``'s
+callback with each product's jobs instead, which must run at the same time (they wait on each
+other's packed panels). This callback is one numba ``cfunc``:
 
 - from OpenBLAS: job 0 runs on the calling thread, job i on worker i, handed over through a
   control block of atomic 64-bit words (the job's function, data and argument, then a sequence
   number bumped with release order); the caller waits for each worker's "done" number. A lock
   word lets one product at a time use the workers.
+- from :meth:`NativePool.run`, the same way: a fused kernel's :data:`JOB` in parts (the
+  optimisers' updates, :mod:`fmnist_mlp.nn.kernels.updates`). A hand-off is a few atomic
+  words, where a Python thread pool's takes tens of microseconds to wake.
 - called with ``sync`` −1 by a worker thread of ours (a Python thread calling the cfunc through
-  ctypes, so without the GIL): it serves its slot until stopped, spinning ``SPIN`` pauses after
-  each job, then sleeping on a futex until the next.
-- ``sync`` −2 stops the workers; −3 writes the number of products served into an int64; −4
-  lets workers serve again (a new pool after a closed one).
+  ctypes, so without the GIL): it serves its slot until stopped, spinning
+  :data:`WORKER_SPIN` pauses after each job (about 5 ms: through a training step's gaps), then
+  sleeping on a futex until the next.
+- ``sync`` −2 stops the workers; −3 writes the number of jobs served into an int64; −4 lets
+  workers serve again (a new pool after a closed one) and sets their spin.
 
 The control block is a global of the cfunc's own LLVM module, so the callback and the workers,
 the same compiled function, share it; nothing of it is seen from Python. No Python runs between
-a product's jobs: a Ctrl-C is handled when the product returns. The jobs are OpenBLAS's own, so
-the products' bits do not change (tests/test_kernels.py).
+a product's jobs: a Ctrl-C is handled when the product returns. The jobs are OpenBLAS's own (or
+the kernels' own, on their own parts), so no bit changes (tests/test_blas_pool.py).
 
-:func:`pool_for_training` installs it around a training loop where it pays: the fused kernels,
-two or more BLAS threads, a first hidden layer of at least :data:`MIN_WIDTH` units (measured,
-``python -m benchmarks.blas_pool``: 784-1024-1024-10 at batch 512 −9 %, 784-1024-512-10 at 128
-−10 % a step; 784-256-128-10 +26 % at batch 128 and +7 % at 512, where a hand-off is a large
-share of each product). A forked child, which has no workers, is given OpenBLAS's threads back.
+:func:`pool_for_training` installs it around a training loop with the fused kernels and two to
+eight BLAS threads. Measured (``python -m benchmarks.blas_pool``, and docs/performance.md): the
+step of 784-1024-1024-10 at batch 512 (batch norm, dropout, AdamW) −9 %, of 784-1024-512-10 at
+128 −10 %; with the updates as its jobs, the update of 784-256-128-10 at 128 (momentum) takes
+21 against 34–39 µs. A forked child, which has no workers, is given OpenBLAS's threads back.
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import glob
 import os
 import platform
@@ -50,10 +55,14 @@ from fmnist_mlp.nn.kernels import jit
 
 _I64, _I32 = ir.IntType(64), ir.IntType(32)
 _WORDS = 64
-LOCK, STOP, COUNT = 0, 1, 2
+LOCK, STOP, COUNT, SPINS = 0, 1, 2, 3
 SLOT = 8                                # a worker's words: one cache line from word 8·i
 SEQ, DONE, FN, DATA, ARG = 0, 1, 2, 3, 4
-SPIN = 2000                             # pauses (tens of microseconds) before a futex sleep
+# Pauses (about 23 ns each on this project's Zen 5) a thread spins before a futex sleep: a worker
+# 200,000 (about 5 ms: through the gaps of a training step, asleep in a long pause); a caller
+# waiting for a worker's part 2,000. Workers that slept after 2,000 (tens of microseconds) lost
+# on small nets: 784-256-128 at batch 128 took 26 % longer a step, each product waking them.
+WORKER_SPIN, CALLER_SPIN = 200_000, 2_000
 MAX_WORKERS = _WORDS // SLOT - 1
 _FUTEX_WAIT_PRIVATE, _FUTEX_WAKE_PRIVATE, _SYS_FUTEX = 128, 129, 202      # Linux x86-64
 
@@ -143,6 +152,14 @@ def _address(typingctx, pointer):
 
 
 @intrinsic
+def at(typingctx, address):
+    """The int64 ``address`` as a pointer (for ``numba.carray``): how a job finds its arrays."""
+    def codegen(context, builder, sig, args):
+        return builder.inttoptr(args[0], context.get_value_type(types.voidptr))
+    return types.voidptr(types.int64), codegen
+
+
+@intrinsic
 def _put(typingctx, address, value):
     def codegen(context, builder, sig, args):
         builder.store(args[1], builder.inttoptr(args[0], _I64.as_pointer()))
@@ -173,10 +190,10 @@ def _callback_source(sync, dojob, jobs, size, data, argument):
         # (the first product can come before a new worker runs) is still waiting for it.
         seen = _load(base + DONE)
         while True:
-            spins, now = 0, _load(base + SEQ)
+            spins, now, patience = 0, _load(base + SEQ), _load(SPINS)
             while now == seen:
                 spins += 1
-                if spins < SPIN:
+                if spins < patience:
                     _pause()
                 else:
                     _sleep_while(base + SEQ, now)
@@ -200,6 +217,7 @@ def _callback_source(sync, dojob, jobs, size, data, argument):
     if sync == -4:                                  # a new pool: nothing pending, may serve
         for w in range(1, MAX_WORKERS + 1):
             _store(SLOT * w + DONE, _load(SLOT * w + SEQ))
+        _store(SPINS, np.int64(size))               # the workers' pauses before they sleep
         _store(STOP, 0)
         return
     function, first = _address(dojob), _address(data)
@@ -223,7 +241,7 @@ def _callback_source(sync, dojob, jobs, size, data, argument):
         done = _load(base + DONE)
         while done != target:
             spins += 1
-            if spins < SPIN:
+            if spins < CALLER_SPIN:
                 _pause()
             else:
                 _sleep_while(base + DONE, done)
@@ -246,6 +264,7 @@ _ENTRY = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_void_p, ctypes.c_int, cty
                           ctypes.c_void_p, ctypes.c_int)
 
 
+@functools.cache
 def openblas():
     """(set_threads_callback_function, get_num_threads) of NumPy's OpenBLAS, or None."""
     for path in glob.glob(os.path.join(os.path.dirname(np.__path__[0]), "numpy.libs", "*openblas*")):
@@ -266,7 +285,7 @@ class NativePool:
     OpenBLAS must not be given more threads while it is installed: a product with more jobs than
     workers would wait for ever (:func:`pool_for_training` installs it only for a training loop)."""
 
-    def __init__(self) -> None:
+    def __init__(self, spin: int = WORKER_SPIN) -> None:
         found = openblas()
         if found is None:
             raise RuntimeError("this NumPy's BLAS has no set_threads_callback_function")
@@ -274,7 +293,8 @@ class NativePool:
         self.workers = min(max(count() - 1, 0), MAX_WORKERS)
         self._address = _callback().address
         self._entry = _ENTRY(self._address)
-        self._entry(-4, None, 0, 0, None, 0)
+        self._entry(-4, None, 0, spin, None, 0)
+        self.parts = self.workers + 1
         self._threads = [threading.Thread(target=self._entry, args=(-1, None, w, 0, None, 0),
                                           name=f"blas-pool-{w}", daemon=True)
                          for w in range(1, self.workers + 1)]
@@ -284,6 +304,12 @@ class NativePool:
     def install(self) -> None:
         _installed[0] = self
         self._setter(self._address)
+
+    def run(self, job: int, words: int) -> None:
+        """Run compiled ``job`` (its address; signature :data:`JOB`) in :attr:`parts` parts at
+        once, part 0 on this thread, as a product's jobs run; ``words``: the address of what the
+        job reads (an int64 array of its arrays' addresses and sizes, say)."""
+        self._entry(0, job, self.parts, 0, words, self.parts)
 
     @property
     def products(self) -> int:
@@ -300,8 +326,31 @@ class NativePool:
             thread.join()
 
 
-MIN_WIDTH = 512                 # the first hidden layer's units from which the pool pays
 _installed: list[NativePool | None] = [None]
+
+
+def installed() -> NativePool | None:
+    """The pool serving this process's products, if one is installed."""
+    return _installed[0]
+
+
+# A kernel's job for :meth:`NativePool.run`: ``job(part, words, parts)`` does part ``part`` of
+# ``parts`` (:func:`part_range`) of the work ``words`` (int64, read through :func:`at`) describes.
+JOB = types.void(types.int32, types.voidptr, types.int32)
+
+
+def compile_job(source):
+    """``source`` compiled as a :data:`JOB` (cached with the kernels); its ``.address`` runs."""
+    return cfunc(JOB, nopython=True, cache=jit.CACHE is not None)(source)
+
+
+@jit.kernel
+def part_range(count, part, parts):
+    """[lo, hi) of part ``part`` of ``parts`` over ``range(count)``, cut at multiples of 16
+    entries (a 64-byte line of float32) so no two parts write one cache line."""
+    lo = count * part // parts // 16 * 16
+    hi = count if part == parts - 1 else count * (part + 1) // parts // 16 * 16
+    return lo, hi
 
 
 def _forked_child() -> None:
@@ -315,16 +364,21 @@ def _forked_child() -> None:
 os.register_at_fork(after_in_child=_forked_child)
 
 
-def wanted(hidden, kernels: str) -> bool:
-    """Whether a training loop of this net pays for the pool (see the module's figures), on a
-    machine it is written for (x86-64 Linux: its pause instruction and futex system call), with
-    no pool installed already."""
-    if kernels != "numba" or not hidden or hidden[0] < MIN_WIDTH or _installed[0] is not None:
-        return False
+def available() -> bool:
+    """Whether a pool can run here: a machine it is written for (x86-64 Linux: its pause
+    instruction and futex system call) and a BLAS with the callback and 2 to 8 threads."""
     if sys.platform != "linux" or platform.machine() not in ("x86_64", "AMD64"):
         return False
     found = openblas()
     return found is not None and 2 <= found[1]() <= MAX_WORKERS + 1
+
+
+def wanted(hidden, kernels: str) -> bool:
+    """Whether a training loop of this net pays for the pool (see the module's figures), where
+    one is :func:`available` and none is installed already."""
+    if kernels != "numba" or not hidden or _installed[0] is not None:
+        return False
+    return available()
 
 
 @contextmanager

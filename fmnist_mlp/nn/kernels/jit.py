@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import numba
 from llvmlite import ir
@@ -139,6 +139,14 @@ def load(warm_ups: Iterable[Callable[[], None]]) -> None:
                 warm_up()
         except Exception as again:      # noqa: BLE001 - not the cache: numba itself fails here
             raise _cannot_compile(again) from again
+
+
+def load_job(make: Callable[[], Any]) -> Any:
+    """``make()`` (a compiled cfunc, loaded from the cache or compiled), through :func:`load`'s
+    repair of a damaged cache."""
+    made: list = []
+    load([lambda: made.append(make())])
+    return made[-1]
 
 
 def _cannot_compile(exc: Exception) -> FmnistMlpError:

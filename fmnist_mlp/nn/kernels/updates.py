@@ -5,7 +5,9 @@ operations in the reference's order and every scalar cast to the arrays' dtype f
 casts a Python float against a float32 array: so ``θ``, and every state array, come out
 bit-identical to the NumPy update (tests/test_kernels.py checks it on arrays larger than the
 caches). NumPy makes about eleven passes through memory for Adam and one Python call per pass;
-a kernel makes one. The range ``[lo, hi)`` lets the optimiser's pool run parts in parallel.
+a kernel makes one. The range ``[lo, hi)`` lets parts run in parallel: as jobs of the engine's
+thread pool where the training loop installed one (:mod:`fmnist_mlp.nn.kernels.blas_pool`, the
+workers that serve the products), else on the optimiser's runner.
 
 Decoupled weight decay shrinks weight matrices only: the flat array is cut into segments (one per
 named parameter, ``bounds``), and segment s is multiplied by ``factors[s]`` (1 − lr·λ for a
@@ -19,8 +21,10 @@ import math
 from typing import Any, Sequence
 
 import numpy as np
+from numba import carray
 
-from fmnist_mlp.nn.kernels import jit
+from fmnist_mlp.nn.kernels import blas_pool, jit
+from fmnist_mlp.nn.kernels.blas_pool import at, part_range
 
 kernel = jit.kernel
 
@@ -123,6 +127,51 @@ def _adam_scalars(opt, lr: float) -> tuple[float, ...]:
             lr * root_bias2 / bias1)
 
 
+# ------------------------------------------------------------------------------ the pool's jobs
+# A formula as a job of the BLAS thread pool (:meth:`blas_pool.NativePool.run`): its part of the
+# flat arrays, found through the words :class:`FusedUpdate` fills: [entries, segments, and the
+# addresses of bounds, factors, θ, g, state 0, state 1, the scalars (cast to the arrays' dtype)].
+# One factory per shape of arguments (states, scalars); the same kernel, so the same bits.
+_WORDS = 9
+
+
+@kernel
+def _job_arrays(words, dtype):
+    """(entries, bounds, factors, θ, g, state 0, state 1, scalars) from a job's words."""
+    n, segments = words[0], words[1]
+    return (n, carray(at(words[2]), segments + 1, np.int64),
+            carray(at(words[3]), segments, dtype), carray(at(words[4]), n, dtype),
+            carray(at(words[5]), n, dtype), carray(at(words[6]), n, dtype),
+            carray(at(words[7]), n, dtype), carray(at(words[8]), 8, dtype))
+
+
+def _job(formula, states: int, scalars: int, dtype):
+    arrays = _job_arrays
+
+    if states == 0:
+        def job(part, data, parts):
+            n, bounds, factors, param, grad, _, _, s = arrays(carray(data, _WORDS, np.int64), dtype)
+            lo, hi = part_range(n, part, parts)
+            formula(lo, hi, bounds, factors, param, grad, s[0])
+    elif states == 1 and scalars == 2:
+        def job(part, data, parts):
+            n, bounds, factors, param, grad, a, _, s = arrays(carray(data, _WORDS, np.int64), dtype)
+            lo, hi = part_range(n, part, parts)
+            formula(lo, hi, bounds, factors, param, grad, a, s[0], s[1])
+    elif states == 1 and scalars == 4:
+        def job(part, data, parts):
+            n, bounds, factors, param, grad, a, _, s = arrays(carray(data, _WORDS, np.int64), dtype)
+            lo, hi = part_range(n, part, parts)
+            formula(lo, hi, bounds, factors, param, grad, a, s[0], s[1], s[2], s[3])
+    else:
+        def job(part, data, parts):
+            n, bounds, factors, param, grad, a, b, s = arrays(carray(data, _WORDS, np.int64), dtype)
+            lo, hi = part_range(n, part, parts)
+            formula(lo, hi, bounds, factors, param, grad, a, b, s[0], s[1], s[2], s[3], s[4],
+                    s[5])
+    return blas_pool.compile_job(job)
+
+
 FORMULAS: dict[str, tuple[Any, Any]] = {
     "SGD": (sgd, lambda opt, lr: (lr,)),
     "Momentum": (momentum, lambda opt, lr: (opt.momentum, lr)),
@@ -135,8 +184,11 @@ FORMULAS: dict[str, tuple[Any, Any]] = {
 
 class FusedUpdate:
     """One optimiser's step over flat arrays laid out as ``layout`` (a ParameterSet's): the
-    weight decay and the formula in one compiled pass, split over the optimiser's threads
-    (``runner``, its own), the kernel loaded for the types of ``flat`` and ``state`` when made."""
+    weight decay and the formula in one compiled pass, split over the engine's thread pool where
+    one is installed, else over the optimiser's threads (``runner``, its own); the kernel loaded
+    for the types of ``flat`` and ``state`` when made."""
+
+    POOL_MIN_SIZE = 1 << 14     # entries; below, one part alone is quicker than a hand-off
 
     def __init__(self, optimizer, layout: Sequence[tuple[str, tuple[int, ...], bool]],
                  flat: np.ndarray, state: Sequence[np.ndarray], runner) -> None:
@@ -148,6 +200,16 @@ class FusedUpdate:
         self.dtype = flat.dtype.type
         self.runner = runner
         self.warm_up(optimizer, flat, flat, state)
+        # The same pass as a job of the BLAS pool, where one may be installed (compiled now, so
+        # no step waits for it): its parts start at once, where the runner's threads take tens
+        # of microseconds to wake.
+        self._job, self._pooled, self._pooled_address = None, None, 0
+        if flat.size >= self.POOL_MIN_SIZE and blas_pool.available():
+            arity = (len(state), self.kernel.py_func.__code__.co_argcount - 6 - len(state))
+            self._job = jit.load_job(lambda: _job(self.kernel, *arity, self.dtype))
+            self._scalars_out = np.zeros(8, flat.dtype)
+            self._words = np.zeros(_WORDS, np.int64)
+            self._words_address = self._words.ctypes.data
 
     def warm_up(self, optimizer, param, grad, state) -> None:
         """Load (or compile) the kernel for these arrays' types: a call that updates nothing."""
@@ -161,9 +223,30 @@ class FusedUpdate:
         decay = 1.0 - lr * optimizer.weight_decay if optimizer.weight_decay else 1.0
         self.factors[self.decays] = decay
         scalars = self._cast(self._scalars(optimizer, lr))
+        pool = blas_pool.installed()
+        words = self._words_for(param, grad, state) if pool is not None and self._job else 0
+        if words:
+            self._scalars_out[:len(scalars)] = scalars
+            pool.run(self._job.address, words)
+            return
         bounds, factors, run = self.bounds, self.factors, self.kernel
         self.runner.run_ranges(
             lambda lo, hi: run(lo, hi, bounds, factors, param, grad, *state, *scalars))
+
+    def _words_for(self, param, grad, state) -> int:
+        """The address of the job's words for these arrays (filled when they change), or 0 when
+        the job cannot take them (it reads contiguous arrays of the flat array's dtype and size)."""
+        arrays = (param, grad, *state)
+        if self._pooled is None or any(a is not b for a, b in zip(arrays, self._pooled)):
+            fits = all(a.dtype == self._scalars_out.dtype and a.flags.c_contiguous
+                       and a.size == self.bounds[-1] for a in arrays)
+            slots = [*state, param, param][:2]          # unused slots point at θ, never read
+            self._words[:] = [param.size, self.factors.size, self.bounds.ctypes.data,
+                              self.factors.ctypes.data, param.ctypes.data, grad.ctypes.data,
+                              slots[0].ctypes.data, slots[1].ctypes.data,
+                              self._scalars_out.ctypes.data]
+            self._pooled, self._pooled_address = arrays, self._words_address if fits else 0
+        return self._pooled_address
 
     def _cast(self, scalars: tuple[float, ...]) -> tuple[Any, ...]:
         return tuple(self.dtype(x) for x in scalars)
