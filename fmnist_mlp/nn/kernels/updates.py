@@ -131,7 +131,7 @@ def _adam_scalars(opt, lr: float) -> tuple[float, ...]:
 # A formula as a job of the BLAS thread pool (:meth:`blas_pool.NativePool.run`): its part of the
 # flat arrays, found through the words :class:`FusedUpdate` fills: [entries, segments, and the
 # addresses of bounds, factors, θ, g, state 0, state 1, the scalars (cast to the arrays' dtype)].
-# One factory per shape of arguments (states, scalars); the same kernel, so the same bits.
+# One factory per formula; the same kernel as the runner calls, so the same bits.
 _WORDS = 9
 
 
@@ -145,40 +145,63 @@ def _job_arrays(words, dtype):
             carray(at(words[7]), n, dtype), carray(at(words[8]), 8, dtype))
 
 
-def _job(formula, states: int, scalars: int, dtype):
-    arrays = _job_arrays
-
-    if states == 0:
-        def job(part, data, parts):
-            n, bounds, factors, param, grad, _, _, s = arrays(carray(data, _WORDS, np.int64), dtype)
-            lo, hi = part_range(n, part, parts)
-            formula(lo, hi, bounds, factors, param, grad, s[0])
-    elif states == 1 and scalars == 2:
-        def job(part, data, parts):
-            n, bounds, factors, param, grad, a, _, s = arrays(carray(data, _WORDS, np.int64), dtype)
-            lo, hi = part_range(n, part, parts)
-            formula(lo, hi, bounds, factors, param, grad, a, s[0], s[1])
-    elif states == 1 and scalars == 4:
-        def job(part, data, parts):
-            n, bounds, factors, param, grad, a, _, s = arrays(carray(data, _WORDS, np.int64), dtype)
-            lo, hi = part_range(n, part, parts)
-            formula(lo, hi, bounds, factors, param, grad, a, s[0], s[1], s[2], s[3])
-    else:
-        def job(part, data, parts):
-            n, bounds, factors, param, grad, a, b, s = arrays(carray(data, _WORDS, np.int64), dtype)
-            lo, hi = part_range(n, part, parts)
-            formula(lo, hi, bounds, factors, param, grad, a, b, s[0], s[1], s[2], s[3], s[4],
-                    s[5])
-    return blas_pool.compile_job(job)
+# Each factory's job names its formula as a global: a closure over a kernel would not reload
+# from numba's cache (a dispatcher pickles with an id of its process), only the dtype is one.
+def _sgd_job(dtype):
+    def job(part, data, parts):
+        n, bounds, factors, param, grad, _, _, s = _job_arrays(carray(data, _WORDS, np.int64), dtype)
+        lo, hi = part_range(n, part, parts)
+        sgd(lo, hi, bounds, factors, param, grad, s[0])
+    return job
 
 
-FORMULAS: dict[str, tuple[Any, Any]] = {
-    "SGD": (sgd, lambda opt, lr: (lr,)),
-    "Momentum": (momentum, lambda opt, lr: (opt.momentum, lr)),
-    "Nesterov": (nesterov, lambda opt, lr: (opt.momentum, lr)),
-    "Adagrad": (adagrad, lambda opt, lr: (opt.eps, lr)),
-    "RMSProp": (rmsprop, lambda opt, lr: (opt.rho, 1.0 - opt.rho, opt.eps, lr)),
-    "Adam": (adam, _adam_scalars),
+def _momentum_job(dtype):
+    def job(part, data, parts):
+        n, bounds, factors, param, grad, v, _, s = _job_arrays(carray(data, _WORDS, np.int64), dtype)
+        lo, hi = part_range(n, part, parts)
+        momentum(lo, hi, bounds, factors, param, grad, v, s[0], s[1])
+    return job
+
+
+def _nesterov_job(dtype):
+    def job(part, data, parts):
+        n, bounds, factors, param, grad, v, _, s = _job_arrays(carray(data, _WORDS, np.int64), dtype)
+        lo, hi = part_range(n, part, parts)
+        nesterov(lo, hi, bounds, factors, param, grad, v, s[0], s[1])
+    return job
+
+
+def _adagrad_job(dtype):
+    def job(part, data, parts):
+        n, bounds, factors, param, grad, acc, _, s = _job_arrays(carray(data, _WORDS, np.int64), dtype)
+        lo, hi = part_range(n, part, parts)
+        adagrad(lo, hi, bounds, factors, param, grad, acc, s[0], s[1])
+    return job
+
+
+def _rmsprop_job(dtype):
+    def job(part, data, parts):
+        n, bounds, factors, param, grad, avg, _, s = _job_arrays(carray(data, _WORDS, np.int64), dtype)
+        lo, hi = part_range(n, part, parts)
+        rmsprop(lo, hi, bounds, factors, param, grad, avg, s[0], s[1], s[2], s[3])
+    return job
+
+
+def _adam_job(dtype):
+    def job(part, data, parts):
+        n, bounds, factors, param, grad, m, v, s = _job_arrays(carray(data, _WORDS, np.int64), dtype)
+        lo, hi = part_range(n, part, parts)
+        adam(lo, hi, bounds, factors, param, grad, m, v, s[0], s[1], s[2], s[3], s[4], s[5])
+    return job
+
+
+FORMULAS: dict[str, tuple[Any, Any, Any]] = {
+    "SGD": (sgd, lambda opt, lr: (lr,), _sgd_job),
+    "Momentum": (momentum, lambda opt, lr: (opt.momentum, lr), _momentum_job),
+    "Nesterov": (nesterov, lambda opt, lr: (opt.momentum, lr), _nesterov_job),
+    "Adagrad": (adagrad, lambda opt, lr: (opt.eps, lr), _adagrad_job),
+    "RMSProp": (rmsprop, lambda opt, lr: (opt.rho, 1.0 - opt.rho, opt.eps, lr), _rmsprop_job),
+    "Adam": (adam, _adam_scalars, _adam_job),
 }
 
 
@@ -192,7 +215,7 @@ class FusedUpdate:
 
     def __init__(self, optimizer, layout: Sequence[tuple[str, tuple[int, ...], bool]],
                  flat: np.ndarray, state: Sequence[np.ndarray], runner) -> None:
-        self.kernel, self._scalars = FORMULAS[type(optimizer).__name__]
+        self.kernel, self._scalars, job = FORMULAS[type(optimizer).__name__]
         sizes = [int(np.prod(shape)) for _, shape, _ in layout]
         self.bounds = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         self.decays = np.array([name.endswith(".W") for name, _, _ in layout])
@@ -205,8 +228,7 @@ class FusedUpdate:
         # of microseconds to wake.
         self._job, self._pooled, self._pooled_address = None, None, 0
         if flat.size >= self.POOL_MIN_SIZE and blas_pool.available():
-            arity = (len(state), self.kernel.py_func.__code__.co_argcount - 6 - len(state))
-            self._job = jit.load_job(lambda: _job(self.kernel, *arity, self.dtype))
+            self._job = jit.load_job(lambda: blas_pool.compile_job(job(self.dtype)))
             self._scalars_out = np.zeros(8, flat.dtype)
             self._words = np.zeros(_WORDS, np.int64)
             self._words_address = self._words.ctypes.data
