@@ -14,7 +14,7 @@ The results are the same bits either way (the jobs are OpenBLAS's own; the tool 
 weights' hashes). Two pools:
 
 - ``--pool native`` (the default), :mod:`fmnist_mlp.nn.kernels.blas_pool`: a compiled callback hands job
-  i to worker i through atomic words, the workers spin briefly, then sleep on a futex.
+  i to worker i through atomic words, the workers spin about 5 ms, then sleep on a futex.
 - ``--pool python``: job 0 on the calling thread, the others on a ``ThreadPoolExecutor``. Its
   callback runs Python code inside the product, where a Ctrl-C's KeyboardInterrupt, raised
   between two jobs and swallowed by ctypes, would leave the other job waiting for ever.
