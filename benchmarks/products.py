@@ -1,8 +1,10 @@
 """A training step against its own matrix products timed alone: how much of a step is not BLAS.
 
 In one process, alternating bursts: ``steps`` full training steps (gather the batch, forward,
-backward, update: the benchmark's loop) and ``steps`` repetitions of the same step's matrix
-products alone (forward x·W per layer, backward xᵀ·dz and dz·Wᵀ, none for the first layer's
+backward, update, as the training loop runs them: batches are slices of a shuffled order over
+a split of the training split's size, gathered for the model's kernels as the loop gathers
+them, the fused gather from pixel bytes or ``np.take`` from float rows) and ``steps``
+repetitions of the same step's matrix products alone (forward x·W per layer, backward xᵀ·dz and dz·Wᵀ, none for the first layer's
 input), into the model's own work arrays, so the memory layouts are the engine's. Reported per
 step: the median over rounds of each, and ``share`` = products / step (1.0 would mean everything
 around the products is free). The update's memory traffic is reported beside a plain copy's.
@@ -14,6 +16,10 @@ from __future__ import annotations
 
 import statistics
 import time
+
+
+TRAIN_ROWS = 54_000                 # the training split's rows (60,000 less the validation split)
+MEAN, STD = 0.2860, 0.3530          # about Fashion-MNIST's; any values make the same work
 
 
 def _products(model, x, work, logits, dlogits):
@@ -52,14 +58,33 @@ def measure_products(job: dict, build) -> dict:
     model, optimizer, lr = build(job)
     batch, steps, rounds = job["batch_size"], job.get("steps", 20), job.get("rounds", 10)
     rng = np.random.default_rng(0)
-    x_all = rng.standard_normal((20 * batch, 784), dtype=np.float32)
-    y_all = rng.integers(0, 10, len(x_all))
-    xb, yb = np.empty((batch, 784), np.float32), np.empty(batch, np.int64)
+    # The training split's size, its pixel bytes and labels, gathered as the training loop
+    # gathers them for the model's kernels: decoded in the fused gather from the bytes (numba),
+    # or np.take from float rows (NumPy); batches are slices of a shuffled order.
+    n_rows, dtype = job.get("rows", TRAIN_ROWS), model.params.flat.dtype
+    pixels = rng.integers(0, 256, (n_rows, 784), dtype=np.uint8)
+    y_all = rng.integers(0, 10, n_rows)
+    if model.kernels == "numba":
+        from fmnist_mlp.data.dataset import EncodedRows
+        from fmnist_mlp.nn.kernels.batches import FusedBatches
+
+        rows, batches = EncodedRows(pixels, MEAN, STD, dtype), FusedBatches(dtype)
+        gather = lambda idx, out: batches.fill(out, rows, idx)              # noqa: E731
+    else:
+        from fmnist_mlp.data.dataset import pixels_to_inputs
+
+        rows = pixels_to_inputs(pixels, MEAN, STD, dtype.name)
+        gather = lambda idx, out: np.take(rows, idx, axis=0, out=out, mode="clip")  # noqa: E731
+    xb, yb = np.empty((batch, 784), dtype), np.empty(batch, np.int64)
     drop_rng, counter = np.random.default_rng(1), [0]
+    shuffled, position = rng.permutation(n_rows), [0]
 
     def step():
-        idx = rng.integers(0, len(x_all), batch)
-        np.take(x_all, idx, axis=0, out=xb, mode="clip")
+        if position[0] + batch > n_rows:    # a new epoch: a new order
+            shuffled[:], position[0] = rng.permutation(n_rows), 0
+        idx = shuffled[position[0]:position[0] + batch]
+        position[0] += batch
+        gather(idx, xb)
         np.take(y_all, idx, out=yb, mode="clip")
         model.loss_and_grad(xb, yb, rng=drop_rng)
         optimizer.step(model.params, model.grads, lr)

@@ -112,6 +112,53 @@ def test_every_update_as_the_pools_job_gives_the_bits_of_the_plain_kernel(tmp_pa
     assert all(same and jobs == 6 for same, jobs in results.values()), results
 
 
+def test_the_fused_gather_as_the_pools_job_gives_the_batch_of_one_call(tmp_path):
+    """The training loop's fused gather runs in parts on the pool (from 32 images: one job a
+    batch, counted): the same batch, bit for bit, as one call, plain and with flips and shifts
+    (whose border is the whole batch's minimum, which every part finds), in float32 and
+    float64; smaller batches stay in one call."""
+    if not _pool_pays():
+        pytest.skip("the pool is only installed with two or more BLAS threads and its callback")
+    proc = _child("""
+        import json, sys
+        import numpy as np
+        from fmnist_mlp.nn import kernels
+        kernels.set_cache_dir(sys.argv[1])
+        from fmnist_mlp.data.dataset import EncodedRows
+        from fmnist_mlp.nn.kernels.batches import FusedBatches
+        from fmnist_mlp.nn.kernels.blas_pool import NativePool
+
+        rng = np.random.default_rng(0)
+        pixels = rng.integers(0, 256, (3000, 784), dtype=np.uint8)
+        pixels[17, 5] = 0           # one dark pixel: the border's minimum in a part's images only
+        pixels[pixels == 0] = 1
+        pixels[17, 5] = 0
+        results = []
+        for dtype in ("float32", "float64"):
+            rows, gather = EncodedRows(pixels, 0.286, 0.353, np.dtype(dtype)), FusedBatches(dtype)
+            for n in (5, 31, 32, 37, 128, 512):
+                for augmented in (False, True):
+                    idx = rng.permutation(3000)[:n]
+                    idx[-1] = 17            # in the last part
+                    flips = rng.random(n) < 0.5 if augmented else None
+                    offsets = rng.integers(0, 5, (n, 2)) if augmented else None
+                    shift = 2 if augmented else 0
+                    one = gather.fill(np.empty((n, 784), dtype), rows, idx, flips, offsets, shift)
+                    pool = NativePool()
+                    pool.install()
+                    before = pool.products
+                    parts = gather.fill(np.empty((n, 784), dtype), rows, idx, flips, offsets, shift)
+                    jobs = pool.products - before
+                    pool.close()
+                    results.append([dtype, n, augmented, bool(np.array_equal(one, parts)), jobs])
+        print(json.dumps(results))
+    """, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(results) == 24
+    assert all(same and jobs == (1 if n >= 32 else 0) for _, n, _, same, jobs in results), results
+
+
 def test_pool_after_pool_each_serves_its_product(tmp_path):
     """Fifty pools in a row, each with a product at once: a stopped pool's last wake-up must not
     look like a job to the next pool's worker, and each pool's worker serves its product."""

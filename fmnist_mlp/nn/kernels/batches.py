@@ -18,25 +18,30 @@ import threading
 
 import numpy as np
 
+from numba import carray
+
 from fmnist_mlp.data.facts import IMAGE_SIDE
-from fmnist_mlp.nn.kernels import jit
+from fmnist_mlp.nn.kernels import blas_pool, jit
+from fmnist_mlp.nn.kernels.blas_pool import at, part_range
 
 
 @jit.kernel
-def _gather(out, pixels, idx, scale, mean, std, standardize, flips, offsets, shift, side, sink):
-    """out[i] = the inputs of image ``idx[i]`` of ``pixels`` ((N, side²) uint8): each byte b
-    becomes ``(b · scale − mean) / std`` (``standardize`` False: ``b · scale``), as
-    :func:`~fmnist_mlp.data.dataset.pixels_to_inputs` computes it; mirrored left–right where
-    ``flips[i]`` (``flips`` empty: none), then moved by ``offsets[i] − shift`` with the batch's
-    minimum in the uncovered border (``offsets`` empty: not moved). ``sink`` (1,) uint32 keeps
-    the first pass's loads from being compiled away."""
+def _gather(out, pixels, idx, scale, mean, std, standardize, flips, offsets, shift, side, sink,
+            first, last):
+    """out[i] = the inputs of image ``idx[i]`` of ``pixels`` ((N, side²) uint8), for
+    first ≤ i < last: each byte b becomes ``(b · scale − mean) / std`` (``standardize`` False:
+    ``b · scale``), as :func:`~fmnist_mlp.data.dataset.pixels_to_inputs` computes it; mirrored
+    left–right where ``flips[i]`` (``flips`` empty: none), then moved by ``offsets[i] − shift``
+    with the whole batch's minimum in the uncovered border (``offsets`` empty: not moved), so
+    any cut into ranges gives the same batch. ``sink`` (1,) uint32 keeps the first pass's loads
+    from being compiled away."""
     n = idx.size
     flip, move = flips.size > 0, offsets.size > 0
     # First touch every cache line of the batch's rows: these loads do not wait on each other,
     # so many are in flight at once, and the decoding below reads from the cache (the rows lie
     # at random in a split larger than the L3; measured 90 -> 60 us for 512 rows).
     touched = np.uint32(0)
-    for i in range(n):
+    for i in range(first, last):
         row = pixels[idx[i]]
         for k in range(0, row.size, 64):
             touched += row[k]
@@ -52,7 +57,7 @@ def _gather(out, pixels, idx, scale, mean, std, standardize, flips, offsets, shi
                 low = min(low, row[j])
         background = _decode(out, low, scale, mean, std, standardize)
     decoded = np.empty(side * side, out.dtype)      # a moved image's inputs, before the move
-    for i in range(n):
+    for i in range(first, last):
         row, dest = pixels[idx[i]], out[i]
         mirrored = flip and flips[i]
         dy = offsets[i, 0] - shift if move else 0
@@ -101,9 +106,42 @@ def _decode(out, byte, scale, mean, std, standardize):
     return v
 
 
+# ------------------------------------------------------------------------------ the pool's job
+# The gather as a job of the engine's thread pool (:meth:`blas_pool.NativePool.run`): each part
+# fills its own images, found through the words :func:`_gather_words` writes.
+_WORDS = 16
+
+
+@jit.kernel
+def _gather_words(words, out, pixels, idx, flips, offsets, shift, side, sinks, scalars,
+                  standardize):
+    """The job's words: sizes and addresses of the arrays, the shift, side and flag."""
+    words[0], words[1], words[2] = idx.size, out.shape[1], pixels.shape[0]
+    words[3], words[4], words[5] = out.ctypes.data, pixels.ctypes.data, idx.ctypes.data
+    words[6], words[7] = flips.ctypes.data, flips.size
+    words[8], words[9] = offsets.ctypes.data, offsets.shape[0]
+    words[10], words[11], words[12] = shift, side, sinks.ctypes.data
+    words[13], words[14] = scalars.ctypes.data, standardize
+
+
+def _gather_job(dtype):
+    def job(part, data, parts):
+        w = carray(data, _WORDS, np.int64)
+        n, cols = w[0], w[1]
+        first, last = part_range(n, part, parts)
+        scalars = carray(at(w[13]), 3, dtype)
+        _gather(carray(at(w[3]), (n, cols), dtype), carray(at(w[4]), (w[2], cols), np.uint8),
+                carray(at(w[5]), n, np.int64), scalars[0], scalars[1], scalars[2], w[14] != 0,
+                carray(at(w[6]), w[7], np.bool_), carray(at(w[8]), (w[9], 2), np.int64),
+                w[10], w[11], carray(at(w[12] + 4 * part), 1, np.uint32), first, last)
+    return job
+
+
 class FusedBatches:
     """Fills a batch buffer from the training split's pixel bytes in one pass (loaded or compiled
     on creation)."""
+
+    POOL_MIN_IMAGES = 32        # fewer: one part alone is quicker than a hand-off
 
     def __init__(self, dtype) -> None:
         self.dtype = np.dtype(dtype)
@@ -111,6 +149,15 @@ class FusedBatches:
         self._no_offsets = np.empty((0, 2), np.int64)
         self._sink = np.zeros(1, np.uint32)
         warm_up(self.dtype)
+        # The same gather in parts on the engine's thread pool, where the training loop installs
+        # one (compiled now, so no batch waits for it).
+        self._job = None
+        if blas_pool.available():
+            self._job = jit.load_job(lambda: blas_pool.compile_job(_gather_job(self.dtype.type)))
+            self._words = np.zeros(_WORDS, np.int64)
+            self._words_address = self._words.ctypes.data
+            self._sinks = np.zeros(blas_pool.MAX_WORKERS + 1, np.uint32)
+            self._scalars = np.zeros(3, self.dtype)
 
     def fill(self, out: np.ndarray, rows, idx: np.ndarray,
              flips: np.ndarray | None = None, offsets: np.ndarray | None = None,
@@ -119,11 +166,23 @@ class FusedBatches:
         :class:`~fmnist_mlp.data.dataset.EncodedRows`: pixels, mean, std) as inputs, mirrored where
         ``flips`` and moved by ``offsets`` (a :class:`~fmnist_mlp.data.augment.Draws`)."""
         t = self.dtype.type
-        _gather(out, rows.pixels, idx.astype(np.int64, copy=False), t(1.0 / 255.0), t(rows.mean),
-                t(rows.std), (rows.mean, rows.std) != (0.0, 1.0),
-                self._no_flips if flips is None else flips,
-                self._no_offsets if offsets is None else offsets.astype(np.int64, copy=False),
-                shift, IMAGE_SIDE, self._sink)
+        idx = np.ascontiguousarray(idx, dtype=np.int64)
+        flips = self._no_flips if flips is None else np.ascontiguousarray(flips, dtype=np.bool_)
+        offsets = (self._no_offsets if offsets is None
+                   else np.ascontiguousarray(offsets, dtype=np.int64))
+        standardize = (rows.mean, rows.std) != (0.0, 1.0)
+        pool = blas_pool.installed()
+        if (pool is not None and self._job is not None and len(idx) >= self.POOL_MIN_IMAGES
+                and out.dtype == self.dtype and out.flags.c_contiguous
+                and out.shape == (len(idx), rows.pixels.shape[1])
+                and rows.pixels.flags.c_contiguous and rows.pixels.dtype == np.uint8):
+            self._scalars[:] = (t(1.0 / 255.0), t(rows.mean), t(rows.std))
+            _gather_words(self._words, out, rows.pixels, idx, flips, offsets, shift, IMAGE_SIDE,
+                          self._sinks, self._scalars, standardize)
+            pool.run(self._job.address, self._words_address)
+            return out
+        _gather(out, rows.pixels, idx, t(1.0 / 255.0), t(rows.mean), t(rows.std), standardize,
+                flips, offsets, shift, IMAGE_SIDE, self._sink, 0, len(idx))
         return out
 
 
@@ -132,7 +191,7 @@ def warm_up(dtype=np.float32) -> None:
     out, pixels, idx = np.zeros((1, 1), dtype), np.zeros((1, 1), np.uint8), np.zeros(1, np.int64)
     one = np.dtype(dtype).type(1)
     jit.load([lambda: _gather(out, pixels, idx, one, one, one, True, np.zeros(1, np.bool_),
-                              np.zeros((1, 2), np.int64), 0, 1, np.zeros(1, np.uint32))])
+                              np.zeros((1, 2), np.int64), 0, 1, np.zeros(1, np.uint32), 0, 1)])
 
 
 def warm_in_background() -> threading.Thread:
