@@ -34,6 +34,9 @@ def _child(code: str, tmp_path: Path, timeout: float = 240) -> subprocess.Comple
 
 
 def test_steps_with_the_pool_give_the_bits_of_blas_own_threads(tmp_path):
+    """Training steps with the pool (products, updates, gathers and batch norm's passes on its
+    workers) give the weights and running statistics of steps without it, bit for bit, for a
+    feature-major and a row-major net."""
     if not _pool_pays():
         pytest.skip("the pool is only installed with two or more BLAS threads and its callback")
     proc = _child("""
@@ -45,8 +48,8 @@ def test_steps_with_the_pool_give_the_bits_of_blas_own_threads(tmp_path):
         kernels.set_cache_dir(sys.argv[1])
         from fmnist_mlp.nn.kernels.blas_pool import pool_for_training
 
-        def train(with_pool):
-            model = MLP(hidden=[512, 64], batchnorm=True, dropout=0.2, seed=0, kernels="numba")
+        def train(with_pool, hidden):
+            model = MLP(hidden=hidden, batchnorm=True, dropout=0.2, seed=0, kernels="numba")
             opt = make_optimizer("adam", model.params, lr=1e-3, kernels="numba")
             rng, drop = np.random.default_rng(0), np.random.default_rng(1)
             x = rng.standard_normal((2048, 784), dtype=np.float32)
@@ -58,14 +61,18 @@ def test_steps_with_the_pool_give_the_bits_of_blas_own_threads(tmp_path):
                     model.loss_and_grad(x[idx], y[idx], drop)
                     opt.step(model.params, model.grads)
                 served = pool.products if pool is not None else 0
-            return hashlib.sha256(model.params.flat.tobytes()).hexdigest(), served
+            state = [model.params.flat, *model.buffers.values()]
+            return hashlib.sha256(b"".join(a.tobytes() for a in state)).hexdigest(), served
 
-        (own, _), (pooled, served) = train(False), train(True)
-        print(json.dumps({"same": own == pooled, "served": served}))
+        results = []
+        for hidden in ([512, 64], [300, 100]):      # batch norm feature-major, then row-major
+            (own, _), (pooled, served) = train(False, hidden), train(True, hidden)
+            results.append({"same": own == pooled, "served": served})
+        print(json.dumps(results))
     """, tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result["served"] > 0 and result["same"], result
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert all(r["served"] > 0 and r["same"] for r in results), results
 
 
 def test_every_update_as_the_pools_job_gives_the_bits_of_the_plain_kernel(tmp_path):

@@ -10,8 +10,10 @@ summed in NumPy's order (below). Arrays come in memory order, as in
 from __future__ import annotations
 
 import numpy as np
+from numba import carray
 
 from fmnist_mlp.nn.kernels import jit
+from fmnist_mlp.nn.kernels.blas_pool import at, part_range
 
 
 # NumPy's sums over the batch, reproduced: a row-major (N, D) array is summed over axis 0 row
@@ -194,3 +196,57 @@ def batchnorm_backward(dout, xhat, units_along_rows, lo, hi, gamma, inv_std, dga
             dr, xr = dout[r][lo:hi], xhat[r][lo:hi]
             for c in range(width):
                 dr[c] = ((dr[c] - mean_dbeta[c]) - xr[c] * mean_dgamma[c]) * scale[c]
+
+
+# ------------------------------------------------------------------------------ the pool's jobs
+# Both passes as jobs of the engine's thread pool (:meth:`blas_pool.NativePool.run`): each part
+# takes its own units (a multiple of 16), found through the words the ``*_words`` kernels write:
+# [rows, columns, units along rows, then the arrays' addresses]. Units are independent, so the
+# bits are the same as one call's.
+_WORDS = 12
+
+
+@jit.kernel
+def forward_words(words, z, units_along_rows, gamma, beta, eps, mean, var, inv_std, out):
+    """The forward job's words (``eps`` a one-entry array of the dtype)."""
+    words[0], words[1], words[2] = z.shape[0], z.shape[1], units_along_rows
+    words[3], words[4], words[5], words[6] = (z.ctypes.data, gamma.ctypes.data,
+                                              beta.ctypes.data, eps.ctypes.data)
+    words[7], words[8], words[9], words[10] = (mean.ctypes.data, var.ctypes.data,
+                                               inv_std.ctypes.data, out.ctypes.data)
+
+
+@jit.kernel
+def backward_words(words, dout, xhat, units_along_rows, gamma, inv_std, dgamma, dbeta):
+    """The backward job's words."""
+    words[0], words[1], words[2] = dout.shape[0], dout.shape[1], units_along_rows
+    words[3], words[4], words[5], words[6] = (dout.ctypes.data, xhat.ctypes.data,
+                                              gamma.ctypes.data, inv_std.ctypes.data)
+    words[7], words[8] = dgamma.ctypes.data, dbeta.ctypes.data
+
+
+def forward_job(dtype):
+    def job(part, data, parts):
+        w = carray(data, _WORDS, np.int64)
+        rows, cols, along_rows = w[0], w[1], w[2] != 0
+        units = rows if along_rows else cols
+        lo, hi = part_range(units, part, parts)
+        batchnorm_forward(carray(at(w[3]), (rows, cols), dtype), along_rows, lo, hi,
+                          carray(at(w[4]), units, dtype), carray(at(w[5]), units, dtype),
+                          carray(at(w[6]), 1, dtype)[0], carray(at(w[7]), units, dtype),
+                          carray(at(w[8]), units, dtype), carray(at(w[9]), units, dtype),
+                          carray(at(w[10]), (rows, cols), dtype))
+    return job
+
+
+def backward_job(dtype):
+    def job(part, data, parts):
+        w = carray(data, _WORDS, np.int64)
+        rows, cols, along_rows = w[0], w[1], w[2] != 0
+        units = rows if along_rows else cols
+        lo, hi = part_range(units, part, parts)
+        batchnorm_backward(carray(at(w[3]), (rows, cols), dtype),
+                           carray(at(w[4]), (rows, cols), dtype), along_rows, lo, hi,
+                           carray(at(w[5]), units, dtype), carray(at(w[6]), units, dtype),
+                           carray(at(w[7]), units, dtype), carray(at(w[8]), units, dtype))
+    return job

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fmnist_mlp.nn.kernels import jit
+from fmnist_mlp.nn.kernels import batchnorm, blas_pool, jit
 from fmnist_mlp.nn.kernels.batchnorm import (batchnorm_backward, batchnorm_forward,
                                              pairwise_row_sums)
 from fmnist_mlp.nn.layers import dropout_bits
@@ -136,6 +136,7 @@ class FusedChains:
         tiny = np.zeros((1, 1), self.dtype)
         bits = np.zeros((1, 1), np.uint16)
         self._split = SplitUnits(self)
+        self._bn_jobs = None
         jit.load([lambda: _forward(tiny, 0, 1, tiny[0], False, self.relu, self._no_bits, 1,
                                    self.dtype.type(1), self._empty, self._empty),
                   lambda: _forward(tiny, 0, 1, tiny[0], False, self.relu, bits, 1,
@@ -146,6 +147,14 @@ class FusedChains:
                   lambda: _dropout(tiny.ravel(), bits.ravel(), 1, self.dtype.type(1),
                                    tiny.ravel(), tiny.ravel()),
                   lambda: self._warm_batchnorm(tiny)])
+        # Batch norm's passes in parts on the engine's thread pool, where the training loop
+        # installs one (compiled now, so no step waits for them).
+        if blas_pool.available():
+            self._bn_jobs = tuple(jit.load_job(lambda make=make: blas_pool.compile_job(
+                make(self.dtype.type))) for make in (batchnorm.forward_job, batchnorm.backward_job))
+            self._bn_words = np.zeros(batchnorm._WORDS, np.int64)
+            self._bn_words_address = self._bn_words.ctypes.data
+            self._bn_eps = np.zeros(1, self.dtype)
 
     def _warm_batchnorm(self, tiny: np.ndarray) -> None:
         vec = tiny[0].copy()
@@ -196,6 +205,13 @@ class FusedChains:
         """:func:`fmnist_mlp.nn.layers.batchnorm_forward_train` in three passes, same bits."""
         zm, transposed = _memory_order(z)
         eps, om = self.dtype.type(eps), _memory_order(out)[0]
+        pool = self._pool_for(zm, transposed)
+        if pool is not None:
+            self._bn_eps[0] = eps
+            batchnorm.forward_words(self._bn_words, zm, transposed, gamma, beta, self._bn_eps,
+                                    mean, var, inv_std, om)
+            pool.run(self._bn_jobs[0].address, self._bn_words_address)
+            return out
         self._split.run(lambda lo, hi: batchnorm_forward(zm, transposed, lo, hi, gamma, beta, eps,
                                                          mean, var, inv_std, om),
                         zm, units_along_rows=transposed)
@@ -208,10 +224,29 @@ class FusedChains:
         the reference's temporary, is not needed: products are summed as they are made)."""
         d, transposed = _memory_order(dout)
         xm = _memory_order(xhat)[0]
+        pool = self._pool_for(d, transposed)
+        if pool is not None:
+            batchnorm.backward_words(self._bn_words, d, xm, transposed, gamma, inv_std, dgamma,
+                                     dbeta)
+            pool.run(self._bn_jobs[1].address, self._bn_words_address)
+            return dout
         self._split.run(lambda lo, hi: batchnorm_backward(d, xm, transposed, lo, hi, gamma,
                                                           inv_std, dgamma, dbeta),
                         d, units_along_rows=transposed)
         return dout
+
+    POOL_MIN_SIZE, POOL_MIN_UNITS = 1 << 14, 32     # smaller: one part is quicker than a hand-off
+
+    def _pool_for(self, a: np.ndarray, units_along_rows: bool):
+        """The installed pool when batch norm over ``a`` (memory order) pays for its parts: its
+        units along rows (feature-major). Measured at 512 × 256 (one call against two parts):
+        feature-major forward 31 against 19 us, backward 34 against 18; row-major, where each
+        part walks every row, 43 against 75 and 39 against 56."""
+        pool = blas_pool.installed() if self._bn_jobs is not None else None
+        if (pool is None or not units_along_rows or a.size < self.POOL_MIN_SIZE
+                or a.shape[0] < self.POOL_MIN_UNITS):
+            return None
+        return pool
 
     def dropout_forward(self, x: np.ndarray, threshold: int, rng: np.random.Generator,
                         mask: np.ndarray, out: np.ndarray) -> np.ndarray:
