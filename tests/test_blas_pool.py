@@ -34,9 +34,10 @@ def _child(code: str, tmp_path: Path, timeout: float = 240) -> subprocess.Comple
 
 
 def test_steps_with_the_pool_give_the_bits_of_blas_own_threads(tmp_path):
-    """Training steps with the pool (products, updates, gathers and batch norm's passes on its
-    workers) give the weights and running statistics of steps without it, bit for bit, for a
-    feature-major and a row-major net."""
+    """Training steps with the pool (products, updates, the hidden layers' chains with dropout
+    and batch norm's passes on its workers) give the weights and running statistics of steps
+    without it, bit for bit, for a feature-major and a row-major net, with batch norm and
+    without (biases summed in the chains)."""
     if not _pool_pays():
         pytest.skip("the pool is only installed with two or more BLAS threads and its callback")
     proc = _child("""
@@ -48,8 +49,8 @@ def test_steps_with_the_pool_give_the_bits_of_blas_own_threads(tmp_path):
         kernels.set_cache_dir(sys.argv[1])
         from fmnist_mlp.nn.kernels.blas_pool import pool_for_training
 
-        def train(with_pool, hidden):
-            model = MLP(hidden=hidden, batchnorm=True, dropout=0.2, seed=0, kernels="numba")
+        def train(with_pool, hidden, batchnorm):
+            model = MLP(hidden=hidden, batchnorm=batchnorm, dropout=0.2, seed=0, kernels="numba")
             opt = make_optimizer("adam", model.params, lr=1e-3, kernels="numba")
             rng, drop = np.random.default_rng(0), np.random.default_rng(1)
             x = rng.standard_normal((2048, 784), dtype=np.float32)
@@ -65,14 +66,16 @@ def test_steps_with_the_pool_give_the_bits_of_blas_own_threads(tmp_path):
             return hashlib.sha256(b"".join(a.tobytes() for a in state)).hexdigest(), served
 
         results = []
-        for hidden in ([512, 64], [300, 100]):      # batch norm feature-major, then row-major
-            (own, _), (pooled, served) = train(False, hidden), train(True, hidden)
-            results.append({"same": own == pooled, "served": served})
+        for hidden in ([512, 64], [300, 100]):      # feature-major, then row-major
+            for batchnorm in (True, False):
+                (own, _) = train(False, hidden, batchnorm)
+                (pooled, served) = train(True, hidden, batchnorm)
+                results.append({"same": own == pooled, "served": served})
         print(json.dumps(results))
     """, tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert all(r["served"] > 0 and r["same"] for r in results), results
+    assert len(results) == 4 and all(r["served"] > 0 and r["same"] for r in results), results
 
 
 def test_every_update_as_the_pools_job_gives_the_bits_of_the_plain_kernel(tmp_path):

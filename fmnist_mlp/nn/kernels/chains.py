@@ -21,7 +21,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from numba import carray
+
 from fmnist_mlp.nn.kernels import batchnorm, blas_pool, jit
+from fmnist_mlp.nn.kernels.blas_pool import at, part_range
 from fmnist_mlp.nn.kernels.batchnorm import (batchnorm_backward, batchnorm_forward,
                                              pairwise_row_sums)
 from fmnist_mlp.nn.layers import dropout_bits
@@ -92,6 +95,55 @@ def _dropout(x, bits, threshold, scale, mask, out):
         out[i] = x[i] * m
 
 
+# ------------------------------------------------------------------------------ the pool's jobs
+# The chains as jobs of the engine's thread pool (:meth:`blas_pool.NativePool.run`): each part
+# takes its own rows of the memory-order arrays, found through the words the ``*_words`` kernels
+# write (sizes, flags, the arrays' addresses). Rows are independent: the same bits as one call.
+_WORDS = 16
+
+
+@jit.kernel
+def _forward_words(words, z, b, bias_along_rows, relu, bits, threshold, scale, mask, dropped):
+    """The forward job's words (``scale`` a one-entry array of the dtype)."""
+    words[0], words[1], words[2] = z.shape[0], z.shape[1], z.ctypes.data
+    words[3], words[4], words[5], words[6] = b.ctypes.data, b.size, bias_along_rows, relu
+    words[7], words[8], words[9] = bits.ctypes.data, bits.size > 0, threshold
+    words[10], words[11], words[12] = scale.ctypes.data, mask.ctypes.data, dropped.ctypes.data
+
+
+@jit.kernel
+def _backward_words(words, dout, a, relu, mask, db, units_along_rows):
+    """The backward job's words."""
+    words[0], words[1], words[2], words[3] = dout.shape[0], dout.shape[1], dout.ctypes.data, a.ctypes.data
+    words[4], words[5], words[6] = relu, mask.ctypes.data, mask.size > 0
+    words[7], words[8], words[9] = db.ctypes.data, db.size, units_along_rows
+
+
+def _forward_job(dtype):
+    def job(part, data, parts):
+        w = carray(data, _WORDS, np.int64)
+        rows, cols = w[0], w[1]
+        shape = (rows, cols) if w[8] != 0 else (0, 0)       # the dropout arrays, or none
+        lo, hi = part_range(rows, part, parts)
+        _forward(carray(at(w[2]), (rows, cols), dtype), lo, hi, carray(at(w[3]), w[4], dtype),
+                 w[5] != 0, w[6] != 0, carray(at(w[7]), shape, np.uint16), w[9],
+                 carray(at(w[10]), 1, dtype)[0], carray(at(w[11]), shape, dtype),
+                 carray(at(w[12]), shape, dtype))
+    return job
+
+
+def _backward_job(dtype):
+    def job(part, data, parts):
+        w = carray(data, _WORDS, np.int64)
+        rows, cols = w[0], w[1]
+        lo, hi = part_range(rows, part, parts)
+        _backward(carray(at(w[2]), (rows, cols), dtype), lo, hi,
+                  carray(at(w[3]), (rows, cols), dtype), w[4] != 0,
+                  carray(at(w[5]), (rows, cols) if w[6] != 0 else (0, 0), dtype),
+                  carray(at(w[7]), w[8], dtype), w[9] != 0)
+    return job
+
+
 class SplitUnits:
     """Runs a kernel over ranges of independent rows, split across threads when the array is
     large (:class:`fmnist_mlp.nn.workspace.SplitRunner`: the first part on the calling thread).
@@ -136,7 +188,7 @@ class FusedChains:
         tiny = np.zeros((1, 1), self.dtype)
         bits = np.zeros((1, 1), np.uint16)
         self._split = SplitUnits(self)
-        self._bn_jobs = None
+        self._jobs = None
         jit.load([lambda: _forward(tiny, 0, 1, tiny[0], False, self.relu, self._no_bits, 1,
                                    self.dtype.type(1), self._empty, self._empty),
                   lambda: _forward(tiny, 0, 1, tiny[0], False, self.relu, bits, 1,
@@ -150,11 +202,13 @@ class FusedChains:
         # Batch norm's passes in parts on the engine's thread pool, where the training loop
         # installs one (compiled now, so no step waits for them).
         if blas_pool.available():
-            self._bn_jobs = tuple(jit.load_job(lambda make=make: blas_pool.compile_job(
-                make(self.dtype.type))) for make in (batchnorm.forward_job, batchnorm.backward_job))
-            self._bn_words = np.zeros(batchnorm._WORDS, np.int64)
-            self._bn_words_address = self._bn_words.ctypes.data
-            self._bn_eps = np.zeros(1, self.dtype)
+            self._jobs = {name: jit.load_job(lambda make=make: blas_pool.compile_job(
+                make(self.dtype.type))) for name, make in (
+                    ("forward", _forward_job), ("backward", _backward_job),
+                    ("bn_forward", batchnorm.forward_job), ("bn_backward", batchnorm.backward_job))}
+            self._words = np.zeros(max(_WORDS, batchnorm._WORDS), np.int64)
+            self._words_address = self._words.ctypes.data
+            self._scalar = np.zeros(1, self.dtype)       # eps, or dropout's scale
 
     def _warm_batchnorm(self, tiny: np.ndarray) -> None:
         vec = tiny[0].copy()
@@ -171,17 +225,22 @@ class FusedChains:
         z, transposed = _memory_order(h)
         bias = self._no_bias if b is None else b
         if rng is None:
-            no_bits, one, empty = self._no_bits, self.dtype.type(1), self._empty
-            self._split.run(lambda lo, hi: _forward(z, lo, hi, bias, transposed, self.relu,
-                                                    no_bits, 1, one, empty, empty), z,
-                            one_pass=True)
-            return h
-        bits = dropout_bits(rng, h.size).reshape(z.shape)
-        scale, m, out = (self.dtype.type(65536.0 / threshold), _memory_order(mask)[0],
-                         _memory_order(dropped)[0])
-        self._split.run(lambda lo, hi: _forward(z, lo, hi, bias, transposed, self.relu, bits,
-                                                threshold, scale, m, out), z, one_pass=True)
-        return dropped
+            bits, threshold, scale, m, out = (self._no_bits, 1, self.dtype.type(1), self._empty,
+                                              self._empty)
+        else:
+            bits = dropout_bits(rng, h.size).reshape(z.shape)
+            scale, m, out = (self.dtype.type(65536.0 / threshold), _memory_order(mask)[0],
+                             _memory_order(dropped)[0])
+        pool = self._pool_for(z, True, self.CHAIN_POOL_MIN_SIZE)
+        if pool is not None:
+            self._scalar[0] = scale
+            _forward_words(self._words, z, bias, transposed, self.relu, bits, threshold,
+                           self._scalar, m, out)
+            pool.run(self._jobs["forward"].address, self._words_address)
+        else:
+            self._split.run(lambda lo, hi: _forward(z, lo, hi, bias, transposed, self.relu, bits,
+                                                    threshold, scale, m, out), z, one_pass=True)
+        return h if rng is None else dropped
 
     def hidden_backward(self, dout: np.ndarray, a: np.ndarray, mask: np.ndarray | None,
                         db: np.ndarray | None = None) -> None:
@@ -196,6 +255,11 @@ class FusedChains:
         if db is not None and not transposed:   # the sums run over every row, in order: one call
             _backward(d, 0, d.shape[0], am, self.relu, m, bias, False)
             return
+        pool = self._pool_for(d, True, self.CHAIN_POOL_MIN_SIZE)
+        if pool is not None:
+            _backward_words(self._words, d, am, self.relu, m, bias, transposed)
+            pool.run(self._jobs["backward"].address, self._words_address)
+            return
         self._split.run(lambda lo, hi: _backward(d, lo, hi, am, self.relu, m, bias, transposed), d,
                         one_pass=True)
 
@@ -205,12 +269,12 @@ class FusedChains:
         """:func:`fmnist_mlp.nn.layers.batchnorm_forward_train` in three passes, same bits."""
         zm, transposed = _memory_order(z)
         eps, om = self.dtype.type(eps), _memory_order(out)[0]
-        pool = self._pool_for(zm, transposed)
+        pool = self._pool_for(zm, transposed, self.BN_POOL_MIN_SIZE)
         if pool is not None:
-            self._bn_eps[0] = eps
-            batchnorm.forward_words(self._bn_words, zm, transposed, gamma, beta, self._bn_eps,
+            self._scalar[0] = eps
+            batchnorm.forward_words(self._words, zm, transposed, gamma, beta, self._scalar,
                                     mean, var, inv_std, om)
-            pool.run(self._bn_jobs[0].address, self._bn_words_address)
+            pool.run(self._jobs["bn_forward"].address, self._words_address)
             return out
         self._split.run(lambda lo, hi: batchnorm_forward(zm, transposed, lo, hi, gamma, beta, eps,
                                                          mean, var, inv_std, om),
@@ -224,27 +288,30 @@ class FusedChains:
         the reference's temporary, is not needed: products are summed as they are made)."""
         d, transposed = _memory_order(dout)
         xm = _memory_order(xhat)[0]
-        pool = self._pool_for(d, transposed)
+        pool = self._pool_for(d, transposed, self.BN_POOL_MIN_SIZE)
         if pool is not None:
-            batchnorm.backward_words(self._bn_words, d, xm, transposed, gamma, inv_std, dgamma,
+            batchnorm.backward_words(self._words, d, xm, transposed, gamma, inv_std, dgamma,
                                      dbeta)
-            pool.run(self._bn_jobs[1].address, self._bn_words_address)
+            pool.run(self._jobs["bn_backward"].address, self._words_address)
             return dout
         self._split.run(lambda lo, hi: batchnorm_backward(d, xm, transposed, lo, hi, gamma,
                                                           inv_std, dgamma, dbeta),
                         d, units_along_rows=transposed)
         return dout
 
-    POOL_MIN_SIZE, POOL_MIN_UNITS = 1 << 14, 32     # smaller: one part is quicker than a hand-off
+    # Entries from which a pass in parts on the pool pays (smaller: one part is quicker than a
+    # hand-off): batch norm's three or two passes from 16,384, a one-pass chain from 65,536.
+    BN_POOL_MIN_SIZE, CHAIN_POOL_MIN_SIZE, POOL_MIN_ROWS = 1 << 14, 1 << 16, 32
 
-    def _pool_for(self, a: np.ndarray, units_along_rows: bool):
-        """The installed pool when batch norm over ``a`` (memory order) pays for its parts: its
-        units along rows (feature-major). Measured at 512 × 256 (one call against two parts):
-        feature-major forward 31 against 19 us, backward 34 against 18; row-major, where each
-        part walks every row, 43 against 75 and 39 against 56."""
-        pool = blas_pool.installed() if self._bn_jobs is not None else None
-        if (pool is None or not units_along_rows or a.size < self.POOL_MIN_SIZE
-                or a.shape[0] < self.POOL_MIN_UNITS):
+    def _pool_for(self, a: np.ndarray, units_along_rows: bool, smallest: int):
+        """The installed pool when a pass over ``a`` (memory order) pays for its parts: split by
+        its rows (batch norm: its units along rows, feature-major). Measured for batch norm at
+        512 × 256 (one call against two parts): feature-major forward 31 against 19 us, backward
+        34 against 18; row-major, where each part walks every row, 43 against 75 and 39
+        against 56."""
+        pool = blas_pool.installed() if self._jobs is not None else None
+        if (pool is None or not units_along_rows or a.size < smallest
+                or a.shape[0] < self.POOL_MIN_ROWS):
             return None
         return pool
 
