@@ -12,8 +12,8 @@ head around NumPy's exp and log (:mod:`fmnist_mlp.nn.kernels.head`). They do the
 same float arithmetic in the same order, so their results are bit-identical to NumPy's; the tests
 hold them to it. ``auto`` uses numba when it can be imported; ``numba`` without it is a one-line
 error naming the extra. Compiled code is cached on disk (:mod:`fmnist_mlp.nn.kernels.jit`).
-Around a training loop of a wide net the products' threads are the engine's own, free between
-products for the kernels' splits (:mod:`fmnist_mlp.nn.kernels.blas_pool`).
+Around a training loop the products' threads are the engine's own, and the kernels' parallel
+parts run on the same workers (:mod:`fmnist_mlp.nn.kernels.blas_pool`).
 """
 
 from __future__ import annotations

@@ -12,8 +12,10 @@ other's packed panels). This callback is one numba ``cfunc``:
   number bumped with release order); the caller waits for each worker's "done" number. A lock
   word lets one product at a time use the workers.
 - from :meth:`NativePool.run`, the same way: a fused kernel's :data:`JOB` in parts (the
-  optimisers' updates, :mod:`fmnist_mlp.nn.kernels.updates`). A hand-off is a few atomic
-  words, where a Python thread pool's takes tens of microseconds to wake.
+  optimisers' updates, the batch gather, batch norm's passes and the hidden layers' chains:
+  :mod:`~fmnist_mlp.nn.kernels.updates`, :mod:`~fmnist_mlp.nn.kernels.batches`,
+  :mod:`~fmnist_mlp.nn.kernels.batchnorm`, :mod:`~fmnist_mlp.nn.kernels.chains`). A hand-off
+  is a few atomic words, where a Python thread pool's takes tens of microseconds to wake.
 - called with ``sync`` −1 by a worker thread of ours (a Python thread calling the cfunc through
   ctypes, so without the GIL): it serves its slot until stopped, spinning
   :data:`WORKER_SPIN` pauses after each job (about 5 ms: through a training step's gaps), then

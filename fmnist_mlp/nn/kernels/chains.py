@@ -146,7 +146,9 @@ def _backward_job(dtype):
 
 class SplitUnits:
     """Runs a kernel over ranges of independent rows, split across threads when the array is
-    large (:class:`fmnist_mlp.nn.workspace.SplitRunner`: the first part on the calling thread).
+    large (:class:`fmnist_mlp.nn.workspace.SplitRunner`: the first part on the calling thread),
+    where no engine thread pool is installed (a training loop installs one, and the passes run
+    as its jobs, :meth:`FusedChains._pool_for`).
     Batch norm's units are split only where they are rows (feature-major): split by columns,
     each thread walks every row, and a thread hand-off costs about 40 us; measured (512 x 1024,
     forward + backward, one thread against two): row-major 294 against 367 us, feature-major
