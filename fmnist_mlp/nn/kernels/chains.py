@@ -114,7 +114,8 @@ def _forward_words(words, z, b, bias_along_rows, relu, bits, threshold, scale, m
 @jit.kernel
 def _backward_words(words, dout, a, relu, mask, db, units_along_rows):
     """The backward job's words."""
-    words[0], words[1], words[2], words[3] = dout.shape[0], dout.shape[1], dout.ctypes.data, a.ctypes.data
+    words[0], words[1] = dout.shape[0], dout.shape[1]
+    words[2], words[3] = dout.ctypes.data, a.ctypes.data
     words[4], words[5], words[6] = relu, mask.ctypes.data, mask.size > 0
     words[7], words[8], words[9] = db.ctypes.data, db.size, units_along_rows
 
