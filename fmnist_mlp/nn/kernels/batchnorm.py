@@ -225,12 +225,19 @@ def backward_words(words, dout, xhat, units_along_rows, gamma, inv_std, dgamma, 
     words[7], words[8] = dgamma.ctypes.data, dbeta.ctypes.data
 
 
+@jit.kernel
+def _job_part(data, part, parts):
+    """(words, rows, columns, units along rows, units, lo, hi) of a job's part."""
+    w = carray(data, _WORDS, np.int64)
+    rows, cols, along_rows = w[0], w[1], w[2] != 0
+    units = rows if along_rows else cols
+    lo, hi = part_range(units, part, parts)
+    return w, rows, cols, along_rows, units, lo, hi
+
+
 def forward_job(dtype):
     def job(part, data, parts):
-        w = carray(data, _WORDS, np.int64)
-        rows, cols, along_rows = w[0], w[1], w[2] != 0
-        units = rows if along_rows else cols
-        lo, hi = part_range(units, part, parts)
+        w, rows, cols, along_rows, units, lo, hi = _job_part(data, part, parts)
         batchnorm_forward(carray(at(w[3]), (rows, cols), dtype), along_rows, lo, hi,
                           carray(at(w[4]), units, dtype), carray(at(w[5]), units, dtype),
                           carray(at(w[6]), 1, dtype)[0], carray(at(w[7]), units, dtype),
@@ -241,10 +248,7 @@ def forward_job(dtype):
 
 def backward_job(dtype):
     def job(part, data, parts):
-        w = carray(data, _WORDS, np.int64)
-        rows, cols, along_rows = w[0], w[1], w[2] != 0
-        units = rows if along_rows else cols
-        lo, hi = part_range(units, part, parts)
+        w, rows, cols, along_rows, units, lo, hi = _job_part(data, part, parts)
         batchnorm_backward(carray(at(w[3]), (rows, cols), dtype),
                            carray(at(w[4]), (rows, cols), dtype), along_rows, lo, hi,
                            carray(at(w[5]), units, dtype), carray(at(w[6]), units, dtype),

@@ -136,62 +136,60 @@ _WORDS = 9
 
 
 @kernel
-def _job_arrays(words, dtype):
-    """(entries, bounds, factors, θ, g, state 0, state 1, scalars) from a job's words."""
+def _job_arrays(data, part, parts, dtype):
+    """(lo, hi, bounds, factors, θ, g, state 0, state 1, scalars) of a job's part, from its
+    words (``data``)."""
+    words = carray(data, _WORDS, np.int64)
     n, segments = words[0], words[1]
-    return (n, carray(at(words[2]), segments + 1, np.int64),
+    lo, hi = part_range(n, part, parts)
+    return (lo, hi, carray(at(words[2]), segments + 1, np.int64),
             carray(at(words[3]), segments, dtype), carray(at(words[4]), n, dtype),
             carray(at(words[5]), n, dtype), carray(at(words[6]), n, dtype),
             carray(at(words[7]), n, dtype), carray(at(words[8]), 8, dtype))
 
 
 # Each factory's job names its formula as a global: a closure over a kernel would not reload
-# from numba's cache (a dispatcher pickles with an id of its process), only the dtype is one.
+# from numba's cache (a dispatcher pickles with an id of its process), and one source line
+# serving several kernels through its globals would share one cache entry among them.
 def _sgd_job(dtype):
     def job(part, data, parts):
-        n, bounds, factors, param, grad, _, _, s = _job_arrays(carray(data, _WORDS, np.int64), dtype)
-        lo, hi = part_range(n, part, parts)
-        sgd(lo, hi, bounds, factors, param, grad, s[0])
+        lo, hi, bounds, factors, p, g, _, _, s = _job_arrays(data, part, parts, dtype)
+        sgd(lo, hi, bounds, factors, p, g, s[0])
     return job
 
 
 def _momentum_job(dtype):
     def job(part, data, parts):
-        n, bounds, factors, param, grad, v, _, s = _job_arrays(carray(data, _WORDS, np.int64), dtype)
-        lo, hi = part_range(n, part, parts)
-        momentum(lo, hi, bounds, factors, param, grad, v, s[0], s[1])
+        lo, hi, bounds, factors, p, g, v, _, s = _job_arrays(data, part, parts, dtype)
+        momentum(lo, hi, bounds, factors, p, g, v, s[0], s[1])
     return job
 
 
 def _nesterov_job(dtype):
     def job(part, data, parts):
-        n, bounds, factors, param, grad, v, _, s = _job_arrays(carray(data, _WORDS, np.int64), dtype)
-        lo, hi = part_range(n, part, parts)
-        nesterov(lo, hi, bounds, factors, param, grad, v, s[0], s[1])
+        lo, hi, bounds, factors, p, g, v, _, s = _job_arrays(data, part, parts, dtype)
+        nesterov(lo, hi, bounds, factors, p, g, v, s[0], s[1])
     return job
 
 
 def _adagrad_job(dtype):
     def job(part, data, parts):
-        n, bounds, factors, param, grad, acc, _, s = _job_arrays(carray(data, _WORDS, np.int64), dtype)
-        lo, hi = part_range(n, part, parts)
-        adagrad(lo, hi, bounds, factors, param, grad, acc, s[0], s[1])
+        lo, hi, bounds, factors, p, g, acc, _, s = _job_arrays(data, part, parts, dtype)
+        adagrad(lo, hi, bounds, factors, p, g, acc, s[0], s[1])
     return job
 
 
 def _rmsprop_job(dtype):
     def job(part, data, parts):
-        n, bounds, factors, param, grad, avg, _, s = _job_arrays(carray(data, _WORDS, np.int64), dtype)
-        lo, hi = part_range(n, part, parts)
-        rmsprop(lo, hi, bounds, factors, param, grad, avg, s[0], s[1], s[2], s[3])
+        lo, hi, bounds, factors, p, g, avg, _, s = _job_arrays(data, part, parts, dtype)
+        rmsprop(lo, hi, bounds, factors, p, g, avg, s[0], s[1], s[2], s[3])
     return job
 
 
 def _adam_job(dtype):
     def job(part, data, parts):
-        n, bounds, factors, param, grad, m, v, s = _job_arrays(carray(data, _WORDS, np.int64), dtype)
-        lo, hi = part_range(n, part, parts)
-        adam(lo, hi, bounds, factors, param, grad, m, v, s[0], s[1], s[2], s[3], s[4], s[5])
+        lo, hi, bounds, factors, p, g, m, v, s = _job_arrays(data, part, parts, dtype)
+        adam(lo, hi, bounds, factors, p, g, m, v, s[0], s[1], s[2], s[3], s[4], s[5])
     return job
 
 
