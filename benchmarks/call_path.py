@@ -11,8 +11,8 @@ by value; a call that takes a followed object as an argument (or inside a list, 
 ``**kwargs``) is on the walk, and what such calls return is followed from then on, with its
 fields, items and values two levels deep (what ``__init__`` makes, too, and what ``copy.deepcopy``
 makes of a followed object: a copy is the same data, as ``Path(p)`` is). Numbers, strings, None
-and arrays are not followed (their identities are shared or say nothing), nor dtypes (NumPy
-interns them: every float32 array has the same one).
+and arrays are not followed (their identities are shared or say nothing), nor dtypes and NumPy's
+scalar types (NumPy interns them: every float32 array has the same one).
 
 A *stay* is a run of consecutive calls on the walk in one module (a call on the walk made after
 its caller got back control from another module is a stay of the caller first); a stay in a
@@ -40,6 +40,13 @@ LAYERS = (("fmnist_mlp.cli", "fmnist_mlp.__main__"),
           ("fmnist_mlp.nn", "fmnist_mlp.data", "fmnist_mlp.optim"), ("fmnist_mlp.io",),
           ("fmnist_mlp.errors", "fmnist_mlp"))
 SCALARS = (int, float, complex, str, bytes, bool, type(None))
+
+
+def _numpy_owned(value: Any) -> bool:
+    """An array, a dtype or a NumPy scalar type (``np.float32`` itself, which a kernel takes to
+    name its dtype): NumPy's own, shared by every array of its kind, so it says nothing."""
+    kind = value if isinstance(value, type) else type(value)
+    return kind.__module__.partition(".")[0] == "numpy"
 
 
 def layer(module: str) -> int:
@@ -70,7 +77,7 @@ class Walk:
     def follow(self, value: Any, depth: int = 0) -> None:
         if isinstance(value, PurePath):         # by value: Path(p) is the same data as p
             self.paths.add(str(value))
-        if isinstance(value, SCALARS) or depth > 2 or type(value).__module__.partition(".")[0] == "numpy":
+        if isinstance(value, SCALARS) or depth > 2 or _numpy_owned(value):
             return
         if id(value) in self.followed:
             return
