@@ -122,15 +122,28 @@ def _burst(engine: str, case: dict, kernels: str):
 
 
 def worker_main(engine: str, kernels: str, steps: int) -> None:
-    """Build every row, warm each up, then answer row names on stdin with seconds per burst."""
+    """Build every row, warm each up, then answer row names on stdin with seconds per burst.
+    The engine's worker runs with the thread pool its training loop installs (for the fused
+    kernels: :func:`fmnist_mlp.nn.kernels.blas_pool.pool_for_training`), one for the process."""
+    from contextlib import ExitStack
+
+    held = ExitStack()
     bursts = {name: _burst(engine, case, kernels) for name, case in _cases().items()}
+    if engine == "numpy":
+        from fmnist_mlp.nn.kernels import resolve_kernels
+
+        if resolve_kernels(kernels) == "numba":
+            from fmnist_mlp.nn.kernels.blas_pool import pool_for_training
+
+            held.enter_context(pool_for_training([1], "numba"))
     for run in bursts.values():
         run(max(3, steps // 3))                 # compile, allocate, wake the threads
     print(json.dumps(sorted(bursts)), flush=True)
-    for line in sys.stdin:
-        start = time.perf_counter()
-        bursts[line.strip()](steps)
-        print((time.perf_counter() - start) / steps, flush=True)
+    with held:
+        for line in sys.stdin:
+            start = time.perf_counter()
+            bursts[line.strip()](steps)
+            print((time.perf_counter() - start) / steps, flush=True)
 
 
 def compare(rounds: int, steps: int, kernels: str, threads: int, settle: float = 0.2) -> dict:
