@@ -169,6 +169,42 @@ def test_the_fused_gather_as_the_pools_job_gives_the_batch_of_one_call(tmp_path)
     assert all(same and jobs == (1 if n >= 32 else 0) for _, n, _, same, jobs in results), results
 
 
+def test_with_the_pool_no_pass_splits_onto_python_threads(tmp_path):
+    """Batch norm over 16 feature-major units and 20,000 examples is below the pool's units
+    and above the Python threads' size: with the pool installed it runs in one call (the pool's
+    worker holds the second core), with the bits of the same steps without the pool, which do
+    split it onto a Python thread."""
+    if not _pool_pays():
+        pytest.skip("the pool is only installed with two or more BLAS threads and its callback")
+    proc = _child("""
+        import hashlib, json, sys
+        import numpy as np
+        from fmnist_mlp.nn import MLP, kernels
+        kernels.set_cache_dir(sys.argv[1])
+        from fmnist_mlp.nn.kernels.blas_pool import NativePool
+
+        def steps(with_pool):
+            model = MLP(hidden=[16], batchnorm=True, layout="feature", seed=0, kernels="numba")
+            rng = np.random.default_rng(0)
+            x = rng.standard_normal((20000, 784), dtype=np.float32)
+            y = rng.integers(0, 10, 20000)
+            pool = NativePool() if with_pool else None
+            if pool is not None:
+                pool.install()
+            for _ in range(2):
+                model.loss_and_grad(x, y)
+            if pool is not None:
+                pool.close()
+            split = model._fused._split.split._pool is not None    # a Python thread started
+            return hashlib.sha256(model.grads.flat.tobytes()).hexdigest(), split
+
+        (plain, split_plain), (pooled, split_pooled) = steps(False), steps(True)
+        print(json.dumps([plain == pooled, split_plain, split_pooled]))
+    """, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == [True, True, False]
+
+
 def test_pool_after_pool_each_serves_its_product(tmp_path):
     """Fifty pools in a row, each with a product at once: a stopped pool's last wake-up must not
     look like a job to the next pool's worker, and each pool's worker serves its product."""

@@ -148,8 +148,8 @@ def _backward_job(dtype):
 class SplitUnits:
     """Runs a kernel over ranges of independent rows, split across threads when the array is
     large (:class:`fmnist_mlp.nn.workspace.SplitRunner`: the first part on the calling thread),
-    where no engine thread pool is installed (a training loop installs one, and the passes run
-    as its jobs, :meth:`FusedChains._pool_for`).
+    where no engine thread pool is installed: a training loop installs one, and the passes run
+    as its jobs (:meth:`FusedChains._pool_for`) or, below its thresholds, in one call.
     Batch norm's units are split only where they are rows (feature-major): split by columns,
     each thread walks every row, and a thread hand-off costs about 40 us; measured (512 x 1024,
     forward + backward, one thread against two): row-major 294 against 367 us, feature-major
@@ -167,7 +167,8 @@ class SplitUnits:
         in one call."""
         smallest = self.MIN_SIZE_ONE_PASS if one_pass else self.MIN_SIZE
         self.split.run(kernel, a.shape[0] if units_along_rows else a.shape[1],
-                       large=units_along_rows and a.size >= smallest)
+                       large=(units_along_rows and a.size >= smallest
+                              and blas_pool.installed() is None))   # its worker holds a core
 
 
 def _memory_order(a: np.ndarray) -> tuple[np.ndarray, bool]:
