@@ -127,15 +127,16 @@ def worker_main(engine: str, kernels: str, steps: int) -> None:
     kernels: :func:`fmnist_mlp.nn.kernels.blas_pool.pool_for_training`), one for the process."""
     from contextlib import ExitStack
 
-    held = ExitStack()
-    bursts = {name: _burst(engine, case, kernels) for name, case in _cases().items()}
+    held, cases = ExitStack(), _cases()
+    bursts = {name: _burst(engine, case, kernels) for name, case in cases.items()}
     if engine == "numpy":
         from fmnist_mlp.nn.kernels import resolve_kernels
 
         if resolve_kernels(kernels) == "numba":
             from fmnist_mlp.nn.kernels.blas_pool import pool_for_training
 
-            held.enter_context(pool_for_training([1], "numba"))
+            first = next(iter(cases.values()))      # one pool serves every row's model
+            held.enter_context(pool_for_training(first["hidden"], "numba"))
     for run in bursts.values():
         run(max(3, steps // 3))                 # compile, allocate, wake the threads
     print(json.dumps(sorted(bursts)), flush=True)

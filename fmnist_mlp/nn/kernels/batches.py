@@ -22,7 +22,7 @@ from numba import carray
 
 from fmnist_mlp.data.facts import IMAGE_SIDE
 from fmnist_mlp.nn.kernels import blas_pool, jit
-from fmnist_mlp.nn.kernels.blas_pool import at, part_range
+from fmnist_mlp.nn.kernels.blas_pool import JOB_WORDS, at, part_range
 
 
 @jit.kernel
@@ -109,7 +109,6 @@ def _decode(out, byte, scale, mean, std, standardize):
 # ------------------------------------------------------------------------------ the pool's job
 # The gather as a job of the engine's thread pool (:meth:`blas_pool.NativePool.run`): each part
 # fills its own images, found through the words :func:`_gather_words` writes.
-_WORDS = 16
 
 
 @jit.kernel
@@ -126,7 +125,7 @@ def _gather_words(words, out, pixels, idx, flips, offsets, shift, side, sinks, s
 
 def _gather_job(dtype):
     def job(part, data, parts):
-        w = carray(data, _WORDS, np.int64)
+        w = carray(data, JOB_WORDS, np.int64)
         n, cols = w[0], w[1]
         first, last = part_range(n, part, parts)
         scalars = carray(at(w[13]), 3, dtype)
@@ -154,7 +153,7 @@ class FusedBatches:
         self._job = None
         if blas_pool.available():
             self._job = jit.load_job(lambda: blas_pool.compile_job(_gather_job(self.dtype.type)))
-            self._words = np.zeros(_WORDS, np.int64)
+            self._words = np.zeros(JOB_WORDS, np.int64)
             self._words_address = self._words.ctypes.data
             self._sinks = np.zeros(blas_pool.MAX_WORKERS + 1, np.uint32)
             self._scalars = np.zeros(3, self.dtype)

@@ -13,7 +13,7 @@ import numpy as np
 from numba import carray
 
 from fmnist_mlp.nn.kernels import jit
-from fmnist_mlp.nn.kernels.blas_pool import at, part_range
+from fmnist_mlp.nn.kernels.blas_pool import JOB_WORDS, at, part_range
 
 
 # NumPy's sums over the batch, reproduced: a row-major (N, D) array is summed over axis 0 row
@@ -203,7 +203,6 @@ def batchnorm_backward(dout, xhat, units_along_rows, lo, hi, gamma, inv_std, dga
 # takes its own units (a multiple of 16), found through the words the ``*_words`` kernels write:
 # [rows, columns, units along rows, then the arrays' addresses]. Units are independent, so the
 # bits are the same as one call's.
-_WORDS = 12
 
 
 @jit.kernel
@@ -228,7 +227,7 @@ def backward_words(words, dout, xhat, units_along_rows, gamma, inv_std, dgamma, 
 @jit.kernel
 def _job_part(data, part, parts):
     """(words, rows, columns, units along rows, units, lo, hi) of a job's part."""
-    w = carray(data, _WORDS, np.int64)
+    w = carray(data, JOB_WORDS, np.int64)
     rows, cols, along_rows = w[0], w[1], w[2] != 0
     units = rows if along_rows else cols
     lo, hi = part_range(units, part, parts)

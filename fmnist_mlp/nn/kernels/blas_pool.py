@@ -337,8 +337,10 @@ def installed() -> NativePool | None:
 
 
 # A kernel's job for :meth:`NativePool.run`: ``job(part, words, parts)`` does part ``part`` of
-# ``parts`` (:func:`part_range`) of the work ``words`` (int64, read through :func:`at`) describes.
+# ``parts`` (:func:`part_range`) of the work ``words`` (int64, read through :func:`at`) describes;
+# every job's words fit in JOB_WORDS.
 JOB = types.void(types.int32, types.voidptr, types.int32)
+JOB_WORDS = 16
 
 
 def compile_job(source):

@@ -24,7 +24,7 @@ import numpy as np
 from numba import carray
 
 from fmnist_mlp.nn.kernels import batchnorm, blas_pool, jit
-from fmnist_mlp.nn.kernels.blas_pool import at, part_range
+from fmnist_mlp.nn.kernels.blas_pool import JOB_WORDS, at, part_range
 from fmnist_mlp.nn.kernels.batchnorm import (batchnorm_backward, batchnorm_forward,
                                              pairwise_row_sums)
 from fmnist_mlp.nn.layers import dropout_bits
@@ -99,7 +99,6 @@ def _dropout(x, bits, threshold, scale, mask, out):
 # The chains as jobs of the engine's thread pool (:meth:`blas_pool.NativePool.run`): each part
 # takes its own rows of the memory-order arrays, found through the words the ``*_words`` kernels
 # write (sizes, flags, the arrays' addresses). Rows are independent: the same bits as one call.
-_WORDS = 16
 
 
 @jit.kernel
@@ -122,7 +121,7 @@ def _backward_words(words, dout, a, relu, mask, db, units_along_rows):
 
 def _forward_job(dtype):
     def job(part, data, parts):
-        w = carray(data, _WORDS, np.int64)
+        w = carray(data, JOB_WORDS, np.int64)
         rows, cols = w[0], w[1]
         shape = (rows, cols) if w[8] != 0 else (0, 0)       # the dropout arrays, or none
         lo, hi = part_range(rows, part, parts)
@@ -135,7 +134,7 @@ def _forward_job(dtype):
 
 def _backward_job(dtype):
     def job(part, data, parts):
-        w = carray(data, _WORDS, np.int64)
+        w = carray(data, JOB_WORDS, np.int64)
         rows, cols = w[0], w[1]
         lo, hi = part_range(rows, part, parts)
         _backward(carray(at(w[2]), (rows, cols), dtype), lo, hi,
@@ -210,7 +209,7 @@ class FusedChains:
                 make(self.dtype.type))) for name, make in (
                     ("forward", _forward_job), ("backward", _backward_job),
                     ("bn_forward", batchnorm.forward_job), ("bn_backward", batchnorm.backward_job))}
-            self._words = np.zeros(max(_WORDS, batchnorm._WORDS), np.int64)
+            self._words = np.zeros(JOB_WORDS, np.int64)
             self._words_address = self._words.ctypes.data
             self._scalar = np.zeros(1, self.dtype)       # eps, or dropout's scale
 

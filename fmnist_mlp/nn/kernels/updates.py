@@ -24,7 +24,7 @@ import numpy as np
 from numba import carray
 
 from fmnist_mlp.nn.kernels import blas_pool, jit
-from fmnist_mlp.nn.kernels.blas_pool import at, part_range
+from fmnist_mlp.nn.kernels.blas_pool import JOB_WORDS, at, part_range
 
 kernel = jit.kernel
 
@@ -132,14 +132,13 @@ def _adam_scalars(opt, lr: float) -> tuple[float, ...]:
 # flat arrays, found through the words :class:`FusedUpdate` fills: [entries, segments, and the
 # addresses of bounds, factors, θ, g, state 0, state 1, the scalars (cast to the arrays' dtype)].
 # One factory per formula; the same kernel as the runner calls, so the same bits.
-_WORDS = 9
 
 
 @kernel
 def _job_arrays(data, part, parts, dtype):
     """(lo, hi, bounds, factors, θ, g, state 0, state 1, scalars) of a job's part, from its
     words (``data``)."""
-    words = carray(data, _WORDS, np.int64)
+    words = carray(data, JOB_WORDS, np.int64)
     n, segments = words[0], words[1]
     lo, hi = part_range(n, part, parts)
     return (lo, hi, carray(at(words[2]), segments + 1, np.int64),
@@ -228,7 +227,7 @@ class FusedUpdate:
         if flat.size >= self.POOL_MIN_SIZE and blas_pool.available():
             self._job = jit.load_job(lambda: blas_pool.compile_job(job(self.dtype)))
             self._scalars_out = np.zeros(8, flat.dtype)
-            self._words = np.zeros(_WORDS, np.int64)
+            self._words = np.zeros(JOB_WORDS, np.int64)
             self._words_address = self._words.ctypes.data
 
     def warm_up(self, optimizer, param, grad, state) -> None:
@@ -261,10 +260,10 @@ class FusedUpdate:
             fits = all(a.dtype == self._scalars_out.dtype and a.flags.c_contiguous
                        and a.size == self.bounds[-1] for a in arrays)
             slots = [*state, param, param][:2]          # unused slots point at θ, never read
-            self._words[:] = [param.size, self.factors.size, self.bounds.ctypes.data,
-                              self.factors.ctypes.data, param.ctypes.data, grad.ctypes.data,
-                              slots[0].ctypes.data, slots[1].ctypes.data,
-                              self._scalars_out.ctypes.data]
+            words = [param.size, self.factors.size, self.bounds.ctypes.data,
+                     self.factors.ctypes.data, param.ctypes.data, grad.ctypes.data,
+                     slots[0].ctypes.data, slots[1].ctypes.data, self._scalars_out.ctypes.data]
+            self._words[:len(words)] = words
             self._pooled, self._pooled_address = arrays, self._words_address if fits else 0
         return self._pooled_address
 
