@@ -14,8 +14,6 @@ batch is bit-identical to the reference's (tests/test_kernels.py).
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 
 from numba import carray
@@ -191,22 +189,3 @@ def warm_up(dtype=np.float32) -> None:
     one = np.dtype(dtype).type(1)
     jit.load([lambda: _gather(out, pixels, idx, one, one, one, True, np.zeros(1, np.bool_),
                               np.zeros((1, 2), np.int64), 0, 1, np.zeros(1, np.uint32), 0, 1)])
-
-
-def warm_in_background() -> threading.Thread:
-    """Start numba's one-time set-up in a thread and return it (join it before building).
-
-    The first kernel a process loads, even from the cache, sets up numba's compiler target:
-    about 0.35 s, paid once per process. Started before the data loads, most of it is paid
-    while the data loading waits on the disk and NumPy's copies, which release the GIL. It loads
-    the gather's kernel; a failure here is left for the engine's own load to report.
-    """
-    def warm() -> None:
-        try:
-            warm_up()
-        except Exception:   # noqa: BLE001 - the engine's build loads again, and says what failed
-            pass
-
-    thread = threading.Thread(target=warm, name="numba-warm-up", daemon=True)
-    thread.start()
-    return thread
