@@ -280,3 +280,23 @@ def test_the_blas_pool_measurement_runs_products_on_its_pool_with_the_same_bits(
     through = re.search(r"products through the pool: (\d+) a process; the weights after the "
                         r"steps: bit-identical on both sides", proc.stdout)
     assert through and int(through[1]) > 0, proc.stdout
+
+
+@pytest.mark.parametrize("batchnorm", [False, True])
+def test_the_step_parts_benchmark_times_every_part_of_a_fused_step(batchnorm, capsys):
+    """benchmarks.step_parts: the products, the fused passes (batch norm's only with batch norm),
+    the head, the gather and the update each took time inside the step, and less than it."""
+    pytest.importorskip("numba")
+    from benchmarks import step_parts
+
+    parts = step_parts.main(["--hidden", "32,16", "--batch-size", "64", "--steps", "5",
+                             "--rounds", "1", "--optimizer", "adam"]
+                            + (["--batchnorm"] if batchnorm else []))
+    timed = ["products, forward", "products, backward", "chains, forward", "chains, backward",
+             "the head", "the gather", "the update"]
+    norm = ["batch norm, forward", "batch norm, backward", "batch norm's running averages (NumPy)"]
+    assert all(_positive(parts[name]) for name in timed + (norm if batchnorm else [])), parts
+    assert batchnorm or not set(norm) & set(parts), parts
+    inside = sum(parts[name] for name in timed + (norm if batchnorm else []))
+    assert parts["step"] > inside > parts["products, forward"] + parts["products, backward"]
+    assert capsys.readouterr().out.startswith("784-32-16-10, batch 64, adam")
