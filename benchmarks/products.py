@@ -3,7 +3,8 @@
 In one process, alternating bursts: ``steps`` full training steps (gather the batch, forward,
 backward, update, as the training loop runs them: batches are slices of a shuffled order over
 a split of the training split's size, gathered for the model's kernels as the loop gathers
-them, the fused gather from pixel bytes or ``np.take`` from float rows) and ``steps``
+them, the fused gather from pixel bytes, the next batch gathered ahead on the pool's idle
+worker, or ``np.take`` from float rows) and ``steps``
 repetitions of the same step's matrix products alone (forward x·W per layer, backward xᵀ·dz and dz·Wᵀ, none for the first layer's
 input), into the model's own work arrays, so the memory layouts are the engine's. Reported per
 step: the median over rounds of each, and ``share`` = products / step (1.0 would mean everything
@@ -70,12 +71,15 @@ def measure_products(job: dict, build) -> dict:
 
         rows, batches = EncodedRows(pixels, MEAN, STD, dtype), FusedBatches(dtype)
         gather = lambda idx, out: batches.fill(out, rows, idx)              # noqa: E731
+        # As the loop does, the next batch is gathered ahead on the pool's idle worker.
+        ahead = lambda idx, out: batches.start(out, rows, idx)              # noqa: E731
     else:
         from fmnist_mlp.data.dataset import pixels_to_inputs
 
         rows = pixels_to_inputs(pixels, MEAN, STD, dtype.name)
         gather = lambda idx, out: np.take(rows, idx, axis=0, out=out, mode="clip")  # noqa: E731
-    xb, yb = np.empty((batch, 784), dtype), np.empty(batch, np.int64)
+        ahead = None
+    buffers, yb = [np.empty((batch, 784), dtype) for _ in range(2)], np.empty(batch, np.int64)
     drop_rng, counter = np.random.default_rng(1), [0]
     shuffled, position = rng.permutation(n_rows), [0]
 
@@ -84,7 +88,10 @@ def measure_products(job: dict, build) -> dict:
             shuffled[:], position[0] = rng.permutation(n_rows), 0
         idx = shuffled[position[0]:position[0] + batch]
         position[0] += batch
+        xb = buffers[counter[0] % 2]
         gather(idx, xb)
+        if ahead is not None and position[0] + batch <= n_rows:
+            ahead(shuffled[position[0]:position[0] + batch], buffers[(counter[0] + 1) % 2])
         np.take(y_all, idx, out=yb, mode="clip")
         model.loss_and_grad(xb, yb, rng=drop_rng)
         optimizer.step(model.params, model.grads, lr)
@@ -95,7 +102,7 @@ def measure_products(job: dict, build) -> dict:
     # Zeros, not np.empty: garbage there (inf, NaN) would flow into the gradients the update
     # bursts apply, and from them into the weights.
     logits, dlogits = (np.zeros((batch, 10), np.float32) for _ in range(2))
-    products = _products(model, xb, work, logits, dlogits)
+    products = _products(model, buffers[0], work, logits, dlogits)
     # The update alone runs at lr 0: the same arithmetic, without a fixed gradient applied
     # hundreds of times moving the weights the steps train.
     update = lambda: optimizer.step(model.params, model.grads, 0.0)     # noqa: E731
@@ -109,6 +116,8 @@ def measure_products(job: dict, build) -> dict:
             order = [("step", step), ("products", products), ("update", update), ("copy", copy)]
             for name, fn in (order if r % 2 == 0 else order[::-1]):
                 times[name].append(_per_step(fn, steps))
+                if ahead is not None:
+                    batches.finish()        # the batch the last step started: not in the next
     med = {name: statistics.median(t) for name, t in times.items()}
     n_bytes = model.params.flat.nbytes
     # Bytes an update must move at least: read θ, g and each state array, write θ and the state.

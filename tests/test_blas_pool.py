@@ -307,3 +307,61 @@ def test_the_products_benchmark_with_the_pool_finishes_every_time(tmp_path):
                               capture_output=True, text=True, timeout=120, env=env, cwd=REPO)
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert 0 < json.loads(proc.stdout.strip().splitlines()[-1])["share"] <= 1.5
+
+
+def test_a_batch_gathered_ahead_on_the_idle_worker_is_the_batch_of_one_call(tmp_path):
+    """FusedBatches.start posts the next batch's gather as the pool's background job and returns;
+    fill of that batch finishes it. Whether the idle worker did every part (the caller waited),
+    the caller did them (filled at once), or both around products in between, the batch is the
+    one call's, bit for bit, at every size from one image to several parts of 16; the worker
+    ran parts; a batch filled into another buffer or with other rows is gathered anew; and a
+    pool closed with a batch pending finishes it first, without hanging."""
+    if not _pool_pays():
+        pytest.skip("the pool is only installed with two or more BLAS threads and its callback")
+    proc = _child("""
+        import json, sys, time
+        import numpy as np
+        from fmnist_mlp.nn import kernels
+        kernels.set_cache_dir(sys.argv[1])
+        from fmnist_mlp.data.dataset import EncodedRows
+        from fmnist_mlp.nn.kernels.batches import FusedBatches
+        from fmnist_mlp.nn.kernels.blas_pool import NativePool
+
+        rng = np.random.default_rng(0)
+        pixels = rng.integers(0, 256, (5000, 784), dtype=np.uint8)
+        rows, gather = EncodedRows(pixels, 0.286, 0.353, np.float32), FusedBatches(np.float32)
+        a = rng.standard_normal((256, 256), dtype=np.float32)
+        sizes = [1, 31, 32, 33, 100, 128, 257, 512, 1100]
+        wanted = {}
+        for n in sizes:
+            idx = rng.permutation(5000)[:n]
+            wanted[n] = (idx, gather.fill(np.empty((n, 784), np.float32), rows, idx))
+        pool = NativePool()
+        pool.install()
+        results = []
+        for n in sizes:
+            idx, one = wanted[n]
+            for how in ("worker", "caller", "products"):
+                out = np.full((n, 784), np.nan, np.float32)
+                started = gather.start(out, rows, idx)
+                if how == "worker":
+                    time.sleep(0.01)
+                elif how == "products":
+                    for _ in range(3):
+                        a @ a
+                results.append([n, how, started, bool(np.array_equal(
+                    gather.fill(out, rows, idx), one))])
+        # Started into one buffer, filled into another: that one is gathered anew.
+        idx, one = wanted[128]
+        first, second = (np.full((128, 784), np.nan, np.float32) for _ in range(2))
+        gather.start(first, rows, idx)
+        other = bool(np.array_equal(gather.fill(second, rows, idx), one))
+        ran = pool.background_parts
+        gather.start(np.empty((512, 784), np.float32), rows, wanted[512][0])
+        pool.close()
+        print(json.dumps({"results": results, "other": other, "ran": ran}))
+    """, tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert all(same and started == (n >= 32) for n, _, started, same in out["results"]), out
+    assert len(out["results"]) == 27 and out["other"] and out["ran"] > 0, out

@@ -384,18 +384,32 @@ def test_train_says_which_kernels_ran_in_its_summary_and_at_verbose(real_data_di
 
 
 @pytest.mark.realdata
-def test_a_short_run_is_the_same_run_with_either_kernels(real_data_dir, tmp_path, numba_kernels):
+@pytest.mark.parametrize("augment", [["data.augment.shift=1"], ["data.augment.flip=false"]],
+                         ids=["flipped-and-shifted", "plain"])
+def test_a_short_run_is_the_same_run_with_either_kernels(augment, real_data_dir, tmp_path,
+                                                         monkeypatch, numba_kernels):
     """Every fused kernel is bit-identical, so the whole run is: metrics, weights, state (the
-    numba run gathers its batches from the pixel bytes, flipped and shifted in one pass)."""
+    numba run gathers its batches from the pixel bytes, flipped and shifted in one pass; without
+    augmentation, each batch after an epoch's first is gathered ahead, on the thread pool's idle
+    worker while the step before it trains)."""
     from fmnist_mlp.config.load import load_config
+    from fmnist_mlp.nn.kernels import blas_pool
+    from fmnist_mlp.nn.kernels.batches import FusedBatches
     from fmnist_mlp.training.session import run_training
 
+    started = []
+    start = FusedBatches.start
+    monkeypatch.setattr(FusedBatches, "start",
+                        lambda self, *a: started.append(start(self, *a)) or started[-1])
     done = {}
     for kernels in ("numpy", "numba"):
-        cfg = load_config(None, [*SMALL, "model.batchnorm=true", "optimizer.name=adamw",
-                                 "data.augment.shift=1",
+        cfg = load_config(None, [*SMALL, "model.batchnorm=true", "optimizer.name=adamw", *augment,
                                  "optimizer.weight_decay=0.01", f"train.kernels={kernels}"])
         done[kernels] = run_training(cfg, name=kernels, runs_dir=tmp_path, data_dir=real_data_dir)
+    plain = augment == ["data.augment.flip=false"]
+    # 1,000 training rows in batches of 100: nine of each epoch's ten gathered ahead.
+    assert started == ([True] * 18 if plain and blas_pool.available() else
+                       [False] * 18 if plain else [])
     a, b = (runs.load_checkpoint(done[k].run_dir / "checkpoints" / "last.npz")
             for k in ("numpy", "numba"))
     for name in a.params:

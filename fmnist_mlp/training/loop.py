@@ -173,6 +173,10 @@ def _train_one_epoch(engine, data: LoopData, settings: LoopSettings, rngs, state
     xb_full = np.empty((batch_size, x.shape[1]), dtype=x.dtype)
     yb_full = np.empty(batch_size, dtype=y.dtype)
     tb_full = None if targets is None else np.empty((batch_size, targets.shape[1]), targets.dtype)
+    # With the fused gather and nothing drawn for a batch's pixels, the next batch is gathered on
+    # the engine's idle core while this one trains (FusedBatches.start), into a second buffer.
+    ahead = data.batches is not None and augment is None
+    buffers = (xb_full, np.empty_like(xb_full)) if ahead else (xb_full,)
     dropout_rng, augment_rng = rngs["dropout"], rngs["augment"]
     total_loss, total_correct, seen = 0.0, 0, 0
     lr = lr_at(state.step)
@@ -180,7 +184,7 @@ def _train_one_epoch(engine, data: LoopData, settings: LoopSettings, rngs, state
     for b in range(num_batches):
         idx = order[b * batch_size:(b + 1) * batch_size]
         m = idx.shape[0]
-        xb, yb = xb_full[:m], yb_full[:m]
+        xb, yb = buffers[b % len(buffers)][:m], yb_full[:m]
         if data.batches is None:
             np.take(x, idx, axis=0, out=xb, mode="clip")
             if augment is not None:
@@ -191,6 +195,9 @@ def _train_one_epoch(engine, data: LoopData, settings: LoopSettings, rngs, state
             data.batches.fill(xb, x, idx, flips, offsets, augment.shift if augment else 0)
             if augment is not None:
                 augment.cut_out(xb, augment_rng)
+            elif ahead and b + 1 < num_batches:
+                following = order[(b + 1) * batch_size:(b + 2) * batch_size]
+                data.batches.start(buffers[(b + 1) % 2][:following.shape[0]], x, following)
         np.take(y, idx, axis=0, out=yb, mode="clip")
         tb = None
         if tb_full is not None:

@@ -10,6 +10,11 @@ that :func:`fmnist_mlp.data.dataset.pixels_to_inputs` makes of them
 drawn by the reference's own call (:meth:`fmnist_mlp.data.augment.Augmentation.draw`), no
 arithmetic is done on a pixel but the table's lookup, and the border is the same minimum, so the
 batch is bit-identical to the reference's (tests/test_kernels.py).
+
+Where nothing is drawn for a batch's pixels (no augmentation), the training loop gathers the next
+batch ahead (:meth:`FusedBatches.start`): the engine's thread pool runs it as background work in
+parts of 16 images, which its worker takes while the calling thread runs the step's Python and
+one-call kernels and the second core would idle. The loop's next ``fill`` finishes it.
 """
 
 from __future__ import annotations
@@ -149,12 +154,57 @@ class FusedBatches:
         # The same gather in parts on the engine's thread pool, where the training loop installs
         # one (compiled now, so no batch waits for it).
         self._job = None
+        self._pending: tuple | None = None      # a batch started on the pool's idle worker
         if blas_pool.available():
             self._job = jit.load_job(lambda: blas_pool.compile_job(_gather_job(self.dtype.type)))
             self._words = np.zeros(JOB_WORDS, np.int64)
             self._words_address = self._words.ctypes.data
             self._sinks = np.zeros(blas_pool.MAX_WORKERS + 1, np.uint32)
             self._scalars = np.zeros(3, self.dtype)
+            self._ahead_words = np.zeros(JOB_WORDS, np.int64)
+            self._ahead_sinks = np.zeros(self.AHEAD_MAX_PARTS, np.uint32)
+            self._ahead_scalars = np.zeros(3, self.dtype)
+
+    # A batch gathered ahead goes in parts of 16 images (about 2 µs each: the longest a product's
+    # hand-off waits for a worker busy with one), at most 64 parts.
+    AHEAD_PART, AHEAD_MAX_PARTS = 16, 64
+
+    def _pool_takes(self, pool, out: np.ndarray, rows, idx: np.ndarray) -> bool:
+        return (pool is not None and self._job is not None and len(idx) >= self.POOL_MIN_IMAGES
+                and out.dtype == self.dtype and out.flags.c_contiguous
+                and out.shape == (len(idx), rows.pixels.shape[1])
+                and rows.pixels.flags.c_contiguous and rows.pixels.dtype == np.uint8)
+
+    def start(self, out: np.ndarray, rows, idx: np.ndarray) -> bool:
+        """Begin filling ``out`` with rows ``idx`` of ``rows`` (no flips, no shifts) on the
+        engine's thread pool as background work, and return at once: its idle worker gathers
+        the batch while this thread runs a training step. :meth:`fill` of the same ``out`` and
+        ``idx`` finishes it (the same bits as a gather there). Returns False, starting nothing,
+        where no pool is installed or the batch is not one it takes."""
+        pool = blas_pool.installed()
+        idx = np.ascontiguousarray(idx, dtype=np.int64)
+        if not self._pool_takes(pool, out, rows, idx):
+            return False
+        self.finish()
+        t = self.dtype.type
+        self._ahead_scalars[:] = (t(1.0 / 255.0), t(rows.mean), t(rows.std))
+        _gather_words(self._ahead_words, out, rows.pixels, idx, self._no_flips,
+                      self._no_offsets, 0, IMAGE_SIDE, self._ahead_sinks, self._ahead_scalars,
+                      (rows.mean, rows.std) != (0.0, 1.0))
+        parts = min(-(-len(idx) // self.AHEAD_PART), self.AHEAD_MAX_PARTS)
+        # What the parts read and write stays referenced until they are done.
+        pool.start(self._job.address, self._ahead_words.ctypes.data, parts,
+                   keep=(self, out, rows, idx))
+        self._pending = (pool, out.ctypes.data, out.shape, idx.ctypes.data, len(idx), rows)
+        return True
+
+    def finish(self):
+        """Wait for the batch :meth:`start` began, if any; returns what was started (None if
+        nothing was)."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending[0].finish()
+        return pending
 
     def fill(self, out: np.ndarray, rows, idx: np.ndarray,
              flips: np.ndarray | None = None, offsets: np.ndarray | None = None,
@@ -164,15 +214,17 @@ class FusedBatches:
         ``flips`` and moved by ``offsets`` (a :class:`~fmnist_mlp.data.augment.Draws`)."""
         t = self.dtype.type
         idx = np.ascontiguousarray(idx, dtype=np.int64)
+        started = self.finish()
+        if (started is not None and flips is None and offsets is None
+                and started[5] is rows
+                and started[1:5] == (out.ctypes.data, out.shape, idx.ctypes.data, len(idx))):
+            return out                          # gathered ahead, while the last step ran
         flips = self._no_flips if flips is None else np.ascontiguousarray(flips, dtype=np.bool_)
         offsets = (self._no_offsets if offsets is None
                    else np.ascontiguousarray(offsets, dtype=np.int64))
         standardize = (rows.mean, rows.std) != (0.0, 1.0)
         pool = blas_pool.installed()
-        if (pool is not None and self._job is not None and len(idx) >= self.POOL_MIN_IMAGES
-                and out.dtype == self.dtype and out.flags.c_contiguous
-                and out.shape == (len(idx), rows.pixels.shape[1])
-                and rows.pixels.flags.c_contiguous and rows.pixels.dtype == np.uint8):
+        if self._pool_takes(pool, out, rows, idx):
             self._scalars[:] = (t(1.0 / 255.0), t(rows.mean), t(rows.std))
             _gather_words(self._words, out, rows.pixels, idx, flips, offsets, shift, IMAGE_SIDE,
                           self._sinks, self._scalars, standardize)

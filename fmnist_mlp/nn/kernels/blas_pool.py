@@ -20,8 +20,15 @@ other's packed panels). This callback is one numba ``cfunc``:
   ctypes, so without the GIL): it serves its slot until stopped, spinning
   :data:`WORKER_SPIN` pauses after each job (about 5 ms: through a training step's gaps), then
   sleeping on a futex until the next.
-- ``sync`` −2 stops the workers; −3 writes the number of jobs served into an int64; −4 lets
-  workers serve again (a new pool after a closed one) and sets their spin.
+- ``sync`` −2 stops the workers; −3 writes the number of jobs served and of background parts
+  the workers ran into two int64s; −4 lets workers serve again (a new pool after a closed one)
+  and sets their spin.
+- ``sync`` −5 posts a background job (:meth:`NativePool.start`: the next training batch's
+  gather) and returns; a spinning worker with no job of its own takes its parts one at a time,
+  so the second core, idle while the calling thread runs the step's Python and one-call
+  kernels, does them. −6 (:meth:`NativePool.finish`) runs the parts no worker took on the
+  calling thread and waits for those in flight. Parts are claimed as tickets by compare-and-swap
+  on counters that only grow, so each part runs once, on one thread.
 
 The control block is a global of the cfunc's own LLVM module, so the callback and the workers,
 the same compiled function, share it; nothing of it is seen from Python. No Python runs between
@@ -56,16 +63,21 @@ from numba.extending import intrinsic
 from fmnist_mlp.nn.kernels import jit
 
 _I64, _I32 = ir.IntType(64), ir.IntType(32)
-_WORDS = 64
+_WORDS = 72
 LOCK, STOP, COUNT, SPINS = 0, 1, 2, 3
 SLOT = 8                                # a worker's words: one cache line from word 8·i
 SEQ, DONE, FN, DATA, ARG = 0, 1, 2, 3, 4
+# The background job's line (after the workers' 7 slots): its function, words and parts, and
+# three ticket counters that only grow: the job's first ticket, one past its last, the next
+# ticket to claim, and how many tickets' parts are done. Part p of the job is ticket first + p.
+BG_FN, BG_DATA, BG_PARTS, BG_FIRST, BG_END, BG_CLAIM, BG_DONE = 64, 65, 66, 67, 68, 69, 70
+BG_BY_WORKERS = 71                      # the background parts the workers ran (a count)
 # Pauses (about 23 ns each on this project's Zen 5) a thread spins before a futex sleep: a worker
 # 200,000 (about 5 ms: through the gaps of a training step, asleep in a long pause); a caller
 # waiting for a worker's part 2,000. Workers that slept after 2,000 (tens of microseconds) lost
 # on small nets: 784-256-128 at batch 128 took 26 % longer a step, each product waking them.
 WORKER_SPIN, CALLER_SPIN = 200_000, 2_000
-MAX_WORKERS = _WORDS // SLOT - 1
+MAX_WORKERS = 7
 _FUTEX_WAIT_PRIVATE, _FUTEX_WAKE_PRIVATE, _SYS_FUTEX = 128, 129, 202      # Linux x86-64
 
 
@@ -194,12 +206,23 @@ def _callback_source(sync, dojob, jobs, size, data, argument):
         while True:
             spins, now, patience = 0, _load(base + SEQ), _load(SPINS)
             while now == seen:
-                spins += 1
-                if spins < patience:
-                    _pause()
-                else:
-                    _sleep_while(base + SEQ, now)
+                # While no job of its own waits: a part of the background job, if one is left.
+                # A ticket is claimed by a swap from the value read, so one that was already
+                # taken (or a job already finished) is never run twice or run late.
+                ticket = _load(BG_CLAIM)
+                if ticket < _load(BG_END) and _swap_if(BG_CLAIM, ticket, ticket + 1):
+                    _run_job(_load(BG_FN), ticket - _load(BG_FIRST), _load(BG_DATA),
+                             _load(BG_PARTS))
+                    _add(BG_BY_WORKERS, 1)
+                    _add(BG_DONE, 1)
                     spins = 0
+                else:
+                    spins += 1
+                    if spins < patience:
+                        _pause()
+                    else:
+                        _sleep_while(base + SEQ, now)
+                        spins = 0
                 now = _load(base + SEQ)
             seen = now
             if _load(STOP) != 0:
@@ -213,14 +236,37 @@ def _callback_source(sync, dojob, jobs, size, data, argument):
             _add(SLOT * w + SEQ, 1)
             _wake(SLOT * w + SEQ)
         return
-    if sync == -3:                                  # the products served, into *data
+    if sync == -3:                      # the products served, the background parts workers ran
         _put(_address(data), _load(COUNT))
+        _put(_address(data) + 8, _load(BG_BY_WORKERS))
         return
     if sync == -4:                                  # a new pool: nothing pending, may serve
         for w in range(1, MAX_WORKERS + 1):
             _store(SLOT * w + DONE, _load(SLOT * w + SEQ))
+        _store(BG_END, _load(BG_CLAIM))
+        _store(BG_DONE, _load(BG_CLAIM))
         _store(SPINS, np.int64(size))               # the workers' pauses before they sleep
         _store(STOP, 0)
+        return
+    if sync == -5:                                  # post a background job of ``jobs`` parts
+        ticket = _load(BG_CLAIM)                    # the last one is finished: none is left
+        _store(BG_FN, _address(dojob))
+        _store(BG_DATA, _address(data))
+        _store(BG_PARTS, np.int64(jobs))
+        _store(BG_FIRST, ticket)
+        _store(BG_END, ticket + jobs)               # published: the workers may claim now
+        return
+    if sync == -6:                                  # finish it: its parts left, here; then wait
+        end = _load(BG_END)
+        ticket = _load(BG_CLAIM)
+        while ticket < end:
+            if _swap_if(BG_CLAIM, ticket, ticket + 1):
+                _run_job(_load(BG_FN), ticket - _load(BG_FIRST), _load(BG_DATA),
+                         _load(BG_PARTS))
+                _add(BG_DONE, 1)
+            ticket = _load(BG_CLAIM)
+        while _load(BG_DONE) < end:                 # a worker's part in flight
+            _pause()
         return
     function, first = _address(dojob), _address(data)
     if jobs <= 1:
@@ -296,6 +342,7 @@ class NativePool:
         self._address = _callback().address
         self._entry = _ENTRY(self._address)
         self._entry(-4, None, 0, spin, None, 0)
+        self._background, self._keep = False, None
         self.parts = self.workers + 1
         self._threads = [threading.Thread(target=self._entry, args=(-1, None, w, 0, None, 0),
                                           name=f"blas-pool-{w}", daemon=True)
@@ -313,14 +360,43 @@ class NativePool:
         job reads (an int64 array of its arrays' addresses and sizes, say)."""
         self._entry(0, job, self.parts, 0, words, self.parts)
 
+    def start(self, job: int, words: int, parts: int, keep: object = None) -> None:
+        """Post compiled ``job`` (as :meth:`run` takes it) in ``parts`` parts as background work,
+        and return at once: a worker takes a part whenever it has no job of its own (between
+        the step's products and passes, while this thread runs the step's Python and its
+        one-call kernels), and :meth:`finish` does the parts left and waits for the rest. One
+        background job at a time: a pending one is finished first. ``keep`` (what the parts read
+        and write) is held until it is done."""
+        self.finish()
+        self._entry(-5, job, parts, 0, words, 0)
+        self._background, self._keep = True, keep
+
+    def finish(self) -> None:
+        """Return when the background job (if one was started) is done: its parts that no
+        worker took run here."""
+        if self._background:
+            self._entry(-6, None, 0, 0, None, 0)
+            self._background, self._keep = False, None
+
+    def _counts(self) -> tuple[int, int]:
+        counts = (ctypes.c_int64 * 2)()
+        self._entry(-3, None, 0, 0, ctypes.addressof(counts), 0)
+        return counts[0], counts[1]
+
     @property
     def products(self) -> int:
-        served = ctypes.c_int64(0)
-        self._entry(-3, None, 0, 0, ctypes.addressof(served), 0)
-        return served.value
+        """Products (and :meth:`run`'s jobs) served so far, in this process."""
+        return self._counts()[0]
+
+    @property
+    def background_parts(self) -> int:
+        """Parts of background jobs the workers ran so far, in this process."""
+        return self._counts()[1]
 
     def close(self) -> None:
-        """Give OpenBLAS its own threads back, then stop and join the workers."""
+        """Finish the background job, give OpenBLAS its own threads back, then stop and join
+        the workers."""
+        self.finish()
         self._setter(None)
         _installed[0] = None
         self._entry(-2, None, self.workers, 0, None, 0)
@@ -362,6 +438,8 @@ def _forked_child() -> None:
     pool = _installed[0]
     if pool is not None:
         pool._setter(None)
+        # A background part in flight at the fork is the parent's: nothing here waits for it.
+        pool._background = False
         _installed[0] = None
 
 
