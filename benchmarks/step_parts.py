@@ -11,7 +11,9 @@ shows what a part costs in the step, with the caches as the step leaves them, an
 the matrix products, the fused passes, the head, the update (then a second update straight
 after, at learning rate 0, which shows what the first paid for its cold state), and the Python
 left over in ``loss_and_grad`` and around it. Unlike ``benchmarks.profile_step`` (cProfile,
-one thread) nothing else is slowed down.
+one thread) nothing else is slowed down. The parts are those of rounds that gather each next
+batch ahead on the pool's idle worker, as the training loop does without augmentation; rounds
+without it, alternated with them, give the step's time the other way.
 """
 
 from __future__ import annotations
@@ -87,7 +89,7 @@ def main(argv=None) -> dict[str, float]:
         position[0] += batch
         xb, spent["steps"] = buffers[spent["steps"] % 2], spent["steps"] + 1
         batches.fill(xb, rows, idx)
-        if position[0] + batch <= TRAIN_ROWS:       # the next batch, on the idle core (the loop's)
+        if ahead[0] and position[0] + batch <= TRAIN_ROWS:  # the next batch, on the idle core
             batches.start(buffers[spent["steps"] % 2], rows,
                           shuffled[position[0]:position[0] + batch])
         np.take(labels, idx, out=yb, mode="clip")
@@ -101,19 +103,24 @@ def main(argv=None) -> dict[str, float]:
         spent["the update"] += end - middle
         spent["a second update straight after (not in the step)"] += time.perf_counter() - end
 
-    results = []
+    # Rounds with the next batch gathered ahead (as the loop does without augmentation) and,
+    # alternated with them in ABBA order, rounds without: the gather then in each step.
+    ahead, results = [True], {True: [], False: []}
     with blas_pool_for(model):
         for _ in range(50):
             step()
-        for _ in range(args.rounds):
+        for r in range(2 * args.rounds):
+            ahead[0] = r % 4 in (0, 3)
             spent.clear()
             start = time.perf_counter()
             for _ in range(args.steps):
                 step()
             total = time.perf_counter() - start
-            results.append((total - spent["a second update straight after (not in the step)"],
-                            dict(spent)))
-    total, parts = sorted(results, key=lambda r: r[0])[len(results) // 2]     # the median round
+            batches.finish()
+            results[ahead[0]].append(
+                (total - spent["a second update straight after (not in the step)"], dict(spent)))
+    without = sorted(total for total, _ in results[False])[len(results[False]) // 2]
+    total, parts = sorted(results[True], key=lambda r: r[0])[len(results[True]) // 2]
     parts.pop("steps")
     per_step = {name: seconds / args.steps * 1e6 for name, seconds in parts.items()}
     inside = [name for name in per_step if name not in
@@ -124,14 +131,17 @@ def main(argv=None) -> dict[str, float]:
                - per_step["the gather"] - per_step.get("the next batch's gather started", 0.0))
     print(f"784-{args.hidden.replace(',', '-')}-10, batch {batch}, {args.optimizer}"
           f"{', batch norm' if args.batchnorm else ''}: step {total / args.steps * 1e6:.1f} µs "
-          f"(the median of {args.rounds} rounds of {args.steps} steps)")
+          f"(the median of {args.rounds} rounds of {args.steps} steps, the next batch gathered "
+          f"ahead)")
     for name in sorted(per_step, key=lambda n: -per_step[n]):
         if name != "loss_and_grad":
             print(f"  {per_step[name]:8.1f} µs  {name}")
     print(f"  {python_inside:8.1f} µs  Python in loss_and_grad")
     print(f"  {outside:8.1f} µs  Python around it (the batch's slice, the labels, the calls)")
+    print(f"without the next batch gathered ahead: step {without / args.steps * 1e6:.1f} µs "
+          f"(with / without {total / without:.3f}, rounds alternated)")
     return {**per_step, "Python in loss_and_grad": python_inside, "Python around it": outside,
-            "step": total / args.steps * 1e6}
+            "step": total / args.steps * 1e6, "step without ahead": without / args.steps * 1e6}
 
 
 if __name__ == "__main__":

@@ -299,4 +299,6 @@ def test_the_step_parts_benchmark_times_every_part_of_a_fused_step(batchnorm, ca
     assert batchnorm or not set(norm) & set(parts), parts
     inside = sum(parts[name] for name in timed + (norm if batchnorm else []))
     assert parts["step"] > inside > parts["products, forward"] + parts["products, backward"]
+    assert _positive(parts["the next batch's gather started"]), parts
+    assert parts["step without ahead"] > parts["products, forward"] + parts["products, backward"]
     assert capsys.readouterr().out.startswith("784-32-16-10, batch 64, adam")

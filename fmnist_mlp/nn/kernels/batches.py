@@ -126,6 +126,15 @@ def _gather_words(words, out, pixels, idx, flips, offsets, shift, side, sinks, s
     words[13], words[14] = scalars.ctypes.data, standardize
 
 
+@jit.kernel
+def _started_as(words, out, pixels, idx):
+    """Whether ``words`` describe a plain gather of rows ``idx`` of ``pixels`` into ``out``."""
+    return (words[0] == idx.size and words[1] == out.shape[1] and words[2] == pixels.shape[0]
+            and words[3] == out.ctypes.data and words[4] == pixels.ctypes.data
+            and words[5] == idx.ctypes.data and out.shape[0] == idx.size
+            and words[7] == 0 and words[9] == 0)
+
+
 def _gather_job(dtype):
     def job(part, data, parts):
         w = carray(data, JOB_WORDS, np.int64)
@@ -161,9 +170,12 @@ class FusedBatches:
             self._words_address = self._words.ctypes.data
             self._sinks = np.zeros(blas_pool.MAX_WORKERS + 1, np.uint32)
             self._scalars = np.zeros(3, self.dtype)
+            self._job_address = self._job.address
             self._ahead_words = np.zeros(JOB_WORDS, np.int64)
+            self._ahead_words_address = self._ahead_words.ctypes.data
             self._ahead_sinks = np.zeros(self.AHEAD_MAX_PARTS, np.uint32)
             self._ahead_scalars = np.zeros(3, self.dtype)
+            self._ahead_rows = None             # whose mean and std the scalars hold
 
     # A batch gathered ahead goes in parts of 16 images (about 2 µs each: the longest a product's
     # hand-off waits for a worker busy with one), at most 64 parts.
@@ -182,29 +194,33 @@ class FusedBatches:
         ``idx`` finishes it (the same bits as a gather there). Returns False, starting nothing,
         where no pool is installed or the batch is not one it takes."""
         pool = blas_pool.installed()
+        if pool is None or self._job is None:
+            return False
         idx = np.ascontiguousarray(idx, dtype=np.int64)
         if not self._pool_takes(pool, out, rows, idx):
             return False
         self.finish()
-        t = self.dtype.type
-        self._ahead_scalars[:] = (t(1.0 / 255.0), t(rows.mean), t(rows.std))
+        if self._ahead_rows is not rows:
+            t = self.dtype.type
+            self._ahead_scalars[:] = (t(1.0 / 255.0), t(rows.mean), t(rows.std))
+            self._ahead_rows = rows
         _gather_words(self._ahead_words, out, rows.pixels, idx, self._no_flips,
                       self._no_offsets, 0, IMAGE_SIDE, self._ahead_sinks, self._ahead_scalars,
                       (rows.mean, rows.std) != (0.0, 1.0))
         parts = min(-(-len(idx) // self.AHEAD_PART), self.AHEAD_MAX_PARTS)
         # What the parts read and write stays referenced until they are done.
-        pool.start(self._job.address, self._ahead_words.ctypes.data, parts,
+        pool.start(self._job_address, self._ahead_words_address, parts,
                    keep=(self, out, rows, idx))
-        self._pending = (pool, out.ctypes.data, out.shape, idx.ctypes.data, len(idx), rows)
+        self._pending = pool
         return True
 
     def finish(self):
-        """Wait for the batch :meth:`start` began, if any; returns what was started (None if
-        nothing was)."""
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            pending[0].finish()
-        return pending
+        """Wait for the batch :meth:`start` began, if any; returns its pool (None if nothing
+        was started)."""
+        pool, self._pending = self._pending, None
+        if pool is not None:
+            pool.finish()
+        return pool
 
     def fill(self, out: np.ndarray, rows, idx: np.ndarray,
              flips: np.ndarray | None = None, offsets: np.ndarray | None = None,
@@ -214,10 +230,8 @@ class FusedBatches:
         ``flips`` and moved by ``offsets`` (a :class:`~fmnist_mlp.data.augment.Draws`)."""
         t = self.dtype.type
         idx = np.ascontiguousarray(idx, dtype=np.int64)
-        started = self.finish()
-        if (started is not None and flips is None and offsets is None
-                and started[5] is rows
-                and started[1:5] == (out.ctypes.data, out.shape, idx.ctypes.data, len(idx))):
+        if (self.finish() is not None and flips is None and offsets is None
+                and _started_as(self._ahead_words, out, rows.pixels, idx)):
             return out                          # gathered ahead, while the last step ran
         flips = self._no_flips if flips is None else np.ascontiguousarray(flips, dtype=np.bool_)
         offsets = (self._no_offsets if offsets is None
@@ -228,7 +242,7 @@ class FusedBatches:
             self._scalars[:] = (t(1.0 / 255.0), t(rows.mean), t(rows.std))
             _gather_words(self._words, out, rows.pixels, idx, flips, offsets, shift, IMAGE_SIDE,
                           self._sinks, self._scalars, standardize)
-            pool.run(self._job.address, self._words_address)
+            pool.run(self._job_address, self._words_address)
             return out
         _gather(out, rows.pixels, idx, t(1.0 / 255.0), t(rows.mean), t(rows.std), standardize,
                 flips, offsets, shift, IMAGE_SIDE, self._sink, 0, len(idx))
@@ -236,8 +250,10 @@ class FusedBatches:
 
 
 def warm_up(dtype=np.float32) -> None:
-    """Load (or compile) the gather for inputs of ``dtype``: a call on a one-pixel image."""
+    """Load (or compile) the gather for inputs of ``dtype`` (a call on a one-pixel image) and
+    the check of a batch gathered ahead."""
     out, pixels, idx = np.zeros((1, 1), dtype), np.zeros((1, 1), np.uint8), np.zeros(1, np.int64)
     one = np.dtype(dtype).type(1)
     jit.load([lambda: _gather(out, pixels, idx, one, one, one, True, np.zeros(1, np.bool_),
-                              np.zeros((1, 2), np.int64), 0, 1, np.zeros(1, np.uint32), 0, 1)])
+                              np.zeros((1, 2), np.int64), 0, 1, np.zeros(1, np.uint32), 0, 1),
+              lambda: _started_as(np.zeros(JOB_WORDS, np.int64), out, pixels, idx)])

@@ -248,13 +248,15 @@ def _callback_source(sync, dojob, jobs, size, data, argument):
         _store(SPINS, np.int64(size))               # the workers' pauses before they sleep
         _store(STOP, 0)
         return
-    if sync == -5:                                  # post a background job of ``jobs`` parts
+    if sync == -5:                      # post a background job of ``jobs`` parts (``size`` workers)
         ticket = _load(BG_CLAIM)                    # the last one is finished: none is left
         _store(BG_FN, _address(dojob))
         _store(BG_DATA, _address(data))
         _store(BG_PARTS, np.int64(jobs))
         _store(BG_FIRST, ticket)
         _store(BG_END, ticket + jobs)               # published: the workers may claim now
+        for w in range(1, size + 1):                # and one asleep (idle 5 ms) wakes to it
+            _wake(SLOT * w + SEQ)
         return
     if sync == -6:                                  # finish it: its parts left, here; then wait
         end = _load(BG_END)
@@ -368,7 +370,7 @@ class NativePool:
         background job at a time: a pending one is finished first. ``keep`` (what the parts read
         and write) is held until it is done."""
         self.finish()
-        self._entry(-5, job, parts, 0, words, 0)
+        self._entry(-5, job, parts, self.workers, words, 0)
         self._background, self._keep = True, keep
 
     def finish(self) -> None:
