@@ -7,8 +7,8 @@ them, the fused gather from pixel bytes, the next batch gathered ahead on the po
 worker, or ``np.take`` from float rows) and ``steps``
 repetitions of the same step's matrix products alone (forward x·W per layer, backward xᵀ·dz and dz·Wᵀ, none for the first layer's
 input), into the model's own work arrays, so the memory layouts are the engine's. Reported per
-step: the median over rounds of each, and ``share`` = products / step (1.0 would mean everything
-around the products is free). The update's memory traffic is reported beside a plain copy's.
+step: the median over rounds of each, and ``share`` = products / step, each round's pair of
+bursts divided, the median over rounds (1.0 would mean everything around the products is free). The update's memory traffic is reported beside a plain copy's.
 The step and the products run with the training loop's BLAS pool where it installs one
 (:func:`fmnist_mlp.nn.kernels.blas_pool.pool_for_training`).
 """
@@ -123,7 +123,11 @@ def measure_products(job: dict, build) -> dict:
     # Bytes an update must move at least: read θ, g and each state array, write θ and the state.
     update_bytes = n_bytes * (3 + 2 * len(getattr(optimizer, "slots", ())))
     return {"step_seconds": med["step"], "products_seconds": med["products"],
-            "share": med["products"] / med["step"], "update_seconds": med["update"],
+            # Each round's products over its own step (adjacent bursts, one state of the
+            # machine), the median over rounds: a machine that changes speed between rounds
+            # moves both sides of a round together, and the medians of each side apart.
+            "share": statistics.median(p / s for p, s in zip(times["products"], times["step"])),
+            "update_seconds": med["update"],
             "update_gb_per_s": update_bytes / med["update"] / 1e9,
             "copy_gb_per_s": 2 * n_bytes / med["copy"] / 1e9, "parameters": model.params.flat.size,
             "kernels": {"layers": model.kernels, "optimizer": optimizer.kernels}}
