@@ -131,3 +131,42 @@ def measure_products(job: dict, build) -> dict:
             "update_gb_per_s": update_bytes / med["update"] / 1e9,
             "copy_gb_per_s": 2 * n_bytes / med["copy"] / 1e9, "parameters": model.params.flat.size,
             "kernels": {"layers": model.kernels, "optimizer": optimizer.kernels}}
+
+
+def main(argv=None) -> None:
+    """The step-vs-products rows, one fresh process per row (as ``python -m benchmarks`` runs
+    them, with more rounds to choose)::
+
+        python -m benchmarks.products --hidden 256,128 --hidden 1024,512 \\
+            --hidden 1024,1024,1024 --optimizer momentum --optimizer adam --rounds 30
+    """
+    import argparse
+
+    from benchmarks.run import run_child
+
+    parser = argparse.ArgumentParser(description=main.__doc__.split("\n\n")[0])
+    parser.add_argument("--hidden", action="append", help="hidden widths, e.g. 256,128 (repeat)")
+    parser.add_argument("--optimizer", action="append", help="momentum, adam, ... (repeat)")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=20, help="steps in each burst")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    for hidden in args.hidden or ["256,128"]:
+        for optimizer in args.optimizer or ["momentum"]:
+            job = {"epochs": 1, "seed": 0, "warmup_batches": 20, "kernels": "auto",
+                   "torch_optimizer_impl": "default", "kind": "products", "engine": "numpy",
+                   "hidden": [int(h) for h in hidden.split(",")], "batch_size": args.batch_size,
+                   "optimizer": optimizer, "dropout": 0.0, "rounds": args.rounds,
+                   "steps": args.steps}
+            r = run_child(job, args.threads)
+            if "error" in r:
+                raise SystemExit(f"784-{hidden.replace(',', '-')}-10, {optimizer}: {r['error']}")
+            print(f"784-{hidden.replace(',', '-')}-10, batch {args.batch_size}, {optimizer}: "
+                  f"step {r['step_seconds'] * 1e3:.3f} ms, products {r['products_seconds'] * 1e3:.3f}"
+                  f" ms, share {r['share']:.3f}, update {r['update_seconds'] * 1e3:.3f} ms "
+                  f"(kernels {r['kernels']['layers']})", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -302,3 +302,19 @@ def test_the_step_parts_benchmark_times_every_part_of_a_fused_step(batchnorm, ca
     assert _positive(parts["the next batch's gather started"]), parts
     assert parts["step without ahead"] > parts["products, forward"] + parts["products, backward"]
     assert capsys.readouterr().out.startswith("784-32-16-10, batch 64, adam")
+
+
+def test_the_products_command_prints_a_share_per_row():
+    """python -m benchmarks.products: one fresh process per row, a line each with the step, its
+    products alone and the share between 0 and 1 (each round's pair divided)."""
+    import re
+
+    proc = subprocess.run([*BENCH[:2], "benchmarks.products", "--hidden", "32,16", "--optimizer",
+                           "momentum", "--optimizer", "adam", "--rounds", "2", "--steps", "3",
+                           "--threads", "1"], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    found = [re.match(r"784-32-16-10, batch 128, (\w+): step ([\d.]+) ms, products ([\d.]+) ms, "
+                      r"share ([\d.]+), update ([\d.]+) ms", line) for line in lines]
+    assert [m[1] for m in found if m] == ["momentum", "adam"], lines
+    assert all(0 < float(m[4]) <= 1.5 and float(m[2]) > 0 for m in found), lines
