@@ -122,15 +122,9 @@ def test_every_update_as_the_pools_job_gives_the_bits_of_the_plain_kernel(tmp_pa
     assert all(same and jobs == 6 for same, jobs in results.values()), results
 
 
-def test_the_fused_gather_as_the_pools_job_gives_the_batch_of_one_call(tmp_path):
-    """The training loop's fused gather runs in parts on the pool (from 32 images: one job a
-    batch, counted): the same batch, bit for bit, as one call, plain and with flips and shifts
-    (whose border is the whole batch's minimum, which every part finds), in float32 and
-    float64; smaller batches stay in one call."""
-    if not _pool_pays():
-        pytest.skip("the pool is only installed with two or more BLAS threads and its callback")
-    proc = _child("""
-        import json, sys
+# The fused gather's child processes begin alike: the kernels' cache, the gather, the pool.
+_GATHER_CHILD = """
+        import json, sys, time
         import numpy as np
         from fmnist_mlp.nn import kernels
         kernels.set_cache_dir(sys.argv[1])
@@ -138,7 +132,17 @@ def test_the_fused_gather_as_the_pools_job_gives_the_batch_of_one_call(tmp_path)
         from fmnist_mlp.nn.kernels.batches import FusedBatches
         from fmnist_mlp.nn.kernels.blas_pool import NativePool
 
-        rng = np.random.default_rng(0)
+        rng = np.random.default_rng(0)"""
+
+
+def test_the_fused_gather_as_the_pools_job_gives_the_batch_of_one_call(tmp_path):
+    """The training loop's fused gather runs in parts on the pool (from 32 images: one job a
+    batch, counted): the same batch, bit for bit, as one call, plain and with flips and shifts
+    (whose border is the whole batch's minimum, which every part finds), in float32 and
+    float64; smaller batches stay in one call."""
+    if not _pool_pays():
+        pytest.skip("the pool is only installed with two or more BLAS threads and its callback")
+    proc = _child(_GATHER_CHILD + """
         pixels = rng.integers(0, 256, (3000, 784), dtype=np.uint8)
         pixels[17, 5] = 0           # one dark pixel: the border's minimum in a part's images only
         pixels[pixels == 0] = 1
@@ -314,20 +318,11 @@ def test_a_batch_gathered_ahead_on_the_idle_worker_is_the_batch_of_one_call(tmp_
     fill of that batch finishes it. Whether the idle worker did every part (the caller waited),
     the caller did them (filled at once), or both around products in between, the batch is the
     one call's, bit for bit, at every size from one image to several parts of 16; the worker
-    ran parts; a batch filled into another buffer or with other rows is gathered anew; and a
-    pool closed with a batch pending finishes it first, without hanging."""
+    ran parts; a batch filled into another buffer than it was started into is gathered anew;
+    and a pool closed with a batch pending finishes it first, without hanging."""
     if not _pool_pays():
         pytest.skip("the pool is only installed with two or more BLAS threads and its callback")
-    proc = _child("""
-        import json, sys, time
-        import numpy as np
-        from fmnist_mlp.nn import kernels
-        kernels.set_cache_dir(sys.argv[1])
-        from fmnist_mlp.data.dataset import EncodedRows
-        from fmnist_mlp.nn.kernels.batches import FusedBatches
-        from fmnist_mlp.nn.kernels.blas_pool import NativePool
-
-        rng = np.random.default_rng(0)
+    proc = _child(_GATHER_CHILD + """
         pixels = rng.integers(0, 256, (5000, 784), dtype=np.uint8)
         rows, gather = EncodedRows(pixels, 0.286, 0.353, np.float32), FusedBatches(np.float32)
         a = rng.standard_normal((256, 256), dtype=np.float32)
