@@ -127,6 +127,7 @@ def measure_products(job: dict, build) -> dict:
             # machine), the median over rounds: a machine that changes speed between rounds
             # moves both sides of a round together, and the medians of each side apart.
             "share": statistics.median(p / s for p, s in zip(times["products"], times["step"])),
+            "step_rounds": times["step"], "products_rounds": times["products"],
             "update_seconds": med["update"],
             "update_gb_per_s": update_bytes / med["update"] / 1e9,
             "copy_gb_per_s": 2 * n_bytes / med["copy"] / 1e9, "parameters": model.params.flat.size,

