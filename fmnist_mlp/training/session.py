@@ -127,9 +127,9 @@ def prepare(plan: Plan, data_dir: str | Path | None, point: ResumePoint | None,
 
 class _Building:
     """The engine and the fused batch gather, built on a thread from the start (``result`` joins
-    it and returns them, or raises what the build raised). Loading numba's cached kernels takes
-    about 0.15 s of a 3 s fast.yaml run, and the first kernel a process loads sets numba up
-    (about 0.35 s more); the data's loading pays for most of both."""
+    it and returns them, or raises what the build raised). numba's set-up and every kernel's
+    load from the cache took 0.21-0.23 s of a fast.yaml process, the data 0.15-0.17 s beside it
+    (docs/performance.md, round 6)."""
 
     def __init__(self, spec: Any, init_rng: np.random.Generator) -> None:
         self._spec, self._rng = spec, init_rng

@@ -131,8 +131,7 @@ def _started_as(words, out, pixels, idx):
     """Whether ``words`` describe a plain gather of rows ``idx`` of ``pixels`` into ``out``."""
     return (words[0] == idx.size and words[1] == out.shape[1] and words[2] == pixels.shape[0]
             and words[3] == out.ctypes.data and words[4] == pixels.ctypes.data
-            and words[5] == idx.ctypes.data and out.shape[0] == idx.size
-            and words[7] == 0 and words[9] == 0)
+            and words[5] == idx.ctypes.data and out.shape[0] == idx.size)
 
 
 def _gather_job(dtype):
@@ -163,7 +162,7 @@ class FusedBatches:
         # The same gather in parts on the engine's thread pool, where the training loop installs
         # one (compiled now, so no batch waits for it).
         self._job = None
-        self._pending: tuple | None = None      # a batch started on the pool's idle worker
+        self._pending = None        # the pool running the batch started ahead, if one is
         if blas_pool.available():
             self._job = jit.load_job(lambda: blas_pool.compile_job(_gather_job(self.dtype.type)))
             self._words = np.zeros(JOB_WORDS, np.int64)
